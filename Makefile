@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv from nothing first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch and the Triton whose interpreter the kernel tests use. On a CUDA machine, override:
+#   make setup TORCH_SPEC="torch" TRITON_SPEC="triton"
+TORCH_SPEC  ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.6.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench clean
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.c)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+
+demo: setup
+	$(BIN)/python -m wizardcoder demo
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info wizardcoder/*.so

