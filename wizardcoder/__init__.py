@@ -1,0 +1,27 @@
+"""wizardcoder: Evol-Instruct for code, StarCoder fine-tuning, batched sampling and sandboxed pass@k.
+
+    from wizardcoder import StarCoder, StarCoderConfig, Tokenizer
+    model = StarCoder.from_pretrained("bigcode/starcoderbase-1b", dtype=torch.bfloat16, device="cuda")
+    tok = Tokenizer.from_pretrained("bigcode/starcoderbase-1b")
+
+Names are imported lazily so that `wizardcoder evaluate` and friends start without importing torch.
+"""
+__version__ = "0.1.0"
+
+_LAZY = {
+    "StarCoder": "wizardcoder.model",
+    "StarCoderConfig": "wizardcoder.config",
+    "PRESETS": "wizardcoder.config",
+    "Tokenizer": "wizardcoder.tokenizer",
+    "UserError": "wizardcoder.errors",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wizardcoder' has no attribute {name!r}")
