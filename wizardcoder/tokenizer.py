@@ -1,0 +1,217 @@
+"""One tokenizer API over HF `tokenizers` (tokenizer.json: StarCoder's byte-level BPE) and `sentencepiece`
+(tokenizer.model: Llama-style), loaded from a folder, a file or a hub id.
+
+    tok = Tokenizer.from_pretrained("bigcode/starcoder")        # or a folder, or .../tokenizer.json
+    ids = tok.encode("def f(x):\n    return x")
+    assert tok.decode(ids) == "def f(x):\n    return x"
+    batch = tok.encode_batch(texts)                           # parallel (Rust threads / sentencepiece threads)
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+
+from .errors import CheckpointError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")
+
+
+class Tokenizer:
+    """`encode`/`decode` text, batch variants, and the special-token ids the pipeline needs (`eos_id`, `bos_id`,
+    `pad_id`, FIM ids). `fingerprint` identifies the exact vocabulary (stored with packed data)."""
+
+    def __init__(self, backend, kind: str, fingerprint: str, name: str, special: dict[str, str | None]):
+        self._b = backend
+        self.kind = kind  # "hf" | "sentencepiece"
+        self.fingerprint = fingerprint
+        self.name = name
+        self.special_tokens = special  # role -> token text, e.g. {"eos": "<|endoftext|>", "pad": "[PAD]"}
+
+    # --------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str) -> "Tokenizer":
+        path = os.path.expanduser(path_or_hub_id)
+        if os.path.isfile(path):
+            return cls._from_file(path, os.path.dirname(path), path_or_hub_id)
+        if os.path.isdir(path):
+            for fname in ("tokenizer.json", "tokenizer.json.gz", "tokenizer.model"):
+                if os.path.isfile(os.path.join(path, fname)):
+                    return cls._from_file(os.path.join(path, fname), path, path_or_hub_id)
+            raise CheckpointError(f"{path}: no tokenizer.json or tokenizer.model in this folder; point at a tokenizer folder or file.")
+        from .hub import download_files, is_hub_id
+
+        if not is_hub_id(path_or_hub_id):
+            raise CheckpointError(f"{path_or_hub_id}: no such file or folder; check the tokenizer path.")
+
+        folder = download_files(path_or_hub_id, ["tokenizer.json", "tokenizer.model", "*.json"], what="tokenizer")
+        return cls.from_pretrained(folder)
+
+    @classmethod
+    def _from_file(cls, file: str, folder: str, name: str) -> "Tokenizer":
+        with open(file, "rb") as f:
+            raw = f.read()
+        if file.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        special = _read_special_tokens(folder)
+        if file.endswith(".model"):
+            import sentencepiece as spm
+
+            sp = spm.SentencePieceProcessor()
+            try:
+                sp.LoadFromSerializedProto(raw)
+            except Exception as e:
+                raise CheckpointError(f"{file}: not a sentencepiece model ({e}).") from None
+            special.setdefault("eos", sp.id_to_piece(sp.eos_id()) if sp.eos_id() >= 0 else None)
+            special.setdefault("bos", sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None)
+            special.setdefault("pad", sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None)
+            return cls(_SentencePiece(sp), "sentencepiece", fingerprint, name, special)
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            tk = HFTokenizer.from_str(raw.decode("utf-8"))
+        except Exception as e:
+            raise CheckpointError(f"{file}: not a valid tokenizer.json ({str(e).splitlines()[0]}).") from None
+        if "eos" not in special and tk.token_to_id("<|endoftext|>") is not None:
+            special["eos"] = "<|endoftext|>"
+        return cls(_HF(tk), "hf", fingerprint, name, special)
+
+    # ----------------------------------------------------------------------------------------------- API
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = self._b.encode(text)
+        if add_bos and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if add_eos and self.eos_id is not None:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        out = self._b.encode_batch(list(texts))
+        if (add_bos and self.bos_id is not None) or (add_eos and self.eos_id is not None):
+            pre = [self.bos_id] if add_bos and self.bos_id is not None else []
+            post = [self.eos_id] if add_eos and self.eos_id is not None else []
+            out = [pre + ids + post for ids in out]
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._b.decode([int(i) for i in ids], skip_special_tokens)
+
+    def decode_batch(self, batch, skip_special_tokens: bool = False) -> list[str]:
+        return self._b.decode_batch([[int(i) for i in ids] for ids in batch], skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._b.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._b.id_to_token(i)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included (WizardCoder's [PAD] makes StarCoder's 49152 into 49153)."""
+        return self._b.vocab_size()
+
+    def _special_id(self, role: str) -> int | None:
+        tok = self.special_tokens.get(role)
+        return None if tok is None else self.token_to_id(tok)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._special_id("eos")
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._special_id("bos")
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._special_id("pad")
+
+    @property
+    def fim_ids(self) -> dict[str, int]:
+        """Fill-in-the-middle token ids present in the vocabulary (StarCoder has all four)."""
+        return {t: i for t in FIM_TOKENS if (i := self.token_to_id(t)) is not None}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, kind={self.kind}, vocab={self.vocab_size}, eos={self.eos_id}, pad={self.pad_id})"
+
+
+def _read_special_tokens(folder: str) -> dict[str, str | None]:
+    """Special-token roles from tokenizer_config.json / special_tokens_map.json (the latter wins)."""
+    special: dict[str, str | None] = {}
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+        p = os.path.join(folder, fname)
+        if not os.path.isfile(p):
+            continue
+        try:
+            with open(p, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}:{e.lineno}: not valid JSON ({e.msg}).") from None
+        for role in ("bos", "eos", "pad", "unk"):
+            v = d.get(f"{role}_token")
+            if isinstance(v, dict):
+                v = v.get("content")
+            if isinstance(v, str):
+                special[role] = v
+    return special
+
+
+class _HF:
+    def __init__(self, tk):
+        self.tk = tk
+
+    def encode(self, text):
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids, skip):
+        return self.tk.decode(ids, skip_special_tokens=skip)
+
+    def decode_batch(self, batch, skip):
+        return self.tk.decode_batch(batch, skip_special_tokens=skip)
+
+    def token_to_id(self, t):
+        return self.tk.token_to_id(t)
+
+    def id_to_token(self, i):
+        return self.tk.id_to_token(i)
+
+    def vocab_size(self):
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+
+class _SentencePiece:
+    def __init__(self, sp):
+        self.sp = sp
+
+    def encode(self, text):
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts):
+        return self.sp.encode(texts, out_type=int, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids, skip):
+        if skip:
+            ids = [i for i in ids if not self.sp.is_control(i)]
+        return self.sp.decode(ids)
+
+    def decode_batch(self, batch, skip):
+        return [self.decode(ids, skip) for ids in batch]
+
+    def token_to_id(self, t):
+        i = self.sp.piece_to_id(t)
+        return None if i == self.sp.unk_id() and t != self.sp.id_to_piece(i) else i
+
+    def id_to_token(self, i):
+        return self.sp.id_to_piece(i) if 0 <= i < self.sp.get_piece_size() else None
+
+    def vocab_size(self):
+        return self.sp.get_piece_size()
