@@ -23,9 +23,9 @@ from .config import StarCoderConfig
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: StarCoderConfig):
+    def __init__(self, cfg: StarCoderConfig, layer_idx: int = 0):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layer_idx = cfg, layer_idx
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         # Fused QKV. MQA layout: [q (n_embd) | k (head_dim) | v (head_dim)]; MHA layout (HF's, not GPT-2's):
         # per head [q_h | k_h | v_h], i.e. view as (n_head, 3 * head_dim).
@@ -42,7 +42,10 @@ class CausalSelfAttention(nn.Module):
             k, v = k.view(B, S, 1, self.head_dim), v.view(B, S, 1, self.head_dim)  # (B, S, 1, hd)
         else:
             q, k, v = qkv.view(B, S, self.n_head, 3 * self.head_dim).split(self.head_dim, dim=-1)
-        if seq.cu_seqlens is not None:  # packed: one stream of T tokens
+        if seq.kv_cache is not None:  # decoding: append to the cache, attend over everything cached so far
+            k, v, mask = seq.kv_cache.update(self.layer_idx, k, v)
+            y = ops.attention_with_cache_reference(q, k, v, scale=self.scale, key_mask=mask, start=seq.kv_cache.pos)
+        elif seq.cu_seqlens is not None:  # packed: one stream of T tokens
             y = ops.attention(q[0], k[0], v[0], scale=self.scale, cu_seqlens=seq.cu_seqlens,
                               max_seqlen=seq.max_seqlen, backend=self.cfg.attn_backend)[None]
         else:
@@ -67,11 +70,11 @@ class Block(nn.Module):
     output separately, so each add-then-LayerNorm is one kernel. Equivalent to
         x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
 
-    def __init__(self, cfg: StarCoderConfig):
+    def __init__(self, cfg: StarCoderConfig, layer_idx: int = 0):
         super().__init__()
         self.cfg = cfg
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.mlp = MLP(cfg)
 
@@ -83,12 +86,49 @@ class Block(nn.Module):
 
 
 class SeqInfo:
-    """How the tokens of one forward pass are laid out (dense batch or packed stream)."""
+    """How the tokens of one forward pass are laid out (dense batch, packed stream, or decoding with a cache)."""
 
-    __slots__ = ("cu_seqlens", "max_seqlen", "attention_mask")
+    __slots__ = ("cu_seqlens", "max_seqlen", "attention_mask", "kv_cache")
 
-    def __init__(self, cu_seqlens=None, max_seqlen=None, attention_mask=None):
-        self.cu_seqlens, self.max_seqlen, self.attention_mask = cu_seqlens, max_seqlen, attention_mask
+    def __init__(self, cu_seqlens=None, max_seqlen=None, attention_mask=None, kv_cache=None):
+        self.cu_seqlens, self.max_seqlen, self.attention_mask, self.kv_cache = cu_seqlens, max_seqlen, attention_mask, kv_cache
+
+
+class KVCache:
+    """Static K/V buffers allocated once for a batch (gpt-fast style): `k`, `v` are
+    `[n_layer, B, max_len, n_kv_head, head_dim]`; MQA keeps one K/V head, so the cache is n_head times smaller than
+    multi-head's. Rows may be left-padded: `key_mask [B, max_len]` marks the slots holding real tokens and
+    `lengths [B]` counts them (the next token's position id). `pos` is the next free slot, shared by all rows."""
+
+    def __init__(self, cfg: StarCoderConfig, batch: int, max_len: int, dtype=None, device=None):
+        shape = (cfg.n_layer, batch, max_len, cfg.n_kv_head, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.pos = 0
+        self.max_len = max_len
+
+    def begin(self, new_mask: torch.Tensor) -> torch.Tensor:
+        """Reserve slots for the next forward's tokens (`new_mask [B, S]`, True = real); returns their position ids."""
+        S = new_mask.shape[1]
+        if self.pos + S > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {S} tokens > max_len {self.max_len}")
+        self.key_mask[:, self.pos : self.pos + S] = new_mask
+        positions = self.lengths[:, None] + (new_mask.long().cumsum(-1) - 1).clamp(min=0)
+        self._pending = S
+        return positions
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write this forward's K/V for `layer`; returns all cached K/V so far and their key mask."""
+        end = self.pos + k.shape[1]
+        self.k[layer, :, self.pos : end] = k
+        self.v[layer, :, self.pos : end] = v
+        return self.k[layer, :, :end], self.v[layer, :, :end], self.key_mask[:, :end]
+
+    def advance(self) -> None:
+        self.lengths += self.key_mask[:, self.pos : self.pos + self._pending].sum(-1)
+        self.pos += self._pending
 
 
 class StarCoder(nn.Module):
@@ -99,7 +139,7 @@ class StarCoder(nn.Module):
             dict(
                 wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
                 wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
                 ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
             )
         )
@@ -153,8 +193,10 @@ class StarCoder(nn.Module):
         save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)
 
     # ---------------------------------------------------------------------------------------------- forward
-    def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
-        """Final LayerNorm output `[B, S, n_embd]`."""
+    def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
+                      kv_cache: KVCache | None = None):
+        """Final LayerNorm output `[B, S, n_embd]`. With `kv_cache`, the tokens are appended to the cache (prefill or
+        decode) and `attention_mask [B, S]` marks which of them are real (left padding)."""
         cfg = self.config
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -166,18 +208,23 @@ class StarCoder(nn.Module):
                 position_ids = positions_from_cu_seqlens(cu_seqlens, S)
             if max_seqlen is None:
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        if position_ids is None:
+        if kv_cache is not None:
+            new_mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            position_ids = kv_cache.begin(new_mask)
+        elif position_ids is None:
             if attention_mask is not None:  # left padding: count positions over real tokens only
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             else:
                 position_ids = torch.arange(S, device=input_ids.device)[None]
-        seq = SeqInfo(cu_seqlens, max_seqlen, attention_mask)
+        seq = SeqInfo(cu_seqlens, max_seqlen, attention_mask, kv_cache)
         delta = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)  # (B, S, d)
         residual = None
         for block in self.transformer.h:
             delta, residual = block(delta, residual, seq)
         ln_f = self.transformer.ln_f
         h, _ = ops.add_layer_norm(delta, residual, ln_f.weight, ln_f.bias, cfg.layer_norm_epsilon, cfg.kernel_backend)
+        if kv_cache is not None:
+            kv_cache.advance()
         return h
 
     def lm_head_weight(self) -> torch.Tensor:
@@ -185,11 +232,11 @@ class StarCoder(nn.Module):
         return self.transformer.wte.weight[: self.config.vocab_size]
 
     def forward(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                labels=None, reduction: str = "mean"):
+                labels=None, reduction: str = "mean", kv_cache: KVCache | None = None):
         """Logits `[B, S, vocab_size]`, or, when `labels` is given, the LM loss alone (the fused path never holds
         the logits). `labels` follow HF: aligned with `input_ids`, -100 where no loss is taken; the shift happens here,
         and in the packed form the last token of a document never predicts the first of the next."""
-        h = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen, attention_mask)
+        h = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen, attention_mask, kv_cache)
         if labels is None:
             return F.linear(h, self.lm_head_weight())
         if labels.dim() == 1:

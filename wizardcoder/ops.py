@@ -104,6 +104,22 @@ def attention_varlen_reference(q, k, v, cu_seqlens, scale):
     return out
 
 
+def attention_with_cache_reference(q, k, v, *, scale, key_mask, start):
+    """Decoding step(s): q `[B, S, Hq, D]` are the tokens in cache slots start..start+S-1; k/v `[B, L, Hkv, D]` are
+    all L = start + S cached slots, `key_mask [B, L]` marks real ones. Query i sees real slots <= start + i."""
+    B, S, Hq, D = q.shape
+    L = k.shape[1]
+    causal = torch.arange(L, device=q.device)[None, :] <= (start + torch.arange(S, device=q.device))[:, None]
+    mask = causal[None, None] & key_mask[:, None, None, :]
+    mask = mask | (torch.arange(L, device=q.device)[None, :] == (start + torch.arange(S, device=q.device))[:, None])[None, None]
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S|L, D)
+    if kh.shape[1] != Hq:
+        rep = Hq // kh.shape[1]
+        kh = kh[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+        vh = vh[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
+
+
 # ---------------------------------------------------------------------------------------------- norms and MLP
 def add_layer_norm(
     x: torch.Tensor,
