@@ -1,0 +1,145 @@
+"""`pack_dataset`: read instruction files, format, tokenize, pack with best-fit-decreasing and write shards atomically.
+This is what `wizardcoder pack` runs."""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Iterable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import DataError
+from .packing import best_fit_decreasing, packing_efficiency, padded_efficiency
+from .readers import ReadStats, read_examples
+from .shards import atomic_dir, gather_ranges, write_shards
+from .templates import Template, get_template
+from .tokenize import tokenize_examples
+
+
+def pack_dataset(
+    data: str | Iterable[str],
+    tokenizer,
+    seq_len: int,
+    out: str,
+    template: str | Template = "alpaca",
+    overlong: str = "truncate",
+    on_bad: str = "error",
+    on_empty: str = "drop",
+    field_map: dict[str, str] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    packs_per_shard: int = 65536,
+    batch_size: int = 2048,
+    recipe_batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Turn instruction data into packed shards in `out`; returns the metadata written (its "summary" holds the
+    counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
+    if seq_len < 2:
+        raise DataError(f"--seq-len must be at least 2, got {seq_len}.")
+    if os.path.exists(out) and not overwrite:
+        raise DataError(f"{out}: already exists; choose another --out or pass --overwrite.")
+    if isinstance(tokenizer, str):
+        from ..tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_pretrained(tokenizer)
+    if tokenizer.eos_id is None:
+        raise DataError(f"tokenizer {tokenizer.name!r} has no EOS token; the response must end with one.")
+    template = get_template(template)
+    seconds = {}
+
+    t = time.perf_counter()
+    stats = ReadStats()
+    examples = read_examples(data, field_map=field_map, on_bad=on_bad, on_empty=on_empty, stats=stats)
+    seconds["read"] = time.perf_counter() - t
+    if not examples:
+        raise DataError(f"no usable records in {data!r} ({stats.records} read, skipped {dict(stats.skipped)}).")
+
+    t = time.perf_counter()
+    samples = tokenize_examples(examples, tokenizer, template, seq_len, overlong, batch_size, progress)
+    seconds["tokenize"] = time.perf_counter() - t
+    if not len(samples):
+        raise DataError(f"every sample was dropped ({dict(samples.dropped)}); raise --seq-len or use --overlong truncate.")
+
+    t = time.perf_counter()
+    lengths = samples.lengths
+    items, bfd_offsets = best_fit_decreasing(lengths, seq_len)
+    n_packs = len(bfd_offsets) - 1
+    # Store packs in a seeded random order, so that even a sequential reader sees mixed lengths.
+    order = np.random.default_rng(seed).permutation(n_packs)
+    docs = items[gather_ranges(bfd_offsets, order)]
+    pack_offsets = np.concatenate([[0], np.cumsum(np.diff(bfd_offsets)[order])]).astype(np.int64)
+    tok_idx = gather_ranges(samples.offsets, docs)
+    doc_offsets = np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64)
+    tokens, loss_mask = samples.tokens[tok_idx], samples.loss_mask()[tok_idx]
+    seconds["pack"] = time.perf_counter() - t
+
+    n_tokens = int(lengths.sum())
+    n_loss = int(loss_mask.sum())
+    dropped = dict(stats.skipped)
+    for k, v in samples.dropped.items():
+        dropped[k] = dropped.get(k, 0) + v
+    summary = {
+        "records_read": stats.records,
+        "samples_kept": len(samples),
+        "truncated": int(samples.truncated.sum()),
+        "dropped": dropped,
+        "dropped_examples": stats.skipped_examples,
+        "tokens": n_tokens,
+        "loss_tokens": n_loss,
+        "prompt_tokens": n_tokens - n_loss,
+        "packs": n_packs,
+        "seq_len": seq_len,
+        "packing_efficiency": packing_efficiency(lengths, n_packs, seq_len),
+        "padded_recipe": {"batch_size": recipe_batch_size, "seed": seed,
+                          "efficiency": padded_efficiency(lengths, recipe_batch_size, seed)},
+        "length": {
+            "mean": float(lengths.mean()), "median": float(np.median(lengths)),
+            "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()), "min": int(lengths.min()),
+        },
+        "seconds": seconds,
+    }
+    metadata = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wizardcoder_version": __version__,
+        "seq_len": seq_len,
+        "seed": seed,
+        "tokenizer": {
+            "name": tokenizer.name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+            "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+        },
+        # Padding is filled with EOS: always inside the base model's vocabulary, and never trained on (label -100).
+        "pad_token_id": tokenizer.eos_id,
+        "template": template.to_dict(),
+        "options": {"overlong": overlong, "on_bad": on_bad, "on_empty": on_empty, "field_map": field_map or {}},
+        "inputs": stats.files,
+        "summary": summary,
+    }
+    t = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        meta = write_shards(tmp, tokens, loss_mask, doc_offsets, pack_offsets, samples.source[docs], metadata,
+                            tokenizer.vocab_size, packs_per_shard, progress)
+    meta["summary"]["seconds"]["write"] = time.perf_counter() - t  # (after the fact: not in the file)
+    return meta
+
+
+def format_summary(meta: dict) -> str:
+    s = meta["summary"]
+    lines = [
+        f"records read     {s['records_read']:,}",
+        f"samples packed   {s['samples_kept']:,}  (truncated {s['truncated']:,})",
+        f"dropped          {sum(s['dropped'].values()):,}" + (
+            "  (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(s["dropped"].items())) + ")" if s["dropped"] else ""),
+        f"tokens           {s['tokens']:,}  (loss on {s['loss_tokens']:,}, prompt {s['prompt_tokens']:,})",
+        f"length           mean {s['length']['mean']:.0f}, median {s['length']['median']:.0f}, "
+        f"p90 {s['length']['p90']:.0f}, max {s['length']['max']:,}",
+        f"packs            {s['packs']:,} x {s['seq_len']:,} tokens in {len(meta['shards'])} shard(s)",
+        f"packing eff.     {100 * s['packing_efficiency']:.2f}% real tokens  "
+        f"(padded batches of {s['padded_recipe']['batch_size']}: {100 * s['padded_recipe']['efficiency']:.1f}%)",
+        "time             " + ", ".join(f"{k} {v:.2f}s" for k, v in s["seconds"].items()),
+    ]
+    for ex in s["dropped_examples"][:5]:
+        lines.append(f"  skipped: {ex}")
+    return "\n".join(lines)
