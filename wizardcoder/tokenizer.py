@@ -50,6 +50,14 @@ class Tokenizer:
         return cls.from_pretrained(folder)
 
     @classmethod
+    def bundled(cls) -> "Tokenizer":
+        """WizardCoder-15B's tokenizer (StarCoder BPE + [PAD]), shipped with the package for offline use."""
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tokenizer")
+        tok = cls.from_pretrained(folder)
+        tok.name = "wizardcoder-15b (bundled)"
+        return tok
+
+    @classmethod
     def _from_file(cls, file: str, folder: str, name: str) -> "Tokenizer":
         with open(file, "rb") as f:
             raw = f.read()

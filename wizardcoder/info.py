@@ -1,0 +1,41 @@
+"""`wizardcoder info`: shapes, parameter count, FLOPs per token and memory of a preset or checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .config import PRESETS, StarCoderConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint folder with config.json")
+    p.add_argument("--seq-len", type=int, default=2048, help="sequence length for the FLOPs figure (default 2048)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def describe(cfg: StarCoderConfig, seq_len: int) -> dict:
+    n = cfg.num_params()
+    return {
+        "layers": cfg.n_layer, "d_model": cfg.n_embd, "heads": cfg.n_head, "kv_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim, "ffn": cfg.ffn_dim, "vocab": cfg.vocab_size, "positions": cfg.n_positions,
+        "activation": cfg.activation_function, "params": n, "params_bf16_GB": round(2 * n / 1e9, 3),
+        "train_flops_per_token": cfg.flops_per_token(seq_len),
+        "kv_cache_bytes_per_token_bf16": 2 * 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim,
+        # bf16 weights + fp32 master copy + two fp32 Adam moments + bf16 grads, before sharding
+        "train_state_GB_unsharded": round(n * (2 + 4 + 8 + 2) / 1e9, 2),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model in PRESETS:
+        cfg = StarCoderConfig.from_preset(args.model)
+    else:
+        cfg = StarCoderConfig.from_json_file(os.path.join(args.model, "config.json"))
+    d = describe(cfg, args.seq_len)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        for k, v in d.items():
+            print(f"{k:32s} {v:,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k:32s} {v}")
+    return 0
