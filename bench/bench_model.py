@@ -1,0 +1,80 @@
+"""Training step throughput of our StarCoder vs HF transformers' GPTBigCodeForCausalLM: same config, same weights,
+same batch, same run. Forward + backward + fused AdamW step, bf16 on CUDA (fp32 on CPU in --quick smoke runs).
+
+Figures: tokens/s, model TFLOP/s (6N + attention, from StarCoderConfig.flops_per_token), peak memory, and the ratio
+ours / HF. Correctness first: the two models' losses on the batch must agree before anything is timed.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.common import timeit
+from wizardcoder import StarCoder, StarCoderConfig
+
+
+def _hf_from_ours(model):
+    import transformers
+
+    from wizardcoder.checkpoint import export_state_dict
+
+    d = {k: v for k, v in model.config.to_hf_dict().items() if k not in ("architectures", "model_type")}
+    hf = transformers.GPTBigCodeForCausalLM(transformers.GPTBigCodeConfig(**d))
+    hf.load_state_dict(export_state_dict(model), strict=False)
+    hf.tie_weights()
+    return hf
+
+
+def _step_fn(model, loss_fn, opt):
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def run(quick: bool = False) -> list[dict]:
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if quick or not cuda:
+        cfg, B, S = StarCoderConfig.from_preset("tiny", n_layer=2), 2, 256
+    else:
+        cfg, B, S = StarCoderConfig.from_preset("starcoderbase-1b"), 4, 2048
+    ours = StarCoder.from_config(cfg, seed=0).to(device=device, dtype=dtype)
+    hf = _hf_from_ours(ours).to(device=device, dtype=dtype)
+    ids = torch.randint(0, cfg.vocab_size, (B, S), device=device)
+    with torch.no_grad():
+        a, b = ours(ids, labels=ids).float().item(), hf(ids, labels=ids).loss.float().item()
+    if abs(a - b) > (2e-2 if dtype == torch.bfloat16 else 1e-4):
+        raise AssertionError(f"loss mismatch before timing: ours {a} vs HF {b}")
+    rows = []
+    flops = cfg.flops_per_token(S) * B * S
+    for name, model, loss_fn in [
+        ("HF transformers (sdpa)", hf, lambda: hf(ids, labels=ids).loss),
+        ("wizardcoder", ours, lambda: ours(ids, labels=ids)),
+    ]:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t = timeit(_step_fn(model, loss_fn, opt), warmup=2 if quick else 3, iters=3 if quick else 10)
+        rows.append({
+            "bench": "model_train_step", "case": f"{'1b' if S == 2048 else 'tiny'} B{B}xS{S} {str(dtype)[6:]}",
+            "impl": name, "ms": t * 1e3, "tok/s": B * S / t, "TFLOP/s": flops / t / 1e12,
+            "peak_GB": torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan"),
+        })
+        del opt
+    for r in rows:
+        r["speedup_vs_HF"] = rows[0]["ms"] / r["ms"]
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.common import print_table, save_rows
+
+    r = run(quick="--quick" in sys.argv)
+    print_table(r)
+    save_rows(r, "model")
