@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-from .config import PRESETS, StarCoderConfig
+from .config import PRESETS, StarCoderConfig  # noqa: F401 (PRESETS in the help text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,10 +28,10 @@ def describe(cfg: StarCoderConfig, seq_len: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.model in PRESETS:
-        cfg = StarCoderConfig.from_preset(args.model)
-    else:
+    if os.path.isdir(args.model):
         cfg = StarCoderConfig.from_json_file(os.path.join(args.model, "config.json"))
+    else:
+        cfg = StarCoderConfig.from_preset(args.model)
     d = describe(cfg, args.seq_len)
     if args.json:
         print(json.dumps(d, indent=2))
