@@ -1,0 +1,260 @@
+"""An async client for any OpenAI-compatible endpoint (OpenAI, vLLM, TGI, llama.cpp, `wizardcoder serve`).
+
+It speaks the two standard routes, `POST {base}/chat/completions` (messages) and `POST {base}/completions` (prompt),
+bounds the requests in flight with a semaphore, retries 429, 5xx, timeouts and dropped connections with exponential
+backoff and full jitter (a server's Retry-After wins when it is given), fails at once with a clear error on 401/403
+(wrong key) and on 4xx it cannot fix, and counts the tokens the server reports in `usage`.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import os
+import random
+import time
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..errors import UserError
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class LLMError(UserError):
+    """The endpoint answered in a way we cannot use (bad request, unknown model, malformed body, retries spent)."""
+
+
+class LLMAuthError(LLMError):
+    """HTTP 401/403: the API key is missing or wrong."""
+
+
+class LLMUnreachableError(LLMError):
+    """No HTTP answer at all: connection refused, DNS failure, timeouts on every try."""
+
+
+@dataclasses.dataclass
+class LLMConfig:
+    """Where and how to ask.
+
+    base_url: the API root, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended).
+    model: the `model` field sent with every request.
+    api_key_env: name of the environment variable holding the key (sent as `Authorization: Bearer`); unset or empty
+        variable means no header.
+    style: "chat" (/chat/completions, one user message) or "completion" (/completions, `prompt_format` applied).
+    concurrency: requests in flight at most.
+    max_retries: retries per request after the first try (429, 5xx, timeouts, dropped connections).
+    backoff_s / backoff_max_s: the n-th retry waits uniform(0, min(backoff_max_s, backoff_s * 2**n)) seconds, or the
+        server's Retry-After when it sends one (capped at backoff_max_s).
+    timeout_s: per-request wall-clock limit.
+    temperature, top_p, max_tokens: sampling (the paper's evolution used T=1, top_p=0.9, up to 2048 tokens).
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    style: str = "chat"
+    prompt_format: str = "{prompt}"
+    concurrency: int = 16
+    max_retries: int = 8
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 300.0
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_tokens: int = 2048
+    extra_body: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.style not in ("chat", "completion"):
+            raise UserError(f"--llm-style {self.style!r}: use 'chat' or 'completion'.")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UserError(f"--llm-base-url {self.base_url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1.")
+        url = self.base_url.rstrip("/")
+        self.base_url = url + "/v1" if parts.path in ("", "/") else url
+        if self.concurrency < 1:
+            raise UserError(f"--concurrency {self.concurrency}: must be at least 1.")
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None if self.api_key_env else None
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+
+
+@dataclasses.dataclass
+class Usage:
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, c: Completion) -> None:
+        self.requests += 1
+        self.retries += c.retries
+        self.prompt_tokens += c.prompt_tokens
+        self.completion_tokens += c.completion_tokens
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _server_message(body) -> str:
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if body.get("message"):
+            return str(body["message"])
+    return str(body)[:200]
+
+
+class LLMClient:
+    """Use as `async with LLMClient(cfg) as llm: c = await llm.generate(prompt)`."""
+
+    def __init__(self, cfg: LLMConfig, rng: random.Random | None = None):
+        self.cfg = cfg
+        self.usage = Usage()
+        self._rng = rng or random.Random()
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "LLMClient":
+        headers = {"Content-Type": "application/json"}
+        if self.cfg.api_key:
+            headers["Authorization"] = f"Bearer {self.cfg.api_key}"
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency),
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+
+    def _url(self, route: str) -> str:
+        return f"{self.cfg.base_url}/{route}"
+
+    async def check(self) -> list[str]:
+        """One GET /models, without retries: fail fast on an unreachable endpoint or a wrong key. Returns the model
+        ids the server lists ([] when it has no /models route)."""
+        url = self._url("models")
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=min(30.0, self.cfg.timeout_s))) as r:
+                if r.status in (401, 403):
+                    raise self._auth_error(r.status, await self._json(r))
+                if r.status != 200:
+                    return []
+                body = await self._json(r)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as e:
+            raise LLMUnreachableError(
+                f"cannot reach the LLM endpoint {self.cfg.base_url} ({type(e).__name__}: {e}); check --llm-base-url "
+                "and that the server is running (e.g. `wizardcoder serve`)."
+            ) from None
+        data = body.get("data") if isinstance(body, dict) else None
+        return [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+    def _auth_error(self, status: int, body) -> LLMAuthError:
+        env = self.cfg.api_key_env
+        where = (f"${env} is not set" if env and not os.environ.get(env) else f"check the key in ${env}") if env else \
+            "no API key is sent (set --llm-api-key-env)"
+        return LLMAuthError(f"{self.cfg.base_url} refused the API key (HTTP {status}: {_server_message(body)}); {where}.")
+
+    @staticmethod
+    async def _json(resp):
+        try:
+            return await resp.json(content_type=None)
+        except (ValueError, aiohttp.ContentTypeError):
+            return {"error": (await resp.text())[:200]}
+
+    def _body(self, prompt: str, temperature, max_tokens) -> tuple[str, dict]:
+        body = {
+            "model": self.cfg.model,
+            "temperature": self.cfg.temperature if temperature is None else temperature,
+            "top_p": self.cfg.top_p,
+            "max_tokens": self.cfg.max_tokens if max_tokens is None else max_tokens,
+            "n": 1,
+            **self.cfg.extra_body,
+        }
+        if self.cfg.style == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+            return "chat/completions", body
+        body["prompt"] = self.cfg.prompt_format.replace("{prompt}", prompt)
+        return "completions", body
+
+    def _parse(self, body) -> Completion:
+        try:
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if self.cfg.style == "chat" else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise LLMError(f"{self.cfg.base_url}: the answer has no choices[0] "
+                           f"{'message.content' if self.cfg.style == 'chat' else 'text'} ({str(body)[:200]}); "
+                           "is --llm-style right for this server?") from None
+        usage = body.get("usage") or {}
+        return Completion(text=text or "", finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.cfg.backoff_max_s)
+        return self._rng.uniform(0, min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2**attempt))
+
+    async def generate(self, prompt: str, *, temperature: float | None = None,
+                       max_tokens: int | None = None) -> Completion:
+        """One completion for `prompt` (chat: one user message). Retries transient failures; raises LLMAuthError,
+        LLMUnreachableError or LLMError otherwise."""
+        route, body = self._body(prompt, temperature, max_tokens)
+        url = self._url(route)
+        last = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            retry_after = None
+            try:
+                async with self._sem, self._session.post(url, json=body) as r:
+                    if r.status == 200:
+                        c = self._parse(await self._json(r))
+                        c.retries = attempt
+                        self.usage.add(c)
+                        return c
+                    payload = await self._json(r)
+                    if r.status in (401, 403):
+                        raise self._auth_error(r.status, payload)
+                    if r.status not in RETRY_STATUS and r.status < 500:
+                        hint = " (check --llm-base-url and --llm-style)" if r.status == 404 else ""
+                        raise LLMError(f"{url} answered HTTP {r.status}: {_server_message(payload)}{hint}.")
+                    retry_after = _retry_after(r.headers)
+                    last = f"HTTP {r.status}: {_server_message(payload)}"
+                    unreachable = False
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                unreachable = True
+            if attempt < self.cfg.max_retries:
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        cls = LLMUnreachableError if unreachable else LLMError
+        raise cls(f"{url}: gave up after {self.cfg.max_retries + 1} tries ({last}); what was finished is saved, "
+                  "run the same command again to resume.")

