@@ -6,8 +6,17 @@
  *
  *   unshare_net()            unshare(CLONE_NEWNET): a network namespace with only a downed loopback (needs
  *                            CAP_SYS_ADMIN, or an unprivileged user namespace).
+ *   private_tmpfs(path, size)
+ *                            unshare(CLONE_NEWNS) and mount a size-capped tmpfs on `path` (the scratch area).
+ *   private_tmpfs(path, size)
+ *                            unshare(CLONE_NEWNS) and mount a size-capped tmpfs on `path` (the scratch area).
  *   no_new_privs()           prctl(PR_SET_NO_NEW_PRIVS): no setuid binaries, no file capabilities; needed by
  *                            seccomp and Landlock for an unprivileged process.
+ *   drop_to(uid, gid, keep_read)
+ *                            setresgid/setresuid to an unprivileged id, no groups; keep_read keeps only
+ *                            CAP_DAC_READ_SEARCH (read any file, write none) for an interpreter under /root.
+ *   subreaper()              prctl(PR_SET_CHILD_SUBREAPER): orphans of our children are reparented to us, so the
+ *                            worker can reap (and count) everything a program left behind.
  *   pdeathsig(sig)           prctl(PR_SET_PDEATHSIG): the kernel sends `sig` when the parent thread dies.
  *   seccomp(pid, block_fork, block_net)
  *                            a seccomp-BPF filter: signals only to `pid` itself or its own process group (kill,
@@ -29,7 +38,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/audit.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -37,6 +48,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -50,8 +62,49 @@ static PyObject *sb_unshare_net(PyObject *self, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
+/* A mount namespace of our own (mounts private, so nothing propagates back) with a size-capped tmpfs on `path`:
+ * the scratch space for programs' temporary folders, fast (no disk) and bounded (a program cannot fill the disk). */
+static PyObject *sb_private_tmpfs(PyObject *self, PyObject *args) {
+    const char *path;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "sK", &path, &size)) return NULL;
+    if (unshare(CLONE_NEWNS) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    char opts[64];
+    snprintf(opts, sizeof(opts), "size=%llu,mode=0711", size);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    Py_RETURN_NONE;
+}
+
 static PyObject *sb_no_new_privs(PyObject *self, PyObject *noargs) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* Switch to uid/gid for good (real, effective, saved), no supplementary groups. With keep_read, keep exactly one
+ * capability, CAP_DAC_READ_SEARCH, so the program can still read (never write) an interpreter installed under a
+ * private home such as /root; every other capability is dropped. */
+static PyObject *sb_drop_to(PyObject *self, PyObject *args) {
+    int uid, gid, keep_read;
+    if (!PyArg_ParseTuple(args, "iip", &uid, &gid, &keep_read)) return NULL;
+    if (keep_read && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (setgroups(0, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (setresgid(gid, gid, gid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (setresuid(uid, uid, uid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (keep_read) {
+        struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+        struct __user_cap_data_struct data[2];
+        memset(data, 0, sizeof(data));
+        data[0].effective = data[0].permitted = 1u << CAP_DAC_READ_SEARCH;
+        if (syscall(SYS_capset, &hdr, data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sb_subreaper(PyObject *self, PyObject *noargs) {
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -308,7 +361,12 @@ static PyObject *sb_landlock(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"unshare_net", sb_unshare_net, METH_NOARGS, "unshare(CLONE_NEWNET); raises OSError when not permitted."},
+    {"private_tmpfs", sb_private_tmpfs, METH_VARARGS,
+     "private_tmpfs(path, size): own mount namespace with a tmpfs of `size` bytes on path."},
     {"no_new_privs", sb_no_new_privs, METH_NOARGS, "prctl(PR_SET_NO_NEW_PRIVS, 1)."},
+    {"drop_to", sb_drop_to, METH_VARARGS,
+     "drop_to(uid, gid, keep_read): become uid/gid for good; keep_read keeps CAP_DAC_READ_SEARCH only."},
+    {"subreaper", sb_subreaper, METH_NOARGS, "prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants come back to us."},
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},
     {"seccomp", sb_seccomp, METH_VARARGS,
      "seccomp(pid, block_fork, block_net): install the sandbox's seccomp-BPF filter (needs no_new_privs or root)."},

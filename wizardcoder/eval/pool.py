@@ -1,0 +1,172 @@
+"""The evaluator's side of the sandbox: a pool of pre-started workers, one thread each, fed from one queue.
+
+    with SandboxPool(workers=os.cpu_count()) as pool:
+        pool.add_task("HumanEval+/0", task_data)          # sent once to each worker that needs it
+        for result in pool.run(jobs):                       # results in completion order
+            ...
+
+A job is a dict: `id`, `kind` ("script" | "plus" | "record"), `code`, optional `timeout` (wall seconds), and for
+plus/record jobs `task_key` (+ `split`). A result is a dict: `id`, `status` (passed, failed, timeout, memory,
+syntax_error, crashed), `error` (why, for the failure report), `seconds`, and for record jobs `record`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Iterable, Iterator
+
+from ..errors import UserError
+from .sandbox import SandboxConfig, recv_msg, send_msg
+
+VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
+
+
+class _WorkerHandle:
+    def __init__(self, index: int, config: SandboxConfig):
+        self.index = index
+        self.config = config
+        self.loaded: set[str] = set()
+        self._start()
+
+    def _start(self) -> None:
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
+             json.dumps(dataclasses.asdict(self.config))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
+        hello = recv_msg(self.proc.stdout.fileno())
+        if not hello or hello.get("op") != "ready":
+            raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
+                            "to see why.")
+        self.isolation = hello["isolation"]
+        self.tmp_root = hello["tmp_root"]
+        self.loaded = set()
+
+    def call(self, job: dict, tasks: dict) -> dict:
+        key = job.get("task_key")
+        if key is not None and key not in self.loaded:
+            send_msg(self.proc.stdin.fileno(), {"op": "task", "key": key, "data": tasks[key]})
+            self.loaded.add(key)
+        send_msg(self.proc.stdin.fileno(), {"op": "job", "job": job})
+        reply = recv_msg(self.proc.stdout.fileno())
+        if reply is None:
+            raise EOFError("sandbox worker exited")
+        return reply
+
+    def restart(self) -> None:
+        self.stop()
+        self._start()
+
+    def stop(self) -> None:
+        try:
+            send_msg(self.proc.stdin.fileno(), {"op": "exit"})
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.tmp_root, ignore_errors=True)
+
+
+def decode(job: dict, reply: dict) -> dict:
+    """Turn a worker reply into a result: the child's bytes are JSON for untrusted programs (never unpickled) and
+    pickle only for `record` jobs, which run the dataset's own canonical solutions."""
+    out = {k: v for k, v in reply.items() if k != "raw"}
+    raw = reply.get("raw")
+    if raw is not None:
+        try:
+            body = pickle.loads(raw) if job["kind"] == "record" else json.loads(raw.decode("utf-8"))
+            if not isinstance(body, dict) or body.get("status") not in VERDICTS:
+                raise ValueError("malformed")
+            out.update(body)
+        except Exception:  # noqa: BLE001 - whatever the program wrote on the result pipe
+            out.update(status="crashed", error="the program corrupted its result channel")
+    out.setdefault("error", "")
+    return out
+
+
+class SandboxPool:
+    """`workers` pre-started sandbox workers (default: one per CPU core)."""
+
+    def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
+        self.config = config or SandboxConfig()
+        self.n = max(1, workers or os.cpu_count() or 1)
+        self.tasks: dict[str, dict] = {}
+        self.handles: list[_WorkerHandle] = []
+        try:
+            for i in range(self.n):
+                self.handles.append(_WorkerHandle(i, self.config))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def isolation(self) -> dict:
+        """What isolation is in force, as the first worker probed it (all workers run the same code)."""
+        return dict(self.handles[0].isolation)
+
+    def add_task(self, key: str, data: dict) -> None:
+        self.tasks[key] = data
+        for h in self.handles:
+            h.loaded.discard(key)
+
+    def run(self, jobs: Iterable[dict]) -> Iterator[dict]:
+        """Run jobs on all workers; yield results as they complete."""
+        todo: queue.Queue = queue.Queue()
+        done: queue.Queue = queue.Queue()
+        n = 0
+        for job in jobs:
+            todo.put(job)
+            n += 1
+        if n == 0:
+            return
+
+        def loop(h: _WorkerHandle) -> None:
+            dead = False
+            while True:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                if dead:
+                    done.put({"id": job["id"], "status": "crashed", "error": "sandbox worker could not restart",
+                              "seconds": 0.0})
+                    continue
+                try:
+                    reply = h.call(job, self.tasks)
+                    done.put(decode(job, reply))
+                except (EOFError, OSError, pickle.UnpicklingError) as e:
+                    done.put({"id": job["id"], "status": "crashed", "error": f"sandbox worker failed: {e}",
+                              "seconds": 0.0})
+                    try:
+                        h.restart()
+                    except Exception:  # noqa: BLE001
+                        dead = True
+
+        threads = [threading.Thread(target=loop, args=(h,), daemon=True) for h in self.handles]
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            yield done.get()
+        for t in threads:
+            t.join()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.stop()
+        self.handles = []
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

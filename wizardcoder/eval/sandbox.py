@@ -1,0 +1,414 @@
+"""The sandbox worker: a pre-started Python process that forks one isolated child per program.
+
+    evaluator ──pipe──> worker (python -m wizardcoder.eval.worker; modules pre-imported, in its own network
+                        namespace when permitted)
+                          └─ fork per job ─> child: new session/process group, rlimits, private temp folder,
+                                             unprivileged uid (when root), no_new_privs, Landlock, seccomp,
+                                             then runs the job (wizardcoder/eval/checks.py)
+
+Layers, each used when this machine permits it (probed once per worker and reported by `isolation`):
+  process     every program in its own forked process and process group, never in the evaluator; the worker is a
+              child subreaper and SIGKILLs the group (and, with forks allowed, every process of the sandbox uid)
+              when the program ends or its wall time runs out; PDEATHSIG ties child -> worker -> evaluator
+  limits      RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0,
+              RLIMIT_NPROC (when running under a uid of its own)
+  user        setuid/setgid to an unprivileged uid of its own per worker (uid_base + worker index) when root
+  network     a network namespace with no interfaces (unshare CLONE_NEWNET), else Landlock TCP rules (ABI >= 4);
+              always also a seccomp filter that allows socket() for AF_UNIX only
+  filesystem  Landlock: writes, creates, deletes and renames only beneath the private temp folder, which is removed
+              after the run; the uid switch adds ordinary permissions on top
+  syscalls    seccomp: no fork/vfork/non-thread clone (stops a fork bomb outright), signals only to itself, no
+              ptrace/process_vm/unshare/setns/mount
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import pickle
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+
+from . import checks
+
+try:
+    from .. import _sandbox
+except ImportError:  # the C extension was not built; the Python layers still apply
+    _sandbox = None
+
+RESULT_FD_ENV = "WIZARDCODER_SANDBOX_RESULT_FD"
+PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
+           "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json", "numpy")
+
+
+@dataclasses.dataclass
+class SandboxConfig:
+    """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
+
+    timeout: float = 3.0  # wall-clock limit per program (plus jobs get their own from the task)
+    cpu_timeout: float | None = None  # RLIMIT_CPU; None: the wall limit rounded up plus one second
+    memory: int = 4 << 30  # RLIMIT_AS
+    max_output: int = 16 << 20  # RLIMIT_FSIZE: stdout+stderr file and any file the program writes
+    max_files: int = 256  # RLIMIT_NOFILE
+    max_procs: int = 64  # RLIMIT_NPROC, when the program runs under a uid of its own
+    allow_fork: bool = False  # False: seccomp refuses new processes; True: only RLIMIT_NPROC bounds them
+    network: bool = False  # True disables every network layer (for programs that legitimately need it)
+    uid_base: int = 61000  # uid of worker i is uid_base + i (when started as root)
+    scratch: int = 512 << 20  # size of the worker's private tmpfs holding the temp folders (when permitted)
+    tmp_root: str | None = None  # where private temp folders go (default: the system temp dir)
+
+
+# ------------------------------------------------------------------------------------------------ framing
+
+def send_msg(fd: int, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_all(fd, struct.pack("<Q", len(data)) + data)
+
+
+def recv_msg(fd: int):
+    head = _read_exact(fd, 8)
+    if head is None:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    body = _read_exact(fd, n)
+    if body is None:
+        raise EOFError("worker pipe closed mid-message")
+    return pickle.loads(body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(fd, min(n - got, 1 << 20))
+        if not b:
+            return None if got == 0 else b"".join(chunks)
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+class Worker:
+    """The worker's state: isolation probed at start, task data received from the evaluator, the job loop."""
+
+    def __init__(self, index: int, config: SandboxConfig):
+        self.index = index
+        self.config = config
+        self.tasks: dict[str, dict] = {}
+        self.root = os.geteuid() == 0
+        self.uid = config.uid_base + index if self.root else os.getuid()
+        self.gid = self.uid if self.root else os.getgid()
+        self.tmp_root = tempfile.mkdtemp(prefix=f"wizardcoder-sandbox-{os.getpid()}-", dir=config.tmp_root)
+        os.chmod(self.tmp_root, 0o711)
+        self.jobs = 0
+        self.isolation = self._setup()
+
+    def _setup(self) -> dict:
+        iso: dict = {"process": "fork per program from a pre-started worker; own session and process group; "
+                                "group SIGKILLed at the end and on timeout"}
+        if _sandbox is not None:
+            try:
+                _sandbox.subreaper()
+                _sandbox.pdeathsig(signal.SIGKILL)
+            except OSError:
+                pass
+        if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
+            os._exit(1)
+        self.keep_read = False
+        if self.root:
+            self.keep_read = not self._uid_can_read_python()
+            iso["user"] = f"uid {self.uid} gid {self.gid} (unprivileged, one per worker)"
+            if self.keep_read:
+                iso["user"] += (" keeping only CAP_DAC_READ_SEARCH, because the Python installation is not readable "
+                                "by other users (read any file, write none)")
+        else:
+            iso["user"] = f"same uid as the evaluator ({self.uid}): not started as root"
+        iso["scratch"] = f"private temp folder per program under {self.tmp_root}, removed after"
+        if _sandbox is not None:
+            try:
+                _sandbox.private_tmpfs(self.tmp_root, self.config.scratch)
+                iso["scratch"] += f" (a private {self.config.scratch >> 20} MiB tmpfs in a mount namespace)"
+            except OSError as e:
+                iso["scratch"] += f" (on disk: no private tmpfs, {errno.errorcode.get(e.errno, e.errno)})"
+        net = []
+        if not self.config.network:
+            if _sandbox is not None:
+                try:
+                    _sandbox.unshare_net()
+                    net.append("network namespace without interfaces (unshare CLONE_NEWNET)")
+                except OSError as e:
+                    net.append(f"no network namespace ({errno.errorcode.get(e.errno, e.errno)})")
+        self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
+        if self.landlock_abi:
+            iso["filesystem"] = (f"Landlock ABI {self.landlock_abi}: writes only beneath the private temp folder"
+                                 + (", plus uid permissions" if self.root else ""))
+            if not self.config.network and self.landlock_abi >= 4:
+                net.append("Landlock denies TCP bind/connect")
+        else:
+            iso["filesystem"] = ("uid permissions only (Landlock unavailable)" if self.root
+                                 else "NONE beyond the private working folder (no Landlock, not root)")
+        if _sandbox is not None:
+            seccomp = "seccomp: signals only to itself, no ptrace/unshare/mount"
+            if not self.config.allow_fork:
+                seccomp += ", no new processes"
+            if not self.config.network:
+                seccomp += ", socket() for AF_UNIX only"
+                net.append("seccomp allows AF_UNIX sockets only")
+            iso["syscalls"] = seccomp
+        else:
+            iso["syscalls"] = "NONE: wizardcoder._sandbox is not built"
+        iso["network"] = "; ".join(net) if not self.config.network else "allowed (network=True)"
+        c = self.config
+        lim = [f"address space {c.memory >> 20} MiB", f"output/file size {c.max_output >> 20} MiB",
+               f"{c.max_files} open files", "no core files"]
+        if self.root:
+            lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
+        iso["limits"] = ", ".join(lim)
+        for name in PRELOAD:
+            try:
+                __import__(name)
+            except Exception:  # noqa: BLE001 - a preload is an optimisation only
+                pass
+        return iso
+
+    def _uid_can_read_python(self) -> bool:
+        """Can the sandbox uid import from this interpreter's stdlib, site-packages and our package?"""
+        import sysconfig
+
+        paths = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+                 os.path.dirname(os.path.abspath(__file__))]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if _sandbox is not None:
+                    _sandbox.drop_to(self.uid, self.gid, False)
+                else:
+                    os.setgroups([])
+                    os.setgid(self.gid)
+                    os.setuid(self.uid)
+                for p in paths:
+                    os.listdir(p)
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+        return os.waitpid(pid, 0)[1] == 0
+
+    # -------------------------------------------------------------------------------------------- one job
+
+    def run_job(self, job: dict) -> dict:
+        self.jobs += 1
+        jobdir = os.path.join(self.tmp_root, f"job{self.jobs}")
+        os.mkdir(jobdir, 0o700)
+        if self.root:
+            os.chown(jobdir, self.uid, self.gid)
+        timeout = float(job.get("timeout") or self.config.timeout)
+        cpu = self.config.cpu_timeout or timeout
+        r, w = os.pipe()
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # ------------------------------------------------------------- child
+            try:
+                os.close(r)
+                self._child(job, jobdir, w, cpu)
+            finally:
+                os._exit(101)
+        os.close(w)
+        try:
+            reply = self._watch(pid, r, t0, timeout, cpu, big=job["kind"] == "record")
+        finally:
+            os.close(r)
+            self._cleanup(pid, jobdir)
+        reply["seconds"] = round(time.monotonic() - t0, 4)
+        return reply
+
+    def _child(self, job: dict, jobdir: str, w: int, cpu: float) -> None:
+        c = self.config
+        os.setsid()
+        if _sandbox is not None:
+            _sandbox.pdeathsig(signal.SIGKILL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(os.path.join(jobdir, ".output"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if self.root:
+            os.fchown(out, self.uid, self.gid)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.dup2(w, 3)
+        os.closerange(4, 1 << 16)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)
+        rl = resource.setrlimit
+        rl(resource.RLIMIT_CORE, (0, 0))
+        rl(resource.RLIMIT_CPU, (int(cpu) + 1, int(cpu) + 2))
+        rl(resource.RLIMIT_FSIZE, (c.max_output, c.max_output))
+        rl(resource.RLIMIT_NOFILE, (c.max_files, c.max_files))
+        if c.memory:
+            rl(resource.RLIMIT_AS, (c.memory, c.memory))
+        os.chdir(jobdir)
+        os.environ.clear()
+        os.environ.update({"HOME": jobdir, "TMPDIR": jobdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        tempfile.tempdir = jobdir
+        if self.root:
+            rl(resource.RLIMIT_NPROC, (c.max_procs, c.max_procs))
+            if _sandbox is not None:
+                _sandbox.drop_to(self.uid, self.gid, self.keep_read)
+            else:
+                os.setgroups([])
+                os.setgid(self.gid)
+                os.setuid(self.uid)
+        if _sandbox is not None:
+            _sandbox.no_new_privs()
+            if self.landlock_abi:
+                _sandbox.landlock([jobdir], not c.network, True)
+            _sandbox.seccomp(os.getpid(), not c.allow_fork, not c.network)
+        kind = job["kind"]
+        if kind == "script":
+            result = checks.run_script(job)
+        elif kind == "plus":
+            result = checks.run_plus(job, self.tasks[job["task_key"]])
+        elif kind == "record":
+            result = checks.run_record(job, self.tasks[job["task_key"]])
+        else:
+            result = {"status": "crashed", "error": f"unknown job kind {kind}"}
+        data = pickle.dumps(result) if kind == "record" else json.dumps(result).encode()
+        try:
+            _write_all(3, data)
+        except OSError:
+            os._exit(102)
+        os._exit(0)
+
+    def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool) -> dict:
+        """Collect the child's result until it exits or its wall time runs out."""
+        cap = (1 << 30) if big else (1 << 20)
+        chunks, got, status, rusage, timed_out = [], 0, None, None, False
+        pidfd = os.pidfd_open(pid)
+        try:
+            fds = [pidfd, r]
+            while status is None:
+                left = timeout - (time.monotonic() - t0)
+                if left <= 0:
+                    timed_out = True
+                    _killpg(pid)
+                    _, status, rusage = os.wait4(pid, 0)
+                    break
+                ready, _, _ = select.select(fds, [], [], left)
+                if r in ready:
+                    b = os.read(r, 1 << 20)
+                    if not b:
+                        fds = [pidfd]
+                    elif got < cap:
+                        chunks.append(b)
+                        got += len(b)
+                if pidfd in ready:
+                    _, status, rusage = os.wait4(pid, 0)
+        finally:
+            os.close(pidfd)
+        # drain what is still in the pipe (the child has exited; a grandchild could hold it open, so no blocking)
+        os.set_blocking(r, False)
+        try:
+            while got < cap:
+                b = os.read(r, 1 << 20)
+                if not b:
+                    break
+                chunks.append(b)
+                got += len(b)
+        except BlockingIOError:
+            pass
+        data = b"".join(chunks)
+        cpu_used = rusage.ru_utime + rusage.ru_stime if rusage else 0.0
+        if timed_out:
+            return {"status": "timeout", "error": f"wall time limit {timeout:g}s"}
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= int(cpu) + 1):
+                return {"status": "timeout", "error": f"CPU time limit {int(cpu) + 1}s"}
+            if sig == signal.SIGXFSZ:
+                return {"status": "crashed", "error": f"output/file size limit {self.config.max_output >> 20} MiB"}
+            return {"status": "crashed", "error": f"killed by {signal.Signals(sig).name}"}
+        code = os.WEXITSTATUS(status)
+        if code != 0 or not data:
+            return {"status": "crashed", "error": f"exited with status {code} before reporting a result"}
+        return {"raw": data}
+
+    def _cleanup(self, pid: int, jobdir: str) -> None:
+        _killpg(pid)
+        if self.config.allow_fork and self.root:
+            # processes that left the group (setsid) still carry the sandbox uid: kill them all as that uid
+            sweeper = os.fork()
+            if sweeper == 0:
+                try:
+                    os.setuid(self.uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(sweeper, 0)
+        try:  # reap orphans reparented to us (we are a subreaper)
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        shutil.rmtree(jobdir, onerror=_force_remove)
+
+    def close(self) -> None:
+        """Empty the scratch folder; the evaluator removes the folder itself (here it may be a mount point)."""
+        for name in os.listdir(self.tmp_root):
+            shutil.rmtree(os.path.join(self.tmp_root, name), onerror=_force_remove)
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _force_remove(func, path, exc_info):
+    """rmtree's error hook: a program may leave folders without write or search permission."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, onerror=_force_remove)
+        else:
+            func(path)
+    except OSError:
+        pass
+
+
+def serve(index: int, config: SandboxConfig) -> None:
+    """The worker's main loop: messages from the evaluator on fd 0, replies on fd 1."""
+    cmd_in, cmd_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    worker = Worker(index, config)
+    send_msg(cmd_out, {"op": "ready", "isolation": worker.isolation, "pid": os.getpid(), "tmp_root": worker.tmp_root})
+    try:
+        while True:
+            msg = recv_msg(cmd_in)
+            if msg is None or msg.get("op") == "exit":
+                break
+            if msg["op"] == "task":
+                worker.tasks[msg["key"]] = msg["data"]
+                continue
+            reply = worker.run_job(msg["job"])
+            reply["id"] = msg["job"]["id"]
+            send_msg(cmd_out, reply)
+    finally:
+        worker.close()
