@@ -153,8 +153,9 @@ class PackedLoader:
             pack = self.shards.pack(int(p))
             n = len(pack.tokens)
             base = k * S
-            input_ids[base : base + n] = pack.tokens
-            labels[base : base + n] = np.where(pack.loss_mask.astype(bool), pack.tokens, -100)
+            tokens = pack.tokens.astype(np.int64)  # (uint16 on disk: -100 must not wrap)
+            input_ids[base : base + n] = tokens
+            labels[base : base + n] = np.where(pack.loss_mask.astype(bool), tokens, -100)
             seg_lens.extend(pack.doc_lens.tolist())
             n_docs += len(pack.doc_lens)
             n_real += n

@@ -76,11 +76,17 @@ def resolve_data_files(specs: str | Iterable[str]) -> list[str]:
             files += found
         elif any(c in spec for c in "*?[") and glob.glob(spec):
             files += sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        elif HUB_ID.match(spec) and not os.path.exists(spec.split("/")[0]):
+        elif _looks_like_hub_id(spec):
             files += hub_dataset_files(spec)
         else:
             raise DataError(f"{spec}: no such file or folder; check the path (or give a hub dataset id owner/name).")
     return files
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """owner/name[@rev][:glob] that is not a (missing) local path: no data-file suffix, no existing first folder."""
+    m = HUB_ID.match(spec)
+    return bool(m) and not m.group(1).endswith(DATA_SUFFIXES) and not os.path.exists(m.group(1).split("/")[0])
 
 
 def _data_files_in(folder: str, pattern: str | None = None) -> list[str]:
