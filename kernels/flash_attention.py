@@ -1,0 +1,535 @@
+"""FlashAttention-2 in Triton: causal (or full) attention over packed variable-length documents, with multi-query /
+grouped-query K/V, forward and backward.
+
+Algorithm (Dao, "FlashAttention-2", 2023):
+- forward: one program per (query block of BLOCK_M rows, document, query head). It streams the document's K/V in
+  blocks of BLOCK_N with an online softmax in base 2 (running max m, running sum l, fp32 accumulator), so the
+  [S, S] score matrix never exists, and stores O and the row log-sum-exp (base 2, fp32, `[Hq, T]`). The key loop is
+  split in two: blocks fully below the causal diagonal and inside the document run without any mask; only the few
+  blocks on the diagonal / at the document end apply one. Blocks above the diagonal are never visited.
+- backward: a preprocess kernel computes delta = rowsum(dO * O); a dK/dV kernel, one program per (key block,
+  document, K/V head, head split), recomputes P = exp2(S - LSE) for every query head of its group and every query
+  block at or below the diagonal and accumulates dV = P^T dO and dK = dS^T Q in registers (no atomics, K/V never
+  expanded); a dQ kernel, one program per (query block, document, query head), accumulates dQ = dS K. When a group
+  is large (MQA: all query heads share one K/V head) and the grid would be too small to fill the GPU, the group's
+  heads are split over `n_split` programs that write fp32 partial dK/dV summed afterwards.
+- varlen: `cu_seqlens` (int32, `[n_docs + 1]`) gives document boundaries; each program reads its document's start and
+  length from it (document = grid axis 1) and exits at once when its block lies past the document's end, so no
+  document ever attends to another. Dense `[B, S, H, D]` input is the same with B documents of length S.
+- MQA/GQA: query head h reads K/V head h // (Hq // Hkv).
+- causal mask: aligned to the bottom-right corner when seqlen_q != seqlen_k (as flash-attn >= 2.1): query i of a
+  document sees key j iff j <= i + seqlen_k - seqlen_q. A query row that sees no key outputs 0.
+
+Limits: head dim up to 256 (any size; padded to a power of two inside, masked); fp16, bf16 and fp32 (fp32 dots use
+IEEE fp32, not TF32); last dimension contiguous; no dropout, no ALiBi, no sliding window, no KV cache.
+Block sizes are autotuned on CUDA (configs for H100/H200); the interpreter uses one small config.
+
+Tested: tests/test_kernels_attention.py, against `attention_reference` (fp32 torch) on CPU in the Triton interpreter
+(fp32, fp16; bf16 is CUDA-only because numpy has no bf16) and on CUDA when present; model-level in
+tests/test_kernels_model.py. Benchmarked: bench/bench_kernels.py (vs torch SDPA and flash-attn when installed).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import custom_op
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ------------------------------------------------------------------------------------------------ autotune configs
+def _configs(kind: str) -> list[triton.Config]:
+    if INTERPRET or not torch.cuda.is_available():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    if kind == "fwd":  # H100: 128x64/128 tiles, 4-8 warps, 3-4 stages (cf. the Triton fused-attention tutorial)
+        shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
+    elif kind == "dkdv":  # key block BLOCK_N held in registers, query blocks streamed
+        shapes = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3)]
+    else:  # dq: query block held, key blocks streamed
+        shapes = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 16, 4, 3)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles too large for the head dim's shared memory (D=256 cannot take 128x128 with 3 stages)."""
+    d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
+    kept = [c for c in configs if d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return kept or configs[-1:]
+
+
+# ------------------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len, causal_off,
+               lo, hi, qk_scale, D,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               PREC: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            kmask = (cols < k_len)[None, :] & d_ok[:, None]
+        else:
+            kmask = d_ok[:, None]
+        kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        qk = tl.dot(q, kT, input_precision=PREC) * qk_scale  # (M, N), log2 units
+        if MASKED:
+            ok = (cols < k_len)[None, :]
+            if CAUSAL:
+                ok = ok & (offs_m[:, None] + causal_off >= cols[None, :])
+            qk = tl.where(ok, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no visible key yet
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=tl.trans(kmask), other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_configs("fwd"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, sm_scale,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                stride_lse_h, n_heads, group, D, SEQ_BUCKET,
+                CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                PREC: tl.constexpr):
+    # Heaviest causal blocks (the last rows) first, so the tail of the grid holds the short ones.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    doc = pid_bh // n_heads
+    h = pid_bh % n_heads
+    hk = h // group
+    q_start = tl.load(cu_q + doc).to(tl.int64)
+    q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
+    k_start = tl.load(cu_k + doc).to(tl.int64)
+    k_len = (tl.load(cu_k + doc + 1) - k_start).to(tl.int32)
+    m0 = pid_m * BLOCK_M
+    if m0 >= q_len:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < q_len
+    q = tl.load(Q + (q_start + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    k_base = k_start * stride_kt + hk * stride_kh
+    v_base = k_start * stride_vt + hk * stride_vh
+    qk_scale = sm_scale * 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2 e)
+
+    causal_off = k_len - q_len  # bottom-right alignment
+    if CAUSAL:
+        hi = tl.minimum(k_len, m0 + BLOCK_M + causal_off)
+        full = tl.minimum(k_len, m0 + causal_off + 1)  # keys every row of the block sees
+    else:
+        hi = k_len
+        full = k_len
+    hi = tl.maximum(hi, 0)
+    full = tl.maximum(full, 0) // BLOCK_N * BLOCK_N
+    full = tl.minimum(full, hi)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
+                               causal_off, 0, full, qk_scale, D, False, CAUSAL, BLOCK_N, BLOCK_D, PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
+                               causal_off, full, hi, qk_scale, D, True, CAUSAL, BLOCK_N, BLOCK_D, PREC)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    # Rows that saw no key: O = 0 and LSE = +inf, so the backward's P = exp2(S - LSE) is exactly 0 for them.
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    tl.store(O + (q_start + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :], o.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d < D)[None, :])
+    tl.store(LSE + h * stride_lse_h + q_start + offs_m, lse, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------------------------------ backward
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h, T, D,
+                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < T)[:, None] & (offs_d < D)[None, :]
+    o = tl.load(O + offs_m[:, None].to(tl.int64) * stride_ot + h * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + offs_m[:, None].to(tl.int64) * stride_dot + h * stride_doh + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + h * stride_delta_h + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stride_qt, stride_dot, offs_n, offs_d,
+                q_len, causal_off, lo, hi, qk_scale, D,
+                MASKED: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < D
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + offs_m0
+        m_ok = offs_m < q_len
+        qT = tl.load(Q + q_base + offs_m[None, :] * stride_qt + offs_d[:, None], mask=m_ok[None, :] & d_ok[:, None],
+                     other=0.0)  # (D, M)
+        # Rows past the document end load LSE = +inf, so their P is 0 without a mask.
+        lse = tl.load(LSE + lse_base + offs_m, mask=m_ok, other=float("inf"))
+        qkT = tl.dot(k, qT, input_precision=PREC) * qk_scale  # (N, M)
+        pT = tl.math.exp2(qkT - lse[None, :])
+        if MASKED:
+            pT = tl.where(offs_m[None, :] + causal_off >= offs_n[:, None], pT, 0.0)
+        do = tl.load(DO + do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
+                     other=0.0)  # (M, D)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+        delta = tl.load(DELTA + lse_base + offs_m, mask=m_ok, other=0.0)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # (N, M)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
+    return dk, dv
+
+
+@triton.autotune(configs=_configs("dkdv"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC", "HEADS_PER_SPLIT"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, sm_scale,
+                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                 stride_lse_h, stride_dks, stride_dkt, stride_dkh, stride_dvs, stride_dvt, stride_dvh,
+                 n_kv_heads, group, n_split, D, SEQ_BUCKET,
+                 HEADS_PER_SPLIT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid = tl.program_id(1)
+    split = pid % n_split
+    hk = (pid // n_split) % n_kv_heads
+    doc = pid // (n_split * n_kv_heads)
+    q_start = tl.load(cu_q + doc).to(tl.int64)
+    q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
+    k_start = tl.load(cu_k + doc).to(tl.int64)
+    k_len = (tl.load(cu_k + doc + 1) - k_start).to(tl.int32)
+    n0 = pid_n * BLOCK_N
+    if n0 >= k_len:
+        return
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n < k_len)[:, None] & (offs_d < D)[None, :]
+    k = tl.load(K + (k_start + offs_n[:, None]) * stride_kt + hk * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + (k_start + offs_n[:, None]) * stride_vt + hk * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    causal_off = k_len - q_len
+    if CAUSAL:
+        # Query rows that see some key of this block start at n0 - causal_off; rows from n0 + BLOCK_N - 1 - causal_off
+        # on see all of it.
+        lo = tl.maximum(n0 - causal_off, 0) // BLOCK_M * BLOCK_M
+        mid = tl.minimum(tl.maximum(n0 + BLOCK_N - causal_off, 0), q_len)
+        mid = tl.minimum((mid + BLOCK_M - 1) // BLOCK_M * BLOCK_M, tl.maximum(q_len, lo))
+        mid = tl.maximum(mid, lo)
+    else:
+        lo = 0
+        mid = 0
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for i in range(HEADS_PER_SPLIT):
+        h = hk * group + split * HEADS_PER_SPLIT + i
+        q_base = q_start * stride_qt + h * stride_qh
+        do_base = q_start * stride_dot + h * stride_doh
+        lse_base = h * stride_lse_h + q_start
+        if CAUSAL:
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stride_qt, stride_dot,
+                                 offs_n, offs_d, q_len, causal_off, lo, mid, qk_scale, D, True, BLOCK_M, PREC)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stride_qt, stride_dot,
+                             offs_n, offs_d, q_len, causal_off, mid, q_len, qk_scale, D, False, BLOCK_M, PREC)
+    dk = dk * sm_scale
+    tl.store(DK + split * stride_dks + (k_start + offs_n[:, None]) * stride_dkt + hk * stride_dkh + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + split * stride_dvs + (k_start + offs_n[:, None]) * stride_dvt + hk * stride_dvh + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len, causal_off,
+              lo, hi, qk_scale, D, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+              PREC: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < D
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n0
+        if MASKED:
+            kmask = (cols < k_len)[None, :] & d_ok[:, None]
+        else:
+            kmask = d_ok[:, None]
+        kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        vT = tl.load(V + v_base + cols[None, :] * stride_vt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        qk = tl.dot(q, kT, input_precision=PREC) * qk_scale
+        p = tl.math.exp2(qk - lse[:, None])
+        if MASKED:
+            ok = (cols < k_len)[None, :]
+            if CAUSAL:
+                ok = ok & (offs_m[:, None] + causal_off >= cols[None, :])
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, vT, input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PREC)
+    return dq
+
+
+@triton.autotune(configs=_configs("dq"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, sm_scale,
+               stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+               stride_lse_h, stride_dqt, stride_dqh, n_heads, group, D, SEQ_BUCKET,
+               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               PREC: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    doc = pid_bh // n_heads
+    h = pid_bh % n_heads
+    hk = h // group
+    q_start = tl.load(cu_q + doc).to(tl.int64)
+    q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
+    k_start = tl.load(cu_k + doc).to(tl.int64)
+    k_len = (tl.load(cu_k + doc + 1) - k_start).to(tl.int32)
+    m0 = pid_m * BLOCK_M
+    if m0 >= q_len:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < q_len
+    qmask = row_ok[:, None] & (offs_d < D)[None, :]
+    q = tl.load(Q + (q_start + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + (q_start + offs_m[:, None]) * stride_dot + h * stride_doh + offs_d[None, :], mask=qmask, other=0.0)
+    lse = tl.load(LSE + h * stride_lse_h + q_start + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + h * stride_lse_h + q_start + offs_m, mask=row_ok, other=0.0)
+    k_base = k_start * stride_kt + hk * stride_kh
+    v_base = k_start * stride_vt + hk * stride_vh
+    qk_scale = sm_scale * 1.4426950408889634
+
+    causal_off = k_len - q_len
+    if CAUSAL:
+        hi = tl.minimum(k_len, m0 + BLOCK_M + causal_off)
+        full = tl.minimum(k_len, m0 + causal_off + 1)
+    else:
+        hi = k_len
+        full = k_len
+    hi = tl.maximum(hi, 0)
+    full = tl.minimum(tl.maximum(full, 0) // BLOCK_N * BLOCK_N, hi)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dq = _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
+                   causal_off, 0, full, qk_scale, D, False, CAUSAL, BLOCK_N, PREC)
+    dq = _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
+                   causal_off, full, hi, qk_scale, D, True, CAUSAL, BLOCK_N, PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + (q_start + offs_m[:, None]) * stride_dqt + h * stride_dqh + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=qmask)
+
+
+# ----------------------------------------------------------------------------------------------------- launchers
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16 operands
+
+
+def _seq_bucket(max_seqlen: int) -> int:
+    return 1 << max(6, int(max_seqlen - 1).bit_length()) if max_seqlen > 1 else 64
+
+
+def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _check(q, k, v, cu_seqlens_q, cu_seqlens_k):
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"flash_attn_varlen_func: q, k, v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or q.shape[2] != k.shape[2]:
+        raise ValueError(f"flash_attn_varlen_func: k {tuple(k.shape)} and v {tuple(v.shape)} must match q's head dim {q.shape[2]}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"flash_attn_varlen_func: query heads ({q.shape[1]}) must be a multiple of K/V heads ({k.shape[1]})")
+    if q.shape[2] > 256:
+        raise ValueError(f"flash_attn_varlen_func: head dim {q.shape[2]} > 256 is not supported")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError("flash_attn_varlen_func: cu_seqlens_q and cu_seqlens_k must have the same number of documents")
+
+
+def _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool):
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    n_docs = cu_seqlens_q.numel() - 1
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((Hq, T), device=q.device, dtype=torch.float32)
+    if T == 0 or n_docs == 0 or max_seqlen_q == 0:
+        return o.zero_(), lse.fill_(float("inf"))
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    grid = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), n_docs * Hq)  # noqa: E731
+    _fwd_kernel[grid](q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, scale,
+                      q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                      o.stride(0), o.stride(1), lse.stride(0), Hq, Hq // Hkv, D, _seq_bucket(max(max_seqlen_q, max_seqlen_k)),
+                      CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=_prec(q.dtype))
+    return o, lse
+
+
+def _num_sms(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def _head_splits(group: int, n_docs: int, Hkv: int, max_seqlen_k: int, device) -> int:
+    """How many programs share one K/V head's query heads in the dK/dV pass: 1 when the grid already fills the GPU
+    (>= 4 programs per SM at the smallest key block), else the smallest power-of-two divisor of `group` that does."""
+    if device.type != "cuda":
+        return 2 if group % 2 == 0 else 1  # exercise the split path in the interpreter tests
+    target = 4 * _num_sms(device)
+    base = triton.cdiv(max_seqlen_k, 128) * n_docs * Hkv
+    s = 1
+    while base * s < target and group % (2 * s) == 0 and s < 8:
+        s *= 2
+    return s
+
+
+def _bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool):
+    T, Hq, D = q.shape
+    Tk, Hkv = k.shape[0], k.shape[1]
+    group = Hq // Hkv
+    n_docs = cu_seqlens_q.numel() - 1
+    do = _last_contiguous(do)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if T == 0 or n_docs == 0:
+        return dq.zero_(), torch.zeros_like(k), torch.zeros_like(v)
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    prec = _prec(q.dtype)
+    bucket = _seq_bucket(max(max_seqlen_q, max_seqlen_k))
+
+    delta = torch.empty_like(lse)
+    PRE_M = 64 if not INTERPRET else 16
+    _bwd_preprocess[(triton.cdiv(T, PRE_M), Hq)](o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1),
+                                                 delta.stride(0), T, D, BLOCK_M=PRE_M, BLOCK_D=BLOCK_D)
+
+    n_split = _head_splits(group, n_docs, Hkv, max_seqlen_k, q.device)
+    if n_split == 1:
+        dk = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=k.dtype)
+        dv = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=v.dtype)
+    else:  # fp32 partial sums, one per head split
+        dk = torch.empty(n_split, Tk, Hkv, D, device=q.device, dtype=torch.float32)
+        dv = torch.empty(n_split, Tk, Hkv, D, device=q.device, dtype=torch.float32)
+    if Tk > 0:
+        grid = lambda META: (triton.cdiv(max_seqlen_k, META["BLOCK_N"]), n_docs * Hkv * n_split)  # noqa: E731
+        _dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, scale,
+                           q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                           do.stride(0), do.stride(1), lse.stride(0),
+                           dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+                           Hkv, group, n_split, D, bucket,
+                           HEADS_PER_SPLIT=group // n_split, CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=prec)
+    if n_split == 1:
+        dk, dv = dk[0], dv[0]
+    else:
+        dk, dv = dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype)
+
+    grid = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), n_docs * Hq)  # noqa: E731
+    _dq_kernel[grid](q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, scale,
+                     q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                     do.stride(0), do.stride(1), lse.stride(0), dq.stride(0), dq.stride(1), Hq, group, D, bucket,
+                     CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=prec)
+    return dq, dk, dv
+
+
+# ---------------------------------------------------- custom ops (opaque to torch.compile, with fake shapes)
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+              max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal)
+
+
+def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+def _bwd_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+              cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float,
+              causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal)
+
+
+def _bwd_fake(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
+    c = torch.contiguous_format
+    return (torch.empty_like(q, memory_format=c), torch.empty_like(k, memory_format=c), torch.empty_like(v, memory_format=c))
+
+
+_fwd_op = custom_op("flash_attn_varlen_fwd", _fwd_impl, _fwd_fake)
+_bwd_op = custom_op("flash_attn_varlen_bwd", _bwd_impl, _bwd_fake)
+
+
+class FlashAttnVarlenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal):
+        q, k, v = (_last_contiguous(t) for t in (q, k, v))
+        o, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.args = (max_seqlen_q, max_seqlen_k, scale, causal)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv = _bwd_op(do, q, k, v, o, lse, cu_q, cu_k, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+# ------------------------------------------------------------------------------------------------- public API
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                           causal=True):
+    """Attention over packed documents, flash-attn's call shape.
+
+    q `[T, Hq, D]`, k/v `[Tk, Hkv, D]` (Hq a multiple of Hkv; query head h reads K/V head h // (Hq // Hkv));
+    cu_seqlens_q/k int32 `[n_docs + 1]` cumulative document lengths; max_seqlen_q/k ints, at least the longest
+    document (they size the grid; no device sync is made). softmax_scale defaults to 1/sqrt(D). With `causal`, the
+    mask is aligned to the bottom-right corner of each document's [seqlen_q, seqlen_k] block. Returns `[T, Hq, D]`,
+    differentiable in q, k and v."""
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    _check(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32)
+    cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32)
+    return FlashAttnVarlenFunction.apply(q, k, v, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal))
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=True):
+    """Dense batch: q `[B, S, Hq, D]`, k/v `[B, Sk, Hkv, D]` -> `[B, S, Hq, D]`; the varlen kernel with B documents."""
+    B, S, Hq, D = q.shape
+    Sk = k.shape[1]
+    cu_q = torch.arange(0, (B + 1) * S, S, device=q.device, dtype=torch.int32)
+    cu_k = torch.arange(0, (B + 1) * Sk, Sk, device=q.device, dtype=torch.int32)
+    out = flash_attn_varlen_func(q.reshape(B * S, Hq, D), k.reshape(B * Sk, k.shape[2], D), v.reshape(B * Sk, v.shape[2], D),
+                                 cu_q, cu_k, S, Sk, softmax_scale=softmax_scale, causal=causal)
+    return out.view(B, S, Hq, D)
+
+
+# ---------------------------------------------------------------------------------------------- torch reference
+def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None, causal=True, upcast=True):
+    """Plain-torch varlen attention (the ground truth): per document, softmax(Q K^T * scale + mask) V with the same
+    bottom-right causal alignment and head mapping as the kernel; rows seeing no key give 0. Computed in fp32 when
+    `upcast`, else in the inputs' dtype (the "same-dtype torch" error baseline of the tests)."""
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    dtype = q.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    group = q.shape[1] // k.shape[1]
+    outs = []
+    bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for i in range(len(bq) - 1):
+        qi, ki, vi = q[bq[i]:bq[i + 1]], k[bk[i]:bk[i + 1]], v[bk[i]:bk[i + 1]]
+        ki, vi = ki.repeat_interleave(group, dim=1), vi.repeat_interleave(group, dim=1)
+        s = torch.einsum("qhd,khd->hqk", qi, ki) * scale
+        if causal:
+            lq, lk = qi.shape[0], ki.shape[0]
+            ok = torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+            s = s.masked_fill(~ok, float("-inf"))
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        outs.append(torch.einsum("hqk,khd->qhd", p, vi))
+    return torch.cat(outs).to(dtype)
