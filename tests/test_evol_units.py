@@ -212,7 +212,7 @@ def test_decontamination_finds_planted_benchmark_text(problems):
 
 
 def test_paraphrase_measure_flags_reworded_task(problems):
-    recs = [{"id": "p", "instruction": "Develop a Rust routine to get the maximum of two numbers.", "output": ""},
+    recs = [{"id": "p", "instruction": "Using Rust, find out the maximum of two given numbers.", "output": ""},
             {"id": "q", "instruction": "Implement a thread-safe LRU cache with TTL eviction.", "output": ""}]
     kept, removed, rep = H.clean(recs, H.HygieneConfig(dedup=False, decontaminate=False), problems)
     para = rep["paraphrase"]
