@@ -28,8 +28,8 @@ setup(
     python_requires=">=3.10",
     # wizardcoder/kernels is a link to kernels/ for running from the source tree; the install maps it explicitly.
     packages=find_packages(include=["wizardcoder", "wizardcoder.*"], exclude=["wizardcoder.kernels*"])
-    + ["wizardcoder.kernels"],
-    package_dir={"wizardcoder.kernels": "kernels"},
+    + (["wizardcoder.kernels"] if os.path.isdir(os.path.join(HERE, "kernels")) else []),
+    package_dir={"wizardcoder.kernels": "kernels"} if os.path.isdir(os.path.join(HERE, "kernels")) else {},
     package_data={"wizardcoder": ["assets/*", "assets/**/*"]},
     ext_modules=native_extensions(),
     install_requires=[
