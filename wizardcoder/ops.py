@@ -74,14 +74,18 @@ def attention(
     raise ValueError(f"unknown attention backend {backend!r}")
 
 
+def _repeat_kv(k, v, n_heads):
+    """(B, Hkv, S, D) -> (B, n_heads, S, D): query head h reads K/V head h // (n_heads // Hkv)."""
+    if k.shape[1] == n_heads:
+        return k, v
+    rep = n_heads // k.shape[1]
+    return (t[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2) for t in (k, v))
+
+
 def attention_dense_reference(q, k, v, scale, key_padding_mask=None):
     """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D] through torch SDPA (its math/flash/efficient kernels)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, D)
-    if k.shape[1] != q.shape[1]:
-        # Expand K/V heads as a view: SDPA kernels handle the broadcast stride without copying where they can.
-        rep = q.shape[1] // k.shape[1]
-        k = k[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
-        v = v[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+    k, v = _repeat_kv(k, v, q.shape[1])
     if key_padding_mask is None:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     else:
@@ -113,10 +117,7 @@ def attention_with_cache_reference(q, k, v, *, scale, key_mask, start):
     mask = causal[None, None] & key_mask[:, None, None, :]
     mask = mask | (torch.arange(L, device=q.device)[None, :] == (start + torch.arange(S, device=q.device))[:, None])[None, None]
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S|L, D)
-    if kh.shape[1] != Hq:
-        rep = Hq // kh.shape[1]
-        kh = kh[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
-        vh = vh[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2)
+    kh, vh = _repeat_kv(kh, vh, Hq)
     return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
 
 
