@@ -1,0 +1,184 @@
+"""Fused residual-add + LayerNorm in Triton (the pre-norm step StarCoder does twice per block).
+
+Forward, one program per row: r = x + residual (rounded to the input dtype, as the unfused torch code would store
+it), mean and 1/std over the row in fp32, y = (r - mean) * rstd * weight + bias. It writes y, r, and the fp32 mean and
+rstd `[M]` for the backward (so the backward reads r, dy and dr once and never re-reduces the mean).
+Backward: a fixed number of programs (a few per SM), each walking a strided set of rows:
+dxhat = dy * w; dr_total = rstd * (dxhat - xhat * mean(dxhat * xhat) - mean(dxhat)) + dr (dr = the gradient arriving
+through the returned residual), written once and used for both x and residual; dweight / dbias partial sums are kept
+in fp32 registers per program and reduced over programs at the end (no atomics).
+
+Limits: normalized dim N up to 65536 (one row in registers; the block is the next power of two); any leading shape;
+fp16/bf16/fp32 inputs with fp32 statistics; weight and bias required.
+Tested: tests/test_kernels_layernorm.py vs `add_layer_norm_reference` (CPU interpreter fp32/fp16; bf16 on CUDA).
+Benchmarked: bench/bench_kernels.py (GB/s vs the copy bandwidth, vs torch).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import custom_op
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _ln_fwd_kernel(X, RES, W, B, Y, R, MEAN, RSTD, stride_x, stride_res, stride_y, stride_r, N, eps,
+                   HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        x = x + tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)  # in the input dtype, as torch's add
+        tl.store(R + row * stride_r + cols, x, mask=mask)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, 0) / N
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, 0) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xc * rstd * w + b
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _ln_bwd_kernel(R, W, DY, DR, DX, MEAN, RSTD, DW, DB, stride_r, stride_dy, stride_dr, stride_dx, M, N,
+                   rows_per_program, HAS_DR: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], tl.float32)
+    db = tl.zeros([BLOCK_N], tl.float32)
+    row_start = pid.to(tl.int64) * rows_per_program
+    n_rows = tl.minimum(rows_per_program, M - row_start)
+    for i in range(0, n_rows):
+        row = row_start + i
+        row64 = row
+        r = tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
+        xhat = tl.where(mask, (r - mean) * rstd, 0.0)
+        dxhat = dy * w
+        c1 = tl.sum(xhat * dxhat, 0) / N
+        c2 = tl.sum(dxhat, 0) / N
+        dx = (dxhat - (xhat * c1 + c2)) * rstd
+        if HAS_DR:
+            dx += tl.load(DR + row64 * stride_dr + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+        db += dy
+    tl.store(DW + pid * N + cols, dw, mask=mask)
+    tl.store(DB + pid * N + cols, db, mask=mask)
+
+
+def _warps(block_n: int) -> int:
+    return min(max(block_n // 256, 1), 16)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., N] -> [M, N] with a unit last stride (a view when possible)."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fwd_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y, r (empty when residual is None: r is x), mean, rstd. All [M, N] / [M]."""
+    x2 = _rows(x)
+    M, N = x2.shape
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    r = torch.empty((M, N) if residual is not None else (0, N), device=x.device, dtype=x.dtype)
+    mean = torch.empty(M, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+    if M == 0:
+        return y, r, mean, rstd
+    res2 = _rows(residual) if residual is not None else x2
+    BLOCK_N = triton.next_power_of_2(N)
+    _ln_fwd_kernel[(M,)](x2, res2, weight, bias, y, r if residual is not None else y, mean, rstd,
+                         x2.stride(0), res2.stride(0), y.stride(0), N if residual is not None else 0, N, eps,
+                         HAS_RES=residual is not None, BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
+    return y, r, mean, rstd
+
+
+def _fwd_fake(x, residual, weight, bias, eps):
+    M, N = x.numel() // x.shape[-1], x.shape[-1]
+    r = x.new_empty((M, N) if residual is not None else (0, N))
+    return x.new_empty((M, N)), r, x.new_empty(M, dtype=torch.float32), x.new_empty(M, dtype=torch.float32)
+
+
+def _bwd_impl(dy: torch.Tensor, dr: torch.Tensor | None, r: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+              rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> d(x + residual) [M, N], dweight, dbias."""
+    r2, dy2 = _rows(r), _rows(dy)
+    M, N = r2.shape
+    dx = torch.empty((M, N), device=r.device, dtype=r.dtype)
+    if M == 0:
+        return dx, torch.zeros_like(weight), torch.zeros_like(weight)
+    dr2 = _rows(dr) if dr is not None else dy2
+    n_prog = max(1, min(M, 4 * torch.cuda.get_device_properties(r.device).multi_processor_count)) if r.is_cuda else min(M, 4)
+    rows_per_program = triton.cdiv(M, n_prog)
+    n_prog = triton.cdiv(M, rows_per_program)
+    dw = torch.empty((n_prog, N), device=r.device, dtype=torch.float32)
+    db = torch.empty((n_prog, N), device=r.device, dtype=torch.float32)
+    BLOCK_N = triton.next_power_of_2(N)
+    _ln_bwd_kernel[(n_prog,)](r2, weight, dy2, dr2, dx, mean, rstd, dw, db, r2.stride(0), dy2.stride(0), dr2.stride(0),
+                              dx.stride(0), M, N, rows_per_program, HAS_DR=dr is not None, BLOCK_N=BLOCK_N,
+                              num_warps=_warps(BLOCK_N))
+    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+
+
+def _bwd_fake(dy, dr, r, weight, mean, rstd):
+    return r.new_empty((r.numel() // r.shape[-1], r.shape[-1])), torch.empty_like(weight), torch.empty_like(weight)
+
+
+_fwd_op = custom_op("add_layer_norm_fwd", _fwd_impl, _fwd_fake)
+_bwd_op = custom_op("add_layer_norm_bwd", _bwd_impl, _bwd_fake)
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps):
+        y, r, mean, rstd = _fwd_op(x, residual, weight, bias, eps)
+        has_res = residual is not None
+        ctx.save_for_backward(r if has_res else x, weight, mean, rstd)
+        ctx.has_res, ctx.shape = has_res, x.shape
+        y = y.view(x.shape)
+        if not has_res:
+            ctx.mark_non_differentiable(r)
+            return y, r
+        return y, r.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy, dr):
+        r, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _bwd_op(dy, dr if ctx.has_res else None, r, weight, mean, rstd)
+        dx = dx.view(ctx.shape)
+        # d/dx and d/dresidual of x + residual are the same tensor.
+        return dx, (dx if ctx.has_res else None), dw, db, None
+
+
+def add_layer_norm(x, residual, weight, bias, eps):
+    """Returns `(LayerNorm(r), r)` with `r = x + residual` (or `x` when residual is None), normalized over the last
+    dim. Differentiable in x, residual, weight and bias."""
+    y, r = AddLayerNormFunction.apply(x, residual, weight, bias, float(eps))
+    return (y, r) if residual is not None else (y, x)
+
+
+def add_layer_norm_reference(x, residual, weight, bias, eps, upcast=False):
+    """Plain torch: the add in the inputs' dtype, LayerNorm through F.layer_norm (fp32 math when `upcast`)."""
+    r = x if residual is None else x + residual
+    if upcast:
+        y = torch.nn.functional.layer_norm(r.float(), (r.shape[-1],), weight.float(), bias.float(), eps).to(r.dtype)
+    else:
+        y = torch.nn.functional.layer_norm(r, (r.shape[-1],), weight, bias, eps)
+    return y, r
