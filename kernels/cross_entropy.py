@@ -1,0 +1,177 @@
+"""Fused linear cross-entropy: loss = CE(h @ weight^T, targets) without ever holding the [N, V] logits, with the
+gradients of h and weight computed in the forward pass (as Liger-Kernel's fused linear cross-entropy does).
+
+Algorithm: tokens are processed in chunks of C rows (C = next power of two of N / ceil(V / D), so a chunk's logits
+are about the size of h). Per chunk:
+  1. logits = h_c @ weight^T            (cuBLAS, input dtype, fp32 accumulation)         [C, V]
+  2. a Triton kernel, one program per row: online max / sum-exp over V in fp32 (pass 1), then overwrites the row in
+     place with d loss / d logits = (softmax - onehot(target)) * scale (pass 2) and writes the row's loss
+     lse - logit[target]. Rows whose target is `ignore_index` get loss 0 and a zero gradient row.
+  3. grad_h[c] = dlogits @ weight;  grad_weight += dlogits^T @ h_c.
+The loss is the fp32 sum of the row losses times `scale`; scale = 1 / (number of targets that count) for
+`mean` (read by the kernel from a device scalar: no host sync), 1 for `sum`. The backward only multiplies the saved
+gradients by the incoming scalar gradient.
+
+grad_weight accumulation: fp32 by default (one extra V x D fp32 buffer, so the result has one rounding like the
+unfused matmul; on CUDA through cuBLAS's bf16/fp16 x fp32-output addmm when this torch has it, else upcast chunks);
+`accumulate_fp32=False` accumulates in the weight's dtype as Liger does (less memory, one rounding per chunk).
+
+All targets ignored: `sum` gives 0; `mean` gives nan, as torch's F.cross_entropy does (0 / 0), and both give zero
+gradients. Targets outside [0, V) other than ignore_index are not checked (torch raises; here the row's gradient is
+softmax with no target subtracted).
+
+Limits: h [N, D] and weight [V, D] of the same dtype (fp16/bf16/fp32); no bias, no label smoothing, no z-loss.
+Tested: tests/test_kernels_cross_entropy.py vs `linear_cross_entropy_reference` (CPU interpreter fp32/fp16, bf16 on
+CUDA). Benchmarked: bench/bench_kernels.py (vs torch and Liger when installed).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import custom_op
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _ce_kernel(LOGITS, TARGETS, LOSS, SCALE, stride_l, V, ignore_index, BLOCK_V: tl.constexpr):
+    """Row `pid` of LOGITS [C, V]: LOSS[pid] = lse - logit[target]; LOGITS row <- (softmax - onehot) * SCALE."""
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_l
+    target = tl.load(TARGETS + row)
+    offs = tl.arange(0, BLOCK_V)
+    if target == ignore_index:
+        for start in range(0, V, BLOCK_V):
+            tl.store(base + start + offs, tl.zeros([BLOCK_V], tl.float32).to(LOGITS.dtype.element_ty),
+                     mask=start + offs < V)
+        tl.store(LOSS + row, 0.0)
+        return
+    scale = tl.load(SCALE)
+    # pass 1: running max m and running sum d of exp(x - m)
+    m = float("-inf")
+    d = 0.0
+    for start in range(0, V, BLOCK_V):
+        x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m = m_new
+    x_t = tl.load(base + target).to(tl.float32)
+    lse = m + tl.log(d)
+    # pass 2: the gradient, in place
+    for start in range(0, V, BLOCK_V):
+        cols = start + offs
+        x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        g = tl.exp(x - lse)
+        g = tl.where(cols == target, g - 1.0, g) * scale
+        tl.store(base + cols, g.to(LOGITS.dtype.element_ty), mask=cols < V)
+    tl.store(LOSS + row, lse - x_t)
+
+
+@functools.cache
+def _addmm_fp32_out_works(device: str, dtype: torch.dtype) -> bool:
+    """Whether `torch.addmm(c32, a16, b16, out_dtype=float32, out=c32)` exists here and is right (CUDA, recent torch)."""
+    try:
+        a = torch.randn(64, 32, device=device).to(dtype)
+        b = torch.randn(32, 48, device=device).to(dtype)
+        c = torch.randn(64, 48, device=device)
+        want = c + a.float() @ b.float()
+        torch.addmm(c, a, b, out_dtype=torch.float32, out=c)
+        return bool(torch.allclose(c, want, atol=1e-2, rtol=1e-2))
+    except Exception:
+        return False
+
+
+def _chunk_size(N: int, V: int, D: int) -> int:
+    return triton.next_power_of_2(triton.cdiv(N, max(1, triton.cdiv(V, D))))
+
+
+def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, mean: bool,
+              accumulate_fp32: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> loss (fp32 scalar), grad_h [N, D] (h's dtype), grad_weight [V, D] (weight's dtype or fp32)."""
+    N, D = h.shape
+    V = weight.shape[0]
+    h = h.contiguous()
+    targets = targets.contiguous()
+    if mean:
+        scale = 1.0 / (targets != ignore_index).sum().to(torch.float32)  # inf when nothing counts: loss 0 * inf = nan
+    else:
+        scale = torch.ones((), device=h.device, dtype=torch.float32)
+    scale = scale.reshape(1)
+    grad_h = torch.empty_like(h)
+    half = weight.dtype != torch.float32
+    acc32 = accumulate_fp32 and half
+    grad_w = torch.zeros(V, D, device=h.device, dtype=torch.float32 if acc32 else weight.dtype)
+    use_out_dtype = acc32 and h.is_cuda and _addmm_fp32_out_works(str(h.device), h.dtype)
+    row_loss = torch.empty(N, device=h.device, dtype=torch.float32)
+    C = chunk_size if chunk_size > 0 else _chunk_size(N, V, D)
+    BLOCK_V = min(triton.next_power_of_2(V), 256 if INTERPRET else 4096)
+    for s in range(0, N, C):
+        e = min(N, s + C)
+        hc = h[s:e]
+        logits = hc @ weight.T  # (c, V), h's dtype
+        _ce_kernel[(e - s,)](logits, targets[s:e], row_loss[s:e], scale, logits.stride(0), V, ignore_index,
+                             BLOCK_V=BLOCK_V, num_warps=16 if BLOCK_V >= 4096 else 4)
+        torch.mm(logits, weight, out=grad_h[s:e])
+        if not acc32:
+            grad_w.addmm_(logits.T, hc)
+        elif use_out_dtype:
+            torch.addmm(grad_w, logits.T, hc, out_dtype=torch.float32, out=grad_w)
+        else:
+            grad_w.addmm_(logits.T.float(), hc.float())
+    loss = row_loss.sum() * scale[0]
+    return loss, grad_h, grad_w
+
+
+def _fwd_fake(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
+    acc32 = accumulate_fp32 and weight.dtype != torch.float32
+    return (h.new_empty((), dtype=torch.float32), torch.empty_like(h, memory_format=torch.contiguous_format),
+            weight.new_empty(weight.shape, dtype=torch.float32 if acc32 else weight.dtype))
+
+
+_fwd_op = custom_op("fused_linear_cross_entropy_fwd", _fwd_impl, _fwd_fake)
+
+
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
+        loss, grad_h, grad_w = _fwd_op(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        # Scale by the incoming gradient (no host sync to test for 1.0); grad_h/grad_w are ours, so in place.
+        g = grad_loss.to(torch.float32)
+        grad_h = grad_h.mul_(g.to(grad_h.dtype))
+        grad_w = grad_w.mul_(g.to(grad_w.dtype)).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def fused_linear_cross_entropy(h, weight, targets, ignore_index: int = -100, reduction: str = "mean",
+                               accumulate_fp32: bool = True, chunk_size: int = 0):
+    """Cross-entropy of `h [N, D] @ weight[V, D]^T` against `targets [N]` (int64; `ignore_index` rows skipped),
+    reduced by `mean` over counted targets or `sum`; a 0-dim fp32 tensor, differentiable in h and weight.
+    Never materializes [N, V]: peak extra memory is one chunk of logits plus grad_h and grad_weight (fp32 when
+    `accumulate_fp32`). `chunk_size` 0 picks the default (see the module docstring)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"fused_linear_cross_entropy: reduction must be 'mean' or 'sum', not {reduction!r}")
+    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1] or targets.shape != (h.shape[0],):
+        raise ValueError(f"fused_linear_cross_entropy: need h [N, D], weight [V, D], targets [N]; got "
+                         f"{tuple(h.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
+    if h.dtype != weight.dtype:
+        raise ValueError(f"fused_linear_cross_entropy: h ({h.dtype}) and weight ({weight.dtype}) must share a dtype")
+    return FusedLinearCrossEntropyFunction.apply(h, weight, targets, int(ignore_index), reduction == "mean",
+                                                 bool(accumulate_fp32), int(chunk_size))
+
+
+def linear_cross_entropy_reference(h, weight, targets, ignore_index: int = -100, reduction: str = "mean"):
+    """Plain torch: logits in the inputs' dtype, upcast to fp32, F.cross_entropy (holds [N, V])."""
+    logits = torch.nn.functional.linear(h, weight).float()
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
