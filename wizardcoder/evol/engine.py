@@ -224,8 +224,14 @@ class Evolver:
         return post
 
     async def _run(self) -> None:
-        done = self._load_journals()
+        # Open the appenders first: that cuts a torn last line left by a kill, which the reader would reject.
         journals = {r: JsonlAppender(self._journal(r)) for r in range(1, self.cfg.rounds + 1)}
+        try:
+            done = self._load_journals()
+        except BaseException:
+            for j in journals.values():
+                j.close()
+            raise
         total = len(self.seeds) * self.cfg.rounds
         from tqdm import tqdm
 

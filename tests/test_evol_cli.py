@@ -1,0 +1,176 @@
+"""`wizardcoder evolve` as a user runs it, in a subprocess against the stub server: a run killed with SIGKILL mid-run
+and restarted ends with the same dataset as an uninterrupted one; bad seed lines, a wrong key and an unreachable
+endpoint give one clear line and lose nothing; `--filter-only` over the public evolved rounds."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from openai_stub import StubLLM
+from wizardcoder.evol import hygiene as H
+from wizardcoder.evol import rules as R
+from wizardcoder.evol.prompts import COPY_MARKERS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, env=None, **kw):
+    e = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "wizardcoder", "evolve", *args], cwd=REPO, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def journal_lines(out):
+    return sum(sum(1 for _ in open(os.path.join(out, f))) for f in os.listdir(out) if f.startswith("round_"))
+
+
+def snapshot(out):
+    return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if f.startswith("round_")}
+
+
+@pytest.fixture
+def seed_file(tmp_path):
+    path = tmp_path / "seed.jsonl"
+    with open(path, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"instruction": f"Write a function that returns the {i}-th prime number.",
+                                "output": f"def p(n): ...  # {i}"}) + "\n")
+    return str(path)
+
+
+def test_killed_run_resumes_to_the_same_dataset(tmp_path, seed_file, shared_data):
+    bench = ["--decontaminate-against", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"),
+             "--decontaminate-against", os.path.join(shared_data, "mbpp", "mbpp.jsonl")]
+    key = {"EVOL_KEY": "sekret"}
+    with StubLLM(api_key="sekret", delay=0.01) as stub:
+        common = ["--seed", seed_file, "--rounds", "3", "--llm-base-url", stub.base_url, "--llm-model", "stub-model",
+                  "--llm-api-key-env", "EVOL_KEY", "--concurrency", "4", *bench]
+        ref = str(tmp_path / "ref")
+        p = cli(*common, "--out", ref, env=key)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "dataset:" in out
+
+        run = str(tmp_path / "run")
+        p = cli(*common, "--out", run, env=key)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if os.path.isdir(run) and any(f.startswith("round_") for f in os.listdir(run)) and journal_lines(run) >= 25:
+                break
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=30)
+        killed_at = journal_lines(run)
+        assert 25 <= killed_at < 120, "the kill must land mid-run"
+        before = snapshot(run)
+
+        # a wrong key and an unreachable endpoint: one clear line, exit 2, the journals untouched
+        p = cli(*common, "--out", run, env={"EVOL_KEY": "wrong"})
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 2 and err.strip().splitlines()[-1].startswith("error: ")
+        assert "refused the API key (HTTP 401" in err and "$EVOL_KEY" in err
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+        s.close()
+        p = cli(*[a if a != stub.base_url else dead for a in common], "--out", run, env=key)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 2 and "cannot reach the LLM endpoint" in err
+        assert snapshot(run) == before
+
+        p = cli(*common, "--out", run, env=key)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for name in ("merged.jsonl", "clean.jsonl"):
+        assert open(os.path.join(run, name), "rb").read() == open(os.path.join(ref, name), "rb").read(), name
+    for r in (1, 2, 3):  # one record per lineage and round: nothing lost, nothing done twice
+        ids = [json.loads(line)["id"] for line in open(os.path.join(run, f"round_{r}.jsonl"))]
+        assert sorted(ids) == sorted(set(ids)) and len(ids) == 40
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["complete"] and summary["merged"] == 40 * 4
+    assert [c["attempted"] for c in summary["rounds"]] == [40, 40, 40]
+
+
+def test_torn_journal_tail_is_repaired_on_resume(tmp_path, seed_file):
+    with StubLLM() as stub:
+        common = ["--seed", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--llm-model", "m",
+                  "--no-hygiene", "--llm-api-key-env", ""]
+        out = str(tmp_path / "o")
+        assert cli(*common, "--out", out).wait(60) == 0
+        ref = open(os.path.join(out, "merged.jsonl"), "rb").read()
+        lines = open(os.path.join(out, "round_1.jsonl"), "rb").read().splitlines(keepends=True)
+        with open(os.path.join(out, "round_1.jsonl"), "wb") as f:  # as if killed while writing line 31
+            f.writelines(lines[:30])
+            f.write(lines[30][:17])
+        p = cli(*common, "--out", out)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert open(os.path.join(out, "merged.jsonl"), "rb").read() == ref
+        assert len(stub.prompts("evolve")) == 40 + 10
+
+
+def test_bad_seed_lines_and_changed_settings_are_named(tmp_path, seed_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "ok"}\n{"instruction": "also ok"}\n{"instruction": oops}\n')
+    p = cli("--seed", str(bad), "--out", str(tmp_path / "o"), "--llm-base-url", "http://127.0.0.1:9/v1",
+            "--llm-model", "m", "--no-hygiene")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and f"{bad}:3: not valid JSON" in err and "Traceback" not in err
+    p = cli("--out", str(tmp_path / "o"))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "--seed, --llm-base-url, --llm-model" in err
+    with StubLLM() as stub:
+        common = ["--seed", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--no-hygiene",
+                  "--out", str(tmp_path / "o2")]
+        assert cli(*common, "--llm-model", "m").wait(60) == 0
+        p = cli(*common, "--llm-model", "other")
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "different `model`" in err
+
+
+def test_filter_only_on_public_round(tmp_path, shared_data):
+    """Every removal is re-checked independently of the code that made it."""
+    src = os.path.join(shared_data, "evol_instruct_code", "evol-codealpaca-2k-1.json.gz")
+    he = os.path.join(shared_data, "humaneval", "HumanEval.jsonl")
+    mbpp = os.path.join(shared_data, "mbpp", "mbpp.jsonl")
+    out = str(tmp_path / "f")
+    p = cli("--filter-only", src, "--out", out, "--decontaminate-against", he, "--decontaminate-against", mbpp)
+    stdout, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    rep = json.load(open(os.path.join(out, "report.json")))
+    clean = [json.loads(line) for line in open(os.path.join(out, "clean.jsonl"))]
+    removed = [json.loads(line) for line in open(os.path.join(out, "removed.jsonl"))]
+    import gzip
+
+    data = json.load(gzip.open(src, "rt"))
+    assert rep["files"]["evol-codealpaca-2k-1.json.gz"]["records"] == len(data) == 1966
+    assert len(clean) + len(removed) == len(data)
+    assert sorted(r["id"] for r in clean + removed) == sorted(f"evol-codealpaca-2k-1.json.gz:{i}" for i in
+                                                              range(len(data)))
+    problems = {p.task_id: p for p in H.load_benchmark(he) + H.load_benchmark(mbpp)}
+    for r in removed:
+        why, d = r["removed_by"], r["removed_detail"]
+        low = r["instruction"].lower()
+        if why == "copied":
+            assert any(m in low for m in COPY_MARKERS)
+        elif why == "sorry":
+            assert "sorry" in r["output"].lower() and len(r["output"].split()) < 80
+        elif why == "contaminated":
+            text = " ".join(H.tokens(r[d["sample_field"]]))
+            src_text = " ".join(H.tokens(getattr(problems[d["task_id"]], d["benchmark_field"])))
+            assert d["ngram"] in text and d["ngram"] in src_text and len(d["ngram"].split()) == 13
+        elif why in ("exact_duplicate", "near_duplicate"):
+            assert d["of"] in {c["id"] for c in clean}
+        else:
+            assert why in R.RULES
+    # nothing kept trips a rule
+    cfg = R.RuleConfig(copy_markers=COPY_MARKERS)
+    assert all(R.check_pair(c["instruction"], c["output"], cfg) is None for c in clean)
+    assert rep["files"]["evol-codealpaca-2k-1.json.gz"]["eliminated"]["copied"] == sum(
+        any(m in (x["instruction"] or "").lower() for m in COPY_MARKERS) for x in data)
+    assert "paraphrase" in rep["hygiene"] and len(rep["hygiene"]["paraphrase"]["top"]) == 20
