@@ -175,3 +175,63 @@ def test_completion_style_and_token_accounting(tmp_path):
     completion_tokens = sum(len(default_answer(prompt_kind(b["prompt"]), b["prompt"]).split()) for _, b, _ in reqs)
     assert s["total"]["prompt_tokens"] == prompt_tokens and s["total"]["completion_tokens"] == completion_tokens
     assert s["total"]["requests"] == len(reqs) == 6 * 2 * 3  # evolve + equality check + answer
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_against_wizardcoder_serve(tmp_path):
+    """The local option: the project's own OpenAI-compatible server over a tiny random checkpoint. Runs once
+    `wizardcoder serve` exists; its answers are random text, so only the protocol and the bookkeeping are checked."""
+    import gzip
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    if importlib.util.find_spec("wizardcoder.serve") is None:
+        pytest.skip("wizardcoder serve is not built yet")
+    from wizardcoder import StarCoder, Tokenizer
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt = tmp_path / "ckpt"
+    tok = Tokenizer.bundled()
+    StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size).save_pretrained(str(ckpt))
+    assets = os.path.join(repo, "wizardcoder", "assets", "tokenizer")
+    for f in os.listdir(assets):
+        if f.endswith(".gz"):
+            with gzip.open(os.path.join(assets, f), "rb") as fi, open(ckpt / f[:-3], "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+        elif not (ckpt / f).exists():
+            shutil.copy(os.path.join(assets, f), ckpt / f)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "wizardcoder", "serve", "--model", str(ckpt), "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": repo})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2))
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    server.kill()
+                    pytest.fail(f"wizardcoder serve did not come up: {server.communicate()[0][-2000:]}")
+                time.sleep(0.5)
+        model = models["data"][0]["id"]
+        for style in ("chat", "completion"):
+            cfg = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model=model, api_key_env=None, style=style,
+                            max_tokens=16, concurrency=2)
+            s = evolve(seeds(3), str(tmp_path / style), cfg, EvolConfig(rounds=1, equality_check=False))
+            assert s["complete"] and s["total"]["attempted"] == 3
+            assert s["total"]["requests"] >= 3 and s["total"]["completion_tokens"] > 0
+    finally:
+        server.terminate()
+        server.wait(30)
