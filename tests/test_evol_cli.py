@@ -3,6 +3,7 @@ and restarted ends with the same dataset as an uninterrupted one; bad seed lines
 endpoint give one clear line and lose nothing; `--filter-only` over the public evolved rounds."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,7 +158,7 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
         why, d = r["removed_by"], r["removed_detail"]
         low = r["instruction"].lower()
         if why == "copied":
-            assert any(m in low for m in COPY_MARKERS)
+            assert any(m in re.sub(r"given test cases?\b", "", low) for m in COPY_MARKERS)
         elif why == "sorry":
             assert "sorry" in r["output"].lower() and len(r["output"].split()) < 80
         elif why == "contaminated":
@@ -172,5 +173,6 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
     cfg = R.RuleConfig(copy_markers=COPY_MARKERS)
     assert all(R.check_pair(c["instruction"], c["output"], cfg) is None for c in clean)
     assert rep["files"]["evol-codealpaca-2k-1.json.gz"]["eliminated"]["copied"] == sum(
-        any(m in (x["instruction"] or "").lower() for m in COPY_MARKERS) for x in data)
+        any(m in re.sub(r"given test cases?\b", "", (x["instruction"] or "").lower()) for m in COPY_MARKERS)
+        for x in data)
     assert "paraphrase" in rep["hygiene"] and len(rep["hygiene"]["paraphrase"]["top"]) == 20

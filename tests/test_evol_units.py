@@ -78,6 +78,7 @@ def test_prompts_file_adds_or_replaces_methods(tmp_path):
     ("#Rewritten Prompt#: sort a list in place", "def f(): pass", "copied"),
     ("Rewrite the given prompt so that it sorts in place.", "def f(): pass", "copied"),
     ("Sort.\n#Rewritten Test#\nSort in place.", "def f(): pass", "copied"),
+    ("For the given test case [1], then in the given test make it harder.", "def f(): pass", "copied"),
     ("Sort a list.", "I'm sorry, but I cannot help with that request.", "sorry"),
     ("Sort a list.", "The, and of... it is!", "stopwords"),
     ("Sort a list.", "?!;:", "stopwords"),
@@ -91,6 +92,7 @@ def test_each_rule_fires(instruction, answer, rule):
 
 @pytest.mark.parametrize("instruction,answer", [
     ("Given a list of numbers, sort it.", "def f(xs): return sorted(xs)"),  # "given" alone is not a copy
+    ("Sort it; for the given test case [3, 1] return [1, 3].", "sorted(xs)"),  # task wording, not "#Given Test#"
     ("Match digits then spaces.", r"^\d+\s+$"),  # regex tokens d, s are not stop words
     ("Explain.", "Sorry for the long answer. " + "word " * 100),  # sorry, but long
     ("Which is smaller?", "A"),  # a one-letter answer that is not a stop word ("A" is, see below)

@@ -179,9 +179,12 @@ class NearDupIndex:
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
         self.sets: dict[str, set[int]] = {}
+        template = MinHash(num_perm=num_perm, seed=1)  # permutations drawn once, not per sample
+        self._perms, self._scheme = template.permutations, getattr(template, "scheme", None)
 
     def _minhash(self, s: set[int]):
-        m = self._MinHash(num_perm=self.num_perm, seed=1)
+        kw = {"scheme": self._scheme} if self._scheme else {}
+        m = self._MinHash(num_perm=self.num_perm, seed=1, permutations=self._perms, **kw)
         m.update_batch([x.to_bytes(8, "little", signed=True) for x in s])
         return m
 
@@ -367,6 +370,8 @@ def _paraphrase(kept: list[dict], problems: list[Problem], cfg: HygieneConfig):
         "threshold": thr,
         "flagged": int(len(flagged)),
         "flagged_by_benchmark": dict(collections.Counter(problems[best[i]].benchmark for i in flagged)),
+        "flagged_by_source": dict(collections.Counter(kept[i].get("source", "") for i in flagged)),
+        "flagged_tasks": len({problems[best[i]].task_id for i in flagged}),
         "histogram": {f">={t}": int((jac >= t).sum()) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
         "top": [match(i) for i in order],
     }

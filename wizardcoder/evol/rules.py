@@ -58,10 +58,15 @@ def is_empty(text: str | None) -> bool:
 
 
 def copies_prompt(instruction: str, markers) -> str | None:
+    """The first marker phrase found in the instruction. "given test case(s)" is ordinary task wording, not a copy of
+    "#Given Test#", so a marker followed by "case" does not count."""
     low = instruction.lower()
     for m in markers:
-        if m in low:
-            return m
+        start = low.find(m)
+        while start != -1:
+            if not re.match(r"\s*cases?\b", low[start + len(m):]):
+                return m
+            start = low.find(m, start + 1)
     return None
 
 
