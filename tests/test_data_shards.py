@@ -191,3 +191,58 @@ def test_existing_output_needs_overwrite(packed, small_data, starcoder_tokenizer
     again = pack_dataset(small_data, starcoder_tokenizer_dir, SEQ, out, packs_per_shard=7, overwrite=True, progress=False)
     assert again["content_sha256"] == meta["content_sha256"]
     assert [p for p in os.listdir(os.path.dirname(out)) if p.startswith(".")] == []
+
+
+def test_joint_boundary_is_wizardcoders_preprocess(small_data, starcoder_tokenizer_dir, hf_tok, tmp_path):
+    """--boundary joint: WizardCoder's `preprocess`, re-done with the tokenizers library: encode(source + output +
+    eos_text) truncated to the max length, first len(encode(source)) labels masked."""
+    out = str(tmp_path / "joint")
+    meta = pack_dataset(small_data, starcoder_tokenizer_dir, SEQ, out, boundary="joint", progress=False)
+    assert meta["options"]["boundary"] == "joint"
+    examples = read_examples(small_data)
+    n_differs = 0
+    for src, tokens, mask in PackedShards(out).documents():
+        ex = examples[src]
+        source = WITH_INPUT.format(ex.instruction, ex.input) if ex.input else NO_INPUT.format(ex.instruction)
+        ids = hf_tok.encode(source + ex.output + "<|endoftext|>", add_special_tokens=False).ids[:SEQ]
+        n_src = len(hf_tok.encode(source, add_special_tokens=False).ids)
+        labels = [-100] * n_src + ids[n_src:]
+        assert tokens.tolist() == ids
+        assert np.where(mask.astype(bool), tokens.astype(np.int64), -100).tolist() == labels[: len(ids)]
+        p, r = expected(hf_tok, ex)
+        n_differs += (p + r + [0])[:SEQ] != ids
+    assert n_differs > 0  # the boundary merges that make the default differ do occur in this data
+
+
+def test_sentencepiece_tokenizer(small_data, llama2_tokenizer_model, tmp_path):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=llama2_tokenizer_model)
+    out = str(tmp_path / "llama")
+    meta = pack_dataset(small_data, llama2_tokenizer_model, SEQ, out, progress=False)
+    assert meta["tokenizer"]["eos_id"] == 2 and meta["pad_token_id"] == 2
+    examples = read_examples(small_data)
+    for src, tokens, mask in PackedShards(out).documents():
+        ex = examples[src]
+        prompt = WITH_INPUT.format(ex.instruction, ex.input) if ex.input else NO_INPUT.format(ex.instruction)
+        p, r = sp.encode(prompt), sp.encode(ex.output)
+        assert tokens.tolist() == (p + r + [2])[:SEQ]
+        assert int(mask.sum()) == min(len(p) + len(r) + 1, SEQ) - len(p)
+
+
+def test_large_vocabulary_stores_int32(tmp_path):
+    class BigVocab:
+        """A stand-in tokenizer with ids above 65535: one id per character, offset."""
+        eos_id, pad_id, name, fingerprint, vocab_size = 100_000, None, "big", "f" * 64, 200_000
+
+        def encode_batch(self, texts):
+            return [[70_000 + ord(c) for c in t] for t in texts]
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "hi", "output": "yo"}) + "\n")
+    meta = pack_dataset(str(data), BigVocab(), 300, str(tmp_path / "s"), progress=False)
+    assert meta["token_dtype"] == "int32"
+    (src, tokens, mask), = PackedShards(str(tmp_path / "s")).documents()
+    prompt = NO_INPUT.format("hi")
+    assert tokens.tolist() == [70_000 + ord(c) for c in prompt + "yo"] + [100_000]
+    assert mask.tolist() == [0] * len(prompt) + [1, 1, 1]

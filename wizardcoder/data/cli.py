@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlong", choices=("truncate", "drop"), default="truncate",
                    help="samples longer than --seq-len: keep their first N tokens (the recipe's behaviour; default) "
                         "or drop them; both are counted")
+    p.add_argument("--boundary", choices=("separate", "joint"), default="separate",
+                   help="encode prompt and response separately (default: what the model sees at inference) or, as "
+                        "WizardCoder's script does, encode the joined text and mask the prompt's token count")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) malformed lines and records with missing or non-string fields instead of "
                         "stopping at the first one")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.tokenizer, args.seq_len, args.out, template=args.template, overlong=args.overlong,
         on_bad="skip" if args.skip_bad else "error", on_empty=args.on_empty, field_map=args.fields, seed=args.seed,
         overwrite=args.overwrite, packs_per_shard=args.packs_per_shard, progress=not args.quiet,
+        boundary=args.boundary,
     )
     if args.json:
         print(json.dumps(meta["summary"], indent=2))

@@ -34,6 +34,7 @@ def pack_dataset(
     batch_size: int = 2048,
     recipe_batch_size: int = 16,
     progress: bool = True,
+    boundary: str = "separate",
 ) -> dict:
     """Turn instruction data into packed shards in `out`; returns the metadata written (its "summary" holds the
     counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
@@ -58,7 +59,7 @@ def pack_dataset(
         raise DataError(f"no usable records in {data!r} ({stats.records} read, skipped {dict(stats.skipped)}).")
 
     t = time.perf_counter()
-    samples = tokenize_examples(examples, tokenizer, template, seq_len, overlong, batch_size, progress)
+    samples = tokenize_examples(examples, tokenizer, template, seq_len, overlong, batch_size, progress, boundary)
     seconds["tokenize"] = time.perf_counter() - t
     if not len(samples):
         raise DataError(f"every sample was dropped ({dict(samples.dropped)}); raise --seq-len or use --overlong truncate.")
@@ -113,7 +114,7 @@ def pack_dataset(
         # Padding is filled with EOS: always inside the base model's vocabulary, and never trained on (label -100).
         "pad_token_id": tokenizer.eos_id,
         "template": template.to_dict(),
-        "options": {"overlong": overlong, "on_bad": on_bad, "on_empty": on_empty, "field_map": field_map or {}},
+        "options": {"boundary": boundary, "overlong": overlong, "on_bad": on_bad, "on_empty": on_empty, "field_map": field_map or {}},
         "inputs": stats.files,
         "summary": summary,
     }

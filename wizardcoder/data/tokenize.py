@@ -12,6 +12,10 @@ merges across the prompt/response boundary -- about 6% of the evolved data with 
 a slightly different split. Appending the EOS id, not the text "<|endoftext|>", also keeps a literal "<|endoftext|>"
 inside a response from being read as end of text.)
 
+`boundary="joint"` reproduces WizardCoder's script instead: ids = encode(prompt + output) + [eos_id], with the first
+len(encode(prompt)) tokens masked. Use it to match the recipe exactly, or with SentencePiece tokenizers, which give a
+separately encoded response a leading "dummy prefix" space.
+
 Over-long samples (more than `seq_len` tokens) follow `overlong`:
   "truncate" keeps the first seq_len tokens (the recipe's truncation: the response is cut and its EOS lost); a sample
              whose prompt alone leaves no response token is dropped as "prompt_too_long".
@@ -64,10 +68,13 @@ def tokenize_examples(
     overlong: str = "truncate",
     batch_size: int = 2048,
     progress: bool = False,
+    boundary: str = "separate",
 ) -> TokenizedSamples:
     """Encode every example through the tokenizer's parallel batch path (`tokenizer.encode_batch`)."""
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong must be 'truncate' or 'drop', not {overlong!r}")
+    if boundary not in ("separate", "joint"):
+        raise ValueError(f"boundary must be 'separate' or 'joint', not {boundary!r}")
     eos = tokenizer.eos_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; the response must be closed by one")
@@ -80,8 +87,14 @@ def tokenize_examples(
     dropped: collections.Counter = collections.Counter()
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        prompts = tokenizer.encode_batch([template.prompt(e.instruction, e.input) for e in batch])
-        outputs = tokenizer.encode_batch([e.output for e in batch])
+        texts = [template.prompt(e.instruction, e.input) for e in batch]
+        prompts = tokenizer.encode_batch(texts)
+        if boundary == "separate":
+            outputs = tokenizer.encode_batch([e.output for e in batch])
+        else:  # the recipe: the joined text, its first len(prompt) tokens masked
+            joined = tokenizer.encode_batch([t + e.output for t, e in zip(texts, batch)])
+            outputs = [ids[len(p):] for ids, p in zip(joined, prompts)]
+            prompts = [ids[: len(p)] for ids, p in zip(joined, prompts)]
         for j, (p, o) in enumerate(zip(prompts, outputs)):
             n = len(p) + len(o) + 1
             if n > seq_len:
