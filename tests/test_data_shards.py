@@ -246,3 +246,32 @@ def test_large_vocabulary_stores_int32(tmp_path):
     prompt = NO_INPUT.format("hi")
     assert tokens.tolist() == [70_000 + ord(c) for c in prompt + "yo"] + [100_000]
     assert mask.tolist() == [0] * len(prompt) + [1, 1, 1]
+
+
+def test_sigkilled_pack_leaves_no_shards(small_data, starcoder_tokenizer_dir, tmp_path):
+    """A pack process killed with SIGKILL halfway through writing: no DIR, only a hidden temp folder that the
+    next pack removes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "shards"
+    code = (
+        "import os, signal, sys\n"
+        "from wizardcoder.data import shards, pack_dataset\n"
+        "real, n = shards._save, [0]\n"
+        "def save(path, arr, digest):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 4: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(path, arr, digest)\n"
+        "shards._save = save\n"
+        f"pack_dataset({small_data!r}, {starcoder_tokenizer_dir!r}, {SEQ}, {str(out)!r}, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    left = os.listdir(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".shards.tmp-")
+    assert len(os.listdir(tmp_path / left[0])) == 3 and "metadata.json" not in os.listdir(tmp_path / left[0])
+    with pytest.raises(DataError, match="no such folder"):
+        PackedShards(str(out))
+    pack_dataset(small_data, starcoder_tokenizer_dir, SEQ, str(out), progress=False)
+    assert os.listdir(tmp_path) == ["shards"] and PackedShards(str(out)).num_docs == 180
