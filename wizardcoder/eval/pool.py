@@ -11,6 +11,7 @@ syntax_error, crashed), `error` (why, for the failure report), `seconds`, and fo
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -28,11 +29,14 @@ from .sandbox import SandboxConfig, recv_msg, send_msg
 VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
 
 
+KEEP_TASKS = 8  # problems' data (inputs, expected outputs) a worker holds at once; some are hundreds of MB
+
+
 class _WorkerHandle:
     def __init__(self, index: int, config: SandboxConfig):
         self.index = index
         self.config = config
-        self.loaded: set[str] = set()
+        self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._start()
 
     def _start(self) -> None:
@@ -49,13 +53,20 @@ class _WorkerHandle:
                             "to see why.")
         self.isolation = hello["isolation"]
         self.tmp_root = hello["tmp_root"]
-        self.loaded = set()
+        self.loaded = collections.OrderedDict()
 
     def call(self, job: dict, tasks: dict) -> dict:
         key = job.get("task_key")
-        if key is not None and key not in self.loaded:
-            send_msg(self.proc.stdin.fileno(), {"op": "task", "key": key, "data": tasks[key]})
-            self.loaded.add(key)
+        if key is not None:
+            if key in self.loaded:
+                self.loaded.move_to_end(key)
+            else:
+                while len(self.loaded) >= KEEP_TASKS:
+                    old, _ = self.loaded.popitem(last=False)
+                    send_msg(self.proc.stdin.fileno(), {"op": "drop", "key": old})
+                data = tasks[key]
+                send_msg(self.proc.stdin.fileno(), {"op": "task", "key": key, "data": data() if callable(data) else data})
+                self.loaded[key] = None
         send_msg(self.proc.stdin.fileno(), {"op": "job", "job": job})
         reply = recv_msg(self.proc.stdout.fileno())
         if reply is None:
@@ -114,10 +125,16 @@ class SandboxPool:
         """What isolation is in force, as the first worker probed it (all workers run the same code)."""
         return dict(self.handles[0].isolation)
 
-    def add_task(self, key: str, data: dict) -> None:
+    def add_task(self, key: str, data) -> None:
+        """Data that jobs with this `task_key` need: a dict, or a callable returning it (called when a worker first
+        needs it, so large data is only in memory while being sent)."""
         self.tasks[key] = data
         for h in self.handles:
-            h.loaded.discard(key)
+            h.loaded.pop(key, None)
+
+    def drop_task(self, key: str) -> None:
+        """Forget a task's data here (workers drop it when they need room)."""
+        self.tasks.pop(key, None)
 
     def run(self, jobs: Iterable[dict]) -> Iterator[dict]:
         """Run jobs on all workers; yield results as they complete."""

@@ -407,6 +407,9 @@ def serve(index: int, config: SandboxConfig) -> None:
             if msg["op"] == "task":
                 worker.tasks[msg["key"]] = msg["data"]
                 continue
+            if msg["op"] == "drop":
+                worker.tasks.pop(msg["key"], None)
+                continue
             reply = worker.run_job(msg["job"])
             reply["id"] = msg["job"]["id"]
             send_msg(cmd_out, reply)
