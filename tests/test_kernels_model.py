@@ -1,0 +1,59 @@
+"""StarCoder with every fused kernel (attn_backend='triton', kernel_backend='triton') against the same weights on the
+torch backends: logits, loss and every parameter gradient, dense and packed, MQA and MHA. fp32; on CPU the kernels
+run in the Triton interpreter."""
+import dataclasses
+
+import pytest
+import torch
+
+from wizardcoder import StarCoder, StarCoderConfig
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CONFIGS = {
+    "mqa-tanh": StarCoderConfig(vocab_size=301, n_positions=128, n_embd=64, n_layer=2, n_head=4),
+    "mha-erf-hd12": StarCoderConfig(vocab_size=203, n_positions=64, n_embd=36, n_layer=1, n_head=3, multi_query=False,
+                                    activation_function="gelu"),
+}
+
+
+def _pair(name):
+    cfg = dataclasses.replace(CONFIGS[name], attn_backend="torch", kernel_backend="torch")
+    ref = StarCoder.from_config(cfg, device=DEVICE, seed=1)
+    with torch.no_grad():  # non-trivial LayerNorm and bias values
+        for n, p in ref.named_parameters():
+            if "ln" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    fast = StarCoder.from_config(dataclasses.replace(cfg, attn_backend="triton", kernel_backend="triton"), device=DEVICE)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _compare(ref, fast, **inputs):
+    with torch.no_grad():
+        a, b = ref(**inputs), fast(**inputs)
+    assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4
+    labels = inputs["input_ids"].clone()
+    labels[..., :3] = -100
+    la, lb = ref(**inputs, labels=labels), fast(**inputs, labels=labels)
+    assert abs(la.item() - lb.item()) < 1e-5
+    la.backward()
+    lb.backward()
+    fast_params = dict(fast.named_parameters())
+    for n, p in ref.named_parameters():
+        assert torch.allclose(p.grad, fast_params[n].grad, atol=2e-5, rtol=1e-3), n
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_dense_model_matches_torch_backend(name):
+    ref, fast = _pair(name)
+    ids = torch.randint(0, ref.config.vocab_size, (2, 19), device=DEVICE)
+    _compare(ref, fast, input_ids=ids)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_packed_model_matches_torch_backend(name):
+    ref, fast = _pair(name)
+    lens = [1, 17, 9, 23]
+    cu = torch.tensor([0, 1, 18, 27, 50], dtype=torch.int32, device=DEVICE)
+    ids = torch.randint(0, ref.config.vocab_size, (1, sum(lens)), device=DEVICE)
+    _compare(ref, fast, input_ids=ids, cu_seqlens=cu, max_seqlen=max(lens))
