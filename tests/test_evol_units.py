@@ -224,6 +224,13 @@ def test_paraphrase_measure_flags_reworded_task(problems):
     p = next(x for x in problems if x.task_id == para["top"][0]["task_id"])
     a, b = H.content_words(recs[0]["instruction"]), H.content_words(p.prompt)
     assert para["top"][0]["jaccard"] == pytest.approx(len(a & b) / len(a | b), abs=1e-4)
+    assert para["top"][0]["containment"] == pytest.approx(len(a & b) / len(b), abs=1e-4)
+    # containment: a longer, evolved instruction that still holds the whole task
+    longer = "Using Rust, find out the maximum of two given numbers, in O(1) memory, rejecting NaN inputs."
+    _, _, rep2 = H.clean([{"id": "e", "instruction": longer, "output": ""}],
+                         H.HygieneConfig(dedup=False, decontaminate=False, containment_threshold=0.9), problems)
+    c = rep2["paraphrase"]["containment"]
+    assert c["flagged"] == 1 and "maximum of" in c["top"][0]["benchmark_prompt"]
     kept, removed, _ = H.clean(recs, H.HygieneConfig(dedup=False, decontaminate=False, remove_paraphrases=True),
                                problems)
     assert [r["id"] for r in removed] == ["p"] and removed[0]["removed_by"] == "paraphrase"

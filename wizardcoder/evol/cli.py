@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="n-gram length against canonical solutions (default 0: off)")
     g.add_argument("--paraphrase-threshold", type=float, default=0.5,
                    help="content-word Jaccard reported as a likely paraphrase (default 0.5)")
+    g.add_argument("--containment-threshold", type=float, default=0.9,
+                   help="share of a benchmark prompt's words inside an instruction reported as containing it")
     g.add_argument("--remove-paraphrases", action="store_true", help="also drop the likely paraphrases")
 
 
@@ -78,14 +80,17 @@ def _hygiene_cfg(args) -> H.HygieneConfig:
         dedup=not args.no_dedup, near_dup_threshold=args.near_dup_threshold, near_dup_field=args.near_dup_field,
         decontaminate=not args.no_decontaminate, measure_paraphrase=not args.no_decontaminate,
         benchmarks=args.decontaminate_against, ngram=args.ngram, solution_ngram=args.solution_ngram,
-        paraphrase_threshold=args.paraphrase_threshold, remove_paraphrases=args.remove_paraphrases)
+        paraphrase_threshold=args.paraphrase_threshold, containment_threshold=args.containment_threshold,
+        remove_paraphrases=args.remove_paraphrases)
 
 
 def _hygiene_line(rep: dict) -> str:
     para = rep.get("paraphrase", {})
     return (f"hygiene: {rep['input']} in, {rep['kept']} kept, removed {rep['removed'] or 'nothing'}; near-dup rate "
             f"{rep['near_dup_rate']:.4f}" + (f"; {para['flagged']} likely paraphrases of benchmark prompts "
-                                              f"(Jaccard >= {para['threshold']})" if para else ""))
+                                              f"(Jaccard >= {para['threshold']}), {para['containment']['flagged']} "
+                                              f"containing one (>= {para['containment']['threshold']})"
+                                              if para else ""))
 
 
 def run_filter(args) -> int:

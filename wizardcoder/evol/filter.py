@@ -89,8 +89,16 @@ def format_report(report: dict) -> str:
                   f"tasks), by source {p.get('flagged_by_source', {})}", "", f"histogram of best-match Jaccard: "
                   f"{p['histogram']}", "",
                   "| id | task | jaccard | containment | instruction | benchmark prompt |", "|---|---|---|---|---|---|"]
+        esc = lambda s: s.replace("|", "\\|")  # noqa: E731
         for m in p["top"]:
-            esc = lambda s: s.replace("|", "\\|")  # noqa: E731
             lines.append(f"| {m['id']} | {m['task_id']} | {m['jaccard']} | {m['containment']} | "
                          f"{esc(m['instruction'])} | {esc(m['benchmark_prompt'])} |")
+        c = p.get("containment")
+        if c:
+            lines += ["", f"### containment >= {c['threshold']}: {c['flagged']} samples ({c['flagged_by_benchmark']}; "
+                          f"{c['flagged_tasks']} distinct tasks), by source {c['flagged_by_source']}", "",
+                      "| id | task | containment | instruction | benchmark prompt |", "|---|---|---|---|---|"]
+            for m in c["top"]:
+                lines.append(f"| {m['id']} | {m['task_id']} | {m['containment']} | {esc(m['instruction'])} | "
+                             f"{esc(m['benchmark_prompt'])} |")
     return "\n".join(lines) + "\n"

