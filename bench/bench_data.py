@@ -96,7 +96,7 @@ def run(quick: bool = False) -> list[dict]:
         except Exception:  # transformers missing: no peer row
             pass
         if peer is not None:
-            t_peer = _best_of(lambda: _recipe_preprocess(examples, peer), 1)
+            t_peer = _best_of(lambda: _recipe_preprocess(examples, peer), 1 if quick else 2)
             rows.append({"bench": "data", "case": case, "impl": "WizardCoder preprocess (transformers, per string)",
                          "samples/s": n / t_peer, "tokens/s": n_tok / t_peer, "ratio": t_ours / t_peer})
 
