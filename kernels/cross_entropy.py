@@ -10,15 +10,15 @@ are about the size of h). Per chunk:
   3. grad_h[c] = dlogits @ weight;  grad_weight += dlogits^T @ h_c.
 The loss is the fp32 sum of the row losses times `scale`; scale = 1 / (number of targets that count) for
 `mean` (read by the kernel from a device scalar: no host sync), 1 for `sum`. The backward only multiplies the saved
-gradients by the incoming scalar gradient.
+gradients by the incoming scalar gradient (out of place: a retained graph can be differentiated twice).
 
-grad_weight accumulation: fp32 by default (one extra V x D fp32 buffer, so the result has one rounding like the
-unfused matmul; on CUDA through cuBLAS's bf16/fp16 x fp32-output addmm when this torch has it, else upcast chunks);
+grad_weight accumulation: fp32 by default (one extra V x D fp32 buffer during the forward, converted to the weight's
+dtype at its end, so the result has one rounding like the unfused matmul; on CUDA through cuBLAS's bf16/fp16 x fp32-output addmm when this torch has it, else upcast chunks);
 `accumulate_fp32=False` accumulates in the weight's dtype as Liger does (less memory, one rounding per chunk).
 
 All targets ignored: `sum` gives 0; `mean` gives nan, as torch's F.cross_entropy does (0 / 0), and both give zero
-gradients. Targets outside [0, V) other than ignore_index are not checked (torch raises; here the row's gradient is
-softmax with no target subtracted).
+gradients. Targets outside [0, V) other than ignore_index are not checked (torch raises); the kernel never reads out of
+bounds for them (the row's loss is its lse and its gradient the plain softmax).
 
 Limits: h [N, D] and weight [V, D] of the same dtype (fp16/bf16/fp32); no bias, no label smoothing, no z-loss.
 Tested: tests/test_kernels_cross_entropy.py vs `linear_cross_entropy_reference` (CPU interpreter fp32/fp16, bf16 on
@@ -60,7 +60,7 @@ def _ce_kernel(LOGITS, TARGETS, LOSS, SCALE, stride_l, V, ignore_index, BLOCK_V:
         m_new = tl.maximum(m, tl.max(x, 0))
         d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
         m = m_new
-    x_t = tl.load(base + target).to(tl.float32)
+    x_t = tl.load(base + target, mask=(target >= 0) & (target < V), other=0.0).to(tl.float32)
     lse = m + tl.log(d)
     # pass 2: the gradient, in place
     for start in range(0, V, BLOCK_V):
@@ -92,7 +92,7 @@ def _chunk_size(N: int, V: int, D: int) -> int:
 
 def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, mean: bool,
               accumulate_fp32: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> loss (fp32 scalar), grad_h [N, D] (h's dtype), grad_weight [V, D] (weight's dtype or fp32)."""
+    """-> loss (fp32 scalar), grad_h [N, D] and grad_weight [V, D] (unscaled by the upstream gradient)."""
     N, D = h.shape
     V = weight.shape[0]
     h = h.contiguous()
@@ -124,13 +124,12 @@ def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, igno
         else:
             grad_w.addmm_(logits.T.float(), hc.float())
     loss = row_loss.sum() * scale[0]
-    return loss, grad_h, grad_w
+    return loss, grad_h, grad_w.to(weight.dtype)  # the fp32 buffer is freed here, at the end of the forward
 
 
 def _fwd_fake(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
-    acc32 = accumulate_fp32 and weight.dtype != torch.float32
     return (h.new_empty((), dtype=torch.float32), torch.empty_like(h, memory_format=torch.contiguous_format),
-            weight.new_empty(weight.shape, dtype=torch.float32 if acc32 else weight.dtype))
+            torch.empty_like(weight, memory_format=torch.contiguous_format))
 
 
 _fwd_op = custom_op("fused_linear_cross_entropy_fwd", _fwd_impl, _fwd_fake)
@@ -141,17 +140,15 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
         loss, grad_h, grad_w = _fwd_op(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size)
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        # Scale by the incoming gradient (no host sync to test for 1.0); grad_h/grad_w are ours, so in place.
-        g = grad_loss.to(torch.float32)
-        grad_h = grad_h.mul_(g.to(grad_h.dtype))
-        grad_w = grad_w.mul_(g.to(grad_w.dtype)).to(ctx.weight_dtype)
-        return grad_h, grad_w, None, None, None, None, None
+        # Scale by the incoming gradient without a host sync to test for 1.0. Out of place, so a retained graph can
+        # be differentiated again (costs one transient copy of grad_h and grad_weight).
+        g = grad_loss.to(grad_h.dtype)
+        return grad_h * g, grad_w * g.to(grad_w.dtype), None, None, None, None, None
 
 
 def fused_linear_cross_entropy(h, weight, targets, ignore_index: int = -100, reduction: str = "mean",

@@ -1,0 +1,308 @@
+"""Micro-benchmarks of the Triton kernels against their peers, correctness first.
+
+    PYTHONPATH=. python -m bench.run_all --only kernels          # GPU: full shapes (StarCoderBase-1B, bf16)
+    PYTHONPATH=. python -m bench.run_all --only kernels --quick  # tiny shapes; on CPU through the Triton interpreter
+
+For every case: (1) correctness on the device: ours and the same-dtype torch computation against an fp32 reference
+(outputs and every gradient; ours must be within 2x torch's error + a floor; column `check`); (2) median times of
+forward, backward and forward+backward (CUDA events after warm-up; backward timed on a retained graph); (3) extra
+peak memory of one forward+backward over what the inputs hold; (4) a throughput figure: TFLOP/s for attention
+(causal FLOPs: 4*S^2/2*H*D forward, 2.5x that backward), GB/s for LayerNorm / GELU (bytes that must move); and the
+ratio of the peer's forward+backward time to ours (`speedup` > 1: ours faster).
+
+Peers: torch (the reference path the model uses with backend `torch`: SDPA for attention, eager ops elsewhere),
+flash-attn and Liger-Kernel when installed (skipped otherwise). Shapes (full): attention causal MQA B8 H16 S2048
+D128 dense and a 16k-token pack of documents with lengths like the evolved data (lognormal, median 245, mean 332,
+clipped to [16, 2048]); residual-add + LayerNorm 16384 x 2048; bias-GELU 16384 x 8192; fused linear cross-entropy
+T=16384, D=2048, V=49152.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must precede the kernels' import: Triton reads it when decorating
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from bench.common import timeit  # noqa: E402
+from wizardcoder import ops  # noqa: E402
+from wizardcoder.kernels import cross_entropy as ce  # noqa: E402
+from wizardcoder.kernels import flash_attention as fa  # noqa: E402
+from wizardcoder.kernels import gelu as gl  # noqa: E402
+from wizardcoder.kernels import layernorm as ln  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _peak(fn) -> float:
+    """Extra peak memory (GB) of one call of `fn` over what was allocated before it; nan on CPU."""
+    if not CUDA:
+        return float("nan")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+
+def _grads(out, inputs, dout):
+    return torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def _time_case(make_out, inputs, dout, iters, warmup):
+    """fwd, bwd, fwd+bwd median seconds and extra peak GB for `make_out()` (differentiable in `inputs`)."""
+    fwd = timeit(lambda: make_out(), warmup, iters)
+    out = make_out()
+    bwd = timeit(lambda: _grads(out, inputs, dout), warmup, iters)
+    del out
+    both = timeit(lambda: torch.autograd.grad(make_out(), inputs, dout), warmup, iters)
+    mem = _peak(lambda: torch.autograd.grad(make_out(), inputs, dout))
+    return fwd, bwd, both, mem
+
+
+def _err(a, ref):
+    return (a.double() - ref.double()).abs().max().item()
+
+
+def _check(ours, base, ref, floor=1e-3) -> str:
+    """'ok' when every tensor of `ours` is within 2x the same-dtype torch error (+ floor * scale) of `ref`."""
+    worst = []
+    for name, a, b, r in ours_base_ref(ours, base, ref):
+        e, eb = _err(a, r), _err(b, r)
+        scale = max(1.0, r.abs().max().item())
+        if not math.isfinite(e) or e > 2 * eb + floor * scale:
+            worst.append(f"{name} {e:.2g}>2x{eb:.2g}")
+    return "ok" if not worst else "FAIL " + "; ".join(worst)
+
+
+def ours_base_ref(ours, base, ref):
+    names = ["out"] + [f"grad{i}" for i in range(len(ours) - 1)]
+    return zip(names, ours, base, ref)
+
+
+def _with_grads(fn, inputs, dout):
+    out = fn(*inputs)
+    return (out, *torch.autograd.grad(out, inputs, dout))
+
+
+def _row(case, impl, dtype, t, figure_name=None, figure=None, check="", peer_both=None):
+    fwd, bwd, both, mem = t
+    r = {"bench": "kernels", "case": case, "impl": impl, "dtype": str(dtype).replace("torch.", ""),
+         "check": check, "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3, "peak_extra_GB": mem}
+    if figure_name:
+        r[figure_name] = figure
+    if peer_both is not None:
+        r["speedup"] = peer_both / both
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+def _doc_lengths(total: int, max_len: int, gen: torch.Generator) -> list[int]:
+    lens = []
+    while sum(lens) < total:
+        n = int(math.exp(5.5 + 0.78 * torch.randn((), generator=gen).item()))
+        lens.append(max(16, min(max_len, n, total - sum(lens))) if total - sum(lens) >= 16 else total - sum(lens))
+    return lens
+
+
+def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
+    rows = []
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    B, S, H, D = (8, 2048, 16, 128) if not quick else ((2, 256, 4, 64) if CUDA else (1, 48, 2, 32))
+    scale = 1 / math.sqrt(D)
+    gen = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=gen).to(DEV, dtype).requires_grad_()  # noqa: E731
+
+    # --- dense, causal MQA ---
+    q, k, v = mk(B, S, H, D), mk(B, S, 1, D), mk(B, S, 1, D)
+    do = torch.randn_like(q)
+    flops_fwd = 4 * B * H * D * S * S / 2
+    ours = lambda q, k, v: fa.flash_attn_func(q, k, v, softmax_scale=scale)  # noqa: E731
+    torch_ref = lambda q, k, v: ops.attention_dense_reference(q, k, v, scale)  # noqa: E731
+    n = min(B, 2)  # correctness on a slice of the batch (the fp32 reference holds [H, S, S])
+    sl = [t[:n].detach().requires_grad_() for t in (q, k, v)]
+    ref = _with_grads(torch_ref, [t.detach().float().requires_grad_() for t in sl], do[:n].float())
+    check = _check(_with_grads(ours, sl, do[:n]), _with_grads(torch_ref, sl, do[:n]), ref)
+    peers = {"torch-sdpa": torch_ref}
+    try:
+        import flash_attn
+
+        peers["flash-attn"] = lambda q, k, v: flash_attn.flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
+    except ImportError:
+        pass
+    case = f"attn dense MQA B{B} H{H} S{S} D{D}"
+    t_peer = {name: _time_case(lambda f=f: f(q, k, v), (q, k, v), do, iters, warmup) for name, f in peers.items()}
+    t_ours = _time_case(lambda: ours(q, k, v), (q, k, v), do, iters, warmup)
+    tf = lambda t: flops_fwd * 3.5 / t[2] / 1e12  # noqa: E731  fwd + bwd (bwd = 2.5x fwd)
+    rows.append(_row(case, "ours-triton", dtype, t_ours, "TFLOP/s", tf(t_ours), check, t_peer["torch-sdpa"][2]))
+    rows[-1]["fwd_TFLOP/s"] = flops_fwd / t_ours[0] / 1e12
+    for name, t in t_peer.items():
+        rows.append(_row(case, name, dtype, t, "TFLOP/s", tf(t)))
+        rows[-1]["fwd_TFLOP/s"] = flops_fwd / t[0] / 1e12
+
+    # --- packed varlen: the same number of tokens as documents of uneven length ---
+    T = B * S
+    lens = _doc_lengths(T, S, gen) if not quick else [1, 17, S - 18, 7, T - S - 7 - 1 + 1][: 5]
+    lens = [x for x in lens if x > 0]
+    lens[-1] += T - sum(lens)
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    qv, kv, vv = (t.detach().reshape(T, -1, D).requires_grad_() for t in (q, k, v))
+    dov = do.reshape(T, H, D)
+    flops_v = sum(4 * H * D * L * L / 2 for L in lens)
+    ours_v = lambda q, k, v: fa.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), softmax_scale=scale)  # noqa: E731
+    torch_v = lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu, scale)  # noqa: E731
+    end = int(cu[min(len(lens), 4)])  # check the first documents
+    cu_s = cu[: min(len(lens), 4) + 1]
+    sl = [t[:end].detach().requires_grad_() for t in (qv, kv, vv)]
+    ref = _with_grads(lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu_s, scale),
+                      [t.detach().float().requires_grad_() for t in sl], dov[:end].float())
+    check = _check(_with_grads(lambda q, k, v: fa.flash_attn_varlen_func(q, k, v, cu_s, cu_s, max(lens), max(lens), softmax_scale=scale), sl, dov[:end]),
+                   _with_grads(lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu_s, scale), sl, dov[:end]), ref)
+    peers = {"torch-sdpa-per-doc": torch_v}
+    try:
+        import flash_attn
+
+        peers["flash-attn"] = lambda q, k, v: flash_attn.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), softmax_scale=scale, causal=True)
+    except ImportError:
+        pass
+    case = f"attn varlen MQA {len(lens)} docs T{T} max{max(lens)} H{H} D{D}"
+    t_ours_v = _time_case(lambda: ours_v(qv, kv, vv), (qv, kv, vv), dov, iters, warmup)
+    t_peer = {name: _time_case(lambda f=f: f(qv, kv, vv), (qv, kv, vv), dov, iters, warmup) for name, f in peers.items()}
+    tfv = lambda t: flops_v * 3.5 / t[2] / 1e12  # noqa: E731
+    rows.append(_row(case, "ours-triton", dtype, t_ours_v, "TFLOP/s", tfv(t_ours_v), check, t_peer["torch-sdpa-per-doc"][2]))
+    rows[-1]["fwd_TFLOP/s"] = flops_v / t_ours_v[0] / 1e12
+    for name, t in t_peer.items():
+        rows.append(_row(case, name, dtype, t, "TFLOP/s", tfv(t)))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- layernorm
+def bench_layernorm(quick: bool, iters: int, warmup: int) -> list[dict]:
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    M, N = (16384, 2048) if not quick else ((1024, 2048) if CUDA else (64, 96))
+    gen = torch.Generator().manual_seed(0)
+    x, res = (torch.randn(M, N, generator=gen).to(DEV, dtype).requires_grad_() for _ in range(2))
+    w = (1 + 0.1 * torch.randn(N, generator=gen)).to(DEV, dtype).requires_grad_()
+    b = (0.1 * torch.randn(N, generator=gen)).to(DEV, dtype).requires_grad_()
+    dy = torch.randn(M, N, generator=gen).to(DEV, dtype)
+    ins = (x, res, w, b)
+    # y + r as one output, so one upstream gradient reaches both (dy for y, dy for r).
+    ours = lambda x, r, w, b: torch.stack(ln.add_layer_norm(x, r, w, b, 1e-5))  # noqa: E731
+    torch_ref = lambda x, r, w, b: torch.stack(ln.add_layer_norm_reference(x, r, w, b, 1e-5))  # noqa: E731
+    dout = torch.stack([dy, dy])
+    ref = _with_grads(lambda *t: torch_ref(*t), [t.detach().float().requires_grad_() for t in ins], dout.float())
+    check = _check(_with_grads(ours, ins, dout), _with_grads(torch_ref, ins, dout), ref, floor=1e-2)
+    el = dtype.itemsize
+    bytes_fb = 4 * M * N * el + 4 * M * N * el  # fwd: x, res in; y, r out. bwd: r, dy, dr in; dx out
+    case = f"add+layernorm {M}x{N}"
+    # the stack copies are the same for both implementations; the figure counts kernel bytes over the whole time.
+    t_ours = _time_case(lambda: ours(*ins), ins, dout, iters, warmup)
+    t_ref = _time_case(lambda: torch_ref(*ins), ins, dout, iters, warmup)
+    rows = [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, check, t_ref[2]),
+            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9)]
+    # fwd-only bandwidth on the kernel itself (no stack): the issue's 80%-of-copy goal is measured here.
+    with torch.no_grad():
+        t = timeit(lambda: ln.add_layer_norm(x, res, w, b, 1e-5), warmup, iters)
+        t2 = timeit(lambda: ln.add_layer_norm_reference(x, res, w, b, 1e-5), warmup, iters)
+    rows[0]["fwd_only_GB/s"] = 4 * M * N * el / t / 1e9
+    rows[1]["fwd_only_GB/s"] = 4 * M * N * el / t2 / 1e9
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------- gelu
+def bench_gelu(quick: bool, iters: int, warmup: int) -> list[dict]:
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    M, N = (16384, 8192) if not quick else ((1024, 8192) if CUDA else (32, 130))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(M, N, generator=gen).to(DEV, dtype).requires_grad_()
+    b = torch.randn(N, generator=gen).to(DEV, dtype).requires_grad_()
+    dy = torch.randn(M, N, generator=gen).to(DEV, dtype)
+    ours = lambda x, b: gl.bias_gelu(x, b, True)  # noqa: E731
+    torch_ref = lambda x, b: gl.bias_gelu_reference(x, b, True)  # noqa: E731
+    ref = _with_grads(torch_ref, [x.detach().float().requires_grad_(), b.detach().float().requires_grad_()], dy.float())
+    check = _check(_with_grads(ours, (x, b), dy), _with_grads(torch_ref, (x, b), dy), ref, floor=1e-2)
+    el = dtype.itemsize
+    bytes_fb = 2 * M * N * el + 3 * M * N * el  # fwd: x in, y out; bwd: dy, x in, dx out (+ the dbias reduction)
+    case = f"bias+gelu(tanh) {M}x{N}"
+    t_ours = _time_case(lambda: ours(x, b), (x, b), dy, iters, warmup)
+    t_ref = _time_case(lambda: torch_ref(x, b), (x, b), dy, iters, warmup)
+    return [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, check, t_ref[2]),
+            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9)]
+
+
+# ------------------------------------------------------------------------------------------------ cross-entropy
+def bench_cross_entropy(quick: bool, iters: int, warmup: int) -> list[dict]:
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    T, D, V = (16384, 2048, 49152) if not quick else ((2048, 1024, 8192) if CUDA else (24, 32, 300))
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(T, D, generator=gen).to(DEV, dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=gen) * 0.02).to(DEV, dtype).requires_grad_()
+    t = torch.randint(0, V, (T,), generator=gen)
+    t[torch.rand(T, generator=gen) < 0.4] = -100  # prompt tokens carry no loss
+    t = t.to(DEV)
+    one = torch.ones((), device=DEV)
+    impls = {
+        "ours-triton(fp32 dW acc)": lambda h, w: ce.fused_linear_cross_entropy(h, w, t),
+        "ours-triton(dtype dW acc)": lambda h, w: ce.fused_linear_cross_entropy(h, w, t, accumulate_fp32=False),
+        "torch": lambda h, w: ce.linear_cross_entropy_reference(h, w, t),
+    }
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()
+        impls["liger"] = lambda h, w: liger(w, h, t)
+    except ImportError:
+        pass
+    n = min(T, 4096)  # correctness on a slice of the tokens (the fp32 reference holds [n, V] fp32)
+    hs = h[:n].detach().requires_grad_()
+    ts = t[:n]
+    ref = _with_grads(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts),
+                      [hs.detach().float().requires_grad_(), w.detach().float().requires_grad_()], one)
+    base = _with_grads(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts), [hs, w], one)
+    case = f"linear+CE T{T} D{D} V{V}"
+    rows, times = [], {}
+    for name, f in impls.items():
+        check = ""
+        if name.startswith("ours"):
+            acc = "fp32" in name
+            check = _check(_with_grads(lambda h, w: ce.fused_linear_cross_entropy(h, w, ts, accumulate_fp32=acc), [hs, w], one),
+                           base, ref, floor=1e-3)
+        try:
+            times[name] = _time_case(lambda f=f: f(h, w), (h, w), one, iters, warmup)
+        except Exception as e:  # a peer failing (e.g. an old Liger API) must not hide our figures
+            rows.append({"bench": "kernels", "case": case, "impl": name, "check": f"error: {e!r}"[:80]})
+            continue
+        rows.append(_row(case, name, dtype, times[name], check=check))
+    for r in rows:
+        if r["impl"].startswith("ours") and "fwd+bwd_ms" in r:
+            for peer in ("torch", "liger"):
+                if peer in times:
+                    r[f"vs_{peer}"] = times[peer][2] * 1e3 / r["fwd+bwd_ms"]
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    if not CUDA:
+        quick = True  # the interpreter runs tiny shapes only; CPU figures are a smoke test, not a measurement
+    iters, warmup = (2, 1) if not CUDA else ((10, 3) if quick else (30, 5))
+    rows = []
+    for fn in (bench_attention, bench_layernorm, bench_gelu, bench_cross_entropy):
+        rows += fn(quick, iters, warmup)
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.common import print_table, save_rows
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    rows = run(p.parse_args().quick)
+    print_table(rows)
+    print(f"(rows appended to {save_rows(rows, 'kernels')})")
