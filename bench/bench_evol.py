@@ -90,7 +90,9 @@ def _hygiene_rows(quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    return _engine_rows(quick) + _hygiene_rows(quick)
+    rows = _engine_rows(quick) + _hygiene_rows(quick)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # one column set, so the table shows every figure
+    return [{k: r.get(k, "") for k in keys} for r in rows]
 
 
 if __name__ == "__main__" and "--measure" not in sys.argv:

@@ -176,6 +176,19 @@ def test_exact_and_near_duplicates_match_brute_force():
     assert len(kept) + len(removed) == len(recs) and rep["near_dup_rate"] > 0
 
 
+def test_near_duplicates_on_public_data_match_brute_force(shared_data):
+    """Near the threshold, where banded LSH alone misses about half the pairs: the same decisions as brute force."""
+    import gzip
+
+    d = os.path.join(shared_data, "evol_instruct_code")
+    texts = [r["instruction"] for r in json.load(open(os.path.join(d, "converted_alpaca_2k.json")))][:500]
+    texts += [r["instruction"] for r in json.load(gzip.open(os.path.join(d, "evol-codealpaca-2k-1.json.gz"), "rt"))][:500]
+    idx = H.NearDupIndex(0.5)
+    got = {i for i, t in enumerate(texts) if idx.query_insert(str(i), t)}
+    ref = set(_brute_near_dups(texts, 5, 0.5))
+    assert got == ref and len(ref) > 5
+
+
 @pytest.fixture(scope="module")
 def problems(shared_data):
     return (H.load_benchmark(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))

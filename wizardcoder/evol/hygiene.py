@@ -178,7 +178,9 @@ class NearDupIndex:
             raise UserError("near-duplicate removal needs datasketch: `pip install datasketch` "
                             "(or pass --no-dedup).") from None
         self._MinHash = MinHash
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # Candidates come from a lower LSH threshold than the decision: at J near the threshold a banded LSH finds a
+        # pair only about half the time, and the exact check below drops the extra candidates anyway.
+        self.lsh = MinHashLSH(threshold=max(0.1, threshold - 0.25), num_perm=num_perm)
         self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
         self.sets: dict[str, set[int]] = {}
         template = MinHash(num_perm=num_perm, seed=1)  # permutations drawn once, not per sample
