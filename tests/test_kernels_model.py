@@ -57,3 +57,29 @@ def test_packed_model_matches_torch_backend(name):
     cu = torch.tensor([0, 1, 18, 27, 50], dtype=torch.int32, device=DEVICE)
     ids = torch.randint(0, ref.config.vocab_size, (1, sum(lens)), device=DEVICE)
     _compare(ref, fast, input_ids=ids, cu_seqlens=cu, max_seqlen=max(lens))
+
+
+def test_torch_compile_traces_all_kernels_in_one_graph():
+    """The kernels are custom ops with fake implementations inside autograd.Functions: torch.compile traces a chain of
+    all four with fullgraph=True (aot_eager here, so no C++ compiler is needed) and gives the eager result."""
+    from wizardcoder.kernels.cross_entropy import fused_linear_cross_entropy
+    from wizardcoder.kernels.flash_attention import flash_attn_varlen_func
+    from wizardcoder.kernels.gelu import bias_gelu
+    from wizardcoder.kernels.layernorm import add_layer_norm
+
+    cu = torch.tensor([0, 5, 21], dtype=torch.int32, device=DEVICE)
+
+    def step(q, k, v, w, b, lw, t):
+        o = flash_attn_varlen_func(q, k, v, cu, cu, 16, 16).flatten(1)
+        y, _ = add_layer_norm(o, o * 0.5, w, b, 1e-5)
+        return fused_linear_cross_entropy(bias_gelu(y, b, True), lw, t)
+
+    g = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(DEVICE).requires_grad_()  # noqa: E731
+    args = (mk(21, 2, 8), mk(21, 1, 8), mk(21, 1, 8), mk(16), mk(16), mk(30, 16), torch.randint(0, 30, (21,), device=DEVICE))
+    eager = step(*args)
+    g_eager = torch.autograd.grad(eager, args[:6])
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(*args)
+    g_comp = torch.autograd.grad(compiled, args[:6])
+    assert torch.allclose(eager, compiled)
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(g_eager, g_comp))
