@@ -235,3 +235,14 @@ def test_against_wizardcoder_serve(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_more_rounds_extend_a_finished_run(tmp_path):
+    with StubLLM() as stub:
+        evolve(seeds(10), str(tmp_path / "fresh"), llm(stub), EvolConfig(rounds=3))
+        evolve(seeds(10), str(tmp_path / "ext"), llm(stub), EvolConfig(rounds=1))
+        n_before = len(stub.prompts("evolve"))
+        s = evolve(seeds(10), str(tmp_path / "ext"), llm(stub), EvolConfig(rounds=3))
+        assert len(stub.prompts("evolve")) - n_before == 20  # only rounds 2 and 3 were asked for
+    assert s["complete"] and [r["attempted"] for r in s["rounds"]] == [10, 10, 10]
+    assert (tmp_path / "ext" / "merged.jsonl").read_bytes() == (tmp_path / "fresh" / "merged.jsonl").read_bytes()
