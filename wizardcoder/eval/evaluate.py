@@ -143,6 +143,8 @@ def evaluate(task: str, samples: str, out_dir: str, data: str | None = None, pos
             cfg.timeout = timeout
         elif task in DEFAULT_TIMEOUT:
             cfg.timeout = DEFAULT_TIMEOUT[task]
+        if task.endswith("+") or task == "ds1000":
+            cfg.preload = tuple(dict.fromkeys(tuple(cfg.preload) + ("numpy",)))  # the checks and contexts use it
         pool = SandboxPool(workers, cfg)
     try:
         isolation = pool.isolation

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fcntl
 import json
 import os
 import pickle
@@ -20,6 +21,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Iterable, Iterator
 
@@ -32,10 +34,63 @@ VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
 KEEP_TASKS = 8  # problems' data (inputs, expected outputs) a worker holds at once; some are hundreds of MB
 
 
+def _claim_uid(start: int) -> tuple[int, int]:
+    """A sandbox uid no other evaluator on this machine is using (held by an flock until the pool closes), so two
+    concurrent pools never share RLIMIT_NPROC counts or kill each other's programs when sweeping a uid."""
+    folder = os.path.join(tempfile.gettempdir(), "wizardcoder-sandbox-uids")
+    os.makedirs(folder, exist_ok=True)
+    for uid in range(start, start + 4096):
+        fd = os.open(os.path.join(folder, f"{uid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise UserError(f"no free sandbox uid in {start}..{start + 4095}; is another evaluator leaking workers?")
+
+
+class _Spawner:
+    """One long-lived thread that starts every worker process. A worker asks for PDEATHSIG, which the kernel ties
+    to the *thread* that forked it; starting workers from the short-lived dispatch threads would kill them when a
+    `run` ends."""
+
+    def __init__(self):
+        self._q: queue.Queue = queue.Queue()
+        self._t = threading.Thread(target=self._loop, daemon=True, name="wizardcoder-sandbox-spawner")
+        self._t.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, box, ev = item
+            try:
+                box.append((True, fn()))
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                box.append((False, e))
+            ev.set()
+
+    def call(self, fn):
+        box: list = []
+        ev = threading.Event()
+        self._q.put((fn, box, ev))
+        ev.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self._q.put(None)
+
+
 class _WorkerHandle:
-    def __init__(self, index: int, config: SandboxConfig):
+    def __init__(self, index: int, config: SandboxConfig, spawner: _Spawner):
         self.index = index
         self.config = config
+        self.spawner = spawner
+        self.uid, self.uid_lock = (_claim_uid(config.uid_base) if os.geteuid() == 0 else (os.getuid(), None))
         self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._start()
 
@@ -43,10 +98,10 @@ class _WorkerHandle:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
-             json.dumps(dataclasses.asdict(self.config))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True)
+        argv = [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
+                json.dumps(dataclasses.asdict(self.config)), str(self.uid)]
+        self.proc = self.spawner.call(lambda: subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True))
         hello = recv_msg(self.proc.stdout.fileno())
         if not hello or hello.get("op") != "ready":
             raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
@@ -87,6 +142,11 @@ class _WorkerHandle:
             self.proc.wait()
         shutil.rmtree(self.tmp_root, ignore_errors=True)
 
+    def release(self) -> None:
+        if self.uid_lock is not None:
+            os.close(self.uid_lock)
+            self.uid_lock = None
+
 
 def decode(job: dict, reply: dict) -> dict:
     """Turn a worker reply into a result: the child's bytes are JSON for untrusted programs (never unpickled) and
@@ -113,9 +173,10 @@ class SandboxPool:
         self.n = max(1, workers or os.cpu_count() or 1)
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
+        self._spawner = _Spawner()
         try:
             for i in range(self.n):
-                self.handles.append(_WorkerHandle(i, self.config))
+                self.handles.append(_WorkerHandle(i, self.config, self._spawner))
         except BaseException:
             self.close()
             raise
@@ -180,7 +241,9 @@ class SandboxPool:
     def close(self) -> None:
         for h in self.handles:
             h.stop()
+            h.release()
         self.handles = []
+        self._spawner.stop()
 
     def __enter__(self) -> "SandboxPool":
         return self

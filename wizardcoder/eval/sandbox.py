@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import json
 import os
 import pickle
@@ -44,8 +45,10 @@ except ImportError:  # the C extension was not built; the Python layers still ap
     _sandbox = None
 
 RESULT_FD_ENV = "WIZARDCODER_SANDBOX_RESULT_FD"
+# Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
+# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it.
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
-           "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json", "numpy")
+           "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json")
 
 
 @dataclasses.dataclass
@@ -60,9 +63,10 @@ class SandboxConfig:
     max_procs: int = 64  # RLIMIT_NPROC, when the program runs under a uid of its own
     allow_fork: bool = False  # False: seccomp refuses new processes; True: only RLIMIT_NPROC bounds them
     network: bool = False  # True disables every network layer (for programs that legitimately need it)
-    uid_base: int = 61000  # uid of worker i is uid_base + i (when started as root)
+    uid_base: int = 61000  # when root, each worker runs programs under the first free uid from here (flock-claimed)
     scratch: int = 512 << 20  # size of the worker's private tmpfs holding the temp folders (when permitted)
     tmp_root: str | None = None  # where private temp folders go (default: the system temp dir)
+    preload: tuple = ()  # modules to import in the worker besides PRELOAD (e.g. numpy for the + tasks)
 
 
 # ------------------------------------------------------------------------------------------------ framing
@@ -106,12 +110,12 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 class Worker:
     """The worker's state: isolation probed at start, task data received from the evaluator, the job loop."""
 
-    def __init__(self, index: int, config: SandboxConfig):
+    def __init__(self, index: int, config: SandboxConfig, uid: int | None = None):
         self.index = index
         self.config = config
         self.tasks: dict[str, dict] = {}
         self.root = os.geteuid() == 0
-        self.uid = config.uid_base + index if self.root else os.getuid()
+        self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
         self.gid = self.uid if self.root else os.getgid()
         self.tmp_root = tempfile.mkdtemp(prefix=f"wizardcoder-sandbox-{os.getpid()}-", dir=config.tmp_root)
         os.chmod(self.tmp_root, 0o711)
@@ -179,11 +183,15 @@ class Worker:
         if self.root:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
         iso["limits"] = ", ".join(lim)
-        for name in PRELOAD:
+        for name in PRELOAD + tuple(self.config.preload):
             try:
                 __import__(name)
             except Exception:  # noqa: BLE001 - a preload is an optimisation only
                 pass
+        # A fork server's heap must stay shared: without this the child's first garbage collection walks (and so
+        # copies on write) every object the worker holds, several ms per program.
+        gc.collect()
+        gc.freeze()
         return iso
 
     def _uid_can_read_python(self) -> bool:
@@ -349,21 +357,39 @@ class Worker:
     def _cleanup(self, pid: int, jobdir: str) -> None:
         _killpg(pid)
         if self.config.allow_fork and self.root:
-            # processes that left the group (setsid) still carry the sandbox uid: kill them all as that uid
-            sweeper = os.fork()
-            if sweeper == 0:
-                try:
-                    os.setuid(self.uid)
-                    os.kill(-1, signal.SIGKILL)
-                finally:
-                    os._exit(0)
-            os.waitpid(sweeper, 0)
-        try:  # reap orphans reparented to us (we are a subreaper)
+            # Processes that left the group (setsid) still carry the sandbox uid: kill everything of that uid, as
+            # that uid, until nothing is left (a bomb may fork while we sweep), reaping what comes back to us.
+            for _ in range(500):
+                left = self._sweep_uid()
+                self._reap()
+                if not left:
+                    break
+                time.sleep(0.002)
+        self._reap()
+        shutil.rmtree(jobdir, onerror=_force_remove)
+
+    def _sweep_uid(self) -> bool:
+        """kill(-1, SIGKILL) as the sandbox uid; True when some process (alive or not yet reaped) was still there."""
+        sweeper = os.fork()
+        if sweeper == 0:
+            try:
+                os.setuid(self.uid)
+                os.kill(-1, signal.SIGKILL)
+                os._exit(0)
+            except ProcessLookupError:
+                os._exit(1)
+            finally:
+                os._exit(2)
+        return os.waitpid(sweeper, 0)[1] == 0
+
+    @staticmethod
+    def _reap() -> None:
+        """Reap orphans reparented to us (we are a child subreaper)."""
+        try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
         except ChildProcessError:
             pass
-        shutil.rmtree(jobdir, onerror=_force_remove)
 
     def close(self) -> None:
         """Empty the scratch folder; the evaluator removes the folder itself (here it may be a mount point)."""
@@ -391,13 +417,13 @@ def _force_remove(func, path, exc_info):
         pass
 
 
-def serve(index: int, config: SandboxConfig) -> None:
+def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
     """The worker's main loop: messages from the evaluator on fd 0, replies on fd 1."""
     cmd_in, cmd_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    worker = Worker(index, config)
+    worker = Worker(index, config, uid)
     send_msg(cmd_out, {"op": "ready", "isolation": worker.isolation, "pid": os.getpid(), "tmp_root": worker.tmp_root})
     try:
         while True:
@@ -406,6 +432,7 @@ def serve(index: int, config: SandboxConfig) -> None:
                 break
             if msg["op"] == "task":
                 worker.tasks[msg["key"]] = msg["data"]
+                gc.freeze()  # the task's inputs and expected outputs too (see Worker._setup)
                 continue
             if msg["op"] == "drop":
                 worker.tasks.pop(msg["key"], None)

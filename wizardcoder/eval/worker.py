@@ -1,4 +1,4 @@
-"""Entry point of a sandbox worker process: `python -m wizardcoder.eval.worker INDEX CONFIG_JSON`.
+"""Entry point of a sandbox worker process: `python -m wizardcoder.eval.worker INDEX CONFIG_JSON [UID]`.
 
 Started by `wizardcoder.eval.pool.SandboxPool` as a fresh interpreter (never forked from the evaluator, so it holds
 none of the evaluator's state); it then forks one isolated child per program (see sandbox.py)."""
@@ -8,4 +8,4 @@ import sys
 from .sandbox import SandboxConfig, serve
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), SandboxConfig(**json.loads(sys.argv[2])))
+    serve(int(sys.argv[1]), SandboxConfig(**json.loads(sys.argv[2])), int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -1,0 +1,265 @@
+"""The sandbox: verdicts, and programs that try to escape are contained, reported as failures, and the evaluator
+(this test process) and the pool keep going."""
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from wizardcoder.eval import SandboxConfig, SandboxPool
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(2, SandboxConfig(timeout=2.0, memory=512 << 20, max_output=4 << 20)) as p:
+        yield p
+
+
+def run1(pool, code, timeout=None):
+    job = {"id": 0, "kind": "script", "code": code}
+    if timeout:
+        job["timeout"] = timeout
+    (res,) = list(pool.run([job]))
+    return res
+
+
+def still_healthy(pool):
+    """The pool still runs programs, and nothing is left running under the sandbox uids."""
+    assert run1(pool, "assert sum(range(10)) == 45")["status"] == "passed"
+    if ROOT:
+        uids = {h.uid for h in pool.handles}
+        assert not [p for p in _procs_of(uids)], "processes of the sandbox uid survived"
+
+
+def _procs_of(uids):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:") and int(line.split()[1]) in uids:
+                        yield int(pid)
+        except OSError:
+            continue
+
+
+# ----------------------------------------------------------------------------------------------- verdicts
+
+def test_verdicts(pool):
+    jobs = {
+        "passed": "def f(x):\n    return x + 1\nassert f(1) == 2",
+        "failed": "def f(x):\n    return x\nassert f(1) == 2, 'off by one'",
+        "syntax_error": "def f(:\n    pass",
+        "timeout": "while True:\n    pass",
+        "memory": "x = bytearray(2 << 30)",
+        "crashed": "import ctypes\nctypes.string_at(0)",  # SIGSEGV
+    }
+    res = {r["id"]: r for r in pool.run([{"id": k, "kind": "script", "code": v} for k, v in jobs.items()])}
+    for want in jobs:
+        assert res[want]["status"] == want, (want, res[want])
+    assert "AssertionError: off by one" in res["failed"]["error"]
+    assert "line 3: assert f(1) == 2" in res["failed"]["error"]  # which assert
+    assert "SIGSEGV" in res["crashed"]["error"]
+    still_healthy(pool)
+
+
+def test_cpu_time_limit():
+    with SandboxPool(1, SandboxConfig(timeout=20.0, cpu_timeout=1.0)) as p:
+        t0 = time.monotonic()
+        r = run1(p, "while True:\n    pass")
+        assert r["status"] == "timeout" and "CPU" in r["error"]
+        assert time.monotonic() - t0 < 10
+
+
+def test_isolation_report(pool):
+    iso = pool.isolation
+    for layer in ("process", "user", "scratch", "filesystem", "syscalls", "network", "limits"):
+        assert iso[layer]
+    if ROOT:
+        assert "unprivileged" in iso["user"] and "RLIMIT_NPROC" in iso["limits"]
+
+
+# ----------------------------------------------------------------------------------------------- escapes
+
+def test_fork_bomb_is_refused(pool):
+    r = run1(pool, "import os\nwhile True:\n    os.fork()")
+    assert r["status"] == "failed" and "Resource temporarily unavailable" in r["error"]
+    r = run1(pool, "import subprocess\nsubprocess.run(['sleep', '100'])")
+    assert r["status"] == "failed"
+    still_healthy(pool)
+
+
+@pytest.mark.skipif(not ROOT, reason="with forks allowed only RLIMIT_NPROC stops a fork bomb, and it is in force "
+                                     "only when the sandbox runs programs under a uid of their own (needs root)")
+def test_fork_bomb_with_forks_allowed_is_bounded_by_nproc():
+    with SandboxPool(1, SandboxConfig(timeout=2.0, allow_fork=True, max_procs=32)) as p:
+        assert "RLIMIT_NPROC" in p.isolation["limits"]  # the limit is in force before the bomb runs
+        uid = p.handles[0].uid
+        t0 = time.monotonic()
+        r = run1(p, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
+        assert r["status"] == "timeout"
+        assert time.monotonic() - t0 < 15
+        time.sleep(0.2)
+        assert not list(_procs_of({uid}))  # every bomb process was killed (group kill + uid sweep)
+        # a program that forks legitimately still works
+        r = run1(p, "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nassert os.waitpid(pid, 0)[1] == 0")
+        assert r["status"] == "passed", r
+
+
+def test_infinite_loop_and_sleep_time_out(pool):
+    t0 = time.monotonic()
+    res = list(pool.run([{"id": i, "kind": "script", "code": c} for i, c in
+                         enumerate(["while True: pass", "import time\ntime.sleep(1000)"])]))
+    assert [r["status"] for r in res] == ["timeout", "timeout"]
+    assert time.monotonic() - t0 < 8
+    still_healthy(pool)
+
+
+def test_memory_bomb(pool):
+    r = run1(pool, "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))")
+    assert r["status"] == "memory"
+    still_healthy(pool)
+
+
+def test_files_outside_its_folder_are_safe(pool, tmp_path):
+    # world-writable, so only the sandbox (Landlock, and the uid when root) protects them
+    os.chmod(tmp_path, 0o777)
+    canary = tmp_path / "canary.txt"
+    canary.write_text("keep me")
+    os.chmod(canary, 0o666)
+    attempts = [
+        f"import os\nos.remove({str(canary)!r})",
+        f"open({str(canary)!r}, 'w').write('overwritten')",
+        f"import os\nos.rename({str(canary)!r}, {str(canary)!r} + '.moved')",
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+        f"import os\nos.truncate({str(canary)!r}, 0)",
+    ]
+    res = list(pool.run([{"id": i, "kind": "script", "code": c} for i, c in enumerate(attempts)]))
+    assert all(r["status"] == "failed" for r in res), res
+    assert canary.read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["canary.txt"]
+    # its own folder is writable, and removed afterwards
+    r = run1(pool, "import os, tempfile\nopen('mine.txt', 'w').write('x')\nfd, p = tempfile.mkstemp()\n"
+                   "os.remove('mine.txt')\nassert os.getcwd() == os.environ['HOME']")
+    assert r["status"] == "passed", r
+    for h in pool.handles:
+        assert not os.path.exists(h.tmp_root) or os.listdir(h.tmp_root) == []
+    still_healthy(pool)
+
+
+def test_network_is_unreachable(pool):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    attempts = [
+        f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)",
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('8.8.8.8', 53))",
+        "import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\ns.connect(('::1', 22))",
+        "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=1)",
+    ]
+    res = list(pool.run([{"id": i, "kind": "script", "code": c} for i, c in enumerate(attempts)]))
+    t.join()
+    server.close()
+    assert all(r["status"] in ("failed", "timeout") for r in res), res
+    assert not accepted
+    still_healthy(pool)
+
+
+def test_killing_the_parent_or_others(pool):
+    me = os.getpid()
+    attempts = [
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        f"import os, signal\nos.kill({me}, signal.SIGKILL)",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)",
+        "import os, signal\nos.kill(1, signal.SIGTERM)",
+    ]
+    res = list(pool.run([{"id": i, "kind": "script", "code": c} for i, c in enumerate(attempts)]))
+    assert all(r["status"] == "failed" and "PermissionError" in r["error"] for r in res), res
+    assert [p.proc.poll() for p in pool.handles] == [None, None]  # workers alive; and so are we
+    still_healthy(pool)
+
+
+def test_exit_early_is_not_a_pass(pool):
+    # HumanEval-style: the program leaves before its asserts run
+    for code in ["import os\nos._exit(0)\nassert False", "import sys\nsys.exit(0)\nassert False",
+                 "raise SystemExit(0)", "exit()"]:
+        r = run1(pool, code)
+        assert r["status"] in ("crashed", "failed"), (code, r)
+    still_healthy(pool)
+
+
+def test_closing_stdout_and_its_channels(pool):
+    for code in ["import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\nprint('x')",
+                 "import os\nfor fd in range(1024):\n    try:\n        os.close(fd)\n    except OSError:\n        pass",
+                 "import os\nos.write(3, b'garbage')\nos._exit(0)"]:
+        r = run1(pool, code)
+        assert r["status"] in ("crashed", "failed"), (code, r)
+    still_healthy(pool)
+
+
+def test_gigabytes_of_output(pool):
+    t0 = time.monotonic()
+    r = run1(pool, "import sys\nblock = 'x' * (1 << 20)\nwhile True:\n    sys.stdout.write(block)")
+    assert r["status"] == "crashed" and "size limit" in r["error"]
+    r = run1(pool, "while True:\n    print('y' * 10000)")
+    assert r["status"] == "crashed"
+    assert time.monotonic() - t0 < 8
+    still_healthy(pool)
+
+
+def test_blocking_input(pool):
+    t0 = time.monotonic()
+    r = run1(pool, "x = input()\nassert x")
+    assert r["status"] == "failed" and "EOFError" in r["error"]
+    r = run1(pool, "import sys\nsys.stdin.read()\nimport time\ntime.sleep(100)")
+    assert r["status"] == "timeout"
+    assert time.monotonic() - t0 < 6
+    still_healthy(pool)
+
+
+def test_signals_to_itself_still_work(pool):
+    r = run1(pool, "import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n"
+                   "os.kill(os.getpid(), signal.SIGUSR1)\nimport threading\nt = threading.Thread(target=print)\n"
+                   "t.start()\nt.join()")
+    assert r["status"] == "passed", r
+
+
+def test_many_programs_keep_order_of_ids(pool):
+    res = list(pool.run([{"id": i, "kind": "script", "code": f"assert {i} % 3 != 0"} for i in range(60)]))
+    got = {r["id"]: r["status"] for r in res}
+    assert got == {i: ("failed" if i % 3 == 0 else "passed") for i in range(60)}
+
+
+def test_worker_crash_is_survived(pool):
+    # kill a worker from outside: its job reports crashed, the pool restarts it and goes on
+    h = pool.handles[0]
+    old = h.proc.pid
+    os.kill(old, signal.SIGKILL)
+    res = list(pool.run([{"id": i, "kind": "script", "code": "assert True"} for i in range(6)]))
+    assert len(res) == 6
+    assert sum(r["status"] == "passed" for r in res) >= 4
+    assert h.proc.pid != old
+    still_healthy(pool)
