@@ -90,15 +90,33 @@ def _with_grads(fn, inputs, dout):
     return (out, *torch.autograd.grad(out, inputs, dout))
 
 
-def _row(case, impl, dtype, t, figure_name=None, figure=None, check="", peer_both=None):
+COLUMNS = ["case", "impl", "dtype", "check", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "peak_extra_GB", "rate", "fwd_rate",
+           "unit", "x_vs_torch", "x_vs_peer"]
+
+
+def _row(case, impl, dtype, t, unit="", rate_fb=float("nan"), rate_f=float("nan"), check=""):
+    """One table row; every row has the same keys (run_all prints the first row's columns)."""
     fwd, bwd, both, mem = t
-    r = {"bench": "kernels", "case": case, "impl": impl, "dtype": str(dtype).replace("torch.", ""),
-         "check": check, "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3, "peak_extra_GB": mem}
-    if figure_name:
-        r[figure_name] = figure
-    if peer_both is not None:
-        r["speedup"] = peer_both / both
-    return r
+    return {"bench": "kernels", "case": case, "impl": impl, "dtype": str(dtype).replace("torch.", ""), "check": check,
+            "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3, "peak_extra_GB": mem,
+            "rate": rate_fb, "fwd_rate": rate_f, "unit": unit, "x_vs_torch": "", "x_vs_peer": ""}
+
+
+def _ratios(rows: list[dict]) -> list[dict]:
+    """Fill x_vs_torch / x_vs_peer on our rows: the peer's fwd+bwd time over ours (> 1: ours faster). `peer` is the
+    fastest non-torch peer in the same case (flash-attn, Liger) when one ran."""
+    for r in rows:
+        if not r["impl"].startswith("ours") or not isinstance(r.get("fwd+bwd_ms"), float):
+            continue
+        same = [p for p in rows if p["case"] == r["case"] and not p["impl"].startswith("ours") and isinstance(p.get("fwd+bwd_ms"), float)]
+        torch_rows = [p for p in same if p["impl"].startswith("torch")]
+        peers = [p for p in same if not p["impl"].startswith("torch")]
+        if torch_rows:
+            r["x_vs_torch"] = torch_rows[0]["fwd+bwd_ms"] / r["fwd+bwd_ms"]
+        if peers:
+            best = min(peers, key=lambda p: p["fwd+bwd_ms"])
+            r["x_vs_peer"] = f"{best['fwd+bwd_ms'] / r['fwd+bwd_ms']:.3g} ({best['impl']})"
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- attention
@@ -139,11 +157,9 @@ def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
     t_peer = {name: _time_case(lambda f=f: f(q, k, v), (q, k, v), do, iters, warmup) for name, f in peers.items()}
     t_ours = _time_case(lambda: ours(q, k, v), (q, k, v), do, iters, warmup)
     tf = lambda t: flops_fwd * 3.5 / t[2] / 1e12  # noqa: E731  fwd + bwd (bwd = 2.5x fwd)
-    rows.append(_row(case, "ours-triton", dtype, t_ours, "TFLOP/s", tf(t_ours), check, t_peer["torch-sdpa"][2]))
-    rows[-1]["fwd_TFLOP/s"] = flops_fwd / t_ours[0] / 1e12
+    rows.append(_row(case, "ours-triton", dtype, t_ours, "TFLOP/s", tf(t_ours), flops_fwd / t_ours[0] / 1e12, check))
     for name, t in t_peer.items():
-        rows.append(_row(case, name, dtype, t, "TFLOP/s", tf(t)))
-        rows[-1]["fwd_TFLOP/s"] = flops_fwd / t[0] / 1e12
+        rows.append(_row(case, name, dtype, t, "TFLOP/s", tf(t), flops_fwd / t[0] / 1e12))
 
     # --- packed varlen: the same number of tokens as documents of uneven length ---
     T = B * S
@@ -174,10 +190,9 @@ def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
     t_ours_v = _time_case(lambda: ours_v(qv, kv, vv), (qv, kv, vv), dov, iters, warmup)
     t_peer = {name: _time_case(lambda f=f: f(qv, kv, vv), (qv, kv, vv), dov, iters, warmup) for name, f in peers.items()}
     tfv = lambda t: flops_v * 3.5 / t[2] / 1e12  # noqa: E731
-    rows.append(_row(case, "ours-triton", dtype, t_ours_v, "TFLOP/s", tfv(t_ours_v), check, t_peer["torch-sdpa-per-doc"][2]))
-    rows[-1]["fwd_TFLOP/s"] = flops_v / t_ours_v[0] / 1e12
+    rows.append(_row(case, "ours-triton", dtype, t_ours_v, "TFLOP/s", tfv(t_ours_v), flops_v / t_ours_v[0] / 1e12, check))
     for name, t in t_peer.items():
-        rows.append(_row(case, name, dtype, t, "TFLOP/s", tfv(t)))
+        rows.append(_row(case, name, dtype, t, "TFLOP/s", tfv(t), flops_v / t[0] / 1e12))
     return rows
 
 
@@ -203,15 +218,12 @@ def bench_layernorm(quick: bool, iters: int, warmup: int) -> list[dict]:
     # the stack copies are the same for both implementations; the figure counts kernel bytes over the whole time.
     t_ours = _time_case(lambda: ours(*ins), ins, dout, iters, warmup)
     t_ref = _time_case(lambda: torch_ref(*ins), ins, dout, iters, warmup)
-    rows = [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, check, t_ref[2]),
-            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9)]
-    # fwd-only bandwidth on the kernel itself (no stack): the issue's 80%-of-copy goal is measured here.
+    # fwd_rate: the forward kernel alone (no stack copy), the figure for the issue's 80%-of-copy-bandwidth goal.
     with torch.no_grad():
-        t = timeit(lambda: ln.add_layer_norm(x, res, w, b, 1e-5), warmup, iters)
-        t2 = timeit(lambda: ln.add_layer_norm_reference(x, res, w, b, 1e-5), warmup, iters)
-    rows[0]["fwd_only_GB/s"] = 4 * M * N * el / t / 1e9
-    rows[1]["fwd_only_GB/s"] = 4 * M * N * el / t2 / 1e9
-    return rows
+        tf_ours = timeit(lambda: ln.add_layer_norm(x, res, w, b, 1e-5), warmup, iters)
+        tf_ref = timeit(lambda: ln.add_layer_norm_reference(x, res, w, b, 1e-5), warmup, iters)
+    return [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, 4 * M * N * el / tf_ours / 1e9, check),
+            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9, 4 * M * N * el / tf_ref / 1e9)]
 
 
 # --------------------------------------------------------------------------------------------------------- gelu
@@ -231,8 +243,8 @@ def bench_gelu(quick: bool, iters: int, warmup: int) -> list[dict]:
     case = f"bias+gelu(tanh) {M}x{N}"
     t_ours = _time_case(lambda: ours(x, b), (x, b), dy, iters, warmup)
     t_ref = _time_case(lambda: torch_ref(x, b), (x, b), dy, iters, warmup)
-    return [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, check, t_ref[2]),
-            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9)]
+    return [_row(case, "ours-triton", dtype, t_ours, "GB/s", bytes_fb / t_ours[2] / 1e9, 2 * M * N * el / t_ours[0] / 1e9, check),
+            _row(case, "torch", dtype, t_ref, "GB/s", bytes_fb / t_ref[2] / 1e9, 2 * M * N * el / t_ref[0] / 1e9)]
 
 
 # ------------------------------------------------------------------------------------------------ cross-entropy
@@ -275,14 +287,9 @@ def bench_cross_entropy(quick: bool, iters: int, warmup: int) -> list[dict]:
         try:
             times[name] = _time_case(lambda f=f: f(h, w), (h, w), one, iters, warmup)
         except Exception as e:  # a peer failing (e.g. an old Liger API) must not hide our figures
-            rows.append({"bench": "kernels", "case": case, "impl": name, "check": f"error: {e!r}"[:80]})
+            rows.append({**_row(case, name, dtype, (float("nan"),) * 4), "check": f"error: {e!r}"[:80]})
             continue
         rows.append(_row(case, name, dtype, times[name], check=check))
-    for r in rows:
-        if r["impl"].startswith("ours") and "fwd+bwd_ms" in r:
-            for peer in ("torch", "liger"):
-                if peer in times:
-                    r[f"vs_{peer}"] = times[peer][2] * 1e3 / r["fwd+bwd_ms"]
     return rows
 
 
@@ -293,7 +300,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for fn in (bench_attention, bench_layernorm, bench_gelu, bench_cross_entropy):
         rows += fn(quick, iters, warmup)
-    return rows
+    return _ratios(rows)
 
 
 if __name__ == "__main__":
@@ -304,5 +311,5 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     rows = run(p.parse_args().quick)
-    print_table(rows)
+    print_table(rows, COLUMNS)
     print(f"(rows appended to {save_rows(rows, 'kernels')})")

@@ -92,7 +92,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=tl.trans(kmask), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)  # accumulate in the MMA
         m_i = m_new
     return acc, l_i, m_i
 
@@ -189,11 +189,11 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stri
             pT = tl.where(offs_m[None, :] + causal_off >= offs_n[:, None], pT, 0.0)
         do = tl.load(DO + do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
                      other=0.0)  # (M, D)
-        dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PREC)
         delta = tl.load(DELTA + lse_base + offs_m, mask=m_ok, other=0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # (N, M)
         dsT = pT * (dpT - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
     return dk, dv
 
 
@@ -280,7 +280,7 @@ def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt,
             p = tl.where(ok, p, 0.0)
         dp = tl.dot(do, vT, input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PREC)
+        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PREC)
     return dq
 
 
