@@ -44,6 +44,7 @@ def seed_file(tmp_path):
     return str(path)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_dataset(tmp_path, seed_file, shared_data):
     bench = ["--decontaminate-against", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"),
              "--decontaminate-against", os.path.join(shared_data, "mbpp", "mbpp.jsonl")]
@@ -134,6 +135,7 @@ def test_bad_seed_lines_and_changed_settings_are_named(tmp_path, seed_file):
     assert p.returncode == 2 and "different `model`" in err
 
 
+@pytest.mark.slow
 def test_filter_only_on_public_round(tmp_path, shared_data):
     """Every removal is re-checked independently of the code that made it."""
     src = os.path.join(shared_data, "evol_instruct_code", "evol-codealpaca-2k-1.json.gz")

@@ -185,6 +185,7 @@ def _free_port():
     return port
 
 
+@pytest.mark.slow
 def test_against_wizardcoder_serve(tmp_path):
     """The local option: the project's own OpenAI-compatible server over a tiny random checkpoint. Runs once
     `wizardcoder serve` exists; its answers are random text, so only the protocol and the bookkeeping are checked."""
