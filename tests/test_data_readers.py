@@ -115,6 +115,7 @@ def test_hub_dataset_from_local_cache_offline(tmp_path):
     snap = repo / "snapshots" / ("b" * 40)
     (snap / "data").mkdir(parents=True)
     write_jsonl(snap / "data" / "train.jsonl", RECS)
+    write_jsonl(snap / "data" / "test.jsonl", RECS[:1])  # a test split is not read unless asked for
     (snap / "README.md").write_text("not data")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("b" * 40)
@@ -123,6 +124,7 @@ def test_hub_dataset_from_local_cache_offline(tmp_path):
         "from wizardcoder.errors import DataError\n"
         "print([e.output for e in read_examples('someorg/tiny-evol')] == %r)\n"
         "print(len(read_examples('hf://datasets/someorg/tiny-evol:data/*.jsonl')))\n"
+        "print(len(read_examples('someorg/tiny-evol:data/test.jsonl')))\n"
         "try:\n    read_examples('someorg/not-cached')\n"
         "except DataError as e:\n    print('DataError', e)\n" % [r["output"] for r in RECS]
     )
@@ -130,5 +132,5 @@ def test_hub_dataset_from_local_cache_offline(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "True" and lines[1] == "3"
-    assert lines[2].startswith("DataError someorg/not-cached: not a local path and not in the hub cache"), lines
+    assert lines[0] == "True" and lines[1] == "4" and lines[2] == "1"
+    assert lines[3].startswith("DataError someorg/not-cached: not a local path and not in the hub cache"), lines

@@ -11,6 +11,7 @@ default (`on_empty="drop"`), since they teach nothing but EOS; `on_empty="error"
 from __future__ import annotations
 
 import collections
+import fnmatch
 import glob
 import json
 import os
@@ -22,6 +23,7 @@ from ..errors import DataError
 from ..io import open_text
 
 DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
+TRAIN_SPLIT = re.compile(r"(^|[/_.-])train([/_.-]|$)")
 HUB_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?(?::(.+))?$")
 
 
@@ -98,7 +100,7 @@ def _data_files_in(folder: str, pattern: str | None = None) -> list[str]:
             rel = os.path.relpath(path, folder)
             if n.startswith(".") or not n.endswith(DATA_SUFFIXES):
                 continue
-            if pattern and not glob.fnmatch.fnmatch(rel, pattern):
+            if pattern and not fnmatch.fnmatch(rel, pattern):
                 continue
             out.append(path)
     return out
@@ -106,7 +108,9 @@ def _data_files_in(folder: str, pattern: str | None = None) -> list[str]:
 
 def hub_dataset_files(spec: str) -> list[str]:
     """Download (or find in the local hub cache) a dataset repo's JSON / JSONL / Parquet files and return their
-    local paths. Honors HF_HUB_OFFLINE and HF_HUB_CACHE like every huggingface_hub call."""
+    local paths: those matching the spec's `:glob`, else all of them, or only the train split's when some file names
+    say "train" (e.g. data/train-00000-of-00001.parquet beside data/test-...). Honors HF_HUB_OFFLINE and HF_HUB_CACHE
+    like every huggingface_hub call."""
     m = HUB_ID.match(spec)
     if not m:
         raise DataError(f"{spec}: not a hub dataset id; write it as owner/name[@revision][:glob].")
@@ -122,6 +126,12 @@ def hub_dataset_files(spec: str) -> list[str]:
     files = _data_files_in(folder, pattern)
     if not files:
         raise DataError(f"{spec}: the hub dataset holds no {', '.join(DATA_SUFFIXES)} files matching {pattern or '*'}.")
+    if pattern is None:
+        # A repo with split files (train / test / validation): train only, so no test data leaks into training.
+        # Name other files with owner/name:glob.
+        train = [f for f in files if TRAIN_SPLIT.search(os.path.relpath(f, folder))]
+        if train:
+            files = train
     return files
 
 
