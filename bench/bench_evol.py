@@ -118,8 +118,8 @@ def measure_public() -> str:
         t0 = time.perf_counter()
         rep = F.filter_files(files, tmp, problems=problems)
         dt = time.perf_counter() - t0
-        out.append(F.format_report(rep).replace("# filter report", f"## defaults ({dt:.1f} s for "
-                                                                    f"{sum(f['records'] for f in rep['files'].values())} records)"))
+        n = sum(f["records"] for f in rep["files"].values())
+        out.append(F.format_report(rep).replace("# filter report", f"## defaults ({dt:.1f} s for {n} records)"))
         survivors = [json.loads(line) for line in open(os.path.join(tmp, "clean.jsonl"))]
     mbpp_test = {f"Mbpp/{i}" for i in range(11, 511)}
     rows = ["| variant | removed | rate | benchmark tasks hit (MBPP test split) |", "|---|---|---|---|"]

@@ -182,7 +182,8 @@ def test_near_duplicates_on_public_data_match_brute_force(shared_data):
 
     d = os.path.join(shared_data, "evol_instruct_code")
     texts = [r["instruction"] for r in json.load(open(os.path.join(d, "converted_alpaca_2k.json")))][:300]
-    texts += [r["instruction"] for r in json.load(gzip.open(os.path.join(d, "evol-codealpaca-2k-1.json.gz"), "rt"))][:300]
+    round1 = json.load(gzip.open(os.path.join(d, "evol-codealpaca-2k-1.json.gz"), "rt"))
+    texts += [r["instruction"] for r in round1][:300]
     idx = H.NearDupIndex(0.5)
     got = {i for i, t in enumerate(texts) if idx.query_insert(str(i), t)}
     ref = set(_brute_near_dups(texts, 5, 0.5))

