@@ -53,6 +53,8 @@ def test_field_map_and_null_input(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"prompt": "Do it.", "response": "ok", "input": None}])
     (e,) = read_examples(str(tmp_path / "x.jsonl"), field_map={"instruction": "prompt", "output": "response"})
     assert (e.instruction, e.input, e.output) == ("Do it.", "", "ok")
+    write_jsonl(tmp_path / "y.jsonl", [{"instruction": "a", "response": "b"}, {"instruction": "c", "output": "d", "response": "x"}])
+    assert [e.output for e in read_examples(str(tmp_path / "y.jsonl"))] == ["b", "d"]  # `response` when no `output`
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

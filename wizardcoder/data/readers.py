@@ -1,5 +1,5 @@
-"""Readers: instruction records from Alpaca-style JSON / JSONL (`instruction`, optional `input`, `output`), the
-evolved format (`instruction`, `output`), Parquet (when pyarrow is installed), folders of such files, and Hugging Face
+"""Readers: instruction records from Alpaca-style JSON / JSONL (`instruction`, optional `input`, `output`; `response`
+is taken when there is no `output`), the evolved format (`instruction`, `output`), Parquet (when pyarrow is installed), folders of such files, and Hugging Face
 Hub dataset repos by id.
 
 Bad input is never dropped silently. A malformed line, a record that is not an object, a missing or non-string field
@@ -200,6 +200,8 @@ def to_example(
 ) -> Example | None:
     """Validate one raw record. Returns None for a record skipped (and counted in `stats`)."""
     fm = {"instruction": "instruction", "input": "input", "output": "output", **(field_map or {})}
+    if "output" not in (field_map or {}) and "output" not in obj and isinstance(obj, dict) and "response" in obj:
+        fm["output"] = "response"  # the other common name (the evolve stage accepts it too)
 
     def bad(reason: str, msg: str, hint: str):
         if on_bad != "skip":
