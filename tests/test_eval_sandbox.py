@@ -17,7 +17,7 @@ ROOT = os.geteuid() == 0
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(2, SandboxConfig(timeout=2.0, memory=512 << 20, max_output=4 << 20)) as p:
+    with SandboxPool(2, SandboxConfig(timeout=2.0, wall_factor=1.0, memory=512 << 20, max_output=4 << 20)) as p:
         yield p
 
 
@@ -99,7 +99,7 @@ def test_fork_bomb_is_refused(pool):
 @pytest.mark.skipif(not ROOT, reason="with forks allowed only RLIMIT_NPROC stops a fork bomb, and it is in force "
                                      "only when the sandbox runs programs under a uid of their own (needs root)")
 def test_fork_bomb_with_forks_allowed_is_bounded_by_nproc():
-    with SandboxPool(1, SandboxConfig(timeout=2.0, allow_fork=True, max_procs=32)) as p:
+    with SandboxPool(1, SandboxConfig(timeout=2.0, wall_factor=1.0, allow_fork=True, max_procs=32)) as p:
         assert "RLIMIT_NPROC" in p.isolation["limits"]  # the limit is in force before the bomb runs
         uid = p.handles[0].uid
         t0 = time.monotonic()

@@ -146,3 +146,25 @@ def test_presets_and_unknown_preset():
 
     with pytest.raises(ConfigError, match="unknown preset 'starcoder-99b'"):
         StarCoderConfig.from_preset("starcoder-99b")
+
+
+def test_resize_token_embeddings_adds_mean_rows():
+    cfg = dataclasses.replace(CONFIGS["mqa-tanh"], vocab_size=256, vocab_multiple=128)
+    model = StarCoder.from_config(cfg, seed=0)
+    w0 = model.transformer.wte.weight[:256].clone()
+    model.resize_token_embeddings(257)  # crosses the padding multiple: a new, larger matrix
+    w = model.transformer.wte.weight
+    assert w.shape[0] == 384 and model.config.vocab_size == 257
+    assert torch.equal(w[:256], w0) and torch.allclose(w[256], w0.mean(0)) and not w[257:].any()
+    assert model(torch.tensor([[256]])).shape[-1] == 257
+
+
+def test_key_bias_gets_no_gradient():
+    """Why the trainer tests leave the key bias out: it shifts every score of a softmax row equally."""
+    cfg = CONFIGS["mqa-tanh"]
+    model = StarCoder.from_config(cfg, seed=2)
+    ids = torch.randint(0, cfg.vocab_size, (2, 11))
+    model(ids, labels=ids).backward()
+    g = model.transformer.h[0].attn.c_attn.bias.grad
+    key = g[cfg.n_embd : cfg.n_embd + cfg.head_dim]
+    assert key.abs().max() < 1e-6 * g[: cfg.n_embd].abs().max()

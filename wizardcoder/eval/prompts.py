@@ -44,6 +44,8 @@ def mbppplus_instruction(problem: Problem) -> str:
     lines = body.split("\n")
     k = next((i for i, line in enumerate(lines) if line.lstrip().startswith("assert")), len(lines))
     text, asserts = "\n".join(lines[:k]).strip(), "\n".join(lines[k:]).strip()
+    if not text.endswith("."):
+        text += "."
     return f"{text} Your code should satisfy the following assertion:\n```python\n{asserts}\n```"
 
 

