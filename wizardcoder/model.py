@@ -192,6 +192,26 @@ class StarCoder(nn.Module):
 
         save_pretrained(self, folder, max_shard_bytes=max_shard_bytes)
 
+    @torch.no_grad()
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        """Grow the vocabulary to `vocab_size` (e.g. StarCoder's 49152 + WizardCoder's [PAD]). New rows start at the
+        mean of the existing embeddings, as WizardCoder's training script initialises them."""
+        cfg = self.config
+        old_vocab = cfg.vocab_size
+        if vocab_size < old_vocab:
+            raise ValueError(f"cannot shrink the vocabulary from {old_vocab} to {vocab_size}")
+        if vocab_size == old_vocab:
+            return
+        old = self.transformer.wte.weight
+        cfg.vocab_size = vocab_size
+        if cfg.padded_vocab_size != old.shape[0]:
+            new = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd, device=old.device, dtype=old.dtype)
+            new.weight.zero_()
+            new.weight[: old_vocab] = old[:old_vocab]
+            self.transformer.wte = new
+        w = self.transformer.wte.weight
+        w[old_vocab:vocab_size] = w[:old_vocab].float().mean(0).to(w.dtype)
+
     # ---------------------------------------------------------------------------------------------- forward
     def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
                       kv_cache: KVCache | None = None):

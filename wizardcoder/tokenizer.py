@@ -23,7 +23,8 @@ class Tokenizer:
     """`encode`/`decode` text, batch variants, and the special-token ids the pipeline needs (`eos_id`, `bos_id`,
     `pad_id`, FIM ids). `fingerprint` identifies the exact vocabulary (stored with packed data)."""
 
-    def __init__(self, backend, kind: str, fingerprint: str, name: str, special: dict[str, str | None]):
+    def __init__(self, backend, kind: str, fingerprint: str, name: str, special: dict[str, str | None], raw: bytes = b""):
+        self._raw = raw  # the tokenizer file's bytes, for save()
         self._b = backend
         self.kind = kind  # "hf" | "sentencepiece"
         self.fingerprint = fingerprint
@@ -76,7 +77,7 @@ class Tokenizer:
             special.setdefault("eos", sp.id_to_piece(sp.eos_id()) if sp.eos_id() >= 0 else None)
             special.setdefault("bos", sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None)
             special.setdefault("pad", sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None)
-            return cls(_SentencePiece(sp), "sentencepiece", fingerprint, name, special)
+            return cls(_SentencePiece(sp), "sentencepiece", fingerprint, name, special, raw)
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -85,7 +86,22 @@ class Tokenizer:
             raise CheckpointError(f"{file}: not a valid tokenizer.json ({str(e).splitlines()[0]}).") from None
         if "eos" not in special and tk.token_to_id("<|endoftext|>") is not None:
             special["eos"] = "<|endoftext|>"
-        return cls(_HF(tk), "hf", fingerprint, name, special)
+        return cls(_HF(tk), "hf", fingerprint, name, special, raw)
+
+    def save(self, folder: str) -> None:
+        """Write tokenizer.json (or tokenizer.model) and special_tokens_map.json into `folder`, so the folder loads
+        with `Tokenizer.from_pretrained` and with transformers' AutoTokenizer."""
+        from .io import atomic_open, atomic_write_json
+
+        os.makedirs(folder, exist_ok=True)
+        fname = "tokenizer.model" if self.kind == "sentencepiece" else "tokenizer.json"
+        with atomic_open(os.path.join(folder, fname), "wb") as f:
+            f.write(self._raw)
+        roles = {f"{r}_token": t for r, t in self.special_tokens.items() if t is not None}
+        atomic_write_json(os.path.join(folder, "special_tokens_map.json"), roles)
+        if self.kind == "hf":
+            atomic_write_json(os.path.join(folder, "tokenizer_config.json"),
+                              {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, **roles})
 
     # ----------------------------------------------------------------------------------------------- API
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
