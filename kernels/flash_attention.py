@@ -20,7 +20,8 @@ Algorithm (Dao, "FlashAttention-2", 2023):
 - causal mask: aligned to the bottom-right corner when seqlen_q != seqlen_k (as flash-attn >= 2.1): query i of a
   document sees key j iff j <= i + seqlen_k - seqlen_q. A query row that sees no key outputs 0.
 
-Limits: head dim up to 256 (any size; padded to a power of two inside, masked); fp16, bf16 and fp32 (fp32 dots use
+Limits: head dim up to 256 (any size; a compile-time constant, padded to a power of two inside and masked only when
+it is not one); fp16, bf16 and fp32 (fp32 dots use
 IEEE fp32, not TF32); last dimension contiguous; no dropout, no ALiBi, no sliding window, no KV cache.
 Block sizes are autotuned on CUDA (configs for H100/H200); the interpreter uses one small config.
 
@@ -67,7 +68,7 @@ def _prune(configs, named_args, **kwargs):
 # ------------------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len, causal_off,
-               lo, hi, qk_scale, D,
+               lo, hi, qk_scale, D: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                PREC: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
@@ -79,7 +80,10 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
             kmask = (cols < k_len)[None, :] & d_ok[:, None]
         else:
             kmask = d_ok[:, None]
-        kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        if MASKED or D != BLOCK_D:
+            kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        else:  # a full block inside the document: no mask, vectorized loads
+            kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None])
         qk = tl.dot(q, kT, input_precision=PREC) * qk_scale  # (M, N), log2 units
         if MASKED:
             ok = (cols < k_len)[None, :]
@@ -91,7 +95,10 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
         p = tl.math.exp2(qk - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=tl.trans(kmask), other=0.0)
+        if MASKED or D != BLOCK_D:
+            v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=tl.trans(kmask), other=0.0)
+        else:
+            v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :])
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)  # accumulate in the MMA
         m_i = m_new
     return acc, l_i, m_i
@@ -102,7 +109,7 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, sm_scale,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                stride_lse_h, n_heads, group, D, SEQ_BUCKET,
+                stride_lse_h, n_heads, group, D: tl.constexpr, SEQ_BUCKET,
                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 PREC: tl.constexpr):
     # Heaviest causal blocks (the last rows) first, so the tail of the grid holds the short ones.
@@ -157,7 +164,7 @@ def _fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, sm_scale,
 
 # ------------------------------------------------------------------------------------------------------ backward
 @triton.jit
-def _bwd_preprocess(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h, T, D,
+def _bwd_preprocess(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h, T, D: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     h = tl.program_id(1)
@@ -171,7 +178,7 @@ def _bwd_preprocess(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, 
 
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stride_qt, stride_dot, offs_n, offs_d,
-                q_len, causal_off, lo, hi, qk_scale, D,
+                q_len, causal_off, lo, hi, qk_scale, D: tl.constexpr,
                 MASKED: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
     d_ok = offs_d < D
@@ -203,7 +210,7 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stri
 def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, sm_scale,
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                  stride_lse_h, stride_dks, stride_dkt, stride_dkh, stride_dvs, stride_dvt, stride_dvh,
-                 n_kv_heads, group, n_split, D, SEQ_BUCKET,
+                 n_kv_heads, group, n_split, D: tl.constexpr, SEQ_BUCKET,
                  HEADS_PER_SPLIT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -258,8 +265,8 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, sm_scale,
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len, causal_off,
-              lo, hi, qk_scale, D, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-              PREC: tl.constexpr):
+              lo, hi, qk_scale, D: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < D
     for start_n in range(lo, hi, BLOCK_N):
@@ -269,8 +276,12 @@ def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt,
             kmask = (cols < k_len)[None, :] & d_ok[:, None]
         else:
             kmask = d_ok[:, None]
-        kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
-        vT = tl.load(V + v_base + cols[None, :] * stride_vt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        if MASKED or D != BLOCK_D:
+            kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+            vT = tl.load(V + v_base + cols[None, :] * stride_vt + offs_d[:, None], mask=kmask, other=0.0)  # (D, N)
+        else:
+            kT = tl.load(K + k_base + cols[None, :] * stride_kt + offs_d[:, None])
+            vT = tl.load(V + v_base + cols[None, :] * stride_vt + offs_d[:, None])
         qk = tl.dot(q, kT, input_precision=PREC) * qk_scale
         p = tl.math.exp2(qk - lse[:, None])
         if MASKED:
@@ -289,7 +300,7 @@ def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt,
 @triton.jit
 def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, sm_scale,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-               stride_lse_h, stride_dqt, stride_dqh, n_heads, group, D, SEQ_BUCKET,
+               stride_lse_h, stride_dqt, stride_dqh, n_heads, group, D: tl.constexpr, SEQ_BUCKET,
                CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                PREC: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -327,9 +338,9 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, sm_scale,
     full = tl.minimum(tl.maximum(full, 0) // BLOCK_N * BLOCK_N, hi)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
-                   causal_off, 0, full, qk_scale, D, False, CAUSAL, BLOCK_N, PREC)
+                   causal_off, 0, full, qk_scale, D, False, CAUSAL, BLOCK_N, BLOCK_D, PREC)
     dq = _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, k_len,
-                   causal_off, full, hi, qk_scale, D, True, CAUSAL, BLOCK_N, PREC)
+                   causal_off, full, hi, qk_scale, D, True, CAUSAL, BLOCK_N, BLOCK_D, PREC)
     dq = dq * sm_scale
     tl.store(DQ + (q_start + offs_m[:, None]) * stride_dqt + h * stride_dqh + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=qmask)
