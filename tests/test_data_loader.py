@@ -169,3 +169,19 @@ def test_bad_arguments(data):
         PackedLoader(out, rank=2, world_size=2)
     with pytest.raises(DataError, match="cannot fill one step"):
         PackedLoader(out, micro_batch_size=10_000, drop_last=True)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_state_round_trips_through_distributed_checkpoint(data, tmp_path):
+    """torch.distributed.checkpoint treats the loader as a Stateful object (single process here)."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    _, out = data
+    a = PackedLoader(out, micro_batch_size=2, seed=4)
+    it = iter(a)
+    for _ in range(3):
+        next(it)
+    dcp.save({"data": a}, checkpoint_id=str(tmp_path / "ckpt"))
+    b = PackedLoader(out, micro_batch_size=2, seed=4)
+    dcp.load({"data": b}, checkpoint_id=str(tmp_path / "ckpt"))
+    assert b.state_dict() == a.state_dict()
+    assert next(iter(b))["input_ids"].equal(next(it)["input_ids"])
