@@ -110,7 +110,10 @@ def test_equality_rules():
     assert R.same_text("Sort a list.", "sort   a LIST")
     assert not R.same_text("Sort a list.", "Sort a list in place.")
     assert R.is_equal_verdict("Equal") and R.is_equal_verdict(" equal.")
+    assert R.is_equal_verdict("The two prompts are equal.")
     assert not R.is_equal_verdict("Not Equal") and not R.is_equal_verdict("not equal, because ...")
+    assert not R.is_equal_verdict("They are not equal.") and not R.is_equal_verdict("Unequal")
+    assert not R.is_equal_verdict("") and not R.is_equal_verdict("The second adds a constraint.")
     cfg = R.RuleConfig()
     assert R.check_instruction("sort a list", "Sort a list.", cfg)[0] == "equal"
 

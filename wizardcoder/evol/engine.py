@@ -235,8 +235,7 @@ class Evolver:
         total = len(self.seeds) * self.cfg.rounds
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="evolve", unit="pair", disable=not self.progress, file=sys.stderr,
-                   mininterval=0.5, dynamic_ncols=True)
+        bar = None
         queue: asyncio.Queue = asyncio.Queue()
         for s in self.seeds:
             queue.put_nowait(s)
@@ -274,6 +273,8 @@ class Evolver:
                     if models and self.llm_cfg.model not in models:
                         print(f"warning: {self.llm_cfg.base_url} lists models {models[:5]}, not "
                               f"{self.llm_cfg.model!r}", file=sys.stderr)
+                bar = tqdm(total=total, desc="evolve", unit="pair", disable=not self.progress, file=sys.stderr,
+                           mininterval=0.5, dynamic_ncols=True)
                 tasks = [asyncio.ensure_future(worker(llm)) for _ in range(self.llm_cfg.concurrency)]
                 try:
                     await asyncio.gather(*tasks)
@@ -283,7 +284,8 @@ class Evolver:
                     await asyncio.gather(*tasks, return_exceptions=True)
                     raise
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             for j in journals.values():
                 j.close()
 

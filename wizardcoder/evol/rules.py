@@ -85,9 +85,12 @@ def same_text(parent: str, evolved: str) -> bool:
 
 
 def is_equal_verdict(verdict: str) -> bool:
-    """Read the model's answer to the equality prompt: "Equal" eliminates, "Not Equal" (or anything else) keeps."""
-    v = normalize(verdict)
-    return v.startswith("equal") or v == "yes" or v.startswith("yes ")
+    """Read the model's answer to the equality prompt: "Equal" (or "they are equal") eliminates; "Not Equal", "not
+    equal", "unequal" or anything without the word keeps the evolution."""
+    words = normalize(verdict).split()
+    if not words or "not" in words[:8] and "equal" in words[:8] or "unequal" in words:
+        return False
+    return "equal" in words[:8] or words[0] == "yes"
 
 
 def check_instruction(evolved: str | None, parent: str | None, cfg: RuleConfig,
