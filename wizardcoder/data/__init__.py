@@ -11,15 +11,15 @@ boundary), packing (best-fit-decreasing), shards (on-disk format, atomic writes)
 """
 from .loader import PackedLoader
 from .packing import best_fit_decreasing, best_fit_decreasing_reference, packing_efficiency, padded_efficiency
-from .pipeline import format_summary, pack_dataset
+from .pipeline import PackedArrays, format_summary, pack_dataset, pack_samples
 from .readers import Example, ReadStats, read_examples, resolve_data_files
 from .shards import PackedShards
 from .templates import ALPACA, TEMPLATES, Template, get_template, register_template
 from .tokenize import TokenizedSamples, tokenize_examples
 
 __all__ = [
-    "ALPACA", "Example", "PackedLoader", "PackedShards", "ReadStats", "TEMPLATES", "Template", "TokenizedSamples",
+    "ALPACA", "Example", "PackedArrays", "PackedLoader", "PackedShards", "ReadStats", "TEMPLATES", "Template", "TokenizedSamples",
     "best_fit_decreasing", "best_fit_decreasing_reference", "format_summary", "get_template", "pack_dataset",
-    "packing_efficiency", "padded_efficiency", "read_examples", "register_template", "resolve_data_files",
+    "pack_samples", "packing_efficiency", "padded_efficiency", "read_examples", "register_template", "resolve_data_files",
     "tokenize_examples",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -15,7 +16,40 @@ from .packing import best_fit_decreasing, packing_efficiency, padded_efficiency
 from .readers import ReadStats, read_examples
 from .shards import atomic_dir, gather_ranges, write_shards
 from .templates import Template, get_template
-from .tokenize import tokenize_examples
+from .tokenize import TokenizedSamples, tokenize_examples
+
+
+@dataclass
+class PackedArrays:
+    """Documents in storage order: pack p is documents pack_offsets[p]:pack_offsets[p+1], document d is
+    tokens[doc_offsets[d]:doc_offsets[d+1]] (loss_mask likewise), source[d] its example index."""
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    doc_offsets: np.ndarray
+    pack_offsets: np.ndarray
+    source: np.ndarray
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.pack_offsets) - 1
+
+
+def pack_samples(samples: TokenizedSamples, seq_len: int, seed: int = 0) -> PackedArrays:
+    """Best-fit-decreasing packs of `samples`, stored in a seeded random order (so that even a sequential reader
+    sees mixed lengths), with every array gathered into that order."""
+    lengths = samples.lengths
+    items, bfd_offsets = best_fit_decreasing(lengths, seq_len)
+    order = np.random.default_rng(seed).permutation(len(bfd_offsets) - 1)
+    docs = items[gather_ranges(bfd_offsets, order)]
+    tok_idx = gather_ranges(samples.offsets, docs)
+    return PackedArrays(
+        tokens=samples.tokens[tok_idx],
+        loss_mask=samples.loss_mask()[tok_idx],
+        doc_offsets=np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64),
+        pack_offsets=np.concatenate([[0], np.cumsum(np.diff(bfd_offsets)[order])]).astype(np.int64),
+        source=samples.source[docs],
+    )
 
 
 def pack_dataset(
@@ -65,17 +99,9 @@ def pack_dataset(
         raise DataError(f"every sample was dropped ({dict(samples.dropped)}); raise --seq-len or use --overlong truncate.")
 
     t = time.perf_counter()
-    lengths = samples.lengths
-    items, bfd_offsets = best_fit_decreasing(lengths, seq_len)
-    n_packs = len(bfd_offsets) - 1
-    # Store packs in a seeded random order, so that even a sequential reader sees mixed lengths.
-    order = np.random.default_rng(seed).permutation(n_packs)
-    docs = items[gather_ranges(bfd_offsets, order)]
-    pack_offsets = np.concatenate([[0], np.cumsum(np.diff(bfd_offsets)[order])]).astype(np.int64)
-    tok_idx = gather_ranges(samples.offsets, docs)
-    doc_offsets = np.concatenate([[0], np.cumsum(lengths[docs])]).astype(np.int64)
-    tokens, loss_mask = samples.tokens[tok_idx], samples.loss_mask()[tok_idx]
+    packed = pack_samples(samples, seq_len, seed)
     seconds["pack"] = time.perf_counter() - t
+    lengths, n_packs, loss_mask = samples.lengths, packed.num_packs, packed.loss_mask
 
     n_tokens = int(lengths.sum())
     n_loss = int(loss_mask.sum())
@@ -120,8 +146,8 @@ def pack_dataset(
     }
     t = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        meta = write_shards(tmp, tokens, loss_mask, doc_offsets, pack_offsets, samples.source[docs], metadata,
-                            tokenizer.vocab_size, packs_per_shard, progress)
+        meta = write_shards(tmp, packed.tokens, packed.loss_mask, packed.doc_offsets, packed.pack_offsets,
+                            packed.source, metadata, tokenizer.vocab_size, packs_per_shard, progress)
     meta["summary"]["seconds"]["write"] = time.perf_counter() - t  # (after the fact: not in the file)
     return meta
 
