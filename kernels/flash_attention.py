@@ -2,27 +2,28 @@
 grouped-query K/V, forward and backward.
 
 Algorithm (Dao, "FlashAttention-2", 2023):
-- forward: one program per (query block of BLOCK_M rows, document, query head). It streams the document's K/V in
+- forward: one program per (query block of BLOCK_M rows of one document, query head). It streams the document's K/V in
   blocks of BLOCK_N with an online softmax in base 2 (running max m, running sum l, fp32 accumulator), so the
   [S, S] score matrix never exists, and stores O and the row log-sum-exp (base 2, fp32, `[Hq, T]`). The key loop is
   split in two: blocks fully below the causal diagonal and inside the document run without any mask; only the few
   blocks on the diagonal / at the document end apply one. Blocks above the diagonal are never visited.
-- backward: a preprocess kernel computes delta = rowsum(dO * O); a dK/dV kernel, one program per (key block,
+- backward: a preprocess kernel computes delta = rowsum(dO * O); a dK/dV kernel, one program per (key block of one
   document, K/V head, head split), recomputes P = exp2(S - LSE) for every query head of its group and every query
   block at or below the diagonal and accumulates dV = P^T dO and dK = dS^T Q in registers (no atomics, K/V never
-  expanded); a dQ kernel, one program per (query block, document, query head), accumulates dQ = dS K. When a group
-  is large (MQA: all query heads share one K/V head) and the grid would be too small to fill the GPU, the group's
+  expanded); a dQ kernel, one program per (query block of one document, query head), accumulates dQ = dS K. When a
+  group is large (MQA: all query heads share one K/V head) and the grid would be too small to fill the GPU, the group's
   heads are split over `n_split` programs that write fp32 partial dK/dV summed afterwards.
-- varlen: `cu_seqlens` (int32, `[n_docs + 1]`) gives document boundaries; each program reads its document's start and
-  length from it (document = grid axis 1) and exits at once when its block lies past the document's end, so no
-  document ever attends to another. Dense `[B, S, H, D]` input is the same with B documents of length S.
+- varlen: `cu_seqlens` (int32, `[n_docs + 1]`) gives document boundaries. The grid's token axis enumerates the blocks
+  of all documents back to back (about T / BLOCK + n_docs programs, not n_docs * max_seqlen / BLOCK); each program
+  finds its document by a binary search in a small table of cumulative block counts built on the device (no host
+  sync), then reads its document's start and length. No document ever attends to another, and no program is spent
+  on the empty tail of a short document. Dense `[B, S, H, D]` input is the same with B documents of length S.
 - MQA/GQA: query head h reads K/V head h // (Hq // Hkv).
 - causal mask: aligned to the bottom-right corner when seqlen_q != seqlen_k (as flash-attn >= 2.1): query i of a
   document sees key j iff j <= i + seqlen_k - seqlen_q. A query row that sees no key outputs 0.
 
 Limits: head dim up to 256 (any size; a compile-time constant, padded to a power of two inside and masked only when
-it is not one); fp16, bf16 and fp32 (fp32 dots use
-IEEE fp32, not TF32); last dimension contiguous; no dropout, no ALiBi, no sliding window, no KV cache.
+it is not one); fp16, bf16 and fp32 (fp32 dots use IEEE fp32, not TF32); last dimension contiguous; no dropout, no ALiBi, no sliding window, no KV cache.
 Block sizes are autotuned on CUDA (configs for H100/H200); the interpreter uses one small config.
 
 Tested: tests/test_kernels_attention.py, against `attention_reference` (fp32 torch) on CPU in the Triton interpreter
@@ -63,6 +64,41 @@ def _prune(configs, named_args, **kwargs):
     d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
     kept = [c for c in configs if d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
     return kept or configs[-1:]
+
+
+# ------------------------------------------------------------------- varlen: which document does a program work on
+BLOCK_TABLE_SIZES = (16, 32, 64, 128)  # every tile size along the grid's token axis must be one of these
+
+
+def _block_table(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """int32 [len(BLOCK_TABLE_SIZES), n_docs + 1]: row r holds the cumulative count of BLOCK_TABLE_SIZES[r]-token
+    blocks over the documents (computed on the device; no host sync). The kernels map their program id to
+    (document, block) with a binary search in the row of their tile size."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+    zero = torch.zeros(1, device=cu_seqlens.device, dtype=torch.int32)
+    return torch.stack([torch.cat([zero, torch.cumsum((lens + b - 1) // b, 0, dtype=torch.int32)]) for b in BLOCK_TABLE_SIZES])
+
+
+def _grid_blocks(total_tokens: int, n_docs: int, block: int) -> int:
+    """Programs along the token axis: an upper bound of sum_i ceil(len_i / block); the few extra ones exit at once."""
+    return triton.cdiv(total_tokens, block) + n_docs
+
+
+@triton.jit
+def _doc_and_block(TABLE, n_docs, BLOCK: tl.constexpr):
+    """program_id(0) -> (document, block index inside it). Documents are packed back to back in the grid, so no program
+    is spent on blocks past a short document's end. A program past the last block gets a block index past its
+    document's end, which the caller's bounds check turns into an early exit."""
+    tab = TABLE + ((BLOCK == 32) * 1 + (BLOCK == 64) * 2 + (BLOCK == 128) * 3) * (n_docs + 1)
+    pid = tl.program_id(0)
+    lo = pid * 0
+    hi = lo + n_docs
+    while hi - lo > 1:  # invariant: tab[lo] <= pid < tab[hi]; empty documents are skipped over
+        mid = (lo + hi) // 2
+        go = tl.load(tab + mid) <= pid
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid)
+    return lo, pid - tl.load(tab + lo)
 
 
 # ------------------------------------------------------------------------------------------------------- forward
@@ -107,16 +143,13 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
 @triton.autotune(configs=_configs("fwd"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, sm_scale,
+def _fwd_kernel(Q, K, V, O, LSE, cu_q, cu_k, QBLOCKS, sm_scale,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                stride_lse_h, n_heads, group, D: tl.constexpr, SEQ_BUCKET,
+                stride_lse_h, n_docs, group, D: tl.constexpr, SEQ_BUCKET,
                 CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 PREC: tl.constexpr):
-    # Heaviest causal blocks (the last rows) first, so the tail of the grid holds the short ones.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    doc = pid_bh // n_heads
-    h = pid_bh % n_heads
+    doc, pid_m = _doc_and_block(QBLOCKS, n_docs, BLOCK_M)
+    h = tl.program_id(1)
     hk = h // group
     q_start = tl.load(cu_q + doc).to(tl.int64)
     q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
@@ -207,17 +240,16 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, lse_base, stri
 @triton.autotune(configs=_configs("dkdv"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC", "HEADS_PER_SPLIT"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, sm_scale,
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_q, cu_k, KBLOCKS, sm_scale,
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                  stride_lse_h, stride_dks, stride_dkt, stride_dkh, stride_dvs, stride_dvt, stride_dvh,
-                 n_kv_heads, group, n_split, D: tl.constexpr, SEQ_BUCKET,
+                 n_docs, group, n_split, D: tl.constexpr, SEQ_BUCKET,
                  HEADS_PER_SPLIT: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    pid_n = tl.program_id(0)
+    doc, pid_n = _doc_and_block(KBLOCKS, n_docs, BLOCK_N)
     pid = tl.program_id(1)
     split = pid % n_split
-    hk = (pid // n_split) % n_kv_heads
-    doc = pid // (n_split * n_kv_heads)
+    hk = pid // n_split
     q_start = tl.load(cu_q + doc).to(tl.int64)
     q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
     k_start = tl.load(cu_k + doc).to(tl.int64)
@@ -298,15 +330,13 @@ def _dq_inner(dq, q, do, lse, delta, K, V, k_base, v_base, stride_kt, stride_vt,
 @triton.autotune(configs=_configs("dq"), key=["BLOCK_D", "CAUSAL", "SEQ_BUCKET", "PREC"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, sm_scale,
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, QBLOCKS, sm_scale,
                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-               stride_lse_h, stride_dqt, stride_dqh, n_heads, group, D: tl.constexpr, SEQ_BUCKET,
+               stride_lse_h, stride_dqt, stride_dqh, n_docs, group, D: tl.constexpr, SEQ_BUCKET,
                CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                PREC: tl.constexpr):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    doc = pid_bh // n_heads
-    h = pid_bh % n_heads
+    doc, pid_m = _doc_and_block(QBLOCKS, n_docs, BLOCK_M)
+    h = tl.program_id(1)
     hk = h // group
     q_start = tl.load(cu_q + doc).to(tl.int64)
     q_len = (tl.load(cu_q + doc + 1) - q_start).to(tl.int32)
@@ -381,10 +411,10 @@ def _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: i
     if T == 0 or n_docs == 0 or max_seqlen_q == 0:
         return o.zero_(), lse.fill_(float("inf"))
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    grid = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), n_docs * Hq)  # noqa: E731
-    _fwd_kernel[grid](q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, scale,
+    grid = lambda META: (_grid_blocks(T, n_docs, META["BLOCK_M"]), Hq)  # noqa: E731
+    _fwd_kernel[grid](q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, _block_table(cu_seqlens_q), scale,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                      o.stride(0), o.stride(1), lse.stride(0), Hq, Hq // Hkv, D, _seq_bucket(max(max_seqlen_q, max_seqlen_k)),
+                      o.stride(0), o.stride(1), lse.stride(0), n_docs, Hq // Hkv, D, _seq_bucket(max(max_seqlen_q, max_seqlen_k)),
                       CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=_prec(q.dtype))
     return o, lse
 
@@ -395,13 +425,13 @@ def _num_sms(device) -> int:
     return 1
 
 
-def _head_splits(group: int, n_docs: int, Hkv: int, max_seqlen_k: int, device) -> int:
+def _head_splits(group: int, n_docs: int, Hkv: int, Tk: int, device) -> int:
     """How many programs share one K/V head's query heads in the dK/dV pass: 1 when the grid already fills the GPU
     (>= 4 programs per SM at the smallest key block), else the smallest power-of-two divisor of `group` that does."""
     if device.type != "cuda":
         return 2 if group % 2 == 0 else 1  # exercise the split path in the interpreter tests
     target = 4 * _num_sms(device)
-    base = triton.cdiv(max_seqlen_k, 128) * n_docs * Hkv
+    base = triton.cdiv(Tk, 128) * Hkv
     s = 1
     while base * s < target and group % (2 * s) == 0 and s < 8:
         s *= 2
@@ -426,7 +456,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max
     _bwd_preprocess[(triton.cdiv(T, PRE_M), Hq)](o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1),
                                                  delta.stride(0), T, D, BLOCK_M=PRE_M, BLOCK_D=BLOCK_D)
 
-    n_split = _head_splits(group, n_docs, Hkv, max_seqlen_k, q.device)
+    n_split = _head_splits(group, n_docs, Hkv, Tk, q.device)
     if n_split == 1:
         dk = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=k.dtype)
         dv = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=v.dtype)
@@ -434,22 +464,22 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max
         dk = torch.empty(n_split, Tk, Hkv, D, device=q.device, dtype=torch.float32)
         dv = torch.empty(n_split, Tk, Hkv, D, device=q.device, dtype=torch.float32)
     if Tk > 0:
-        grid = lambda META: (triton.cdiv(max_seqlen_k, META["BLOCK_N"]), n_docs * Hkv * n_split)  # noqa: E731
-        _dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, scale,
+        grid = lambda META: (_grid_blocks(Tk, n_docs, META["BLOCK_N"]), Hkv * n_split)  # noqa: E731
+        _dkdv_kernel[grid](q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, _block_table(cu_seqlens_k), scale,
                            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                            do.stride(0), do.stride(1), lse.stride(0),
                            dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-                           Hkv, group, n_split, D, bucket,
+                           n_docs, group, n_split, D, bucket,
                            HEADS_PER_SPLIT=group // n_split, CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=prec)
     if n_split == 1:
         dk, dv = dk[0], dv[0]
     else:
         dk, dv = dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype)
 
-    grid = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), n_docs * Hq)  # noqa: E731
-    _dq_kernel[grid](q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, scale,
+    grid = lambda META: (_grid_blocks(T, n_docs, META["BLOCK_M"]), Hq)  # noqa: E731
+    _dq_kernel[grid](q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, _block_table(cu_seqlens_q), scale,
                      q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                     do.stride(0), do.stride(1), lse.stride(0), dq.stride(0), dq.stride(1), Hq, group, D, bucket,
+                     do.stride(0), do.stride(1), lse.stride(0), dq.stride(0), dq.stride(1), n_docs, group, D, bucket,
                      CAUSAL=causal, BLOCK_D=BLOCK_D, PREC=prec)
     return dq, dk, dv
 
@@ -503,8 +533,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """Attention over packed documents, flash-attn's call shape.
 
     q `[T, Hq, D]`, k/v `[Tk, Hkv, D]` (Hq a multiple of Hkv; query head h reads K/V head h // (Hq // Hkv));
-    cu_seqlens_q/k int32 `[n_docs + 1]` cumulative document lengths; max_seqlen_q/k ints, at least the longest
-    document (they size the grid; no device sync is made). softmax_scale defaults to 1/sqrt(D). With `causal`, the
+    cu_seqlens_q/k int32 `[n_docs + 1]` cumulative document lengths (empty documents allowed); max_seqlen_q/k ints,
+    the longest document (used to pick autotuned block sizes; no device sync is made). softmax_scale defaults to 1/sqrt(D). With `causal`, the
     mask is aligned to the bottom-right corner of each document's [seqlen_q, seqlen_k] block. Returns `[T, Hq, D]`,
     differentiable in q, k and v."""
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])

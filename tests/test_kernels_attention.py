@@ -51,6 +51,7 @@ CASES = [  # (document lengths, Hq, Hkv, D, causal)
     ([23, 40], 3, 3, 16, True),  # MHA, small head dim
     ([19, 8, 30], 2, 1, 40, True),  # head dim not a power of two
     ([1, 17, 45], 4, 2, 32, False),  # full (non-causal) attention
+    ([0, 12, 0, 0, 7], 2, 1, 32, True),  # empty documents in the pack
 ]
 
 
