@@ -13,7 +13,8 @@ The loss is the fp32 sum of the row losses times `scale`; scale = 1 / (number of
 gradients by the incoming scalar gradient (out of place: a retained graph can be differentiated twice).
 
 grad_weight accumulation: fp32 by default (one extra V x D fp32 buffer during the forward, converted to the weight's
-dtype at its end, so the result has one rounding like the unfused matmul; on CUDA through cuBLAS's bf16/fp16 x fp32-output addmm when this torch has it, else upcast chunks);
+dtype at its end, so the result has one rounding like the unfused matmul; on CUDA through cuBLAS's bf16/fp16 x
+fp32-output addmm when this torch has it, else each chunk's half-precision product is added to the fp32 buffer);
 `accumulate_fp32=False` accumulates in the weight's dtype as Liger does (less memory, one rounding per chunk).
 
 All targets ignored: `sum` gives 0; `mean` gives nan, as torch's F.cross_entropy does (0 / 0), and both give zero
@@ -119,8 +120,10 @@ def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, igno
         torch.mm(logits, weight, out=grad_h[s:e])
         if not acc32:
             grad_w.addmm_(logits.T, hc)
-        elif use_out_dtype:
+        elif use_out_dtype:  # cuBLAS: half inputs, fp32 accumulate and fp32 output, in place
             torch.addmm(grad_w, logits.T, hc, out_dtype=torch.float32, out=grad_w)
+        elif h.is_cuda:  # no fp32-output GEMM in this torch: half GEMM (one rounding per chunk), exact fp32 sum
+            grad_w += logits.T @ hc
         else:
             grad_w.addmm_(logits.T.float(), hc.float())
     loss = row_loss.sum() * scale[0]

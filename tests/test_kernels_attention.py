@@ -136,3 +136,18 @@ def test_custom_op_fake_tensor_and_schema():
     q, k, v = (t.detach() for t in _inputs(18, 18, 2, 1, 16, torch.float32))
     cu = _cu([7, 11])
     torch.library.opcheck(fa._fwd_op, (q, k, v, cu, cu, 11, 11, 0.25, True), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gpu_realistic_shapes(dtype):
+    """StarCoder shapes on the compiled kernels (autotuned tiles, unmasked inner blocks, head splits): MQA D=128, a
+    dense 2x1024 batch and an uneven pack with a 2048-token document."""
+    for lens, Hq in (([1024, 1024], 16), ([2048, 300, 17, 1, 641, 96], 16)):
+        cu = _cu(lens)
+        q, k, v = _inputs(sum(lens), sum(lens), Hq, 1, 128, dtype, seed=5)
+        o = flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens))
+        do = torch.randn_like(o)
+        got = (o, *torch.autograd.grad(o, (q, k, v), do))
+        ref, base = _ref_and_baseline(q, k, v, do, cu, cu, 1 / math.sqrt(128), True)
+        _assert_2x(got, ref, base, dtype)

@@ -77,3 +77,15 @@ def test_custom_op_fake_tensor_and_schema():
 
     h, w, t = _data(12, 16, 40)
     torch.library.opcheck(ce._fwd_op, (h, w, t, -100, True, True, 4), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+def test_gpu_starcoder_vocab_bf16():
+    """V=49152 over several token chunks, bf16, as in StarCoder training."""
+    h, w, t = _data(3000, 256, 49152, seed=2)
+    got = _run(fused_linear_cross_entropy, h, w, t, torch.bfloat16, "mean", chunk_size=512)
+    ref = _run(linear_cross_entropy_reference, h, w, t, torch.float64, "mean")
+    base = _run(linear_cross_entropy_reference, h, w, t, torch.bfloat16, "mean")
+    for name, a, r, c in zip(("loss", "dh", "dweight"), got, ref, base):
+        err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
+        assert err <= 2 * base_err + FLOOR[torch.bfloat16] * max(1.0, r.abs().max().item()), (name, err, base_err)

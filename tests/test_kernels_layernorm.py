@@ -58,3 +58,19 @@ def test_custom_ops_fake_tensor_and_schema():
     y, r, mean, rstd = ln._fwd_op(x, res, w, b, 1e-5)
     torch.library.opcheck(ln._bwd_op, (torch.randn_like(y), torch.randn_like(y), r, w, mean, rstd),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [2048, 6144])
+def test_gpu_starcoder_widths_bf16(N):
+    g = torch.Generator().manual_seed(1)
+    M = 4099
+    x, res = (torch.randn(M, N, generator=g).cuda() for _ in range(2))
+    w, b = (1 + 0.1 * torch.randn(N, generator=g)).cuda(), (0.1 * torch.randn(N, generator=g)).cuda()
+    dy, dr = torch.randn(M, N, generator=g).cuda().double(), torch.randn(M, N, generator=g).cuda().double()
+    got = _run(add_layer_norm, x, res, w, b, dy, dr, torch.bfloat16)
+    ref = _run(add_layer_norm_reference, x, res, w, b, dy, dr, torch.float64)
+    base = _run(add_layer_norm_reference, x, res, w, b, dy, dr, torch.bfloat16)
+    for name, a, r, c in zip(("y", "r", "dx", "dres", "dw", "db"), got, ref, base):
+        err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
+        assert err <= 2 * base_err + FLOOR[torch.bfloat16] * max(1.0, r.abs().max().item()), (name, err, base_err)
