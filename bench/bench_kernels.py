@@ -128,6 +128,17 @@ def _doc_lengths(total: int, max_len: int, gen: torch.Generator) -> list[int]:
     return lens
 
 
+def _fill(lens: list[int], total: int, max_len: int) -> list[int]:
+    """`lens` cut or extended (with max_len-long documents) to sum to `total`."""
+    out = []
+    for n in lens + [max_len] * (total // max_len + 1):
+        n = min(n, total - sum(out))
+        if n <= 0:
+            break
+        out.append(n)
+    return out
+
+
 def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
     rows = []
     dtype = torch.bfloat16 if CUDA else torch.float32
@@ -163,9 +174,7 @@ def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
 
     # --- packed varlen: the same number of tokens as documents of uneven length ---
     T = B * S
-    lens = _doc_lengths(T, S, gen) if not quick else [1, 17, S - 18, 7, T - S - 7 - 1 + 1][: 5]
-    lens = [x for x in lens if x > 0]
-    lens[-1] += T - sum(lens)
+    lens = _doc_lengths(T, S, gen) if not quick else _fill([1, 17, S - 18, 7], T, S)
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
     qv, kv, vv = (t.detach().reshape(T, -1, D).requires_grad_() for t in (q, k, v))
     dov = do.reshape(T, H, D)

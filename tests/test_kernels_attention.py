@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 
-from wizardcoder.kernels.flash_attention import attention_reference, flash_attn_func, flash_attn_varlen_func
+pytest.importorskip("triton")
+
+from wizardcoder.kernels.flash_attention import attention_reference, flash_attn_func, flash_attn_varlen_func  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from wizardcoder.kernels.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_reference
+pytest.importorskip("triton")
+
+from wizardcoder.kernels.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from wizardcoder.kernels.gelu import bias_gelu, bias_gelu_reference
+pytest.importorskip("triton")
+
+from wizardcoder.kernels.gelu import bias_gelu, bias_gelu_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

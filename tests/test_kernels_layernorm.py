@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from wizardcoder.kernels.layernorm import add_layer_norm, add_layer_norm_reference
+pytest.importorskip("triton")
+
+from wizardcoder.kernels.layernorm import add_layer_norm, add_layer_norm_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

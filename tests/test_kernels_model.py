@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from wizardcoder import StarCoder, StarCoderConfig
+pytest.importorskip("triton")
+
+from wizardcoder import StarCoder, StarCoderConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = {
