@@ -1,0 +1,140 @@
+"""`wizardcoder evaluate`: output files and formats, resuming, responses post-processed, user errors, and the
+--model path (generate with the sampler, then score)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from wizardcoder.cli import main
+from wizardcoder.eval.tasks import load_problems
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def he_subset(shared_data, tmp_path):
+    probs = load_problems("humaneval", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    keep = list(probs)[:5]
+    path = tmp_path / "he5.jsonl"
+    with open(path, "w") as f:
+        for t in keep:
+            f.write(json.dumps(probs[t].raw) + "\n")
+    return str(path), {t: probs[t] for t in keep}
+
+
+def write(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_cli_scores_all_three_sample_fields_and_resumes(he_subset, tmp_path, capsys):
+    data, probs = he_subset
+    ids = list(probs)
+    rows = []
+    for t in ids:
+        p = probs[t]
+        rows.append({"task_id": t, "completion": p.raw["canonical_solution"]})
+        rows.append({"task_id": t, "solution": p.prompt + p.raw["canonical_solution"]})
+        rows.append({"task_id": t, "response": "Sure:\n```python\n" + p.prompt + p.raw["canonical_solution"]
+                     + "\n# Example usage\nprint(1)\n```\nDone."})
+        rows.append({"task_id": t, "completion": "    return None\n"})
+    samples = write(tmp_path / "samples.jsonl", rows)
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out", str(out),
+               "--k", "1", "2", "10", "--no-progress", "--workers", "2"])
+    assert rc == 0
+    summary = json.load(open(out / "summary.json"))
+    assert summary["task"] == "humaneval" and summary["n_samples"] == 20 and summary["n_tasks"] == 5
+    assert summary["pass@1"] == pytest.approx(0.75) and "pass@10" not in summary  # k > n is not reported
+    assert summary["pass@2"] == pytest.approx(1.0)
+    assert summary["verdicts"]["passed"] == 15 and summary["verdicts"]["failed"] == 5
+    assert summary["failures"]["failed: AssertionError"]["count"] == 4  # `return None`: a wrong answer...
+    assert summary["failures"]["failed: TypeError"] == {"count": 1, "example": "HumanEval/4"}  # ...or a crash
+    assert summary["per_task"][ids[0]] == {"n": 4, "c": 3, "pass@1": 0.75, "pass@2": 1.0}
+    assert "isolation" in summary
+    res = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert [r["sample"] for r in res] == list(range(20))
+    assert [r["completion_id"] for r in res[:4]] == [0, 1, 2, 3]
+    assert {"task_id", "passed", "status", "error", "seconds", "solution"} <= set(res[0])
+    printed = capsys.readouterr()
+    assert json.loads(printed.out.strip().splitlines()[-1])["pass@1"] == pytest.approx(0.75)
+    assert "failures by kind" in printed.err and "isolation" in printed.err
+
+    # resume: a run killed part-way leaves some rows; only the rest are run again
+    kept = res[:7]
+    kept[3] = dict(kept[3], passed=False, status="failed")  # a marker we can see survive the rerun
+    write(out / "results.jsonl", kept)
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"sample": 7, "task_id": "HumanEval/1", "pas')  # torn last line of a crash
+    rc = main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    res2 = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert len(res2) == 20 and res2[3]["status"] == "failed"  # kept, not re-run
+    assert [r["passed"] for i, r in enumerate(res2) if i != 3] == [r["passed"] for i, r in enumerate(res) if i != 3]
+    # a changed sample is re-run even if its position was done
+    rows[0] = {"task_id": ids[0], "completion": "    return 42\n"}
+    write(tmp_path / "samples.jsonl", rows)
+    main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out", str(out), "--no-progress"])
+    res3 = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert res3[0]["passed"] is False and res3[3]["status"] == "failed"
+
+
+def test_cli_user_errors(he_subset, tmp_path, capsys):
+    data, probs = he_subset
+    bad = write(tmp_path / "bad.jsonl", [{"task_id": "HumanEval/0"}])
+    assert main(["evaluate", "--task", "humaneval", "--samples", bad, "--data", data, "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "sample 1" in capsys.readouterr().err
+    unknown = write(tmp_path / "unknown.jsonl", [{"task_id": "HumanEval/999", "completion": ""}])
+    assert main(["evaluate", "--task", "humaneval", "--samples", unknown, "--data", data, "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "HumanEval/999" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "humaneval", "--samples", str(tmp_path / "nope.jsonl"), "--data", data,
+                 "--out", str(tmp_path / "o")]) == 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n')
+    assert main(["evaluate", "--task", "humaneval", "--samples", str(broken), "--data", data, "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "broken.jsonl:2" in capsys.readouterr().err
+
+
+def test_cli_runs_as_a_program(he_subset, tmp_path):
+    data, probs = he_subset
+    samples = write(tmp_path / "s.jsonl", [{"task_id": t, "completion": p.raw["canonical_solution"]}
+                                           for t, p in probs.items()])
+    r = subprocess.run([sys.executable, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples", samples,
+                        "--data", data, "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"task": "humaneval", "n_samples": 5, "pass@1": 1.0}
+
+
+def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder_tokenizer_dir):
+    pytest.importorskip("torch")
+    sampling = pytest.importorskip("wizardcoder.sampling")
+    assert hasattr(sampling, "generate")
+    from wizardcoder import StarCoder
+    from wizardcoder.config import PRESETS
+
+    data, probs = he_subset
+    ckpt = tmp_path / "ckpt"
+    StarCoder.from_config(PRESETS["tiny"], seed=0).save_pretrained(str(ckpt))
+    for f in os.listdir(wizardcoder_tokenizer_dir):
+        if f != "config.json":
+            shutil.copy(os.path.join(wizardcoder_tokenizer_dir, f), ckpt / f)
+    out = tmp_path / "gen"
+    rc = main(["evaluate", "--task", "humaneval", "--model", str(ckpt), "--data", data, "--out", str(out),
+               "--n", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "8", "--device", "cpu",
+               "--dtype", "float32", "--limit", "3", "--no-progress", "--k", "1", "2"])
+    assert rc == 0
+    samples = [json.loads(line) for line in open(out / "samples.jsonl")]
+    assert len(samples) == 6 and all("response" in s for s in samples)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["n_samples"] == 6 and summary["missing_tasks"] == 2
+    assert summary["pass@1"] == 0.0  # random weights
