@@ -11,13 +11,19 @@ Modules: tasks (datasets, programs), prompts (generation prompts), postprocess (
 sandbox + worker (the isolated executor), pool (workers from the evaluator's side), checks (what runs inside the
 sandbox), passk (the estimator), evaluate (the pipeline), cli (`wizardcoder evaluate`).
 """
-from .evaluate import evaluate, summarize
-from .passk import pass_at_k
-from .pool import VERDICTS, SandboxPool
-from .postprocess import postprocess, sanitize
-from .prompts import build_prompt
-from .sandbox import SandboxConfig
-from .tasks import TASKS, load_problems
+# Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
+# fork per program slower.
+_LAZY = {
+    "evaluate": "evaluate", "summarize": "evaluate", "pass_at_k": "passk", "VERDICTS": "pool", "SandboxPool": "pool",
+    "postprocess": "postprocess", "sanitize": "postprocess", "build_prompt": "prompts", "SandboxConfig": "sandbox",
+    "TASKS": "tasks", "load_problems": "tasks",
+}
+__all__ = list(_LAZY)
 
-__all__ = ["evaluate", "summarize", "pass_at_k", "SandboxPool", "SandboxConfig", "VERDICTS", "postprocess",
-           "sanitize", "build_prompt", "TASKS", "load_problems"]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -92,9 +92,13 @@ class _WorkerHandle:
         self.spawner = spawner
         self.uid, self.uid_lock = (_claim_uid(config.uid_base) if os.geteuid() == 0 else (os.getuid(), None))
         self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._start()
+        self._launch()  # the pool waits for "ready" once all its workers are launched
 
     def _start(self) -> None:
+        self._launch()
+        self._await_ready()
+
+    def _launch(self) -> None:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -102,6 +106,8 @@ class _WorkerHandle:
                 json.dumps(dataclasses.asdict(self.config)), str(self.uid)]
         self.proc = self.spawner.call(lambda: subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True))
+
+    def _await_ready(self) -> None:
         hello = recv_msg(self.proc.stdout.fileno())
         if not hello or hello.get("op") != "ready":
             raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
@@ -175,8 +181,10 @@ class SandboxPool:
         self.handles: list[_WorkerHandle] = []
         self._spawner = _Spawner()
         try:
-            for i in range(self.n):
+            for i in range(self.n):  # launch all, then wait: workers start in parallel
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
+            for h in self.handles:
+                h._await_ready()
         except BaseException:
             self.close()
             raise

@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import urllib.request
 from typing import Iterable
 
 from ..errors import DataError
@@ -78,6 +77,8 @@ def _download(url: str, name: str, flag: str) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(cache_dir(), exist_ok=True)
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=60) as r, atomic_open(path, "wb") as f:
             f.write(r.read())
