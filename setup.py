@@ -41,6 +41,7 @@ setup(
         "huggingface_hub",
         "tqdm",
         "aiohttp>=3.9",
+        "datasketch",  # MinHash LSH near-duplicate removal in `evolve`
     ],
     extras_require={
         "triton": ["triton"],
