@@ -78,6 +78,9 @@ def test_every_sample_rebuilt_token_for_token(packed, small_data, hf_tok):
     assert seen == set(range(len(examples))) and s["samples_kept"] == len(examples) == 180
     assert s["truncated"] == n_trunc > 0
     assert s["tokens"] == sh.meta["num_tokens"] and s["loss_tokens"] + s["prompt_tokens"] == s["tokens"]
+    files = sh.meta["inputs"]
+    assert [(os.path.basename(f["path"]), f["kept_start"], f["kept"]) for f in files] == [
+        ("alpaca.jsonl", 0, 100), ("evol.json", 100, 80)]
 
 
 def test_packs_respect_seq_len_and_metadata(packed, starcoder_tokenizer_dir):

@@ -256,7 +256,7 @@ def read_examples(
     stats = stats if stats is not None else ReadStats()
     out: list[Example] = []
     for path in resolve_data_files(specs):
-        n = 0
+        n, first = 0, len(out)
         for loc, obj in iter_located_records(path, on_bad=on_bad, stats=stats):
             n += 1
             stats.records += 1
@@ -264,5 +264,7 @@ def read_examples(
             if ex is not None:
                 out.append(ex)
                 stats.kept += 1
-        stats.files.append({"path": os.path.abspath(path), "records": n})
+        # kept_start: this file's first example index, so a shard's `source` index maps back to its file
+        stats.files.append({"path": os.path.abspath(path), "records": n, "kept_start": first,
+                            "kept": len(out) - first})
     return out
