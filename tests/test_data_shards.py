@@ -278,3 +278,12 @@ def test_sigkilled_pack_leaves_no_shards(small_data, starcoder_tokenizer_dir, tm
         PackedShards(str(out))
     pack_dataset(small_data, starcoder_tokenizer_dir, SEQ, str(out), progress=False)
     assert os.listdir(tmp_path) == ["shards"] and PackedShards(str(out)).num_docs == 180
+
+
+def test_cleanup_spares_a_live_packs_temp_folder(small_data, starcoder_tokenizer_dir, tmp_path):
+    live = tmp_path / f".my-shards.tmp-{os.getpid()}-aaaa"  # a pack still running (this process)
+    dead = tmp_path / ".my-shards.tmp-999999999-bbbb"
+    live.mkdir()
+    dead.mkdir()
+    pack_dataset(small_data, starcoder_tokenizer_dir, SEQ, str(tmp_path / "my-shards"), progress=False)
+    assert live.exists() and not dead.exists()

@@ -60,10 +60,11 @@ def atomic_dir(out: str, overwrite: bool = False):
     os.makedirs(parent, exist_ok=True)
     if os.path.exists(out) and not overwrite:
         raise DataError(f"{out}: already exists; choose another --out or pass --overwrite.")
-    for stale in glob.glob(os.path.join(parent, f".{base}.tmp-*")):
+    prefix = f".{base}.tmp-"
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
         try:
-            pid = int(os.path.basename(stale).split("-")[1])
-            os.kill(pid, 0)  # still running: not ours to remove
+            pid = int(os.path.basename(stale)[len(prefix) :].split("-")[0])
+            os.kill(pid, 0)  # still running (another pack into the same target): not ours to remove
         except (ValueError, IndexError, ProcessLookupError):
             shutil.rmtree(stale, ignore_errors=True)
         except PermissionError:
