@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from wizardcoder.eval.postprocess import ds1000, longest_parsable_prefix, postprocess, sanitize, wizardcoder
+from wizardcoder.eval.postprocessing import ds1000, longest_parsable_prefix, postprocess, sanitize, wizardcoder
 from wizardcoder.eval.prompts import build_prompt, mbppplus_instruction, stop_sequences
 from wizardcoder.eval.tasks import load_problems
 

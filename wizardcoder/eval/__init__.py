@@ -7,15 +7,15 @@
         for r in pool.run([{"id": 0, "kind": "script", "code": "assert 1 + 1 == 2"}]):
             print(r["status"])                                           # passed
 
-Modules: tasks (datasets, programs), prompts (generation prompts), postprocess (answers -> code, sanitizer),
+Modules: tasks (datasets, programs), prompts (generation prompts), postprocessing (answers -> code, sanitizer),
 sandbox + worker (the isolated executor), pool (workers from the evaluator's side), checks (what runs inside the
-sandbox), passk (the estimator), evaluate (the pipeline), cli (`wizardcoder evaluate`).
+sandbox), passk (the estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 """
 # Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
 # fork per program slower.
 _LAZY = {
-    "evaluate": "evaluate", "summarize": "evaluate", "pass_at_k": "passk", "VERDICTS": "pool", "SandboxPool": "pool",
-    "postprocess": "postprocess", "sanitize": "postprocess", "build_prompt": "prompts", "SandboxConfig": "sandbox",
+    "evaluate": "scoring", "summarize": "scoring", "pass_at_k": "passk", "VERDICTS": "pool", "SandboxPool": "pool",
+    "postprocess": "postprocessing", "sanitize": "postprocessing", "build_prompt": "prompts", "SandboxConfig": "sandbox",
     "TASKS": "tasks", "load_problems": "tasks",
 }
 __all__ = list(_LAZY)

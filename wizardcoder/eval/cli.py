@@ -13,7 +13,7 @@ import sys
 
 from ..errors import UserError
 from ..io import write_jsonl
-from .postprocess import STYLES as POSTPROCESS
+from .postprocessing import STYLES as POSTPROCESS
 from .prompts import STYLES as PROMPT_STYLES
 from .tasks import TASKS
 
@@ -100,7 +100,7 @@ def format_report(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .scoring import evaluate
     from .sandbox import SandboxConfig
     from .tasks import default_data_path
 

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
 from . import passk
 from .pool import VERDICTS, SandboxPool
-from .postprocess import postprocess as run_postprocess
+from .postprocessing import postprocess as run_postprocess
 from .sandbox import SandboxConfig
 from .tasks import (DEFAULT_TIMEOUT, Problem, default_data_path, ensure_expected, load_expected, load_problems,
                     mbpp_entry_point, normalize_task_id, plus_task_data, plus_timeout, script_program)
