@@ -1,8 +1,11 @@
 """The sandbox: verdicts, and programs that try to escape are contained, reported as failures, and the evaluator
 (this test process) and the pool keep going."""
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -13,6 +16,7 @@ from wizardcoder.eval import SandboxConfig, SandboxPool
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 ROOT = os.geteuid() == 0
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +267,34 @@ def test_worker_crash_is_survived(pool):
     assert sum(r["status"] == "passed" for r in res) >= 4
     assert h.proc.pid != old
     still_healthy(pool)
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv to drop every capability")
+def test_without_privileges_the_next_layers_hold(tmp_path):
+    """With no capabilities (no namespaces, no uid switch, no tmpfs) the sandbox says so and Landlock + seccomp still
+    stop the escapes."""
+    canary = tmp_path / "canary.txt"
+    canary.write_text("keep")
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json\nfrom wizardcoder.eval import SandboxPool, SandboxConfig\n"
+        "with SandboxPool(1, SandboxConfig(timeout=2.0, wall_factor=1.0)) as pool:\n"
+        "    progs = [\n"
+        f"        {'import os; os.remove(' + repr(str(canary)) + ')'!r},\n"
+        "        'import socket; socket.create_connection((\"127.0.0.1\", 22), timeout=1)',\n"
+        "        'import os; os.kill(os.getppid(), 9)',\n"
+        "        'import os; os.fork()',\n"
+        "        'assert 1']\n"
+        "    res = sorted(pool.run([{'id': i, 'kind': 'script', 'code': c} for i, c in enumerate(progs)]),\n"
+        "                 key=lambda r: r['id'])\n"
+        "    print(json.dumps({'isolation': pool.isolation, 'status': [r['status'] for r in res]}))\n")
+    r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, str(script)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["status"] == ["failed", "failed", "failed", "failed", "passed"]
+    iso = out["isolation"]
+    assert "not allowed to switch uid" in iso["user"]
+    assert "no network namespace" in iso["network"] and "seccomp" in iso["network"]
+    assert "no private tmpfs" in iso["scratch"]
+    assert canary.read_text() == "keep"

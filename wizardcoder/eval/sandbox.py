@@ -140,13 +140,17 @@ class Worker:
             os._exit(1)
         self.keep_read = False
         if self.root:
-            self.keep_read = not self._uid_can_read_python()
+            probe = self._probe_uid()
+            if probe == "no-setuid":  # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
+                self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
+            self.keep_read = probe == "unreadable"
+        if self.root:
             iso["user"] = f"uid {self.uid} gid {self.gid} (unprivileged, one per worker)"
             if self.keep_read:
                 iso["user"] += (" keeping only CAP_DAC_READ_SEARCH, because the Python installation is not readable "
                                 "by other users (read any file, write none)")
         else:
-            iso["user"] = f"same uid as the evaluator ({self.uid}): not started as root"
+            iso["user"] = (f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch uid")
         iso["scratch"] = f"private temp folder per program under {self.tmp_root}, removed after"
         if _sandbox is not None:
             try:
@@ -199,8 +203,9 @@ class Worker:
         gc.freeze()
         return iso
 
-    def _uid_can_read_python(self) -> bool:
-        """Can the sandbox uid import from this interpreter's stdlib, site-packages and our package?"""
+    def _probe_uid(self) -> str:
+        """Can we switch to the sandbox uid ("no-setuid" if not), and can that uid import from this interpreter's
+        stdlib, site-packages and our package ("ok" or "unreadable")?"""
         import sysconfig
 
         paths = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
@@ -214,12 +219,16 @@ class Worker:
                     os.setgroups([])
                     os.setgid(self.gid)
                     os.setuid(self.uid)
+            except BaseException:  # noqa: BLE001
+                os._exit(2)
+            try:
                 for p in paths:
                     os.listdir(p)
                 os._exit(0)
             except BaseException:  # noqa: BLE001
                 os._exit(1)
-        return os.waitpid(pid, 0)[1] == 0
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
 
     # -------------------------------------------------------------------------------------------- one job
 
