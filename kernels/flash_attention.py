@@ -132,7 +132,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, stride_kt, stride_vt, off
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED or D != BLOCK_D:
-            v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=tl.trans(kmask), other=0.0)
+            vmask = (cols < k_len)[:, None] & d_ok[None, :]
+            v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=vmask, other=0.0)
         else:
             v = tl.load(V + v_base + cols[:, None] * stride_vt + offs_d[None, :])
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)  # accumulate in the MMA
@@ -377,8 +378,10 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_q, cu_k, QBLOCKS, sm_scale,
 
 
 # ----------------------------------------------------------------------------------------------------- launchers
-def _prec(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16 operands
+def _prec(dtype: torch.dtype) -> str | None:
+    """tl.dot input precision: IEEE fp32 for fp32 inputs (not TF32: the tests hold fp32 to fp32 accuracy); the
+    default (None) for fp16/bf16, where it does not apply."""
+    return "ieee" if dtype == torch.float32 else None
 
 
 def _seq_bucket(max_seqlen: int) -> int:

@@ -20,9 +20,9 @@ import triton.language as tl
 
 from . import custom_op
 
-SQRT_2_OVER_PI = 0.7978845608028654
-INV_SQRT_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+INV_SQRT_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

@@ -58,11 +58,11 @@ def _ln_bwd_kernel(R, W, DY, DR, DX, MEAN, RSTD, DW, DB, stride_r, stride_dy, st
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_N], tl.float32)
     db = tl.zeros([BLOCK_N], tl.float32)
-    row_start = pid.to(tl.int64) * rows_per_program
+    row_start = pid * rows_per_program
     n_rows = tl.minimum(rows_per_program, M - row_start)
     for i in range(0, n_rows):
         row = row_start + i
-        row64 = row
+        row64 = row.to(tl.int64)
         r = tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + row)
