@@ -172,11 +172,11 @@ def decode(job: dict, reply: dict) -> dict:
 
 
 class SandboxPool:
-    """`workers` pre-started sandbox workers (default: one per CPU core)."""
+    """`workers` pre-started sandbox workers (default: one per core this process may run on)."""
 
     def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
-        self.n = max(1, workers or os.cpu_count() or 1)
+        self.n = max(1, workers or len(os.sched_getaffinity(0)))  # the cores we may run on
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
         self._spawner = _Spawner()

@@ -34,7 +34,6 @@ import select
 import shutil
 import signal
 import struct
-import sys
 import tempfile
 import time
 
@@ -45,7 +44,6 @@ try:
 except ImportError:  # the C extension was not built; the Python layers still apply
     _sandbox = None
 
-RESULT_FD_ENV = "WIZARDCODER_SANDBOX_RESULT_FD"
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
 # copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it.
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
