@@ -195,6 +195,10 @@ class Worker:
                 __import__(name)
             except Exception:  # noqa: BLE001 - a preload is an optimisation only
                 pass
+        # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+                           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         # A fork server's heap must stay shared: without this the child's first garbage collection walks (and so
         # copies on write) every object the worker holds, several ms per program.
         gc.collect()
@@ -280,9 +284,7 @@ class Worker:
         if c.memory:
             rl(resource.RLIMIT_AS, (c.memory, c.memory))
         os.chdir(jobdir)
-        os.environ.clear()
-        os.environ.update({"HOME": jobdir, "TMPDIR": jobdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-                           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest was set once by the worker (_setup)
         tempfile.tempdir = jobdir
         if self.root:
             rl(resource.RLIMIT_NPROC, (c.max_procs, c.max_procs))
@@ -378,7 +380,11 @@ class Worker:
                     break
                 time.sleep(0.002)
         self._reap()
-        shutil.rmtree(jobdir, onerror=_force_remove)
+        try:  # the usual case: the program left only its output file
+            os.unlink(os.path.join(jobdir, ".output"))
+            os.rmdir(jobdir)
+        except OSError:
+            shutil.rmtree(jobdir, onerror=_force_remove)
 
     def _sweep_uid(self) -> bool:
         """kill(-1, SIGKILL) as the sandbox uid; True when some process (alive or not yet reaped) was still there."""
