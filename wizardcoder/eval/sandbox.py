@@ -297,7 +297,7 @@ class Worker:
         if _sandbox is not None:
             _sandbox.no_new_privs()
             if self.landlock_abi:
-                _sandbox.landlock([jobdir], not c.network, True)
+                _sandbox.landlock([jobdir, os.devnull], not c.network, True)  # torch and others write /dev/null
             _sandbox.seccomp(os.getpid(), not c.allow_fork, not c.network)
         kind = job["kind"]
         if kind == "script":

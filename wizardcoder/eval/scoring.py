@@ -143,8 +143,9 @@ def evaluate(task: str, samples: str, out_dir: str, data: str | None = None, pos
             cfg.timeout = timeout
         elif task in DEFAULT_TIMEOUT:
             cfg.timeout = DEFAULT_TIMEOUT[task]
-        if task.endswith("+") or task == "ds1000":
-            cfg.preload = tuple(dict.fromkeys(tuple(cfg.preload) + ("numpy",)))  # the checks and contexts use it
+        if task.endswith("+") or task == "ds1000":  # the + checks and DS-1000's contexts use them
+            extra = ("numpy", "pandas") if task == "ds1000" else ("numpy",)
+            cfg.preload = tuple(dict.fromkeys(tuple(cfg.preload) + extra))
         pool = SandboxPool(workers, cfg)
     try:
         isolation = pool.isolation
