@@ -166,8 +166,8 @@ class Worker:
                     net.append(f"no network namespace ({errno.errorcode.get(e.errno, e.errno)})")
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
         if self.landlock_abi:
-            iso["filesystem"] = (f"Landlock ABI {self.landlock_abi}: writes only beneath the private temp folder"
-                                 + (", plus uid permissions" if self.root else ""))
+            iso["filesystem"] = (f"Landlock ABI {self.landlock_abi}: writes only beneath the private temp folder "
+                                 "(and to /dev/null)" + (", plus uid permissions" if self.root else ""))
             if not self.config.network and self.landlock_abi >= 4:
                 net.append("Landlock denies TCP bind/connect")
         else:
