@@ -60,10 +60,15 @@ def _configs(kind: str) -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles too large for the head dim's shared memory (D=256 cannot take 128x128 with 3 stages)."""
+    """Drop tiles too large for the head dim's shared memory (D=256 cannot take 128x128 with 3 stages), and for fp32
+    inputs keep tiles of at most 64 x 64 (fp32 operands double the registers and shared memory; larger tiles spill
+    and take ptxas minutes to compile)."""
     d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
-    kept = [c for c in configs if d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
-    return kept or configs[-1:]
+    fp32 = named_args.get("PREC", kwargs.get("PREC")) == "ieee"
+    kept = [c for c in configs
+            if (d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64)
+            and (not fp32 or max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64)]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 # ------------------------------------------------------------------- varlen: which document does a program work on

@@ -37,12 +37,13 @@ def _variants(full: bool):
         for causal, (D, BD) in (((True, (128, 128)), (False, (64, 64)), (True, (40, 64))) if full and dt == "bf16" else ((True, (128, 128)),)):
             tag = f"{dt} causal={causal} D={D}"
             common = dict(D=D, CAUSAL=causal, BLOCK_D=BD, PREC=prec)
-            out.append((fa._fwd_kernel, P, dict(common, BLOCK_M=128, BLOCK_N=64), 4, 3, tag))
+            big = dt != "fp32"  # fp32 keeps tiles <= 64 (see flash_attention._prune)
+            out.append((fa._fwd_kernel, P, dict(common, BLOCK_M=128 if big else 64, BLOCK_N=64), 4, 3, tag))
             if full:
-                out.append((fa._dkdv_kernel, P, dict(common, BLOCK_M=32, BLOCK_N=128, HEADS_PER_SPLIT=2), 4, 3, tag))
-            out.append((fa._dkdv_kernel, dict(P, DK="*fp32", DV="*fp32"), dict(common, BLOCK_M=32, BLOCK_N=128, HEADS_PER_SPLIT=4),
+                out.append((fa._dkdv_kernel, P, dict(common, BLOCK_M=32, BLOCK_N=128 if big else 64, HEADS_PER_SPLIT=2), 4, 3, tag))
+            out.append((fa._dkdv_kernel, dict(P, DK="*fp32", DV="*fp32"), dict(common, BLOCK_M=32, BLOCK_N=128 if dt != "fp32" else 64, HEADS_PER_SPLIT=4),
                         4, 3, tag + " fp32 partials"))
-            out.append((fa._dq_kernel, P, dict(common, BLOCK_M=128, BLOCK_N=32), 4, 3, tag))
+            out.append((fa._dq_kernel, P, dict(common, BLOCK_M=128 if big else 64, BLOCK_N=32), 4, 3, tag))
         out.append((fa._bwd_preprocess, P, dict(D=128, BLOCK_M=64, BLOCK_D=128), 4, 1, dt))
         io = {n: "*" + dt for n in ("X", "RES", "W", "B", "Y", "R", "DY", "DR", "DX", "LOGITS")}
         io.update(MEAN="*fp32", RSTD="*fp32", DW="*fp32", DB="*fp32", eps="fp32", TARGETS="*i64", LOSS="*fp32",
