@@ -49,6 +49,28 @@ def _claim_uid(start: int) -> tuple[int, int]:
     raise UserError(f"no free sandbox uid in {start}..{start + 4095}; is another evaluator leaking workers?")
 
 
+def remove_stale_scratch(root: str | None = None) -> None:
+    """Remove scratch folders of workers that are gone (an evaluator killed with SIGKILL cannot clean up; its workers
+    die with it through PDEATHSIG). Folders are named wizardcoder-sandbox-<worker pid>-*; live workers' are kept."""
+    root = root or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if not name.startswith("wizardcoder-sandbox-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 class _Spawner:
     """One long-lived thread that starts every worker process. A worker asks for PDEATHSIG, which the kernel ties
     to the *thread* that forked it; starting workers from the short-lived dispatch threads would kill them when a
@@ -179,6 +201,7 @@ class SandboxPool:
         self.n = max(1, workers or len(os.sched_getaffinity(0)))  # the cores we may run on
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
+        remove_stale_scratch(self.config.tmp_root)
         self._spawner = _Spawner()
         try:
             for i in range(self.n):  # launch all, then wait: workers start in parallel
