@@ -60,15 +60,16 @@ def _configs(kind: str) -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles too large for the head dim's shared memory (D=256 cannot take 128x128 with 3 stages), and for fp32
-    inputs keep tiles of at most 64 x 64 (fp32 operands double the registers and shared memory; larger tiles spill
-    and take ptxas minutes to compile)."""
+    """Drop tiles too large for the head dim's shared memory (D=256 cannot take 128x128 with 3 stages). fp32 inputs
+    (a correctness path, not a fast one) get the one smallest 64-wide tile: fp32 operands double registers and shared
+    memory, and larger tiles spill and take ptxas minutes to compile."""
     d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
-    fp32 = named_args.get("PREC", kwargs.get("PREC")) == "ieee"
-    kept = [c for c in configs
-            if (d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64)
-            and (not fp32 or max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64)]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    smallest = min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], -max(c.kwargs.values())))
+    if named_args.get("PREC", kwargs.get("PREC")) == "ieee":
+        small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == 64 * 32]
+        return small[:1] or [smallest]
+    kept = [c for c in configs if d <= 128 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return kept or [smallest]
 
 
 # ------------------------------------------------------------------- varlen: which document does a program work on
@@ -416,7 +417,7 @@ def _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: i
     n_docs = cu_seqlens_q.numel() - 1
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((Hq, T), device=q.device, dtype=torch.float32)
-    if T == 0 or n_docs == 0 or max_seqlen_q == 0:
+    if T == 0 or n_docs == 0:
         return o.zero_(), lse.fill_(float("inf"))
     BLOCK_D = max(16, triton.next_power_of_2(D))
     grid = lambda META: (_grid_blocks(T, n_docs, META["BLOCK_M"]), Hq)  # noqa: E731
