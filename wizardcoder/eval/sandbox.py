@@ -9,14 +9,17 @@
 Layers, each used when this machine permits it (probed once per worker and reported by `isolation`):
   process     every program in its own forked process and process group, never in the evaluator; the worker is a
               child subreaper and SIGKILLs the group (and, with forks allowed, every process of the sandbox uid)
-              when the program ends or its wall time runs out; PDEATHSIG ties child -> worker -> evaluator
-  limits      RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0,
-              RLIMIT_NPROC (when running under a uid of its own)
-  user        setuid/setgid to an unprivileged uid of its own per worker (uid_base + worker index) when root
-  network     a network namespace with no interfaces (unshare CLONE_NEWNET), else Landlock TCP rules (ABI >= 4);
-              always also a seccomp filter that allows socket() for AF_UNIX only
-  filesystem  Landlock: writes, creates, deletes and renames only beneath the private temp folder, which is removed
-              after the run; the uid switch adds ordinary permissions on top
+              when the program ends or runs out of time; PDEATHSIG ties child -> worker -> evaluator
+  time        RLIMIT_CPU (the job's limit, whole seconds) and a wall-clock limit of wall_factor times that + 1 s
+  limits      RLIMIT_AS (memory), RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (when
+              running under a uid of its own)
+  user        when root: an unprivileged uid of its own per worker (claimed by the pool), no groups; only
+              CAP_DAC_READ_SEARCH is kept when that uid could not read the Python installation
+  scratch     a private temp folder per program (cwd, HOME, TMPDIR) on a size-capped tmpfs in the worker's own mount
+              namespace, removed after the program
+  network     a network namespace with no interfaces (unshare CLONE_NEWNET); Landlock TCP rules (ABI >= 4); a
+              seccomp filter that allows socket() for AF_UNIX only
+  filesystem  Landlock: writes, creates, deletes and renames only beneath the temp folder (and writes to /dev/null)
   syscalls    seccomp: no fork/vfork/non-thread clone (stops a fork bomb outright), signals only to itself, no
               ptrace/process_vm/unshare/setns/mount
 """
