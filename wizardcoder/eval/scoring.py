@@ -27,6 +27,7 @@ from .tasks import (DEFAULT_TIMEOUT, Problem, default_data_path, ensure_expected
                     mbpp_entry_point, normalize_task_id, plus_task_data, plus_timeout, script_program)
 
 FIELDS = ("completion", "solution", "response")
+DEGRADED = ("no network namespace", "NONE", "not root", "not allowed", "on disk", "unavailable")
 
 
 def sample_code(task: str, problem: Problem, sample: dict, style: str) -> str:
@@ -149,6 +150,9 @@ def evaluate(task: str, samples: str, out_dir: str, data: str | None = None, pos
         pool = SandboxPool(workers, cfg)
     try:
         isolation = pool.isolation
+        for layer, what in isolation.items():  # say once what this machine did not allow, and what is used instead
+            if any(k in what for k in DEGRADED):
+                print(f"warning: sandbox {layer}: {what}", file=sys.stderr)
         jobs, meta_of = [], {}
         if task.endswith("+") and todo:
             needed = [m["task_id"] for m, _ in todo]
