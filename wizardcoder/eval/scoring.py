@@ -9,6 +9,7 @@ samples whose rows are already in results.jsonl (matched by position and content
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -24,7 +25,7 @@ from .pool import VERDICTS, SandboxPool
 from .postprocessing import postprocess as run_postprocess
 from .sandbox import SandboxConfig
 from .tasks import (DEFAULT_TIMEOUT, Problem, default_data_path, ensure_expected, load_expected, load_problems,
-                    mbpp_entry_point, normalize_task_id, plus_task_data, plus_timeout, script_program)
+                    load_times, mbpp_entry_point, normalize_task_id, plus_task_data, plus_timeout, script_program)
 
 FIELDS = ("completion", "solution", "response")
 DEGRADED = ("no network namespace", "NONE", "not root", "not allowed", "on disk", "unavailable")
@@ -139,7 +140,7 @@ def evaluate(task: str, samples: str, out_dir: str, data: str | None = None, pos
 
     own_pool = pool is None
     if own_pool:
-        cfg = config or SandboxConfig()
+        cfg = dataclasses.replace(config) if config else SandboxConfig()  # never change the caller's config
         if timeout is not None:
             cfg.timeout = timeout
         elif task in DEFAULT_TIMEOUT:
@@ -161,9 +162,8 @@ def evaluate(task: str, samples: str, out_dir: str, data: str | None = None, pos
             for tid in dict.fromkeys(needed):
                 # loaded when a worker first needs it, so only a few problems' outputs are in memory at once
                 pool.add_task(f"check:{task}:{tid}", functools.partial(_check_data, task, problems[tid], folder))
-                exp = load_expected(folder, tid)
-                limits[tid] = {s: plus_timeout(plus_task_data(task, problems[tid], exp), s) for s in ("base", "plus")}
-                del exp
+                times = load_times(folder, tid)
+                limits[tid] = {s: plus_timeout(times, s) for s in ("base", "plus")}
         for meta, code in todo:
             i, tid = meta["sample"], meta["task_id"]
             meta_of[i] = (meta, code)

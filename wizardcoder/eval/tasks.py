@@ -179,14 +179,14 @@ def plus_task_data(task: str, problem: Problem, expected: dict | None) -> dict:
     if expected is not None:
         for split in ("base", "plus"):
             data[f"{split}_expected"] = expected[f"{split}_expected"]
-            data[f"{split}_limits"] = [max(PLUS_MIN_TIME_LIMIT, PLUS_TIME_FACTOR * t) for t in expected[f"{split}_time"]]
+            data[f"{split}_limits"] = plus_limits(expected, split)
     return data
 
 
-def plus_timeout(data: dict, split: str) -> float:
+def plus_timeout(times: dict, split: str) -> float:
     """evalplus's whole-run limit for one input set: min(60, sum of per-input limits) + 1 (+1 for collection), here
     as CPU seconds (the sandbox adds its wall-clock margin)."""
-    return min(PLUS_MAX_TIMEOUT, sum(data[f"{split}_limits"])) + 2.0
+    return min(PLUS_MAX_TIMEOUT, sum(plus_limits(times, split))) + 2.0
 
 
 def expected_dir(task: str, path: str) -> str:
@@ -213,8 +213,11 @@ def ensure_expected(task: str, path: str, problems: dict[str, Problem], task_ids
         if res["status"] != "passed":
             bad.append(f"{res['id']} ({res['status']}: {res.get('error', '')})")
             continue
+        rec = res["record"]
         with atomic_open(os.path.join(folder, _cache_name(res["id"])), "wb") as f:
-            pickle.dump(res["record"], f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump(rec, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with atomic_open(os.path.join(folder, _cache_name(res["id"]) + ".times.json"), "w") as f:
+            json.dump({k: rec[k] for k in ("base_time", "plus_time")}, f)
     if bad:
         raise DataError(f"{path}: the canonical solution failed on its own inputs for {', '.join(bad[:5])}; "
                         "is the dataset file intact?")
@@ -223,6 +226,21 @@ def ensure_expected(task: str, path: str, problems: dict[str, Problem], task_ids
 
 def _cache_name(task_id: str) -> str:
     return task_id.replace("/", "_") + ".pkl"
+
+
+def load_times(folder: str, task_id: str) -> dict:
+    """The canonical solution's seconds per input ({"base_time": [...], "plus_time": [...]}), without the outputs."""
+    path = os.path.join(folder, _cache_name(task_id) + ".times.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    exp = load_expected(folder, task_id)
+    return {k: exp[k] for k in ("base_time", "plus_time")}
+
+
+def plus_limits(times: dict, split: str) -> list[float]:
+    """Per-input limits: max(1 s, 4 x the canonical solution's time), as evalplus."""
+    return [max(PLUS_MIN_TIME_LIMIT, PLUS_TIME_FACTOR * t) for t in times[f"{split}_time"]]
 
 
 def load_expected(folder: str, task_id: str) -> dict:
