@@ -12,10 +12,6 @@ import argparse
 import os
 import time
 
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "\n\n### Instruction:\n{instruction}\n\n### Response:"
-)
 DEMO_INSTRUCTIONS = [
     "Write a Python function that returns the n-th Fibonacci number.",
     "Create a Python script for this problem:\ndef is_palindrome(s: str) -> bool:\n    \"\"\"Return True if s reads the same backwards.\"\"\"",
@@ -51,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/3] model: {cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads "
           f"({'MQA' if cfg.multi_query else 'MHA'}), {cfg.num_params():,} parameters, checkpoint {ckpt}")
 
-    prompts = [ALPACA.format(instruction=i) for i in DEMO_INSTRUCTIONS]
+    from .data import ALPACA
+
+    prompts = [ALPACA.prompt(i) for i in DEMO_INSTRUCTIONS]
     params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=args.seed)
     t1 = time.time()
     outs = generate(model, tok, prompts, params)
