@@ -16,8 +16,10 @@ except ImportError:  # pragma: no cover
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("WIZARDCODER_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
+from _util import REPO, SHARED_DATA  # noqa: E402,F401  (one definition, shared by every test file)
+
+# Under CI the shared data must be there: a missing folder would otherwise turn ~50 tests into silent skips.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +35,8 @@ def pytest_collection_modifyitems(config, items):
 def shared_data():
     """../shared/data (public benchmark data, seed data and tokenizers); tests that need it skip without it."""
     if not os.path.isdir(SHARED_DATA):
+        if IN_CI:
+            pytest.fail(f"shared data folder {SHARED_DATA} is missing under CI=true; set WIZARDCODER_SHARED_DATA.")
         pytest.skip(f"shared data folder {SHARED_DATA} not present")
     return SHARED_DATA
 
