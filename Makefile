@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench gpu-check clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.run_all
+
+# On a GPU machine, with its own python3 and torch (no venv, no network): every GPU test and GPU benchmark with its
+# peer, under 8 minutes; figures and logs under $$OUT (or bench/out/gpu).
+gpu-check:
+	python3 -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info wizardcoder/*.so
