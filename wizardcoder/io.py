@@ -1,15 +1,16 @@
-"""Small file helpers every stage shares: atomic writes, durable JSONL appends, and record readers that name the
-file and line of bad input."""
+"""Small file helpers every stage shares: atomic file and folder writes, durable JSONL appends, and record readers
+that name the file and line of bad input."""
 from __future__ import annotations
 
 import contextlib
 import gzip
 import json
 import os
+import shutil
 import tempfile
 from typing import IO, Any, Iterable, Iterator
 
-from .errors import DataError
+from .errors import DataError, UserError
 
 
 def open_text(path: str, mode: str = "rt") -> IO[str]:
@@ -17,6 +18,29 @@ def open_text(path: str, mode: str = "rt") -> IO[str]:
     if path.endswith(".gz"):
         return gzip.open(path, mode, encoding="utf-8")
     return open(path, mode, encoding="utf-8")
+
+
+def check_input_file(path: str, what: str = "file") -> None:
+    """Raise a DataError (one sentence) unless `path` is an existing regular file we may read."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such {what}; check the path.")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, not a file; give the {what} itself.")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied); fix its permissions.")
+
+
+def _not_text(path: str, e: Exception) -> DataError:
+    why = "not a UTF-8 text file" if isinstance(e, UnicodeDecodeError) else f"unreadable ({e})"
+    return DataError(f"{path}: {why}; give a JSON or JSONL file (optionally .gz).")
+
+
+def _lines(path: str, f: IO[str]) -> Iterator[tuple[int, str]]:
+    """(line number, line) of an open text file; undecodable bytes or a broken gzip stream are one DataError."""
+    try:
+        yield from enumerate(f, 1)
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise _not_text(path, e) from None
 
 
 @contextlib.contextmanager
@@ -89,10 +113,9 @@ def _truncate_torn_tail(path: str) -> None:
 def read_jsonl(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
     """Yield one dict per non-empty line of a JSONL file (`.gz` allowed). A malformed line raises a DataError naming
     the file and line; with `skip_bad` it is recorded in `errors` as (line, reason) and skipped instead."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file; check the path.")
+    check_input_file(path)
     with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in _lines(path, f):
             if not line.strip():
                 continue
             try:
@@ -117,16 +140,15 @@ def read_jsonl(path: str, skip_bad: bool = False, errors: list | None = None) ->
 def read_records(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
     """Read a JSON array file (`.json`) or a JSONL file (`.jsonl`, or anything else), gzipped or not, as dicts.
     The format is detected from the first non-blank character, so a `.json` file holding JSONL also works."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file; check the path.")
-    with open_text(path) as f:
-        head = f.read(4096).lstrip()
-    if head.startswith("["):
+    kind = sniff_json_kind(path)
+    if kind == "json":
         with open_text(path) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file.") from None
+            except (UnicodeDecodeError, OSError, EOFError) as e:
+                raise _not_text(path, e) from None
         for i, obj in enumerate(data):
             if not isinstance(obj, dict):
                 reason = f"{path}: element {i} is {type(obj).__name__}, expected an object"
@@ -136,10 +158,24 @@ def read_records(path: str, skip_bad: bool = False, errors: list | None = None) 
                     continue
                 raise DataError(reason + ".")
             yield obj
-    elif head.startswith("{") or not head:
-        yield from read_jsonl(path, skip_bad=skip_bad, errors=errors)
     else:
-        raise DataError(f"{path}: not JSON or JSONL (starts with {head[:20]!r}); give a .json array or a .jsonl file.")
+        yield from read_jsonl(path, skip_bad=skip_bad, errors=errors)
+
+
+def sniff_json_kind(path: str) -> str:
+    """"json" for a file holding one JSON array, "jsonl" for one object per line (or an empty file), told from the
+    first non-blank character whatever the file's name; anything else is a DataError naming the file."""
+    check_input_file(path)
+    try:
+        with open_text(path) as f:
+            head = f.read(4096).lstrip()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise _not_text(path, e) from None
+    if head.startswith("["):
+        return "json"
+    if head.startswith("{") or not head:
+        return "jsonl"
+    raise DataError(f"{path}: not JSON or JSONL (starts with {head[:20]!r}); give a .json array or a .jsonl file.")
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
@@ -147,3 +183,147 @@ def write_jsonl(path: str, records: Iterable[dict]) -> None:
     with atomic_open(path, "w") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- atomic folders
+MARKER = ".wizardcoder"  # JSON {"made_by": ..., "files": [...]} written into every folder atomic_dir makes
+
+
+def check_out_dir(out: str, made_by: str, overwrite: bool = False, error: type[UserError] = UserError,
+                  flag: str = "--out") -> None:
+    """Raise `error` (one sentence) unless `atomic_dir(out, made_by, overwrite)` may write `out`: it must be absent,
+    an empty folder, or (with `overwrite`) a folder that `made_by` made and that holds only the files it wrote.
+    Verbs call this before their first expensive step; atomic_dir calls it again before it renames."""
+    out = os.path.abspath(out)
+    if os.path.islink(out):
+        raise error(f"{flag} {out}: is a symbolic link; give the folder's real path.")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise error(f"{flag} {out}: is a file, not a folder; choose another {flag}.")
+    entries = os.listdir(out)
+    if not entries:
+        return  # an empty folder: nothing to lose
+    if not overwrite:
+        raise error(f"{flag} {out}: already exists; choose another {flag} or pass --overwrite.")
+    marker = _read_marker(out)
+    if marker is None:
+        raise error(f"{flag} {out}: not a folder that wizardcoder made (no {MARKER} marker) and not empty, so "
+                    f"--overwrite will not replace it; choose another {flag} or empty it yourself.")
+    if marker.get("made_by") != made_by:
+        raise error(f"{flag} {out}: made by `{marker.get('made_by')}`, not by `{made_by}`, so --overwrite will not "
+                    f"replace it; choose another {flag}.")
+    foreign = sorted(set(_list_files(out)) - set(marker.get("files", ())) - {MARKER})
+    if foreign:
+        raise error(f"{flag} {out}: holds {len(foreign)} file(s) that {made_by} did not write (e.g. {foreign[0]}), "
+                    f"so --overwrite will not replace it; move them out or choose another {flag}.")
+
+
+def _read_marker(folder: str) -> dict | None:
+    try:
+        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+        return marker if isinstance(marker, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _list_files(folder: str) -> list[str]:
+    """Every non-folder entry under `folder`, as paths relative to it."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel = os.path.relpath(root, folder)
+        out += [f if rel == "." else os.path.join(rel, f) for f in files]
+        out += [os.path.join(rel, d) for d in dirs if os.path.islink(os.path.join(root, d))]  # links are not walked
+    return out
+
+
+def _fsync_path(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale(parent: str, prefix: str) -> None:
+    """Remove `prefix<pid>-*` folders of processes that no longer run (left by a SIGKILL); spare live ones."""
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        try:
+            os.kill(int(name[len(prefix):].split("-")[0]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+class AtomicDir:
+    """A folder written in a hidden temporary folder beside its target and renamed into place when complete.
+
+    `begin()` checks the target (`check_out_dir`), removes temporaries of dead processes and returns the temporary
+    folder to write into; `commit()` writes the marker (naming `made_by` and every file written), fsyncs every file
+    and folder, and renames it into place (an old target goes aside first and is removed after); `abort()` removes
+    the temporary folder. A crash at any point leaves the old target or the new one, never a mix. For a job over
+    several processes, one process calls begin/commit and shares `path` with the others."""
+
+    def __init__(self, out: str, made_by: str, overwrite: bool = False, error: type[UserError] = UserError,
+                 flag: str = "--out"):
+        self.out = os.path.abspath(out)
+        self.made_by, self.overwrite, self.error, self.flag = made_by, overwrite, error, flag
+        self.parent, base = os.path.split(self.out)
+        self._tmp_prefix, self._old_prefix = f".{base}.tmp-", f".{base}.old-"
+        self.path: str | None = None
+
+    def begin(self) -> str:
+        check_out_dir(self.out, self.made_by, self.overwrite, self.error, self.flag)
+        try:
+            os.makedirs(self.parent, exist_ok=True)
+            _remove_stale(self.parent, self._tmp_prefix)
+            _remove_stale(self.parent, self._old_prefix)
+            self.path = tempfile.mkdtemp(prefix=f"{self._tmp_prefix}{os.getpid()}-", dir=self.parent)
+        except OSError as e:
+            raise self.error(f"{self.flag} {self.out}: cannot create a folder in {self.parent} "
+                             f"({e.strerror or e}); choose a writable {self.flag}.") from None
+        return self.path
+
+    def commit(self) -> None:
+        assert self.path is not None, "begin() first"
+        files = sorted(_list_files(self.path))
+        atomic_write_json(os.path.join(self.path, MARKER), {"made_by": self.made_by, "files": files})
+        for root, dirs, names in os.walk(self.path):
+            for n in names:
+                _fsync_path(os.path.join(root, n))
+            _fsync_path(root)
+        check_out_dir(self.out, self.made_by, self.overwrite, self.error, self.flag)  # may have changed meanwhile
+        if os.path.lexists(self.out) and os.listdir(self.out):
+            old = tempfile.mkdtemp(prefix=f"{self._old_prefix}{os.getpid()}-", dir=self.parent)
+            os.rename(self.out, os.path.join(old, "old"))
+            os.rename(self.path, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.path, self.out)  # replaces an empty folder
+        _fsync_path(self.parent)
+        self.path = None
+
+    def abort(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str, made_by: str, overwrite: bool = False, error: type[UserError] = UserError,
+               flag: str = "--out") -> Iterator[str]:
+    """`with atomic_dir(out, "pack", overwrite) as tmp:` write the folder's files into `tmp`; on success it becomes
+    `out`, on any exception it is removed and `out` is left as it was. See `AtomicDir` and `check_out_dir`."""
+    d = AtomicDir(out, made_by, overwrite, error, flag)
+    tmp = d.begin()
+    try:
+        yield tmp
+        d.commit()
+    except BaseException:
+        d.abort()
+        raise

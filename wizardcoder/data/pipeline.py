@@ -3,7 +3,6 @@ This is what `wizardcoder pack` runs."""
 from __future__ import annotations
 
 import datetime
-import os
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -14,7 +13,8 @@ from .. import __version__
 from ..errors import DataError
 from .packing import best_fit_decreasing, packing_efficiency, padded_efficiency
 from .readers import ReadStats, read_examples
-from .shards import atomic_dir, gather_ranges, write_shards
+from ..io import atomic_dir, check_out_dir
+from .shards import gather_ranges, write_shards
 from .templates import Template, get_template
 from .tokenize import TokenizedSamples, tokenize_examples
 
@@ -74,8 +74,7 @@ def pack_dataset(
     counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
     if seq_len < 2:
         raise DataError(f"--seq-len must be at least 2, got {seq_len}.")
-    if os.path.exists(out) and not overwrite:
-        raise DataError(f"{out}: already exists; choose another --out or pass --overwrite.")
+    check_out_dir(out, "pack", overwrite, error=DataError)
     if isinstance(tokenizer, str):
         from ..tokenizer import Tokenizer
 
@@ -145,7 +144,7 @@ def pack_dataset(
         "summary": summary,
     }
     t = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, "pack", overwrite, error=DataError) as tmp:
         meta = write_shards(tmp, packed.tokens, packed.loss_mask, packed.doc_offsets, packed.pack_offsets,
                             packed.source, metadata, tokenizer.vocab_size, packs_per_shard, progress)
     meta["summary"]["seconds"]["write"] = time.perf_counter() - t  # (after the fact: not in the file)

@@ -11,20 +11,16 @@ A shard folder holds, for each shard k (a run of whole packs):
 and `metadata.json` (format, version, seq_len, token dtype, tokenizer identity, template, seed, per-shard counts,
 totals and the pack summary). Packs are stored unpadded; the loader pads each to seq_len.
 
-Writing is atomic: everything goes into a hidden temporary folder beside the target, metadata.json last, and the folder
-is renamed into place at the end. An interrupted pack leaves only that hidden folder (removed by the next pack into
-the same target), never a folder that `PackedShards` would open: it requires metadata.json with `complete: true` and
-checks every array against it.
+Writing is atomic (`wizardcoder.io.atomic_dir`): everything goes into a hidden temporary folder beside the target,
+metadata.json last, and the folder is renamed into place at the end. An interrupted pack leaves only that hidden
+folder (removed by the next pack into the same target), never a folder that `PackedShards` would open: it requires
+metadata.json with `complete: true` and checks every array against it.
 """
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,56 +47,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_dir(out: str, overwrite: bool = False):
-    """Yield a hidden temporary folder beside `out`; on success rename it to `out` (replacing an old `out` only with
-    `overwrite`); on any exception remove it. Stale temporary folders of dead processes are removed first."""
-    out = os.path.abspath(out)
-    parent, base = os.path.dirname(out), os.path.basename(out)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(out) and not overwrite:
-        raise DataError(f"{out}: already exists; choose another --out or pass --overwrite.")
-    prefix = f".{base}.tmp-"
-    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
-        try:
-            pid = int(os.path.basename(stale)[len(prefix) :].split("-")[0])
-            os.kill(pid, 0)  # still running (another pack into the same target): not ours to remove
-        except (ValueError, IndexError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
-    tmp = os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        _fsync_dir(tmp)
-        if os.path.exists(out):
-            trash = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _save(path: str, arr: np.ndarray, digest) -> None:
-    with open(path, "wb") as f:
+    with open(path, "wb") as f:  # (io.atomic_dir fsyncs every file before it renames the folder into place)
         np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
     digest.update(np.ascontiguousarray(arr).tobytes())
 
 
@@ -125,7 +74,7 @@ def write_shards(
     packs_per_shard: int = 65536,
     progress: bool = False,
 ) -> dict:
-    """Write packs into shard files inside `folder` (call it inside `atomic_dir`), metadata.json last.
+    """Write packs into shard files inside `folder` (call it inside `io.atomic_dir`), metadata.json last.
 
     The inputs hold the documents in storage order: pack p is documents pack_offsets[p]:pack_offsets[p+1], document
     d is tokens[doc_offsets[d]:doc_offsets[d+1]] (and loss_mask likewise), source[d] its input index. Returns the
@@ -173,8 +122,6 @@ def write_shards(
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, ensure_ascii=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     return meta
 
 
