@@ -1,0 +1,118 @@
+"""The sandbox's protocol as typed values: what the evaluator asks (`Job`), what it gets back (`Result`), and what
+isolation was in force (`IsolationReport`, one `Layer` per mechanism).
+
+    pool.run([Job(id=0, kind="script", code="assert 1 + 1 == 2")])   ->  Result(id=0, status="passed", ...)
+    pool.isolation.degraded()                                          ->  [Layer(name="user", active=False, ...)]
+
+These are plain, picklable dataclasses: a Job travels to the worker process as it is; a Result is built on the
+evaluator's side from the worker's reply (untrusted programs' verdicts arrive as JSON, never as pickle).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Hashable, Iterable
+
+KINDS = ("script", "plus", "record")
+VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
+SPLITS = ("base", "plus")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One program to run in the sandbox."""
+
+    id: Hashable  # the caller's key, handed back on the Result (e.g. (sample index, "base"))
+    kind: str  # "script": run `code` to the end; "plus": evalplus differential test; "record": canonical outputs
+    code: str  # the whole program (script) or the solution whose entry point is called (plus, record)
+    timeout: float | None = None  # CPU seconds; None: the pool's SandboxConfig.timeout
+    task_key: str | None = None  # plus/record: the data sent once with pool.add_task (inputs, expected outputs)
+    split: str | None = None  # plus: which input set, "base" or "plus"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Job.kind must be one of {KINDS}, not {self.kind!r}")
+        if self.kind != "script" and self.task_key is None:
+            raise ValueError(f"a {self.kind!r} job needs a task_key (the data added with pool.add_task)")
+        if self.kind == "plus" and self.split not in SPLITS:
+            raise ValueError(f"a 'plus' job needs split in {SPLITS}, not {self.split!r}")
+
+    @classmethod
+    def coerce(cls, job: "Job | dict") -> "Job":
+        """A Job from a Job or from the equivalent dict (the form pool.run took before these types)."""
+        return job if isinstance(job, Job) else cls(**job)
+
+
+@dataclasses.dataclass
+class Result:
+    """The verdict on one Job."""
+
+    id: Hashable
+    status: str  # one of VERDICTS
+    error: str = ""  # why it did not pass (the failing assert, the signal, the limit hit), for the failure report
+    seconds: float = 0.0  # wall time from fork to exit
+    record: dict | None = None  # record jobs: the canonical solution's outputs and per-input times
+    failed_test: int | None = None  # plus jobs: index of the first failing input
+    tests: int | None = None  # plus jobs that passed: how many inputs were checked
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @classmethod
+    def from_reply(cls, job_id: Hashable, reply: dict) -> "Result":
+        """From the worker's reply dict; unknown keys are dropped, a missing or unknown status is a crash."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"id"}
+        fields = {k: v for k, v in reply.items() if k in known}
+        if fields.get("status") not in VERDICTS:
+            fields.update(status="crashed", error=fields.get("error") or "no verdict from the sandbox")
+        return cls(id=job_id, **fields)
+
+    def to_dict(self) -> dict:
+        """The dict form (id, status, error, seconds, and whichever optional fields are set)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or k in ("id", "status", "error", "seconds")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One isolation mechanism as this machine allowed it."""
+
+    name: str  # process, limits, user, view, filesystem, network, syscalls, lifetime, scratch
+    active: bool  # False: the machine refused it (not root, kernel too old, extension not built)
+    detail: str  # what is in force, in words
+    fallback: str | None = None  # when not active: what holds instead
+
+
+@dataclasses.dataclass(frozen=True)
+class IsolationReport:
+    """What isolation the sandbox's workers put around every program (probed by the first worker)."""
+
+    layers: tuple[Layer, ...]
+
+    def __getitem__(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def __contains__(self, name: str) -> bool:
+        return any(layer.name == name for layer in self.layers)
+
+    def degraded(self) -> list[Layer]:
+        """The layers this machine refused (each names its fallback)."""
+        return [layer for layer in self.layers if not layer.active]
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """{name: {"active", "detail", "fallback"}} for summary.json."""
+        return {layer.name: {"active": layer.active, "detail": layer.detail, "fallback": layer.fallback}
+                for layer in self.layers}
+
+    @classmethod
+    def from_json(cls, data: dict[str, dict[str, Any]]) -> "IsolationReport":
+        return cls(tuple(Layer(name, bool(v["active"]), v["detail"], v.get("fallback")) for name, v in data.items()))
+
+    def lines(self) -> Iterable[str]:
+        """One line per layer for a report: `name: detail` (and the fallback when refused)."""
+        for layer in self.layers:
+            yield (f"{layer.name}: {layer.detail}" if layer.active
+                   else f"{layer.name}: NOT IN FORCE ({layer.detail}); instead: {layer.fallback}")
