@@ -74,6 +74,8 @@ def pack_dataset(
     counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
     if seq_len < 2:
         raise DataError(f"--seq-len must be at least 2, got {seq_len}.")
+    if packs_per_shard < 1:
+        raise DataError(f"--packs-per-shard must be at least 1, got {packs_per_shard}.")
     check_out_dir(out, "pack", overwrite, error=DataError)
     if isinstance(tokenizer, str):
         from ..tokenizer import Tokenizer

@@ -79,6 +79,8 @@ def write_shards(
     The inputs hold the documents in storage order: pack p is documents pack_offsets[p]:pack_offsets[p+1], document
     d is tokens[doc_offsets[d]:doc_offsets[d+1]] (and loss_mask likewise), source[d] its input index. Returns the
     metadata written."""
+    if packs_per_shard < 1:
+        raise DataError(f"--packs-per-shard must be at least 1, got {packs_per_shard}.")
     dtype = token_dtype(vocab_size)
     n_packs = len(pack_offsets) - 1
     digest = hashlib.sha256()
@@ -148,27 +150,30 @@ class PackedShards:
             raise DataError(f"{path}: not a complete {FORMAT} metadata file; run `wizardcoder pack` again.")
         if meta.get("version") != VERSION:
             raise DataError(f"{path}: shard format version {meta.get('version')}, this code reads {VERSION}; re-pack.")
+        try:
+            self.seq_len = int(meta["seq_len"])
+            listed = [(int(s["index"]), int(s["packs"]), int(s["docs"]), int(s["tokens"])) for s in meta["shards"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: malformed metadata ({type(e).__name__}: {e}); run `wizardcoder pack` again.") from None
         self.meta = meta
-        self.seq_len = int(meta["seq_len"])
         self._arrays = []
-        for s in meta["shards"]:
-            k = s["index"]
+        for k, n_packs, n_docs, n_tokens in listed:
             arrs = {}
             for name in ARRAYS:
                 p = os.path.join(folder, f"{name}-{k:05d}.npy")
                 try:
                     arrs[name] = np.load(p, mmap_mode="r")
-                except (OSError, ValueError) as e:
-                    raise DataError(f"{p}: missing or unreadable ({e}); the shard folder is damaged, re-pack.") from None
-            expect = {"tokens": s["tokens"], "loss_mask": s["tokens"], "doc_offsets": s["docs"] + 1,
-                      "pack_offsets": s["packs"] + 1, "source": s["docs"]}
+                except (OSError, ValueError, EOFError) as e:
+                    raise DataError(f"{p}: missing, empty or truncated ({e}); the shard folder is damaged, re-pack.") from None
+            expect = {"tokens": n_tokens, "loss_mask": n_tokens, "doc_offsets": n_docs + 1,
+                      "pack_offsets": n_packs + 1, "source": n_docs}
             for name, n in expect.items():
                 if arrs[name].shape != (n,):
                     raise DataError(
                         f"{folder}: {name}-{k:05d}.npy has shape {arrs[name].shape}, metadata says ({n},); re-pack."
                     )
             self._arrays.append(arrs)
-        self._pack_starts = np.concatenate([[0], np.cumsum([s["packs"] for s in meta["shards"]])]).astype(np.int64)
+        self._pack_starts = np.concatenate([[0], np.cumsum([n for _, n, _, _ in listed])]).astype(np.int64)
 
     @property
     def num_packs(self) -> int:
@@ -213,3 +218,51 @@ class PackedShards:
                 f"{self.folder}: packed with tokenizer {self.meta['tokenizer'].get('name')!r} "
                 f"(fingerprint {want[:12]}), not {getattr(tokenizer, 'name', '?')!r}; re-pack with the model's tokenizer."
             )
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def validate(folder: str, *, vocab_size: int | None = None, max_positions: int | None = None) -> PackedShards:
+    """Check a shard folder end to end before training on it; raise a DataError (one sentence naming the file and
+    what to do) at the first problem, else return the opened `PackedShards`.
+
+    Checks: metadata and array shapes (`PackedShards`), at least one pack, document and pack offsets that cut the
+    token stream into non-empty, in-order pieces, packs no longer than seq_len, the stored content hash (sha256 over
+    every array, in write order), token ids inside [0, vocab_size), and seq_len (the length every pack is padded to,
+    so the bound on every document's and padding segment's positions) within max_positions. One pass over the arrays through their memory maps:
+    the hash streams from the page cache and the id check is one numpy max per shard."""
+    shards = PackedShards(folder)
+    if shards.num_packs == 0:
+        raise DataError(f"{folder}: holds no packs (no shards); run `wizardcoder pack` again with --packs-per-shard >= 1.")
+    seq_len = shards.seq_len
+    if max_positions is not None and seq_len > max_positions:
+        raise DataError(f"{folder}: packed to --seq-len {seq_len}, longer than the model's {max_positions} positions; "
+                        f"re-pack with --seq-len {max_positions} or less.")
+    digest = hashlib.sha256()
+    for k, a in enumerate(shards._arrays):
+        where = f"{folder}: shard {k:05d}"
+        for name in ARRAYS:
+            digest.update(np.ascontiguousarray(a[name]))  # a memmap is contiguous: hashed in place, no copy
+        tokens, docs, packs = a["tokens"], np.asarray(a["doc_offsets"]), np.asarray(a["pack_offsets"])
+        doc_lens = np.diff(docs)
+        if docs[0] != 0 or docs[-1] != len(tokens) or (doc_lens <= 0).any():
+            raise DataError(f"{where}: corrupt document offsets (doc_offsets-{k:05d}.npy does not cut the "
+                            f"{len(tokens)} tokens into non-empty documents in order); re-pack.")
+        if packs[0] != 0 or packs[-1] != len(docs) - 1 or (np.diff(packs) <= 0).any():
+            raise DataError(f"{where}: corrupt pack offsets (pack_offsets-{k:05d}.npy does not group the "
+                            f"{len(docs) - 1} documents into non-empty packs in order); re-pack.")
+        longest_pack = int((docs[packs[1:]] - docs[packs[:-1]]).max())
+        if longest_pack > seq_len:
+            raise DataError(f"{where}: a pack of {longest_pack} tokens, longer than the folder's seq_len {seq_len}; "
+                            "the shards are damaged, re-pack.")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0:
+            raise DataError(f"{where}: negative token id {lo} in tokens-{k:05d}.npy; the shards are damaged, re-pack.")
+        if vocab_size is not None and hi >= vocab_size:
+            raise DataError(f"{where}: token id {hi} is outside the model's vocabulary of {vocab_size}; re-pack "
+                            "with the model's tokenizer.")
+        if int(np.asarray(a["loss_mask"]).max(initial=0)) > 1:
+            raise DataError(f"{where}: loss_mask-{k:05d}.npy holds values other than 0 and 1; re-pack.")
+    if digest.hexdigest() != shards.meta.get("content_sha256"):
+        raise DataError(f"{folder}: the arrays do not match the content hash in metadata.json (changed or damaged "
+                        "since they were packed); re-pack.")
+    return shards
