@@ -1,0 +1,230 @@
+"""`report.md` of a run folder, with PNG plots beside it and the numbers behind each plot as tables.
+
+Reads only what the stages wrote (found through the run's stage markers, RUN/.run/<stage>.json):
+  evolve    OUT/summary.json (attempted, accepted, eliminated per rule, per round), OUT/round_<r>.jsonl (one example
+            reason per rule), OUT/hygiene.json (removed after the merge)
+  train     OUT/metrics.jsonl rows with step, loss, lr, tok_per_s and (on GPUs) mfu; rows with an "event" key skipped
+  evaluate  OUT/summary.json (pass@k; base/plus for the + tasks); the `canonical` stage's too
+  rounds    RUN/rounds/selection.json (dev pass@1 per round) when the round-selection loop ran
+Plots: loss.png, throughput.png, funnel.png, passk.png, rounds.png (each only when its data exists).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from .io import atomic_write_text, read_jsonl
+
+
+def _load(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _markers(run_out: str) -> list[dict]:
+    """Stage markers in the order the stages ran (start order is file order of the pipeline)."""
+    order = {"evolve": 0, "pack": 1, "train": 2, "generate": 3, "evaluate": 4}
+    out = []
+    for path in glob.glob(os.path.join(run_out, ".run", "*.json")):
+        m = _load(path)
+        if isinstance(m, dict) and "verb" in m and "section" in m:
+            out.append(m)
+
+    def key(m):
+        name = m["stage"]
+        rnd = int(name.split("@r")[1]) if "@r" in name else 10 ** 6
+        return rnd, order.get(m["verb"], 9), name
+
+    return sorted(out, key=key)
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _thin(rows: list, n: int = 20) -> list:
+    """At most n rows, evenly spaced, always with the first and last."""
+    if len(rows) <= n:
+        return rows
+    idx = sorted({round(i * (len(rows) - 1) / (n - 1)) for i in range(n)})
+    return [rows[i] for i in idx]
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
+    runs = [(name, rows) for name, rows in runs if rows]
+    if not runs:
+        return ""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in runs:
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
+    ax.set(xlabel="step", ylabel="loss (mean over response tokens)", title="training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "loss.png"), dpi=100)
+    plt.close(fig)
+
+    has_mfu = any("mfu" in r for _, rows in runs for r in rows)
+    fig, axes = plt.subplots(2 if has_mfu else 1, 1, figsize=(7, 5 if has_mfu else 3), squeeze=False)
+    for name, rows in runs:
+        axes[0][0].plot([r["step"] for r in rows], [r.get("tok_per_s", 0) for r in rows], label=name)
+        if has_mfu:
+            axes[1][0].plot([r["step"] for r in rows if "mfu" in r], [r["mfu"] for r in rows if "mfu" in r], label=name)
+    axes[0][0].set(ylabel="tokens/s", title="throughput" + ("" if has_mfu else " (no MFU: not measured on CPU)"))
+    if has_mfu:
+        axes[1][0].set(ylabel="MFU", xlabel="step")
+    else:
+        axes[0][0].set(xlabel="step")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "throughput.png"), dpi=100)
+    plt.close(fig)
+
+    text = "## Training\n\n![loss](loss.png)\n\n![throughput](throughput.png)\n\n"
+    for name, rows in runs:
+        first, last = rows[0]["loss"], rows[-1]["loss"]
+        text += (f"**{name}**: {len(rows)} logged steps, loss {first:.4f} at step {rows[0]['step']} -> {last:.4f} at "
+                 f"step {rows[-1]['step']} ({'falls' if last < first else 'does not fall'}).\n\n")
+        text += _table(["step", "loss", "lr", "tokens/s", "MFU"],
+                       [[r["step"], r["loss"], r.get("lr", ""), r.get("tok_per_s", ""), r.get("mfu", "n/a")]
+                        for r in _thin(rows)]) + "\n"
+    return text
+
+
+def _funnel(evolve_out: str, folder: str) -> str:
+    summary = _load(os.path.join(evolve_out, "summary.json"))
+    if not summary or "rounds" not in summary:
+        return ""
+    rules = [r for r in summary["total"]["eliminated"] if summary["total"]["eliminated"][r]]
+    examples = {}
+    for path in sorted(glob.glob(os.path.join(evolve_out, "round_*.jsonl"))):
+        for rec in read_jsonl(path, skip_bad=True):
+            if rec.get("status") == "eliminated" and rec.get("rule") not in examples:
+                examples[rec["rule"]] = str(rec.get("detail") or "")[:120]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [f"round {c['round']}" for c in summary["rounds"]]
+    bottom = [0] * len(xs)
+    for label, values in [("kept", [c["accepted"] for c in summary["rounds"]])] + \
+            [(f"eliminated: {r}", [c["eliminated"][r] for c in summary["rounds"]]) for r in rules]:
+        ax.bar(xs, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set(ylabel="evolved pairs", title="evolution funnel")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "funnel.png"), dpi=100)
+    plt.close(fig)
+    rows = [[c["round"], c["attempted"], c["accepted"], *[c["eliminated"][r] for r in rules]] for c in summary["rounds"]]
+    t = summary["total"]
+    rows.append(["all", t["attempted"], t["accepted"], *[t["eliminated"][r] for r in rules]])
+    text = (f"## Evolution\n\n![funnel](funnel.png)\n\n{summary['seed']} seed instructions, model "
+            f"`{summary.get('model')}`; {t['accepted']} of {t['attempted']} evolved pairs kept, "
+            f"{t['attempted'] - t['accepted']} eliminated; {summary.get('merged', '?')} records merged (seeds with an "
+            "answer + kept pairs).\n\n")
+    text += _table(["round", "attempted", "kept", *[f"eliminated: {r}" for r in rules]], rows) + "\n"
+    if examples:
+        text += "Why (one example per rule):\n\n" + "".join(f"- `{r}`: {d}\n" for r, d in examples.items()) + "\n"
+    hyg = _load(os.path.join(evolve_out, "hygiene.json"))
+    if hyg:
+        text += (f"Hygiene after the merge: {hyg.get('input')} in, {hyg.get('kept')} kept, removed "
+                 f"{hyg.get('removed') or 'nothing'}.\n\n")
+    return text
+
+
+def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
+    evals = [(n, s) for n, s in evals if s]
+    if not evals:
+        return ""
+    rows, bars = [], []
+    for name, s in evals:
+        figures = s["plus"] if "plus" in s else s
+        ks = sorted((k for k in figures if k.startswith("pass@")), key=lambda k: int(k[5:]))
+        for k in ks:
+            rows.append([name, s.get("task"), s.get("n_samples"), k, figures[k]]
+                        + ([s["base"].get(k)] if "base" in s else [""]))
+            bars.append((f"{name}\n{k}", figures[k]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(bars)), 3.5))
+    ax.bar([b[0] for b in bars], [b[1] for b in bars])
+    ax.set(ylabel="pass@k", ylim=(0, 1.05), title="pass@k per benchmark")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "passk.png"), dpi=100)
+    plt.close(fig)
+    text = "## Scores\n\n![pass@k](passk.png)\n\n"
+    text += _table(["stage", "task", "samples", "k", "pass@k", "base tests only"], rows) + "\n"
+    canon = dict(evals).get("canonical")
+    if canon is not None:
+        ok = canon.get("pass@1") == 1.0
+        text += (f"The canonical solutions of the same problems score pass@1 = {canon.get('pass@1'):.4f} "
+                 f"({'the evaluator accepts every reference solution' if ok else 'NOT 1.0: check the evaluator'}"
+                 "); the model's samples were scored by executing them in the same sandbox.\n\n")
+    return text
+
+
+def _rounds(selection: dict | None, folder: str) -> str:
+    if not selection:
+        return ""
+    rounds = selection["rounds"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["round"] for r in rounds], [r["pass@1"] for r in rounds], marker="o")
+    ax.axvline(selection["best"], linestyle="--", color="gray")
+    ax.set(xlabel="evolution round", ylabel=f"dev pass@1 ({selection['dev']['task']})", title="round selection")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "rounds.png"), dpi=100)
+    plt.close(fig)
+    return ("## Round selection\n\n![rounds](rounds.png)\n\n"
+            f"Dev set: {selection['dev']['task']} ({selection['dev'].get('data') or 'its default source'}"
+            f"{', first %d problems' % selection['dev']['limit'] if selection['dev'].get('limit') else ''}). "
+            f"Best round: **{selection['best']}**; {selection['stopped']}.\n\n"
+            + _table(["round", "dev pass@1", "checkpoint"], [[r["round"], r["pass@1"], r["checkpoint"]]
+                                                             for r in rounds]) + "\n")
+
+
+def write_report(run_out: str) -> str:
+    """Write RUN/report.md and its plots; return the report's path."""
+    markers = _markers(run_out)
+    done = [m for m in markers if m["state"] == "done"]
+    evolves = [m for m in done if m["verb"] == "evolve"]
+    trains = [m for m in done if m["verb"] == "train"]
+    evals = [m for m in done if m["verb"] == "evaluate"]
+    parts = [f"# Run report: {os.path.abspath(run_out)}\n\n"]
+    stage_rows = [[m["stage"], m["state"], m.get("out", ""), m.get("wall_s", ""), m.get("cpu_s", "")]
+                  for m in markers]
+    if stage_rows:
+        parts.append("## Stages\n\n" + _table(["stage", "state", "output", "wall s", "CPU s"], stage_rows) + "\n")
+    if evolves:
+        parts.append(_funnel(evolves[-1]["section"]["out"], run_out))
+    runs = []
+    for m in trains:
+        path = os.path.join(m["section"]["out"], "metrics.jsonl")
+        rows = [r for r in read_jsonl(path, skip_bad=True) if "event" not in r and "loss" in r] \
+            if os.path.exists(path) else []
+        runs.append((m["stage"], rows))
+    parts.append(_training(runs, run_out))
+    parts.append(_rounds(_load(os.path.join(run_out, "rounds", "selection.json")), run_out))
+    parts.append(_scores([(m["stage"], _load(m["product"])) for m in evals], run_out))
+    path = os.path.join(run_out, "report.md")
+    atomic_write_text(path, "".join(p for p in parts if p))
+    return path
