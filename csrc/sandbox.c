@@ -2,35 +2,41 @@
  *
  * Each function wraps one mechanism and raises OSError (with errno) when the kernel refuses it, so the Python side
  * (wizardcoder/eval/sandbox.py) can probe what this machine permits once, fall back to the next best layer, and
- * report what isolation was in force:
+ * report what isolation was in force (docs/sandbox.md is the threat model):
  *
- *   unshare_net()            unshare(CLONE_NEWNET): a network namespace with only a downed loopback (needs
- *                            CAP_SYS_ADMIN, or an unprivileged user namespace).
- *   private_tmpfs(path, size)
- *                            unshare(CLONE_NEWNS) and mount a size-capped tmpfs on `path` (the scratch area).
- *   private_tmpfs(path, size)
- *                            unshare(CLONE_NEWNS) and mount a size-capped tmpfs on `path` (the scratch area).
+ *   unshare(flags)           unshare(2) with CLONE_NEW* flags (the constants are exported).
+ *   mount(source, target, fstype, flags, data) / umount(target, flags) / pivot_root(new_root, put_old)
+ *                            the calls that build the worker's minimal filesystem view.
  *   no_new_privs()           prctl(PR_SET_NO_NEW_PRIVS): no setuid binaries, no file capabilities; needed by
  *                            seccomp and Landlock for an unprivileged process.
  *   drop_to(uid, gid, keep_read)
- *                            setresgid/setresuid to an unprivileged id, no groups; keep_read keeps only
- *                            CAP_DAC_READ_SEARCH (read any file, write none) for an interpreter under /root.
+ *                            for good: empty bounding set, no ambient capabilities, no groups, setresgid/setresuid
+ *                            to an unprivileged id, then inheritable/permitted/effective emptied and checked. With
+ *                            keep_read (a fallback when the filesystem view could not be built) exactly one
+ *                            capability stays, CAP_DAC_READ_SEARCH, which Landlock's read rules then confine.
+ *   caps()                   (permitted, effective, inheritable, bounding set) of the calling thread, as bit masks.
  *   subreaper()              prctl(PR_SET_CHILD_SUBREAPER): orphans of our children are reparented to us, so the
  *                            worker can reap (and count) everything a program left behind.
- *   pdeathsig(sig)           prctl(PR_SET_PDEATHSIG): the kernel sends `sig` when the parent thread dies.
+ *   pdeathsig(sig)           prctl(PR_SET_PDEATHSIG): the kernel sends `sig` when the parent thread dies. A uid
+ *                            change clears it, so the child sets it after drop_to.
  *   seccomp(pid, block_fork, block_net)
  *                            a seccomp-BPF filter: signals only to `pid` itself or its own process group (kill,
- *                            tgkill, rt_sigqueueinfo), no tkill / pidfd signals / ptrace / process_vm_* /
- *                            unshare / setns / mount; with block_fork no new processes (fork, vfork, clone without
- *                            CLONE_THREAD; clone3 answers ENOSYS so threads fall back to clone); with block_net
- *                            socket() only for AF_UNIX. Refused calls return an errno, never kill the process.
+ *                            tgkill, rt_sigqueueinfo), no tkill / pidfd signals / pidfd_getfd / ptrace /
+ *                            process_vm_* / unshare / setns / mount / io_uring / bpf / userfaultfd / perf events /
+ *                            keyrings / System V IPC; with block_fork no new processes (fork, vfork, clone without
+ *                            CLONE_THREAD; clone3 answers ENOSYS so threads fall back to clone); with block_net no
+ *                            socket() of any address family and socketpair() only for AF_UNIX (an unnamed,
+ *                            already-connected pair reaches nothing outside the process). Refused calls return an
+ *                            errno, never kill the process.
  *   landlock_abi()           the kernel's Landlock ABI version, or 0 when Landlock is unavailable.
- *   landlock(paths, block_tcp, scope_signals)
- *                            Landlock: writes (create, remove, rename, truncate, write-open) only beneath `paths`;
- *                            with block_tcp (ABI >= 4) no TCP bind/connect; with scope_signals (ABI >= 6) no
- *                            signals to processes outside this domain. Returns the ABI used.
+ *   landlock(read_paths, write_paths, block_tcp, scope)
+ *                            Landlock: reads (open for reading, list, execute) only beneath read_paths and
+ *                            write_paths; writes (create, remove, rename, truncate, write-open) only beneath
+ *                            write_paths; with block_tcp (ABI >= 4) no TCP bind/connect; with scope (ABI >= 6) no
+ *                            signals to, and no abstract-socket connections with, processes outside this domain.
+ *                            Returns the ABI used.
  *
- * Tested on Linux 6.x x86_64 (root and unprivileged). Syscall numbers come from <sys/syscall.h>, so aarch64 builds
+ * Tested on Linux 6.18 x86_64 (root and unprivileged). Syscall numbers come from <sys/syscall.h>, so aarch64 builds
  * too (it has no fork/vfork syscalls, only clone).
  */
 #define PY_SSIZE_T_CLEAN
@@ -55,25 +61,36 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* ---------------------------------------------------------------- namespaces, prctl */
+/* ---------------------------------------------------------------- namespaces, mounts, prctl */
 
-static PyObject *sb_unshare_net(PyObject *self, PyObject *noargs) {
-    if (unshare(CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+static PyObject *sb_unshare(PyObject *self, PyObject *args) {
+    int flags;
+    if (!PyArg_ParseTuple(args, "i", &flags)) return NULL;
+    if (unshare(flags) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
-/* A mount namespace of our own (mounts private, so nothing propagates back) with a size-capped tmpfs on `path`:
- * the scratch space for programs' temporary folders, fast (no disk) and bounded (a program cannot fill the disk). */
-static PyObject *sb_private_tmpfs(PyObject *self, PyObject *args) {
-    const char *path;
-    unsigned long long size;
-    if (!PyArg_ParseTuple(args, "sK", &path, &size)) return NULL;
-    if (unshare(CLONE_NEWNS) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    char opts[64];
-    snprintf(opts, sizeof(opts), "size=%llu,mode=0711", size);
-    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0)
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+static PyObject *sb_mount(PyObject *self, PyObject *args) {
+    const char *source, *target, *fstype, *data;
+    unsigned long flags;
+    if (!PyArg_ParseTuple(args, "zszkz", &source, &target, &fstype, &flags, &data)) return NULL;
+    if (mount(source, target, fstype, flags, data) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, target);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sb_umount(PyObject *self, PyObject *args) {
+    const char *target;
+    int flags;
+    if (!PyArg_ParseTuple(args, "si", &target, &flags)) return NULL;
+    if (umount2(target, flags) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, target);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sb_pivot_root(PyObject *self, PyObject *args) {
+    const char *new_root, *put_old;
+    if (!PyArg_ParseTuple(args, "ss", &new_root, &put_old)) return NULL;
+    if (syscall(SYS_pivot_root, new_root, put_old) != 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, new_root);
     Py_RETURN_NONE;
 }
 
@@ -82,25 +99,69 @@ static PyObject *sb_no_new_privs(PyObject *self, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
-/* Switch to uid/gid for good (real, effective, saved), no supplementary groups. With keep_read, keep exactly one
- * capability, CAP_DAC_READ_SEARCH, so the program can still read (never write) an interpreter installed under a
- * private home such as /root; every other capability is dropped. */
+static int capget2(struct __user_cap_data_struct data[2]) {
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    return (int)syscall(SYS_capget, &hdr, data);
+}
+
+/* The bounding set as a mask (PR_CAPBSET_READ per capability, up to the kernel's last). */
+static uint64_t bounding_set(void) {
+    uint64_t mask = 0;
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0) break; /* EINVAL: past the kernel's last capability */
+        if (r) mask |= 1ULL << cap;
+    }
+    return mask;
+}
+
+/* Become uid/gid for good (real, effective, saved), no supplementary groups, and no capability in any set:
+ * bounding (so nothing can be regained by exec), ambient, inheritable, permitted, effective. With keep_read, keep
+ * exactly CAP_DAC_READ_SEARCH in permitted+effective (read any file, write none): only used when the worker could not
+ * give the sandbox uid a view of the Python installation, and then Landlock's read rules still confine it. */
 static PyObject *sb_drop_to(PyObject *self, PyObject *args) {
     int uid, gid, keep_read;
     if (!PyArg_ParseTuple(args, "iip", &uid, &gid, &keep_read)) return NULL;
+    for (int cap = 0; cap < 64; cap++) {
+        if (keep_read && cap == CAP_DAC_READ_SEARCH) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL) break; /* past the kernel's last capability */
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        return PyErr_SetFromErrno(PyExc_OSError);
     if (keep_read && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (setgroups(0, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (setresgid(gid, gid, gid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (setresuid(uid, uid, uid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (keep_read) {
-        struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-        struct __user_cap_data_struct data[2];
-        memset(data, 0, sizeof(data));
-        data[0].effective = data[0].permitted = 1u << CAP_DAC_READ_SEARCH;
-        if (syscall(SYS_capset, &hdr, data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    /* A uid change clears permitted and effective (without KEEPCAPS) but not inheritable: set all three. */
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (keep_read) data[0].effective = data[0].permitted = 1u << CAP_DAC_READ_SEARCH;
+    if (syscall(SYS_capset, &hdr, data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (keep_read) prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    /* check, rather than trust, that nothing is left */
+    struct __user_cap_data_struct got[2];
+    if (capget2(got) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    uint32_t allowed = keep_read ? 1u << CAP_DAC_READ_SEARCH : 0;
+    if ((got[0].permitted | got[0].effective | got[0].inheritable) & ~allowed ||
+        got[1].permitted | got[1].effective | got[1].inheritable ||
+        (bounding_set() & ~(uint64_t)allowed) || getuid() != (uid_t)uid || geteuid() != (uid_t)uid) {
+        PyErr_SetString(PyExc_RuntimeError, "capabilities or ids survived drop_to");
+        return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *sb_caps(PyObject *self, PyObject *noargs) {
+    struct __user_cap_data_struct d[2];
+    if (capget2(d) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("(KKKK)", (unsigned long long)d[0].permitted | ((unsigned long long)d[1].permitted << 32),
+                         (unsigned long long)d[0].effective | ((unsigned long long)d[1].effective << 32),
+                         (unsigned long long)d[0].inheritable | ((unsigned long long)d[1].inheritable << 32),
+                         (unsigned long long)bounding_set());
 }
 
 static PyObject *sb_subreaper(PyObject *self, PyObject *noargs) {
@@ -130,7 +191,7 @@ static PyObject *sb_pdeathsig(PyObject *self, PyObject *args) {
 #define SB_RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
 #define SB_ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
 
-#define SB_MAX_INSNS 160
+#define SB_MAX_INSNS 256
 
 struct prog {
     struct sock_filter f[SB_MAX_INSNS];
@@ -201,6 +262,21 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
     deny_nr(&p, SYS_umount2, SB_ERRNO(EPERM));
     deny_nr(&p, SYS_pivot_root, SB_ERRNO(EPERM));
     deny_nr(&p, SYS_chroot, SB_ERRNO(EPERM));
+    /* io_uring runs socket/open operations that seccomp never sees; the rest reach shared kernel state (BPF maps,
+     * the uid's keyrings, System V IPC objects of the whole IPC namespace, other processes' descriptors). */
+    static const long refused[] = {
+#ifdef SYS_io_uring_setup
+        SYS_io_uring_setup, SYS_io_uring_enter, SYS_io_uring_register,
+#endif
+#ifdef SYS_pidfd_getfd
+        SYS_pidfd_getfd,
+#endif
+        SYS_bpf, SYS_userfaultfd, SYS_perf_event_open, SYS_keyctl, SYS_add_key, SYS_request_key,
+        SYS_open_by_handle_at, SYS_name_to_handle_at,
+        SYS_shmget, SYS_shmat, SYS_shmctl, SYS_msgget, SYS_msgsnd, SYS_msgrcv, SYS_msgctl, SYS_semget, SYS_semop,
+        SYS_semctl, SYS_semtimedop,
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) deny_nr(&p, refused[i], SB_ERRNO(ENOSYS));
 
     if (block_fork) {
 #ifdef SYS_fork
@@ -222,8 +298,11 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
         emit(&p, (struct sock_filter)SB_RET(SB_ERRNO(EAGAIN)));
     }
     if (block_net) {
+        /* no socket of any family (AF_UNIX paths and abstract names, netlink, packet, raw, inet...); an unnamed
+         * AF_UNIX pair (asyncio's self-pipe, multiprocessing.Pipe) connects only its own two ends */
+        deny_nr(&p, SYS_socket, SB_ERRNO(EACCES));
         uint32_t unix_only[1] = {AF_UNIX};
-        arg0_in(&p, SYS_socket, unix_only, 1, SB_ERRNO(EACCES));
+        arg0_in(&p, SYS_socketpair, unix_only, 1, SB_ERRNO(EACCES));
     }
     emit(&p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
     if (p.n > SB_MAX_INSNS) {
@@ -260,7 +339,10 @@ struct sb_path_beneath_attr {
 
 #define SB_LL_CREATE_RULESET_VERSION (1U << 0)
 #define SB_LL_RULE_PATH_BENEATH 1
+#define SB_FS_EXECUTE (1ULL << 0)
 #define SB_FS_WRITE_FILE (1ULL << 1)
+#define SB_FS_READ_FILE (1ULL << 2)
+#define SB_FS_READ_DIR (1ULL << 3)
 #define SB_FS_REMOVE_DIR (1ULL << 4)
 #define SB_FS_REMOVE_FILE (1ULL << 5)
 #define SB_FS_MAKE_CHAR (1ULL << 6)
@@ -284,23 +366,48 @@ static int ll_abi(void) {
 
 static PyObject *sb_landlock_abi(PyObject *self, PyObject *noargs) { return PyLong_FromLong(ll_abi()); }
 
+/* Add one path-beneath rule per path of `seq` with `rights` (only the file rights for a non-directory). */
+static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
+    const uint64_t file_rights = SB_FS_EXECUTE | SB_FS_WRITE_FILE | SB_FS_READ_FILE | SB_FS_TRUNCATE;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *path = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+        if (!path) return -1;
+        int pfd = open(path, O_PATH | O_CLOEXEC);
+        if (pfd < 0) {
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+            return -1;
+        }
+        struct sb_path_beneath_attr rule = {.allowed_access = rights, .parent_fd = pfd};
+        struct stat st;
+        if (fstat(pfd, &st) == 0 && !S_ISDIR(st.st_mode)) rule.allowed_access = rights & file_rights;
+        long r = syscall(SYS_landlock_add_rule, rfd, SB_LL_RULE_PATH_BENEATH, &rule, 0);
+        int e = errno;
+        close(pfd);
+        if (r != 0) {
+            errno = e;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *sb_landlock(PyObject *self, PyObject *args) {
-    PyObject *paths;
-    int block_tcp, scope_signals;
-    if (!PyArg_ParseTuple(args, "Opp", &paths, &block_tcp, &scope_signals)) return NULL;
-    PyObject *seq = PySequence_Fast(paths, "paths must be a sequence of str");
-    if (!seq) return NULL;
+    PyObject *read_paths, *write_paths;
+    int block_tcp, scope;
+    if (!PyArg_ParseTuple(args, "OOpp", &read_paths, &write_paths, &block_tcp, &scope)) return NULL;
     int abi = ll_abi();
     if (abi <= 0) {
-        Py_DECREF(seq);
         errno = EOPNOTSUPP;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    uint64_t read_rights = SB_FS_EXECUTE | SB_FS_READ_FILE | SB_FS_READ_DIR;
     uint64_t write_rights = SB_FS_WRITE_FILE | SB_FS_REMOVE_DIR | SB_FS_REMOVE_FILE | SB_FS_MAKE_CHAR | SB_FS_MAKE_DIR |
                             SB_FS_MAKE_REG | SB_FS_MAKE_SOCK | SB_FS_MAKE_FIFO | SB_FS_MAKE_BLOCK | SB_FS_MAKE_SYM;
     if (abi >= 2) write_rights |= SB_FS_REFER;
     if (abi >= 3) write_rights |= SB_FS_TRUNCATE;
-    struct sb_ruleset_attr attr = {.handled_access_fs = write_rights};
+    struct sb_ruleset_attr attr = {.handled_access_fs = read_rights | write_rights};
     size_t attr_size = offsetof(struct sb_ruleset_attr, handled_access_net);
     if (abi >= 4) {
         attr_size = offsetof(struct sb_ruleset_attr, scoped);
@@ -308,75 +415,79 @@ static PyObject *sb_landlock(PyObject *self, PyObject *args) {
     }
     if (abi >= 6) {
         attr_size = sizeof(attr);
-        if (scope_signals) attr.scoped = SB_SCOPE_SIGNAL | SB_SCOPE_ABSTRACT_UNIX_SOCKET;
+        if (scope) attr.scoped = SB_SCOPE_SIGNAL | SB_SCOPE_ABSTRACT_UNIX_SOCKET;
+    }
+    PyObject *rseq = PySequence_Fast(read_paths, "read_paths must be a sequence of str");
+    if (!rseq) return NULL;
+    PyObject *wseq = PySequence_Fast(write_paths, "write_paths must be a sequence of str");
+    if (!wseq) {
+        Py_DECREF(rseq);
+        return NULL;
     }
     int rfd = (int)syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0);
     if (rfd < 0) {
-        Py_DECREF(seq);
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const char *path = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
-        if (!path) {
-            close(rfd);
-            Py_DECREF(seq);
-            return NULL;
-        }
-        int pfd = open(path, O_PATH | O_CLOEXEC);
-        if (pfd < 0) {
-            int e = errno;
-            close(rfd);
-            Py_DECREF(seq);
-            errno = e;
-            return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-        }
-        struct sb_path_beneath_attr rule = {.allowed_access = write_rights, .parent_fd = pfd};
-        /* a non-directory may carry only file rights */
-        struct stat st;
-        if (fstat(pfd, &st) == 0 && !S_ISDIR(st.st_mode))
-            rule.allowed_access = write_rights & (SB_FS_WRITE_FILE | SB_FS_TRUNCATE);
-        long r = syscall(SYS_landlock_add_rule, rfd, SB_LL_RULE_PATH_BENEATH, &rule, 0);
-        int e = errno;
-        close(pfd);
-        if (r != 0) {
-            close(rfd);
-            Py_DECREF(seq);
-            errno = e;
-            return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-        }
+    if (add_rules(rfd, rseq, read_rights) != 0 || add_rules(rfd, wseq, read_rights | write_rights) != 0) goto fail;
+    if (syscall(SYS_landlock_restrict_self, rfd, 0) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
     }
-    Py_DECREF(seq);
-    long r = syscall(SYS_landlock_restrict_self, rfd, 0);
-    int e = errno;
     close(rfd);
-    if (r != 0) {
-        errno = e;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    Py_DECREF(rseq);
+    Py_DECREF(wseq);
     return PyLong_FromLong(abi);
+fail:
+    if (rfd >= 0) close(rfd);
+    Py_DECREF(rseq);
+    Py_DECREF(wseq);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
-    {"unshare_net", sb_unshare_net, METH_NOARGS, "unshare(CLONE_NEWNET); raises OSError when not permitted."},
-    {"private_tmpfs", sb_private_tmpfs, METH_VARARGS,
-     "private_tmpfs(path, size): own mount namespace with a tmpfs of `size` bytes on path."},
+    {"unshare", sb_unshare, METH_VARARGS, "unshare(flags): unshare(2); raises OSError when not permitted."},
+    {"mount", sb_mount, METH_VARARGS, "mount(source, target, fstype, flags, data): mount(2); None for NULL."},
+    {"umount", sb_umount, METH_VARARGS, "umount(target, flags): umount2(2)."},
+    {"pivot_root", sb_pivot_root, METH_VARARGS, "pivot_root(new_root, put_old)."},
     {"no_new_privs", sb_no_new_privs, METH_NOARGS, "prctl(PR_SET_NO_NEW_PRIVS, 1)."},
     {"drop_to", sb_drop_to, METH_VARARGS,
-     "drop_to(uid, gid, keep_read): become uid/gid for good; keep_read keeps CAP_DAC_READ_SEARCH only."},
+     "drop_to(uid, gid, keep_read): become uid/gid for good with no capability in any set (keep_read: "
+     "CAP_DAC_READ_SEARCH only)."},
+    {"caps", sb_caps, METH_NOARGS, "caps() -> (permitted, effective, inheritable, bounding) bit masks."},
     {"subreaper", sb_subreaper, METH_NOARGS, "prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants come back to us."},
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},
     {"seccomp", sb_seccomp, METH_VARARGS,
      "seccomp(pid, block_fork, block_net): install the sandbox's seccomp-BPF filter (needs no_new_privs or root)."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
-     "landlock(paths, block_tcp, scope_signals) -> abi: allow writes only beneath paths (needs no_new_privs or root)."},
+     "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "
+     "writes only beneath write_paths (needs no_new_privs or root)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sandbox",
                                     "Kernel isolation mechanisms for wizardcoder's evaluation sandbox.", -1, methods};
 
-PyMODINIT_FUNC PyInit__sandbox(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__sandbox(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    static const struct {
+        const char *name;
+        unsigned long value;
+    } consts[] = {
+        {"CLONE_NEWNS", CLONE_NEWNS},   {"CLONE_NEWNET", CLONE_NEWNET}, {"CLONE_NEWIPC", CLONE_NEWIPC},
+        {"CLONE_NEWPID", CLONE_NEWPID}, {"CLONE_NEWUTS", CLONE_NEWUTS}, {"MS_RDONLY", MS_RDONLY},
+        {"MS_NOSUID", MS_NOSUID},       {"MS_NODEV", MS_NODEV},         {"MS_NOEXEC", MS_NOEXEC},
+        {"MS_REMOUNT", MS_REMOUNT},     {"MS_BIND", MS_BIND},           {"MS_REC", MS_REC},
+        {"MS_PRIVATE", MS_PRIVATE},     {"MNT_DETACH", MNT_DETACH},
+    };
+    for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++)
+        if (PyModule_AddObject(m, consts[i].name, PyLong_FromUnsignedLong(consts[i].value)) != 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    return m;
+}

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool
+from wizardcoder.eval.jobs import IsolationReport
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 ROOT = os.geteuid() == 0
@@ -84,10 +85,15 @@ def test_cpu_time_limit():
 
 def test_isolation_report(pool):
     iso = pool.isolation
-    for layer in ("process", "user", "scratch", "filesystem", "syscalls", "network", "limits"):
-        assert iso[layer]
+    for layer in ("process", "lifetime", "user", "view", "scratch", "filesystem", "syscalls", "network", "limits"):
+        assert iso[layer].detail
+        assert iso[layer].active or iso[layer].fallback  # a refused layer names what holds instead
+    assert [layer.name for layer in iso.degraded()] == [layer.name for layer in iso.layers if not layer.active]
+    assert IsolationReport.from_json(json.loads(json.dumps(iso.to_json()))) == iso
     if ROOT:
-        assert "unprivileged" in iso["user"] and "RLIMIT_NPROC" in iso["limits"]
+        assert iso["user"].active and "unprivileged" in iso["user"].detail
+        assert "RLIMIT_NPROC" in iso["limits"].detail
+        assert iso.degraded() == [], [str(layer) for layer in iso.degraded()]  # root on Linux 6.x: every layer
 
 
 # ----------------------------------------------------------------------------------------------- escapes
@@ -104,7 +110,7 @@ def test_fork_bomb_is_refused(pool):
                                      "only when the sandbox runs programs under a uid of their own (needs root)")
 def test_fork_bomb_with_forks_allowed_is_bounded_by_nproc():
     with SandboxPool(1, SandboxConfig(timeout=2.0, wall_factor=1.0, allow_fork=True, max_procs=32)) as p:
-        assert "RLIMIT_NPROC" in p.isolation["limits"]  # the limit is in force before the bomb runs
+        assert "RLIMIT_NPROC" in p.isolation["limits"].detail  # the limit is in force before the bomb runs
         uid = p.handles[0].uid
         t0 = time.monotonic()
         r = run1(p, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
@@ -287,16 +293,18 @@ def test_without_privileges_the_next_layers_hold(tmp_path):
         "        'assert 1']\n"
         "    res = sorted(pool.run([{'id': i, 'kind': 'script', 'code': c} for i, c in enumerate(progs)]),\n"
         "                 key=lambda r: r['id'])\n"
-        "    print(json.dumps({'isolation': pool.isolation, 'status': [r['status'] for r in res]}))\n")
+        "    print(json.dumps({'isolation': pool.isolation.to_json(), 'status': [r['status'] for r in res]}))\n")
     r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, str(script)],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["status"] == ["failed", "failed", "failed", "failed", "passed"]
-    iso = out["isolation"]
-    assert "not allowed to switch uid" in iso["user"]
-    assert "no network namespace" in iso["network"] and "seccomp" in iso["network"]
-    assert "no private tmpfs" in iso["scratch"]
+    iso = IsolationReport.from_json(out["isolation"])
+    assert {layer.name for layer in iso.degraded()} == {"lifetime", "user", "view", "scratch", "network"}
+    assert "not allowed to switch uid" in iso["user"].detail
+    assert "no network namespace" in iso["network"].detail and "seccomp" in iso["network"].fallback
+    assert "no private tmpfs" in iso["scratch"].detail
+    assert iso["filesystem"].active and iso["syscalls"].active
     assert canary.read_text() == "keep"
 
 

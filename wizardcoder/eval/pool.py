@@ -4,14 +4,16 @@
         pool.add_task("HumanEval+/0", task_data)          # sent once to each worker that needs it
         for result in pool.run(jobs):                       # results in completion order
             ...
+    pool.isolation                                          # an IsolationReport: what this machine allowed
 
-A job is a dict: `id`, `kind` ("script" | "plus" | "record"), `code`, optional `timeout` (wall seconds), and for
-plus/record jobs `task_key` (+ `split`). A result is a dict: `id`, `status` (passed, failed, timeout, memory,
-syntax_error, crashed), `error` (why, for the failure report), `seconds`, and for record jobs `record`.
+Jobs and results are the typed values of jobs.py (a `Job` in, a `Result` out). The dict forms (`id`, `kind`,
+`code`, `timeout`, `task_key`, `split` in; `id`, `status`, `error`, `seconds`, ... out) are still accepted: a dict
+job gets a dict result (`Result.to_dict()`), so callers can move over one at a time.
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import fcntl
 import json
@@ -23,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+from multiprocessing.connection import Connection
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from .sandbox import SandboxConfig, recv_msg, send_msg
+from .jobs import VERDICTS, IsolationReport, Job, Result
+from .sandbox import SandboxConfig
 
-VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
+__all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
 
 
 KEEP_TASKS = 8  # problems' data (inputs, expected outputs) a worker holds at once; some are hundreds of MB
@@ -71,44 +75,12 @@ def remove_stale_scratch(root: str | None = None) -> None:
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-class _Spawner:
-    """One long-lived thread that starts every worker process. A worker asks for PDEATHSIG, which the kernel ties
-    to the *thread* that forked it; starting workers from the short-lived dispatch threads would kill them when a
-    `run` ends."""
-
-    def __init__(self):
-        self._q: queue.Queue = queue.Queue()
-        self._t = threading.Thread(target=self._loop, daemon=True, name="wizardcoder-sandbox-spawner")
-        self._t.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            fn, box, ev = item
-            try:
-                box.append((True, fn()))
-            except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                box.append((False, e))
-            ev.set()
-
-    def call(self, fn):
-        box: list = []
-        ev = threading.Event()
-        self._q.put((fn, box, ev))
-        ev.wait()
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
-
-    def stop(self) -> None:
-        self._q.put(None)
-
-
 class _WorkerHandle:
-    def __init__(self, index: int, config: SandboxConfig, spawner: _Spawner):
+    """One worker process and the two pipes to it. Workers are started from the pool's one spawner thread: a worker
+    asks for PDEATHSIG, which the kernel ties to the *thread* that forked it, so starting one from a short-lived
+    dispatch thread would kill it when a `run` ends."""
+
+    def __init__(self, index: int, config: SandboxConfig, spawner: concurrent.futures.ThreadPoolExecutor):
         self.index = index
         self.config = config
         self.spawner = spawner
@@ -126,35 +98,47 @@ class _WorkerHandle:
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         argv = [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
                 json.dumps(dataclasses.asdict(self.config)), str(self.uid)]
-        self.proc = self.spawner.call(lambda: subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", close_fds=True))
+        cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
+        rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
+        try:
+            self.proc = self.spawner.submit(subprocess.Popen, argv, stdin=cmd_r, stdout=rep_w, env=env, cwd="/",
+                                            close_fds=True).result()
+        except BaseException:
+            os.close(cmd_w)
+            os.close(rep_r)
+            raise
+        finally:
+            os.close(cmd_r)
+            os.close(rep_w)
+        self.commands = Connection(cmd_w, readable=False)
+        self.replies = Connection(rep_r, writable=False)
 
     def _await_ready(self) -> None:
-        hello = recv_msg(self.proc.stdout.fileno())
-        if not hello or hello.get("op") != "ready":
+        try:
+            hello = self.replies.recv()
+        except (EOFError, OSError):
+            hello = None
+        if not isinstance(hello, dict) or hello.get("op") != "ready":
             raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
                             "to see why.")
-        self.isolation = hello["isolation"]
+        self.isolation = IsolationReport(tuple(hello["isolation"]))
         self.tmp_root = hello["tmp_root"]
         self.loaded = collections.OrderedDict()
 
-    def call(self, job: dict, tasks: dict) -> dict:
-        key = job.get("task_key")
+    def call(self, job: Job, tasks: dict) -> dict:
+        key = job.task_key
         if key is not None:
             if key in self.loaded:
                 self.loaded.move_to_end(key)
             else:
                 while len(self.loaded) >= KEEP_TASKS:
                     old, _ = self.loaded.popitem(last=False)
-                    send_msg(self.proc.stdin.fileno(), {"op": "drop", "key": old})
+                    self.commands.send({"op": "drop", "key": old})
                 data = tasks[key]
-                send_msg(self.proc.stdin.fileno(), {"op": "task", "key": key, "data": data() if callable(data) else data})
+                self.commands.send({"op": "task", "key": key, "data": data() if callable(data) else data})
                 self.loaded[key] = None
-        send_msg(self.proc.stdin.fileno(), {"op": "job", "job": job})
-        reply = recv_msg(self.proc.stdout.fileno())
-        if reply is None:
-            raise EOFError("sandbox worker exited")
-        return reply
+        self.commands.send({"op": "job", "job": dict(vars(job))})  # checks.py reads a job as a dict
+        return self.replies.recv()  # EOFError when the worker died
 
     def restart(self) -> None:
         self.stop()
@@ -162,12 +146,15 @@ class _WorkerHandle:
 
     def stop(self) -> None:
         try:
-            send_msg(self.proc.stdin.fileno(), {"op": "exit"})
-            self.proc.stdin.close()
+            self.commands.send({"op": "exit"})
+            self.commands.close()
             self.proc.wait(timeout=10)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+        for conn in (self.commands, self.replies):
+            if not conn.closed:
+                conn.close()
         shutil.rmtree(self.tmp_root, ignore_errors=True)
 
     def release(self) -> None:
@@ -176,21 +163,20 @@ class _WorkerHandle:
             self.uid_lock = None
 
 
-def decode(job: dict, reply: dict) -> dict:
-    """Turn a worker reply into a result: the child's bytes are JSON for untrusted programs (never unpickled) and
+def decode(job: Job, reply: dict) -> Result:
+    """Turn a worker reply into a Result: the child's bytes are JSON for untrusted programs (never unpickled) and
     pickle only for `record` jobs, which run the dataset's own canonical solutions."""
     out = {k: v for k, v in reply.items() if k != "raw"}
     raw = reply.get("raw")
     if raw is not None:
         try:
-            body = pickle.loads(raw) if job["kind"] == "record" else json.loads(raw.decode("utf-8"))
+            body = pickle.loads(raw) if job.kind == "record" else json.loads(raw.decode("utf-8"))
             if not isinstance(body, dict) or body.get("status") not in VERDICTS:
                 raise ValueError("malformed")
             out.update(body)
         except Exception:  # noqa: BLE001 - whatever the program wrote on the result pipe
             out.update(status="crashed", error="the program corrupted its result channel")
-    out.setdefault("error", "")
-    return out
+    return Result.from_reply(job.id, out)
 
 
 class SandboxPool:
@@ -202,7 +188,7 @@ class SandboxPool:
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)
-        self._spawner = _Spawner()
+        self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wizardcoder-sandbox-spawner")
         try:
             for i in range(self.n):  # launch all, then wait: workers start in parallel
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
@@ -213,9 +199,9 @@ class SandboxPool:
             raise
 
     @property
-    def isolation(self) -> dict:
+    def isolation(self) -> IsolationReport:
         """What isolation is in force, as the first worker probed it (all workers run the same code)."""
-        return dict(self.handles[0].isolation)
+        return self.handles[0].isolation
 
     def add_task(self, key: str, data) -> None:
         """Data that jobs with this `task_key` need: a dict, or a callable returning it (called when a worker first
@@ -228,13 +214,16 @@ class SandboxPool:
         """Forget a task's data here (workers drop it when they need room)."""
         self.tasks.pop(key, None)
 
-    def run(self, jobs: Iterable[dict]) -> Iterator[dict]:
-        """Run jobs on all workers; yield results as they complete."""
+    def run(self, jobs: Iterable[Job | dict]) -> Iterator[Result | dict]:
+        """Run jobs on all workers; yield results as they complete (a Result per Job, a dict per dict job)."""
         todo: queue.Queue = queue.Queue()
         done: queue.Queue = queue.Queue()
+        as_dict: set[int] = set()
         n = 0
         for job in jobs:
-            todo.put(job)
+            if isinstance(job, dict):
+                as_dict.add(n)
+            todo.put((n, Job.coerce(job)))
             n += 1
         if n == 0:
             return
@@ -243,19 +232,16 @@ class SandboxPool:
             dead = False
             while True:
                 try:
-                    job = todo.get_nowait()
+                    i, job = todo.get_nowait()
                 except queue.Empty:
                     return
                 if dead:
-                    done.put({"id": job["id"], "status": "crashed", "error": "sandbox worker could not restart",
-                              "seconds": 0.0})
+                    done.put((i, Result(job.id, "crashed", "sandbox worker could not restart")))
                     continue
                 try:
-                    reply = h.call(job, self.tasks)
-                    done.put(decode(job, reply))
+                    done.put((i, decode(job, h.call(job, self.tasks))))
                 except (EOFError, OSError, pickle.UnpicklingError) as e:
-                    done.put({"id": job["id"], "status": "crashed", "error": f"sandbox worker failed: {e}",
-                              "seconds": 0.0})
+                    done.put((i, Result(job.id, "crashed", f"sandbox worker failed: {e or type(e).__name__}")))
                     try:
                         h.restart()
                     except Exception:  # noqa: BLE001
@@ -265,7 +251,8 @@ class SandboxPool:
         for t in threads:
             t.start()
         for _ in range(n):
-            yield done.get()
+            i, res = done.get()
+            yield res.to_dict() if i in as_dict else res
         for t in threads:
             t.join()
 
@@ -274,7 +261,7 @@ class SandboxPool:
             h.stop()
             h.release()
         self.handles = []
-        self._spawner.stop()
+        self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> "SandboxPool":
         return self

@@ -1,27 +1,35 @@
 """The sandbox worker: a pre-started Python process that forks one isolated child per program.
 
-    evaluator ──pipe──> worker (python -m wizardcoder.eval.worker; modules pre-imported, in its own network
-                        namespace when permitted)
+    evaluator ──pipe──> worker (python -m wizardcoder.eval.worker; modules pre-imported; when root: its own mount,
+                        network and IPC namespaces, pivoted into a minimal read-only view of the filesystem, and a
+                        watchdog process that kills the sandbox uid's processes when the worker dies)
                           └─ fork per job ─> child: new session/process group, rlimits, private temp folder,
-                                             unprivileged uid (when root), no_new_privs, Landlock, seccomp,
-                                             then runs the job (wizardcoder/eval/checks.py)
+                                             unprivileged uid with no capabilities (when root), PDEATHSIG,
+                                             no_new_privs, Landlock (reads and writes), seccomp, then runs the job
+                                             (wizardcoder/eval/checks.py)
 
-Layers, each used when this machine permits it (probed once per worker and reported by `isolation`):
+Each layer is used when this machine permits it, probed once per worker and reported as an `IsolationReport`
+(jobs.py): one `Layer` per name below, `active=False` with the fallback named when the machine refused it. The threat
+model, what each layer stops and what holds without root, is docs/sandbox.md.
   process     every program in its own forked process and process group, never in the evaluator; the worker is a
               child subreaper and SIGKILLs the group (and, with forks allowed, every process of the sandbox uid)
-              when the program ends or runs out of time; PDEATHSIG ties child -> worker -> evaluator
-  time        RLIMIT_CPU (the job's limit, whole seconds) and a wall-clock limit of wall_factor times that + 1 s
-  limits      RLIMIT_AS (memory), RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (when
-              running under a uid of its own)
-  user        when root: an unprivileged uid of its own per worker (claimed by the pool), no groups; only
-              CAP_DAC_READ_SEARCH is kept when that uid could not read the Python installation
-  scratch     a private temp folder per program (cwd, HOME, TMPDIR) on a size-capped tmpfs in the worker's own mount
-              namespace, removed after the program
-  network     a network namespace with no interfaces (unshare CLONE_NEWNET); Landlock TCP rules (ABI >= 4); a
-              seccomp filter that allows socket() for AF_UNIX only
-  filesystem  Landlock: writes, creates, deletes and renames only beneath the temp folder (and writes to /dev/null)
+              when the program ends or runs out of time
+  lifetime    nothing outlives the evaluator: PDEATHSIG evaluator -> worker -> program (set after the uid switch,
+              which clears it); when root, a watchdog kills every process of the worker's own sandbox uid once the
+              worker is gone, and a starting worker sweeps its uid first
+  limits      RLIMIT_AS, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (own uid);
+              RLIMIT_CPU (the job's limit) and a wall-clock limit of wall_factor times that + 1 s
+  user        when root: an unprivileged uid of its own per worker (claimed by the pool), no groups, no capability
+              in any set (bounding, ambient, inheritable, permitted, effective)
+  view        when root: the minimal filesystem view of view.py (no /root, /home, /etc/shadow ...), proc with
+              hidepid=invisible, a size-capped tmpfs for the temp folders, a private IPC namespace
+  filesystem  Landlock: reads only the allowlist of view.py and the program's own folder; writes, creates,
+              deletes and renames only beneath that folder (and writes to /dev/null); other processes' /proc files
+              and signals are out of the domain
+  network     a network namespace with no interfaces; seccomp: no socket() of any family, socketpair() AF_UNIX
+              only; Landlock TCP rules (ABI >= 4) and abstract-socket scoping (ABI >= 6)
   syscalls    seccomp: no fork/vfork/non-thread clone (stops a fork bomb outright), signals only to itself, no
-              ptrace/process_vm/unshare/setns/mount
+              ptrace/process_vm/unshare/setns/mount/io_uring/bpf/keyrings/System V IPC
 """
 from __future__ import annotations
 
@@ -36,14 +44,15 @@ import resource
 import select
 import shutil
 import signal
-import struct
 import tempfile
 import time
 from json.encoder import encode_basestring_ascii as _json_str
+from multiprocessing.connection import Connection
 
 import _signal
 
-from . import checks
+from . import checks, view
+from .jobs import Layer
 
 try:
     from .. import _sandbox
@@ -78,40 +87,15 @@ class SandboxConfig:
     preload: tuple = ()  # modules to import in the worker besides PRELOAD (e.g. numpy for the + tasks)
 
 
-# ------------------------------------------------------------------------------------------------ framing
-
-def send_msg(fd: int, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    _write_all(fd, struct.pack("<Q", len(data)) + data)
-
-
-def recv_msg(fd: int):
-    head = _read_exact(fd, 8)
-    if head is None:
-        return None
-    (n,) = struct.unpack("<Q", head)
-    body = _read_exact(fd, n)
-    if body is None:
-        raise EOFError("worker pipe closed mid-message")
-    return pickle.loads(body)
+def _why(e: BaseException) -> str:
+    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else str(e)
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < n:
-        b = os.read(fd, min(n - got, 1 << 20))
-        if not b:
-            return None if got == 0 else b"".join(chunks)
-        chunks.append(b)
-        got += len(b)
-    return b"".join(chunks)
+    view_ = memoryview(data)
+    while view_:
+        n = os.write(fd, view_)
+        view_ = view_[n:]
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -123,6 +107,7 @@ class Worker:
         self.index = index
         self.config = config
         self.tasks: dict[str, dict] = {}
+        self.pid = os.getpid()
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
         self.gid = self.uid if self.root else os.getgid()
@@ -131,9 +116,10 @@ class Worker:
         self.jobs = 0
         self.isolation = self._setup()
 
-    def _setup(self) -> dict:
-        iso: dict = {"process": "fork per program from a pre-started worker; own session and process group; "
-                                "group SIGKILLed at the end and on timeout"}
+    def _setup(self) -> list[Layer]:
+        c = self.config
+        layers = [Layer("process", True, "fork per program from a pre-started worker; own session and process "
+                                         "group; group SIGKILLed at the end and on timeout")]
         if _sandbox is not None:
             try:
                 _sandbox.subreaper()
@@ -142,61 +128,72 @@ class Worker:
                 pass
         if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
             os._exit(1)
+        pythonpath = tuple(os.environ.get("PYTHONPATH", "").split(os.pathsep))  # set by the pool to find us only
+        self.pydirs = view.python_dirs(skip=pythonpath)
+        if self.root and self._probe_uid(check_read=False) == "no-setuid":
+            # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
+            self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
+        self.watchdog = None
+        if self.root:
+            self._sweep()  # leftovers of an evaluator whose watchdog did not finish
+            self.watchdog = self._start_watchdog()
+        layers.append(self._lifetime_layer())
+
+        # namespaces and the filesystem view (root only; each refusal is reported, the next layer still applies)
+        has_view, scratch_on_tmpfs, netns, why = False, False, False, {}
+        if _sandbox is not None and self.root:
+            try:
+                _sandbox.unshare(_sandbox.CLONE_NEWNS | _sandbox.CLONE_NEWIPC)
+                try:  # the view's root is mounted on our temp folder; the scratch sits at the same path inside it
+                    view.build_view(self.tmp_root, self.tmp_root, c.scratch, self.pydirs)
+                    has_view = scratch_on_tmpfs = True
+                except OSError as e:
+                    why["view"] = _why(e)
+                    self._plain_tmpfs()  # the private mount namespace still allows a bounded scratch
+                    scratch_on_tmpfs = True
+            except OSError as e:
+                why["view"] = why.get("view") or _why(e)
+            if not c.network:
+                try:
+                    _sandbox.unshare(_sandbox.CLONE_NEWNET)
+                    netns = True
+                except OSError as e:
+                    why["network"] = _why(e)
+        elif _sandbox is None:
+            why["view"] = why["network"] = "wizardcoder._sandbox is not built"
+        else:
+            why["view"] = why["network"] = "not root"
         self.keep_read = False
         if self.root:
-            probe = self._probe_uid()
-            if probe == "no-setuid":  # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
-                self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
-            self.keep_read = probe == "unreadable"
-        if self.root:
-            iso["user"] = f"uid {self.uid} gid {self.gid} (unprivileged, one per worker)"
-            if self.keep_read:
-                iso["user"] += (" keeping only CAP_DAC_READ_SEARCH, because the Python installation is not readable "
-                                "by other users (read any file, write none)")
-        else:
-            iso["user"] = (f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch uid")
-        iso["scratch"] = f"private temp folder per program under {self.tmp_root}, removed after"
-        if _sandbox is not None:
-            try:
-                _sandbox.private_tmpfs(self.tmp_root, self.config.scratch)
-                iso["scratch"] += f" (a private {self.config.scratch >> 20} MiB tmpfs in a mount namespace)"
-            except OSError as e:
-                iso["scratch"] += f" (on disk: no private tmpfs, {errno.errorcode.get(e.errno, e.errno)})"
-        net = []
-        if not self.config.network:
-            if _sandbox is not None:
-                try:
-                    _sandbox.unshare_net()
-                    net.append("network namespace without interfaces (unshare CLONE_NEWNET)")
-                except OSError as e:
-                    net.append(f"no network namespace ({errno.errorcode.get(e.errno, e.errno)})")
+            self.keep_read = self._probe_uid(check_read=True) == "unreadable"
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
-        if self.landlock_abi:
-            iso["filesystem"] = (f"Landlock ABI {self.landlock_abi}: writes only beneath the private temp folder "
-                                 "(and to /dev/null)" + (", plus uid permissions" if self.root else ""))
-            if not self.config.network and self.landlock_abi >= 4:
-                net.append("Landlock denies TCP bind/connect")
+        self.read_paths = view.read_paths(self.pydirs)
+
+        layers.append(self._user_layer())
+        if has_view:
+            layers.append(Layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
+                                              "Python installation, /usr, /lib*, /bin, six /etc files, harmless "
+                                              "devices, CPU info and the scratch tmpfs; proc with "
+                                              "hidepid=invisible; own IPC namespace"))
         else:
-            iso["filesystem"] = ("uid permissions only (Landlock unavailable)" if self.root
-                                 else "NONE beyond the private working folder (no Landlock, not root)")
-        if _sandbox is not None:
-            seccomp = "seccomp: signals only to itself, no ptrace/unshare/mount"
-            if not self.config.allow_fork:
-                seccomp += ", no new processes"
-            if not self.config.network:
-                seccomp += ", socket() for AF_UNIX only"
-                net.append("seccomp allows AF_UNIX sockets only")
-            iso["syscalls"] = seccomp
+            layers.append(Layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
+                                "Landlock read rules and uid permissions decide what can be read"))
+        scratch = f"private temp folder per program (cwd, HOME, TMPDIR) under {self.tmp_root}, removed after"
+        if scratch_on_tmpfs:
+            layers.append(Layer("scratch", True, f"{scratch}, on a private {c.scratch >> 20} MiB tmpfs"))
         else:
-            iso["syscalls"] = "NONE: wizardcoder._sandbox is not built"
-        iso["network"] = "; ".join(net) if not self.config.network else "allowed (network=True)"
-        c = self.config
+            layers.append(Layer("scratch", False, f"{scratch}, on disk (no private tmpfs: {why['view']})",
+                                "RLIMIT_FSIZE bounds each file; the disk's free space bounds the total"))
+        layers.append(self._filesystem_layer())
+        layers.append(self._network_layer(netns, why.get("network", "")))
+        layers.append(self._syscalls_layer())
         lim = [f"address space {c.memory >> 20} MiB", f"output/file size {c.max_output >> 20} MiB",
-               f"{c.max_files} open files", "no core files"]
+               f"{c.max_files} open files", "no core files", "CPU and wall-clock time"]
         if self.root:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
-        iso["limits"] = ", ".join(lim)
-        for name in PRELOAD + tuple(self.config.preload):
+        layers.append(Layer("limits", True, ", ".join(lim)))
+
+        for name in PRELOAD + tuple(c.preload):
             try:
                 __import__(name)
             except Exception:  # noqa: BLE001 - a preload is an optimisation only
@@ -209,15 +206,84 @@ class Worker:
         # copies on write) every object the worker holds, several ms per program.
         gc.collect()
         gc.freeze()
-        return iso
+        return layers
 
-    def _probe_uid(self) -> str:
-        """Can we switch to the sandbox uid ("no-setuid" if not), and can that uid import from this interpreter's
-        stdlib, site-packages and our package ("ok" or "unreadable")?"""
-        import sysconfig
+    # -------------------------------------------------------------------------------------------- the report
 
-        paths = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
-                 os.path.dirname(os.path.abspath(__file__))]
+    def _lifetime_layer(self) -> Layer:
+        if _sandbox is None:
+            return Layer("lifetime", False, "no PDEATHSIG (wizardcoder._sandbox is not built)",
+                         "the worker kills each program's process group; programs left running when the evaluator "
+                         "is killed end only at their CPU limit")
+        detail = "PDEATHSIG evaluator -> worker -> program"
+        if self.watchdog is not None:
+            return Layer("lifetime", True, detail + f"; a watchdog kills every process of uid {self.uid} when the "
+                                                    "worker is gone; the uid is swept when a worker starts")
+        what = ("the program is one process (seccomp refuses forks)" if not self.config.allow_fork else
+                "with --allow-fork, a program's daemonized grandchildren can outlive the evaluator")
+        return Layer("lifetime", False, detail + f"; no uid of its own to sweep (not root): {what}",
+                     "PDEATHSIG and the process-group kill")
+
+    def _user_layer(self) -> Layer:
+        if not self.root:
+            return Layer("user", False, f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch "
+                                        "uid", "Landlock read/write rules and seccomp")
+        if self.keep_read:
+            return Layer("user", False, f"uid {self.uid} gid {self.gid}, no groups, keeping CAP_DAC_READ_SEARCH "
+                                        "(the Python installation is not readable by other users and no view could "
+                                        "be built)",
+                         "Landlock read rules confine reads to the allowlist" if self.landlock_abi
+                         else "NOTHING: the program can read every file")
+        return Layer("user", True, f"uid {self.uid} gid {self.gid} (unprivileged, one per worker), no groups, no "
+                                   "capability in any set (bounding, ambient, inheritable, permitted, effective)")
+
+    def _filesystem_layer(self) -> Layer:
+        if not self.landlock_abi or _sandbox is None:
+            return Layer("filesystem", False, "no Landlock (kernel without it, or wizardcoder._sandbox not built)",
+                         "the view and uid permissions" if self.root else
+                         "NOTHING beyond the private working folder: the program can read and write what the "
+                         "evaluating user can")
+        return Layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
+                                         "installation, system library folders, a few /etc files, harmless devices "
+                                         "and its own folder; writes only beneath its own folder (and /dev/null)")
+
+    def _network_layer(self, netns: bool, why: str) -> Layer:
+        if self.config.network:
+            return Layer("network", False, "allowed (SandboxConfig.network=True)", "none: network on purpose")
+        parts = []
+        if _sandbox is not None:
+            parts.append("seccomp: no socket() of any address family, socketpair() AF_UNIX only")
+        if self.landlock_abi >= 4:
+            parts.append("Landlock denies TCP bind/connect")
+        if self.landlock_abi >= 6:
+            parts.append("Landlock scopes abstract Unix sockets")
+        if netns:
+            return Layer("network", True, "network namespace without interfaces; " + "; ".join(parts))
+        return Layer("network", False, f"no network namespace ({why})", "; ".join(parts) or "NOTHING")
+
+    def _syscalls_layer(self) -> Layer:
+        if _sandbox is None:
+            return Layer("syscalls", False, "no seccomp (wizardcoder._sandbox is not built)", "NOTHING")
+        detail = "seccomp: signals only to itself, no ptrace/unshare/mount/io_uring/bpf/keyrings/System V IPC"
+        if not self.config.allow_fork:
+            detail += ", no new processes"
+        return Layer("syscalls", True, detail)
+
+    # -------------------------------------------------------------------------------------------- setup helpers
+
+    def _plain_tmpfs(self) -> None:
+        """The scratch as a tmpfs in our mount namespace, when the full view could not be built."""
+        s = _sandbox
+        try:
+            s.umount(self.tmp_root, s.MNT_DETACH)  # whatever a half-built view left there
+        except OSError:
+            pass
+        s.mount(None, "/", None, s.MS_REC | s.MS_PRIVATE, None)
+        s.mount("tmpfs", self.tmp_root, "tmpfs", s.MS_NOSUID | s.MS_NODEV, f"size={self.config.scratch},mode=0711")
+
+    def _probe_uid(self, check_read: bool) -> str:
+        """Can we switch to the sandbox uid ("no-setuid" if not), and (check_read) can that uid, with no
+        capability, list this interpreter's import directories ("ok" or "unreadable")?"""
         pid = os.fork()
         if pid == 0:
             try:
@@ -230,13 +296,37 @@ class Worker:
             except BaseException:  # noqa: BLE001
                 os._exit(2)
             try:
-                for p in paths:
+                for p in self.pydirs if check_read else ():
                     os.listdir(p)
                 os._exit(0)
             except BaseException:  # noqa: BLE001
                 os._exit(1)
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
+
+    def _start_watchdog(self) -> int:
+        """A process that outlives this worker by one task: when the worker is gone (the pipe's write end, which
+        only the worker holds, closes), kill every process of the sandbox uid, then exit. Returns the write end."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()  # out of the terminal's process group: a Ctrl-C must not stop the sweep
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+                    _signal.signal(sig, _signal.SIG_IGN)
+                os.closerange(0, r)  # our copies of the evaluator's pipes would hide the worker's death from it
+                os.closerange(r + 1, 1 << 16)
+                while True:
+                    try:
+                        if not os.read(r, 1):
+                            break
+                    except InterruptedError:
+                        continue
+                self._sweep(rounds=1000)  # a few seconds at most, even against a bomb
+            finally:
+                os._exit(0)
+        os.close(r)
+        return w
 
     # -------------------------------------------------------------------------------------------- one job
 
@@ -269,8 +359,6 @@ class Worker:
     def _child(self, job: dict, jobdir: str, w: int, cpu: float) -> None:
         c = self.config
         os.setsid()
-        if _sandbox is not None:
-            _sandbox.pdeathsig(signal.SIGKILL)
         null = os.open(os.devnull, os.O_RDONLY)
         out = os.open(os.path.join(jobdir, ".output"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         if self.root:
@@ -279,7 +367,7 @@ class Worker:
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.dup2(w, 3)
-        os.closerange(4, 1 << 16)
+        os.closerange(4, 1 << 16)  # the command pipes and the watchdog's pipe among them
         for sig in _RESET_SIGNALS:  # the C function: signal.signal's enum wrapping costs ~0.2 ms per fork
             _signal.signal(sig, _signal.SIG_DFL)
         rl = resource.setrlimit
@@ -301,9 +389,13 @@ class Worker:
                 os.setgid(self.gid)
                 os.setuid(self.uid)
         if _sandbox is not None:
+            _sandbox.pdeathsig(signal.SIGKILL)  # after the uid switch, which clears it
+            if os.getppid() != self.pid:  # the worker died before that: nothing would kill us
+                os._exit(1)
             _sandbox.no_new_privs()
             if self.landlock_abi:
-                _sandbox.landlock([jobdir, os.devnull], not c.network, True)  # torch and others write /dev/null
+                # /dev/null is written by torch and others; /proc/self opened here is this process's own folder
+                _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
             _sandbox.seccomp(os.getpid(), not c.allow_fork, not c.network)
         kind = job["kind"]
         if kind == "script":
@@ -377,14 +469,7 @@ class Worker:
     def _cleanup(self, pid: int, jobdir: str) -> None:
         _killpg(pid)
         if self.config.allow_fork and self.root:
-            # Processes that left the group (setsid) still carry the sandbox uid: kill everything of that uid, as
-            # that uid, until nothing is left (a bomb may fork while we sweep), reaping what comes back to us.
-            for _ in range(500):
-                left = self._sweep_uid()
-                self._reap()
-                if not left:
-                    break
-                time.sleep(0.002)
+            self._sweep()  # processes that left the group (setsid) still carry the sandbox uid
         self._reap()
         try:  # the usual case: the program left only its output file
             os.unlink(os.path.join(jobdir, ".output"))
@@ -392,19 +477,26 @@ class Worker:
         except OSError:
             shutil.rmtree(jobdir, onerror=_force_remove)
 
-    def _sweep_uid(self) -> bool:
-        """kill(-1, SIGKILL) as the sandbox uid; True when some process (alive or not yet reaped) was still there."""
-        sweeper = os.fork()
-        if sweeper == 0:
+    def _sweep(self, rounds: int = 200) -> None:
+        """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
+        comes back to us; bounded."""
+        for _ in range(rounds):
+            self._kill_uid()
+            self._reap()
+            if not processes_of(self.uid):
+                return
+            time.sleep(0.002)
+
+    def _kill_uid(self) -> None:
+        """kill(-1, SIGKILL) as the sandbox uid (in a throw-away child: we stay root)."""
+        pid = os.fork()
+        if pid == 0:
             try:
                 os.setuid(self.uid)
                 os.kill(-1, signal.SIGKILL)
-                os._exit(0)
-            except ProcessLookupError:
-                os._exit(1)
             finally:
-                os._exit(2)
-        return os.waitpid(sweeper, 0)[1] == 0
+                os._exit(0)
+        os.waitpid(pid, 0)
 
     @staticmethod
     def _reap() -> None:
@@ -442,6 +534,29 @@ def _flat_json(d: dict) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
+def processes_of(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is `uid`, from /proc. kill(-1)'s own answer cannot tell: it
+    reports success whenever any other process exists, even one it may not signal."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                state = uid_line = None
+                for line in f:
+                    if line.startswith(b"State:"):
+                        state = line.split()[1]
+                    elif line.startswith(b"Uid:"):
+                        uid_line = line
+                        break
+        except OSError:  # gone meanwhile
+            continue
+        if uid_line is not None and int(uid_line.split()[1]) == uid and state not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
 def _cpu_secs(cpu: float) -> int:
     return max(1, math.ceil(cpu))
 
@@ -467,17 +582,21 @@ def _force_remove(func, path, exc_info):
 
 
 def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
-    """The worker's main loop: messages from the evaluator on fd 0, replies on fd 1."""
-    cmd_in, cmd_out = os.dup(0), os.dup(1)
+    """The worker's main loop: messages from the evaluator on fd 0, replies on fd 1 (multiprocessing Connections:
+    a length header and a pickle; only the evaluator writes to us, and it trusts our replies)."""
+    cmd_in, cmd_out = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
     worker = Worker(index, config, uid)
-    send_msg(cmd_out, {"op": "ready", "isolation": worker.isolation, "pid": os.getpid(), "tmp_root": worker.tmp_root})
+    cmd_out.send({"op": "ready", "isolation": worker.isolation, "pid": os.getpid(), "tmp_root": worker.tmp_root})
     try:
         while True:
-            msg = recv_msg(cmd_in)
-            if msg is None or msg.get("op") == "exit":
+            try:
+                msg = cmd_in.recv()
+            except EOFError:
+                break
+            if msg.get("op") == "exit":
                 break
             if msg["op"] == "task":
                 worker.tasks[msg["key"]] = msg["data"]
@@ -488,6 +607,6 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
                 continue
             reply = worker.run_job(msg["job"])
             reply["id"] = msg["job"]["id"]
-            send_msg(cmd_out, reply)
+            cmd_out.send(reply)
     finally:
         worker.close()
