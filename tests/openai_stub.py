@@ -5,8 +5,12 @@ Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models. Answers
 `kind` is "evolve" (the prompt asks to increase the difficulty), "equal" (the equality check) or "answer".
 
 Fault injection: `faults` is a list consumed one per completion request, in arrival order: an int status (429, 500,
-...) or (status, retry_after_header). `api_key` makes every route demand `Authorization: Bearer <key>` (401 otherwise,
-with OpenAI's error body). `delay` sleeps before each answer.
+...), (status, retry_after_header), or the name of a malformed HTTP 200 answer (MALFORMED: a body cut off mid-JSON,
+an HTML page, JSON without choices, a connection dropped mid-body). `malformed_every=N` makes every N-th completion
+request (N, 2N, ...) a malformed 200 answer, cycling through MALFORMED; those requests are recorded with the status
+"malformed:<kind>". `api_key` makes every route demand `Authorization: Bearer <key>` (401 otherwise,
+with OpenAI's error body). `delay` sleeps before each answer. `answer_style` ("chat" or "completion") shapes every
+answer that way whatever the route, as a server of the other style would.
 
     with StubLLM() as stub:
         base_url = stub.base_url     # http://127.0.0.1:<port>/v1
@@ -49,6 +53,9 @@ def digest(text: str, n: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+MALFORMED = ("truncated", "html", "schema", "dropped")
+
+
 def default_answer(kind: str, prompt: str) -> str:
     if kind == "evolve":
         return f"{question_of(prompt)}\nAlso handle the case tagged {digest(prompt)} efficiently."
@@ -59,9 +66,12 @@ def default_answer(kind: str, prompt: str) -> str:
 
 class StubLLM:
     def __init__(self, responder=None, faults=None, api_key: str | None = None, delay: float = 0.0,
-                 models=("stub-model",)):
+                 models=("stub-model",), malformed_every: int = 0, answer_style: str | None = None):
         self.responder = responder
         self.faults = collections.deque(faults or [])
+        self.malformed_every = malformed_every
+        self.answer_style = answer_style  # "chat" / "completion": answer in that shape whatever the route
+        self._n_completion = 0
         self.api_key = api_key
         self.delay = delay
         self.models = list(models)
@@ -94,6 +104,13 @@ class StubLLM:
             return self._unauthorized()
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
+            self._n_completion += 1
+            if fault is None and self.malformed_every and self._n_completion % self.malformed_every == 0:
+                fault = MALFORMED[(self._n_completion // self.malformed_every - 1) % len(MALFORMED)]
+        if isinstance(fault, str):
+            with self._lock:
+                self.requests.append((route, body, f"malformed:{fault}"))
+            return await self._malformed(request, fault)
         if fault is not None:
             status, retry_after = (fault, None) if isinstance(fault, int) else fault
             with self._lock:
@@ -112,6 +129,8 @@ class StubLLM:
         with self._lock:
             self.requests.append((route, body, 200))
         choice = {"index": 0, "finish_reason": finish}
+        if self.answer_style is not None:
+            chat = self.answer_style == "chat"
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -120,6 +139,25 @@ class StubLLM:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return web.json_response({"id": "cmpl-" + digest(prompt), "object": "chat.completion" if chat else
                                   "text_completion", "model": body.get("model"), "choices": [choice], "usage": usage})
+
+    @staticmethod
+    async def _malformed(request, kind: str):
+        """An HTTP 200 whose body no client can use."""
+        good = b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": "hi"}}]}'
+        if kind == "truncated":  # a complete HTTP response holding half a JSON document
+            return web.Response(body=good[: len(good) // 2], content_type="application/json")
+        if kind == "html":  # what a proxy in front of the server sends
+            return web.Response(text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html")
+        if kind == "schema":
+            return web.json_response({"object": "error", "detail": "overloaded"})
+        if kind == "dropped":  # headers promise the whole body, the connection closes halfway through it
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            resp.content_length = len(good)
+            await resp.prepare(request)
+            await resp.write(good[: len(good) // 2])
+            request.transport.close()
+            return resp
+        raise ValueError(f"unknown malformed kind {kind!r}")
 
     def app(self) -> web.Application:
         app = web.Application()

@@ -1,15 +1,18 @@
 """An async client for any OpenAI-compatible endpoint (OpenAI, vLLM, TGI, llama.cpp, `wizardcoder serve`).
 
 It speaks the two standard routes, `POST {base}/chat/completions` (messages) and `POST {base}/completions` (prompt),
-bounds the requests in flight with a semaphore, retries 429, 5xx, timeouts and dropped connections with exponential
-backoff and full jitter (a server's Retry-After wins when it is given), fails at once with a clear error on 401/403
-(wrong key) and on 4xx it cannot fix, and counts the tokens the server reports in `usage`.
+bounds the requests in flight with a semaphore, retries 429, 5xx, timeouts, dropped connections and HTTP 200 answers
+whose body is unusable (cut off, an HTML page, no choices[0]) with exponential backoff and full jitter (a server's
+Retry-After wins when it is given), fails at once with a clear error on 401/403 (wrong key), on 4xx it cannot fix and
+on answers in the other API style, and counts requests, retries, malformed answers and the tokens the server reports
+in `usage`.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import email.utils
+import json
 import os
 import random
 import time
@@ -88,24 +91,38 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    retries: int = 0
+    retries: int = 0  # tries before the one that succeeded
+    malformed: int = 0  # of those, HTTP 200 answers whose body could not be used (cut off, HTML, wrong schema)
 
 
 @dataclasses.dataclass
 class Usage:
+    """What a run (or one evolution attempt) cost: requests that succeeded, the retries behind them, and the tokens
+    the server reported."""
+
     requests: int = 0
     retries: int = 0
+    malformed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def add(self, c: Completion) -> None:
+    def add(self, c: Completion) -> Completion:
         self.requests += 1
         self.retries += c.retries
+        self.malformed += c.malformed
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
+        return c
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
+
+
+class _Malformed(Exception):
+    """An HTTP 200 whose body is not a usable answer; retried like a 5xx."""
 
 
 def _retry_after(headers) -> float | None:
@@ -208,18 +225,31 @@ class LLMClient:
         body["prompt"] = self.cfg.prompt_format.replace("{prompt}", prompt)
         return "completions", body
 
-    def _parse(self, body) -> Completion:
+    def _parse(self, raw: bytes) -> Completion:
+        """The answer of a 200 response. A body that is cut off, not JSON (an HTML error page from a proxy) or
+        without a usable choices[0] raises _Malformed (retried); an answer in the other API style raises LLMError."""
+        snippet = raw[:120].decode("utf-8", "replace").replace("\n", " ")
         try:
-            choice = body["choices"][0]
-            text = choice["message"]["content"] if self.cfg.style == "chat" else choice["text"]
-        except (KeyError, IndexError, TypeError):
-            raise LLMError(f"{self.cfg.base_url}: the answer has no choices[0] "
-                           f"{'message.content' if self.cfg.style == 'chat' else 'text'} ({str(body)[:200]}); "
-                           "is --llm-style right for this server?") from None
-        usage = body.get("usage") or {}
+            body = json.loads(raw)
+        except ValueError:
+            what = "an HTML page" if raw.lstrip()[:1] == b"<" else "a body that is not valid JSON (cut off?)"
+            raise _Malformed(f"{what}: {len(raw)} bytes starting {snippet!r}") from None
+        choice = body.get("choices") if isinstance(body, dict) else None
+        choice = choice[0] if isinstance(choice, list) and choice and isinstance(choice[0], dict) else None
+        if choice is None:
+            raise _Malformed(f"a JSON body without choices[0]: {snippet!r}")
+        chat = self.cfg.style == "chat"
+        if ("message" not in choice and "text" in choice) if chat else ("text" not in choice and "message" in choice):
+            other = "completion" if chat else "chat"
+            raise LLMError(f"{self.cfg.base_url} answers in {other} style (choices[0].{'text' if chat else 'message'}); "
+                           f"pass --llm-style {other}.")
+        text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise _Malformed(f"choices[0].{'message.content' if chat else 'text'} that is not a string: {snippet!r}")
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return Completion(text=text or "", finish_reason=choice.get("finish_reason"),
-                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0))
+                          prompt_tokens=_count(usage.get("prompt_tokens")),
+                          completion_tokens=_count(usage.get("completion_tokens")))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -232,30 +262,45 @@ class LLMClient:
         LLMUnreachableError or LLMError otherwise."""
         route, body = self._body(prompt, temperature, max_tokens)
         url = self._url(route)
-        last = ""
+        last, malformed, unreachable = "", 0, False
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = None
             try:
                 async with self._sem, self._session.post(url, json=body) as r:
                     if r.status == 200:
-                        c = self._parse(await self._json(r))
-                        c.retries = attempt
-                        self.usage.add(c)
-                        return c
-                    payload = await self._json(r)
-                    if r.status in (401, 403):
-                        raise self._auth_error(r.status, payload)
-                    if r.status not in RETRY_STATUS and r.status < 500:
-                        hint = " (check --llm-base-url and --llm-style)" if r.status == 404 else ""
-                        raise LLMError(f"{url} answered HTTP {r.status}: {_server_message(payload)}{hint}.")
-                    retry_after = _retry_after(r.headers)
-                    last = f"HTTP {r.status}: {_server_message(payload)}"
-                    unreachable = False
+                        try:
+                            c = self._parse(await r.read())
+                        except (_Malformed, aiohttp.ClientPayloadError) as e:
+                            why = str(e) if isinstance(e, _Malformed) else f"a body cut off in transfer ({e})"
+                            last, malformed, unreachable = f"HTTP 200 with {why}", malformed + 1, False
+                        else:
+                            c.retries, c.malformed = attempt, malformed
+                            self.usage.add(c)
+                            return c
+                    else:
+                        payload = await self._json(r)
+                        if r.status in (401, 403):
+                            raise self._auth_error(r.status, payload)
+                        if r.status not in RETRY_STATUS and r.status < 500:
+                            hint = " (check --llm-base-url and --llm-style)" if r.status == 404 else ""
+                            raise LLMError(f"{url} answered HTTP {r.status}: {_server_message(payload)}{hint}.")
+                        retry_after = _retry_after(r.headers)
+                        last, unreachable = f"HTTP {r.status}: {_server_message(payload)}", False
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 unreachable = True
             if attempt < self.cfg.max_retries:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         cls = LLMUnreachableError if unreachable else LLMError
+        if last.startswith("HTTP 200"):
+            last += "; the server keeps sending unusable answers, check it (or a proxy in front of it)"
         raise cls(f"{url}: gave up after {self.cfg.max_retries + 1} tries ({last}); what was finished is saved, "
                   "run the same command again to resume.")
+
+
+def _count(value) -> int:
+    """A token count from `usage`, 0 when absent or not a number."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0

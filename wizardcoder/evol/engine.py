@@ -32,7 +32,7 @@ import time
 from ..errors import DataError, UserError
 from ..io import JsonlAppender, atomic_write_json, atomic_write_text, open_text, read_jsonl, read_records, write_jsonl
 from . import rules as R
-from .client import Completion, LLMClient, LLMConfig
+from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
 from .prompts import EvolPrompts
 
 
@@ -119,7 +119,7 @@ class Evolver:
         self.progress = progress
         self.seed_source = seed_source
         self.counts = {r: {"attempted": 0, "accepted": 0, "eliminated": {k: 0 for k in R.RULES},
-                           "prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "retries": 0}
+                           **{k: 0 for k in USAGE_FIELDS}}
                        for r in range(1, cfg.rounds + 1)}
 
     # -- settings that must match on resume
@@ -172,7 +172,7 @@ class Evolver:
             c["accepted"] += 1
         else:
             c["eliminated"][rec["rule"]] += 1
-        for k in ("prompt_tokens", "completion_tokens", "requests", "retries"):
+        for k in USAGE_FIELDS:
             c[k] += rec.get("usage", {}).get(k, 0)
 
     async def _attempt(self, llm: LLMClient, root_id: str, parent: dict, r: int) -> dict:
@@ -181,18 +181,12 @@ class Evolver:
         rec = {"id": sample_id(root_id, r), "root_id": root_id, "round": r, "method": method,
                "parent_id": parent["id"], "model": self.llm_cfg.model, "status": "accepted", "rule": None,
                "detail": None, "instruction": None, "output": None}
-        usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-        def spend(c: Completion) -> Completion:
-            usage["requests"] += 1
-            usage["retries"] += c.retries
-            usage["prompt_tokens"] += c.prompt_tokens
-            usage["completion_tokens"] += c.completion_tokens
-            return c
+        usage = Usage()
+        spend = usage.add
 
         def eliminate(rule_detail) -> dict:
             rec["status"], (rec["rule"], rec["detail"]) = "eliminated", rule_detail
-            rec["usage"] = usage
+            rec["usage"] = usage.as_dict()
             return rec
 
         evo = spend(await llm.generate(prompts.evolution_prompt(method, parent["instruction"])))
@@ -211,7 +205,7 @@ class Evolver:
         fail = R.check_answer(rec["output"], rules, truncated=ans.finish_reason == "length")
         if fail:
             return eliminate(fail)
-        rec["usage"] = usage
+        rec["usage"] = usage.as_dict()
         return rec
 
     def _postfix(self) -> dict:
@@ -305,7 +299,7 @@ class Evolver:
     def summary(self, complete: bool, seconds: float) -> dict:
         rounds = [{"round": r, **c} for r, c in self.counts.items()]
         total = {k: sum(c[k] for c in self.counts.values())
-                 for k in ("attempted", "accepted", "prompt_tokens", "completion_tokens", "requests", "retries")}
+                 for k in ("attempted", "accepted", *USAGE_FIELDS)}
         total["eliminated"] = {k: sum(c["eliminated"][k] for c in self.counts.values()) for k in R.RULES}
         return {"complete": complete, "seed": len(self.seeds), "rounds": rounds, "total": total,
                 "model": self.llm_cfg.model, "seconds_this_run": round(seconds, 3)}
@@ -339,8 +333,11 @@ def format_summary(summary: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
     state = "complete" if summary["complete"] else "INCOMPLETE (run again to resume)"
     extra = f", {summary['merged']} merged samples" if "merged" in summary else ""
+    t = summary["total"]
+    llm = (f"\nLLM requests: {t['requests']} answered, {t['retries']} retried "
+           f"({t.get('malformed', 0)} of them after a malformed answer)\n")
     return f"# evolve: {state}, {summary['seed']} seed instructions{extra}, model {summary['model']}\n\n" + \
-        "\n".join(lines) + "\n"
+        "\n".join(lines) + "\n" + llm
 
 
 def evolve(seed, out_dir: str, llm: LLMConfig, cfg: EvolConfig | None = None, *, progress: bool = False) -> dict:
