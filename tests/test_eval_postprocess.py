@@ -5,9 +5,16 @@ import os
 
 import pytest
 
-from wizardcoder.eval.postprocessing import ds1000, longest_parsable_prefix, postprocess, sanitize, wizardcoder
-from wizardcoder.eval.prompts import build_prompt, mbppplus_instruction, stop_sequences
-from wizardcoder.eval.tasks import load_problems
+from wizardcoder.eval.benchmarks.mbpp import mbppplus_instruction
+from wizardcoder.eval.postprocessing import ds1000, longest_parsable_prefix, sanitize
+from wizardcoder.eval.benchmarks import get_benchmark
+
+HUMANEVAL, MBPP, MBPPPLUS, DS1000 = (get_benchmark(t) for t in ("humaneval", "mbpp", "mbpp+", "ds1000"))
+
+
+def wizardcoder(text, task):
+    return get_benchmark(task).postprocess(text, None, "wizardcoder")
+
 
 RESPONSE = (
     "Here is a Python script that solves the problem:\r\n\r\n"
@@ -54,7 +61,8 @@ def test_ds1000_postprocess():
     assert ds1000("result = a.sum()\n</code>\nEND SOLUTION") == "result = a.sum()\n"
     assert ds1000("```python\nresult = a.sum()\n```\ntext") == "\nresult = a.sum()\n"
     assert ds1000("<code>\nresult = 1\nEND SOLUTION\n</code>") == "\nresult = 1"
-    assert postprocess("x = 1\n</code>", "ds1000", "wizardcoder") == "x = 1\n"
+    assert DS1000.postprocess("x = 1\n</code>") == "x = 1\n"
+    assert DS1000.postprocess("x = 1\n</code>", None, "sanitize") == "x = 1\n"  # snippets are not definitions
 
 
 def test_sanitizer_keeps_what_the_entry_point_reaches():
@@ -86,54 +94,65 @@ def test_sanitizer_survives_truncated_and_plain_text():
 
 
 def test_none_passes_through():
-    assert postprocess("anything", "humaneval", "none") == "anything"
-    with pytest.raises(ValueError):
-        postprocess("x", "humaneval", "bogus")
+    from wizardcoder.errors import DataError
+
+    assert HUMANEVAL.postprocess("anything", None, "none") == "anything"
+    with pytest.raises(DataError, match="unknown post-processing"):
+        HUMANEVAL.postprocess("x", None, "bogus")
+
+
+def test_sanitize_style_keeps_what_mbpps_asserts_call(shared_data):
+    probs = MBPP.load(os.path.join(shared_data, "mbpp", "mbpp.jsonl"))
+    p = probs["11"]  # remove_Occ: the asserts call it; the helper and the print are dropped
+    assert MBPP.entry_point(p) == "remove_Occ"
+    text = "```python\ndef other():\n    pass\n\ndef remove_Occ(s, ch):\n    return s\nprint(remove_Occ('a', 'a'))\n```"
+    assert MBPP.postprocess(text, p, "sanitize") == "def remove_Occ(s, ch):\n    return s\n"
 
 
 # ----------------------------------------------------------------------------------------------- prompts
 
 @pytest.fixture(scope="module")
 def humaneval(shared_data):
-    return load_problems("humaneval", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    return get_benchmark("humaneval").load(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
 
 
 def test_humaneval_prompt_is_wizardcoders(humaneval):
     p = humaneval["HumanEval/0"]
-    prompt = build_prompt("humaneval", p, "wizardcoder")
+    prompt = HUMANEVAL.prompt(p)
     # humaneval_gen.py: generate_prompt(problem["prompt"].replace("    ", "\t"))
     assert prompt == ("Below is an instruction that describes a task. Write a response that appropriately completes "
                       "the request.\n\n### Instruction:\nCreate a Python script for this problem:\n"
                       + p.prompt.replace("    ", "\t") + "\n\n### Response:")
-    assert build_prompt("humaneval", p, "plain") == p.prompt
-    assert stop_sequences("humaneval", "plain") == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
-    assert stop_sequences("humaneval", "wizardcoder") == []
+    assert HUMANEVAL.prompt(p, "plain") == p.prompt
+    assert HUMANEVAL.stop_words("plain") == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+    assert HUMANEVAL.stop == []
+    assert DS1000.stop == DS1000.stop_words("plain") == ["</code>", "# SOLUTION END"]
 
 
 def test_mbpp_prompt_is_wizardcoders(shared_data):
-    probs = load_problems("mbpp", os.path.join(shared_data, "mbpp", "mbpp.jsonl"))
+    probs = get_benchmark("mbpp").load(os.path.join(shared_data, "mbpp", "mbpp.jsonl"))
     assert len(probs) == 500 and min(map(int, probs)) == 11 and max(map(int, probs)) == 510
     p = probs["11"]
     inner = f"\n{p.text}\nTest examples:\n" + "\n".join(p.raw["test_list"])
-    assert build_prompt("mbpp", p, "wizardcoder") == (
+    assert MBPP.prompt(p) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\nCreate a Python script for this problem:\n" + inner.replace("    ", "\t")
         + "\n\n### Response:")
     # task 493's tests are too long: mbpp_gen.py shows the call only
-    assert build_prompt("mbpp", probs["493"], "wizardcoder").endswith(
+    assert MBPP.prompt(probs["493"]).endswith(
         "Test examples:\ncalculate_polygons(startx, starty, endx, endy, radius)\n\n### Response:")
-    assert build_prompt("mbpp", p, "plain") == f'"""\n{p.text}\n{p.raw["test_list"][0]}\n"""\n'
+    assert MBPP.prompt(p, "plain") == f'"""\n{p.text}\n{p.raw["test_list"][0]}\n"""\n'
 
 
 def test_mbppplus_instructions_match_wizardcoders_file(shared_data):
     """Our rebuilt instructions equal WizardCoder's mbppplus.json for all 399 MBPP+ v0.1.0 tasks."""
     with open(os.path.join(shared_data, "wizardcoder", "mbppplus_prompts.json")) as f:
         theirs = json.load(f)
-    probs = load_problems("mbpp+", os.path.join(shared_data, "mbppplus", "MbppPlus-v0.1.0.jsonl.gz"))
+    probs = get_benchmark("mbpp+").load(os.path.join(shared_data, "mbppplus", "MbppPlus-v0.1.0.jsonl.gz"))
     assert len(theirs) == 399
     assert all(mbppplus_instruction(probs[k]) == v for k, v in theirs.items())
     p = probs["Mbpp/2"]
-    assert build_prompt("mbpp+", p, "wizardcoder") == (
+    assert MBPPPLUS.prompt(p) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\n" + theirs["Mbpp/2"] + "\n\n### Response:")
-    assert build_prompt("mbpp+", p, "wizardcoder", {"Mbpp/2": "custom"}).count("custom") == 1
+    assert MBPPPLUS.prompt(p, "wizardcoder", {"Mbpp/2": "custom"}).count("custom") == 1

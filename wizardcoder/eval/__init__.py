@@ -4,19 +4,24 @@
     summary = evaluate("humaneval", "samples.jsonl", "runs/he")        # runs/he/{results.jsonl,summary.json}
 
     with SandboxPool(workers=2) as pool:                                 # run programs directly
-        for r in pool.run([{"id": 0, "kind": "script", "code": "assert 1 + 1 == 2"}]):
-            print(r["status"])                                           # passed
+        for r in pool.run([Job(id=0, kind="script", code="assert 1 + 1 == 2")]):
+            print(r.status)                                              # passed
 
-Modules: tasks (datasets, programs), prompts (generation prompts), postprocessing (answers -> code, sanitizer),
-sandbox + worker (the isolated executor), pool (workers from the evaluator's side), checks (what runs inside the
-sandbox), passk (the estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
+    bench = get_benchmark("mbpp")                                        # one object per task
+    problems = bench.load(); prompt = bench.prompt(problems["11"]); stop = bench.stop
+
+Modules: benchmarks (one Benchmark per task: datasets, task ids, prompts, post-processing rules, sandbox jobs, time
+limits), postprocessing (answers -> code, sanitizer), jobs (Job, Result, IsolationReport), sandbox + worker (the
+isolated executor), pool (workers from the evaluator's side), checks (what runs inside the sandbox), passk (the
+estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 """
 # Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
 # fork per program slower.
 _LAZY = {
-    "evaluate": "scoring", "summarize": "scoring", "pass_at_k": "passk", "VERDICTS": "pool", "SandboxPool": "pool",
-    "postprocess": "postprocessing", "sanitize": "postprocessing", "build_prompt": "prompts", "SandboxConfig": "sandbox",
-    "TASKS": "tasks", "load_problems": "tasks",
+    "evaluate": "scoring", "summarize": "scoring", "pass_at_k": "passk", "VERDICTS": "jobs", "Job": "jobs",
+    "Result": "jobs", "IsolationReport": "jobs", "SandboxPool": "pool", "sanitize": "postprocessing",
+    "SandboxConfig": "sandbox", "TASKS": "benchmarks", "get_benchmark": "benchmarks", "Benchmark": "benchmarks",
+    "Problem": "benchmarks",
 }
 __all__ = list(_LAZY)
 

@@ -3,91 +3,134 @@
     wizardcoder evaluate --task humaneval --samples samples.jsonl --out runs/he
     wizardcoder evaluate --task mbpp+ --samples s.jsonl --data MbppPlus.jsonl.gz --out runs/mbppp --k 1 10
     wizardcoder evaluate --task humaneval --model ckpt/ --n 20 --temperature 0.2 --top-p 0.95 --out runs/he20
+
+Flags come from `EvaluateConfig` (scoring) and `GenerationOptions` (with --model); a `[evaluate]` section of
+`--config` sets the same names.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
+from typing import Literal
 
-from ..errors import UserError
+from ..cli_args import add_dataclass_arguments, dataclass_from_args
+from ..errors import ConfigError
 from ..io import write_jsonl
+from .benchmarks import PROMPT_STYLES, TASKS, get_benchmark
 from .postprocessing import STYLES as POSTPROCESS
-from .prompts import STYLES as PROMPT_STYLES
-from .tasks import TASKS
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """What to score and how."""
+
+    task: Literal[TASKS] | None = None  # benchmark to score on (required)
+    samples: str | None = None  # JSONL to score: task_id and one of completion / solution / response per line
+    model: str | None = None  # checkpoint folder, preset or hub id: generate samples first, then score them
+    data: str | None = None  # the benchmark's dataset file in its upstream format (default: package, cache or hub)
+    out: str | None = None  # output folder: results.jsonl, summary.json (and samples.jsonl with --model) (required)
+    k: list[int] = dataclasses.field(default_factory=lambda: [1, 10, 100])  # pass@k to report (those <= n)
+    postprocess: Literal[POSTPROCESS] = "wizardcoder"  # how `response` samples become code
+    workers: int | None = None  # sandbox workers (default: one per CPU core)
+    timeout: float | None = None  # CPU seconds per program, > 0 (default: 3 HumanEval, 10 MBPP, 60 DS-1000; + tasks: evalplus's per-input limits)
+    memory_mb: int = 4096  # address-space cap per program (MiB)
+    allow_fork: bool = False  # let programs fork (bounded by RLIMIT_NPROC only)
+    progress: bool = True  # progress bar on stderr (--no-progress: none)
+
+    def __post_init__(self):
+        if self.task is None:
+            raise ConfigError(f"--task is required; choose one of {', '.join(TASKS)}.")
+        get_benchmark(self.task)  # names the choices when a config file gives a wrong one
+        if (self.samples is None) == (self.model is None):
+            raise ConfigError("give exactly one of --samples FILE (score samples) or --model CKPT (generate, then "
+                              "score).")
+        if not self.out:
+            raise ConfigError("--out is required: the folder for results.jsonl and summary.json.")
+        if self.timeout is not None and (not math.isfinite(self.timeout) or self.timeout <= 0):
+            raise ConfigError(f"--timeout {self.timeout}: give the CPU seconds per program as a number > 0 (or leave "
+                              "it out for the task's default).")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}: give at least 1 (or leave it out for one per core).")
+        if self.memory_mb < 64:
+            raise ConfigError(f"--memory-mb {self.memory_mb}: give at least 64 MiB per program.")
+        if not self.k or min(self.k) < 1:
+            raise ConfigError(f"--k {' '.join(map(str, self.k))}: every k must be >= 1.")
+
+
+@dataclasses.dataclass
+class GenerationOptions:
+    """How `evaluate --model` samples answers."""
+
+    n: int = 1  # samples per problem
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95  # nucleus sampling mass
+    max_new_tokens: int = 512  # tokens per answer at most
+    prompt_style: Literal[PROMPT_STYLES] = "wizardcoder"  # wizardcoder: Alpaca instruction prompt (answers post-processed); plain: code completion
+    instructions: str | None = None  # MBPP+ instruction prompts (WizardCoder's mbppplus.json) to use verbatim
+    batch_size: int = 32  # prompts decoded together
+    seed: int = 0  # random seed of the sampler
+    dtype: str = "auto"  # model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    device: str | None = None  # cuda, cpu ... (default: cuda when available)
+    limit: int | None = None  # only the first N problems (smoke runs)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, choices=TASKS, help="benchmark to score on")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--samples", help="JSONL: task_id and one of completion / solution / response per line")
-    src.add_argument("--model", help="checkpoint folder or hub id: generate samples first, then score them")
-    p.add_argument("--data", help="local dataset file in its upstream format (default: package, release or hub)")
-    p.add_argument("--out", required=True, help="output folder: results.jsonl, summary.json (and samples.jsonl)")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k to report (those <= n)")
-    p.add_argument("--postprocess", choices=POSTPROCESS, default="wizardcoder",
-                   help="how `response` samples become code (default: WizardCoder's rules)")
-    p.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per CPU core)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="wall seconds per program (default 3 HumanEval, 10 MBPP, 60 DS-1000; + tasks: evalplus's)")
-    p.add_argument("--memory-mb", type=int, default=4096, help="address-space cap per program (MiB)")
-    p.add_argument("--allow-fork", action="store_true", help="let programs fork (bounded by RLIMIT_NPROC only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("generation (with --model)")
-    g.add_argument("--n", type=int, default=1, help="samples per problem")
-    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=512)
-    g.add_argument("--prompt-style", choices=PROMPT_STYLES, default="wizardcoder",
-                   help="wizardcoder: Alpaca instruction prompt (answers post-processed); plain: code completion")
-    g.add_argument("--instructions", help="MBPP+ instruction prompts (WizardCoder's mbppplus.json) to use verbatim")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--dtype", default="bfloat16", help="model dtype for generation")
-    g.add_argument("--device", default=None, help="cuda, cpu ... (default: cuda when available)")
-    g.add_argument("--limit", type=int, default=None, help="only the first N problems (smoke runs)")
+    add_dataclass_arguments(p, EvaluateConfig)
+    add_dataclass_arguments(p.add_argument_group("generation (with --model)"), GenerationOptions)
 
 
-def generate_samples(args: argparse.Namespace, path: str) -> str:
-    """Generate `args.n` answers per problem with the checkpoint; write OUT/samples.jsonl; return its path."""
+def generate_samples(bench, path: str, model: str, out: str, gen: GenerationOptions, progress: bool) -> str:
+    """Generate `gen.n` answers per problem with the checkpoint; write OUT/samples.jsonl; return its path."""
     import torch
 
     from .. import StarCoder, Tokenizer
+    from ..dtypes import resolve_dtype
     from ..sampling import SamplingParams, generate
-    from .prompts import build_prompt, stop_sequences
-    from .tasks import load_problems, read_json_map
 
-    problems = list(load_problems(args.task, path).values())[: args.limit]
-    instructions = read_json_map(args.instructions) if args.instructions else None
-    prompts = [build_prompt(args.task, p, args.prompt_style, instructions) for p in problems]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dtype = getattr(torch, args.dtype)
-    except AttributeError:
-        raise UserError(f"--dtype {args.dtype!r} is not a torch dtype; use bfloat16, float16 or float32.") from None
-    model = StarCoder.from_pretrained(args.model, dtype=dtype, device=device)
-    tok = Tokenizer.from_pretrained(args.model)
-    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, stop=stop_sequences(args.task, args.prompt_style),
-                            seed=args.seed)
-    outs = generate(model, tok, prompts, params, batch_size=args.batch_size, progress=not args.no_progress)
-    field = "response" if args.prompt_style == "wizardcoder" else "completion"
+    problems = list(bench.read(path).values())[: gen.limit]
+    instructions = _read_instructions(gen.instructions) if gen.instructions else None
+    prompts = [bench.prompt(p, gen.prompt_style, instructions) for p in problems]
+    device = gen.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = StarCoder.from_pretrained(model, dtype=resolve_dtype(gen.dtype, device), device=device)
+    tok = Tokenizer.from_pretrained(model)
+    params = SamplingParams(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
+                            max_new_tokens=gen.max_new_tokens, stop=bench.stop_words(gen.prompt_style),
+                            seed=gen.seed)
+    outs = generate(lm, tok, prompts, params, batch_size=gen.batch_size, progress=progress)
+    field = bench.answer_field(gen.prompt_style)
     rows = [{"task_id": p.task_id, field: text} for p, texts in zip(problems, outs) for text in texts]
-    samples = os.path.join(args.out, "samples.jsonl")
+    samples = os.path.join(out, "samples.jsonl")
     write_jsonl(samples, rows)
     return samples
+
+
+def _read_instructions(path: str) -> dict:
+    from ..errors import DataError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"--instructions {path}: not a readable JSON file ({e}).") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"--instructions {path}: expected a JSON object mapping task ids to prompts.")
+    return obj
 
 
 def format_report(summary: dict) -> str:
     lines = [f"{summary['task']}: {summary['n_samples']} samples over {summary['n_tasks']} problems"
              + (f" ({summary['missing_tasks']} problems without samples)" if summary.get("missing_tasks") else "")]
-    ks = [k for k in summary if k.startswith("pass@")]
-    if "base" in summary:
-        lines.append("  base tests:  " + "  ".join(f"{k} {100 * v:.2f}" for k, v in summary["base"].items()))
-        lines.append("  base + plus: " + "  ".join(f"{k} {100 * v:.2f}" for k, v in summary["plus"].items()))
+    parts = [k for k in ("base", "plus") if isinstance(summary.get(k), dict)]
+    if parts:
+        for part in parts:
+            label = "base tests:  " if part == parts[0] else "base + plus: "
+            lines.append(f"  {label}" + "  ".join(f"{k} {100 * v:.2f}" for k, v in summary[part].items()))
     else:
-        lines.append("  " + "  ".join(f"{k} {100 * summary[k]:.2f}" for k in ks))
+        lines.append("  " + "  ".join(f"{k} {100 * summary[k]:.2f}" for k in summary if k.startswith("pass@")))
     lines.append("  verdicts: " + ", ".join(f"{v} {c}" for v, c in summary["verdicts"].items() if c))
     if summary["failures"]:
         lines.append("  failures by kind:")
@@ -95,27 +138,27 @@ def format_report(summary: dict) -> str:
             lines.append(f"    {f['count']:6d}  {kind}  (e.g. {f['example']})")
     lines.append("  isolation:")
     for layer, what in summary["isolation"].items():
+        if isinstance(what, dict):
+            what = what["detail"] if what["active"] else f"NOT IN FORCE ({what['detail']}); instead: {what['fallback']}"
         lines.append(f"    {layer}: {what}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .scoring import evaluate
     from .sandbox import SandboxConfig
-    from .tasks import default_data_path
+    from .scoring import evaluate
 
-    path = args.data or default_data_path(args.task)
-    if args.data and not os.path.exists(args.data):
-        raise UserError(f"--data {args.data}: no such file.")
-    samples = args.samples
-    if args.model:
-        os.makedirs(args.out, exist_ok=True)
-        samples = generate_samples(args, path)
-    elif not os.path.exists(samples):
-        raise UserError(f"--samples {samples}: no such file.")
-    config = SandboxConfig(memory=args.memory_mb << 20, allow_fork=args.allow_fork)
-    summary = evaluate(args.task, samples, args.out, data=path, postprocess=args.postprocess, ks=args.k,
-                       workers=args.workers, timeout=args.timeout, config=config, progress=not args.no_progress)
+    cfg = dataclass_from_args(EvaluateConfig, args)
+    gen = dataclass_from_args(GenerationOptions, args)
+    bench = get_benchmark(cfg.task)
+    path = bench.locate(cfg.data)
+    samples = cfg.samples
+    if cfg.model:
+        os.makedirs(cfg.out, exist_ok=True)
+        samples = generate_samples(bench, path, cfg.model, cfg.out, gen, cfg.progress)
+    config = SandboxConfig(memory=cfg.memory_mb << 20, allow_fork=cfg.allow_fork)
+    summary = evaluate(bench, samples, cfg.out, data=path, postprocess=cfg.postprocess, ks=cfg.k,
+                       workers=cfg.workers, timeout=cfg.timeout, config=config, progress=cfg.progress)
     print(format_report(summary), file=sys.stderr)
     print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@") or k in ("task", "n_samples")}))
     return 0

@@ -9,7 +9,8 @@ Two rule sets:
 - `sanitize`: syntax-aware (after evalplus's sanitizer): take the code (first ```python block, else the text), keep
   the longest prefix that parses, then only the imports and the top-level definitions the entry point reaches
   (functions, classes, assignments), in their original order.
-`none` passes the text through.
+`none` passes the text through. Which rule a task uses, with which fence and cut markers, is the benchmark's
+(`Benchmark.postprocess`).
 """
 from __future__ import annotations
 
@@ -33,18 +34,14 @@ def _python_block(code: str, closing: str) -> str:
     return code[:i].strip() if i >= 0 else code
 
 
-def wizardcoder(text: str, task: str) -> str:
-    """WizardCoder's post-processing of one response for `task`."""
-    if task == "ds1000":
-        return ds1000(text)
+def wizardcoder(text: str, fence_close: str = "```", cuts: tuple[str, ...] = (MAIN_GUARD, "# Example usage")) -> str:
+    """WizardCoder's post-processing of one response: tabs back to spaces, the first ```python block (ending at
+    `fence_close`: "```" for HumanEval, "\\n```" for MBPP), then cut before each of `cuts` in turn (each benchmark
+    gives its own: see benchmarks/)."""
     code = text.replace("\t", "    ").replace("\r", "")
-    code = _python_block(code, "```" if task in ("humaneval", "humaneval+") else "\n```")
-    code = _cut(code, MAIN_GUARD)
-    code = _cut(code, "# Example usage")
-    if task == "mbpp":
-        code = _cut(code, "# Test examples")
-    if task == "mbpp+":
-        code = _cut(code, "assert")
+    code = _python_block(code, fence_close)
+    for marker in cuts:
+        code = _cut(code, marker)
     return code
 
 
@@ -145,15 +142,3 @@ def sanitize(text: str, entry_point: str | None = None) -> str:
             decos = "".join("@" + ast.get_source_segment(code, d) + "\n" for d in getattr(n, "decorator_list", []))
             parts.append(decos + ast.get_source_segment(code, n))
     return "\n".join(parts) + "\n"
-
-
-def postprocess(text: str, task: str, style: str = "wizardcoder", entry_point: str | None = None) -> str:
-    if style == "wizardcoder":
-        return wizardcoder(text, task)
-    if style == "sanitize":
-        if task == "ds1000":
-            return ds1000(text)  # DS-1000 answers are snippets inserted into a context, not definitions
-        return sanitize(text, entry_point)
-    if style == "none":
-        return text
-    raise ValueError(f"unknown post-processing {style!r}; choose one of {', '.join(STYLES)}")

@@ -1,0 +1,32 @@
+"""One `Benchmark` per evaluation task: loading, task ids, prompts, stop words, post-processing, sandbox jobs, time
+limits and preloaded modules (see base.py).
+
+    from wizardcoder.eval.benchmarks import get_benchmark
+    bench = get_benchmark("humaneval+")
+    problems = bench.load()                       # or bench.load("HumanEvalPlus.jsonl.gz")
+    prompts = [bench.prompt(p) for p in problems.values()]; stop = bench.stop
+"""
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .base import PROMPT_STYLES, SAMPLE_FIELDS, Benchmark, Problem, Work
+from .ds1000 import DS1000
+from .humaneval import HumanEval, HumanEvalPlus
+from .mbpp import Mbpp, MbppPlus
+
+BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000)}
+TASKS = tuple(BENCHMARKS)
+
+
+def get_benchmark(name: str | Benchmark, **options) -> Benchmark:
+    """The benchmark called `name` (a --task value); `options` go to its constructor (mbpp: all_splits)."""
+    if isinstance(name, Benchmark):
+        return name
+    try:
+        cls = BENCHMARKS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.") from None
+    return cls(**options)
+
+
+__all__ = ["BENCHMARKS", "TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "get_benchmark"]

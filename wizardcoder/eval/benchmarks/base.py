@@ -1,0 +1,182 @@
+"""What a benchmark is: one object per evaluation task that knows everything task-specific.
+
+    bench = get_benchmark("humaneval")
+    problems = bench.load()                     # {task_id: Problem}, from --data, a package, a cache or the hub
+    text = bench.prompt(problems["HumanEval/0"])  # WizardCoder's instruction prompt; bench.stop: its stop words
+    code = bench.solution(problem, {"response": answer})   # a sample -> the program it stands for
+    jobs = bench.sample_work(path, problems, [(0, "HumanEval/0", code)]).jobs   # what the sandbox runs
+
+The scorer (`scoring.py`) never asks which task it is scoring: every difference between tasks is an attribute or a
+method here. A benchmark only describes sandbox jobs; the scorer runs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Iterable
+
+from ...data.templates import ALPACA
+from ...errors import DataError
+from ...io import read_records
+from .. import postprocessing
+from ..jobs import Job, Result
+from .sources import Source, locate
+
+PROMPT_STYLES = ("wizardcoder", "plain")  # instruction prompt (answers post-processed) / code completion
+SAMPLE_FIELDS = ("completion", "solution", "response")
+# Codex / bigcode-evaluation-harness stops for plain function completion
+PLAIN_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+INSTRUCTION = "Create a Python script for this problem:\n"  # WizardCoder's humaneval_gen.py / mbpp_gen.py
+
+
+@dataclasses.dataclass
+class Problem:
+    task_id: str
+    prompt: str  # the code prompt a completion continues ("" for MBPP, whose prompt is prose)
+    entry_point: str | None
+    canonical: str  # a whole program that solves it
+    text: str = ""  # the natural-language statement (MBPP), for building instruction prompts
+    tests: list = dataclasses.field(default_factory=list)  # MBPP's asserts (shown in prompts)
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)  # the upstream record
+
+
+@dataclasses.dataclass
+class Work:
+    """What the sandbox must run: the data jobs refer to by `task_key` (a dict, or a callable that loads it when a
+    worker first needs it) and the jobs themselves."""
+
+    tasks: dict[str, Any]
+    jobs: list[Job]
+
+
+class Benchmark:
+    """A task's dataset, prompts, post-processing and sandbox jobs. Subclasses set the class attributes and
+    override `problem` (one upstream record -> Problem) and `program` (or the plus methods)."""
+
+    name: ClassVar[str]  # the --task spelling
+    title: ClassVar[str]  # for messages
+    source: ClassVar[Source]
+    required: ClassVar[tuple[str, ...]]  # fields every upstream record has
+    timeout: ClassVar[float | None] = 3.0  # default CPU seconds per program (None: per problem, see PlusBenchmark)
+    preload: ClassVar[tuple[str, ...]] = ()  # modules the sandbox worker imports up front (checks or contexts use them)
+    parts: ClassVar[tuple[str, ...]] = ("script",)  # the jobs of one sample; the sample passes when all pass
+    id_prefix: ClassVar[str] = ""  # "HumanEval/": bare numbers get it; "": ids lose any "Name/" prefix
+    continues_prompt: ClassVar[bool] = True  # a completion is appended to the code prompt
+    fence_close: ClassVar[str] = "```"  # WizardCoder's closing fence for this task's answers
+    cuts: ClassVar[tuple[str, ...]] = (postprocessing.MAIN_GUARD, "# Example usage")  # answers end before these
+
+    def __repr__(self) -> str:
+        return f"<benchmark {self.name}>"
+
+    # ------------------------------------------------------------------------------------------- data
+
+    def locate(self, data: str | None = None) -> str:
+        """The dataset file: `data`, else a package, a local cache or the network (see sources.py)."""
+        return locate(self.source, self.title, data)
+
+    def load(self, data: str | None = None) -> dict[str, Problem]:
+        """{task_id: Problem} in dataset order, from `data` or the default places."""
+        return self.read(self.locate(data))
+
+    def read(self, path: str) -> dict[str, Problem]:
+        out: dict[str, Problem] = {}
+        for i, rec in enumerate(read_records(path)):
+            missing = [f for f in self.required if f not in rec]
+            if missing:
+                raise DataError(f"{path}: record {i + 1} lacks {', '.join(missing)}; is this the {self.title} "
+                                "dataset file?")
+            p = self.problem(rec, i)
+            if p is not None:
+                out[p.task_id] = p
+        if not out:
+            raise DataError(f"{path}: no {self.title} problems found; is this the right file for --task {self.name}?")
+        return out
+
+    def problem(self, rec: dict, index: int) -> Problem | None:
+        """One upstream record as a Problem (None: not part of the benchmark)."""
+        return Problem(rec["task_id"], rec["prompt"], rec["entry_point"], rec["prompt"] + rec["canonical_solution"],
+                       raw=rec)
+
+    def normalize_id(self, task_id) -> str:
+        """Task ids as the dataset spells them; samples may give a bare number, or another "Name/" prefix."""
+        s = str(task_id).strip()
+        if self.id_prefix:
+            return self.id_prefix + s if s.isdigit() else s
+        return s.rsplit("/", 1)[-1]
+
+    # ------------------------------------------------------------------------------------------- prompts
+
+    def instruction(self, problem: Problem, instructions: dict | None = None) -> str:
+        """The instruction of WizardCoder's prompt (its generation scripts turn four spaces into a tab)."""
+        return (INSTRUCTION + problem.prompt).replace("    ", "\t")
+
+    def prompt(self, problem: Problem, style: str = "wizardcoder", instructions: dict | None = None) -> str:
+        """The text the model continues: WizardCoder's Alpaca prompt, or (`plain`) the code prompt itself."""
+        if style == "wizardcoder":
+            return ALPACA.prompt(self.instruction(problem, instructions))
+        if style == "plain":
+            return self.plain_prompt(problem)
+        raise DataError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
+
+    def plain_prompt(self, problem: Problem) -> str:
+        return problem.prompt
+
+    @property
+    def stop(self) -> list[str]:
+        """Stop strings for WizardCoder's prompt."""
+        return self.stop_words("wizardcoder")
+
+    def stop_words(self, style: str) -> list[str]:
+        return list(PLAIN_STOP) if style == "plain" else []
+
+    def answer_field(self, style: str) -> str:
+        """The samples field a generated answer goes in: raw answers are post-processed, completions are not."""
+        return "response" if style == "wizardcoder" else "completion"
+
+    # ------------------------------------------------------------------------------------------- answers
+
+    def entry_point(self, problem: Problem) -> str | None:
+        """The function the tests call (the sanitizer keeps what it reaches)."""
+        return problem.entry_point
+
+    def postprocess(self, text: str, problem: Problem | None = None, style: str = "wizardcoder") -> str:
+        """A raw model answer -> code (postprocessing.STYLES)."""
+        if style == "wizardcoder":
+            return postprocessing.wizardcoder(text, self.fence_close, self.cuts)
+        if style == "sanitize":
+            return postprocessing.sanitize(text, self.entry_point(problem) if problem else None)
+        if style == "none":
+            return text
+        raise DataError(f"unknown post-processing {style!r}; choose one of {', '.join(postprocessing.STYLES)}.")
+
+    def solution(self, problem: Problem, sample: dict, style: str = "wizardcoder") -> str:
+        """The program a sample stands for, before the tests are added: `solution` as is, `completion` after the
+        code prompt, `response` post-processed and then used as a completion."""
+        if "solution" in sample:
+            return sample["solution"]
+        body = sample["completion"] if "completion" in sample else self.postprocess(sample["response"], problem, style)
+        return problem.prompt + body if self.continues_prompt else body
+
+    # ------------------------------------------------------------------------------------------- jobs
+
+    def program(self, problem: Problem, code: str) -> str:
+        """The whole script one solution runs (the solution followed by the task's tests)."""
+        raise NotImplementedError
+
+    def reference_work(self, path: str, problems: dict[str, Problem], task_ids: Iterable[str]) -> Work:
+        """Jobs that must run before the samples' (the + tasks' expected outputs); none here."""
+        return Work({}, [])
+
+    def store_reference(self, path: str, results: list[Result]) -> None:
+        """Keep what `reference_work`'s jobs returned."""
+
+    def sample_work(self, path: str, problems: dict[str, Problem], todo: list[tuple[int, str, str]],
+                    timeout: float | None = None) -> Work:
+        """The jobs for samples `todo` = [(sample index, task_id, solution code)]; job ids are (index, part)."""
+        limit = timeout or self.timeout
+        return Work({}, [Job((i, "script"), "script", self.program(problems[tid], code), limit)
+                         for i, tid, code in todo])
+
+    def row(self, parts: dict[str, Result]) -> dict:
+        """The verdict fields of one sample's results row, from its jobs' results ({part: result})."""
+        r = parts["script"]
+        return {"passed": r.passed, "status": r.status, "error": r.error, "seconds": r.seconds}
