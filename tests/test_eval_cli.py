@@ -104,6 +104,60 @@ def test_cli_user_errors(he_subset, tmp_path, capsys):
     assert "broken.jsonl:2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--timeout", "-1"], "--timeout -1.0: give the CPU seconds per program as a number > 0"),
+    (["--timeout", "0"], "--timeout 0.0: give the CPU seconds per program as a number > 0"),
+    (["--timeout", "nan"], "--timeout nan"),
+    (["--workers", "0"], "--workers 0: give at least 1"),
+    (["--k", "0"], "every k must be >= 1"),
+])
+def test_cli_numeric_flags_are_checked_before_anything_runs(he_subset, tmp_path, capsys, flags, message):
+    data, probs = he_subset
+    samples = write(tmp_path / "s.jsonl", [{"task_id": t, "completion": "    pass\n"} for t in probs])
+    out = tmp_path / "o"
+    assert main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out", str(out),
+                 "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "no samples (the file is empty)"),
+    (b"\n\n", "no samples (the file is empty)"),
+    (bytes(range(256)) * 8, "not a UTF-8 text file"),
+    (b"\x1f\x8b\x08\x00garbage", "not a UTF-8 text file"),
+])
+def test_cli_unusable_samples_file_is_one_sentence_and_writes_nothing(he_subset, tmp_path, capsys, content, message):
+    data, _ = he_subset
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes(content)
+    out = tmp_path / "o"
+    assert main(["evaluate", "--task", "humaneval", "--samples", str(samples), "--data", data, "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(samples) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_needs_task_out_and_one_source(he_subset, tmp_path, capsys):
+    data, _ = he_subset
+    s = write(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+    assert main(["evaluate", "--samples", s, "--out", str(tmp_path / "o")]) == 2
+    assert "--task is required" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "humaneval", "--samples", s]) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "humaneval", "--samples", s, "--model", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "exactly one of --samples" in capsys.readouterr().err
+
+
+def test_cli_help_says_timeout_is_cpu_seconds(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "CPU seconds per program" in text and "--no-progress" in text
+
+
 def test_cli_runs_as_a_program(he_subset, tmp_path):
     data, probs = he_subset
     samples = write(tmp_path / "s.jsonl", [{"task_id": t, "completion": p.raw["canonical_solution"]}

@@ -21,6 +21,7 @@ from ..cli_args import add_dataclass_arguments, dataclass_from_args
 from ..errors import ConfigError
 from ..io import write_jsonl
 from .benchmarks import PROMPT_STYLES, TASKS, get_benchmark
+from .jobs import IsolationReport
 from .postprocessing import STYLES as POSTPROCESS
 
 
@@ -137,10 +138,7 @@ def format_report(summary: dict) -> str:
         for kind, f in summary["failures"].items():
             lines.append(f"    {f['count']:6d}  {kind}  (e.g. {f['example']})")
     lines.append("  isolation:")
-    for layer, what in summary["isolation"].items():
-        if isinstance(what, dict):
-            what = what["detail"] if what["active"] else f"NOT IN FORCE ({what['detail']}); instead: {what['fallback']}"
-        lines.append(f"    {layer}: {what}")
+    lines += [f"    {line}" for line in IsolationReport.from_json(summary["isolation"]).lines()]
     return "\n".join(lines)
 
 

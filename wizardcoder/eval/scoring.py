@@ -114,8 +114,7 @@ def run_work(pool: SandboxPool, work: Work) -> Iterator[Result]:
     for key, data in work.tasks.items():
         pool.add_task(key, data)
     try:
-        for res in pool.run([dataclasses.asdict(j) for j in work.jobs]):  # the pool's dict form, until it takes Jobs
-            yield res if isinstance(res, Result) else Result.from_reply(res["id"], res)
+        yield from pool.run(work.jobs)
     finally:
         for key in work.tasks:
             pool.drop_task(key)
@@ -132,9 +131,7 @@ def sandbox_config(bench: Benchmark, config: SandboxConfig | None, timeout: floa
 
 def isolation_summary(pool: SandboxPool) -> dict:
     """The pool's isolation for summary.json; each layer this machine refused is said once on stderr."""
-    report = pool.isolation
-    if not isinstance(report, IsolationReport):
-        return dict(report)
+    report: IsolationReport = pool.isolation
     for layer in report.degraded():
         print(f"warning: sandbox {layer.name} not in force ({layer.detail}); instead: {layer.fallback}",
               file=sys.stderr)
