@@ -12,6 +12,7 @@ package stays cheap. See docs/kernels.md.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -42,11 +43,29 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
     _fix_interpreter_scalar_index()
 
 
+def _autocast_off(fn):
+    """`fn` with autocast disabled on the device of its first tensor argument. The ops layer (wizardcoder/ops.py)
+    picks each kernel's compute dtypes from the autocast policy and casts before the call; inside, the launchers'
+    own torch ops (the cross-entropy's chunk matmuls, reductions) must run in exactly the dtypes they are given,
+    which autocast would otherwise change (custom ops fall through autocast, so its state is still on here)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(dev):
+            return fn(*args, **kwargs)
+        with torch.autocast(dev, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def custom_op(name: str, fn, fake, mutates_args=()):
-    """`torch.library.custom_op("wizardcoder::<name>")` that tolerates a second registration (the package is
-    reachable as both `kernels` and `wizardcoder.kernels` in a source checkout): the first registration wins."""
+    """`torch.library.custom_op("wizardcoder::<name>")` running `fn` with autocast off, tolerating a second
+    registration (the package is reachable as both `kernels` and `wizardcoder.kernels` in a source checkout): the
+    first registration wins."""
     if hasattr(torch.ops, "wizardcoder") and hasattr(torch.ops.wizardcoder, name):
         return getattr(torch.ops.wizardcoder, name)
-    op = torch.library.custom_op(f"wizardcoder::{name}", fn, mutates_args=mutates_args)
+    op = torch.library.custom_op(f"wizardcoder::{name}", _autocast_off(fn), mutates_args=mutates_args)
     op.register_fake(fake)
     return op

@@ -12,31 +12,40 @@ The loss is the fp32 sum of the row losses times `scale`; scale = 1 / (number of
 `mean` (read by the kernel from a device scalar: no host sync), 1 for `sum`. The backward only multiplies the saved
 gradients by the incoming scalar gradient (out of place: a retained graph can be differentiated twice).
 
-grad_weight accumulation: fp32 by default (one extra V x D fp32 buffer during the forward, converted to the weight's
-dtype at its end, so the result has one rounding like the unfused matmul; on CUDA through cuBLAS's bf16/fp16 x
-fp32-output addmm when this torch has it, else each chunk's half-precision product is added to the fp32 buffer);
-`accumulate_fp32=False` accumulates in the weight's dtype as Liger does (less memory, one rounding per chunk).
+Dtypes: h [N, D] fp16/bf16/fp32; weight [V, D] in h's dtype, or fp32 master weights under a half h (autocast): the
+matmuls then use one copy of the weight in h's dtype (the copy torch's autocast makes for F.linear) and the weight's
+gradient comes back in fp32.
+
+Memory: grad_h [N, D] and grad_weight [V, D] are the gradients the caller gets (the unfused path makes them too);
+beyond them the forward holds one chunk of logits [C, V] in h's dtype and, only where it is needed, a V x D fp32
+accumulator:
+- fp32 weight (fp32 training, or fp32 master weights under autocast): grad_weight itself is the fp32 accumulator;
+  no extra buffer (chunk products are added in fp32: cuBLAS's half x half -> fp32 addmm where this torch has it).
+- half weight (pure bf16/fp16 parameters, e.g. FSDP2 param_dtype) and one chunk: one GEMM (fp32 accumulation
+  inside it, one rounding, exactly the unfused path); no extra buffer.
+- half weight and several chunks: an fp32 accumulator freed at the end of the forward (one rounding, like the
+  unfused GEMM; summing chunk products in bf16 instead, as Liger does by default, adds one rounding per chunk);
+  `accumulate_fp32=False` takes Liger's layout.
+The backward scales the saved gradients in place by the incoming scalar and hands them over (no copy), so it can run
+once per forward: a second backward through a retained graph raises.
 
 All targets ignored: `sum` gives 0; `mean` gives nan, as torch's F.cross_entropy does (0 / 0), and both give zero
 gradients. Targets outside [0, V) other than ignore_index are not checked (torch raises); the kernel never reads out of
 bounds for them (the row's loss is its lse and its gradient the plain softmax).
 
-Limits: h [N, D] and weight [V, D] of the same dtype (fp16/bf16/fp32); no bias, no label smoothing, no z-loss.
+Limits: no bias, no label smoothing, no z-loss.
 Tested: tests/test_kernels_cross_entropy.py vs `linear_cross_entropy_reference` (CPU interpreter fp32/fp16, bf16 on
-CUDA). Benchmarked: bench/bench_kernels.py (vs torch and Liger when installed).
+CUDA). Benchmarked: bench/bench_kernels.py (time and peak extra bytes vs torch, and Liger when installed).
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from . import custom_op
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -91,43 +100,57 @@ def _chunk_size(N: int, V: int, D: int) -> int:
     return triton.next_power_of_2(triton.cdiv(N, max(1, triton.cdiv(V, D))))
 
 
+def _add_chunk_product(grad_w: torch.Tensor, dlogits_t: torch.Tensor, hc: torch.Tensor) -> None:
+    """grad_w += dlogits_t @ hc, where grad_w is fp32 and the operands are in h's dtype."""
+    if dlogits_t.dtype == grad_w.dtype:
+        grad_w.addmm_(dlogits_t, hc)
+    elif grad_w.is_cuda and _addmm_fp32_out_works(str(grad_w.device), hc.dtype):
+        torch.addmm(grad_w, dlogits_t, hc, out_dtype=torch.float32, out=grad_w)  # half in, fp32 accumulate, in place
+    elif grad_w.is_cuda:  # no fp32-output GEMM in this torch: half GEMM (one rounding per chunk), exact fp32 sum
+        grad_w += dlogits_t @ hc
+    else:
+        grad_w.addmm_(dlogits_t.float(), hc.float())
+
+
 def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, mean: bool,
               accumulate_fp32: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> loss (fp32 scalar), grad_h [N, D] and grad_weight [V, D] (unscaled by the upstream gradient)."""
+    """-> loss (fp32 scalar), grad_h [N, D] (h's dtype) and grad_weight [V, D] (the weight's dtype), unscaled by the
+    upstream gradient."""
     N, D = h.shape
     V = weight.shape[0]
     h = h.contiguous()
     targets = targets.contiguous()
+    w = weight if weight.dtype == h.dtype else weight.to(h.dtype)  # fp32 master weights: one copy in h's dtype
     if mean:
         scale = 1.0 / (targets != ignore_index).sum().to(torch.float32)  # inf when nothing counts: loss 0 * inf = nan
     else:
         scale = torch.ones((), device=h.device, dtype=torch.float32)
     scale = scale.reshape(1)
     grad_h = torch.empty_like(h)
-    half = weight.dtype != torch.float32
-    acc32 = accumulate_fp32 and half
-    grad_w = torch.zeros(V, D, device=h.device, dtype=torch.float32 if acc32 else weight.dtype)
-    use_out_dtype = acc32 and h.is_cuda and _addmm_fp32_out_works(str(h.device), h.dtype)
-    row_loss = torch.empty(N, device=h.device, dtype=torch.float32)
     C = chunk_size if chunk_size > 0 else _chunk_size(N, V, D)
-    BLOCK_V = min(triton.next_power_of_2(V), 256 if INTERPRET else 4096)
+    # The weight's gradient is accumulated in fp32 when the weight is fp32 (it is the gradient itself), or when a
+    # half weight's gradient sums several chunks and accumulate_fp32 asks for one rounding (a transient buffer).
+    acc_dtype = torch.float32 if weight.dtype == torch.float32 or (accumulate_fp32 and N > C) else weight.dtype
+    grad_w = None  # made by the first chunk
+    row_loss = torch.empty(N, device=h.device, dtype=torch.float32)
+    BLOCK_V = min(triton.next_power_of_2(V), 4096)
     for s in range(0, N, C):
         e = min(N, s + C)
         hc = h[s:e]
-        logits = hc @ weight.T  # (c, V), h's dtype
+        logits = hc @ w.T  # (c, V), h's dtype
         _ce_kernel[(e - s,)](logits, targets[s:e], row_loss[s:e], scale, logits.stride(0), V, ignore_index,
                              BLOCK_V=BLOCK_V, num_warps=16 if BLOCK_V >= 4096 else 4)
-        torch.mm(logits, weight, out=grad_h[s:e])
-        if not acc32:
-            grad_w.addmm_(logits.T, hc)
-        elif use_out_dtype:  # cuBLAS: half inputs, fp32 accumulate and fp32 output, in place
-            torch.addmm(grad_w, logits.T, hc, out_dtype=torch.float32, out=grad_w)
-        elif h.is_cuda:  # no fp32-output GEMM in this torch: half GEMM (one rounding per chunk), exact fp32 sum
-            grad_w += logits.T @ hc
+        torch.mm(logits, w, out=grad_h[s:e])
+        if acc_dtype == hc.dtype:
+            grad_w = logits.T @ hc if grad_w is None else grad_w.addmm_(logits.T, hc)
         else:
-            grad_w.addmm_(logits.T.float(), hc.float())
+            if grad_w is None:
+                grad_w = torch.zeros(V, D, device=h.device, dtype=acc_dtype)
+            _add_chunk_product(grad_w, logits.T, hc)
+        del logits
+    del w
     loss = row_loss.sum() * scale[0]
-    return loss, grad_h, grad_w.to(weight.dtype)  # the fp32 buffer is freed here, at the end of the forward
+    return loss, grad_h, grad_w.to(weight.dtype)  # a half weight's fp32 accumulator is freed here
 
 
 def _fwd_fake(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
@@ -142,31 +165,38 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size):
         loss, grad_h, grad_w = _fwd_op(h, weight, targets, ignore_index, mean, accumulate_fp32, chunk_size)
-        ctx.save_for_backward(grad_h, grad_w)
+        # Kept as attributes, not saved tensors, so the backward can drop its references and hand the buffers over
+        # to autograd (which then takes them as .grad without a copy).
+        ctx.grads = (grad_h, grad_w)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        # Scale by the incoming gradient without a host sync to test for 1.0. Out of place, so a retained graph can
-        # be differentiated again (costs one transient copy of grad_h and grad_weight).
-        g = grad_loss.to(grad_h.dtype)
-        return grad_h * g, grad_w * g.to(grad_w.dtype), None, None, None, None, None
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_cross_entropy: the backward consumes the gradients the forward computed; "
+                               "it can run once per forward (do not backpropagate twice through a retained graph).")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
+        # In place, without a host sync to test for 1.0: saves a copy of grad_h and grad_weight.
+        grad_h.mul_(grad_loss.to(grad_h.dtype))
+        grad_w.mul_(grad_loss.to(grad_w.dtype))
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(h, weight, targets, ignore_index: int = -100, reduction: str = "mean",
                                accumulate_fp32: bool = True, chunk_size: int = 0):
     """Cross-entropy of `h [N, D] @ weight[V, D]^T` against `targets [N]` (int64; `ignore_index` rows skipped),
     reduced by `mean` over counted targets or `sum`; a 0-dim fp32 tensor, differentiable in h and weight.
-    Never materializes [N, V]: peak extra memory is one chunk of logits plus grad_h and grad_weight (fp32 when
-    `accumulate_fp32`). `chunk_size` 0 picks the default (see the module docstring)."""
+    `weight` is in h's dtype or fp32 (master weights under autocast; its gradient comes back in fp32).
+    Never materializes [N, V]: see the module docstring for the memory held. `chunk_size` 0 picks the default."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"fused_linear_cross_entropy: reduction must be 'mean' or 'sum', not {reduction!r}")
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1] or targets.shape != (h.shape[0],):
         raise ValueError(f"fused_linear_cross_entropy: need h [N, D], weight [V, D], targets [N]; got "
                          f"{tuple(h.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
-    if h.dtype != weight.dtype:
-        raise ValueError(f"fused_linear_cross_entropy: h ({h.dtype}) and weight ({weight.dtype}) must share a dtype")
+    if weight.dtype not in (h.dtype, torch.float32):
+        raise ValueError(f"fused_linear_cross_entropy: weight ({weight.dtype}) must be in h's dtype ({h.dtype}) or "
+                         "float32 (master weights); cast one of them")
     return FusedLinearCrossEntropyFunction.apply(h, weight, targets, int(ignore_index), reduction == "mean",
                                                  bool(accumulate_fp32), int(chunk_size))
 

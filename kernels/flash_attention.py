@@ -36,6 +36,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -403,6 +404,8 @@ def _check(q, k, v, cu_seqlens_q, cu_seqlens_k):
         raise ValueError(f"flash_attn_varlen_func: q, k, v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or q.shape[2] != k.shape[2]:
         raise ValueError(f"flash_attn_varlen_func: k {tuple(k.shape)} and v {tuple(v.shape)} must match q's head dim {q.shape[2]}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"flash_attn_varlen_func: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"flash_attn_varlen_func: query heads ({q.shape[1]}) must be a multiple of K/V heads ({k.shape[1]})")
     if q.shape[2] > 256:
@@ -565,25 +568,50 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=True):
 
 
 # ---------------------------------------------------------------------------------------------- torch reference
-def attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None, causal=True, upcast=True):
-    """Plain-torch varlen attention (the ground truth): per document, softmax(Q K^T * scale + mask) V with the same
-    bottom-right causal alignment and head mapping as the kernel; rows seeing no key give 0. Computed in fp32 when
-    `upcast`, else in the inputs' dtype (the "same-dtype torch" error baseline of the tests)."""
+def _sdpa(q, k, v, scale, causal, key_padding_mask=None):
+    """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> [B, Sq, Hq, D] through torch SDPA, causal mask bottom-right aligned;
+    `key_padding_mask [B, Sk]` (True = real key) hides keys. A query row that sees no key outputs 0 (gradient 0)."""
+    Sq, Sk, Hq = q.shape[1], k.shape[1], q.shape[2]
+    if Sq == 0 or Sk == 0:  # an empty document, or queries without keys
+        return q * 0
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, D)
+    if k.shape[1] != Hq:  # MQA/GQA: query head h reads K/V head h // (Hq // Hkv)
+        rep = Hq // k.shape[1]
+        k, v = (t[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2) for t in (k, v))
+    if key_padding_mask is None and (not causal or Sq == Sk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale).transpose(1, 2)
+    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = torch.arange(Sk, device=q.device)[None, :] <= torch.arange(Sq, device=q.device)[:, None] + (Sk - Sq)
+    visible = visible[None, None]
+    if key_padding_mask is not None:
+        visible = visible & key_padding_mask[:, None, None, :].bool()
+    sees_some = visible.any(-1, keepdim=True)  # (B|1, 1, Sq, 1)
+    mask = visible | ~sees_some  # a row with no visible key attends to all (finite math), then is zeroed
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return torch.where(sees_some, y, torch.zeros((), dtype=y.dtype, device=y.device)).transpose(1, 2)
+
+
+def attention_reference(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, softmax_scale=None, causal=True, upcast=False,
+                        key_padding_mask=None):
+    """Plain-torch attention (the ground truth of the tests and benches, and the model's `torch` backend): torch SDPA
+    with the kernel's semantics: MQA/GQA head mapping, causal mask aligned bottom-right when a document's query and
+    key lengths differ, rows that see no key give 0.
+
+    Packed: q `[T, Hq, D]`, k/v `[Tk, Hkv, D]`, cu_seqlens_q/k `[n_docs + 1]` (cu_seqlens_k None: same as q's); one
+    SDPA call per document (a host sync on cu_seqlens). Dense: cu_seqlens_q None, q `[B, S, Hq, D]`, k/v
+    `[B, Sk, Hkv, D]`, one batched call; `key_padding_mask [B, Sk]` (True = real key, dense only) hides padding keys.
+    Computed in the inputs' dtype (under autocast: what SDPA does there), or in fp32 when `upcast`; returns q's dtype."""
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     dtype = q.dtype
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
-    group = q.shape[1] // k.shape[1]
-    outs = []
-    bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for i in range(len(bq) - 1):
-        qi, ki, vi = q[bq[i]:bq[i + 1]], k[bk[i]:bk[i + 1]], v[bk[i]:bk[i + 1]]
-        ki, vi = ki.repeat_interleave(group, dim=1), vi.repeat_interleave(group, dim=1)
-        s = torch.einsum("qhd,khd->hqk", qi, ki) * scale
-        if causal:
-            lq, lk = qi.shape[0], ki.shape[0]
-            ok = torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
-            s = s.masked_fill(~ok, float("-inf"))
-        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
-        outs.append(torch.einsum("hqk,khd->qhd", p, vi))
-    return torch.cat(outs).to(dtype)
+    if cu_seqlens_q is None:
+        return _sdpa(q, k, v, scale, causal, key_padding_mask).to(dtype)
+    if key_padding_mask is not None:
+        raise ValueError("attention_reference: key_padding_mask is for dense batches; packed documents need none")
+    bq = cu_seqlens_q.tolist()
+    bk = bq if cu_seqlens_k is None else cu_seqlens_k.tolist()
+    outs = [_sdpa(q[None, bq[i]:bq[i + 1]], k[None, bk[i]:bk[i + 1]], v[None, bk[i]:bk[i + 1]], scale, causal)[0]
+            for i in range(len(bq) - 1)]
+    return (torch.cat(outs) if outs else q[:0]).to(dtype)

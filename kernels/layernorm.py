@@ -1,29 +1,28 @@
 """Fused residual-add + LayerNorm in Triton (the pre-norm step StarCoder does twice per block).
 
-Forward, one program per row: r = x + residual (rounded to the input dtype, as the unfused torch code would store
-it), mean and 1/std over the row in fp32, y = (r - mean) * rstd * weight + bias. It writes y, r, and the fp32 mean and
-rstd `[M]` for the backward (so the backward reads r, dy and dr once and never re-reduces the mean).
+Forward, one program per row: r = x + residual in torch's promoted dtype (bf16 + bf16 stays bf16 and is rounded as
+the unfused torch add would store it; a bf16 block output added to an fp32 residual stream, as under autocast, is
+fp32), mean and 1/std over the row in fp32, y = (r - mean) * rstd * weight + bias, stored in `out_dtype` (r's dtype by
+default; fp32 under autocast, where torch computes layer_norm in fp32). It writes y, r, and the fp32 mean and rstd
+`[M]` for the backward (so the backward reads r, dy and dr once and never re-reduces the mean).
 Backward: a fixed number of programs (a few per SM), each walking a strided set of rows:
 dxhat = dy * w; dr_total = rstd * (dxhat - xhat * mean(dxhat * xhat) - mean(dxhat)) + dr (dr = the gradient arriving
 through the returned residual), written once and used for both x and residual; dweight / dbias partial sums are kept
 in fp32 registers per program and reduced over programs at the end (no atomics).
 
 Limits: normalized dim N up to 65536 (one row in registers; the block is the next power of two); any leading shape;
-fp16/bf16/fp32 inputs with fp32 statistics; weight and bias required.
+fp16/bf16/fp32 inputs (x, residual, weight and bias may differ in dtype) with fp32 statistics; weight and bias
+required.
 Tested: tests/test_kernels_layernorm.py vs `add_layer_norm_reference` (CPU interpreter fp32/fp16; bf16 on CUDA).
 Benchmarked: bench/bench_kernels.py (GB/s vs the copy bandwidth, vs torch).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from . import custom_op
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -34,7 +33,7 @@ def _ln_fwd_kernel(X, RES, W, B, Y, R, MEAN, RSTD, stride_x, stride_res, stride_
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RES:
-        x = x + tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)  # in the input dtype, as torch's add
+        x = x + tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)  # promoted as torch's add promotes
         tl.store(R + row * stride_r + cols, x, mask=mask)
     x = x.to(tl.float32)
     mean = tl.sum(x, 0) / N
@@ -91,13 +90,21 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _residual_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
 def _fwd_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
-              eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> y, r (empty when residual is None: r is x), mean, rstd. All [M, N] / [M]."""
+              eps: float, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y [M, N] in out_dtype, r [M, N] in the promoted dtype of x and residual (empty when residual is None: r is
+    x), mean, rstd [M] fp32."""
+    r_dtype = _residual_dtype(x, residual)
+    if residual is not None and x.dtype != r_dtype and residual.dtype != r_dtype:
+        x = x.to(r_dtype)  # fp16 + bf16: neither is the promoted dtype; the kernel adds in fp32 after this cast
     x2 = _rows(x)
     M, N = x2.shape
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    r = torch.empty((M, N) if residual is not None else (0, N), device=x.device, dtype=x.dtype)
+    y = torch.empty((M, N), device=x.device, dtype=out_dtype)
+    r = torch.empty((M, N) if residual is not None else (0, N), device=x.device, dtype=r_dtype)
     mean = torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x.device, dtype=torch.float32)
     if M == 0:
@@ -110,15 +117,16 @@ def _fwd_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tens
     return y, r, mean, rstd
 
 
-def _fwd_fake(x, residual, weight, bias, eps):
+def _fwd_fake(x, residual, weight, bias, eps, out_dtype):
     M, N = x.numel() // x.shape[-1], x.shape[-1]
-    r = x.new_empty((M, N) if residual is not None else (0, N))
-    return x.new_empty((M, N)), r, x.new_empty(M, dtype=torch.float32), x.new_empty(M, dtype=torch.float32)
+    r = x.new_empty((M, N) if residual is not None else (0, N), dtype=_residual_dtype(x, residual))
+    return (x.new_empty((M, N), dtype=out_dtype), r, x.new_empty(M, dtype=torch.float32),
+            x.new_empty(M, dtype=torch.float32))
 
 
 def _bwd_impl(dy: torch.Tensor, dr: torch.Tensor | None, r: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
               rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> d(x + residual) [M, N], dweight, dbias."""
+    """-> d(x + residual) [M, N] in r's dtype, dweight, dbias (in the weight's dtype; fp32 partial sums)."""
     r2, dy2 = _rows(r), _rows(dy)
     M, N = r2.shape
     dx = torch.empty((M, N), device=r.device, dtype=r.dtype)
@@ -147,11 +155,12 @@ _bwd_op = custom_op("add_layer_norm_bwd", _bwd_impl, _bwd_fake)
 
 class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps):
-        y, r, mean, rstd = _fwd_op(x, residual, weight, bias, eps)
+    def forward(ctx, x, residual, weight, bias, eps, out_dtype):
+        y, r, mean, rstd = _fwd_op(x, residual, weight, bias, eps, out_dtype)
         has_res = residual is not None
         ctx.save_for_backward(r if has_res else x, weight, mean, rstd)
         ctx.has_res, ctx.shape = has_res, x.shape
+        ctx.dtypes = (x.dtype, residual.dtype if has_res else None)
         y = y.view(x.shape)
         if not has_res:
             ctx.mark_non_differentiable(r)
@@ -163,22 +172,24 @@ class AddLayerNormFunction(torch.autograd.Function):
         r, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = _bwd_op(dy, dr if ctx.has_res else None, r, weight, mean, rstd)
         dx = dx.view(ctx.shape)
-        # d/dx and d/dresidual of x + residual are the same tensor.
-        return dx, (dx if ctx.has_res else None), dw, db, None
+        # d/dx and d/dresidual of x + residual are the same tensor (in r's dtype; each input gets its own dtype back).
+        x_dtype, res_dtype = ctx.dtypes
+        return dx.to(x_dtype), (dx.to(res_dtype) if ctx.has_res else None), dw, db, None, None
 
 
-def add_layer_norm(x, residual, weight, bias, eps):
-    """Returns `(LayerNorm(r), r)` with `r = x + residual` (or `x` when residual is None), normalized over the last
-    dim. Differentiable in x, residual, weight and bias."""
-    y, r = AddLayerNormFunction.apply(x, residual, weight, bias, float(eps))
+def add_layer_norm(x, residual, weight, bias, eps, out_dtype: torch.dtype | None = None):
+    """Returns `(LayerNorm(r), r)` with `r = x + residual` (or `x` when residual is None; the promoted dtype when x and
+    residual differ), normalized over the last dim with fp32 statistics; the normed output in `out_dtype` (default:
+    r's dtype). Differentiable in x, residual, weight and bias."""
+    out_dtype = out_dtype or _residual_dtype(x, residual)
+    y, r = AddLayerNormFunction.apply(x, residual, weight, bias, float(eps), out_dtype)
     return (y, r) if residual is not None else (y, x)
 
 
-def add_layer_norm_reference(x, residual, weight, bias, eps, upcast=False):
-    """Plain torch: the add in the inputs' dtype, LayerNorm through F.layer_norm (fp32 math when `upcast`)."""
+def add_layer_norm_reference(x, residual, weight, bias, eps, out_dtype: torch.dtype | None = None):
+    """Plain torch: `r = x + residual` (promoted as torch promotes), `F.layer_norm(r)`; with `out_dtype`, the norm is
+    computed in that dtype (fp32: what torch's autocast does with layer_norm on CUDA)."""
     r = x if residual is None else x + residual
-    if upcast:
-        y = torch.nn.functional.layer_norm(r.float(), (r.shape[-1],), weight.float(), bias.float(), eps).to(r.dtype)
-    else:
-        y = torch.nn.functional.layer_norm(r, (r.shape[-1],), weight, bias, eps)
-    return y, r
+    if out_dtype is not None and out_dtype != r.dtype:
+        return torch.nn.functional.layer_norm(r.to(out_dtype), (r.shape[-1],), weight.to(out_dtype), bias.to(out_dtype), eps), r
+    return torch.nn.functional.layer_norm(r, (r.shape[-1],), weight, bias, eps), r

@@ -1,5 +1,5 @@
-"""The model's hot operations behind one switch: a plain-torch reference (any device, the ground truth in tests) and
-fused Triton kernels / flash-attn on CUDA.
+"""The model's hot operations behind one switch: plain torch (the reference that lives beside each kernel in
+`kernels/`; any device; the ground truth in tests) and fused Triton kernels / flash-attn on CUDA.
 
 Backends (see StarCoderConfig): attention is `torch` | `triton` | `flash`; LayerNorm, bias-GELU and the LM-head loss
 are `torch` | `triton`. `auto` picks the fast path on CUDA tensors when it is importable and the reference otherwise.
@@ -8,6 +8,27 @@ Shapes: attention takes q `[T, Hq, D]`, k/v `[T, Hkv, D]` (packed: documents bac
 `[n_docs + 1]`, document i = rows cu_seqlens[i]:cu_seqlens[i+1]) or q `[B, S, Hq, D]`, k/v `[B, S, Hkv, D]`
 (dense batch). Attention is causal and Hq must be a multiple of Hkv (MQA: Hkv = 1; query head h reads K/V head
 h // (Hq // Hkv)), as in flash-attn.
+
+Mixed precision, one design for every fused op: explicit casts here that follow torch's own autocast policy op by
+op, so a fused op computes what the unfused torch op it replaces computes under the same autocast.
+- `torch.autocast(device, dtype)` over fp32 parameters (bf16 on CUDA, fp16 on CPU or CUDA: the single-process
+  trainer). With `dtype` the autocast dtype:
+    attention          q, k, v in dtype (SDPA is on autocast's lower-precision list)
+    x @ W^T + b, GELU  x and W in dtype (F.linear under autocast), b cast to dtype as F.linear casts its bias;
+                       GELU runs in its input's dtype (autocast has no rule for it)
+    add + LayerNorm    the add promotes as torch's add does (a bf16 block output + the fp32 residual stream = fp32);
+                       LayerNorm returns fp32 on CUDA (autocast's fp32 list) and r's dtype elsewhere (CPU autocast
+                       has no rule for it; in the model r is fp32 there anyway)
+    LM head + loss     h in dtype; an fp32 weight goes in as is (the kernel makes the one copy in dtype that
+                       F.linear's autocast makes, and returns the weight's gradient in fp32 directly); logits in
+                       dtype, log-softmax and loss in fp32 (cross_entropy is on the fp32 list)
+  The kernels run with autocast off (kernels.custom_op), so their own torch ops keep the dtypes chosen here.
+- Pure low-precision parameters (FSDP2 MixedPrecisionPolicy(param_dtype=bf16|fp16, reduce_dtype=fp32), no
+  autocast): every tensor is already in one dtype and nothing is cast.
+Outside autocast nothing is cast (plain torch refuses F.linear of a bf16 x with an fp32 W, and so do the kernels).
+Explicit casts rather than torch.amp.custom_fwd(cast_inputs=dtype): custom_fwd casts every floating input to one
+dtype, but the residual stream must stay fp32 and the loss kernel takes fp32 master weights without a copy of
+their own. See docs/kernels.md.
 """
 from __future__ import annotations
 
@@ -27,13 +48,20 @@ def _importable(module: str) -> bool:
         return False
 
 
+def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch's autocast computes matmul-like ops in on `t`'s device, or None when autocast is off there."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+
+
 def resolve(backend: str, tensor: torch.Tensor, kind: str = "kernels") -> str:
     """Turn `auto` into a concrete backend for `tensor`'s device. `kind` is `attention` or `kernels`."""
     if backend != "auto":
         return backend
     if tensor.device.type != "cuda":
         return "torch"
-    if kind == "attention" and _importable("flash_attn") and tensor.dtype in (torch.float16, torch.bfloat16):
+    dtype = autocast_dtype(tensor) or tensor.dtype
+    if kind == "attention" and _importable("flash_attn") and dtype in (torch.float16, torch.bfloat16):
         return "flash"
     return "triton" if _importable("wizardcoder.kernels") and _importable("triton") else "torch"
 
@@ -52,16 +80,18 @@ def attention(
 ) -> torch.Tensor:
     """Causal (grouped-/multi-query) attention; packed when `cu_seqlens` is given, dense otherwise.
     `key_padding_mask` (dense only, `[B, S]`, True = real token) masks padding keys; only the torch path takes it."""
+    from wizardcoder.kernels import flash_attention as fa
+
     backend = resolve(backend, q, "attention")
     if key_padding_mask is not None:
         backend = "torch"
     if backend == "torch":
-        if cu_seqlens is not None:
-            return attention_varlen_reference(q, k, v, cu_seqlens, scale)
-        return attention_dense_reference(q, k, v, scale, key_padding_mask)
+        return fa.attention_reference(q, k, v, cu_seqlens, cu_seqlens, softmax_scale=scale, causal=True,
+                                      key_padding_mask=key_padding_mask)
+    dtype = autocast_dtype(q)
+    if dtype is not None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if backend == "triton":
-        from wizardcoder.kernels import flash_attention as fa
-
         if cu_seqlens is not None:
             return fa.flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale, causal=True)
         return fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
@@ -74,53 +104,6 @@ def attention(
     raise ValueError(f"unknown attention backend {backend!r}")
 
 
-def _repeat_kv(k, v, n_heads):
-    """(B, Hkv, S, D) -> (B, n_heads, S, D): query head h reads K/V head h // (n_heads // Hkv)."""
-    if k.shape[1] == n_heads:
-        return k, v
-    rep = n_heads // k.shape[1]
-    return (t[:, :, None].expand(-1, -1, rep, -1, -1).flatten(1, 2) for t in (k, v))
-
-
-def attention_dense_reference(q, k, v, scale, key_padding_mask=None):
-    """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D] through torch SDPA (its math/flash/efficient kernels)."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, D)
-    k, v = _repeat_kv(k, v, q.shape[1])
-    if key_padding_mask is None:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    else:
-        S = q.shape[2]
-        causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
-        mask = causal[None, None] & key_padding_mask[:, None, None, :].bool()
-        # A query row with no visible key (left padding) would be NaN; let it see itself instead (its output is unused).
-        mask = mask | torch.eye(S, dtype=torch.bool, device=q.device)[None, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return y.transpose(1, 2)
-
-
-def attention_varlen_reference(q, k, v, cu_seqlens, scale):
-    """q [T, Hq, D], k/v [T, Hkv, D] packed -> [T, Hq, D]: each document attends causally to itself alone."""
-    out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if e > s:
-            out[s:e] = attention_dense_reference(q[None, s:e], k[None, s:e], v[None, s:e], scale)[0]
-    return out
-
-
-def attention_with_cache_reference(q, k, v, *, scale, key_mask, start):
-    """Decoding step(s): q `[B, S, Hq, D]` are the tokens in cache slots start..start+S-1; k/v `[B, L, Hkv, D]` are
-    all L = start + S cached slots, `key_mask [B, L]` marks real ones. Query i sees real slots <= start + i."""
-    B, S, Hq, D = q.shape
-    L = k.shape[1]
-    causal = torch.arange(L, device=q.device)[None, :] <= (start + torch.arange(S, device=q.device))[:, None]
-    mask = causal[None, None] & key_mask[:, None, None, :]
-    mask = mask | (torch.arange(L, device=q.device)[None, :] == (start + torch.arange(S, device=q.device))[:, None])[None, None]
-    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S|L, D)
-    kh, vh = _repeat_kv(kh, vh, Hq)
-    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
-
-
 # ---------------------------------------------------------------------------------------------- norms and MLP
 def add_layer_norm(
     x: torch.Tensor,
@@ -131,21 +114,26 @@ def add_layer_norm(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-norm residual step: `r = x + residual` (or `x` when residual is None), returns `(LayerNorm(r), r)`."""
-    if resolve(backend, x) == "triton":
-        from wizardcoder.kernels import layernorm
+    from wizardcoder.kernels import layernorm
 
-        return layernorm.add_layer_norm(x, residual, weight, bias, eps)
-    r = x if residual is None else x + residual
-    return F.layer_norm(r, (r.shape[-1],), weight, bias, eps), r
+    if resolve(backend, x) == "triton":
+        # autocast's layer_norm rule: fp32 output on CUDA; none on CPU (the output keeps r's dtype there).
+        out_dtype = torch.float32 if x.is_cuda and autocast_dtype(x) is not None else None
+        return layernorm.add_layer_norm(x, residual, weight, bias, eps, out_dtype=out_dtype)
+    return layernorm.add_layer_norm_reference(x, residual, weight, bias, eps)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, approximate: bool, backend: str = "auto") -> torch.Tensor:
     """GELU(x @ weight.T + bias), tanh-approximated when `approximate`; bias and GELU fused on the fast path."""
-    if resolve(backend, x) == "triton":
-        from wizardcoder.kernels import gelu
+    from wizardcoder.kernels import gelu
 
-        return gelu.bias_gelu(F.linear(x, weight), bias, approximate=approximate)
-    return F.gelu(F.linear(x, weight, bias), approximate="tanh" if approximate else "none")
+    dtype = autocast_dtype(x)
+    if dtype is not None:  # F.linear's autocast rule covers its bias, which the GELU step adds here
+        bias = bias.to(dtype)
+    h = F.linear(x, weight)  # autocast casts x and weight
+    if resolve(backend, x) == "triton":
+        return gelu.bias_gelu(h, bias, approximate=approximate)
+    return gelu.bias_gelu_reference(h, bias, approximate=approximate)
 
 
 # ---------------------------------------------------------------------------------------------------- LM loss
@@ -160,9 +148,13 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of `h [N, D] @ weight[V, D].T` against `targets [N]` (ignore_index skipped; `mean` over the
     targets that count, `sum` for gradient accumulation over micro-batches). The fast path never holds [N, V]."""
-    if resolve(backend, h) == "triton":
-        from wizardcoder.kernels import cross_entropy
+    from wizardcoder.kernels import cross_entropy
 
+    if resolve(backend, h) == "triton":
+        dtype = autocast_dtype(h)
+        if dtype is not None:
+            h = h.to(dtype)
+            if weight.dtype != torch.float32:  # fp32 master weights are cast once, by the kernel
+                weight = weight.to(dtype)
         return cross_entropy.fused_linear_cross_entropy(h, weight, targets, ignore_index=ignore_index, reduction=reduction)
-    logits = F.linear(h, weight).float()
-    return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    return cross_entropy.linear_cross_entropy_reference(h, weight, targets, ignore_index=ignore_index, reduction=reduction)
