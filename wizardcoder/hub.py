@@ -2,6 +2,8 @@
 `HF_HOME`/`HF_HUB_CACHE` and `HF_HUB_OFFLINE`. Offline with nothing cached is one clear error."""
 from __future__ import annotations
 
+import re
+
 from .errors import CheckpointError
 
 
@@ -37,3 +39,15 @@ def is_hub_id(s: str) -> bool:
         return True
     except Exception:
         return False
+
+
+_DATASET_SPEC = re.compile(r"^(?:hf://datasets/)?([^@:]+)(?:@([^:]+))?(?::(.+))?$")
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str | None, str | None] | None:
+    """`owner/name[@revision][:glob]` (also `hf://datasets/owner/name...`) -> (repo_id, revision, glob); None when
+    `spec` is not written that way (the repo id part is checked by `is_hub_id`)."""
+    m = _DATASET_SPEC.match(spec)
+    if not m or "/" not in m.group(1) or not is_hub_id(m.group(1)):
+        return None
+    return m.group(1), m.group(2), m.group(3)

@@ -110,60 +110,8 @@ def _truncate_torn_tail(path: str) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
-def read_jsonl(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
-    """Yield one dict per non-empty line of a JSONL file (`.gz` allowed). A malformed line raises a DataError naming
-    the file and line; with `skip_bad` it is recorded in `errors` as (line, reason) and skipped instead."""
-    check_input_file(path)
-    with open_text(path) as f:
-        for lineno, line in _lines(path, f):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                reason = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
-                if skip_bad:
-                    if errors is not None:
-                        errors.append((lineno, reason))
-                    continue
-                raise DataError(reason + "; fix or remove that line.") from None
-            if not isinstance(obj, dict):
-                reason = f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
-                if skip_bad:
-                    if errors is not None:
-                        errors.append((lineno, reason))
-                    continue
-                raise DataError(reason + "; each line must be one object.")
-            yield obj
-
-
-def read_records(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
-    """Read a JSON array file (`.json`) or a JSONL file (`.jsonl`, or anything else), gzipped or not, as dicts.
-    The format is detected from the first non-blank character, so a `.json` file holding JSONL also works."""
-    kind = sniff_json_kind(path)
-    if kind == "json":
-        with open_text(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file.") from None
-            except (UnicodeDecodeError, OSError, EOFError) as e:
-                raise _not_text(path, e) from None
-        for i, obj in enumerate(data):
-            if not isinstance(obj, dict):
-                reason = f"{path}: element {i} is {type(obj).__name__}, expected an object"
-                if skip_bad:
-                    if errors is not None:
-                        errors.append((i, reason))
-                    continue
-                raise DataError(reason + ".")
-            yield obj
-    else:
-        yield from read_jsonl(path, skip_bad=skip_bad, errors=errors)
-
-
 def sniff_json_kind(path: str) -> str:
-    """"json" for a file holding one JSON array, "jsonl" for one object per line (or an empty file), told from the
+    """"json" for a file holding one JSON array, "jsonl" for one value per line (or an empty file), told from the
     first non-blank character whatever the file's name; anything else is a DataError naming the file."""
     check_input_file(path)
     try:
@@ -176,6 +124,70 @@ def sniff_json_kind(path: str) -> str:
     if head.startswith("{") or not head:
         return "jsonl"
     raise DataError(f"{path}: not JSON or JSONL (starts with {head[:20]!r}); give a .json array or a .jsonl file.")
+
+
+def iter_json_values(path: str, kind: str | None = None, on_bad_line=None,
+                     hint: str = "fix or remove that line") -> Iterator[tuple[str, Any]]:
+    """(location, value) for every record of a JSON array or JSONL file, gzipped or not: location is "path:LINE" for
+    JSONL and "path[INDEX]" for an array. `kind` ("json" / "jsonl") skips the sniffing. A JSONL line that is not
+    valid JSON raises a DataError naming the file and line, or, when `on_bad_line(lineno, reason)` is given, is
+    passed to it and skipped (`hint` ends the error's sentence). Values are yielded as parsed (the caller decides what
+    a record must be)."""
+    kind = kind or sniff_json_kind(path)
+    if kind == "json":
+        with open_text(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file.") from None
+            except (UnicodeDecodeError, OSError, EOFError) as e:
+                raise _not_text(path, e) from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a JSON {type(data).__name__}, not an array of records; give a .json array.")
+        for i, value in enumerate(data):
+            yield f"{path}[{i}]", value
+        return
+    check_input_file(path)
+    with open_text(path) as f:
+        for lineno, line in _lines(path, f):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                reason = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+                if on_bad_line is None:
+                    raise DataError(f"{reason}; {hint}.") from None
+                on_bad_line(lineno, reason)
+                continue
+            yield f"{path}:{lineno}", value
+
+
+def _objects(path: str, kind: str | None, skip_bad: bool, errors: list | None) -> Iterator[dict]:
+    def skip(where, reason):
+        if errors is not None:
+            errors.append((where, reason))
+
+    for loc, value in iter_json_values(path, kind, on_bad_line=skip if skip_bad else None):
+        if isinstance(value, dict):
+            yield value
+            continue
+        reason = f"{loc}: expected a JSON object, got {type(value).__name__}"
+        if not skip_bad:
+            raise DataError(reason + "; each record must be one object.")
+        skip(loc, reason)
+
+
+def read_jsonl(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
+    """Yield one dict per non-empty line of a JSONL file (`.gz` allowed). A malformed line raises a DataError naming
+    the file and line; with `skip_bad` it is recorded in `errors` as (where, reason) and skipped instead."""
+    return _objects(path, "jsonl", skip_bad, errors)
+
+
+def read_records(path: str, skip_bad: bool = False, errors: list | None = None) -> Iterator[dict]:
+    """Read a JSON array file or a JSONL file, gzipped or not, as dicts, whatever its name says (`sniff_json_kind`);
+    malformed input as in `read_jsonl`."""
+    return _objects(path, None, skip_bad, errors)
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:

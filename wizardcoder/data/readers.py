@@ -13,18 +13,17 @@ from __future__ import annotations
 import collections
 import fnmatch
 import glob
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..errors import DataError
-from ..io import open_text
+from ..hub import parse_dataset_spec
+from ..io import iter_json_values
 
 DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
 TRAIN_SPLIT = re.compile(r"(^|[/_.-])train([/_.-]|$)")
-HUB_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?(?::(.+))?$")
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,8 @@ def resolve_data_files(specs: str | Iterable[str]) -> list[str]:
 
 def _looks_like_hub_id(spec: str) -> bool:
     """owner/name[@rev][:glob] that is not a (missing) local path: no data-file suffix, no existing first folder."""
-    m = HUB_ID.match(spec)
-    return bool(m) and not m.group(1).endswith(DATA_SUFFIXES) and not os.path.exists(m.group(1).split("/")[0])
+    parsed = parse_dataset_spec(spec)
+    return parsed is not None and not parsed[0].endswith(DATA_SUFFIXES) and not os.path.exists(parsed[0].split("/")[0])
 
 
 def _data_files_in(folder: str, pattern: str | None = None) -> list[str]:
@@ -111,10 +110,10 @@ def hub_dataset_files(spec: str) -> list[str]:
     local paths: those matching the spec's `:glob`, else all of them, or only the train split's when some file names
     say "train" (e.g. data/train-00000-of-00001.parquet beside data/test-...). Honors HF_HUB_OFFLINE and HF_HUB_CACHE
     like every huggingface_hub call."""
-    m = HUB_ID.match(spec)
-    if not m:
+    parsed = parse_dataset_spec(spec)
+    if parsed is None:
         raise DataError(f"{spec}: not a hub dataset id; write it as owner/name[@revision][:glob].")
-    repo_id, revision, pattern = m.group(1), m.group(2), m.group(3)
+    repo_id, revision, pattern = parsed
     from ..errors import CheckpointError
     from ..hub import download_files
 
@@ -142,39 +141,14 @@ def iter_located_records(path: str, on_bad: str = "error", stats: ReadStats | No
     if path.endswith(".parquet"):
         yield from _parquet_records(path)
         return
-    with open_text(path) as f:
-        try:
-            head = f.read(4096).lstrip()
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not a UTF-8 text file; give a .json array, a .jsonl or a .parquet file.") from None
-    if head.startswith("["):
-        with open_text(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file.") from None
-        for i, obj in enumerate(data):
-            yield f"{path}[{i}]", obj
-    elif head.startswith("{") or not head:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    msg = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
-                    if on_bad != "skip":
-                        raise DataError(msg + "; fix or remove that line, or pass --skip-bad.") from None
-                    if stats is not None:
-                        stats.records += 1
-                        stats.skip("malformed_json", msg)
-                    continue
-                yield f"{path}:{lineno}", obj
-    else:
-        raise DataError(
-            f"{path}: not JSON or JSONL (starts with {head[:20]!r}); give a .json array, a .jsonl or a .parquet file."
-        )
+
+    def skip(lineno: int, reason: str) -> None:
+        if stats is not None:
+            stats.records += 1
+            stats.skip("malformed_json", reason)
+
+    yield from iter_json_values(path, on_bad_line=skip if on_bad == "skip" else None,
+                                hint="fix or remove that line, or pass --skip-bad")
 
 
 def _parquet_records(path: str) -> Iterator[tuple[str, dict]]:

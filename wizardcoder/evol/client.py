@@ -16,11 +16,12 @@ import json
 import os
 import random
 import time
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -39,46 +40,47 @@ class LLMUnreachableError(LLMError):
 
 @dataclasses.dataclass
 class LLMConfig:
-    """Where and how to ask.
+    """Where and how to ask. A server's Retry-After wins over the backoff (capped at backoff_max_s); the n-th retry
+    otherwise waits uniform(0, min(backoff_max_s, backoff_s * 2**n)) seconds. The paper's evolution sampled with
+    T=1, top_p=0.9 and up to 2048 tokens."""
 
-    base_url: the API root, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended).
-    model: the `model` field sent with every request.
-    api_key_env: name of the environment variable holding the key (sent as `Authorization: Bearer`); unset or empty
-        variable means no header.
-    style: "chat" (/chat/completions, one user message) or "completion" (/completions, `prompt_format` applied).
-    concurrency: requests in flight at most.
-    max_retries: retries per request after the first try (429, 5xx, timeouts, dropped connections).
-    backoff_s / backoff_max_s: the n-th retry waits uniform(0, min(backoff_max_s, backoff_s * 2**n)) seconds, or the
-        server's Retry-After when it sends one (capped at backoff_max_s).
-    timeout_s: per-request wall-clock limit.
-    temperature, top_p, max_tokens: sampling (the paper's evolution used T=1, top_p=0.9, up to 2048 tokens).
-    """
-
-    base_url: str
-    model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
-    style: str = "chat"
-    prompt_format: str = "{prompt}"
-    concurrency: int = 16
-    max_retries: int = 8
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    timeout_s: float = 300.0
-    temperature: float = 1.0
-    top_p: float = 0.9
-    max_tokens: int = 2048
-    extra_body: dict = dataclasses.field(default_factory=dict)
+    base_url: str  # API root, e.g. http://127.0.0.1:8000/v1 (`wizardcoder serve`); a bare host gets /v1
+    model: str  # model name sent with each request
+    api_key_env: str | None = "OPENAI_API_KEY"  # environment variable holding the API key (unset or empty: none sent)
+    style: Literal["chat", "completion"] = "chat"  # /chat/completions (one user message) or /completions
+    prompt_format: str = "{prompt}"  # completion style only: text around the prompt, with a {prompt} field
+    concurrency: int = 16  # requests in flight at most
+    max_retries: int = 8  # retries per request on 429/5xx, timeouts, dropped connections and malformed answers
+    backoff_s: float = 1.0  # first retry's backoff scale in seconds (doubles per retry, full jitter)
+    backoff_max_s: float = 60.0  # longest wait between two tries, in seconds
+    timeout_s: float = 300.0  # wall-clock seconds per request
+    temperature: float = 1.0  # sampling temperature of evolutions and answers
+    top_p: float = 0.9  # nucleus sampling
+    max_tokens: int = 2048  # most tokens per answer (sent as OpenAI's max_tokens)
+    extra_body: dict = dataclasses.field(default_factory=dict)  # more JSON fields for every request
 
     def __post_init__(self):
         if self.style not in ("chat", "completion"):
-            raise UserError(f"--llm-style {self.style!r}: use 'chat' or 'completion'.")
-        parts = urlsplit(self.base_url)
+            raise ConfigError(f"--llm-style {self.style!r}: use 'chat' or 'completion'.")
+        parts = urlsplit(self.base_url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UserError(f"--llm-base-url {self.base_url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1.")
+            raise ConfigError(f"--llm-base-url {self.base_url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1.")
         url = self.base_url.rstrip("/")
         self.base_url = url + "/v1" if parts.path in ("", "/") else url
-        if self.concurrency < 1:
-            raise UserError(f"--concurrency {self.concurrency}: must be at least 1.")
+        for flag, value, ok, want in (
+            ("--concurrency", self.concurrency, self.concurrency >= 1, "at least 1"),
+            ("--max-retries", self.max_retries, self.max_retries >= 0, "0 or more"),
+            ("--backoff-s", self.backoff_s, self.backoff_s >= 0, "0 or more seconds"),
+            ("--backoff-max-s", self.backoff_max_s, self.backoff_max_s >= 0, "0 or more seconds"),
+            ("--timeout", self.timeout_s, self.timeout_s > 0, "more than 0 seconds"),
+            ("--temperature", self.temperature, self.temperature >= 0, "0 or more"),
+            ("--top-p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+            ("--max-new-tokens", self.max_tokens, self.max_tokens >= 1, "at least 1"),
+        ):
+            if not ok or value != value or value in (float("inf"), float("-inf")):  # NaN and inf fail too
+                raise ConfigError(f"{flag} {value}: must be {want}.")
+        if "{prompt}" not in self.prompt_format:
+            raise ConfigError(f"--prompt-format {self.prompt_format!r}: must contain the {{prompt}} field.")
 
     @property
     def api_key(self) -> str | None:

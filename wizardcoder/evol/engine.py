@@ -29,33 +29,29 @@ import os
 import sys
 import time
 
-from ..errors import DataError, UserError
+from ..errors import ConfigError, DataError, UserError
 from ..io import JsonlAppender, atomic_write_json, atomic_write_text, open_text, read_jsonl, read_records, write_jsonl
 from . import rules as R
 from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
-from .prompts import EvolPrompts
+from .prompts import EvolPrompts, load_prompts
 
 
 @dataclasses.dataclass
 class EvolConfig:
-    """What to do with the seed.
+    """What to do with the seed. Method draws are a hash of (seed, lineage id, round), so completion order and
+    restarts cannot change them."""
 
-    rounds: evolution rounds (the paper's data used 3; its dev pass@1 falls after that).
-    seed: the random seed for method draws (a hash of seed, lineage id and round; independent of completion order).
-    equality_check: ask the LLM whether an evolved instruction equals its parent (WizardLM's rule 1).
-    rules: limits and switches for the elimination rules.
-    prompts: the evolution template and methods.
-    """
-
-    rounds: int = 3
-    seed: int = 0
-    equality_check: bool = True
-    rules: R.RuleConfig = dataclasses.field(default_factory=R.RuleConfig)
-    prompts: EvolPrompts = dataclasses.field(default_factory=EvolPrompts)
+    rounds: int = 3  # evolution rounds (the paper's data used 3; its dev pass@1 falls after that)
+    seed: int = 0  # random seed of the per-(instruction, round) method draw
+    equality_check: bool = True  # ask the LLM whether an evolved instruction equals its parent (WizardLM's rule 1)
+    prompts: EvolPrompts | str = "wizardcoder"  # evolution template: 'wizardcoder', 'evol-teacher' or a JSON file
+    rules: R.RuleConfig = dataclasses.field(default_factory=R.RuleConfig)  # limits and switches of the rules
 
     def __post_init__(self):
         if self.rounds < 1:
-            raise UserError(f"--rounds {self.rounds}: must be at least 1.")
+            raise ConfigError(f"--rounds {self.rounds}: must be at least 1.")
+        if not isinstance(self.prompts, EvolPrompts):
+            self.prompts = load_prompts(self.prompts)
         if not self.rules.copy_markers:
             self.rules.copy_markers = self.prompts.copy_markers
 

