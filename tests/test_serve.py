@@ -1,107 +1,223 @@
-"""`wizardcoder serve` as a real server on 127.0.0.1 (a subprocess), spoken to with a real HTTP client."""
+"""`wizardcoder serve` as a real subprocess on 127.0.0.1: every bad request answered 400/404 alone while good ones in the
+same burst succeed, a burst of hundreds answered or refused with 429 under bounded memory, authentication, clients
+that go away, start-up errors in one sentence; and the pieces (chat rendering, streamed text hold-back) directly."""
 import asyncio
 import json
-import os
 import socket
 import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 
+import aiohttp
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _serve import post, save_tiny_checkpoint, serve, vm_kib
+from _util import PYTHON, REPO, repo_env
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+KEY = "sekret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_LEN, MAX_N, MAX_QUEUED = 128, 4, 32
 
 
 @pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": REPO, "WC_TEST_KEY": "sekret"}
-    proc = subprocess.Popen([sys.executable, "-m", "wizardcoder", "serve", "--model", "tiny", "--port", str(port),
-                             "--model-name", "tiny-starcoder", "--api-key-env", "WC_TEST_KEY"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(10)
+def server(tmp_path_factory):
+    ckpt = save_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny-srv"))
+    with serve("--model", ckpt, "--max-len", str(MAX_LEN), "--max-slots", "8", "--max-n", str(MAX_N),
+               "--max-queued-samples", str(MAX_QUEUED), "--api-key-env", "WC_TEST_KEY",
+               env={"WC_TEST_KEY": KEY}) as (base, proc):
+        yield base, proc
 
 
-def call(base, path, body=None, key="sekret"):
-    req = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+def test_models_and_api_key(server):
+    base, _ = server
+    status, body = post(base, "/v1/completions", {"prompt": "x", "max_tokens": 1})
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    status, body = post(base, "/v1/completions", {"prompt": "x", "max_tokens": 1}, key="wrong")
+    assert status == 401
+    status, body = post(base, "/v1/completions", {"model": "tiny-srv", "prompt": "x", "max_tokens": 1}, key=KEY)
+    assert status == 200 and body["model"] == "tiny-srv"
 
 
-def test_models_and_auth(server):
-    status, body = call(server, "/v1/models")
-    assert status == 200 and body["data"][0]["id"] == "tiny-starcoder"
-    status, body = call(server, "/v1/models", key="wrong")
-    assert status == 401 and "API key" in body["error"]["message"]
+BAD = [  # (route, body, status, the field the error names or its code)
+    ("completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("completions", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ("completions", {"prompt": "x", "temperature": "nan"}, 400, "temperature"),
+    ("completions", b'{"prompt": "x", "temperature": NaN}', 400, None),
+    ("completions", {"prompt": "x", "seed": "abc"}, 400, "seed"),
+    ("chat/completions", {"messages": ["hello"]}, 400, "messages[0]"),
+    ("chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+     400, "messages"),
+    ("chat/completions", {"messages": []}, 400, "messages"),
+    ("completions", {"prompt": ""}, 400, "prompt"),
+    ("completions", {"prompt": []}, 400, "prompt"),
+    ("completions", {"prompt": 5}, 400, "prompt"),
+    ("completions", {"prompt": [10, 99999999]}, 400, "prompt"),
+    ("completions", {"prompt": "word " * 200, "max_tokens": 4}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "word " * 100, "max_tokens": 100}, 400, "context_length_exceeded"),
+    ("completions", {"prompt": "x", "n": MAX_N + 1}, 400, "n"),
+    ("completions", {"prompt": "x", "n": 0}, 400, "n"),
+    ("completions", {"prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("completions", {"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    ("completions", {"prompt": "x", "model": "gpt-4"}, 404, "model_not_found"),
+    ("completions", b"{", 400, None),
+    ("completions", b"[1, 2]", 400, None),
+]
 
 
-def test_completions_greedy_is_deterministic_and_counts_tokens(server):
-    body = {"model": "tiny-starcoder", "prompt": ["def add(a, b):", "import os\n"], "max_tokens": 8, "temperature": 0}
-    s1, a = call(server, "/v1/completions", body)
-    s2, b = call(server, "/v1/completions", body)
-    assert s1 == s2 == 200
-    assert [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]]
-    assert len(a["choices"]) == 2 and a["usage"]["prompt_tokens"] > 0
-    assert a["usage"]["completion_tokens"] <= 16
+async def _send(session, base, route, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with session.post(f"{base}/v1/{route}", data=data, headers={**AUTH, "Content-Type": "application/json"}) as r:
+        return r.status, r.headers.get("Content-Type", ""), await r.read()
 
 
-def test_chat_n_samples(server):
-    body = {"messages": [{"role": "user", "content": "Write a function."}], "n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 1}
-    status, r = call(server, "/v1/chat/completions", body)
-    assert status == 200 and len(r["choices"]) == 3 and r["choices"][0]["message"]["role"] == "assistant"
-
-
-def test_bad_requests(server):
-    assert call(server, "/v1/completions", {"prompt": 5})[0] == 400
-    status, r = call(server, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]})
-    assert status == 400 and "unknown message role" in r["error"]["message"]
-    status, r = call(server, "/v1/completions", {"prompt": "x", "top_p": 0})
-    assert status == 400 and "top_p" in r["error"]["message"]
-
-
-def test_concurrent_requests_and_the_evol_client(server, monkeypatch):
-    """The project's own OpenAI-compatible client (used by `evolve`) against the project's own server."""
-    from wizardcoder.evol.client import LLMClient, LLMConfig
-
-    monkeypatch.setenv("WC_TEST_KEY", "sekret")
+def test_each_bad_request_fails_alone_while_good_ones_in_the_same_burst_succeed(server):
+    base, _ = server
+    good = [("completions", {"prompt": f"def f{i}(x):", "max_tokens": 6, "n": 2, "temperature": 0.7, "seed": i})
+            for i in range(4)]
+    good += [("chat/completions", {"messages": [{"role": "user", "content": "Add two numbers."}], "max_tokens": 5}),
+             ("completions", {"prompt": [[10, 11, 12], "x = "], "max_tokens": 3, "temperature": 0})]
 
     async def go():
-        cfg = LLMConfig(base_url=server + "/v1", model="tiny-starcoder", api_key_env="WC_TEST_KEY", max_tokens=5, concurrency=8)
-        async with LLMClient(cfg) as client:
-            assert await client.check() == ["tiny-starcoder"]
-            return await asyncio.gather(*(client.generate(f"Task {i}: write code.") for i in range(8)))
+        async with aiohttp.ClientSession() as s:
+            reqs = [_send(s, base, route, body) for route, body, *_ in BAD + good]
+            return await asyncio.gather(*reqs)
 
-    outs = asyncio.run(go())
-    assert len(outs) == 8 and all(o.completion_tokens >= 0 and isinstance(o.text, str) for o in outs)
+    answers = asyncio.run(go())
+    for (route, body, status, name), (got, ctype, raw) in zip(BAD, answers[: len(BAD)]):
+        assert got == status and ctype.startswith("application/json"), (body, got, raw)
+        err = json.loads(raw)["error"]
+        assert err["message"].endswith(".") and err["type"] == "invalid_request_error", err
+        if name is not None:
+            assert name in (err["param"], err["code"]), (body, err)
+    for (route, body), (got, _, raw) in zip(good, answers[len(BAD):]):
+        assert got == 200, raw
+        r = json.loads(raw)
+        expected = len(body["prompt"]) if isinstance(body.get("prompt"), list) else 1
+        assert len(r["choices"]) == expected * body.get("n", 1)
+        assert r["usage"]["completion_tokens"] <= body["max_tokens"] * len(r["choices"])
 
 
-def test_render_chat_template():
-    from wizardcoder.serve import ALPACA_HEADER, render_chat
+def test_a_burst_is_answered_or_refused_and_memory_stays_bounded(server):
+    """300 requests at once against a queue of 32 samples: each is answered (200) or refused (429 with Retry-After,
+    503), never dropped; the server's resident memory barely moves, and a second burst does not grow it."""
+    base, proc = server
 
-    p = render_chat([{"role": "user", "content": "Sort a list."}])
-    assert p == ALPACA_HEADER + "\n\n### Instruction:\nSort a list.\n\n### Response:"
-    with pytest.raises(ValueError, match="last message must be from the user"):
-        render_chat([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    async def burst(k):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            async def one(i):
+                body = {"prompt": f"# task {k}.{i}\n", "max_tokens": 4, "n": 2, "temperature": 1.0, "seed": i,
+                        "stream": i % 3 == 0}
+                async with s.post(f"{base}/v1/completions", json=body, headers=AUTH) as r:
+                    raw = await r.read()
+                    return r.status, r.headers.get("Retry-After"), raw
+            return await asyncio.gather(*(one(i) for i in range(300)))
+
+    post(base, "/v1/completions", {"prompt": "warm up", "max_tokens": 4}, key=KEY)
+    rss0 = vm_kib(proc.pid, "VmRSS")
+    for k in range(2):
+        answers = asyncio.run(burst(k))
+        statuses = [s for s, _, _ in answers]
+        assert set(statuses) <= {200, 429, 503}, set(statuses)
+        assert statuses.count(200) >= MAX_QUEUED // 2 and statuses.count(429) > 0, statuses
+        for status, retry_after, raw in answers:
+            if status == 429:
+                assert retry_after == "1" and json.loads(raw)["error"]["code"] == "rate_limit_exceeded"
+            elif status == 200 and raw.startswith(b"data: "):
+                assert raw.rstrip().endswith(b"data: [DONE]")
+            else:
+                assert len(json.loads(raw)["choices"]) == 2
+        if k == 0:
+            rss1 = vm_kib(proc.pid, "VmRSS")
+    rss2 = vm_kib(proc.pid, "VmRSS")
+    assert rss1 - rss0 < 64 * 1024 and rss2 - rss1 < 16 * 1024, (rss0, rss1, rss2)
+    with urllib.request.urlopen(base + "/health") as r:
+        assert json.loads(r.read())["queued_samples"] == 0
+
+
+def test_a_client_that_goes_away_frees_its_place(server):
+    base, _ = server
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            body = {"prompt": "def long(x):", "max_tokens": 100, "n": MAX_N, "temperature": 1.0, "stream": True}
+            async with s.post(f"{base}/v1/completions", json=body, headers=AUTH) as r:
+                assert r.status == 200
+                assert (await r.content.readline()).startswith(b"data: ")
+            # closed after the first event; the server aborts the job and frees its samples
+            for _ in range(100):
+                async with s.get(f"{base}/health") as h:
+                    if (await h.json())["queued_samples"] == 0:
+                        return True
+                await asyncio.sleep(0.1)
+            return False
+
+    assert asyncio.run(go())
+
+
+# ------------------------------------------------------------------------------------------- start-up errors
+def test_port_taken_is_one_sentence_and_exit_2():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([PYTHON, "-m", "wizardcoder", "serve", "--model", "tiny", "--port", str(port)], cwd=REPO,
+                           env=repo_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: --port {port} on 127.0.0.1 is already in use; stop the program listening "
+                                "there or pick another --port.")
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
+    from wizardcoder.errors import UserError
+    from wizardcoder.serve import ServeConfig, load_model
+
+    ckpt = save_tiny_checkpoint(str(tmp_path / "small"), vocab_size=1000)  # the bundled tokenizer has 49153 tokens
+    with pytest.raises(UserError, match=r"has 49153 tokens but the model's vocabulary has 1000; serve the checkpoint"):
+        load_model(ServeConfig(model=ckpt))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-n", "0"], "--max-n must be at least 1"),
+    (["--dtype", "float8"], "--dtype 'float8' is not a dtype"),
+    (["--max-n", "64", "--max-queued-samples", "8"], "--max-n (64) is larger than --max-queued-samples (8)"),
+    (["--port", "70000"], "--port 70000 is not a TCP port"),
+])
+def test_bad_flags_are_one_sentence(flags, message, capsys):
+    from wizardcoder.cli import main
+
+    assert main(["serve", "--model", "tiny", *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+# ------------------------------------------------------------------------------------------- the pieces
+def test_chat_rendering_uses_the_alpaca_template():
+    from wizardcoder.data.templates import ALPACA
+    from wizardcoder.serve.protocol import ApiError, render_chat
+
+    assert render_chat([{"role": "user", "content": "Sort a list."}], ALPACA) == ALPACA.prompt("Sort a list.")
+    parts = [{"type": "text", "text": "Sort "}, {"type": "text", "text": "a list."}]
+    assert render_chat([{"role": "user", "content": parts}], ALPACA) == ALPACA.prompt("Sort a list.")
+    assert render_chat([{"role": "system", "content": "Use Python."}, {"role": "user", "content": "Sort."}],
+                       ALPACA) == ALPACA.prompt("Use Python.\n\nSort.")
+    convo = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
+    assert render_chat(convo, ALPACA) == ALPACA.prompt("A") + "B\n\n" + ALPACA.prompt("C")
+    for bad in (["hello"], [], None, [{"role": "user", "content": 3}], [{"role": "assistant", "content": "x"}],
+                [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]):
+        with pytest.raises(ApiError) as e:
+            render_chat(bad, ALPACA)
+        assert e.value.status == 400
+
+
+def test_streamed_text_never_sends_what_a_stop_string_will_cut():
+    from wizardcoder.serve.protocol import DeltaText
+
+    final = "def f():\n    return 1"  # the engine cut it before "\nEND"
+    growing = ["def", "def f():\n", "def f():\n    return 1\n", "def f():\n    return 1\nEN", "def f():\n    return 1\nEND\n"]
+    d = DeltaText(["\nEND"])
+    sent = [d.advance(t, False) for t in growing] + [d.advance(final, True)]
+    assert "".join(sent) == final and sent[0] == ""  # 3 characters held back: "\nEN" may be coming
+    assert all(final.startswith("".join(sent[:i])) for i in range(len(sent)))  # never anything to take back
+    d = DeltaText([])
+    assert d.advance("ab\ufffd", False) == "ab" and d.advance("abé", True) == "é"  # a character still being generated

@@ -1,0 +1,115 @@
+"""`wizardcoder serve`: an OpenAI-compatible HTTP server over a StarCoder checkpoint, on the generation engine.
+
+    wizardcoder serve --model runs/wc1b/final --port 8000 [--served-model-name wc1b] [--api-key-env MY_KEY]
+
+`/v1/completions` and `/v1/chat/completions` (chat rendered with WizardCoder's Alpaca template), with `n`, `stop`,
+`seed`, `top_p`, `top_k`, `stream: true` (server-sent events), real finish reasons and counted usage; `/v1/models`.
+Layout: `config.py` the flags, `protocol.py` the wire format and request checks, `worker.py` the engine's thread,
+`app.py` the aiohttp routes. docs/serve.md describes the behaviour and the limits.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+
+from ..cli_args import add_dataclass_arguments, dataclass_from_args
+from ..errors import ConfigError, UserError
+from .config import ServeConfig
+
+__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(p, ServeConfig)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one sentence saying why not (checked before the model loads)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host!r} cannot be resolved ({e.strerror}); give an IP address or a host name.") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"--port {port} on {host} is already in use; stop the program listening there or pick "
+                            "another --port.") from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"--port {port} on {host} needs privileges; pick a port above 1023.") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port.") from None
+    return sock
+
+
+def load_model(cfg: ServeConfig):
+    """(model, tokenizer, served name). A preset name gives random weights and the bundled tokenizer; anything else
+    is a checkpoint whose tokenizer is stored beside it (or given by --tokenizer)."""
+    import torch
+
+    from ..config import PRESETS
+    from ..dtypes import resolve_dtype
+    from ..model import StarCoder
+    from ..tokenizer import Tokenizer
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.model in PRESETS and not os.path.exists(cfg.model):
+        tok = Tokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else Tokenizer.bundled()
+        model = StarCoder.from_preset(cfg.model, seed=0, vocab_size=tok.vocab_size, device=device, dtype=dtype)
+        name = cfg.model
+    else:
+        model = StarCoder.from_pretrained(cfg.model, dtype=dtype, device=device)
+        try:
+            tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+        except UserError:
+            if cfg.tokenizer:
+                raise
+            raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass --tokenizer.") from None
+        name = os.path.basename(os.path.normpath(cfg.model)) if os.path.exists(cfg.model) else cfg.model
+    if tok.vocab_size != model.config.vocab_size:
+        raise UserError(f"the tokenizer ({tok.name}) has {tok.vocab_size} tokens but the model's vocabulary has "
+                        f"{model.config.vocab_size}; serve the checkpoint with its own tokenizer (--tokenizer).")
+    return model.eval(), tok, cfg.served_model_name or name
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from ..data.templates import get_template
+    from ..engine import Engine, SamplingParams
+    from .app import build_app
+    from .protocol import Limits
+    from .worker import EngineWorker
+
+    cfg = dataclass_from_args(ServeConfig, args)
+    template = get_template(cfg.template)
+    sock = bind_socket(cfg.host, cfg.port)  # a taken port fails now, not after minutes of loading
+    try:
+        model, tok, name = load_model(cfg)
+        positions = model.config.n_positions
+        if cfg.max_len is not None and cfg.max_len > positions:
+            raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
+        max_len = cfg.max_len or positions
+        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
+        api_key = None
+        if cfg.api_key_env:
+            api_key = os.environ.get(cfg.api_key_env)
+            if not api_key:
+                raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
+        limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
+                        default_max_tokens=cfg.default_max_tokens, template=template, encode=tok.encode)
+        app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
+                        request_timeout_s=cfg.request_timeout_s, max_body_bytes=int(cfg.max_body_mb * 2**20))
+        print(f"serving {name} on http://{cfg.host}:{cfg.port}/v1 (max_len {max_len}, {cfg.max_slots} slots)",
+              flush=True)
+        web.run_app(app, sock=sock, print=None, handler_cancellation=True, access_log=None)
+    finally:
+        sock.close()
+    return 0
