@@ -323,6 +323,7 @@ class Worker:
                     except InterruptedError:
                         continue
                 self._sweep(rounds=1000)  # a few seconds at most, even against a bomb
+                shutil.rmtree(self.tmp_root, ignore_errors=True)  # an empty mount point here, unless no view
             finally:
                 os._exit(0)
         os.close(r)
