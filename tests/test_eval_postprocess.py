@@ -94,10 +94,10 @@ def test_sanitizer_survives_truncated_and_plain_text():
 
 
 def test_none_passes_through():
-    from wizardcoder.errors import DataError
+    from wizardcoder.errors import ConfigError
 
     assert HUMANEVAL.postprocess("anything", None, "none") == "anything"
-    with pytest.raises(DataError, match="unknown post-processing"):
+    with pytest.raises(ConfigError, match="unknown post-processing"):
         HUMANEVAL.postprocess("x", None, "bogus")
 
 

@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any, ClassVar, Iterable
 
 from ...data.templates import ALPACA
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 from ...io import read_records
 from .. import postprocessing
 from ..jobs import Job, Result
@@ -115,7 +115,7 @@ class Benchmark:
             return ALPACA.prompt(self.instruction(problem, instructions))
         if style == "plain":
             return self.plain_prompt(problem)
-        raise DataError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
+        raise ConfigError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
 
     def plain_prompt(self, problem: Problem) -> str:
         return problem.prompt
@@ -146,7 +146,7 @@ class Benchmark:
             return postprocessing.sanitize(text, self.entry_point(problem) if problem else None)
         if style == "none":
             return text
-        raise DataError(f"unknown post-processing {style!r}; choose one of {', '.join(postprocessing.STYLES)}.")
+        raise ConfigError(f"unknown post-processing {style!r}; choose one of {', '.join(postprocessing.STYLES)}.")
 
     def solution(self, problem: Problem, sample: dict, style: str = "wizardcoder") -> str:
         """The program a sample stands for, before the tests are added: `solution` as is, `completion` after the
