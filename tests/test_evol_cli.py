@@ -47,10 +47,10 @@ def seed_file(tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_dataset(tmp_path, seed_file, shared_data):
     bench = ["--decontaminate-against", os.path.join(shared_data, "humaneval", "HumanEval.jsonl"),
-             "--decontaminate-against", os.path.join(shared_data, "mbpp", "mbpp.jsonl")]
+             os.path.join(shared_data, "mbpp", "mbpp.jsonl")]
     key = {"EVOL_KEY": "sekret"}
     with StubLLM(api_key="sekret", delay=0.01) as stub:
-        common = ["--seed", seed_file, "--rounds", "3", "--llm-base-url", stub.base_url, "--llm-model", "stub-model",
+        common = ["--data", seed_file, "--rounds", "3", "--llm-base-url", stub.base_url, "--llm-model", "stub-model",
                   "--llm-api-key-env", "EVOL_KEY", "--concurrency", "4", *bench]
         ref = str(tmp_path / "ref")
         p = cli(*common, "--out", ref, env=key)
@@ -100,7 +100,7 @@ def test_killed_run_resumes_to_the_same_dataset(tmp_path, seed_file, shared_data
 
 def test_torn_journal_tail_is_repaired_on_resume(tmp_path, seed_file):
     with StubLLM() as stub:
-        common = ["--seed", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--llm-model", "m",
+        common = ["--data", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--llm-model", "m",
                   "--no-hygiene", "--llm-api-key-env", ""]
         out = str(tmp_path / "o")
         assert cli(*common, "--out", out).wait(60) == 0
@@ -119,15 +119,15 @@ def test_torn_journal_tail_is_repaired_on_resume(tmp_path, seed_file):
 def test_bad_seed_lines_and_changed_settings_are_named(tmp_path, seed_file):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "ok"}\n{"instruction": "also ok"}\n{"instruction": oops}\n')
-    p = cli("--seed", str(bad), "--out", str(tmp_path / "o"), "--llm-base-url", "http://127.0.0.1:9/v1",
+    p = cli("--data", str(bad), "--out", str(tmp_path / "o"), "--llm-base-url", "http://127.0.0.1:9/v1",
             "--llm-model", "m", "--no-hygiene")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and f"{bad}:3: not valid JSON" in err and "Traceback" not in err
     p = cli("--out", str(tmp_path / "o"))
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 2 and "--seed, --llm-base-url, --llm-model" in err
+    assert p.returncode == 2 and "--data, --llm-base-url, --llm-model" in err
     with StubLLM() as stub:
-        common = ["--seed", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--no-hygiene",
+        common = ["--data", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--no-hygiene",
                   "--out", str(tmp_path / "o2")]
         assert cli(*common, "--llm-model", "m").wait(60) == 0
         p = cli(*common, "--llm-model", "other")
@@ -142,7 +142,7 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
     he = os.path.join(shared_data, "humaneval", "HumanEval.jsonl")
     mbpp = os.path.join(shared_data, "mbpp", "mbpp.jsonl")
     out = str(tmp_path / "f")
-    p = cli("--filter-only", src, "--out", out, "--decontaminate-against", he, "--decontaminate-against", mbpp)
+    p = cli("--filter-only", "--data", src, "--out", out, "--decontaminate-against", he, mbpp)
     stdout, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     rep = json.load(open(os.path.join(out, "report.json")))
@@ -178,3 +178,74 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
         any(m in re.sub(r"given test cases?\b", "", (x["instruction"] or "").lower()) for m in COPY_MARKERS)
         for x in data)
     assert "paraphrase" in rep["hygiene"] and len(rep["hygiene"]["paraphrase"]["top"]) == 20
+
+
+def _in_process(capsys, *args):
+    from wizardcoder.cli import main
+
+    code = main(["evolve", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d / "missing.jsonl", r"missing\.jsonl: no such seed file; check the path"),
+    (lambda d: d, r"is a folder, not a file; give the seed file itself"),
+    (lambda d: (d / "seed.json").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe\x00\x01binary") and d / "seed.json",
+     r"seed\.json: not a UTF-8 text file"),
+    (lambda d: (d / "seed.jsonl").write_text('["a list"]\n') and d / "seed.jsonl",
+     r"seed\.jsonl: a JSON list, not an array of records|seed\.jsonl\[0\]: expected a JSON object"),
+])
+def test_bad_seed_files_are_one_sentence_before_any_work(tmp_path, capsys, make, says):
+    seed = make(tmp_path)
+    out = tmp_path / "out"
+    code, err = _in_process(capsys, "--data", str(seed), "--out", str(out), "--llm-base-url", "http://127.0.0.1:9/v1",
+                            "--llm-model", "m")
+    assert code == 2 and re.search(says, err) and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()  # nothing made, no LLM or benchmark touched
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--top-p", "0", r"--top-p 0\.0: must be in \(0, 1\]"),
+    ("--temperature", "nan", r"--temperature nan: must be 0 or more"),
+    ("--concurrency", "0", r"--concurrency 0: must be at least 1"),
+    ("--max-new-tokens", "0", r"--max-new-tokens 0: must be at least 1"),
+    ("--timeout", "-1", r"--timeout -1\.0: must be more than 0 seconds"),
+    ("--rounds", "0", r"--rounds 0: must be at least 1"),
+    ("--disable-rule", "sorrow", r"--disable-rule 'sorrow': no such rule"),
+    ("--near-dup-threshold", "1.5", r"--near-dup-threshold 1\.5: must be in \(0, 1\]"),
+    ("--prompts", "nonesuch", r"--prompts 'nonesuch': neither a template name"),
+])
+def test_bad_flags_name_themselves(tmp_path, capsys, seed_file, flag, value, says):
+    out = tmp_path / "out"
+    code, err = _in_process(capsys, "--data", seed_file, "--out", str(out), "--llm-base-url",
+                            "http://127.0.0.1:9/v1", "--llm-model", "m", flag, value)
+    assert code == 2 and re.search(says, err) and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_seed_is_a_number_and_out_must_be_a_folder(tmp_path, capsys, seed_file):
+    with pytest.raises(SystemExit) as e:  # argparse: --seed takes the RNG seed, the seed file is --data
+        _in_process(capsys, "--seed", seed_file, "--out", str(tmp_path / "o"))
+    assert e.value.code == 2 and "--seed: invalid int value" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    code, err = _in_process(capsys, "--data", seed_file, "--out", str(afile), "--llm-base-url",
+                            "http://127.0.0.1:9/v1", "--llm-model", "m", "--no-hygiene")
+    assert code == 2 and "--out" in err and "is a file, not a folder" in err and afile.read_text() == "keep"
+
+
+def test_config_file_keys_are_the_flag_dests(tmp_path, seed_file):
+    """An [evolve] section with the dests (llm_base_url, seed, data, max_new_tokens, decontaminate_against) runs
+    the same as the flags."""
+    with StubLLM() as stub:
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(f'[evolve]\ndata = ["{seed_file}"]\nllm_base_url = "{stub.base_url}"\nllm_model = "m"\n'
+                       'seed = 7\nrounds = 1\nmax_new_tokens = 99\nno_hygiene = true\nllm_api_key_env = ""\n'
+                       'disable_rule = ["sorry"]\n')
+        p = cli("--config", str(cfg), "--out", str(tmp_path / "o"))
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        bodies = [b for _, b, _ in stub.requests]
+    assert bodies and all(b["max_tokens"] in (99, 16) for b in bodies)  # 16: the equality check's
+    ident = json.load(open(tmp_path / "o" / "config.json"))["identity"]
+    assert ident["seed"] == 7 and ident["rules"]["disabled"] == ["sorry"]

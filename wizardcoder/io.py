@@ -197,6 +197,20 @@ def write_jsonl(path: str, records: Iterable[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def make_out_dir(path: str, flag: str = "--out", error: type[UserError] = UserError) -> str:
+    """Create the output folder `path` (and its parents) if needed, for a stage that writes into it file by file
+    (journals, resumable runs); a file in the way or a folder we cannot write is one sentence naming `flag`."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise error(f"{flag} {path}: is a file, not a folder; choose another {flag}.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise error(f"{flag} {path}: cannot create it ({e.strerror or e}); choose a writable {flag}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise error(f"{flag} {path}: not writable; choose a writable {flag}.")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- atomic folders
 MARKER = ".wizardcoder"  # JSON {"made_by": ..., "files": [...]} written into every folder atomic_dir makes
 

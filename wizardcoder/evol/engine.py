@@ -30,7 +30,8 @@ import sys
 import time
 
 from ..errors import ConfigError, DataError, UserError
-from ..io import JsonlAppender, atomic_write_json, atomic_write_text, open_text, read_jsonl, read_records, write_jsonl
+from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, iter_json_values, make_out_dir, read_jsonl,
+                  write_jsonl)
 from . import rules as R
 from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
 from .prompts import EvolPrompts, load_prompts
@@ -59,24 +60,14 @@ class EvolConfig:
 # ----------------------------------------------------------------------------------------------------------- seed
 
 
-def _line_numbers(path: str) -> list[int] | None:
-    """Line number of each non-blank line of a JSONL file (None for a JSON array), to name lines in errors."""
-    with open_text(path) as f:
-        head = f.read(4096).lstrip()
-    if head.startswith("["):
-        return None
-    with open_text(path) as f:
-        return [i for i, line in enumerate(f, 1) if line.strip()]
-
-
 def load_seed(path: str) -> list[dict]:
     """Read seed instructions from JSON/JSONL: `instruction` (required; an Alpaca `input` is appended on a new line as
     evol-teacher does), `output` (optional; a seed without one is evolved but not merged), `id` (optional; default
-    seed-<index>). A malformed line raises a DataError naming the file and line."""
-    lines = _line_numbers(path)
+    seed-<index>). A missing, binary or malformed file or record raises a DataError naming the file and line."""
     seeds, seen = [], set()
-    for i, rec in enumerate(read_records(path)):
-        where = f"{path}:{lines[i]}" if lines is not None else f"{path}: element {i}"
+    for i, (where, rec) in enumerate(iter_json_values(path, hint="fix or remove that line of the seed file")):
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}; each seed is one object.")
         instruction = rec.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise DataError(f"{where}: missing or empty `instruction` (a string); fix or remove that record.")
@@ -301,7 +292,7 @@ class Evolver:
                 "model": self.llm_cfg.model, "seconds_this_run": round(seconds, 3)}
 
     def run(self) -> dict:
-        os.makedirs(self.out, exist_ok=True)
+        make_out_dir(self.out)
         self._check_config()
         t0 = time.perf_counter()
         complete = False
@@ -336,14 +327,16 @@ def format_summary(summary: dict) -> str:
         "\n".join(lines) + "\n" + llm
 
 
-def evolve(seed, out_dir: str, llm: LLMConfig, cfg: EvolConfig | None = None, *, progress: bool = False) -> dict:
+def evolve(seed, out_dir: str, llm: LLMConfig, cfg: EvolConfig | None = None, *, progress: bool = False,
+           seed_source: str | None = None) -> dict:
     """Evolve `seed` (a JSON/JSONL path or a list of {id?, instruction, output?}) into `out_dir`; resumes a killed
-    run in the same folder. Returns the summary (also written to out_dir/summary.json)."""
+    run in the same folder. `seed_source` names the file a list came from (recorded in config.json). Returns the
+    summary (also written to out_dir/summary.json)."""
     cfg = cfg or EvolConfig()
     if isinstance(seed, str):
         seeds, source = load_seed(seed), seed
     else:
-        seeds, source = [], None
+        seeds, source = [], seed_source
         for i, rec in enumerate(seed):
             seeds.append({"id": str(rec.get("id", f"seed-{i}")), "instruction": rec["instruction"],
                           "output": rec.get("output")})

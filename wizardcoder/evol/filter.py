@@ -12,20 +12,30 @@ from __future__ import annotations
 import collections
 import os
 
-from ..io import atomic_write_json, atomic_write_text, read_records, write_jsonl
+from ..errors import DataError
+from ..io import atomic_write_json, atomic_write_text, iter_json_values, make_out_dir, write_jsonl
 from . import hygiene as H
 from . import rules as R
 
 
 def load_pairs(path: str) -> list[dict]:
+    """The records of one file as {id, source, instruction, output, ...}; a record that is not an object or has a
+    non-string instruction / input / output is a DataError naming the file and line."""
     base = os.path.basename(path)
     out = []
-    for i, rec in enumerate(read_records(path)):
-        instruction = rec.get("instruction") or ""
-        if isinstance(rec.get("input"), str) and rec["input"].strip():
-            instruction += "\n" + rec["input"]
+    for i, (where, rec) in enumerate(iter_json_values(path)):
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}; each record is one object.")
+        fields = {"instruction": rec.get("instruction"), "input": rec.get("input"),
+                  "output": rec.get("output", rec.get("response"))}
+        for name, value in fields.items():
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: `{name}` must be a string, got {type(value).__name__}; fix that record.")
+        instruction = fields["instruction"] or ""
+        if fields["input"] and fields["input"].strip():
+            instruction += "\n" + fields["input"]
         out.append({**rec, "id": str(rec["id"]) if rec.get("id") is not None else f"{base}:{i}", "source": base,
-                    "instruction": instruction, "output": rec.get("output", rec.get("response")) or ""})
+                    "instruction": instruction, "output": fields["output"] or ""})
     return out
 
 
@@ -34,14 +44,15 @@ def filter_files(paths: list[str], out_dir: str, rule_cfg: R.RuleConfig | None =
     """Apply the LLM-free elimination rules and hygiene to `paths`; write clean/removed/report into `out_dir`."""
     from .prompts import COPY_MARKERS
 
+    make_out_dir(out_dir)
+    pairs_of = {path: load_pairs(path) for path in paths}  # every input read (and checked) before any work
     rule_cfg = rule_cfg or R.RuleConfig()
     if not rule_cfg.copy_markers:
         rule_cfg.copy_markers = COPY_MARKERS
     hyg_cfg = hyg_cfg or H.HygieneConfig()
     survivors, removed = [], []
     per_file = {}
-    for path in paths:
-        pairs = load_pairs(path)
+    for path, pairs in pairs_of.items():
         c = collections.Counter()
         for rec in pairs:
             fail = R.check_pair(rec["instruction"], rec["output"], rule_cfg)
@@ -61,7 +72,6 @@ def filter_files(paths: list[str], out_dir: str, rule_cfg: R.RuleConfig | None =
         per_file[name]["hygiene_removed"] = dict(c)
     report = {"files": per_file, "rules_config": {k: v for k, v in vars(rule_cfg).items() if k != "copy_markers"},
               "hygiene": hyg, "kept": len(kept)}
-    os.makedirs(out_dir, exist_ok=True)
     write_jsonl(os.path.join(out_dir, "clean.jsonl"), kept)
     write_jsonl(os.path.join(out_dir, "removed.jsonl"), removed)
     atomic_write_json(os.path.join(out_dir, "report.json"), report)

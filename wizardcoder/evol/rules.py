@@ -44,7 +44,7 @@ class RuleConfig:
 
     max_instruction_chars: int = 4096  # an evolved instruction longer than this is eliminated (too_long)
     max_answer_chars: int = 16384  # an answer longer than this is eliminated (too_long)
-    sorry_max_words: int = 80  # WizardLM: "contains 'sorry' and is relatively short (i.e., less than 80 words)"
+    sorry_max_words: int = 80  # an answer with "sorry" in fewer words is eliminated (WizardLM: less than 80 words)
     copy_markers: tuple[str, ...] = ()  # phrases of the evolution prompt that must not appear (default: the prompts')
     disabled: tuple[str, ...] = ()  # elimination rules to switch off: equal, sorry, stopwords, copied, empty, too_long
 
