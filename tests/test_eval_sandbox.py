@@ -277,28 +277,51 @@ def test_worker_crash_is_survived(pool):
 
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv to drop every capability")
 def test_without_privileges_the_next_layers_hold(tmp_path):
-    """With no capabilities (no namespaces, no uid switch, no tmpfs) the sandbox says so and Landlock + seccomp still
-    stop the escapes."""
+    """With no capabilities (no namespaces, no uid switch, no view, no tmpfs) the sandbox says so, and Landlock +
+    seccomp alone still stop the escapes. The program runs as uid 0 here, so uid permissions would let it read
+    every root-owned file (/etc/shadow, /root, the secret): only Landlock's read rules stop that."""
     canary = tmp_path / "canary.txt"
     canary.write_text("keep")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    secret.chmod(0o600)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "listener.sock"))
+    listener.listen(1)
+    listener.settimeout(0.1)
+    progs = [
+        f"import os; os.remove({str(canary)!r})",
+        "import socket; socket.create_connection(('127.0.0.1', 22), timeout=1)",
+        "import os; os.kill(os.getppid(), 9)",
+        "import os; os.fork()",
+        f"print(open({str(secret)!r}).read())",
+        "print(open('/etc/shadow').read())",
+        "import os; print(os.listdir('/root'))",
+        f"print(open('/proc/{os.getpid()}/environ', 'rb').read())",
+        f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(tmp_path / 'listener.sock')!r})",
+        "assert 1",
+    ]
     script = tmp_path / "probe.py"
     script.write_text(
         "import json\nfrom wizardcoder.eval import SandboxPool, SandboxConfig\n"
         "with SandboxPool(1, SandboxConfig(timeout=2.0, wall_factor=1.0)) as pool:\n"
-        "    progs = [\n"
-        f"        {'import os; os.remove(' + repr(str(canary)) + ')'!r},\n"
-        "        'import socket; socket.create_connection((\"127.0.0.1\", 22), timeout=1)',\n"
-        "        'import os; os.kill(os.getppid(), 9)',\n"
-        "        'import os; os.fork()',\n"
-        "        'assert 1']\n"
+        f"    progs = {progs!r}\n"
         "    res = sorted(pool.run([{'id': i, 'kind': 'script', 'code': c} for i, c in enumerate(progs)]),\n"
         "                 key=lambda r: r['id'])\n"
-        "    print(json.dumps({'isolation': pool.isolation.to_json(), 'status': [r['status'] for r in res]}))\n")
-    r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, str(script)],
-                       capture_output=True, text=True, timeout=120, cwd=REPO)
+        "    print(json.dumps({'isolation': pool.isolation.to_json(), 'status': [r['status'] for r in res],\n"
+        "                      'error': [r['error'] for r in res]}))\n")
+    try:
+        r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, str(script)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+        with pytest.raises(OSError):
+            listener.accept()
+    finally:
+        listener.close()
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["status"] == ["failed", "failed", "failed", "failed", "passed"]
+    assert out["status"] == ["failed"] * (len(progs) - 1) + ["passed"], out["error"]
+    assert all("PermissionError" in e for e in out["error"][4:8]), out["error"]  # Landlock, not "not found"
+    assert "s3cret" not in r.stdout
     iso = IsolationReport.from_json(out["isolation"])
     assert {layer.name for layer in iso.degraded()} == {"lifetime", "user", "view", "scratch", "network"}
     assert "not allowed to switch uid" in iso["user"].detail
