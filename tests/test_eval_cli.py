@@ -108,8 +108,9 @@ def test_cli_user_errors(he_subset, tmp_path, capsys):
     (["--timeout", "-1"], "--timeout -1.0: give the CPU seconds per program as a number > 0"),
     (["--timeout", "0"], "--timeout 0.0: give the CPU seconds per program as a number > 0"),
     (["--timeout", "nan"], "--timeout nan"),
-    (["--workers", "0"], "--workers 0: give at least 1"),
-    (["--k", "0"], "every k must be >= 1"),
+    (["--workers", "0"], "--workers 0: give a whole number >= 1"),
+    (["--k", "0"], "every k >= 1"),
+    (["--memory-mb", "0"], "--memory-mb 0: give a whole number of MiB >= 64"),
 ])
 def test_cli_numeric_flags_are_checked_before_anything_runs(he_subset, tmp_path, capsys, flags, message):
     data, probs = he_subset

@@ -32,12 +32,12 @@ class EvaluateConfig:
     task: Literal[TASKS] | None = None  # benchmark to score on (required)
     samples: str | None = None  # JSONL to score: task_id and one of completion / solution / response per line
     model: str | None = None  # checkpoint folder, preset or hub id: generate samples first, then score them
-    data: str | None = None  # the benchmark's dataset file in its upstream format (default: package, cache or hub)
+    data: str | None = None  # the benchmark's dataset file in its upstream format; none: from a package, a local cache or the hub
     out: str | None = None  # output folder: results.jsonl, summary.json (and samples.jsonl with --model) (required)
     k: list[int] = dataclasses.field(default_factory=lambda: [1, 10, 100])  # pass@k to report (those <= n)
     postprocess: Literal[POSTPROCESS] = "wizardcoder"  # how `response` samples become code
-    workers: int | None = None  # sandbox workers (default: one per CPU core)
-    timeout: float | None = None  # CPU seconds per program, > 0 (default: 3 HumanEval, 10 MBPP, 60 DS-1000; + tasks: evalplus's per-input limits)
+    workers: int | None = None  # sandbox workers; none: one per CPU core
+    timeout: float | None = None  # CPU seconds per program (not wall-clock), > 0; none: 3 HumanEval, 10 MBPP, 60 DS-1000 (the + tasks use evalplus's per-input limits)
     memory_mb: int = 4096  # address-space cap per program (MiB)
     allow_fork: bool = False  # let programs fork (bounded by RLIMIT_NPROC only)
     progress: bool = True  # progress bar on stderr (--no-progress: none)
@@ -51,15 +51,24 @@ class EvaluateConfig:
                               "score).")
         if not self.out:
             raise ConfigError("--out is required: the folder for results.jsonl and summary.json.")
-        if self.timeout is not None and (not math.isfinite(self.timeout) or self.timeout <= 0):
+        if self.timeout is not None and not (_is_number(self.timeout) and math.isfinite(self.timeout)
+                                             and self.timeout > 0):
             raise ConfigError(f"--timeout {self.timeout}: give the CPU seconds per program as a number > 0 (or leave "
                               "it out for the task's default).")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers {self.workers}: give at least 1 (or leave it out for one per core).")
-        if self.memory_mb < 64:
-            raise ConfigError(f"--memory-mb {self.memory_mb}: give at least 64 MiB per program.")
-        if not self.k or min(self.k) < 1:
-            raise ConfigError(f"--k {' '.join(map(str, self.k))}: every k must be >= 1.")
+        if self.workers is not None and not (_is_int(self.workers) and self.workers >= 1):
+            raise ConfigError(f"--workers {self.workers}: give a whole number >= 1 (or leave it out for one per core).")
+        if not (_is_int(self.memory_mb) and self.memory_mb >= 64):
+            raise ConfigError(f"--memory-mb {self.memory_mb}: give a whole number of MiB >= 64 per program.")
+        if not isinstance(self.k, list) or not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+            raise ConfigError(f"--k {self.k}: give one or more whole numbers, every k >= 1.")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass
@@ -75,7 +84,7 @@ class GenerationOptions:
     batch_size: int = 32  # prompts decoded together
     seed: int = 0  # random seed of the sampler
     dtype: str = "auto"  # model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    device: str | None = None  # cuda, cpu ... (default: cuda when available)
+    device: str | None = None  # cuda, cpu ...; none: cuda when available
     limit: int | None = None  # only the first N problems (smoke runs)
 
 
