@@ -14,7 +14,7 @@ ASSET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_pack_demo_seed(starcoder_tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "shards"
     rc = main(["pack", "--data", ASSET, "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "256",
-               "--out", str(out), "--quiet"])
+               "--out", str(out), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     meta = json.loads((out / "metadata.json").read_text())
@@ -29,7 +29,7 @@ def test_pack_demo_seed(starcoder_tokenizer_dir, tmp_path, capsys):
 def test_pack_errors_exit_2(starcoder_tokenizer_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
-    args = ["pack", "--data", str(bad), "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "64", "--quiet"]
+    args = ["pack", "--data", str(bad), "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "64", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "o1")]) == 2
     assert f"error: {bad}:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists()
@@ -50,3 +50,39 @@ def test_pack_through_the_installed_entry_point(starcoder_tokenizer_dir, tmp_pat
     assert out.returncode == 0, out.stderr
     assert "records read     30" in out.stdout
     assert "tokenize" in out.stderr  # the progress bar
+
+
+def test_overwrite_never_replaces_a_folder_pack_did_not_make(starcoder_tokenizer_dir, tmp_path, capsys, monkeypatch):
+    """`pack --out . --overwrite` once deleted every file in the working folder, its input included."""
+    work = tmp_path / "work"
+    work.mkdir()
+    data = work / "records.jsonl"
+    data.write_text(open(ASSET).read())
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    args = ["pack", "--data", "records.jsonl", "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "256",
+            "--no-progress", "--overwrite"]
+    assert main(args + ["--out", "."]) == 2
+    err = capsys.readouterr().err
+    assert "not a folder that wizardcoder made" in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(work)) == ["notes.txt", "records.jsonl"] and data.read_text() == open(ASSET).read()
+    # a folder pack made is replaced; once the user adds a file to it, it is not
+    assert main(args + ["--out", "shards"]) == 0 and main(args + ["--out", "shards"]) == 0
+    (work / "shards" / "mine.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(args + ["--out", "shards"]) == 2
+    assert "holds 1 file(s) that pack did not write (e.g. mine.txt)" in capsys.readouterr().err
+    assert (work / "shards" / "mine.txt").read_text() == "keep" and PackedShards("shards").num_docs == 30
+
+
+def test_bad_packs_per_shard_and_unwritable_out(starcoder_tokenizer_dir, tmp_path, capsys):
+    args = ["pack", "--data", ASSET, "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "256", "--no-progress"]
+    for n in ("0", "-1"):
+        assert main(args + ["--out", str(tmp_path / "o"), "--packs-per-shard", n]) == 2
+        assert f"--packs-per-shard must be at least 1, got {n}" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(args + ["--out", str(afile / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create a folder in" in err and "choose a writable --out" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == ["afile"]

@@ -223,6 +223,7 @@ def check_out_dir(out: str, made_by: str, overwrite: bool = False, error: type[U
     out = os.path.abspath(out)
     if os.path.islink(out):
         raise error(f"{flag} {out}: is a symbolic link; give the folder's real path.")
+    _check_can_create(out, error, flag)
     if not os.path.lexists(out):
         return
     if not os.path.isdir(out):
@@ -243,6 +244,17 @@ def check_out_dir(out: str, made_by: str, overwrite: bool = False, error: type[U
     if foreign:
         raise error(f"{flag} {out}: holds {len(foreign)} file(s) that {made_by} did not write (e.g. {foreign[0]}), "
                     f"so --overwrite will not replace it; move them out or choose another {flag}.")
+
+
+def _check_can_create(out: str, error: type[UserError], flag: str) -> None:
+    """The temporary folder goes beside `out`: its nearest existing ancestor must be a folder we may write."""
+    parent = os.path.dirname(out)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    why = "not a folder" if not os.path.isdir(parent) else (
+        "Permission denied" if not os.access(parent, os.W_OK | os.X_OK) else None)
+    if why:
+        raise error(f"{flag} {out}: cannot create a folder in {parent} ({why}); choose a writable {flag}.")
 
 
 def _read_marker(folder: str) -> dict | None:

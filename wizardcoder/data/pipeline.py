@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError
 from .packing import best_fit_decreasing, packing_efficiency, padded_efficiency
-from .readers import ReadStats, read_examples
+from .readers import ReadStats, read_examples, resolve_data_files
 from ..io import atomic_dir, check_out_dir
 from .shards import gather_ranges, write_shards
 from .templates import Template, get_template
@@ -77,6 +77,7 @@ def pack_dataset(
     if packs_per_shard < 1:
         raise DataError(f"--packs-per-shard must be at least 1, got {packs_per_shard}.")
     check_out_dir(out, "pack", overwrite, error=DataError)
+    files = resolve_data_files(data)  # every input found before the tokenizer is fetched
     if isinstance(tokenizer, str):
         from ..tokenizer import Tokenizer
 
@@ -88,7 +89,7 @@ def pack_dataset(
 
     t = time.perf_counter()
     stats = ReadStats()
-    examples = read_examples(data, field_map=field_map, on_bad=on_bad, on_empty=on_empty, stats=stats)
+    examples = read_examples(files, field_map=field_map, on_bad=on_bad, on_empty=on_empty, stats=stats)
     seconds["read"] = time.perf_counter() - t
     if not examples:
         raise DataError(f"no usable records in {data!r} ({stats.records} read, skipped {dict(stats.skipped)}).")
