@@ -225,7 +225,7 @@ def test_wrong_dataset_file_is_a_clear_error(shared_data):
 
 def test_no_dispatch_on_task_names_outside_the_benchmarks():
     """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
-    task names."""
+    task names. And the Alpaca prompt is not copied anywhere in wizardcoder/eval (it lives in data/templates.py)."""
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wizardcoder", "eval")
     pattern = re.compile(r"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|["'](humaneval|mbpp|ds1000)\+?["']\s*(==|!=|in)""")
     hits = []
@@ -237,3 +237,8 @@ def test_no_dispatch_on_task_names_outside_the_benchmarks():
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     hits += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if pattern.search(line)]
     assert not hits
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    assert "Below is an instruction" not in f.read(), name
