@@ -258,3 +258,21 @@ def test_benchmark_loader_rejects_other_files(tmp_path):
     f.write_text('{"foo": 1}\n')
     with pytest.raises(DataError, match="neither HumanEval"):
         H.load_benchmark(str(f))
+
+
+def test_default_benchmarks_are_found_offline(shared_data, monkeypatch):
+    """Decontamination's default benchmarks come from local packages through the evaluation stage's loaders: with
+    the hub switched off and no route out, all of HumanEval and all 974 MBPP problems load, equal to the files."""
+    import json
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WIZARDCODER_OFFLINE", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    problems = H.load_benchmarks([])
+    he = [json.loads(line) for line in open(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))]
+    mbpp = [json.loads(line) for line in open(os.path.join(shared_data, "mbpp", "mbpp.jsonl"))]
+    got = {p.task_id: p for p in problems}
+    assert len(problems) == len(he) + len(mbpp) == 164 + 974
+    assert all(got[r["task_id"]].prompt == r["prompt"] for r in he)
+    assert all(got[f"Mbpp/{r['task_id']}"].prompt == r["text"] and got[f"Mbpp/{r['task_id']}"].solution == r["code"]
+               for r in mbpp)
