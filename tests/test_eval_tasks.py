@@ -227,7 +227,8 @@ def test_no_dispatch_on_task_names_outside_the_benchmarks():
     """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
     task names. And the Alpaca prompt is not copied anywhere in wizardcoder/eval (it lives in data/templates.py)."""
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wizardcoder", "eval")
-    pattern = re.compile(r"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|["'](humaneval|mbpp|ds1000)\+?["']\s*(==|!=|in)""")
+    names = r"""["'](humaneval|mbpp|ds1000)\+?["']"""
+    pattern = re.compile(rf"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}""")
     hits = []
     for folder, _, files in os.walk(root):
         if os.path.basename(folder) == "benchmarks":
