@@ -42,9 +42,8 @@ class CausalSelfAttention(nn.Module):
             k, v = k.view(B, S, 1, self.head_dim), v.view(B, S, 1, self.head_dim)  # (B, S, 1, hd)
         else:
             q, k, v = qkv.view(B, S, self.n_head, 3 * self.head_dim).split(self.head_dim, dim=-1)
-        if seq.kv_cache is not None:  # decoding: append to the cache, attend over everything cached so far
-            k, v, mask = seq.kv_cache.update(self.layer_idx, k, v)
-            y = ops.attention_with_cache_reference(q, k, v, scale=self.scale, key_mask=mask, start=seq.kv_cache.pos)
+        if seq.kv_cache is not None:  # generating: the cache stores k/v and attends over everything it holds
+            y = seq.kv_cache.attend(self.layer_idx, q, k, v, self.scale)
         elif seq.cu_seqlens is not None:  # packed: one stream of T tokens
             y = ops.attention(q[0], k[0], v[0], scale=self.scale, cu_seqlens=seq.cu_seqlens,
                               max_seqlen=seq.max_seqlen, backend=self.cfg.attn_backend)[None]
@@ -95,7 +94,8 @@ class SeqInfo:
 
 
 class KVCache:
-    """Static K/V buffers allocated once for a batch (gpt-fast style): `k`, `v` are
+    """The simple cache (the engine's slot cache, wizardcoder/engine/cache.py, is the fast one; this one is its
+    independent check in tests). Static K/V buffers allocated once for a batch (gpt-fast style): `k`, `v` are
     `[n_layer, B, max_len, n_kv_head, head_dim]`; MQA keeps one K/V head, so the cache is n_head times smaller than
     multi-head's. Rows may be left-padded: `key_mask [B, max_len]` marks the slots holding real tokens and
     `lengths [B]` counts them (the next token's position id). `pos` is the next free slot, shared by all rows."""
@@ -119,12 +119,16 @@ class KVCache:
         self._pending = S
         return positions
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write this forward's K/V for `layer`; returns all cached K/V so far and their key mask."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """The cache protocol the attention layer calls (the engine's caches implement it too): store this
+        forward's K/V for `layer`, return the attention of q `[B, S, Hq, D]` over everything cached so far."""
+        from .engine.attention import cached_attention
+
         end = self.pos + k.shape[1]
         self.k[layer, :, self.pos : end] = k
         self.v[layer, :, self.pos : end] = v
-        return self.k[layer, :, :end], self.v[layer, :, :end], self.key_mask[:, :end]
+        return cached_attention(q, self.k[layer, :, :end], self.v[layer, :, :end], scale=scale,
+                                key_mask=self.key_mask[:, :end], start=self.pos)
 
     def advance(self) -> None:
         self.lengths += self.key_mask[:, self.pos : self.pos + self._pending].sum(-1)
@@ -151,17 +155,8 @@ class StarCoder(nn.Module):
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """GPT-2 / HF GPTBigCode init: N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2 * n_layer),
         zero biases, unit LayerNorm gains; the padding rows of the embedding stay zero."""
-        std = self.config.initializer_range
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                p.normal_(0.0, std / math.sqrt(2 * self.config.n_layer), generator=generator)
-            elif name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
-                p.fill_(1.0)
-            elif name.endswith(".bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, std, generator=generator)
-        self.transformer.wte.weight[self.config.vocab_size :].zero_()
+            init_parameter_(name, p, self.config, generator)
 
     @classmethod
     def from_config(cls, cfg: StarCoderConfig, dtype: torch.dtype | None = None, device=None, seed: int | None = None) -> "StarCoder":
@@ -264,6 +259,24 @@ class StarCoder(nn.Module):
         targets = shift_labels(labels, cu_seqlens)
         return ops.linear_cross_entropy(h.flatten(0, 1), self.lm_head_weight(), targets.flatten(),
                                         reduction=reduction, backend=self.config.kernel_backend)
+
+
+@torch.no_grad()
+def init_parameter_(name: str, p: torch.Tensor, cfg: StarCoderConfig, generator: torch.Generator | None = None) -> None:
+    """Initialise the parameter called `name` (HF name, full shape) in place. Parameters are initialised one at a
+    time in `named_parameters()` order from one generator, so a sharded model built on the meta device can draw each
+    full tensor in a bounded buffer and keep its slice, and get the same weights as an unsharded one."""
+    std = cfg.initializer_range
+    if name.endswith("c_proj.weight"):
+        p.normal_(0.0, std / math.sqrt(2 * cfg.n_layer), generator=generator)
+    elif name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+        p.fill_(1.0)
+    elif name.endswith(".bias"):
+        p.zero_()
+    else:
+        p.normal_(0.0, std, generator=generator)
+    if name == "transformer.wte.weight":
+        p[cfg.vocab_size :].zero_()  # the padding rows
 
 
 def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:

@@ -1,140 +1,152 @@
-"""Batched sampling from a StarCoder: left-padded prefill into a static KV cache, then one token per step for the
-whole batch, with greedy / temperature / top-k / top-p sampling on fp32 logits and stop strings.
+"""How to sample, and the per-row sampler the engine runs on the device.
 
-This is the plain-torch sampler (any device); the fast engine (CUDA graphs, continuous batching) builds on the same
-`SamplingParams` and `sample_logits`.
+`SamplingParams` (vLLM-like) describes one request. `sample_rows` draws the next token for a whole batch whose rows
+may each have their own temperature / top-k / top-p / seed, all as tensors, with no host round-trip. Its noise is a
+pure function of (seed, sample index, step, token id): a counter-based hash, not a stateful generator, so a sample's
+tokens do not depend on which other rows share the batch, on the row it sits in, or on how the work is split over
+processes. Drawing is Gumbel-max: argmax(logits / T - log(-log u)) has exactly the law softmax(logits / T) (the
+"exponential race"), restricted to the top-k / top-p set.
+
+`generate(model, tokenizer, prompts, params)` is the short way to sample text: a thin call into the engine
+(wizardcoder/engine), kept for the demo, the evaluation CLI and older callers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .model import KVCache, StarCoder
+from .errors import ConfigError
+
+MASK32 = 0xFFFFFFFF
 
 
 @dataclass
 class SamplingParams:
-    """How to sample. `n` completions per prompt; `temperature` 0 means greedy (argmax, n must be 1 for distinct
-    outputs to make sense); `top_p` nucleus mass kept (1 keeps all); `top_k` 0 keeps all; generation stops at EOS, at
-    `max_new_tokens`, or when the completion contains any of `stop` (the stop string and what follows is cut);
-    `seed` makes sampling reproducible (None draws from torch's global generator)."""
+    """How to sample one request (per-request, so requests with different settings share a batch)."""
 
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 256
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    n: int = 1  # completions drawn for the prompt; they share the prompt's K/V
+    temperature: float = 0.0  # 0 = greedy (argmax); otherwise logits are divided by it
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)
+    top_k: int = 0  # keep only the k most likely tokens (0 = off); applied before top_p
+    max_new_tokens: int = 256  # generated tokens at most (finish_reason "length" when reached)
+    stop: list[str] = field(default_factory=list)  # the completion ends before the first of these strings ("stop")
+    seed: int | None = None  # same seed, prompt and settings: same samples, whatever shares the batch; None: random
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+        def need_int(name, lo):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, got {v!r}.")
+            if v < lo:
+                raise ConfigError(f"{name} must be >= {lo}, got {v}.")
+
+        def need_float(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}.")
+            setattr(self, name, float(v))
+
+        need_int("n", 1)
+        need_int("top_k", 0)
+        need_int("max_new_tokens", 1)
+        need_float("temperature")
+        need_float("top_p")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop must be a list of non-empty strings, got {self.stop!r}.")
+        self.stop = list(self.stop)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed must be an integer or null, got {self.seed!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
 
-def sample_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token per row of `logits [B, V]`. Steps: fp32; greedy if temperature == 0; divide by temperature; keep
-    the top_k largest; keep the smallest set whose probability reaches top_p (always at least one); sample."""
+# ------------------------------------------------------------------------------------------ counter-based noise
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for x in [0, 2**32) without int64 overflow (python ints and int64 tensors alike)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def fmix32(x):
+    """MurmurHash3's 32-bit finaliser (a bijection with full avalanche) on values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def sample_key(seed: int, index: int) -> int:
+    """The 32-bit stream key of sample `index` of a request with `seed` (any python int)."""
+    seed &= (1 << 64) - 1
+    h = fmix32((seed & MASK32) ^ 0x9E3779B9)
+    h = fmix32(h ^ fmix32((seed >> 32) ^ 0x7F4A7C15))
+    return fmix32(h ^ fmix32((index & MASK32) ^ 0x2545F491))
+
+
+def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """u in (0, 1), `[B, vocab]` fp32: a pure function of (keys[b], steps[b], token id), 24 random bits each."""
+    step_key = fmix32(keys ^ fmix32((steps & MASK32) ^ 0x6A09E667))  # (B,)
+    token_key = fmix32(torch.arange(vocab, device=keys.device, dtype=torch.int64) ^ 0x3C6EF372)  # (V,)
+    bits = fmix32(step_key[:, None] ^ token_key[None, :]) >> 8
+    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+
+
+# ------------------------------------------------------------------------------------------------ the sampler
+def filter_top_k_top_p(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) the tokens outside each row's top-k, then outside its nucleus of the renormalised rest.
+    x fp32 `[B, V]` (already divided by temperature), top_k `[B]` int (0 = off), top_p `[B]` float."""
+    V = x.shape[-1]
+    srt, _ = x.sort(-1, descending=True)
+    rank = torch.arange(V, device=x.device)[None, :]
+    srt = srt.masked_fill((top_k[:, None] > 0) & (rank >= top_k[:, None]), float("-inf"))
+    probs = srt.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+    drop = (before >= top_p[:, None]) | torch.isinf(srt)
+    drop[:, 0] = False  # the most likely token always stays
+    lowest_kept = srt.masked_fill(drop, float("inf")).amin(-1, keepdim=True)
+    return x.masked_fill(x < lowest_kept, float("-inf"))
+
+
+def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
+                keys: torch.Tensor, steps: torch.Tensor, filtered: bool = True, random: bool = True) -> torch.Tensor:
+    """Next token per row of `logits [B, V]`, each row with its own settings (all `[B]` tensors on the device).
+    Steps: fp32 logits; a row with temperature 0 takes the argmax; the others divide by their temperature, keep
+    their top-k then top-p tokens, add Gumbel noise from (keys, steps) and take the argmax. The caller may skip
+    work it knows no row needs: `filtered` False (no top-k / top-p), `random` False (all greedy). No host sync."""
     logits = logits.float()
-    if temperature == 0:
+    if not random:
         return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass before it already reaches top_p.
-        drop = probs.cumsum(-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-@torch.inference_mode()
-def generate_ids(model: StarCoder, prompts: list[list[int]], params: SamplingParams, eos_id: int | None,
-                 pad_id: int = 0, generator: torch.Generator | None = None, should_stop=None) -> list[list[int]]:
-    """New token ids for each prompt (one completion each; repeat prompts for n > 1). `should_stop(row, ids)` may
-    end a row early (stop strings)."""
-    device = next(model.parameters()).device
-    B, P = len(prompts), max(len(p) for p in prompts)
-    if P + params.max_new_tokens > model.config.n_positions:
-        raise ValueError(f"prompt ({P} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
-                         f"{model.config.n_positions} positions; shorten the prompt or lower max_new_tokens.")
-    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in the same slot
-        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p) :] = True
-    cache = KVCache(model.config, B, P + params.max_new_tokens, dtype=next(model.parameters()).dtype, device=device)
-    logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(params.max_new_tokens):
-        nxt = sample_logits(logits, params.temperature, params.top_p, params.top_k, generator)
-        nxt_list = nxt.tolist()
-        for i in range(B):
-            if done[i]:
-                continue
-            if eos_id is not None and nxt_list[i] == eos_id:
-                done[i] = True
-                continue
-            out[i].append(nxt_list[i])
-            if should_stop is not None and should_stop(i, out[i]):
-                done[i] = True
-        if bool(done.all()):
-            break
-        logits = model(nxt[:, None], kv_cache=cache)[:, -1]
-    return out
-
-
-def generate(model: StarCoder, tokenizer, prompts: list[str], params: SamplingParams, batch_size: int = 32,
-             progress: bool = False) -> list[list[str]]:
-    """`params.n` completions for every prompt (text after the prompt, cut at the first stop string)."""
-    gen = None
-    if params.seed is not None:
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(params.seed)
-    encoded = tokenizer.encode_batch(prompts)
-    jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(params.n)]
-    # Similar lengths together: less left padding per batch.
-    order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
-    results: list[list[str]] = [[] for _ in prompts]
-    texts: dict[int, str] = {}
-
-    def should_stop(_row, ids):
-        if not params.stop:
-            return False
-        tail = tokenizer.decode(ids[-16:])  # a stop string ends within the last few tokens
-        return any(s in tail for s in params.stop)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="generate", unit="sample")
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        new = generate_ids(model, [jobs[j][1] for j in chunk], params, tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id or 0, generator=gen, should_stop=should_stop)
-        for j, ids in zip(chunk, new):
-            texts[j] = truncate_at_stop(tokenizer.decode(ids), params.stop)
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    for j in range(len(jobs)):
-        results[jobs[j][0]].append(texts[j])
-    return results
+    greedy = temperature <= 0
+    x = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    if filtered:
+        x = filter_top_k_top_p(x, top_k, top_p)
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, x.shape[-1])))
+    return torch.where(greedy, logits.argmax(-1), (x + gumbel).argmax(-1))
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
     cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
+
+
+def generate(model, tokenizer, prompts: list[str], params: SamplingParams, batch_size: int = 32,
+             progress: bool = False) -> list[list[str]]:
+    """`params.n` completions for every prompt (text after the prompt, cut at the first stop string), through the
+    engine with `batch_size` sample slots."""
+    from .engine import Engine
+
+    encoded = tokenizer.encode_batch(prompts)
+    max_len = max(len(p) for p in encoded) + params.max_new_tokens
+    engine = Engine(model, tokenizer, max_slots=batch_size, max_len=min(max_len, model.config.n_positions))
+    return [[c.text for c in samples] for samples in engine.generate(encoded, params, progress=progress)]

@@ -1,0 +1,180 @@
+"""The engine against transformers' generate (greedy), plain SDPA (shared-prefix attention), reference sampling
+distributions, and itself (seeded samples do not depend on what shares the batch); continuous batching by counts."""
+import math
+
+import pytest
+import torch
+
+from wizardcoder import StarCoder, StarCoderConfig
+from wizardcoder.engine import Engine, SamplingParams
+from wizardcoder.engine.attention import decode_attention_full, shared_prefix_decode_attention
+from wizardcoder.errors import ConfigError
+from wizardcoder.sampling import sample_key, sample_rows
+
+CFG = StarCoderConfig(vocab_size=211, n_positions=128, n_embd=48, n_layer=2, n_head=4)
+PROMPTS = [[5, 9, 13, 2, 7, 1, 8], [3], [100, 200, 44, 17], [7, 19, 23, 99, 4, 61, 62, 63, 64, 65, 66]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds hand-offs, and on a busy machine they dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StarCoder.from_config(CFG, seed=11).eval()
+
+
+def tokens(completions):
+    return [[c.token_ids for c in per_prompt] for per_prompt in completions]
+
+
+def test_greedy_matches_transformers_generate(model, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model.save_pretrained(str(tmp_path))
+    hf = transformers.GPTBigCodeForCausalLM.from_pretrained(str(tmp_path)).eval()
+    refs = [hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=20,
+                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p in PROMPTS]
+    ours = StarCoder.from_pretrained(str(tmp_path)).eval()
+    # n=2 puts a prompt in a shared prompt slot, n=1 in its own row: both paths must give HF's tokens.
+    params = [SamplingParams(n=2, max_new_tokens=20), SamplingParams(max_new_tokens=20)] * 2
+    out = Engine(ours, max_slots=3, sync_every=3).generate(PROMPTS, params)
+    for ref, per_prompt in zip(refs, out):
+        assert all(c.token_ids == ref and c.finish_reason == "length" for c in per_prompt)
+
+
+@pytest.mark.parametrize("n_kv", [1, 2])
+def test_shared_prefix_attention_matches_sdpa_over_the_concatenation(n_kv):
+    g = torch.Generator().manual_seed(0)
+    B, Hq, D, P, Lp, Lr = 5, 4, 16, 3, 9, 6
+    q = torch.randn(B, Hq, D, generator=g)
+    pk, pv = torch.randn(P, Lp, n_kv, D, generator=g), torch.randn(P, Lp, n_kv, D, generator=g)
+    rk, rv = torch.randn(B, Lr, n_kv, D, generator=g), torch.randn(B, Lr, n_kv, D, generator=g)
+    prefix_len = torch.tensor([9, 4, 0])
+    row_prefix = torch.tensor([0, 1, 0, -1, 2])  # row 3 has its prompt in its own keys; slot 2 is empty
+    row_len = torch.tensor([1, 3, 6, 5, 2])
+    slot, pos = torch.arange(P).repeat_interleave(Lp), torch.arange(Lp).repeat(P)
+    pmask = (row_prefix[:, None] == slot[None]) & (pos[None] < prefix_len[slot][None])
+    rmask = torch.arange(Lr)[None] < row_len[:, None]
+    out = shared_prefix_decode_attention(q, pk, pv, pmask, rk, rv, rmask, scale=0.3)
+    for b in range(B):
+        p = int(row_prefix[b])
+        n = int(prefix_len[p]) if p >= 0 else 0
+        ref = decode_attention_full(q[b], pk[max(p, 0)], pv[max(p, 0)], n, rk[b], rv[b], int(row_len[b]), 0.3)
+        torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_samples_do_not_depend_on_the_batch_or_on_prompt_sharing(model):
+    mine = SamplingParams(n=5, temperature=0.9, top_p=0.9, top_k=50, max_new_tokens=12, seed=1234)
+    alone = Engine(model, max_slots=5, sync_every=4).generate([PROMPTS[0]], mine)
+    others = [SamplingParams(n=3, temperature=1.3, max_new_tokens=7, seed=5), SamplingParams(max_new_tokens=9),
+              mine, SamplingParams(n=2, temperature=0.5, top_k=3, max_new_tokens=15)]
+    crowded = Engine(model, max_slots=4, sync_every=3, max_prompts=2).generate(
+        [PROMPTS[2], PROMPTS[1], PROMPTS[0], PROMPTS[3]], others)
+    unshared = Engine(model, max_slots=7, sync_every=5, share_prompts=False).generate([PROMPTS[0]], mine)
+    assert tokens(alone)[0] == tokens(crowded)[2] == tokens(unshared)[0]
+    assert len({tuple(t) for t in tokens(alone)[0]}) > 1  # the samples differ from each other
+    other_seed = Engine(model, max_slots=5).generate([PROMPTS[0]], SamplingParams(**{**mine.__dict__, "seed": 99}))
+    assert tokens(other_seed) != tokens(alone)
+
+
+def reference_probs(logits, temperature, top_k, top_p):
+    """softmax(logits / T) restricted to the top-k, then to the nucleus of the renormalised rest (HF's order)."""
+    p = torch.softmax(logits.double() / temperature, -1)
+    order = p.argsort(descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool)
+    mass, kept = 0.0, 0
+    total = p[order[: top_k or len(p)]].sum()
+    for i in order.tolist():
+        if (top_k and kept >= top_k) or mass >= top_p:
+            break
+        keep[i], mass, kept = True, mass + float(p[i] / total), kept + 1
+    q = torch.where(keep, p, torch.zeros_like(p))
+    return q / q.sum()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.8),
+                                                     (0.8, 6, 0.9)])
+def test_token_frequencies_follow_the_reference_distribution(temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(12, generator=g) * 1.5
+    ref = reference_probs(logits, temperature, top_k, top_p)
+    N = 40000  # rows = independent draws: sample i of request seed 3 at step 0, and sample 0 at step i
+    keys = torch.tensor([sample_key(3, i) for i in range(N // 2)] + [sample_key(4, 0)] * (N // 2))
+    steps = torch.cat([torch.zeros(N // 2, dtype=torch.long), torch.arange(N // 2)])
+    draws = sample_rows(logits.expand(N, -1), torch.full((N,), temperature), torch.full((N,), top_p),
+                        torch.full((N,), top_k), keys, steps)
+    freq = torch.bincount(draws, minlength=12).double() / N
+    assert (freq[ref == 0] == 0).all()  # nothing outside the top-k / nucleus
+    # each frequency within 5 binomial standard deviations of its probability
+    sd = (ref * (1 - ref) / N).sqrt()
+    assert ((freq - ref).abs() <= 5 * sd + 1e-9).all(), (freq, ref)
+    chi2 = float((((freq - ref) ** 2) / ref.clamp_min(1e-12))[ref > 0].sum() * N)
+    dof = int((ref > 0).sum()) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof) + 5
+
+
+def test_rows_with_different_settings_share_one_batch():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]]).expand(4, -1)
+    keys = torch.tensor([sample_key(1, i) for i in range(4)])
+    out = sample_rows(logits, torch.tensor([0.0, 1.0, 1.0, 5.0]), torch.tensor([1.0, 1.0, 0.5, 1.0]),
+                      torch.tensor([0, 1, 0, 0]), keys, torch.zeros(4, dtype=torch.long))
+    assert out[:3].tolist() == [0, 0, 0]  # greedy; top_k 1; top_p 0.5 (token 0 alone holds 0.61)
+
+
+def test_continuous_batching_refills_a_finished_slot_at_once(model):
+    """Two slots; one 40-token sample and four 4-token ones. Refilling keeps both slots busy: 40 decode steps in
+    all (a static batch of two would run 40 + 4 + 4 = 48 steps, with the short ones paired behind the long one)."""
+    engine = Engine(model, max_slots=2, sync_every=8)
+    params = [SamplingParams(max_new_tokens=40)] + [SamplingParams(max_new_tokens=4)] * 4
+    out = engine.generate([PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[3], PROMPTS[0]], params)
+    assert [len(c[0].token_ids) for c in out] == [40, 4, 4, 4, 4]
+    assert engine.stats.decode_steps == 40
+    assert engine.stats.row_steps == engine.stats.generated_tokens == 56
+
+
+def test_eos_ends_a_sample_with_reason_stop(model):
+    free = Engine(model).generate([PROMPTS[0]], SamplingParams(max_new_tokens=12))[0][0].token_ids
+    eos = free[4]
+    cut = Engine(model, eos_id=eos).generate([PROMPTS[0]], SamplingParams(max_new_tokens=12))[0][0]
+    assert cut.token_ids == free[: free.index(eos)] and cut.finish_reason == "stop"
+
+
+def test_stop_strings_cut_text_and_tokens(starcoder_tokenizer_dir):
+    from wizardcoder import Tokenizer
+
+    tok = Tokenizer.from_pretrained(starcoder_tokenizer_dir)
+    m = StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size).eval()
+    engine = Engine(m, tok, max_slots=4, max_len=64, sync_every=8)
+    free = engine.generate(["def add(a, b):\n"], SamplingParams(max_new_tokens=30))[0][0]
+    assert free.text == tok.decode(free.token_ids)
+    stop = free.text[10:13]
+    cut = engine.generate(["def add(a, b):\n"], SamplingParams(max_new_tokens=30, stop=["zzzz", stop]))[0][0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
+    assert cut.token_ids == free.token_ids[: len(cut.token_ids)] and stop in tok.decode(cut.token_ids)
+    assert stop not in tok.decode(cut.token_ids[:-1])
+
+
+def test_a_bad_request_fails_alone_and_abort_frees_its_slots(model):
+    engine = Engine(model, max_slots=2, max_len=32)
+    good = engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=5))
+    for bad, params in [([], SamplingParams()), ([1] * 30, SamplingParams(max_new_tokens=5)), ([999], SamplingParams())]:
+        with pytest.raises(ConfigError):
+            engine.add_request(bad, params)
+    with pytest.raises(ConfigError):
+        SamplingParams(temperature=float("nan"))
+    with pytest.raises(ConfigError):
+        SamplingParams(seed="abc")
+    doomed = engine.add_request(PROMPTS[2], SamplingParams(n=3, temperature=1.0, max_new_tokens=20))
+    outs = engine.step()  # runs 5 steps: the good request finishes, the other stays mid-way
+    assert {o.request_id for o in outs} == {good, doomed}
+    engine.abort(doomed)
+    finished = [o for o in outs if o.finished]
+    while engine.has_unfinished():
+        finished += [o for o in engine.step() if o.finished]
+    assert [(o.request_id, len(o.token_ids)) for o in finished] == [(good, 5)]
+    assert engine.num_waiting() == 0 and engine._free_prompt_slots  # the aborted request's prompt slot is back

@@ -1,0 +1,6 @@
+"""The generation engine (see core.py): shared prompt prefill, shared-prefix decode attention, continuous batching,
+per-row sampling settings and seeds, stop strings, CUDA graphs on GPU."""
+from ..sampling import SamplingParams
+from .core import Completion, Engine, EngineStats, RequestOutput
+
+__all__ = ["SamplingParams", "Engine", "RequestOutput", "Completion", "EngineStats"]

@@ -1,0 +1,97 @@
+"""The engine's static KV cache: allocated once, `max_prompts` prompt slots shared by their samples plus one row per
+sample slot. It implements the cache protocol the model calls (`begin`, `attend`, `advance`; see model.py) in two
+modes the engine switches between:
+
+- prefill: several prompts packed into one stream `[1, T]` (cu_seqlens); each one's K/V is written to its target
+  (a prompt slot, or a row for a prompt that is not shared) and attention is the model's causal varlen attention
+  (flash-attn / Triton on CUDA, SDPA on CPU);
+- decode: one token for each of the first n_rows rows `[n_rows, 1]`; its K/V is appended to the row, and attention
+  is the shared-prefix decode attention over (prompt slot, own row) of wizardcoder/engine/attention.py, sliced to
+  the sizes the host chose (static shapes per size, so each step can be captured as a CUDA graph).
+
+Buffers (L = n_layer, P = prompt slots, B = rows, Hkv = K/V heads (1 for MQA), D = head_dim):
+  prefix_k/v `[L, P, Lp, Hkv, D]`, prefix_len `[P]`;  row_k/v `[L, B, Lr, Hkv, D]`, row_len `[B]` (tokens a row
+  holds), row_prefix `[B]` (its prompt slot, -1 when its prompt lives in the row itself).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .attention import shared_prefix_decode_attention
+
+
+class SlotCache:
+    def __init__(self, cfg, max_slots: int, max_prompts: int, max_len: int, dtype, device):
+        self.cfg = cfg
+        L, Hkv, D = cfg.n_layer, cfg.n_kv_head, cfg.head_dim
+        self.prefix_k = torch.zeros(L, max_prompts, max_len, Hkv, D, dtype=dtype, device=device)
+        self.prefix_v = torch.zeros_like(self.prefix_k)
+        self.row_k = torch.zeros(L, max_slots, max_len, Hkv, D, dtype=dtype, device=device)
+        self.row_v = torch.zeros_like(self.row_k)
+        self.prefix_len = torch.zeros(max_prompts, dtype=torch.long, device=device)
+        self.row_len = torch.zeros(max_slots, dtype=torch.long, device=device)
+        self.row_prefix = torch.full((max_slots,), -1, dtype=torch.long, device=device)
+        self.rows = torch.arange(max_slots, device=device)
+        self.max_len = max_len
+        self.mode = "decode"
+        self.prefix_width = self.row_width = self.n_rows = 1
+        self._targets: list[tuple[str, int, int, int]] = []
+
+    # ------------------------------------------------------------------------------------------- mode switches
+    def set_prefill(self, targets: list[tuple[str, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next forward is a packed prefill: `targets` = (kind "prefix" | "row", index, n_tokens) in stream order;
+        `begin` then hands the model position ids that restart at 0 for each prompt."""
+        bounds, start = [], 0
+        for kind, idx, n in targets:
+            bounds.append((kind, idx, start, start + n))
+            start += n
+        device = self.row_len.device
+        self._targets = bounds
+        self._cu = torch.tensor([0] + [e for *_, e in bounds], dtype=torch.int32, device=device)
+        self._max_seqlen = max(e - s for *_, s, e in bounds)
+        self._positions = torch.cat([torch.arange(e - s, device=device) for *_, s, e in bounds])[None]
+        self.mode = "prefill"
+
+    def set_decode(self, prefix_width: int, row_width: int, n_rows: int) -> None:
+        """Next forwards are decode steps of the first `n_rows` rows, attending to the first `prefix_width` keys of
+        every prompt slot and the first `row_width` of every row (the host picks sizes that cover every live row
+        for the coming steps)."""
+        self.mode, self.prefix_width, self.row_width, self.n_rows = "decode", prefix_width, row_width, n_rows
+
+    # ------------------------------------------------------------------------------------ the model's protocol
+    def begin(self, new_mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of this forward's tokens; in decode mode also this step's key masks (shared by layers)."""
+        if self.mode == "prefill":
+            return self._positions
+        nb = self.n_rows
+        row_prefix, row_len = self.row_prefix[:nb], self.row_len[:nb]
+        plen = torch.where(row_prefix >= 0, self.prefix_len[row_prefix.clamp(min=0)], torch.zeros_like(row_len))
+        P, W = self.prefix_len.shape[0], self.prefix_width
+        slot_of_key = torch.arange(P, device=plen.device).repeat_interleave(W)  # (P*W,)
+        key_in_slot = torch.arange(W, device=plen.device).repeat(P)
+        self._prefix_mask = (row_prefix[:, None] == slot_of_key[None]) & (
+            key_in_slot[None] < self.prefix_len[slot_of_key][None])  # (nb, P*W)
+        self._row_mask = torch.arange(self.row_width, device=plen.device)[None] <= row_len[:, None]  # (nb, Wr)
+        return (plen + row_len)[:, None]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.mode == "prefill":
+            for kind, idx, s, e in self._targets:
+                kb, vb = (self.prefix_k, self.prefix_v) if kind == "prefix" else (self.row_k, self.row_v)
+                kb[layer, idx, : e - s] = k[0, s:e]
+                vb[layer, idx, : e - s] = v[0, s:e]
+            return ops.attention(q[0], k[0], v[0], scale=scale, cu_seqlens=self._cu, max_seqlen=self._max_seqlen,
+                                 backend=self.cfg.attn_backend)[None]
+        # decode: q (B, 1, Hq, D), k/v (B, 1, Hkv, D); a row's new key goes to slot row_len (rows that are done
+        # keep rewriting the same slot, which nothing reads)
+        nb, Wp, Wr = self.n_rows, self.prefix_width, self.row_width
+        self.row_k[layer, self.rows[:nb], self.row_len[:nb]] = k[:, 0]
+        self.row_v[layer, self.rows[:nb], self.row_len[:nb]] = v[:, 0]
+        y = shared_prefix_decode_attention(q[:, 0], self.prefix_k[layer, :, :Wp], self.prefix_v[layer, :, :Wp],
+                                           self._prefix_mask, self.row_k[layer, :nb, :Wr],
+                                           self.row_v[layer, :nb, :Wr], self._row_mask, scale)
+        return y[:, None]
+
+    def advance(self) -> None:
+        """Lengths are the engine's to move (only rows still generating grow), so nothing happens here."""
