@@ -141,6 +141,19 @@ def test_cli_unusable_samples_file_is_one_sentence_and_writes_nothing(he_subset,
     assert not out.exists()
 
 
+def test_cli_out_that_is_a_file_or_unwritable(he_subset, tmp_path, capsys):
+    data, probs = he_subset
+    samples = write(tmp_path / "s.jsonl", [{"task_id": t, "completion": "    pass\n"} for t in probs])
+    a_file = tmp_path / "results"
+    a_file.write_text("keep me")
+    assert main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out", str(a_file),
+                 "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "keep me"
+    assert main(["evaluate", "--task", "humaneval", "--samples", samples, "--data", data, "--out",
+                 str(a_file / "o"), "--no-progress"]) == 2  # beneath a file: no folder can be made there
+    assert "cannot write there (Not a directory)" in capsys.readouterr().err
+
+
 def test_cli_needs_task_out_and_one_source(he_subset, tmp_path, capsys):
     data, _ = he_subset
     s = write(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])

@@ -153,7 +153,7 @@ def format_report(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .sandbox import SandboxConfig
-    from .scoring import evaluate
+    from .scoring import evaluate, make_out_dir
 
     cfg = dataclass_from_args(EvaluateConfig, args)
     gen = dataclass_from_args(GenerationOptions, args)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     path = bench.locate(cfg.data)
     samples = cfg.samples
     if cfg.model:
-        os.makedirs(cfg.out, exist_ok=True)
+        make_out_dir(cfg.out)
         samples = generate_samples(bench, path, cfg.model, cfg.out, gen, cfg.progress)
     config = SandboxConfig(memory=cfg.memory_mb << 20, allow_fork=cfg.allow_fork)
     summary = evaluate(bench, samples, cfg.out, data=path, postprocess=cfg.postprocess, ks=cfg.k,
