@@ -138,3 +138,20 @@ def test_read_records_tells_json_from_jsonl(tmp_path):
         list(read_records(str(binary)))
     with pytest.raises(DataError, match="is a folder, not a file"):
         list(read_records(str(tmp_path)))
+
+
+def test_read_json_is_one_sentence_for_every_bad_file(tmp_path):
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.io import read_json
+
+    good = tmp_path / "t.json"
+    good.write_text('{"a": [1, 2]}')
+    assert read_json(str(good)) == {"a": [1, 2]}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": \n')
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    for path, says in ((tmp_path / "none.json", "no such template file"), (tmp_path, "is a folder, not a file"),
+                       (bad, r"bad\.json:2: not valid JSON"), (binary, "not a UTF-8 text file")):
+        with pytest.raises(ConfigError, match=says):
+            read_json(str(path), "template file", ConfigError)

@@ -110,6 +110,21 @@ def _truncate_torn_tail(path: str) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
+def read_json(path: str, what: str = "file", error: type[UserError] = DataError, hint: str = "fix the file"):
+    """One JSON document from `path`; a missing, unreadable, binary or malformed file is one sentence (`error`)
+    naming it as `what`, ending with `hint`."""
+    try:
+        check_input_file(path, what)
+        with open_text(path) as f:
+            return json.load(f)
+    except DataError as e:
+        raise error(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}:{e.lineno}: not valid JSON ({e.msg}); {hint}.") from None
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise error(f"{path}: {'not a UTF-8 text file' if isinstance(e, UnicodeDecodeError) else e}; {hint}.") from None
+
+
 def sniff_json_kind(path: str) -> str:
     """"json" for a file holding one JSON array, "jsonl" for one value per line (or an empty file), told from the
     first non-blank character whatever the file's name; anything else is a DataError naming the file."""

@@ -21,6 +21,7 @@ import string
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
+from ..io import read_json
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,7 @@ def get_template(name_or_path: str | Template) -> Template:
     if name_or_path in TEMPLATES:
         return TEMPLATES[name_or_path]
     if os.path.isfile(name_or_path):
-        try:
-            with open(name_or_path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{name_or_path}: cannot read the template file ({e}); give a JSON object.") from None
+        d = read_json(name_or_path, "template file", ConfigError, "give a JSON object")
         if not isinstance(d, dict) or not isinstance(d.get("prompt_no_input"), str):
             raise ConfigError(f"{name_or_path}: a template file needs a string field 'prompt_no_input'.")
         return Template(

@@ -24,6 +24,7 @@ import json
 import os
 
 from ..errors import ConfigError
+from ..io import read_json
 
 # The five code methods, worded as in the paper and evol-teacher's generate_evol.py.
 CODE_METHODS: dict[str, str] = {
@@ -116,13 +117,7 @@ class EvolPrompts:
     def from_file(cls, path: str) -> "EvolPrompts":
         """Load a JSON object with any of `template`, `methods` (a dict name -> text, or a list of texts),
         `add_methods` (methods added to the five code methods), `equality_template`, `copy_markers`."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                obj = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such prompts file; check --prompts.") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the prompts file.") from None
+        obj = read_json(path, "prompts file (--prompts)", ConfigError, "fix the prompts file")
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}: expected a JSON object with `template` and/or `methods`.")
         unknown = set(obj) - {"template", "methods", "add_methods", "equality_template", "copy_markers"}
