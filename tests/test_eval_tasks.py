@@ -198,6 +198,45 @@ def test_offline_without_data_is_one_sentence_at_once(tmp_path, monkeypatch):
     assert list(get_benchmark("ds1000").load()) == ["0", "1", "2", "3"]
 
 
+def test_download_once_then_found_in_the_cache(shared_data, tmp_path, monkeypatch):
+    """Not installed or cached: the file is fetched from its URL (a real HTTP server on 127.0.0.1) into our cache;
+    the next lookup finds it there without the network. A server that is down is one sentence, at once."""
+    import functools
+    import http.server
+    import threading
+
+    from _util import free_port
+
+    from wizardcoder.errors import DataError
+    from wizardcoder.eval.benchmarks.sources import Source, locate
+
+    monkeypatch.setenv("WIZARDCODER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(os.path.join(shared_data, "humanevalplus", "HumanEvalPlus-Mini.jsonl.gz"), served)
+    port = free_port()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    src = Source("HumanEvalPlus-Mini.jsonl.gz", url=f"http://127.0.0.1:{port}/HumanEvalPlus-Mini.jsonl.gz")
+    try:
+        path = locate(src, "HumanEval+ mini")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert path == str(tmp_path / "cache" / "HumanEvalPlus-Mini.jsonl.gz")
+    with open(path, "rb") as f, open(served / "HumanEvalPlus-Mini.jsonl.gz", "rb") as g:
+        assert f.read() == g.read()
+    assert locate(src, "HumanEval+ mini") == path  # the server is gone: found in the cache
+    down = Source("other.jsonl", url=f"http://127.0.0.1:{free_port()}/other.jsonl")
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match=r"network cannot be used \(127.0.0.1 is unreachable.*--data"):
+        locate(down, "Other")
+    assert time.monotonic() - t0 < 2.0
+
+
 def test_a_missing_data_file_is_named():
     from wizardcoder.errors import DataError
 

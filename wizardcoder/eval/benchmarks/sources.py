@@ -73,14 +73,15 @@ def find_local(src: Source) -> str | None:
     return None
 
 
-def offline_reason(host: str) -> str | None:
-    """Why the network cannot be used for `host` (None when a TCP connect to it succeeds within CONNECT_TIMEOUT)."""
+def offline_reason(host: str, port: int = 443, scheme: str = "https") -> str | None:
+    """Why the network cannot be used for `host` (None when a TCP connect to it, or to the proxy the environment
+    names for it, succeeds within CONNECT_TIMEOUT)."""
     for var in ("HF_HUB_OFFLINE", "WIZARDCODER_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var} is set"
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(scheme)
     target = urllib.parse.urlsplit(proxy) if proxy else None
-    addr = (target.hostname, target.port or 443) if target and target.hostname else (host, 443)
+    addr = (target.hostname, target.port or 443) if target and target.hostname else (host, port)
     outcome: list[str] = []
 
     def probe() -> None:  # in a thread: name resolution has no timeout of its own
@@ -100,10 +101,10 @@ def offline_reason(host: str) -> str | None:
 
 def fetch(src: Source, what: str) -> str:
     """The dataset file from the network (hub first, else the URL), saved in a local cache; one sentence if not."""
-    host = "huggingface.co" if src.hub is not None else urllib.parse.urlsplit(src.url or "").hostname
-    if host is None:
+    url = urllib.parse.urlsplit("https://huggingface.co" if src.hub is not None else src.url or "")
+    if url.hostname is None:
         raise DataError(f"{what} is not installed or cached here; pass its dataset file with --data.")
-    why = offline_reason(host)
+    why = offline_reason(url.hostname, url.port or (80 if url.scheme == "http" else 443), url.scheme)
     if why:
         raise DataError(f"{what} is not installed or cached here and the network cannot be used ({why}); "
                         f"pass its dataset file ({src.filename}) with --data.")
