@@ -22,9 +22,10 @@ SMALL = {"model": "tiny", "lr": 3e-3, "warmup_steps": 1, "seed": 0, "progress": 
 def shards(tmp_path_factory):
     if not os.path.isfile(SEED_DATA):
         pytest.skip("demo seed data not present")
+    from wizardcoder.data import pack_dataset
+
     out = str(tmp_path_factory.mktemp("train") / "shards")
-    subprocess.run([sys.executable, "-m", "wizardcoder", "pack", "--data", SEED_DATA, "--tokenizer", TOKENIZER,
-                    "--seq-len", "128", "--out", out, "--quiet"], env=ENV, check=True, capture_output=True)
+    pack_dataset(SEED_DATA, TOKENIZER, 128, out, progress=False)
     return out
 
 
@@ -32,7 +33,7 @@ def _train(tmp, shards, name, nproc=1, **overrides):
     out = os.path.join(tmp, name)
     cfg_path = os.path.join(tmp, f"{name}.json")
     with open(cfg_path, "w") as f:
-        json.dump({**SMALL, "data": shards, "out": out, **overrides}, f)
+        json.dump({"train": {**SMALL, "data": shards, "out": out, **overrides}}, f)
     if nproc == 1:
         cmd = [sys.executable, "-m", "wizardcoder.train", "--config", cfg_path]
     else:
@@ -58,8 +59,10 @@ def _weights(run):
     return w
 
 
-def _metrics(run):
-    return [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+def _metrics(run, event=None):
+    """The step rows (or, with `event`, that event's rows) of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    return [r for r in rows if r.get("event") == event]
 
 
 def test_loss_decreases_and_export_loads_in_transformers(tmp_path, shards):
@@ -101,7 +104,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shards):
     out = os.path.join(str(tmp_path), "killed")
     cfg = os.path.join(str(tmp_path), "killed.json")
     with open(cfg, "w") as f:
-        json.dump({**SMALL, "data": shards, "out": out, "max_steps": 6, "save_every": 2}, f)
+        json.dump({"train": {**SMALL, "data": shards, "out": out, "max_steps": 6, "save_every": 2}}, f)
     proc = subprocess.Popen([sys.executable, "-m", "wizardcoder.train", "--config", cfg], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = os.path.join(out, "checkpoints", "latest")
@@ -119,7 +122,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shards):
 
 def test_bad_config_is_one_sentence(tmp_path):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"data": "x", "learning_rate": 1}))
+    cfg.write_text(json.dumps({"train": {"data": "x", "learning_rate": 1}}))
     r = subprocess.run([sys.executable, "-m", "wizardcoder", "train", "--config", str(cfg)], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown field 'learning_rate'" in r.stderr
     r = subprocess.run([sys.executable, "-m", "wizardcoder", "train", "--data", str(tmp_path / "nope")], env=ENV, capture_output=True, text=True)

@@ -8,8 +8,10 @@ save). Formats: `model.safetensors`, `model.safetensors.index.json` (sharded), `
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Iterator
+import struct
+from typing import Iterable, Iterator
 
 import torch
 
@@ -118,45 +120,61 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def export_state_dict(model) -> dict[str, torch.Tensor]:
     """HF-layout state dict: the embedding without padding rows; contiguous CPU tensors."""
-    V = model.config.vocab_size
-    out = {}
-    for name, t in model.state_dict().items():
+    return dict(hf_tensors(model.state_dict().items(), model.config.vocab_size))
+
+
+def hf_tensors(named: Iterable[tuple[str, torch.Tensor]], vocab_size: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) in HF layout: contiguous CPU tensors, the embedding cut to `vocab_size` rows."""
+    for name, t in named:
         if name == "transformer.wte.weight":
-            t = t[:V]
-        out[name] = t.detach().to("cpu").contiguous()
-    return out
+            t = t[:vocab_size]
+        yield name, t.detach().to("cpu").contiguous()
 
 
 def save_pretrained(model, folder: str, max_shard_bytes: int = 5 * 2**30) -> None:
-    """safetensors (sharded with an index above `max_shard_bytes`) + config.json + generation_config.json.
-    Every file is written atomically; the index (or single file) is written last."""
+    """safetensors (sharded with an index above `max_shard_bytes`) + config.json + generation_config.json."""
+    save_tensors(hf_tensors(model.state_dict().items(), model.config.vocab_size), model.config, folder, max_shard_bytes)
+
+
+def save_tensors(named: Iterable[tuple[str, torch.Tensor]], config: StarCoderConfig, folder: str,
+                 max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write HF-layout tensors as they arrive (one shard of at most `max_shard_bytes` held at a time, so a sharded
+    model can be gathered tensor by tensor) + config.json + generation_config.json. Every file is written
+    atomically; the index (or the single file) last."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
-    sd = export_state_dict(model)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    config.save_json(folder)
+    atomic_write_json(os.path.join(folder, "generation_config.json"),
+                      {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id})
+    parts: list[tuple[str, list[str], int]] = []  # (temporary file, names, bytes)
+    shard: dict[str, torch.Tensor] = {}
     size = 0
-    for name, t in sd.items():
+
+    def flush():
+        nonlocal shard, size
+        tmp = os.path.join(folder, f".part-{len(parts):05d}.safetensors")
+        _save_atomic(save_file, shard, tmp)
+        parts.append((tmp, list(shard), size))
+        shard, size = {}, 0
+
+    for name, t in named:
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
+        if shard and size + nbytes > max_shard_bytes:
+            flush()
+        shard[name] = t
         size += nbytes
-    model.config.save_json(folder)
-    atomic_write_json(
-        os.path.join(folder, "generation_config.json"),
-        {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id},
-    )
-    if len(shards) == 1:
-        _save_atomic(save_file, shards[0], os.path.join(folder, "model.safetensors"))
+    if shard or not parts:
+        flush()
+    if len(parts) == 1:
+        os.replace(parts[0][0], os.path.join(folder, "model.safetensors"))
         return
     weight_map = {}
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _save_atomic(save_file, shard, os.path.join(folder, fname))
-        weight_map.update({name: fname for name in shard})
-    total = sum(t.numel() * t.element_size() for t in sd.values())
+    for i, (tmp, names, _) in enumerate(parts):
+        fname = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        os.replace(tmp, os.path.join(folder, fname))
+        weight_map.update({name: fname for name in names})
+    total = sum(n for _, _, n in parts)
     atomic_write_json(os.path.join(folder, "model.safetensors.index.json"), {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
@@ -169,3 +187,127 @@ def _save_atomic(save_file, tensors: dict, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- sharded loading
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+READ_BUFFER_BYTES = 64 * 2**20  # the most a rank holds beyond its shard while loading
+
+
+class RowReader:
+    """Row ranges of a checkpoint's tensors, read on demand. safetensors files are read with plain positioned reads
+    straight into the destination (no mmap, so the file's pages never count toward this process's resident memory);
+    .bin files go through torch.load's mmap."""
+
+    def __init__(self, files: list[str]):
+        self.index: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}  # name -> (file, dtype, shape, byte offset)
+        self._bin: dict[str, torch.Tensor] = {}
+        for path in files:
+            if path.endswith(".safetensors"):
+                self._read_header(path)
+            else:
+                self._bin.update(dict(iter_tensors([path])))
+
+    def _read_header(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self.index[name] = (path, _ST_DTYPES[info["dtype"]], tuple(info["shape"]), 8 + n + info["data_offsets"][0])
+        except (OSError, struct.error, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: corrupt or unsupported safetensors header ({type(e).__name__}: {e}); re-download it.") from None
+
+    def names(self) -> list[str]:
+        return list(self.index) + list(self._bin)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.index[name][2] if name in self.index else tuple(self._bin[name].shape)
+
+    def read_rows(self, name: str, start: int, out: torch.Tensor) -> None:
+        """out[:] = tensor `name`'s rows start .. start + len(out) (cast to out's dtype, moved to out's device)."""
+        if name in self._bin:
+            out.copy_(self._bin[name][start : start + out.shape[0]])
+            return
+        path, dtype, shape, offset = self.index[name]
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        direct = out.dtype == dtype and out.device.type == "cpu" and out.is_contiguous()
+        step = out.shape[0] if direct else max(1, READ_BUFFER_BYTES // max(row_bytes, 1))
+        with open(path, "rb", buffering=0) as f:
+            for r0 in range(0, out.shape[0], step):
+                r1 = min(out.shape[0], r0 + step)
+                dst = out[r0:r1] if direct else torch.empty((r1 - r0, *shape[1:]), dtype=dtype)
+                view = dst.reshape(-1).view(torch.uint8).numpy()
+                f.seek(offset + (start + r0) * row_bytes)
+                done = 0
+                while done < len(view):
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise CheckpointError(f"{path}: ends inside tensor {name!r}; the file is truncated, re-download it.")
+                    done += n
+                if not direct:
+                    out[r0:r1].copy_(dst)
+
+
+def load_sharded_(model, folder: str) -> None:
+    """Fill each (FSDP2-sharded or plain) parameter of `model` with its rows of the checkpoint in `folder`, reading
+    only the local shard's rows. Embedding rows past the checkpoint's vocabulary (a tokenizer with added tokens)
+    start at the mean of the checkpoint's rows, as WizardCoder's script initialises them; padding rows are zero."""
+    from .parallel import local_shard
+
+    cfg = model.config
+    reader = RowReader(weight_files(folder))
+    params = dict(model.named_parameters())
+    for name in reader.names():
+        if name != "lm_head.weight" and not name.endswith(IGNORED_SUFFIXES) and name not in params:
+            raise CheckpointError(f"{folder}: unexpected tensor {name!r}; is this a GPTBigCode checkpoint of this config?")
+    missing = sorted(set(params) - set(reader.names()))
+    if missing:
+        raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
+    with torch.no_grad():
+        for name, p in params.items():
+            local, row0 = local_shard(p)
+            have = reader.shape(name)
+            if name != "transformer.wte.weight":
+                if have != tuple(p.shape):
+                    raise CheckpointError(f"{folder}: {name} has shape {have}, config.json implies {tuple(p.shape)}.")
+                reader.read_rows(name, row0, local)
+                continue
+            stored = have[0]  # the checkpoint's vocabulary; rows stored .. vocab_size are new tokens
+            if have[1:] != tuple(p.shape[1:]) or stored > cfg.vocab_size:
+                raise CheckpointError(f"{folder}: {name} has shape {have}, the model needs at most ({cfg.vocab_size}, {p.shape[1]}).")
+            local.zero_()
+            n_read = max(0, min(row0 + local.shape[0], stored) - row0)
+            if n_read:
+                reader.read_rows(name, row0, local[:n_read])
+            lo, hi = max(row0, stored), min(row0 + local.shape[0], cfg.vocab_size)
+            if hi > lo:
+                local[lo - row0 : hi - row0] = _mean_row(reader, name, stored).to(local.dtype)
+
+
+def _mean_row(reader: RowReader, name: str, rows: int) -> torch.Tensor:
+    """The mean of a matrix's rows, read in bounded chunks."""
+    cols = reader.shape(name)[1]
+    total = torch.zeros(cols, dtype=torch.float64)
+    step = max(1, READ_BUFFER_BYTES // (8 * cols))
+    for r0 in range(0, rows, step):
+        buf = torch.empty(min(step, rows - r0), cols, dtype=torch.float64)
+        reader.read_rows(name, r0, buf)
+        total += buf.sum(0)
+    return total / rows
+
+
+def init_sharded_(model, seed: int) -> None:
+    """Random init of a (sharded) model: each full tensor drawn in turn from one CPU generator, the local rows kept,
+    so every world size gets the same weights (`StarCoder.from_config(cfg, seed=...)`'s on CPU)."""
+    from .model import init_parameter_
+    from .parallel import local_shard
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            full = torch.empty(p.shape, dtype=torch.float32)
+            init_parameter_(name, full, model.config, gen)
+            local, row0 = local_shard(p)
+            local.copy_(full[row0 : row0 + local.shape[0]])

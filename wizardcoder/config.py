@@ -152,3 +152,13 @@ PRESETS: dict[str, StarCoderConfig] = {
         n_embd=6144, n_layer=40, n_head=48, n_inner=24576, activation_function="gelu", vocab_size=49153
     ),
 }
+
+# Hub ids whose shapes are presets, so `wizardcoder plan` needs no network for them.
+HUB_PRESETS: dict[str, str] = {
+    "bigcode/starcoder": "starcoder-15b",
+    "bigcode/starcoderbase": "starcoder-15b",
+    "bigcode/starcoderbase-1b": "starcoderbase-1b",
+    "bigcode/starcoderbase-3b": "starcoderbase-3b",
+    "bigcode/starcoderbase-7b": "starcoderbase-7b",
+    "WizardLM/WizardCoder-15B-V1.0": "wizardcoder-15b",
+}
