@@ -232,6 +232,13 @@ def test_seed_is_a_number_and_out_must_be_a_folder(tmp_path, capsys, seed_file):
     code, err = _in_process(capsys, "--data", seed_file, "--out", str(afile), "--llm-base-url",
                             "http://127.0.0.1:9/v1", "--llm-model", "m", "--no-hygiene")
     assert code == 2 and "--out" in err and "is a file, not a folder" in err and afile.read_text() == "keep"
+    mine = tmp_path / "mine"  # a folder of the user's: evolve would write merged.jsonl etc. over their files
+    mine.mkdir()
+    (mine / "merged.jsonl").write_text("my data\n")
+    code, err = _in_process(capsys, "--data", seed_file, "--out", str(mine), "--llm-base-url",
+                            "http://127.0.0.1:9/v1", "--llm-model", "m", "--no-hygiene")
+    assert code == 2 and "holds files and is not made by wizardcoder" in err
+    assert os.listdir(mine) == ["merged.jsonl"] and (mine / "merged.jsonl").read_text() == "my data\n"
 
 
 def test_config_file_keys_are_the_flag_dests(tmp_path, seed_file):

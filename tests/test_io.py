@@ -155,3 +155,24 @@ def test_read_json_is_one_sentence_for_every_bad_file(tmp_path):
                        (bad, r"bad\.json:2: not valid JSON"), (binary, "not a UTF-8 text file")):
         with pytest.raises(ConfigError, match=says):
             read_json(str(path), "template file", ConfigError)
+
+
+def test_claim_out_dir_takes_only_its_own_or_an_empty_folder(tmp_path):
+    from wizardcoder.io import claim_out_dir
+
+    run = tmp_path / "run"
+    claim_out_dir(str(run), "evolve")
+    (run / "round_1.jsonl").write_text("{}\n")
+    claim_out_dir(str(run), "evolve")  # a resume: its own folder
+    with pytest.raises(UserError, match=r"holds files and is made by `evolve`, not a `evolve --filter-only` run"):
+        claim_out_dir(str(run), "evolve --filter-only")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("mine")
+    with pytest.raises(UserError, match="holds files and is not made by wizardcoder, not a `evolve` run; choose a new"):
+        claim_out_dir(str(home), "evolve")
+    assert os.listdir(home) == ["thesis.tex"]
+    legacy = tmp_path / "old-run"  # made before markers: its own config.json says whose it is
+    legacy.mkdir()
+    (legacy / "config.json").write_text("{}")
+    claim_out_dir(str(legacy), "evolve", legacy_file="config.json")

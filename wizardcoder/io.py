@@ -226,6 +226,26 @@ def make_out_dir(path: str, flag: str = "--out", error: type[UserError] = UserEr
     return path
 
 
+def claim_out_dir(path: str, made_by: str, flag: str = "--out", error: type[UserError] = UserError,
+                  legacy_file: str | None = None) -> str:
+    """`make_out_dir` for a folder a stage fills over time and resumes in (evolve's journals): a new or empty folder
+    is created and marked as `made_by`'s (the MARKER file, without a file list); a folder marked by `made_by` (or,
+    made before markers, holding `legacy_file`) is taken as it is; any other folder with files is refused, so a stage
+    never writes its outputs over files it did not make."""
+    make_out_dir(path, flag, error)
+    marker = _read_marker(path)
+    if marker is not None and marker.get("made_by") == made_by:
+        return path
+    entries = os.listdir(path)
+    if legacy_file is not None and legacy_file in entries and marker is None:
+        return path
+    if entries:
+        owner = f"made by `{marker.get('made_by')}`" if marker else "not made by wizardcoder"
+        raise error(f"{flag} {path}: holds files and is {owner}, not a `{made_by}` run; choose a new or empty {flag}.")
+    atomic_write_json(os.path.join(path, MARKER), {"made_by": made_by})
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- atomic folders
 MARKER = ".wizardcoder"  # JSON {"made_by": ..., "files": [...]} written into every folder atomic_dir makes
 

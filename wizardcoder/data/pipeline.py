@@ -77,6 +77,7 @@ def pack_dataset(
     if packs_per_shard < 1:
         raise DataError(f"--packs-per-shard must be at least 1, got {packs_per_shard}.")
     check_out_dir(out, "pack", overwrite, error=DataError)
+    template = get_template(template)
     files = resolve_data_files(data)  # every input found before the tokenizer is fetched
     if isinstance(tokenizer, str):
         from ..tokenizer import Tokenizer
@@ -84,7 +85,6 @@ def pack_dataset(
         tokenizer = Tokenizer.from_pretrained(tokenizer)
     if tokenizer.eos_id is None:
         raise DataError(f"tokenizer {tokenizer.name!r} has no EOS token; the response must end with one.")
-    template = get_template(template)
     seconds = {}
 
     t = time.perf_counter()

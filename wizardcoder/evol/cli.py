@@ -19,7 +19,7 @@ import sys
 
 from ..cli_args import add_dataclass_arguments, dataclass_from_args, flag_name
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text, check_input_file, make_out_dir, read_jsonl, write_jsonl
+from ..io import atomic_write_json, atomic_write_text, check_input_file, claim_out_dir, read_jsonl, write_jsonl
 from . import hygiene as H
 from . import rules as R
 from .client import LLMConfig
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     seed_file = args.data[0]
     check_input_file(seed_file, "seed file")
     seeds = load_seed(seed_file)
-    make_out_dir(args.out)
+    claim_out_dir(args.out, "evolve", legacy_file="config.json")
     hyg = None if args.no_hygiene else hyg
     problems = _benchmarks(hyg)
     summary = evolve(seeds, args.out, llm, cfg, progress=not args.no_progress and sys.stderr.isatty(),

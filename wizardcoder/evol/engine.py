@@ -30,7 +30,7 @@ import sys
 import time
 
 from ..errors import ConfigError, DataError, UserError
-from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, iter_json_values, make_out_dir, read_jsonl,
+from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, read_jsonl,
                   write_jsonl)
 from . import rules as R
 from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
@@ -292,7 +292,7 @@ class Evolver:
                 "model": self.llm_cfg.model, "seconds_this_run": round(seconds, 3)}
 
     def run(self) -> dict:
-        make_out_dir(self.out)
+        claim_out_dir(self.out, "evolve", legacy_file="config.json")
         self._check_config()
         t0 = time.perf_counter()
         complete = False

@@ -13,7 +13,7 @@ import collections
 import os
 
 from ..errors import DataError
-from ..io import atomic_write_json, atomic_write_text, iter_json_values, make_out_dir, write_jsonl
+from ..io import atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, write_jsonl
 from . import hygiene as H
 from . import rules as R
 
@@ -44,7 +44,7 @@ def filter_files(paths: list[str], out_dir: str, rule_cfg: R.RuleConfig | None =
     """Apply the LLM-free elimination rules and hygiene to `paths`; write clean/removed/report into `out_dir`."""
     from .prompts import COPY_MARKERS
 
-    make_out_dir(out_dir)
+    claim_out_dir(out_dir, "evolve --filter-only", legacy_file="report.json")
     pairs_of = {path: load_pairs(path) for path in paths}  # every input read (and checked) before any work
     rule_cfg = rule_cfg or R.RuleConfig()
     if not rule_cfg.copy_markers:
