@@ -177,65 +177,40 @@ def test_completion_style_and_token_accounting(tmp_path):
     assert s["total"]["requests"] == len(reqs) == 6 * 2 * 3  # evolve + equality check + answer
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.mark.slow
 def test_against_wizardcoder_serve(tmp_path):
-    """The local option: the project's own OpenAI-compatible server over a tiny random checkpoint. Runs once
-    `wizardcoder serve` exists; its answers are random text, so only the protocol and the bookkeeping are checked."""
-    import gzip
-    import importlib.util
-    import shutil
+    """The local option: the project's own OpenAI-compatible server over a tiny random checkpoint, through the
+    Python API (chat) and the `wizardcoder evolve` command (completion style). Its answers are random text, so the
+    protocol and the bookkeeping are checked: every request answered, token counts the server's, and answers cut at
+    --max-new-tokens reported with finish_reason "length", so the too-long rule fires on them."""
     import subprocess
-    import sys
-    import urllib.request
 
-    if importlib.util.find_spec("wizardcoder.serve") is None:
-        pytest.skip("wizardcoder serve is not built yet")
-    from wizardcoder import StarCoder, Tokenizer
+    from _serve import save_tiny_checkpoint, serve
+    from _util import PYTHON, REPO, repo_env
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ckpt = tmp_path / "ckpt"
-    tok = Tokenizer.bundled()
-    StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size).save_pretrained(str(ckpt))
-    assets = os.path.join(repo, "wizardcoder", "assets", "tokenizer")
-    for f in os.listdir(assets):
-        if f.endswith(".gz"):
-            with gzip.open(os.path.join(assets, f), "rb") as fi, open(ckpt / f[:-3], "wb") as fo:
-                shutil.copyfileobj(fi, fo)
-        elif not (ckpt / f).exists():
-            shutil.copy(os.path.join(assets, f), ckpt / f)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "wizardcoder", "serve", "--model", str(ckpt), "--host",
-                               "127.0.0.1", "--port", str(port)], cwd=repo, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": repo})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2))
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    server.kill()
-                    pytest.fail(f"wizardcoder serve did not come up: {server.communicate()[0][-2000:]}")
-                time.sleep(0.5)
-        model = models["data"][0]["id"]
-        for style in ("chat", "completion"):
-            cfg = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model=model, api_key_env=None, style=style,
-                            max_tokens=16, concurrency=2)
-            s = evolve(seeds(3), str(tmp_path / style), cfg, EvolConfig(rounds=1, equality_check=False))
-            assert s["complete"] and s["total"]["attempted"] == 3
-            assert s["total"]["requests"] >= 3 and s["total"]["completion_tokens"] > 0
-    finally:
-        server.terminate()
-        server.wait(30)
+    ckpt = save_tiny_checkpoint(str(tmp_path / "tiny-evol"))
+    seed_file = tmp_path / "seed.jsonl"
+    seed_file.write_text("".join(json.dumps(r) + "\n" for r in seeds(3)))
+    with serve("--model", ckpt, "--max-len", "512") as (base, _):
+        cfg = LLMConfig(base_url=base + "/v1", model="tiny-evol", api_key_env=None, style="chat", max_tokens=16,
+                        concurrency=2, backoff_s=0.01)
+        s = evolve(seeds(3), str(tmp_path / "chat"), cfg, EvolConfig(rounds=1, equality_check=False))
+        assert s["complete"] and s["total"]["attempted"] == 3 and s["total"]["retries"] == 0
+        assert s["total"]["requests"] >= 3 and s["total"]["completion_tokens"] > 0
+        rounds = read(tmp_path / "chat" / "round_1.jsonl")
+        assert all(r["status"] in ("accepted", "eliminated") for r in rounds) and len(rounds) == 3
+        r = subprocess.run([PYTHON, "-m", "wizardcoder", "evolve", "--data", str(seed_file), "--out",
+                            str(tmp_path / "cli"), "--rounds", "1", "--no-equality-check", "--no-hygiene",
+                            "--no-progress", "--llm-base-url", base + "/v1", "--llm-model", "tiny-evol",
+                            "--llm-api-key-env", "", "--llm-style", "completion", "--max-new-tokens", "16",
+                            "--concurrency", "2"], cwd=REPO, env=repo_env(), capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert s["complete"] and s["total"]["attempted"] == 3 and s["total"]["completion_tokens"] > 0
+    # 16 random tokens never end on their own: each answer is cut at the limit and the too-long rule says so
+    r1 = read(tmp_path / "cli" / "round_1.jsonl")
+    assert [x.get("rule") for x in r1] == ["too_long"] * 3, r1
 
 
 def test_more_rounds_extend_a_finished_run(tmp_path):

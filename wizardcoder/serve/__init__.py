@@ -80,18 +80,18 @@ def load_model(cfg: ServeConfig):
 
 
 def run(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from ..data.templates import get_template
-    from ..engine import Engine, SamplingParams
-    from .app import build_app
-    from .protocol import Limits
-    from .worker import EngineWorker
-
     cfg = dataclass_from_args(ServeConfig, args)
-    template = get_template(cfg.template)
-    sock = bind_socket(cfg.host, cfg.port)  # a taken port fails now, not after minutes of loading
+    sock = bind_socket(cfg.host, cfg.port)  # a taken port fails now, before torch is imported or the model loads
     try:
+        from aiohttp import web
+
+        from ..data.templates import get_template
+        from ..engine import Engine, SamplingParams
+        from .app import build_app
+        from .protocol import Limits
+        from .worker import EngineWorker
+
+        template = get_template(cfg.template)
         model, tok, name = load_model(cfg)
         positions = model.config.n_positions
         if cfg.max_len is not None and cfg.max_len > positions:
@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
             if not api_key:
                 raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
-                        default_max_tokens=cfg.default_max_tokens, template=template, encode=tok.encode)
+                        default_max_tokens=cfg.default_max_new_tokens, template=template, encode=tok.encode)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
-                        request_timeout_s=cfg.request_timeout_s, max_body_bytes=int(cfg.max_body_mb * 2**20))
+                        request_timeout_s=cfg.request_timeout, max_body_bytes=int(cfg.max_body_mb * 2**20))
         print(f"serving {name} on http://{cfg.host}:{cfg.port}/v1 (max_len {max_len}, {cfg.max_slots} slots)",
               flush=True)
         web.run_app(app, sock=sock, print=None, handler_cancellation=True, access_log=None)

@@ -1,28 +1,29 @@
-"""`ServeConfig`: every option of `wizardcoder serve` (one flag per field, via wizardcoder.cli_args)."""
+"""`ServeConfig`: every option of `wizardcoder serve` (one flag per field, via wizardcoder.cli_args).
+
+Importing it does not import torch, so a taken port is reported at once; --dtype is checked when the model loads."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ..dtypes import resolve_dtype
 from ..errors import ConfigError
 
 
 @dataclass
 class ServeConfig:
     model: str = ""  # checkpoint folder, hub id, or preset name (a preset gets random weights and the bundled tokenizer)
-    tokenizer: str | None = None  # tokenizer folder, file or hub id (default: the one stored with --model)
-    served_model_name: str | None = None  # the model id clients send and /v1/models lists (default: the checkpoint folder's name)
+    tokenizer: str | None = None  # tokenizer folder, file or hub id; none: the one stored with --model
+    served_model_name: str | None = None  # the model id clients send and /v1/models lists; none: the checkpoint folder's name
     host: str = "127.0.0.1"  # address to listen on
     port: int = 8000  # TCP port to listen on
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
-    device: str | None = None  # cuda, cuda:N or cpu (default: cuda when available)
+    device: str | None = None  # cuda, cuda:N or cpu; none: cuda when available
     max_slots: int = 32  # sequences the engine decodes together
-    max_len: int | None = None  # tokens per sequence, prompt + completion (default: the model's positions)
+    max_len: int | None = None  # tokens per sequence, prompt + completion; none: the model's positions
     max_n: int = 128  # largest `n` a request may ask for
     max_queued_samples: int = 1024  # samples (prompts x n) accepted and not yet answered; more is refused with 429
-    default_max_tokens: int = 256  # completion length when a request gives no max_tokens (capped by max_len)
-    request_timeout_s: float = 600.0  # a request that gets no output for this long is aborted and answered 503
+    default_max_new_tokens: int = 256  # completion length when a request gives no max_tokens (capped by max_len)
+    request_timeout: float = 600.0  # seconds a request may wait for its next output before it is aborted (503)
     max_body_mb: float = 8.0  # largest request body accepted, in MiB
     api_key_env: str | None = None  # environment variable holding the key clients must send (Authorization: Bearer)
     template: str = "alpaca"  # prompt template for chat requests (a name in wizardcoder.data.templates or a JSON file)
@@ -34,15 +35,14 @@ class ServeConfig:
             raise ConfigError(f"--port {self.port} is not a TCP port; use 1..65535.")
         for flag, value in (("--max-slots", self.max_slots), ("--max-n", self.max_n),
                             ("--max-queued-samples", self.max_queued_samples),
-                            ("--default-max-tokens", self.default_max_tokens)):
+                            ("--default-max-new-tokens", self.default_max_new_tokens)):
             if value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}.")
         if self.max_len is not None and self.max_len < 2:
             raise ConfigError(f"--max-len must be at least 2 (one prompt token and one new token), got {self.max_len}.")
-        for flag, value in (("--request-timeout-s", self.request_timeout_s), ("--max-body-mb", self.max_body_mb)):
+        for flag, value in (("--request-timeout", self.request_timeout), ("--max-body-mb", self.max_body_mb)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {value}.")
         if self.max_n > self.max_queued_samples:
             raise ConfigError(f"--max-n ({self.max_n}) is larger than --max-queued-samples ({self.max_queued_samples}); "
                               "such a request could never be queued, so lower --max-n or raise the queue.")
-        resolve_dtype(self.dtype, self.device)  # a bad --dtype fails here, before the model loads
