@@ -4,8 +4,9 @@
     wizardcoder evaluate --task mbpp+ --samples s.jsonl --data MbppPlus.jsonl.gz --out runs/mbppp --k 1 10
     wizardcoder evaluate --task humaneval --model ckpt/ --n 20 --temperature 0.2 --top-p 0.95 --out runs/he20
 
-Flags come from `EvaluateConfig` (scoring) and `GenerationOptions` (with --model); a `[evaluate]` section of
-`--config` sets the same names.
+Flags come from `EvaluateConfig` (scoring) and, for --model, from `wizardcoder.generate.GenerateConfig` (which
+`wizardcoder generate` uses too: same prompts, sampler and samples file); an `[evaluate]` section of `--config` sets
+the same names.
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from typing import Literal
 
 from ..cli_args import add_dataclass_arguments, dataclass_from_args
 from ..errors import ConfigError
-from ..io import write_jsonl
-from .benchmarks import PROMPT_STYLES, TASKS, get_benchmark
+from .benchmarks import TASKS, get_benchmark
 from .jobs import IsolationReport
 from .postprocessing import STYLES as POSTPROCESS
 
@@ -71,64 +71,16 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-@dataclasses.dataclass
-class GenerationOptions:
-    """How `evaluate --model` samples answers."""
-
-    n: int = 1  # samples per problem
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 0.95  # nucleus sampling mass
-    max_new_tokens: int = 512  # tokens per answer at most
-    prompt_style: Literal[PROMPT_STYLES] = "wizardcoder"  # wizardcoder: Alpaca instruction prompt (answers post-processed); plain: code completion
-    instructions: str | None = None  # MBPP+ instruction prompts (WizardCoder's mbppplus.json) to use verbatim
-    batch_size: int = 32  # prompts decoded together
-    seed: int = 0  # random seed of the sampler
-    dtype: str = "auto"  # model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    device: str | None = None  # cuda, cpu ...; none: cuda when available
-    limit: int | None = None  # only the first N problems (smoke runs)
+# Fields of GenerateConfig that evaluate sets itself (or shares with EvaluateConfig).
+GENERATE_OWN = ("model", "task", "data", "out", "progress", "prompts")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..generate import GenerateConfig
+
     add_dataclass_arguments(p, EvaluateConfig)
-    add_dataclass_arguments(p.add_argument_group("generation (with --model)"), GenerationOptions)
-
-
-def generate_samples(bench, path: str, model: str, out: str, gen: GenerationOptions, progress: bool) -> str:
-    """Generate `gen.n` answers per problem with the checkpoint; write OUT/samples.jsonl; return its path."""
-    import torch
-
-    from .. import StarCoder, Tokenizer
-    from ..dtypes import resolve_dtype
-    from ..sampling import SamplingParams, generate
-
-    problems = list(bench.read(path).values())[: gen.limit]
-    instructions = _read_instructions(gen.instructions) if gen.instructions else None
-    prompts = [bench.prompt(p, gen.prompt_style, instructions) for p in problems]
-    device = gen.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = StarCoder.from_pretrained(model, dtype=resolve_dtype(gen.dtype, device), device=device)
-    tok = Tokenizer.from_pretrained(model)
-    params = SamplingParams(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
-                            max_new_tokens=gen.max_new_tokens, stop=bench.stop_words(gen.prompt_style),
-                            seed=gen.seed)
-    outs = generate(lm, tok, prompts, params, batch_size=gen.batch_size, progress=progress)
-    field = bench.answer_field(gen.prompt_style)
-    rows = [{"task_id": p.task_id, field: text} for p, texts in zip(problems, outs) for text in texts]
-    samples = os.path.join(out, "samples.jsonl")
-    write_jsonl(samples, rows)
-    return samples
-
-
-def _read_instructions(path: str) -> dict:
-    from ..errors import DataError
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"--instructions {path}: not a readable JSON file ({e}).") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"--instructions {path}: expected a JSON object mapping task ids to prompts.")
-    return obj
+    add_dataclass_arguments(p.add_argument_group("generation (with --model; see `wizardcoder generate`)"),
+                            GenerateConfig, exclude=GENERATE_OWN)
 
 
 def format_report(summary: dict) -> str:
@@ -156,13 +108,16 @@ def run(args: argparse.Namespace) -> int:
     from .scoring import evaluate, make_out_dir
 
     cfg = dataclass_from_args(EvaluateConfig, args)
-    gen = dataclass_from_args(GenerationOptions, args)
     bench = get_benchmark(cfg.task)
     path = bench.locate(cfg.data)
     samples = cfg.samples
-    if cfg.model:
+    if cfg.model:  # generate OUT/samples.jsonl first (resumable: generate keeps a journal beside it)
+        from ..generate import GenerateConfig, generate_samples
+
         make_out_dir(cfg.out)
-        samples = generate_samples(bench, path, cfg.model, cfg.out, gen, cfg.progress)
+        gen = dataclass_from_args(GenerateConfig, args, model=cfg.model, task=bench.name, data=path, prompts=None,
+                                  out=os.path.join(cfg.out, "samples.jsonl"), progress=cfg.progress)
+        samples = generate_samples(gen)
     config = SandboxConfig(memory=cfg.memory_mb << 20, allow_fork=cfg.allow_fork)
     summary = evaluate(bench, samples, cfg.out, data=path, postprocess=cfg.postprocess, ks=cfg.k,
                        workers=cfg.workers, timeout=cfg.timeout, config=config, progress=cfg.progress)
