@@ -102,12 +102,12 @@ def summarize(bench: Benchmark, rows: list[dict], problems: dict[str, Problem], 
     summary.update(passk.overall(counts, ks))
     per_task = passk.per_task(counts, ks)
     if len(bench.parts) > 1:
-        for k, part in enumerate(bench.parts):  # a sample passes up to `part` when it passed it and all before
-            upto = bench.parts[: k + 1]
+        for j, part in enumerate(bench.parts):  # a sample passes up to `part` when it passed it and all before
+            upto = bench.parts[: j + 1]
             c = {t: (len(rs), sum(all(r[f"{q}_status"] == "passed" for q in upto) for r in rs))
                  for t, rs in by_task.items()}
             summary[part] = passk.overall(c, ks)
-            if k < len(bench.parts) - 1:
+            if j < len(bench.parts) - 1:
                 for t, (_, n_pass) in c.items():
                     per_task[t][f"{part}_c"] = n_pass
     summary["verdicts"] = {v: sum(r["status"] == v for r in rows) for v in VERDICTS}
