@@ -9,6 +9,8 @@
 - efficiency: real tokens / tokens computed, packed at 2048 vs WizardCoder's right-padded batches of 16.
 - batches: our loader's packed micro-batches vs the recipe's DataCollatorForSupervisedDataset (pad_sequence of 16
   samples), real tokens/s assembled on the host.
+- validate: `shards.validate` (the trainer's check before its first step) vs the same checks written naively, and
+  the floor of hashing every file once, MiB/s on synthetic shards.
 
 Needs ../shared/data (or $WIZARDCODER_SHARED_DATA) for the evolved data and the StarCoder tokenizer.
 """
@@ -64,7 +66,68 @@ def _recipe_preprocess(examples, hf_tokenizer):
     return out
 
 
-def run(quick: bool = False) -> list[dict]:
+def _naive_validate(folder: str, vocab_size: int) -> None:
+    """The peer of `shards.validate`: the same checks written the obvious way, every array read into memory and
+    hashed through a bytes copy (`np.load` + `tobytes`), then checked with numpy."""
+    import hashlib
+    import json
+
+    from wizardcoder.data.shards import ARRAYS
+
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    digest = hashlib.sha256()
+    for s in meta["shards"]:
+        a = {name: np.load(os.path.join(folder, f"{name}-{s['index']:05d}.npy")) for name in ARRAYS}
+        for name in ARRAYS:
+            digest.update(a[name].tobytes())
+        docs, packs = a["doc_offsets"], a["pack_offsets"]
+        assert docs[0] == 0 and docs[-1] == len(a["tokens"]) and (np.diff(docs) > 0).all()
+        assert packs[0] == 0 and packs[-1] == len(docs) - 1 and (np.diff(packs) > 0).all()
+        assert int(a["tokens"].max()) < vocab_size and int(a["loss_mask"].max()) <= 1
+    assert digest.hexdigest() == meta["content_sha256"]
+
+
+def _validate_rows(tmp: str, quick: bool) -> list[dict]:
+    """shards.validate (memory-mapped, hashed in place, one numpy max per shard) against the naive peer and against
+    the floor of hashing every file's bytes once (`hashlib.file_digest`), on synthetic shards of the evolved data's
+    shape: 49,152-token vocabulary, documents of 100 to 409 tokens, five to a pack."""
+    import hashlib
+
+    from wizardcoder.data.shards import validate, write_shards
+    from wizardcoder.io import atomic_dir
+
+    rng = np.random.default_rng(0)
+    n_tokens = 5_000_000 if quick else 40_000_000
+    doc_lens = rng.integers(100, 410, n_tokens // 255)
+    doc_offsets = np.concatenate([[0], np.cumsum(doc_lens)]).astype(np.int64)
+    pack_offsets = np.unique(np.append(np.arange(0, len(doc_lens), 5), len(doc_lens)))  # 5 docs, <= 2,045 tokens
+    tokens = rng.integers(0, 49152, int(doc_offsets[-1]), dtype=np.int64)
+    folder = os.path.join(tmp, "validate")
+    with atomic_dir(folder, "pack") as t:
+        write_shards(t, tokens, (tokens & 1).astype(np.uint8), doc_offsets, pack_offsets,
+                     np.arange(len(doc_lens)), {"seq_len": SEQ}, 49152, packs_per_shard=16384)
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    case = f"validate shards: {len(tokens) / 1e6:.0f}M tokens, {size / 2**20:.0f} MiB (page cache warm)"
+
+    def floor():
+        for f in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, f), "rb") as fh:
+                hashlib.file_digest(fh, "sha256")
+
+    t_ours = _best_of(lambda: validate(folder, vocab_size=49152, max_positions=8192), 3)
+    t_naive = _best_of(lambda: _naive_validate(folder, 49152), 3)
+    t_floor = _best_of(floor, 3)
+    return [
+        {"bench": "data", "case": case, "impl": "ours (shards.validate, mmap + in-place hash)",
+         "MiB/s": size / 2**20 / t_ours, "seconds": t_ours, "ratio": 1.0},
+        {"bench": "data", "case": case, "impl": "naive (np.load + tobytes + checks)",
+         "MiB/s": size / 2**20 / t_naive, "seconds": t_naive, "ratio": t_ours / t_naive},
+        {"bench": "data", "case": case, "impl": "floor: sha256 of every file's bytes",
+         "MiB/s": size / 2**20 / t_floor, "seconds": t_floor, "ratio": t_ours / t_floor},
+    ]
+
+
+def run(quick: bool = False, only: str | None = None) -> list[dict]:
     from wizardcoder.data import (PackedLoader, best_fit_decreasing, best_fit_decreasing_reference, pack_dataset,
                                   packing_efficiency, padded_efficiency, read_examples, tokenize_examples)
     from wizardcoder.data.templates import ALPACA
@@ -73,6 +136,9 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     tmp = tempfile.mkdtemp(prefix="bench_data_")
     try:
+        rows += _validate_rows(tmp, quick)
+        if only == "validate":
+            return rows
         tok_dir = _tokenizer_dir(tmp)
         tok = Tokenizer.from_pretrained(tok_dir)
         examples = read_examples(os.path.join(SHARED, "evol_instruct_code"))
@@ -190,8 +256,10 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("validate",), default=None, help="only the shard validation rows")
     a = ap.parse_args()
     print(stamp())
-    rows = run(quick=a.quick)
-    print_table(rows, ["case", "impl", "samples/s", "tokens/s", "efficiency", "real tok/s", "seconds", "ratio"])
+    rows = run(quick=a.quick, only=a.only)
+    print_table(rows, ["case", "impl", "samples/s", "tokens/s", "efficiency", "real tok/s", "MiB/s", "seconds",
+                       "ratio"])
     save_rows(rows, "data")
