@@ -25,12 +25,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from multiprocessing.connection import Connection
 from typing import Iterable, Iterator
 
 from ..errors import UserError
 from .jobs import VERDICTS, IsolationReport, Job, Result
-from .sandbox import SandboxConfig
+from .sandbox import Channel, SandboxConfig
 
 __all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
 
@@ -110,8 +109,7 @@ class _WorkerHandle:
         finally:
             os.close(cmd_r)
             os.close(rep_w)
-        self.commands = Connection(cmd_w, readable=False)
-        self.replies = Connection(rep_r, writable=False)
+        self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
 
     def _await_ready(self) -> None:
         try:
