@@ -1,11 +1,12 @@
 """Fused residual-add + LayerNorm in Triton (the pre-norm step StarCoder does twice per block).
 
-Forward, one program per row: r = x + residual in torch's promoted dtype (bf16 + bf16 stays bf16 and is rounded as
-the unfused torch add would store it; a bf16 block output added to an fp32 residual stream, as under autocast, is
-fp32), mean and 1/std over the row in fp32, y = (r - mean) * rstd * weight + bias, stored in `out_dtype` (r's dtype by
-default; fp32 under autocast, where torch computes layer_norm in fp32). It writes y, r, and the fp32 mean and rstd
-`[M]` for the backward (so the backward reads r, dy and dr once and never re-reduces the mean).
-Backward: a fixed number of programs (a few per SM), each walking a strided set of rows:
+Forward, one program per row (2 to 16 rows when rows are narrower than 2048): r = x + residual in torch's promoted
+dtype (bf16 + bf16 stays bf16, rounded as the unfused torch add stores it; a bf16 block output added to the fp32
+residual stream, as under autocast, is fp32), mean and 1/std over the row in fp32, y = (r - mean) * rstd * weight +
+bias, stored in `out_dtype` (r's dtype by default; fp32 under CUDA autocast, whose policy computes layer_norm in
+fp32). It writes y, r, and the fp32 mean and rstd `[M]` for the backward (so the backward reads r, dy and dr once and
+never re-reduces the mean).
+Backward: a fixed number of programs (a few per SM), each walking its run of rows (as many at a time as forward):
 dxhat = dy * w; dr_total = rstd * (dxhat - xhat * mean(dxhat * xhat) - mean(dxhat)) + dr (dr = the gradient arriving
 through the returned residual), written once and used for both x and residual; dweight / dbias partial sums are kept
 in fp32 registers per program and reduced over programs at the end (no atomics).
@@ -26,58 +27,69 @@ from . import custom_op
 
 
 @triton.jit
-def _ln_fwd_kernel(X, RES, W, B, Y, R, MEAN, RSTD, stride_x, stride_res, stride_y, stride_r, N, eps,
-                   HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _ln_fwd_kernel(X, RES, W, B, Y, R, MEAN, RSTD, stride_x, stride_res, stride_y, stride_r, M, N, eps,
+                   HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows pid * BLOCK_M ... of [M, N]: one row per program at StarCoder's widths, several for narrow rows."""
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
-    if HAS_RES:
-        x = x + tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)  # promoted as torch's add promotes
-        tl.store(R + row * stride_r + cols, x, mask=mask)
+    row_ok = rows < M
+    col_ok = cols < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    if HAS_RES:  # promoted as torch's add promotes
+        x = x + tl.load(RES + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
+        tl.store(R + rows[:, None] * stride_r + cols[None, :], x, mask=mask)
     x = x.to(tl.float32)
-    mean = tl.sum(x, 0) / N
-    xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, 0) / N
+    mean = tl.sum(x, 1) / N
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, 1) / N
     rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    y = xc * rstd * w + b
-    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
 @triton.jit
 def _ln_bwd_kernel(R, W, DY, DR, DX, MEAN, RSTD, DW, DB, stride_r, stride_dy, stride_dr, stride_dx, M, N,
-                   rows_per_program, HAS_DR: tl.constexpr, BLOCK_N: tl.constexpr):
+                   rows_per_program, HAS_DR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows pid * rows_per_program ... in steps of BLOCK_M; dweight / dbias partial sums of this program -> DW/DB[pid]."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    col_ok = cols < N
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_N], tl.float32)
     db = tl.zeros([BLOCK_N], tl.float32)
     row_start = pid * rows_per_program
-    n_rows = tl.minimum(rows_per_program, M - row_start)
-    for i in range(0, n_rows):
-        row = row_start + i
-        row64 = row.to(tl.int64)
-        r = tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        xhat = tl.where(mask, (r - mean) * rstd, 0.0)
-        dxhat = dy * w
-        c1 = tl.sum(xhat * dxhat, 0) / N
-        c2 = tl.sum(dxhat, 0) / N
-        dx = (dxhat - (xhat * c1 + c2)) * rstd
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for start in range(row_start, row_end, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < row_end
+        rows64 = rows.to(tl.int64)
+        mask = row_ok[:, None] & col_ok[None, :]
+        r = tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (r - mean[:, None]) * rstd[:, None], 0.0)
+        dxhat = dy * w[None, :]
+        c1 = tl.sum(xhat * dxhat, 1) / N
+        c2 = tl.sum(dxhat, 1) / N
+        dx = (dxhat - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DR:
-            dx += tl.load(DR + row64 * stride_dr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-        dw += dy * xhat
-        db += dy
-    tl.store(DW + pid * N + cols, dw, mask=mask)
-    tl.store(DB + pid * N + cols, db, mask=mask)
+            dx += tl.load(DR + rows64[:, None] * stride_dr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * xhat, 0)
+        db += tl.sum(dy, 0)
+    tl.store(DW + pid * N + cols, dw, mask=col_ok)
+    tl.store(DB + pid * N + cols, db, mask=col_ok)
+
+
+def _rows_per_block(block_n: int) -> int:
+    """Rows per tile: 1 at StarCoder's widths (>= 2048), up to 16 for narrow rows (fewer, fuller programs)."""
+    return max(1, min(16, 2048 // block_n))
 
 
 def _warps(block_n: int) -> int:
@@ -111,9 +123,11 @@ def _fwd_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tens
         return y, r, mean, rstd
     res2 = _rows(residual) if residual is not None else x2
     BLOCK_N = triton.next_power_of_2(N)
-    _ln_fwd_kernel[(M,)](x2, res2, weight, bias, y, r if residual is not None else y, mean, rstd,
-                         x2.stride(0), res2.stride(0), y.stride(0), N if residual is not None else 0, N, eps,
-                         HAS_RES=residual is not None, BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
+    BLOCK_M = _rows_per_block(BLOCK_N)
+    _ln_fwd_kernel[(triton.cdiv(M, BLOCK_M),)](x2, res2, weight, bias, y, r if residual is not None else y, mean, rstd,
+                                               x2.stride(0), res2.stride(0), y.stride(0), N if residual is not None else 0,
+                                               M, N, eps, HAS_RES=residual is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                               num_warps=_warps(BLOCK_N))
     return y, r, mean, rstd
 
 
@@ -140,8 +154,8 @@ def _bwd_impl(dy: torch.Tensor, dr: torch.Tensor | None, r: torch.Tensor, weight
     db = torch.empty((n_prog, N), device=r.device, dtype=torch.float32)
     BLOCK_N = triton.next_power_of_2(N)
     _ln_bwd_kernel[(n_prog,)](r2, weight, dy2, dr2, dx, mean, rstd, dw, db, r2.stride(0), dy2.stride(0), dr2.stride(0),
-                              dx.stride(0), M, N, rows_per_program, HAS_DR=dr is not None, BLOCK_N=BLOCK_N,
-                              num_warps=_warps(BLOCK_N))
+                              dx.stride(0), M, N, rows_per_program, HAS_DR=dr is not None,
+                              BLOCK_M=_rows_per_block(BLOCK_N), BLOCK_N=BLOCK_N, num_warps=_warps(BLOCK_N))
     return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
 
 

@@ -49,8 +49,10 @@ def _variants(full: bool):
         io.update(MEAN="*fp32", RSTD="*fp32", DW="*fp32", DB="*fp32", eps="fp32", TARGETS="*i64", LOSS="*fp32",
                   SCALE="*fp32")
         for flag in (True, False) if full else (True,):
-            out.append((ln._ln_fwd_kernel, io, dict(HAS_RES=flag, BLOCK_N=2048), 8, 1, f"{dt} residual={flag}"))
-            out.append((ln._ln_bwd_kernel, io, dict(HAS_DR=flag, BLOCK_N=8192), 16, 1, f"{dt} dr={flag}"))
+            out.append((ln._ln_fwd_kernel, io, dict(HAS_RES=flag, BLOCK_M=1, BLOCK_N=2048), 8, 1, f"{dt} residual={flag}"))
+            out.append((ln._ln_fwd_kernel, io, dict(HAS_RES=flag, BLOCK_M=16, BLOCK_N=128), 1, 1, f"{dt} residual={flag} 16 rows"))
+            out.append((ln._ln_bwd_kernel, io, dict(HAS_DR=flag, BLOCK_M=1, BLOCK_N=8192), 16, 1, f"{dt} dr={flag}"))
+            out.append((ln._ln_bwd_kernel, io, dict(HAS_DR=flag, BLOCK_M=16, BLOCK_N=128), 1, 1, f"{dt} dr={flag} 16 rows"))
             out.append((gl._gelu_fwd_kernel, io, dict(APPROX=flag, BLOCK=1024), 4, 1, f"{dt} tanh={flag}"))
             out.append((gl._gelu_bwd_kernel, io, dict(APPROX=not flag, BLOCK=1024), 4, 1, f"{dt} tanh={not flag}"))
         out.append((ce._ce_kernel, io, dict(BLOCK_V=4096), 16, 1, dt))

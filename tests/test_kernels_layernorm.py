@@ -56,8 +56,8 @@ def test_custom_ops_fake_tensor_and_schema():
 
     x, res = torch.randn(6, 40, device=DEVICE), torch.randn(6, 40, device=DEVICE)
     w, b = torch.randn(40, device=DEVICE), torch.randn(40, device=DEVICE)
-    torch.library.opcheck(ln._fwd_op, (x, res, w, b, 1e-5), test_utils=("test_schema", "test_faketensor"))
-    y, r, mean, rstd = ln._fwd_op(x, res, w, b, 1e-5)
+    torch.library.opcheck(ln._fwd_op, (x, res, w, b, 1e-5, torch.float32), test_utils=("test_schema", "test_faketensor"))
+    y, r, mean, rstd = ln._fwd_op(x, res, w, b, 1e-5, torch.float32)
     torch.library.opcheck(ln._bwd_op, (torch.randn_like(y), torch.randn_like(y), r, w, mean, rstd),
                           test_utils=("test_schema", "test_faketensor"))
 
