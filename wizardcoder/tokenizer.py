@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 
 from .errors import CheckpointError
+from .io import read_json
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 FIM_TOKENS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")
@@ -172,11 +172,9 @@ def _read_special_tokens(folder: str) -> dict[str, str | None]:
         p = os.path.join(folder, fname)
         if not os.path.isfile(p):
             continue
-        try:
-            with open(p, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p}:{e.lineno}: not valid JSON ({e.msg}).") from None
+        d = read_json(p, fname, CheckpointError, "fix or remove that file")
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{p}: expected a JSON object; fix or remove that file.")
         for role in ("bos", "eos", "pad", "unk"):
             v = d.get(f"{role}_token")
             if isinstance(v, dict):

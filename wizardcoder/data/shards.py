@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from ..io import read_json
 
 FORMAT = "wizardcoder-packed"
 VERSION = 1
@@ -141,12 +142,8 @@ class PackedShards:
                 f"{folder}: no metadata.json, so not a complete packed-shard folder (an interrupted pack?); "
                 "run `wizardcoder pack` again."
             )
-        try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); run `wizardcoder pack` again.") from None
-        if meta.get("format") != FORMAT or not meta.get("complete"):
+        meta = read_json(path, "metadata file", DataError, "run `wizardcoder pack` again")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not meta.get("complete"):
             raise DataError(f"{path}: not a complete {FORMAT} metadata file; run `wizardcoder pack` again.")
         if meta.get("version") != VERSION:
             raise DataError(f"{path}: shard format version {meta.get('version')}, this code reads {VERSION}; re-pack.")

@@ -30,8 +30,8 @@ import sys
 import time
 
 from ..errors import ConfigError, DataError, UserError
-from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, read_jsonl,
-                  write_jsonl)
+from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, read_json,
+                  read_jsonl, write_jsonl)
 from . import rules as R
 from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
 from .prompts import EvolPrompts, load_prompts
@@ -129,8 +129,8 @@ class Evolver:
         path = os.path.join(self.out, "config.json")
         ident = self.identity()
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f).get("identity", {})
+            old = read_json(path, "run config", DataError, "remove it to start over, or give another --out")
+            old = old.get("identity", {}) if isinstance(old, dict) else {}
             for k, v in ident.items():
                 if json.dumps(old.get(k), sort_keys=True) != json.dumps(v, sort_keys=True):
                     raise UserError(
