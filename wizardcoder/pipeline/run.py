@@ -322,10 +322,11 @@ def _in_range(verb: str, start: str | None, until: str | None) -> bool:
 
 
 def run_pipeline(config_path: str, *, start: str | None = None, until: str | None = None, sets: list[str] = (),
-                 out: str | None = None) -> str:
-    """Run (or resume) the pipeline of `config_path` from `start` to `until`; returns the run folder."""
+                 out: str | None = None, overrides: list[tuple[str, str, Any]] = ()) -> str:
+    """Run (or resume) the pipeline of `config_path` from `start` to `until`; returns the run folder. `sets` are
+    --set strings, `overrides` (section, key, value) triples applied before them."""
     config = load_config(config_path)
-    for section, key, value in parse_set(list(sets)):
+    for section, key, value in [*overrides, *parse_set(list(sets))]:
         config.setdefault(section, {})[key] = value
     if start and until and STAGES.index(start) > STAGES.index(until):
         raise ConfigError(f"--from {start} comes after --until {until}; give them in pipeline order.")
