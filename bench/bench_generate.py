@@ -1,60 +1,185 @@
-"""Sampling throughput: our batched sampler vs HF transformers' `generate`, same weights, same prompts, same run.
+"""Generation for pass@k: our engine vs HF transformers' `generate`, same weights, same prompts, same run.
 
-Case per batch size: B prompts of `prompt_len` random tokens, `new_tokens` new tokens each, top-p sampling
-(T=0.8, p=0.95) with EOS disabled so every row generates the full length. Correctness first: greedy bs=1 output must
-be token-identical to HF's. Figures: generated tokens/s and ms per decode step, and the ratio ours / HF.
+    PYTHONPATH=. python -m bench.bench_generate            # CPU proxy (small model) or, with CUDA, the 1B shape
+    PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
+
+Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
+counts are checked before any time is reported):
+- `step bs1`: one sample, greedy; decode time per step = (T(N new tokens) - T(1 new token)) / (N - 1) for each side,
+  so prefill is not counted. On CUDA also the weight-bandwidth floor: model bytes / measured device copy bandwidth.
+- `n=200`: 200 samples of one 256-token prompt, top-p sampling (T=0.8, p=0.95). Ours: the prompt prefilled once into
+  a shared prompt slot, 200 slots. HF: the prompt repeated per sample, batches of `hf_batch` (200 on CPU, 128 on CUDA).
+- `mixed`: prompts of 64-256 tokens with n=8 samples each whose lengths differ widely (per-request max_new_tokens,
+  drawn from a long-tailed distribution), the case continuous batching is for. Ours: every sample has its own
+  length and a finished slot is refilled at once. HF: static batches of the same size in the same order, each
+  running until its longest sample ends (padding the rest), as a batch sampler without refill must. Figures count
+  useful tokens only (each sample's own length), the same total for both.
+Correctness gate first: greedy tokens of ours and HF on one prompt must agree (fp32: exactly; half precision: the
+match length is reported).
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
-from bench.common import timeit
 from wizardcoder import StarCoder, StarCoderConfig
-from wizardcoder.sampling import SamplingParams, generate_ids
+from wizardcoder.engine import Engine, SamplingParams
+
+CPU_SHAPE = dict(n_positions=1024, n_embd=256, n_layer=4, n_head=8, vocab_size=8192)
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _clock(fn) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def _hf_generate(hf, prompts: torch.Tensor, new: int, sample: bool):
+    kw = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=0) if sample else dict(do_sample=False)
+    return hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
+                       eos_token_id=None, pad_token_id=0, **kw)
+
+
+def _copy_bandwidth(device) -> float:
+    """Bytes/s of a device-to-device copy (read + write), 1 GiB."""
+    x = torch.empty(1 << 29, dtype=torch.float16, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t = min(_clock(lambda: y.copy_(x)) for _ in range(5))
+    return 2 * x.numel() * x.element_size() / t
 
 
 def run(quick: bool = False) -> list[dict]:
-    cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    if quick or not cuda:
-        cfg, batches, prompt_len, new = StarCoderConfig.from_preset("tiny"), [1, 8], 32, 16
-    else:
-        cfg, batches, prompt_len, new = StarCoderConfig.from_preset("starcoderbase-1b"), [1, 32, 128], 256, 256
     from bench.bench_model import _hf_from_ours
 
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    if cuda and not quick:
+        cfg = StarCoderConfig.from_preset("starcoderbase-1b")
+        step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 256, 200, 256, 128, 32, 512
+    elif cuda or not quick:
+        cfg = StarCoderConfig(**CPU_SHAPE)
+        step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 64, 200, 32, 200, 12, 96
+    else:
+        cfg = StarCoderConfig(**{**CPU_SHAPE, "n_layer": 2, "n_embd": 128})
+        step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 16, 24, 8, 24, 4, 24
+    slots = 200 if n == 200 else n
     ours = StarCoder.from_config(cfg, seed=0).to(device=device, dtype=dtype).eval()
     hf = _hf_from_ours(ours).to(device=device, dtype=dtype).eval()
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=g)
-    a = generate_ids(ours, prompt.tolist(), SamplingParams(max_new_tokens=16), eos_id=None)[0]
-    b = hf.generate(prompt.to(device), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)[0, prompt_len:].tolist()
-    if a != b and dtype == torch.float32:
-        raise AssertionError(f"greedy mismatch before timing: {a} vs {b}")
+    V = cfg.vocab_size
     rows = []
-    for B in batches:
-        prompts = torch.randint(0, cfg.vocab_size, (B, prompt_len), generator=g)
-        params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=new)
-        cases = [
-            ("HF transformers generate", lambda: hf.generate(prompts.to(device), attention_mask=torch.ones_like(prompts, device=device),
-                                                             max_new_tokens=new, min_new_tokens=new,
-                                                             do_sample=True, temperature=0.8, top_p=0.95, pad_token_id=0)),
-            ("wizardcoder sampler", lambda: generate_ids(ours, prompts.tolist(), params, eos_id=None)),
-        ]
-        base = None
-        for name, fn in cases:
-            with torch.inference_mode():
-                t = timeit(fn, warmup=1, iters=2 if quick else 3)
-            base = base or t
-            rows.append({"bench": "generate", "case": f"B{B} prompt{prompt_len} new{new}", "impl": name,
-                         "tok/s": B * new / t, "ms/step": t / new * 1e3, "speedup_vs_HF": base / t})
+
+    def row(case, impl, **figures):
+        rows.append({"bench": "generate", "case": case, "impl": impl, **figures})
+
+    with torch.inference_mode():
+        # ---- correctness gate: greedy tokens agree
+        prompt = torch.randint(0, V, (1, 64), generator=g)
+        one = Engine(ours, max_slots=1, max_len=64 + step_new + 1)
+        a = one.generate([prompt[0].tolist()], SamplingParams(max_new_tokens=16))[0][0].token_ids
+        b = _hf_generate(hf, prompt.to(device), 16, sample=False)[0, 64:].tolist()
+        match = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), 16)
+        if match < 16 and dtype == torch.float32:
+            raise AssertionError(f"greedy mismatch before timing: {a} vs {b}")
+
+        # ---- batch-1 decode step
+        def ours_b1(k):
+            return lambda: one.generate([prompt[0].tolist()], SamplingParams(max_new_tokens=k))
+
+        def hf_b1(k):
+            return lambda: _hf_generate(hf, prompt.to(device), k, sample=False)
+
+        for fn in (ours_b1(step_new), hf_b1(step_new)):  # warm-up (CUDA graphs captured here)
+            fn()
+        t_ours = (min(_clock(ours_b1(step_new)) for _ in range(2)) - min(_clock(ours_b1(1)) for _ in range(2))) / (step_new - 1)
+        t_hf = (min(_clock(hf_b1(step_new)) for _ in range(2)) - min(_clock(hf_b1(1)) for _ in range(2))) / (step_new - 1)
+        case = f"step bs1 (prompt 64, {step_new} new, greedy; greedy match {match}/16)"
+        row(case, "HF transformers generate", ms_per_step=t_hf * 1e3, vs_HF=1.0)
+        row(case, "wizardcoder engine", ms_per_step=t_ours * 1e3, vs_HF=t_hf / t_ours)
+        if cuda:
+            weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+            floor = weight_bytes / _copy_bandwidth(device)
+            row(case, "weight-bandwidth floor", ms_per_step=floor * 1e3, vs_HF=t_hf / floor,
+                ours_over_floor=t_ours / floor)
+
+        # ---- n samples of one 256-token prompt
+        prompt = torch.randint(0, V, (1, 256), generator=g)
+        params = SamplingParams(n=n, temperature=0.8, top_p=0.95, max_new_tokens=n_new, seed=1)
+        eng = Engine(ours, max_slots=slots, max_len=256 + n_new)
+        out = []
+        eng.generate([prompt[0].tolist()], SamplingParams(n=min(n, 8), max_new_tokens=n_new))  # warm-up
+        t_ours = _clock(lambda: out.append(eng.generate([prompt[0].tolist()], params)))
+        assert sum(len(c.token_ids) for c in out[0][0]) == n * n_new
+
+        def hf_n():
+            done = 0
+            while done < n:
+                bs = min(hf_batch, n - done)
+                res = _hf_generate(hf, prompt.expand(bs, -1).to(device), n_new, sample=True)
+                assert res.shape == (bs, 256 + n_new)
+                done += bs
+
+        _hf_generate(hf, prompt.to(device), 2, sample=True)  # warm-up
+        t_hf = _clock(hf_n)
+        case = f"n={n} of one 256-token prompt, {n_new} new, top-p (HF batch {hf_batch}, ours {slots} slots)"
+        row(case, "HF transformers generate", tok_per_s=n * n_new / t_hf, seconds=t_hf, vs_HF=1.0)
+        row(case, "wizardcoder engine", tok_per_s=n * n_new / t_ours, seconds=t_ours, vs_HF=t_hf / t_ours)
+
+        # ---- mixed lengths
+        lengths = torch.randint(64, 257, (mixed_prompts,), generator=g).tolist()
+        prompts = [torch.randint(0, V, (L,), generator=g).tolist() for L in lengths]
+        # long tail: most samples are short, a few run to mixed_max (answers that stop early vs run-ons)
+        new = (torch.distributions.Exponential(torch.tensor(6.0 / mixed_max)).sample((mixed_prompts, 8)) + 2)
+        new = new.clamp(max=mixed_max).long().tolist()
+        jobs = [(p, k) for p, ks in zip(prompts, new) for k in ks]  # samples in request order
+        useful = sum(k for _, k in jobs)
+        batch = min(hf_batch, 64 if not cuda else 128)
+        eng = Engine(ours, max_slots=batch, max_len=256 + mixed_max)
+        reqs = [(p, SamplingParams(n=1, temperature=0.8, top_p=0.95, max_new_tokens=k, seed=i))
+                for i, (p, k) in enumerate(jobs)]
+        out = []
+        eng.generate([p for p, _ in reqs[:batch]], [s for _, s in reqs[:batch]])  # warm-up
+        t_ours = _clock(lambda: out.append(eng.generate([p for p, _ in reqs], [s for _, s in reqs])))
+        assert sum(len(c[0].token_ids) for c in out[0]) == useful
+
+        def hf_mixed():
+            for s in range(0, len(jobs), batch):
+                chunk = jobs[s : s + batch]
+                P = max(len(p) for p, _ in chunk)
+                ids = torch.zeros(len(chunk), P, dtype=torch.long)
+                mask = torch.zeros(len(chunk), P, dtype=torch.long)
+                for i, (p, _) in enumerate(chunk):  # left padding, as HF wants for generation
+                    ids[i, P - len(p):], mask[i, P - len(p):] = torch.tensor(p), 1
+                k = max(k for _, k in chunk)
+                res = hf.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=k, min_new_tokens=k,
+                                  do_sample=True, temperature=0.8, top_p=0.95, top_k=0, eos_token_id=None,
+                                  pad_token_id=0)
+                assert res.shape[1] - P == k  # every sample got at least its own length
+
+        t_hf = _clock(hf_mixed)
+        case = (f"mixed: {mixed_prompts} prompts x 8 samples, lengths 2-{mixed_max} (mean {useful / len(jobs):.0f}), "
+                f"batch {batch}")
+        row(case, "HF transformers generate (static batches)", tok_per_s=useful / t_hf, seconds=t_hf, vs_HF=1.0)
+        row(case, "wizardcoder engine", tok_per_s=useful / t_ours, seconds=t_ours, vs_HF=t_hf / t_ours)
     return rows
 
 
 if __name__ == "__main__":
     import sys
 
-    from bench.common import print_table, save_rows
+    from bench.common import print_table, save_rows, stamp
 
+    s = stamp()
+    print(f"device: {s['device']}  commit: {s['commit']}  date: {s['date']}  torch {torch.__version__}")
     r = run(quick="--quick" in sys.argv)
-    print_table(r)
+    print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor"])
     save_rows(r, "generate")

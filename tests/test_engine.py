@@ -7,7 +7,7 @@ import torch
 
 from wizardcoder import StarCoder, StarCoderConfig
 from wizardcoder.engine import Engine, SamplingParams
-from wizardcoder.engine.attention import decode_attention_full, shared_prefix_decode_attention
+from wizardcoder.engine.attention import decode_attention_full, row_attention, shared_prefix_decode_attention
 from wizardcoder.errors import ConfigError
 from wizardcoder.sampling import sample_key, sample_rows
 
@@ -66,6 +66,10 @@ def test_shared_prefix_attention_matches_sdpa_over_the_concatenation(n_kv):
         n = int(prefix_len[p]) if p >= 0 else 0
         ref = decode_attention_full(q[b], pk[max(p, 0)], pv[max(p, 0)], n, rk[b], rv[b], int(row_len[b]), 0.3)
         torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+    own = row_attention(q[:, None], rk, rv, rmask, scale=0.3)[:, 0]  # no prompt slot: the row's keys alone
+    for b in range(B):
+        ref = decode_attention_full(q[b], pk[0], pv[0], 0, rk[b], rv[b], int(row_len[b]), 0.3)
+        torch.testing.assert_close(own[b], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_seeded_samples_do_not_depend_on_the_batch_or_on_prompt_sharing(model):

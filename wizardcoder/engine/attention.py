@@ -62,6 +62,17 @@ def shared_prefix_decode_attention(q: torch.Tensor, prefix_k: torch.Tensor, pref
     return out.reshape(B, Hq, D).to(q.dtype)
 
 
+def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decode attention when no prompt is shared: q `[B, 1, Hq, D]` over each row's own keys k/v `[B, L, Hkv, D]`,
+    `mask [B, L]` (True = a real key); one SDPA call (MQA/GQA heads broadcast). Returns `[B, 1, Hq, D]`."""
+    B, _, Hq, D = q.shape
+    Hkv = k.shape[2]
+    qg = q.view(B, Hkv, Hq // Hkv, D)  # the G query heads of a K/V head act as G query positions
+    y = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None, None, :],
+                                       scale=scale)
+    return y.reshape(B, 1, Hq, D)
+
+
 def decode_attention_full(q, prefix_k, prefix_v, prefix_len, row_k, row_v, row_len, scale):
     """Plain-torch check of `shared_prefix_decode_attention` for one row: concatenate its prompt keys and its own
     keys and run ordinary SDPA. q `[Hq, D]`, prefix_k/v `[Lp, Hkv, D]`, row_k/v `[Lr, Hkv, D]`."""

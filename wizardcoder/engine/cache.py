@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .attention import shared_prefix_decode_attention
+from .attention import row_attention, shared_prefix_decode_attention
 
 
 class SlotCache:
@@ -35,7 +35,7 @@ class SlotCache:
         self.rows = torch.arange(max_slots, device=device)
         self.max_len = max_len
         self.mode = "decode"
-        self.prefix_width = self.row_width = self.n_rows = 1
+        self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = 1
         self._targets: list[tuple[str, int, int, int]] = []
 
     # ------------------------------------------------------------------------------------------- mode switches
@@ -53,11 +53,12 @@ class SlotCache:
         self._positions = torch.cat([torch.arange(e - s, device=device) for *_, s, e in bounds])[None]
         self.mode = "prefill"
 
-    def set_decode(self, prefix_width: int, row_width: int, n_rows: int) -> None:
+    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int) -> None:
         """Next forwards are decode steps of the first `n_rows` rows, attending to the first `prefix_width` keys of
-        every prompt slot and the first `row_width` of every row (the host picks sizes that cover every live row
-        for the coming steps)."""
-        self.mode, self.prefix_width, self.row_width, self.n_rows = "decode", prefix_width, row_width, n_rows
+        the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row (the host picks sizes
+        that cover every live row for the coming steps)."""
+        self.mode = "decode"
+        self.prefix_slots, self.prefix_width, self.row_width, self.n_rows = prefix_slots, prefix_width, row_width, n_rows
 
     # ------------------------------------------------------------------------------------ the model's protocol
     def begin(self, new_mask: torch.Tensor) -> torch.Tensor:
@@ -67,12 +68,14 @@ class SlotCache:
         nb = self.n_rows
         row_prefix, row_len = self.row_prefix[:nb], self.row_len[:nb]
         plen = torch.where(row_prefix >= 0, self.prefix_len[row_prefix.clamp(min=0)], torch.zeros_like(row_len))
-        P, W = self.prefix_len.shape[0], self.prefix_width
-        slot_of_key = torch.arange(P, device=plen.device).repeat_interleave(W)  # (P*W,)
-        key_in_slot = torch.arange(W, device=plen.device).repeat(P)
-        self._prefix_mask = (row_prefix[:, None] == slot_of_key[None]) & (
-            key_in_slot[None] < self.prefix_len[slot_of_key][None])  # (nb, P*W)
+        P, W = self.prefix_slots, self.prefix_width
         self._row_mask = torch.arange(self.row_width, device=plen.device)[None] <= row_len[:, None]  # (nb, Wr)
+        if P == 0:
+            return (plen + row_len)[:, None]
+        key = torch.arange(P * W, device=plen.device)  # (P*W,); not repeat_interleave, which syncs on CUDA
+        slot_of_key, key_in_slot = key // W, key % W
+        self._prefix_mask = (row_prefix[:, None] == slot_of_key[None]) & (
+            key_in_slot[None] < self.prefix_len[:P][slot_of_key][None])  # (nb, P*W)
         return (plen + row_len)[:, None]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -85,10 +88,12 @@ class SlotCache:
                                  backend=self.cfg.attn_backend)[None]
         # decode: q (B, 1, Hq, D), k/v (B, 1, Hkv, D); a row's new key goes to slot row_len (rows that are done
         # keep rewriting the same slot, which nothing reads)
-        nb, Wp, Wr = self.n_rows, self.prefix_width, self.row_width
+        nb, P, Wp, Wr = self.n_rows, self.prefix_slots, self.prefix_width, self.row_width
         self.row_k[layer, self.rows[:nb], self.row_len[:nb]] = k[:, 0]
         self.row_v[layer, self.rows[:nb], self.row_len[:nb]] = v[:, 0]
-        y = shared_prefix_decode_attention(q[:, 0], self.prefix_k[layer, :, :Wp], self.prefix_v[layer, :, :Wp],
+        if P == 0:  # no prompt is shared: each row attends to its own keys, one SDPA call
+            return row_attention(q, self.row_k[layer, :nb, :Wr], self.row_v[layer, :nb, :Wr], self._row_mask, scale)
+        y = shared_prefix_decode_attention(q[:, 0], self.prefix_k[layer, :P, :Wp], self.prefix_v[layer, :P, :Wp],
                                            self._prefix_mask, self.row_k[layer, :nb, :Wr],
                                            self.row_v[layer, :nb, :Wr], self._row_mask, scale)
         return y[:, None]

@@ -211,12 +211,14 @@ class Engine:
             return []
         # Stop exactly where the first row reaches its length, so a finished row is refilled without waste.
         k = max(1, min(self.sync_every, min(r.req.params.max_new_tokens - len(r.tokens) for _, r in live)))
-        prefix_w = self._bucket(max(self._prompt_slot_len))
+        # Slots and rows are taken lowest first, so the ones in use sit at the front: compute only those.
+        slots = 1 + max((i for i, n in enumerate(self._prompt_slot_len) if n), default=-1)
+        prefix_w = self._bucket(max(self._prompt_slot_len[:slots], default=1))
         row_w = self._bucket(max(r.start_len + len(r.tokens) for _, r in live) + k)
-        nb = self._rows_bucket(live[-1][0] + 1)  # rows are taken lowest first, so the live ones sit at the front
-        self.cache.set_decode(prefix_w, row_w, nb)
+        nb = self._rows_bucket(live[-1][0] + 1)
+        self.cache.set_decode(slots, prefix_w, row_w, nb)
         for _ in range(k):
-            self._run_decode((prefix_w, row_w, nb, self._filtered, self._random))
+            self._run_decode((slots, prefix_w, row_w, nb, self._filtered, self._random))
         self.stats.decode_steps += k
         self.stats.row_steps += k * len(live)
         return self._sync(live, k)
@@ -373,8 +375,18 @@ class Engine:
                 self._warm.add(key)
                 return
             graph = torch.cuda.CUDAGraph()  # second time: capture (records, runs nothing), then replay below
-            with torch.cuda.graph(graph, pool=self._pool):
+            try:
+                with torch.cuda.graph(graph, pool=self._pool):
+                    self._step_fn()
+            except Exception as e:  # a kernel that cannot be captured: keep going eagerly, say so once
+                import warnings
+
+                warnings.warn(f"CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
+                              "decoding without graphs.", RuntimeWarning, stacklevel=2)
+                self._graphs_on = False
+                torch.cuda.synchronize()
                 self._step_fn()
+                return
             self._graphs[key] = graph
         graph.replay()
 
@@ -444,5 +456,6 @@ class Engine:
             if req.prompt_slot is not None:
                 self._prompt_slot_len[req.prompt_slot] = 0
                 self._free_prompt_slots.append(req.prompt_slot)
+                self._free_prompt_slots.sort()
                 req.prompt_slot = None
             self._requests.pop(req.id, None)
