@@ -366,7 +366,8 @@ static int ll_abi(void) {
 
 static PyObject *sb_landlock_abi(PyObject *self, PyObject *noargs) { return PyLong_FromLong(ll_abi()); }
 
-/* Add one path-beneath rule per path of `seq` with `rights` (only the file rights for a non-directory). */
+/* Add one path-beneath rule per path of `seq` with `rights` (only the file rights for a non-directory). A path this
+ * process cannot reach (missing, or a parent it may not search) gets no rule: it stays denied. */
 static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
     const uint64_t file_rights = SB_FS_EXECUTE | SB_FS_WRITE_FILE | SB_FS_READ_FILE | SB_FS_TRUNCATE;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -375,6 +376,7 @@ static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
         if (!path) return -1;
         int pfd = open(path, O_PATH | O_CLOEXEC);
         if (pfd < 0) {
+            if (errno == ENOENT || errno == EACCES) continue; /* no rule: stays denied, the safe direction */
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
             return -1;
         }
