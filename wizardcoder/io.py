@@ -1,5 +1,13 @@
-"""Small file helpers every stage shares: atomic file and folder writes, durable JSONL appends, and record readers
-that name the file and line of bad input."""
+"""Small file helpers every stage shares, so each is written once:
+
+- reading: `read_json` (one document), `iter_json_values` / `read_records` / `read_jsonl` (JSON arrays or JSONL,
+  told apart once by `sniff_json_kind`), every bad input (missing, a folder, binary, malformed line) one sentence
+  naming the file and line;
+- writing files: `atomic_open` / `atomic_write_text` / `atomic_write_json` / `write_jsonl` (temp + rename) and
+  `JsonlAppender` (durable appends, torn tails cut);
+- output folders: `make_out_dir` and `claim_out_dir` for folders filled over time (resumable runs), `atomic_dir` for
+  folders written whole (temp folder + rename) that an overwrite may replace only when the program made them.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +28,7 @@ def open_text(path: str, mode: str = "rt") -> IO[str]:
     return open(path, mode, encoding="utf-8")
 
 
+# ---------------------------------------------------------------------------------------------- reading
 def check_input_file(path: str, what: str = "file") -> None:
     """Raise a DataError (one sentence) unless `path` is an existing regular file we may read."""
     if not os.path.exists(path):
@@ -41,73 +50,6 @@ def _lines(path: str, f: IO[str]) -> Iterator[tuple[int, str]]:
         yield from enumerate(f, 1)
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise _not_text(path, e) from None
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Write to a temporary file beside `path` and rename it into place on success, so a reader never sees a
-    half-written file; on an exception the temporary file is removed and `path` is left as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {}), **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    with atomic_open(path, "w") as f:
-        f.write(text)
-
-
-def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-
-
-class JsonlAppender:
-    """Append records to a JSONL file, one flushed (and optionally fsynced) line each, so a killed job loses at most
-    the record being written. A torn last line left by a crash is cut off when the file is opened again."""
-
-    def __init__(self, path: str, fsync: bool = False):
-        self.path = path
-        self.fsync = fsync
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _truncate_torn_tail(path)
-        self._f = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "JsonlAppender":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _truncate_torn_tail(path: str) -> None:
-    """Drop a last line without a newline (a write interrupted by a crash)."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def read_json(path: str, what: str = "file", error: type[UserError] = DataError, hint: str = "fix the file"):
@@ -205,12 +147,84 @@ def read_records(path: str, skip_bad: bool = False, errors: list | None = None) 
     return _objects(path, None, skip_bad, errors)
 
 
+# ---------------------------------------------------------------------------------------------- writing files
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Write to a temporary file beside `path` and rename it into place on success, so a reader never sees a
+    half-written file; on an exception the temporary file is removed and `path` is left as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {}), **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
     """Write all records atomically (the file appears complete or not at all)."""
     with atomic_open(path, "w") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
+
+class JsonlAppender:
+    """Append records to a JSONL file, one flushed (and optionally fsynced) line each, so a killed job loses at most
+    the record being written. A torn last line left by a crash is cut off when the file is opened again."""
+
+    def __init__(self, path: str, fsync: bool = False):
+        self.path = path
+        self.fsync = fsync
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _truncate_torn_tail(path)
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _truncate_torn_tail(path: str) -> None:
+    """Drop a last line without a newline (a write interrupted by a crash)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+# Written into every folder the program makes: {"made_by": "pack"} and, from atomic_dir, "files": [every file in it]
+MARKER = ".wizardcoder"
 
 def make_out_dir(path: str, flag: str = "--out", error: type[UserError] = UserError) -> str:
     """Create the output folder `path` (and its parents) if needed, for a stage that writes into it file by file
@@ -247,7 +261,6 @@ def claim_out_dir(path: str, made_by: str, flag: str = "--out", error: type[User
 
 
 # ---------------------------------------------------------------------------------------------- atomic folders
-MARKER = ".wizardcoder"  # JSON {"made_by": ..., "files": [...]} written into every folder atomic_dir makes
 
 
 def check_out_dir(out: str, made_by: str, overwrite: bool = False, error: type[UserError] = UserError,
