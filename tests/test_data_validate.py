@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from wizardcoder.data import pack_dataset
+from wizardcoder.data import PackedLoader, pack_dataset
 from wizardcoder.data.shards import validate
 from wizardcoder.errors import DataError
 
@@ -56,6 +56,8 @@ def test_no_shards(packed):
     (packed / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="holds no packs"):
         validate(str(packed))
+    with pytest.raises(DataError, match="holds no packs"):  # the loader alone would yield empty epochs for ever
+        PackedLoader(str(packed))
 
 
 def test_empty_and_truncated_shards(packed):

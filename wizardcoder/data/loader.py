@@ -62,6 +62,8 @@ class PackedLoader:
         self.epoch = 0
         self.packs_consumed = 0
         self._order_cache: tuple[int, np.ndarray] | None = None
+        if self.shards.num_packs == 0:  # an epoch of no steps: a trainer's loop would never end
+            raise DataError(f"{self.shards.folder}: holds no packs; run `wizardcoder pack` again.")
         if self.packs_per_step > self.shards.num_packs and drop_last:
             raise DataError(
                 f"{self.shards.folder}: {self.shards.num_packs} packs cannot fill one step of world_size "
