@@ -233,10 +233,10 @@ def make_out_dir(path: str, flag: str = "--out", error: type[UserError] = UserEr
         raise error(f"{flag} {path}: is a file, not a folder; choose another {flag}.")
     try:
         os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a real write: permissions, read-only mounts, root alike
+            pass
     except OSError as e:
-        raise error(f"{flag} {path}: cannot create it ({e.strerror or e}); choose a writable {flag}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise error(f"{flag} {path}: not writable; choose a writable {flag}.")
+        raise error(f"{flag} {path}: cannot write there ({e.strerror or e}); choose a writable {flag}.") from None
     return path
 
 
