@@ -91,3 +91,37 @@ def test_gpu_starcoder_vocab_bf16():
     for name, a, r, c in zip(("loss", "dh", "dweight"), got, ref, base):
         err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
         assert err <= 2 * base_err + FLOOR[torch.bfloat16] * max(1.0, r.abs().max().item()), (name, err, base_err)
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_fp32_master_weight_with_half_h(chunk):
+    """Autocast over fp32 parameters: h in the low dtype, the fp32 weight passed as is; the gradient comes back in fp32,
+    within 2x of torch's autocast computation (F.linear on a low-precision copy of the weight) of a float64 reference."""
+    low = torch.bfloat16 if DEVICE == "cuda" else torch.float16
+    h, w, t = _data(37, 48, 301, seed=4)
+    hl = h.to(low).requires_grad_()
+    w32 = w.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(hl, w32, t, chunk_size=chunk)
+    got = (loss, *torch.autograd.grad(loss * 0.7, (hl, w32)))
+    assert got[1].dtype == low and got[2].dtype == torch.float32
+    ref = _run(linear_cross_entropy_reference, h, w, t, torch.float64, "mean")
+    hb, wb = h.to(low).requires_grad_(), w.clone().requires_grad_()
+    lb = linear_cross_entropy_reference(hb, wb.to(low), t)
+    base = (lb, *torch.autograd.grad(lb * 0.7, (hb, wb)))
+    for name, a, r, c in zip(("loss", "dh", "dweight"), got, ref, base):
+        err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
+        assert err <= 2 * base_err + FLOOR[low] * max(1.0, r.abs().max().item()), (name, err, base_err)
+
+
+def test_backward_hands_its_buffers_over_once():
+    """The backward scales the forward's gradients in place and gives them to autograd: a second backward through a
+    retained graph is refused with a clear error instead of returning wrong gradients."""
+    h, w, t = _data(10, 16, 40)
+    h.requires_grad_()
+    loss = fused_linear_cross_entropy(h, w, t)
+    (g1,) = torch.autograd.grad(loss, h, retain_graph=True)
+    ref = linear_cross_entropy_reference(h, w, t)
+    (g_ref,) = torch.autograd.grad(ref, h)
+    assert torch.allclose(g1, g_ref, atol=1e-6)
+    with pytest.raises(RuntimeError, match="once per forward"):
+        torch.autograd.grad(loss, h)

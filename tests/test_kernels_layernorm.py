@@ -76,3 +76,35 @@ def test_gpu_starcoder_widths_bf16(N):
     for name, a, r, c in zip(("y", "r", "dx", "dres", "dw", "db"), got, ref, base):
         err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
         assert err <= 2 * base_err + FLOOR[torch.bfloat16] * max(1.0, r.abs().max().item()), (name, err, base_err)
+
+
+@pytest.mark.parametrize("has_res", [True, False])
+def test_low_precision_block_output_on_fp32_residual_stream(has_res):
+    """Autocast's shapes: x (a block output) in the low dtype, the residual stream, weight and bias fp32, the normed
+    output in fp32. r is fp32 (torch's promotion), gradients come back in each input's dtype, and everything is
+    within 2x of the same torch computation's error against a float64 reference."""
+    low = torch.bfloat16 if DEVICE == "cuda" else torch.float16
+    g = torch.Generator().manual_seed(5)
+    shape, N = (3, 11, 97), 97
+    mk = lambda *s, sc=1.0: (torch.randn(*s, generator=g) * sc).to(DEVICE)  # noqa: E731
+    x, res = mk(*shape, sc=2.0), (mk(*shape) if has_res else None)
+    w, b = 1 + mk(N, sc=0.2), mk(N, sc=0.2)
+    dy, dr = mk(*shape).double(), mk(*shape).double()
+
+    def run(fn, dtypes):
+        xx = x.to(dtypes[0]).requires_grad_()
+        rr = res.to(dtypes[1]).requires_grad_() if has_res else None
+        ww, bb = w.to(dtypes[1]).requires_grad_(), b.to(dtypes[1]).requires_grad_()
+        y, r = fn(xx, rr, ww, bb, 1e-5, out_dtype=dtypes[1])
+        loss = (y.double() * dy).sum() + (r.double() * dr).sum()
+        return (y, r, *torch.autograd.grad(loss, [t for t in (xx, rr, ww, bb) if t is not None]))
+
+    got = run(add_layer_norm, (low, torch.float32))
+    base = run(add_layer_norm_reference, (low, torch.float32))
+    ref = run(add_layer_norm_reference, (torch.float64, torch.float64))
+    names = ["y", "r", "dx"] + (["dresidual"] if has_res else []) + ["dweight", "dbias"]
+    for name, a, c, r in zip(names, got, base, ref):
+        assert a.dtype == c.dtype, (name, a.dtype, c.dtype)
+        err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
+        assert err <= 2 * base_err + FLOOR[low] * max(1.0, r.abs().max().item()), (name, err, base_err)
+    assert got[0].dtype == torch.float32 and got[2].dtype == low
