@@ -187,13 +187,18 @@ def _in_process(capsys, *args):
     return code, capsys.readouterr().err
 
 
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.parametrize("make, says", [
     (lambda d: d / "missing.jsonl", r"missing\.jsonl: no such seed file; check the path"),
     (lambda d: d, r"is a folder, not a file; give the seed file itself"),
-    (lambda d: (d / "seed.json").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe\x00\x01binary") and d / "seed.json",
-     r"seed\.json: not a UTF-8 text file"),
-    (lambda d: (d / "seed.jsonl").write_text('["a list"]\n') and d / "seed.jsonl",
-     r"seed\.jsonl: a JSON list, not an array of records|seed\.jsonl\[0\]: expected a JSON object"),
+    (lambda d: _write(d / "seed.json", b"\x1f\x8b\x08\x00\xff\xfe\x00\x01binary"), r"seed\.json: not a UTF-8 text file"),
+    (lambda d: _write(d / "seed.jsonl", b'["a list"]\n'), r"seed\.jsonl\[0\]: expected a JSON object, got str"),
+    (lambda d: _write(d / "seed.json", b'{\n  "data": []\n}\n'), r"seed\.json: one JSON dict, not an array of records"),
+    (lambda d: _write(d / "seed.jsonl", b'"a string"\n'), r"seed\.jsonl: not JSON or JSONL \(starts with '\"a string\""),
 ])
 def test_bad_seed_files_are_one_sentence_before_any_work(tmp_path, capsys, make, says):
     seed = make(tmp_path)

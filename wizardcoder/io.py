@@ -105,6 +105,7 @@ def iter_json_values(path: str, kind: str | None = None, on_bad_line=None,
             yield f"{path}[{i}]", value
         return
     check_input_file(path)
+    first = True
     with open_text(path) as f:
         for lineno, line in _lines(path, f):
             if not line.strip():
@@ -112,12 +113,28 @@ def iter_json_values(path: str, kind: str | None = None, on_bad_line=None,
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
+                if first:
+                    _refuse_one_document(path)
                 reason = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
                 if on_bad_line is None:
                     raise DataError(f"{reason}; {hint}.") from None
                 on_bad_line(lineno, reason)
                 continue
+            finally:
+                first = False
             yield f"{path}:{lineno}", value
+
+
+def _refuse_one_document(path: str) -> None:
+    """A first line that is not JSON may start one pretty-printed object (`{"data": [...]}`): say so rather than
+    naming line 1."""
+    try:
+        with open_text(path) as f:
+            doc = json.load(f)
+    except (ValueError, OSError, EOFError):
+        return
+    raise DataError(f"{path}: one JSON {type(doc).__name__}, not an array of records or one record per line; give a "
+                    ".json array or a .jsonl file.")
 
 
 def _objects(path: str, kind: str | None, skip_bad: bool, errors: list | None) -> Iterator[dict]:
