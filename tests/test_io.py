@@ -138,6 +138,14 @@ def test_read_records_tells_json_from_jsonl(tmp_path):
         list(read_records(str(binary)))
     with pytest.raises(DataError, match="is a folder, not a file"):
         list(read_records(str(tmp_path)))
+    one = tmp_path / "one.json"  # one pretty-printed object: named as such, not as a bad line 1
+    one.write_text('{\n  "rows": [1, 2]\n}\n')
+    with pytest.raises(DataError, match=r"one\.json: one JSON dict, not an array of records or one record per line"):
+        list(read_records(str(one)))
+    torn = tmp_path / "torn.jsonl"  # a bad first line of real JSONL is still named by its line
+    torn.write_text('{"a": \n{"a": 2}\n')
+    with pytest.raises(DataError, match=r"torn\.jsonl:1: not valid JSON"):
+        list(read_records(str(torn)))
 
 
 def test_read_json_is_one_sentence_for_every_bad_file(tmp_path):
