@@ -261,3 +261,17 @@ def test_config_file_keys_are_the_flag_dests(tmp_path, seed_file):
     assert bodies and all(b["max_tokens"] in (99, 16) for b in bodies)  # 16: the equality check's
     ident = json.load(open(tmp_path / "o" / "config.json"))["identity"]
     assert ident["seed"] == 7 and ident["rules"]["disabled"] == ["sorry"]
+
+
+def test_an_edited_journal_is_one_sentence(tmp_path, capsys, seed_file):
+    with StubLLM() as stub:
+        args = ["--data", seed_file, "--rounds", "1", "--llm-base-url", stub.base_url, "--llm-model", "m",
+                "--no-hygiene", "--llm-api-key-env", "", "--out", str(tmp_path / "o"), "--no-progress"]
+        assert _in_process(capsys, *args)[0] == 0
+        journal = tmp_path / "o" / "round_1.jsonl"
+        lines = journal.read_text().splitlines(keepends=True)
+        rec = json.loads(lines[4])
+        del rec["root_id"]
+        journal.write_text("".join(lines[:4]) + json.dumps(rec) + "\n" + "".join(lines[5:]))
+        code, err = _in_process(capsys, *args)
+    assert code == 2 and "round_1.jsonl: record 5 is not a round-1 journal record" in err and "Traceback" not in err

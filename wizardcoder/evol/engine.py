@@ -148,7 +148,12 @@ class Evolver:
         for r in range(1, self.cfg.rounds + 1):
             done[r] = {}
             if os.path.exists(self._journal(r)):
-                for rec in read_jsonl(self._journal(r)):
+                for i, rec in enumerate(read_jsonl(self._journal(r))):
+                    if not isinstance(rec.get("root_id"), str) or rec.get("round") != r or \
+                            rec.get("status") not in ("accepted", "eliminated") or \
+                            rec["status"] == "eliminated" and rec.get("rule") not in R.RULES:
+                        raise DataError(f"{self._journal(r)}: record {i + 1} is not a round-{r} journal record "
+                                        "(root_id, round, status); the folder was edited, use a new --out.")
                     done[r].setdefault(rec["root_id"], rec)
         return done
 
