@@ -92,11 +92,13 @@ def parallelize(model, d: Dist, param_dtype: torch.dtype | None, activation_chec
     half = param_dtype if param_dtype not in (None, torch.float32) else None
     mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
     off = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if offload else OffloadPolicy()
+    # Resharding after forward frees a block's gathered (compute-dtype, on-GPU) copy until backward. The last block's
+    # parameters are needed again at once; a world of one on the GPU keeps every copy (no communication to save,
+    # 2 bytes per parameter), unless its shards are offloaded to host memory.
+    reshard = d.world_size > 1 or offload
     for i, block in enumerate(blocks):
-        # Resharding after forward frees the gathered copy until backward; the last block's parameters are needed
-        # again at once, and a world of one has nothing to gather, so those keep theirs.
-        fully_shard(block, mp_policy=mp, offload_policy=off, reshard_after_forward=d.world_size > 1 and i < len(blocks) - 1)
-    fully_shard(model, mp_policy=mp, offload_policy=off, reshard_after_forward=d.world_size > 1)
+        fully_shard(block, mp_policy=mp, offload_policy=off, reshard_after_forward=reshard and i < len(blocks) - 1)
+    fully_shard(model, mp_policy=mp, offload_policy=off, reshard_after_forward=reshard)
     return model
 
 

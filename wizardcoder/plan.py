@@ -130,7 +130,7 @@ def plan_memory(mcfg, p: PlanConfig) -> dict:
 
     block_params = sum(t.numel() for t in model.transformer.h[0].parameters())
     root_params = sum(t.numel() for n, t in model.named_parameters() if not n.startswith("transformer.h."))
-    gathered = (root_params + L * block_params) * b if W == 1 else (root_params + 2 * block_params) * b
+    gathered = (root_params + (L if W == 1 and not p.offload else 2) * block_params) * b
     V = mcfg.vocab_size
     if p.kernel_backend == "torch":
         loss = T * V * (4 + 4 + b)  # fp32 logits, their gradient, the half logits
