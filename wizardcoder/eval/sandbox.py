@@ -166,8 +166,7 @@ class Worker:
                 pass
         if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
             os._exit(1)
-        pythonpath = tuple(os.environ.get("PYTHONPATH", "").split(os.pathsep))  # set by the pool to find us only
-        self.pydirs = view.python_dirs(skip=pythonpath)
+        self.pydirs = view.python_dirs()
         if self.root and self._probe_uid(check_read=False) == "no-setuid":
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()

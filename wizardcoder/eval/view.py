@@ -30,15 +30,17 @@ CPU_INFO = ("/sys/devices/system/cpu", "/proc/cpuinfo")
 VIEW_SIZE = 1 << 20  # the view's own tmpfs holds only empty directories and mount points
 
 
-def python_dirs(skip: tuple[str, ...] = ()) -> list[str]:
-    """Directories the interpreter imports from: its prefixes, every existing sys.path directory (not "/", not the
-    working directory, not `skip`, e.g. the PYTHONPATH the pool sets only to find this package) and this package.
-    Nested entries are dropped (their parent is bound already)."""
+def python_dirs() -> list[str]:
+    """Folders the interpreter imports from: its prefixes, this package, every existing sys.path folder but "/", the
+    working folder and the folder holding this package when that is a source checkout (the pool puts it on
+    PYTHONPATH only to find this package; binding it would show the whole checkout). Nested entries are dropped
+    (their parent is bound already)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cands = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, package]
-    cands += [p for p in sys.path if p and os.path.isabs(p) and p not in skip]
-    dirs = {os.path.normpath(p) for p in cands if os.path.isdir(p)} - {"/", os.getcwd()}
-    return _outermost(dirs)
+    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    checkout = os.path.dirname(package)
+    skip = {"/", os.getcwd()} | (set() if _under_any(checkout, prefixes, strict=False) else {checkout})
+    cands = [*prefixes, package, *(p for p in sys.path if p and os.path.isabs(p))]
+    return _outermost({os.path.normpath(p) for p in cands if os.path.isdir(p)} - skip)
 
 
 def read_paths(pydirs: list[str], in_view: bool = False) -> list[str]:
