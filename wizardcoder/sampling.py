@@ -2,10 +2,10 @@
 
 `SamplingParams` (vLLM-like) describes one request. `sample_rows` draws the next token for a whole batch whose rows
 may each have their own temperature / top-k / top-p / seed, all as tensors, with no host round-trip. Its noise is a
-pure function of (seed, sample index, step, token id): a counter-based hash, not a stateful generator, so a sample's
-tokens do not depend on which other rows share the batch, on the row it sits in, or on how the work is split over
-processes. Drawing is Gumbel-max: argmax(logits / T - log(-log u)) has exactly the law softmax(logits / T) (the
-"exponential race"), restricted to the top-k / top-p set.
+pure function of (seed, sample index, step): a counter-based hash, not a stateful generator, so a sample's tokens do
+not depend on which other rows share the batch, on the row it sits in, or on how the work is split over processes.
+Drawing is by inverse CDF: the first token whose cumulative probability (softmax(logits / T) restricted to the
+top-k / top-p set) reaches u.
 
 `generate(model, tokenizer, prompts, params)` is the short way to sample text: a thin call into the engine
 (wizardcoder/engine), kept for the demo, the evaluation CLI and older callers.
@@ -93,45 +93,42 @@ def sample_key(seed: int, index: int) -> int:
     return fmix32(h ^ fmix32((index & MASK32) ^ 0x2545F491))
 
 
-def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """u in (0, 1), `[B, vocab]` fp32: a pure function of (keys[b], steps[b], token id), 24 random bits each."""
-    step_key = fmix32(keys ^ fmix32((steps & MASK32) ^ 0x6A09E667))  # (B,)
-    token_key = fmix32(torch.arange(vocab, device=keys.device, dtype=torch.int64) ^ 0x3C6EF372)  # (V,)
-    bits = fmix32(step_key[:, None] ^ token_key[None, :]) >> 8
+def uniform_noise(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """u in (0, 1), `[B]` fp32: a pure function of (keys[b], steps[b]), 24 random bits each."""
+    bits = fmix32(keys ^ fmix32((steps & MASK32) ^ 0x6A09E667)) >> 8
     return (bits.float() + 0.5) * (1.0 / (1 << 24))
 
 
 # ------------------------------------------------------------------------------------------------ the sampler
-def filter_top_k_top_p(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask (to -inf) the tokens outside each row's top-k, then outside its nucleus of the renormalised rest.
-    x fp32 `[B, V]` (already divided by temperature), top_k `[B]` int (0 = off), top_p `[B]` float."""
-    V = x.shape[-1]
-    srt, _ = x.sort(-1, descending=True)
-    rank = torch.arange(V, device=x.device)[None, :]
-    srt = srt.masked_fill((top_k[:, None] > 0) & (rank >= top_k[:, None]), float("-inf"))
-    probs = srt.softmax(-1)
-    before = probs.cumsum(-1) - probs  # mass of the more likely tokens
-    drop = (before >= top_p[:, None]) | torch.isinf(srt)
-    drop[:, 0] = False  # the most likely token always stays
-    lowest_kept = srt.masked_fill(drop, float("inf")).amin(-1, keepdim=True)
-    return x.masked_fill(x < lowest_kept, float("-inf"))
-
-
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
                 keys: torch.Tensor, steps: torch.Tensor, filtered: bool = True, random: bool = True) -> torch.Tensor:
     """Next token per row of `logits [B, V]`, each row with its own settings (all `[B]` tensors on the device).
-    Steps: fp32 logits; a row with temperature 0 takes the argmax; the others divide by their temperature, keep
-    their top-k then top-p tokens, add Gumbel noise from (keys, steps) and take the argmax. The caller may skip
-    work it knows no row needs: `filtered` False (no top-k / top-p), `random` False (all greedy). No host sync."""
+
+    Steps: fp32 logits; divide by the row's temperature; with `filtered`, sort (stably, so ties keep token order),
+    keep the top-k, then the smallest prefix whose renormalised mass reaches top-p (at least one token); softmax;
+    draw by inverse CDF with one uniform per row from (keys, steps); rows with temperature 0 take the argmax.
+    One uniform per row (not per token: a Gumbel-max draw would hash B x V values every step) keeps the noise
+    cheap; the cumulative sum runs within a row, so the draw does not depend on the other rows. The caller may
+    skip work it knows no row needs: `filtered` False (no top-k / top-p), `random` False (all greedy). No host
+    sync."""
     logits = logits.float()
     if not random:
         return logits.argmax(-1)
     greedy = temperature <= 0
     x = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    order = None
     if filtered:
-        x = filter_top_k_top_p(x, top_k, top_p)
-    gumbel = -torch.log(-torch.log(uniform_noise(keys, steps, x.shape[-1])))
-    return torch.where(greedy, logits.argmax(-1), (x + gumbel).argmax(-1))
+        x, order = x.sort(dim=-1, descending=True, stable=True)
+        rank = torch.arange(x.shape[-1], device=x.device)[None, :]
+        x = x.masked_fill((top_k[:, None] > 0) & (rank >= top_k[:, None]), float("-inf"))
+        probs = x.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        x = x.masked_fill((before >= top_p[:, None]) & (rank > 0), float("-inf"))
+    cdf = x.softmax(-1).cumsum(-1)
+    u = uniform_noise(keys, steps) * cdf[:, -1]
+    pick = torch.searchsorted(cdf, u[:, None]).clamp(max=x.shape[-1] - 1)  # first position with cdf >= u
+    token = pick[:, 0] if order is None else order.gather(-1, pick)[:, 0]
+    return torch.where(greedy, logits.argmax(-1), token)
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:

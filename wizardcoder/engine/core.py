@@ -230,6 +230,8 @@ class Engine:
         params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ConfigError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams.")
+        if self.tokenizer is None and any(isinstance(p, str) for p in prompts):
+            raise ConfigError("text prompts need a tokenizer; this engine was built without one (give token ids).")
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         rids = [self.add_request(p, sp) for p, sp in zip(ids, params_list)]
         where = {rid: i for i, rid in enumerate(rids)}
