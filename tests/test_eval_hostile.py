@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,16 @@ import pytest
 from _util import PYTHON, REPO, repo_env
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
-ROOT = os.geteuid() == 0
+
+def _can_switch_uid() -> bool:
+    """Root with CAP_SETUID and CAP_CHOWN: the sandbox runs programs under a uid of its own (uid 0 without
+    capabilities, e.g. under `setpriv --bounding-set=-all`, takes the unprivileged path)."""
+    with open("/proc/self/status") as f:
+        eff = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+    return os.geteuid() == 0 and eff & (1 << 7) and eff & (1 << 0)
+
+
+ROOT = _can_switch_uid()
 SANDBOX_UIDS = range(61000, 61000 + 4096)  # SandboxConfig.uid_base and the pool's claim range
 OTHER_UID = 4242  # owner of the "other user's home"
 PROMPT, BODY = "def inc(x):\n", "    return x + 1\n"
@@ -38,14 +48,15 @@ def write_dataset(path):
     path.write_text(json.dumps(row) + "\n")
 
 
-def evaluate_cli(tmp_path, programs, *flags, timeout="1"):
-    """Score one sample per program (its code after a correct `inc`) with the CLI; {name: results.jsonl row}."""
+def evaluate_cli(tmp_path, programs, *flags, timeout="1", prefix=()):
+    """Score one sample per program (its code after a correct `inc`) with the CLI (run under `prefix`, e.g.
+    setpriv); {name: results.jsonl row}."""
     data, samples, out = tmp_path / "data.jsonl", tmp_path / "samples.jsonl", tmp_path / "out"
     write_dataset(data)
     names = list(programs)
     samples.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": BODY + programs[n]}) + "\n"
                                for n in names))
-    r = subprocess.run([PYTHON, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples", str(samples),
+    r = subprocess.run([*prefix, PYTHON, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples", str(samples),
                         "--data", str(data), "--out", str(out), "--workers", "2", "--timeout", timeout,
                         "--memory-mb", "512", "--no-progress", *flags],
                        capture_output=True, text=True, timeout=300, cwd=REPO, env=repo_env(**SECRET_ENV))
@@ -171,7 +182,19 @@ CONTROLS = {  # programs that must still pass: the sandbox is not simply failing
 }
 
 
-def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir):
+NO_CAPS = ("setpriv", "--bounding-set=-all", "--inh-caps=-all")  # uid 0 with no capability: the unprivileged path
+
+
+@pytest.mark.parametrize("privileges", ["as is", "no capabilities"])
+def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir, privileges):
+    """As is (root here: every layer) and with no capability at all (no uid switch, no view, no namespaces: only
+    Landlock, seccomp, rlimits and PDEATHSIG; the evaluator is uid 0 there, so uid permissions alone would let it
+    read the root-only file and this test's environment)."""
+    prefix = ()
+    if privileges == "no capabilities":
+        if not ROOT or not shutil.which("setpriv"):
+            pytest.skip("needs root and setpriv to drop every capability")
+        prefix = NO_CAPS
     secret_file = os.path.join(open_dir, "secret.txt")
     with open(secret_file, "w") as f:
         f.write(SECRET)
@@ -193,7 +216,7 @@ def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir):
     before = sorted(os.listdir(open_dir))
     try:
         programs = {**hostile_programs(open_dir, listeners, secret_file, other_home), **CONTROLS}
-        rows, out = evaluate_cli(tmp_path, programs)
+        rows, out = evaluate_cli(tmp_path, programs, prefix=prefix)
     finally:
         listeners.close()
         signal.signal(signal.SIGUSR1, old_handler)
@@ -219,6 +242,11 @@ def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir):
     for name in ("results.jsonl", "summary.json"):
         assert SECRET not in (out / name).read_text()
     summary = json.loads((out / "summary.json").read_text())
+    degraded = {name for name, layer in summary["isolation"].items() if not layer["active"]}
+    if prefix:
+        assert degraded == {"lifetime", "user", "view", "scratch", "network"}
+    elif ROOT:
+        assert {"user", "lifetime", "filesystem", "syscalls"}.isdisjoint(degraded)
     assert summary["pass@1"] == pytest.approx(len(CONTROLS) / len(programs))
     # and the machine is clean: no sandbox process re-parented to init, the workers' scratch folders gone
     assert not orphans_of_sandbox_uids()
