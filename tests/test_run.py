@@ -215,3 +215,96 @@ def test_sigkill_in_other_stages(tmp_path, stage):
     for before in order[: order.index(stage)]:
         assert f"[run] {before}: complete, skipped" in again.stdout
     _same(_outputs(ref_run), _outputs(run))
+
+
+# ------------------------------------------------------------------------------------------ round selection
+
+
+def test_round_selection_keeps_the_round_before_dev_pass_at_1_falls(tmp_path):
+    """The dev score of each round is set by the data a scripted LLM (a real local server) writes in that round:
+    answers are eight equal digits, the tiny model learns the majority digit within a few steps, and the dev problem
+    (`return ` + one generated token) passes only when that digit is 1.
+
+    seeds: 8 lineages, only "Task 0" has an answer (0s)
+    round 1: every answer empty -> all eliminated        data: 1 x 0s          model says 0 -> dev pass@1 0
+    round 2: lineages 0-2 answer 1s, the others empty    data: 1 x 0s, 3 x 1s  model says 1 -> dev pass@1 1
+    round 3: every lineage answers 0s                    data: 9 x 0s, 3 x 1s  model says 0 -> dev pass@1 0
+    so the loop stops at round 3 (pass@1 fell), keeps round 2, and never runs round 4."""
+    import re
+
+    import torch
+    from openai_stub import StubLLM, question_of
+
+    from wizardcoder.pipeline import run_pipeline
+
+    evolutions: dict[int, int] = {}
+    ONES, ZEROS = "1" * 8, "0" * 8
+
+    def responder(kind, prompt):
+        if kind == "evolve":
+            k = int(re.search(r"Task (\d+)", question_of(prompt)).group(1))
+            evolutions[k] = evolutions.get(k, 0) + 1  # rounds reach the server in order: the count is the round
+            return f"Task {k}, evolved in round {evolutions[k]}"
+        k, r = map(int, re.search(r"Task (\d+), evolved in round (\d+)", prompt).groups())
+        return {1: "", 2: ONES if k < 3 else "", 3: ZEROS, 4: ONES}[r]
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Task {k}", **({"output": ZEROS} if k == 0 else {})}) + "\n"
+                             for k in range(8)))
+    dev = tmp_path / "dev.jsonl"  # HumanEval format: the program is prompt + answer + test
+    dev.write_text(json.dumps({"task_id": "Dev/0", "prompt": "def answer():\n    return ", "entry_point": "answer",
+                               "canonical_solution": "1\n", "test": "def check(f):\n    assert f() == 1\n"}) + "\n")
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only spins
+    with StubLLM(responder=responder) as stub:
+        cfg = tmp_path / "rounds.toml"
+        cfg.write_text(f'''
+[run]
+out = "{run}"
+select_rounds = true
+dev_task = "humaneval"
+dev_data = "{dev}"
+
+[evolve]
+data = ["{seeds}"]
+rounds = 4
+llm_base_url = "{stub.base_url}"
+llm_model = "stub-model"
+concurrency = 1
+equality_check = false
+dedup = false
+decontaminate = false
+no_progress = true
+
+[pack]
+tokenizer = "{{assets}}/tokenizer"
+seq_len = 64
+
+[train]
+model = "tiny"
+max_steps = 20
+lr = 1e-2
+min_lr = 1e-2
+beta2 = 0.95
+warmup_steps = 1
+micro_batch_packs = 2
+progress = false
+
+[generate]
+task = "humaneval"
+max_new_tokens = 1
+temperature = 0.0
+''')
+        try:
+            run_pipeline(str(cfg), until="train")
+        finally:
+            torch.set_num_threads(threads)
+    sel = json.load(open(run / "rounds" / "selection.json"))
+    assert [r["pass@1"] for r in sel["rounds"]] == [0.0, 1.0, 0.0]
+    assert sel["best"] == 2 and "fell at round 3" in sel["stopped"]
+    assert not os.path.exists(run / "rounds" / "r4") and max(evolutions.values()) == 3
+    # each round trained on seed + rounds 1..r only
+    assert [len(list(read_jsonl(str(run / "rounds" / f"r{r}" / "evolved.jsonl")))) for r in (1, 2, 3)] == [1, 4, 12]
+    report = open(run / "report.md").read()
+    assert "Best round: **2**" in report and os.path.exists(run / "rounds.png")

@@ -52,12 +52,25 @@ def verb_available(verb: str) -> bool:
     return verb in VERBS and _available(VERBS[verb][0])
 
 
-def verb_parser(verb: str) -> tuple[Any, argparse.ArgumentParser]:
-    """(module, parser) of one verb, built by the verb's own `add_arguments`."""
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser whose errors are ConfigErrors naming `where` (a config file and section), not usage + exit."""
+
+    where = ""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.where}: {message}.")
+
+
+def verb_parser(verb: str, raise_errors: str | None = None) -> tuple[Any, argparse.ArgumentParser]:
+    """(module, parser) of one verb, built by the verb's own `add_arguments`. With `raise_errors` (e.g.
+    "run.toml [train]") a parse error raises a ConfigError naming it instead of printing usage and exiting."""
     if not verb_available(verb):
         raise UserError(f"the `{verb}` verb is not available in this installation ({VERBS[verb][0]} is missing).")
     module = importlib.import_module(VERBS[verb][0])
-    parser = argparse.ArgumentParser(prog=f"wizardcoder {verb}", description=VERBS[verb][1])
+    cls = _RaisingParser if raise_errors else argparse.ArgumentParser
+    parser = cls(prog=f"wizardcoder {verb}", description=VERBS[verb][1])
+    if raise_errors:
+        parser.where = raise_errors
     module.add_arguments(parser)
     return module, parser
 
@@ -153,9 +166,10 @@ def parse_verb_args(verb: str, argv: list[str], section: dict | None = None,
                     where: str = "") -> tuple[Any, argparse.Namespace]:
     """Build `verb`'s parser, apply a config section as its defaults, parse `argv`: the one path from config and
     command line to a verb's arguments, shared by the CLI and `wizardcoder run`."""
-    module, parser = verb_parser(verb)
+    where = where or f"[{verb}]"
+    module, parser = verb_parser(verb, raise_errors=where)
     if section:
-        apply_config(parser, section, where or f"[{verb}]")
+        apply_config(parser, section, where)
     return module, parser.parse_args(argv)
 
 

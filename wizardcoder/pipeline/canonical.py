@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
     """[] unless check_canonical is on and the run has an evaluate stage; else one more evaluate stage."""
     evaluate = next((s for s in stages if s.name == "evaluate"), None)
-    if not run.opts.check_canonical or evaluate is None or "samples" not in evaluate.section:
+    if not run.opts.check_canonical or evaluate is None:
         return []
     task, data = evaluate.section["task"], evaluate.section.get("data")
     out = os.path.join(run.out, "canonical")
@@ -27,13 +27,15 @@ def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
             section[key] = evaluate.section[key]
     from .run import Stage, _hash
 
-    model_samples = evaluate.section["samples"]
+    # the samples evaluate scored (evaluate --model writes its own into its folder)
+    model_samples = evaluate.section.get("samples") or os.path.join(evaluate.section["out"], "samples.jsonl")
 
     def write_samples(stage: "Stage") -> None:
         from ..eval.benchmarks import get_benchmark
 
-        problems = get_benchmark(task).load(data)
-        ids = list(dict.fromkeys(r["task_id"] for r in read_jsonl(model_samples)))
+        bench = get_benchmark(task)
+        problems = bench.load(data)
+        ids = list(dict.fromkeys(bench.normalize_id(r["task_id"]) for r in read_jsonl(model_samples)))
         ids = [t for t in ids if t in problems] or list(problems)
         write_jsonl(stage.section["samples"], [{"task_id": t, "solution": problems[t].canonical} for t in ids])
 

@@ -18,7 +18,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from ..cli import parse_verb_args
+from ..cli import verb_available, verb_parser
 from ..errors import ConfigError, UserError
 from ..io import atomic_write_json
 
@@ -55,8 +55,8 @@ def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
     "_hash" (the best train stage's hash, which chains into the test stages)."""
     sel_path = os.path.join(run.out, "rounds", "selection.json")
     dev = _dev_settings(run)
-    _, evolve_args = parse_verb_args("evolve", [], run.config.get("evolve", {}), f"{run.source} [evolve]")
-    max_rounds = evolve_args.rounds
+    _, parser = verb_parser("evolve")
+    max_rounds = int(run.config.get("evolve", {}).get("rounds") or parser.get_default("rounds") or 1)
     evolve_out = run.config.get("evolve", {}).get("out") or os.path.join(run.out, "evolve")
     rounds, prev, best = [], "", None
     for r in range(1, max_rounds + 1):
@@ -75,12 +75,19 @@ def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
         tr = run.resolve("train", products, pk.hash, name=f"train@r{r}", out=os.path.join(rdir, "train"),
                          wire_from={"data": pk.product})
         products["train"] = tr.product
-        ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
-                         out=os.path.join(rdir, "dev", "samples.jsonl"), extra=dev, wire_from={"model": tr.product})
-        products["generate"] = ge.product
-        ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", out=os.path.join(rdir, "dev_eval"),
-                         extra={"task": dev["task"], "data": dev["data"], "k": [1]}, wire_from={"samples": ge.product})
-        for stage in (ev, pk, tr, ge, ex):
+        scoring = {"task": dev["task"], "data": dev["data"], "k": [1]}
+        if verb_available("generate"):
+            ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
+                             out=os.path.join(rdir, "dev", "samples.jsonl"), extra=dev, wire_from={"model": tr.product})
+            products["generate"] = ge.product
+            ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", out=os.path.join(rdir, "dev_eval"),
+                             extra=scoring, wire_from={"samples": ge.product})
+            stages = (ev, pk, tr, ge, ex)
+        else:  # evaluate generates itself
+            ex = run.resolve("evaluate", products, tr.hash, name=f"evaluate@r{r}", out=os.path.join(rdir, "dev_eval"),
+                             extra={**run.generation_in_evaluate(products, dev), **scoring})
+            stages = (ev, pk, tr, ex)
+        for stage in stages:
             if not may_run and not run.is_done(stage):
                 raise UserError(f"round {r}'s {stage.verb} is not complete, so there is no selected round to go on "
                                 "from; run without --from (or with --from evolve/pack/train) first.")

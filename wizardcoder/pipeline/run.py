@@ -166,8 +166,8 @@ class Run:
     # -- checks before anything runs: every section parses through its verb
     def _validate(self) -> None:
         for verb in ("serve", *STAGES):
-            if verb not in self.config:
-                continue
+            if verb not in self.config or verb == "generate" and not verb_available(verb):
+                continue  # without a generate verb, evaluate generates (generation_in_evaluate)
             if not verb_available(verb):
                 raise ConfigError(f"{self.source}: section [{verb}] is for the `{verb}` verb, which this installation "
                                   "lacks; remove the section.")
@@ -290,20 +290,38 @@ class Run:
                   "generate": {"model": "train"}, "evaluate": {"samples": "generate"}}
         for verb in verbs:
             # evaluate runs without its own section when generate made samples to score
-            wanted = verb in self.config or verb == "evaluate" and "generate" in products
-            if not wanted or not verb_available(verb):
+            wanted = verb in self.config or verb == "evaluate" and ("generate" in products or "generate" in self.config)
+            if not wanted or verb == "generate" and not verb_available("generate"):
                 continue
             wire = {k: products[src] for k, src in wiring[verb].items() if src in products}
             extra = {}
-            if verb == "evaluate" and "generate" in products:
-                gen = next(s for s in stages if s.verb == "generate").section
+            if verb == "evaluate":
+                gen = self.config.get("generate", {})
                 extra = {k: gen[k] for k in ("task", "data") if k in gen and k not in self.config.get(verb, {})}
+                if "generate" in self.config and not verb_available("generate"):
+                    extra, wire = self.generation_in_evaluate(products), {}
             out = os.path.join(self.out, "generate", "samples.jsonl") if verb == "generate" else None
             stage = self.resolve(verb, products, prev, out=out, extra=extra, wire_from=wire)
             stages.append(stage)
             products[verb] = stage.product
             prev = stage.hash
         return stages
+
+    def generation_in_evaluate(self, products: dict[str, str], overrides: dict | None = None) -> dict:
+        """Without a `generate` verb, evaluate generates itself (`evaluate --model`): the [generate] keys its parser
+        knows, the model wired from train."""
+        _, parser = verb_parser("evaluate")
+        keys = {a.dest for a in parser._actions}
+        gen = {**self.config.get("generate", {}), **(overrides or {})}
+        if "model" not in keys:
+            raise UserError("this installation has neither a `generate` verb nor `evaluate --model`; the run cannot "
+                            "make samples to score.")
+        print("[run] note: no `generate` verb here; evaluate generates the samples itself (evaluate --model)",
+              flush=True)
+        extra = {k: v for k, v in gen.items() if k in keys and k != "out" and k not in self.config.get("evaluate", {})}
+        if "train" in products and "model" not in gen:
+            extra["model"] = products["train"]
+        return extra
 
 
 def _has_key(verb: str, key: str) -> bool:

@@ -3,6 +3,7 @@ and stopped after it (also when the run dies: the child gets SIGTERM through PR_
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -46,8 +47,9 @@ def _tail(path: str) -> str:
         return "(no log)"
 
 
-def wait_until_serving(url: str, proc: subprocess.Popen, log: str, timeout_s: float) -> None:
-    """Poll GET url until it answers 200; fail if the process exits or `timeout_s` passes."""
+def wait_until_serving(url: str, proc: subprocess.Popen, log: str, timeout_s: float) -> list[str]:
+    """Poll GET url (/v1/models) until it answers 200 and return the model ids it lists; fail if the process exits
+    or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -56,8 +58,8 @@ def wait_until_serving(url: str, proc: subprocess.Popen, log: str, timeout_s: fl
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                    return [m.get("id") for m in json.load(r).get("data", [])]
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
             pass
         time.sleep(0.5)
     raise UserError(f"the [serve] server did not answer {url} within {timeout_s:.0f} s ([run] serve_timeout_s); see "
@@ -95,9 +97,9 @@ def serve_for_evolve(run: "Run", stage: "Stage") -> Iterator[None]:
                                 preexec_fn=die_with_parent)
     try:
         base = f"http://{host}:{section['port']}/v1"
-        wait_until_serving(base + "/models", proc, log, run.opts.serve_timeout_s)
+        models = wait_until_serving(base + "/models", proc, log, run.opts.serve_timeout_s)
         stage.section["llm_base_url"] = base
-        stage.section.setdefault("llm_model", section.get("model_name") or section["model"])
+        stage.section.setdefault("llm_model", models[0] if models else section["model"])
         yield
     finally:
         stop(proc)
