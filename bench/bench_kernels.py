@@ -1,20 +1,28 @@
 """Micro-benchmarks of the Triton kernels against their peers, correctness first.
 
-    PYTHONPATH=. python -m bench.run_all --only kernels          # GPU: full shapes (StarCoderBase-1B, bf16)
-    PYTHONPATH=. python -m bench.run_all --only kernels --quick  # tiny shapes; on CPU through the Triton interpreter
+    PYTHONPATH=. python -m bench.bench_kernels --quick   # GPU: small shapes, < 2 min on an H100 (autotune included)
+    PYTHONPATH=. python -m bench.bench_kernels           # GPU: full shapes (StarCoderBase-1B, bf16)
+    PYTHONPATH=. python -m bench.run_all --only kernels [--quick]   # the same through the runner
+On CPU the kernels run in the Triton interpreter: tiny shapes, times that mean nothing, and a CPU proxy of the
+memory (below).
 
 For every case: (1) correctness on the device: ours and the same-dtype torch computation against an fp32 reference
-(outputs and every gradient; ours must be within 2x torch's error + a floor; column `check`); (2) median times of
-forward, backward and forward+backward (CUDA events after warm-up; backward timed on a retained graph); (3) extra
-peak memory of one forward+backward over what the inputs hold; (4) a throughput figure: TFLOP/s for attention
-(causal FLOPs: 4*S^2/2*H*D forward, 2.5x that backward), GB/s for LayerNorm / GELU (bytes that must move); and the
-ratio of the peer's forward+backward time to ours (`speedup` > 1: ours faster).
+(the plain-torch reference that lives beside each kernel: outputs and every gradient; ours must be within 2x torch's
+error + a floor; column `check`); (2) median times of forward, backward and forward+backward (CUDA events after
+warm-up; backward timed on a retained graph, except the fused cross-entropy, whose backward only scales the
+gradients the forward made); (3) extra peak memory of one forward+backward over what was allocated before it (MB;
+the CUDA allocator's peak, or on CPU a proxy: the peak of the running sum of torch's allocations and frees, from
+the profiler's allocator events); (4) a throughput figure: TFLOP/s for attention (causal FLOPs: 4*S^2/2*H*D forward, 2.5x that
+backward), GB/s for LayerNorm / GELU (bytes that must move); and the ratio of the peer's forward+backward time to
+ours (`x_vs_torch` > 1: ours faster).
 
-Peers: torch (the reference path the model uses with backend `torch`: SDPA for attention, eager ops elsewhere),
-flash-attn and Liger-Kernel when installed (skipped otherwise). Shapes (full): attention causal MQA B8 H16 S2048
-D128 dense and a 16k-token pack of documents with lengths like the evolved data (lognormal, median 245, mean 332,
-clipped to [16, 2048]); residual-add + LayerNorm 16384 x 2048; bias-GELU 16384 x 8192; fused linear cross-entropy
-T=16384, D=2048, V=49152.
+Peers: torch (each kernel's reference: SDPA for attention, whose flash backend runs for causal bf16 on CUDA; add +
+F.layer_norm; F.gelu(x + b); torch matmul + fp32 F.cross_entropy), flash-attn and Liger-Kernel when installed
+(skipped otherwise). The cross-entropy runs in the two mixed-precision modes: pure bf16 parameters, and autocast over
+fp32 master weights (ours takes the fp32 weight; torch's autocast casts it for F.linear). Shapes (full): attention
+causal MQA B8 H16 S2048 D128 dense and a 16k-token pack of documents with lengths like the evolved data (lognormal,
+median 245, mean 332, clipped to [16, 2048]); residual-add + LayerNorm 16384 x 2048; bias-GELU 16384 x 8192; fused
+linear cross-entropy T=16384, D=2048, V=49152.
 """
 from __future__ import annotations
 
@@ -39,28 +47,48 @@ DEV = "cuda" if CUDA else "cpu"
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def _peak(fn) -> float:
-    """Extra peak memory (GB) of one call of `fn` over what was allocated before it; nan on CPU."""
-    if not CUDA:
-        return float("nan")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 1e9
+    """Extra peak memory (MB) of one call of `fn` over what was allocated before it: the CUDA allocator's peak, or on
+    CPU a proxy: the running sum of the profiler's allocator events (every torch allocation and free, in order)."""
+    if CUDA:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 1e6
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:  # every allocator event (size > 0: allocation, < 0: free), wherever in the op tree it happened
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.typed[0] == _EventType.Allocation and e.typed[1].device.type == "cpu":
+            events.append((e.start_time_ns, e.typed[1].alloc_size))
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak / 1e6
 
 
 def _grads(out, inputs, dout):
     return torch.autograd.grad(out, inputs, dout, retain_graph=True)
 
 
-def _time_case(make_out, inputs, dout, iters, warmup):
-    """fwd, bwd, fwd+bwd median seconds and extra peak GB for `make_out()` (differentiable in `inputs`)."""
+def _time_case(make_out, inputs, dout, iters, warmup, retain=True):
+    """fwd, bwd, fwd+bwd median seconds and extra peak MB for `make_out()` (differentiable in `inputs`). Without
+    `retain` (a backward that runs once per forward), bwd is fwd+bwd minus fwd."""
     fwd = timeit(lambda: make_out(), warmup, iters)
-    out = make_out()
-    bwd = timeit(lambda: _grads(out, inputs, dout), warmup, iters)
-    del out
+    if retain:
+        out = make_out()
+        bwd = timeit(lambda: _grads(out, inputs, dout), warmup, iters)
+        del out
     both = timeit(lambda: torch.autograd.grad(make_out(), inputs, dout), warmup, iters)
+    if not retain:
+        bwd = both - fwd
     mem = _peak(lambda: torch.autograd.grad(make_out(), inputs, dout))
     return fwd, bwd, both, mem
 
@@ -90,16 +118,22 @@ def _with_grads(fn, inputs, dout):
     return (out, *torch.autograd.grad(out, inputs, dout))
 
 
-COLUMNS = ["case", "impl", "dtype", "check", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "peak_extra_GB", "rate", "fwd_rate",
-           "unit", "x_vs_torch", "x_vs_peer"]
+COLUMNS = ["case", "impl", "dtype", "check", "fwd_ms", "bwd_ms", "fwd+bwd_ms", "peak_extra_MB", "peak_vs_torch", "rate",
+           "fwd_rate", "unit", "x_vs_torch", "x_vs_peer"]
 
 
 def _row(case, impl, dtype, t, unit="", rate_fb=float("nan"), rate_f=float("nan"), check=""):
     """One table row; every row has the same keys (run_all prints the first row's columns)."""
     fwd, bwd, both, mem = t
     return {"bench": "kernels", "case": case, "impl": impl, "dtype": str(dtype).replace("torch.", ""), "check": check,
-            "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3, "peak_extra_GB": mem,
-            "rate": rate_fb, "fwd_rate": rate_f, "unit": unit, "x_vs_torch": "", "x_vs_peer": ""}
+            "fwd_ms": fwd * 1e3, "bwd_ms": bwd * 1e3, "fwd+bwd_ms": both * 1e3, "peak_extra_MB": mem,
+            "mem_source": "cuda allocator" if CUDA else "CPU proxy (profiler allocations)",
+            "rate": rate_fb, "fwd_rate": rate_f, "unit": unit, "x_vs_torch": "", "x_vs_peer": "", "peak_vs_torch": ""}
+
+
+def _mode(impl: str) -> str:
+    """'ours (pure bf16, ...)' -> 'pure bf16': the mixed-precision mode a row ran in ('' when not named)."""
+    return impl.partition("(")[2].split(",")[0].rstrip(")") if "(" in impl else ""
 
 
 def _ratios(rows: list[dict]) -> list[dict]:
@@ -111,8 +145,10 @@ def _ratios(rows: list[dict]) -> list[dict]:
         same = [p for p in rows if p["case"] == r["case"] and not p["impl"].startswith("ours") and isinstance(p.get("fwd+bwd_ms"), float)]
         torch_rows = [p for p in same if p["impl"].startswith("torch")]
         peers = [p for p in same if not p["impl"].startswith("torch")]
-        if torch_rows:
-            r["x_vs_torch"] = torch_rows[0]["fwd+bwd_ms"] / r["fwd+bwd_ms"]
+        same_mode = [p for p in torch_rows if _mode(p["impl"]) == _mode(r["impl"])]
+        if same_mode or torch_rows:
+            r["x_vs_torch"] = (same_mode or torch_rows)[0]["fwd+bwd_ms"] / r["fwd+bwd_ms"]
+            r["peak_vs_torch"] = r["peak_extra_MB"] / max((same_mode or torch_rows)[0]["peak_extra_MB"], 1e-9)
         if peers:
             best = min(peers, key=lambda p: p["fwd+bwd_ms"])
             r["x_vs_peer"] = f"{best['fwd+bwd_ms'] / r['fwd+bwd_ms']:.3g} ({best['impl']})"
@@ -152,7 +188,7 @@ def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
     do = torch.randn_like(q)
     flops_fwd = 4 * B * H * D * S * S / 2
     ours = lambda q, k, v: fa.flash_attn_func(q, k, v, softmax_scale=scale)  # noqa: E731
-    torch_ref = lambda q, k, v: ops.attention_dense_reference(q, k, v, scale)  # noqa: E731
+    torch_ref = lambda q, k, v: fa.attention_reference(q, k, v, softmax_scale=scale)  # noqa: E731  SDPA, batched
     n = min(B, 2)  # correctness on a slice of the batch (the fp32 reference holds [H, S, S])
     sl = [t[:n].detach().requires_grad_() for t in (q, k, v)]
     ref = _with_grads(torch_ref, [t.detach().float().requires_grad_() for t in sl], do[:n].float())
@@ -180,14 +216,14 @@ def bench_attention(quick: bool, iters: int, warmup: int) -> list[dict]:
     dov = do.reshape(T, H, D)
     flops_v = sum(4 * H * D * L * L / 2 for L in lens)
     ours_v = lambda q, k, v: fa.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), softmax_scale=scale)  # noqa: E731
-    torch_v = lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu, scale)  # noqa: E731
+    torch_v = lambda q, k, v: fa.attention_reference(q, k, v, cu, cu, softmax_scale=scale)  # noqa: E731
     end = int(cu[min(len(lens), 4)])  # check the first documents
     cu_s = cu[: min(len(lens), 4) + 1]
     sl = [t[:end].detach().requires_grad_() for t in (qv, kv, vv)]
-    ref = _with_grads(lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu_s, scale),
+    ref = _with_grads(lambda q, k, v: fa.attention_reference(q, k, v, cu_s, cu_s, softmax_scale=scale),
                       [t.detach().float().requires_grad_() for t in sl], dov[:end].float())
     check = _check(_with_grads(lambda q, k, v: fa.flash_attn_varlen_func(q, k, v, cu_s, cu_s, max(lens), max(lens), softmax_scale=scale), sl, dov[:end]),
-                   _with_grads(lambda q, k, v: ops.attention_varlen_reference(q, k, v, cu_s, scale), sl, dov[:end]), ref)
+                   _with_grads(lambda q, k, v: fa.attention_reference(q, k, v, cu_s, cu_s, softmax_scale=scale), sl, dov[:end]), ref)
     peers = {"torch-sdpa-per-doc": torch_v}
     try:
         import flash_attn
@@ -258,48 +294,72 @@ def bench_gelu(quick: bool, iters: int, warmup: int) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ cross-entropy
 def bench_cross_entropy(quick: bool, iters: int, warmup: int) -> list[dict]:
-    dtype = torch.bfloat16 if CUDA else torch.float32
-    T, D, V = (16384, 2048, 49152) if not quick else ((2048, 1024, 8192) if CUDA else (24, 32, 300))
+    """The LM head + loss in the trainer's two mixed-precision modes. On CPU the shape keeps StarCoder's proportions
+    (tokens/D = 2, V/D = 96) small enough for the interpreter, in fp16, so the memory proxy compares layouts."""
+    low = torch.bfloat16 if CUDA else torch.float16
+    T, D, V = (16384, 2048, 49152) if not quick else ((4096, 2048, 49152) if CUDA else (128, 64, 6144))
     gen = torch.Generator().manual_seed(0)
-    h = torch.randn(T, D, generator=gen).to(DEV, dtype).requires_grad_()
-    w = (torch.randn(V, D, generator=gen) * 0.02).to(DEV, dtype).requires_grad_()
+    h32 = torch.randn(T, D, generator=gen).to(DEV).requires_grad_()
+    w32 = (torch.randn(V, D, generator=gen) * 0.02).to(DEV).requires_grad_()
+    h, w = (t.detach().to(low).requires_grad_() for t in (h32, w32))
     t = torch.randint(0, V, (T,), generator=gen)
     t[torch.rand(T, generator=gen) < 0.4] = -100  # prompt tokens carry no loss
     t = t.to(DEV)
     one = torch.ones((), device=DEV)
-    impls = {
-        "ours-triton(fp32 dW acc)": lambda h, w: ce.fused_linear_cross_entropy(h, w, t),
-        "ours-triton(dtype dW acc)": lambda h, w: ce.fused_linear_cross_entropy(h, w, t, accumulate_fp32=False),
-        "torch": lambda h, w: ce.linear_cross_entropy_reference(h, w, t),
+
+    def autocast(fn):
+        def run(hh, ww):
+            with torch.autocast(DEV, dtype=low):
+                return fn(hh, ww)
+        return run
+
+    impls = {  # name -> (function of (h, w), inputs, torch baseline of the same mode for the check)
+        f"torch (pure {_name(low)})": (lambda h, w: ce.linear_cross_entropy_reference(h, w, t), (h, w), None),
+        f"ours (pure {_name(low)}, fp32 dW acc)": (lambda h, w: ce.fused_linear_cross_entropy(h, w, t), (h, w), "pure"),
+        f"ours (pure {_name(low)}, {_name(low)} dW acc: Liger's layout)":
+            (lambda h, w: ce.fused_linear_cross_entropy(h, w, t, accumulate_fp32=False), (h, w), "pure"),
+        "torch (autocast, fp32 W)": (autocast(lambda h, w: ce.linear_cross_entropy_reference(h, w, t)), (h32, w32), None),
+        "ours (autocast, fp32 W)": (autocast(lambda h, w: ops.linear_cross_entropy(h, w, t, backend="triton")),
+                                    (h32, w32), "autocast"),
     }
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
         liger = LigerFusedLinearCrossEntropyLoss()
-        impls["liger"] = lambda h, w: liger(w, h, t)
+        impls[f"liger (pure {_name(low)})"] = (lambda h, w: liger(w, h, t), (h, w), None)
     except ImportError:
         pass
     n = min(T, 4096)  # correctness on a slice of the tokens (the fp32 reference holds [n, V] fp32)
-    hs = h[:n].detach().requires_grad_()
     ts = t[:n]
+
     ref = _with_grads(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts),
-                      [hs.detach().float().requires_grad_(), w.detach().float().requires_grad_()], one)
-    base = _with_grads(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts), [hs, w], one)
+                      [h32[:n].detach().requires_grad_(), w32], one)
+    base = {"pure": _with_grads(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts), [h[:n].detach().requires_grad_(), w], one),
+            "autocast": _with_grads(autocast(lambda h, w: ce.linear_cross_entropy_reference(h, w, ts)),
+                                    [h32[:n].detach().requires_grad_(), w32], one)}
+    checks = {
+        f"ours (pure {_name(low)}, fp32 dW acc)": lambda h, w: ce.fused_linear_cross_entropy(h, w, ts),
+        f"ours (pure {_name(low)}, {_name(low)} dW acc: Liger's layout)": lambda h, w: ce.fused_linear_cross_entropy(h, w, ts, accumulate_fp32=False),
+        "ours (autocast, fp32 W)": autocast(lambda h, w: ops.linear_cross_entropy(h, w, ts, backend="triton")),
+    }
     case = f"linear+CE T{T} D{D} V{V}"
-    rows, times = [], {}
-    for name, f in impls.items():
+    rows = []
+    for name, (f, ins, mode) in impls.items():
         check = ""
-        if name.startswith("ours"):
-            acc = "fp32" in name
-            check = _check(_with_grads(lambda h, w: ce.fused_linear_cross_entropy(h, w, ts, accumulate_fp32=acc), [hs, w], one),
-                           base, ref, floor=1e-3)
+        if mode is not None:
+            check = _check(_with_grads(checks[name], [ins[0][:n].detach().requires_grad_(), ins[1]], one), base[mode], ref,
+                           floor=1e-3)
         try:
-            times[name] = _time_case(lambda f=f: f(h, w), (h, w), one, iters, warmup)
+            times = _time_case(lambda f=f, ins=ins: f(*ins), ins, one, iters, warmup, retain=not name.startswith("ours"))
         except Exception as e:  # a peer failing (e.g. an old Liger API) must not hide our figures
-            rows.append({**_row(case, name, dtype, (float("nan"),) * 4), "check": f"error: {e!r}"[:80]})
+            rows.append({**_row(case, name, low, (float("nan"),) * 4), "check": f"error: {e!r}"[:80]})
             continue
-        rows.append(_row(case, name, dtype, times[name], check=check))
+        rows.append(_row(case, name, low, times, check=check))
     return rows
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def run(quick: bool = False) -> list[dict]:
