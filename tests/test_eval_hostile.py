@@ -182,19 +182,24 @@ CONTROLS = {  # programs that must still pass: the sandbox is not simply failing
 }
 
 
-NO_CAPS = ("setpriv", "--bounding-set=-all", "--inh-caps=-all")  # uid 0 with no capability: the unprivileged path
+# The evaluator under reduced privileges (setpriv), and the layers its isolation report must then mark refused.
+PRIVILEGES = {
+    "as is": ((), None),
+    # uid 0 with no capability: the unprivileged path (no uid switch, no view, no namespaces; only Landlock,
+    # seccomp, rlimits and PDEATHSIG). uid permissions alone would let it read the root-only file.
+    "no capabilities": (("setpriv", "--bounding-set=-all", "--inh-caps=-all"),
+                        {"lifetime", "user", "view", "scratch", "network"}),
+    # root without CAP_SYS_ADMIN (some containers): no view or namespaces, so the sandbox uid keeps
+    # CAP_DAC_READ_SEARCH to import Python from /root, and Landlock's read rules alone must confine it.
+    "no CAP_SYS_ADMIN": (("setpriv", "--bounding-set=-sys_admin"), {"user", "view", "scratch", "network"}),
+}
 
 
-@pytest.mark.parametrize("privileges", ["as is", "no capabilities"])
+@pytest.mark.parametrize("privileges", list(PRIVILEGES))
 def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir, privileges):
-    """As is (root here: every layer) and with no capability at all (no uid switch, no view, no namespaces: only
-    Landlock, seccomp, rlimits and PDEATHSIG; the evaluator is uid 0 there, so uid permissions alone would let it
-    read the root-only file and this test's environment)."""
-    prefix = ()
-    if privileges == "no capabilities":
-        if not ROOT or not shutil.which("setpriv"):
-            pytest.skip("needs root and setpriv to drop every capability")
-        prefix = NO_CAPS
+    prefix, want_degraded = PRIVILEGES[privileges]
+    if prefix and (not ROOT or not shutil.which("setpriv")):
+        pytest.skip("needs root and setpriv to drop capabilities")
     secret_file = os.path.join(open_dir, "secret.txt")
     with open(secret_file, "w") as f:
         f.write(SECRET)
@@ -244,7 +249,7 @@ def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir, privileges)
     summary = json.loads((out / "summary.json").read_text())
     degraded = {name for name, layer in summary["isolation"].items() if not layer["active"]}
     if prefix:
-        assert degraded == {"lifetime", "user", "view", "scratch", "network"}
+        assert degraded == want_degraded
     elif ROOT:
         assert {"user", "lifetime", "filesystem", "syscalls"}.isdisjoint(degraded)
     assert summary["pass@1"] == pytest.approx(len(CONTROLS) / len(programs))
@@ -263,8 +268,12 @@ DAEMON = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 @pytest.mark.parametrize("forks", [False, True], ids=["no-fork", "daemonizing-grandchild"])
-def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks):
-    if forks and not ROOT:
+@pytest.mark.parametrize("privileges", ["as is", "no capabilities"])
+def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks, privileges):
+    prefix = PRIVILEGES[privileges][0]
+    if prefix and (not ROOT or not shutil.which("setpriv")):
+        pytest.skip("needs root and setpriv to drop capabilities")
+    if forks and (prefix or not ROOT):
         pytest.skip("with forks allowed, only the watchdog (root: a uid of its own to sweep) catches a daemonized "
                     "grandchild; docs/sandbox.md names this gap")
     data, samples = tmp_path / "data.jsonl", tmp_path / "samples.jsonl"
@@ -272,7 +281,7 @@ def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks):
     code = DAEMON if forks else SLEEPER
     samples.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": BODY + code}) + "\n"
                                for _ in range(2)))
-    cli = subprocess.Popen([PYTHON, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples",
+    cli = subprocess.Popen([*prefix, PYTHON, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples",
                             str(samples), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "2",
                             "--timeout", "100", "--no-progress", *(["--allow-fork"] if forks else [])],
                            cwd=REPO, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -282,7 +291,7 @@ def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks):
         programs = {}
         while len(programs) < want and time.monotonic() < end:
             time.sleep(0.2)
-            programs = program_processes(cli.pid)
+            programs = program_processes(cli.pid, own_uid=ROOT and not prefix)
         assert len(programs) >= want, f"the programs did not start: {programs}"
         time.sleep(0.3)  # asleep
         os.kill(cli.pid, sig)
@@ -327,9 +336,9 @@ def alive(pid):
     return st is not None and st[2] not in ("Z", "X")
 
 
-def program_processes(root_pid):
+def program_processes(root_pid, own_uid):
     """{pid: uid} of the programs under an evaluator: its descendants two or more levels down (evaluator -> worker
-    -> program -> ...), without the root-owned watchdogs and uid probes."""
+    -> program -> ...); with `own_uid` (programs under a sandbox uid) without the root-owned watchdogs and probes."""
     children = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -341,11 +350,11 @@ def program_processes(root_pid):
         nxt = []
         for pid, depth in level:
             for child, uid in children.get(pid, []):
-                if depth >= 1 and (uid != 0 or not ROOT):
+                if depth >= 1 and (uid != 0 or not own_uid):
                     found[child] = uid
                 nxt.append((child, depth + 1))
         level = nxt
-    if not ROOT:  # without a uid of its own the worker's probe forks look the same; count sleeping ones only
+    if not own_uid:  # without a uid of its own the worker's probe forks look the same; count sleeping ones only
         found = {p: u for p, u in found.items() if proc_status(p) and proc_status(p)[2] == "S"}
     return found
 

@@ -176,30 +176,7 @@ class Worker:
             self.watchdog = self._start_watchdog()
         layers.append(self._lifetime_layer())
 
-        # namespaces and the filesystem view (root only; each refusal is reported, the next layer still applies)
-        has_view, scratch_on_tmpfs, netns, why = False, False, False, {}
-        if _sandbox is not None and self.root:
-            try:
-                _sandbox.unshare(_sandbox.CLONE_NEWNS | _sandbox.CLONE_NEWIPC)
-                try:  # the view's root is mounted on our temp folder; the scratch sits at the same path inside it
-                    view.build_view(self.tmp_root, self.tmp_root, c.scratch, self.pydirs)
-                    has_view = scratch_on_tmpfs = True
-                except OSError as e:
-                    why["view"] = _why(e)
-                    self._plain_tmpfs()  # the private mount namespace still allows a bounded scratch
-                    scratch_on_tmpfs = True
-            except OSError as e:
-                why["view"] = why.get("view") or _why(e)
-            if not c.network:
-                try:
-                    _sandbox.unshare(_sandbox.CLONE_NEWNET)
-                    netns = True
-                except OSError as e:
-                    why["network"] = _why(e)
-        elif _sandbox is None:
-            why["view"] = why["network"] = "wizardcoder._sandbox is not built"
-        else:
-            why["view"] = why["network"] = "not root"
+        has_view, scratch_on_tmpfs, netns, why = self._namespaces()
         self.keep_read = False
         if self.root:
             self.keep_read = self._probe_uid(check_read=True) == "unreadable"
@@ -244,6 +221,34 @@ class Worker:
         gc.collect()
         gc.freeze()
         return layers
+
+    def _namespaces(self) -> tuple[bool, bool, bool, dict[str, str]]:
+        """Root only: own mount + IPC namespaces pivoted into the view (else just a tmpfs scratch), own network
+        namespace. Returns (view built, scratch on tmpfs, network namespace, {layer: why refused})."""
+        if _sandbox is None:
+            return False, False, False, dict.fromkeys(("view", "network"), "wizardcoder._sandbox is not built")
+        if not self.root:
+            return False, False, False, dict.fromkeys(("view", "network"), "not root")
+        has_view = scratch_on_tmpfs = netns = False
+        why: dict[str, str] = {}
+        try:
+            _sandbox.unshare(_sandbox.CLONE_NEWNS | _sandbox.CLONE_NEWIPC)
+            try:  # the view's root is mounted on our temp folder; the scratch sits at the same path inside it
+                view.build_view(self.tmp_root, self.tmp_root, self.config.scratch, self.pydirs)
+                has_view = True
+            except OSError as e:
+                why["view"] = _why(e)
+                self._plain_tmpfs()  # the private mount namespace still allows a bounded scratch
+            scratch_on_tmpfs = True
+        except OSError as e:
+            why.setdefault("view", _why(e))
+        if not self.config.network:
+            try:
+                _sandbox.unshare(_sandbox.CLONE_NEWNET)
+                netns = True
+            except OSError as e:
+                why["network"] = _why(e)
+        return has_view, scratch_on_tmpfs, netns, why
 
     # -------------------------------------------------------------------------------------------- the report
 
