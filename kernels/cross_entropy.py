@@ -43,10 +43,9 @@ import functools
 import os
 
 import torch
-import triton
-import triton.language as tl
 
 from . import custom_op
+from ._triton import tl, triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -37,10 +37,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from . import custom_op
+from ._triton import tl, triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

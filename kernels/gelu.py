@@ -15,10 +15,9 @@ Benchmarked: bench/bench_kernels.py (GB/s, vs torch).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from . import custom_op
+from ._triton import tl, triton
 
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 INV_SQRT_2 = tl.constexpr(0.7071067811865476)

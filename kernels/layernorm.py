@@ -20,10 +20,9 @@ Benchmarked: bench/bench_kernels.py (GB/s vs the copy bandwidth, vs torch).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from . import custom_op
+from ._triton import tl, triton
 
 
 @triton.jit
