@@ -54,3 +54,18 @@ def test_custom_op_fake_tensor_and_schema():
     x, b = torch.randn(4, 24, device=DEVICE), torch.randn(24, device=DEVICE)
     torch.library.opcheck(gelu._fwd_op, (x, b, True), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(gelu._bwd_op, (torch.randn_like(x), x, b, False), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("approximate", [True, False], ids=["tanh", "erf"])
+def test_gpu_starcoder_mlp_width_bf16(approximate):
+    """StarCoderBase-1B's MLP activation, 4096 tokens x 8192, bf16, compiled."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(4096, 8192, generator=g) * 3).cuda()
+    b, dy = torch.randn(8192, generator=g).cuda(), torch.randn(4096, 8192, generator=g).cuda()
+    got = _run(bias_gelu, x, b, dy, approximate, torch.bfloat16)
+    ref = _run(bias_gelu_reference, x, b, dy, approximate, torch.float64)
+    base = _run(bias_gelu_reference, x, b, dy, approximate, torch.bfloat16)
+    for name, a, r, c in zip(("y", "dx", "dbias"), got, ref, base):
+        err, base_err = (a.double() - r).abs().max().item(), (c.double() - r).abs().max().item()
+        assert err <= 2 * base_err + FLOOR[torch.bfloat16] * max(1.0, r.abs().max().item()), (name, err, base_err)
