@@ -270,6 +270,10 @@ class Worker:
         if not self.root:
             return Layer("user", False, f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch "
                                         "uid", "Landlock read/write rules and seccomp")
+        if _sandbox is None:
+            return Layer("user", False, f"uid {self.uid} without no_new_privs or a capability check "
+                                        "(wizardcoder._sandbox is not built)",
+                         "NOTHING: a setuid binary can regain root")
         if self.keep_read:
             return Layer("user", False, f"uid {self.uid} gid {self.gid}, no groups, keeping CAP_DAC_READ_SEARCH "
                                         "(the Python installation is not readable by other users and no view could "
