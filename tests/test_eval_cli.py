@@ -123,6 +123,18 @@ def test_cli_numeric_flags_are_checked_before_anything_runs(he_subset, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "3"])
+def test_api_timeout_is_checked(he_subset, tmp_path, timeout):
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.eval import evaluate
+
+    data, probs = he_subset
+    samples = write(tmp_path / "s.jsonl", [{"task_id": t, "completion": "    pass\n"} for t in probs])
+    with pytest.raises(ConfigError, match="give the CPU seconds per program as a number > 0"):
+        evaluate("humaneval", samples, str(tmp_path / "o"), data=data, timeout=timeout, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("content,message", [
     (b"", "no samples (the file is empty)"),
     (b"\n\n", "no samples (the file is empty)"),
