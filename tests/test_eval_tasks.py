@@ -173,7 +173,9 @@ def test_mbpp_ships_with_the_package(shared_data):
     bench = get_benchmark("mbpp")
     with gzip.open(bench.locate(), "rb") as f, open(os.path.join(shared_data, "mbpp", "mbpp.jsonl"), "rb") as g:
         assert f.read() == g.read()
-    assert len(bench.load()) == 500
+    problems = bench.load()
+    assert len(problems) == 500
+    assert bench.statement(problems["11"]) == "Write a python function to remove first and last occurrence of a given character from the string."
     every = get_benchmark("mbpp", all_splits=True).load()
     assert len(every) == 974 and list(every)[:2] == ["1", "2"]
 

@@ -103,6 +103,11 @@ class Benchmark:
             return self.id_prefix + s if s.isdigit() else s
         return s.rsplit("/", 1)[-1]
 
+    def statement(self, problem: Problem) -> str:
+        """The problem as posed to a person: MBPP's text, else the code prompt with its docstring (what evolve's
+        decontamination compares instructions with)."""
+        return problem.text or problem.prompt
+
     # ------------------------------------------------------------------------------------------- prompts
 
     def instruction(self, problem: Problem, instructions: dict | None = None) -> str:
