@@ -39,10 +39,10 @@ LOAD_CHECK = textwrap.dedent("""
                "local_bytes": sum(local_shard(p)[0].numel() * 4 for p in model.parameters())},
               open(f"{out}/load-{d.rank}.json", "w"))
     del model
-    torch.distributed.destroy_process_group()
-    if train_args:
+    if train_args:  # the trainer takes over this process group (a second init under torchrun would hang)
         from wizardcoder.cli import main
         sys.exit(main(["train", *train_args]))
+    torch.distributed.destroy_process_group()
 """)
 
 

@@ -24,3 +24,17 @@ def test_fp16_triton_single_process_follows_fp32_torch(small, tmp_path):
     for a, b in zip(ref, half):
         assert b["loss"] == pytest.approx(a["loss"], rel=5e-3), (a["step"], a["loss"], b["loss"])
     assert ref[-1]["loss"] < ref[0]["loss"] - 0.1  # the steps move the weights, so later losses test the updates
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_half_with_kernels_follows_fp32_torch(small, tmp_path, dtype):
+    """On a GPU: the same single-process path with every Triton kernel (attention included) in bf16 / fp16."""
+    ckpt, shards = small
+    common = dict(model=ckpt, data=shards, max_steps=4, lr=3e-3, micro_batch_packs=2, seed=0)
+    train_here(out=str(tmp_path / "ref"), dtype="float32", kernel_backend="torch", attn_backend="torch", **common)
+    train_here(out=str(tmp_path / "half"), dtype=dtype, kernel_backend="triton", attn_backend="triton", **common)
+    ref, half = metrics(str(tmp_path / "ref")), metrics(str(tmp_path / "half"))
+    for a, b in zip(ref, half):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-2), (a["step"], a["loss"], b["loss"])
+    assert half[-1]["peak_bytes"] > 0 and half[-1]["tflops_per_gpu"] > 0

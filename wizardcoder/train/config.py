@@ -48,6 +48,7 @@ class TrainConfig:
     log_every: int = 1  # steps between metrics.jsonl rows
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept
+    save_final: bool = True  # write the last checkpoint and the HF export (final/) at the end (--no-save-final: benchmarks)
     attn_backend: Literal["auto", "torch", "triton", "flash"] = "auto"
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"
     peak_tflops: float | None = None  # the device's dense peak for MFU (default: looked up by device name)

@@ -236,8 +236,9 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
             save_checkpoint(state, cfg.out, d, cfg.keep_checkpoints, identity)
     if bar is not None:
         bar.close()
-    save_checkpoint(state, cfg.out, d, cfg.keep_checkpoints, identity)
-    export_hf(model, tokenizer, os.path.join(cfg.out, "final"), d)
+    if cfg.save_final:
+        save_checkpoint(state, cfg.out, d, cfg.keep_checkpoints, identity)
+        export_hf(model, tokenizer, os.path.join(cfg.out, "final"), d)
     measured = {**(held or {}), "peak_bytes": peak_memory_bytes(d.device)}
     log.write({"event": "memory", "rank": d.rank, "device": d.device.type, **measured, "plan": plan["per_gpu"]})
     log.close()
