@@ -56,6 +56,7 @@ BAD = [  # (route, body, status, the field the error names or its code)
     ("completions", {"prompt": "word " * 100, "max_tokens": 100}, 400, "context_length_exceeded"),
     ("completions", {"prompt": "x", "n": MAX_N + 1}, 400, "n"),
     ("completions", {"prompt": "x", "n": 0}, 400, "n"),
+    ("completions", {"prompt": ["x"] * 9, "n": MAX_N, "max_tokens": 1}, 400, "n"),  # 36 samples: over the queue
     ("completions", {"prompt": "x", "top_p": 0}, 400, "top_p"),
     ("completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
@@ -183,6 +184,9 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
     (["--dtype", "float8"], "--dtype 'float8' is not a dtype"),
     (["--max-n", "64", "--max-queued-samples", "8"], "--max-n (64) is larger than --max-queued-samples (8)"),
     (["--max-len", "1"], "--max-len must be at least 2"),
+    (["--device", "banana"], "--device 'banana' is not a device"),
+    (["--template", "nope"], "unknown template 'nope'"),
+    (["--api-key-env", "WC_SURELY_UNSET_VAR"], "--api-key-env WC_SURELY_UNSET_VAR: that environment variable is not set"),
 ])
 def test_bad_flags_are_one_sentence(flags, message, capsys):
     from wizardcoder.cli import main

@@ -114,16 +114,23 @@ def test_n_seeded_samples_equal_the_engine_alone_while_other_requests_share_the_
     params = SamplingParams(n=3, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=10, seed=7)
     (expected,) = Engine(model, tok, max_slots=8, max_len=MAX_LEN).generate([PROMPTS[1]], params)
     others = []  # different sampling settings at the same time: they share the engine's batch
-    threads = [threading.Thread(target=lambda t=t: others.append(client.completions.create(
-        model="wc-tiny", prompt=PROMPTS[2], max_tokens=12, temperature=t, n=2, seed=1))) for t in (0.0, 0.5, 1.3)]
+
+    def other(t):
+        try:
+            others.append(client.completions.create(model="wc-tiny", prompt=PROMPTS[2], max_tokens=12, temperature=t,
+                                                    n=2, seed=1))
+        except Exception as e:  # reported by the assertion below
+            others.append(e)
+
+    threads = [threading.Thread(target=other, args=(t,)) for t in (0.0, 0.5, 1.3)]
     for t in threads:
         t.start()
     r = client.completions.create(model="wc-tiny", prompt=PROMPTS[1], max_tokens=10, temperature=0.9, top_p=0.95,
                                   n=3, seed=7, extra_body={"top_k": 50})
     for t in threads:
         t.join(120)
-    assert len(others) == 3 and all(len(o.choices) == 2 for o in others)
-    assert [c.text for c in r.choices] == [e.text for e in expected]
+    assert len(others) == 3 and all(len(o.choices) == 2 for o in others), others
+    assert [c.text for c in r.choices] == [e.text for e in expected], [tok.encode(e.text) for e in expected]
     assert [c.finish_reason for c in r.choices] == [e.finish_reason for e in expected]
     assert r.usage.completion_tokens == sum(len(e.token_ids) for e in expected)
 

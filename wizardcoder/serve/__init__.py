@@ -18,7 +18,7 @@ from ..cli_args import add_dataclass_arguments, dataclass_from_args
 from ..errors import ConfigError, UserError
 from .config import ServeConfig
 
-__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket"]
+__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket", "resolve_device"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +48,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def resolve_device(name: str | None):
+    """--device as a torch.device (None: cuda when available), or one sentence when it cannot be used here."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {name}: there is no such CUDA device here ({torch.cuda.device_count()} "
+                          "visible); use --device cpu or another index.")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: only cpu and cuda are supported.")
+    return device
+
+
 def load_model(cfg: ServeConfig):
     """(model, tokenizer, served name). A preset name gives random weights and the bundled tokenizer; anything else
     is a checkpoint whose tokenizer is stored beside it (or given by --tokenizer)."""
@@ -58,20 +76,21 @@ def load_model(cfg: ServeConfig):
     from ..model import StarCoder
     from ..tokenizer import Tokenizer
 
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.model in PRESETS and not os.path.exists(cfg.model):
         tok = Tokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else Tokenizer.bundled()
         model = StarCoder.from_preset(cfg.model, seed=0, vocab_size=tok.vocab_size, device=device, dtype=dtype)
         name = cfg.model
     else:
+        tok = None
+        if cfg.tokenizer is None and os.path.isdir(cfg.model):  # a folder without one fails before the weights load
+            try:
+                tok = Tokenizer.from_pretrained(cfg.model)
+            except UserError:
+                raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass --tokenizer.") from None
         model = StarCoder.from_pretrained(cfg.model, dtype=dtype, device=device)
-        try:
-            tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-        except UserError:
-            if cfg.tokenizer:
-                raise
-            raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass --tokenizer.") from None
+        tok = tok or Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
         name = os.path.basename(os.path.normpath(cfg.model)) if os.path.exists(cfg.model) else cfg.model
     if tok.vocab_size != model.config.vocab_size:
         raise UserError(f"the tokenizer ({tok.name}) has {tok.vocab_size} tokens but the model's vocabulary has "
@@ -92,17 +111,15 @@ def run(args: argparse.Namespace) -> int:
         from .worker import EngineWorker
 
         template = get_template(cfg.template)
+        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if cfg.api_key_env and not api_key:
+            raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         model, tok, name = load_model(cfg)
         positions = model.config.n_positions
         if cfg.max_len is not None and cfg.max_len > positions:
             raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
         max_len = cfg.max_len or positions
         engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
-        api_key = None
-        if cfg.api_key_env:
-            api_key = os.environ.get(cfg.api_key_env)
-            if not api_key:
-                raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         default_max_tokens=cfg.default_max_new_tokens, template=template, encode=tok.encode)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,

@@ -104,7 +104,7 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
         return default
     if not _is_number(v) or v > hi or v < lo or (lo_open and v == lo):
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise ApiError(400, f"'{name}' must be a number in {interval}, got {v!r}.", param=name)
+        raise ApiError(400, f"'{name}' must be a number in {interval}, got {_short(v)}.", param=name)
     return float(v)
 
 
@@ -115,7 +115,7 @@ def _stop(body: dict) -> list[str]:
     stops = [v] if isinstance(v, str) else v
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
         raise ApiError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOP} non-empty strings, "
-                       f"got {v!r}.", param="stop")
+                       f"got {_short(v)}.", param="stop")
     return stops
 
 

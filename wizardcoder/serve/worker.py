@@ -55,10 +55,15 @@ class EngineWorker:
         self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        """Queue `job` or refuse it: 503 when the engine is gone, 429 when the queue is full."""
+        """Queue `job` or refuse it: 503 when the engine is gone, 400 when it is larger than the whole queue, 429
+        when the queue is full."""
         if self.failure or not self._thread.is_alive():
             raise ApiError(503, f"the engine is not running ({self.failure or 'stopped'}).", type="server_error",
                            code="engine_unavailable")
+        if job.n_samples > self.max_queued_samples:  # could never be queued: the request itself is too big
+            raise ApiError(400, f"this request asks for {job.n_samples} samples (prompts x n); the server holds at "
+                           f"most {self.max_queued_samples} at a time, so send fewer prompts or a smaller n.",
+                           param="n")
         if self.queued_samples + job.n_samples > self.max_queued_samples:
             raise ApiError(429, f"the server is busy ({self.queued_samples} samples queued, at most "
                            f"{self.max_queued_samples}); retry shortly.", type="rate_limit_error",

@@ -1,0 +1,100 @@
+"""The server's cost over its engine: the same seeded workload through `wizardcoder serve` (HTTP, one engine thread,
+JSON or server-sent events) and through `Engine.generate` in one process, same weights, same slots, same run.
+
+    PYTHONPATH=. python -m bench.bench_serve            # 64 requests x n=4 x 32 tokens
+    PYTHONPATH=. python -m bench.bench_serve --quick    # a smoke run
+
+Every request has its own seed, so both sides generate exactly the same tokens (the engine's samples do not depend
+on what shares the batch); the token totals are checked equal before any time is reported. The server is a
+subprocess on 127.0.0.1 and all requests are sent at once (aiohttp), so its figure includes request parsing,
+tokenizing, the hand-over between the event loop and the engine thread, and the answers. Ratio = ours (server) time
+over the peer's (engine alone): the price of serving.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from bench.common import REPO, print_table, stamp
+
+SHAPE = dict(n_positions=1024, n_embd=256, n_layer=4, n_head=8)  # CPU proxy; the vocabulary is the tokenizer's
+
+
+def _prompts(k: int) -> list[str]:
+    return [f"# task {i}: write a function that returns the {i}-th prime number\ndef prime_{i}(n):\n" for i in range(k)]
+
+
+async def _send_all(base: str, model: str, prompts, n: int, new: int, stream: bool) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        async def one(i, p):
+            body = {"model": model, "prompt": p, "n": n, "max_tokens": new, "temperature": 0.8, "top_p": 0.95,
+                    "seed": i, "stream": stream, "stream_options": {"include_usage": True} if stream else None}
+            async with s.post(f"{base}/v1/completions", json=body) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+                if not stream:
+                    return (await r.json())["usage"]["completion_tokens"]
+                import json
+
+                tokens = None
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
+                        usage = json.loads(line[6:]).get("usage")
+                        tokens = usage["completion_tokens"] if usage else tokens
+                return tokens
+
+        return sum(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+
+
+def run(quick: bool = False) -> list[dict]:
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from _serve import serve  # the tests' helper: start, wait for /health, stop
+
+    from wizardcoder import StarCoder, Tokenizer
+    from wizardcoder.engine import Engine, SamplingParams
+
+    k, n, new, slots = (8, 2, 8, 8) if quick else (64, 4, 32, 64)
+    tok = Tokenizer.bundled()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "bench-serve")
+        model = StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size, **SHAPE).eval()
+        model.save_pretrained(ckpt)
+        tok.save(ckpt)
+        prompts = _prompts(k)
+        params = [SamplingParams(n=n, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=i) for i in range(k)]
+        engine = Engine(model, tok, max_slots=slots, max_len=SHAPE["n_positions"])
+        engine.generate(prompts[:2], params[:2])  # warm-up
+        t0 = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        t_engine = time.perf_counter() - t0
+        tokens = sum(len(c.token_ids) for per_prompt in outs for c in per_prompt)
+        with serve("--model", ckpt, "--max-slots", str(slots), "--max-queued-samples", str(max(1024, k * n)),
+                   "--max-n", str(n)) as (base, _):
+            asyncio.run(_send_all(base, "bench-serve", prompts[:2], n, new, False))  # warm-up
+            for stream in (False, True):
+                t0 = time.perf_counter()
+                served = asyncio.run(_send_all(base, "bench-serve", prompts, n, new, stream))
+                t_serve = time.perf_counter() - t0
+                if served != tokens:
+                    raise RuntimeError(f"the server generated {served} tokens, the engine {tokens}: not the same work")
+                case = f"{k} req x n={n} x {new} tok" + (", stream" if stream else "")
+                rows.append({**stamp(), "bench": "serve", "case": case, "tokens": tokens,
+                             "ours_s": t_serve, "ours_tok_s": tokens / t_serve, "peer": "Engine.generate in-process",
+                             "peer_s": t_engine, "peer_tok_s": tokens / t_engine, "ours/peer": t_serve / t_engine})
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    rows = run(quick=ap.parse_args().quick)
+    print_table(rows)
