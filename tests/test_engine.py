@@ -182,3 +182,21 @@ def test_a_bad_request_fails_alone_and_abort_frees_its_slots(model):
         finished += [o for o in engine.step() if o.finished]
     assert [(o.request_id, len(o.token_ids)) for o in finished] == [(good, 5)]
     assert engine.num_waiting() == 0 and engine._free_prompt_slots  # the aborted request's prompt slot is back
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_match_eager_steps():
+    """On CUDA every decode step is a replayed graph: the same tokens as eager steps, greedy and seeded, shared and
+    own-row prompts, with slots refilled mid-way (new shapes, new captures)."""
+    cfg = StarCoderConfig(vocab_size=211, n_positions=128, n_embd=64, n_layer=2, n_head=4)  # head_dim 16: kernels
+    cpu_model = StarCoder.from_config(cfg, seed=11).eval()
+    cuda_model = StarCoder.from_config(cfg, seed=11).to("cuda").eval()
+    params = [SamplingParams(n=3, temperature=0.9, top_p=0.9, max_new_tokens=30, seed=1), SamplingParams(max_new_tokens=25),
+              SamplingParams(n=2, max_new_tokens=40), SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
+    graphs = Engine(cuda_model, max_slots=4, sync_every=4)
+    eager = Engine(cuda_model, max_slots=4, sync_every=4, compile="off")
+    assert graphs._graphs_on and not eager._graphs_on
+    a, b = graphs.generate(PROMPTS, params), eager.generate(PROMPTS, params)
+    assert tokens(a) == tokens(b) and graphs._graphs  # graphs were captured and replayed
+    cpu = Engine(cpu_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)
+    assert tokens(Engine(cuda_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)) == tokens(cpu)
