@@ -187,14 +187,21 @@ def test_offline_without_data_is_one_sentence_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WIZARDCODER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EVALPLUS_CACHE", str(tmp_path / "evalplus"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     for task in ("humaneval+", "mbpp+", "ds1000"):
         t0 = time.monotonic()
         with pytest.raises(DataError, match="HF_HUB_OFFLINE is set.*--data"):
             get_benchmark(task).load()
         assert time.monotonic() - t0 < 2.0
-    # a copy in the local cache is found first, offline or not
+    # a copy in the HF hub cache (as hf_hub_download leaves it) or in our cache is found first, offline or not
     src = os.path.join(os.path.dirname(__file__), "fixtures", "eval", "ds1000_mini.jsonl")
+    repo = tmp_path / "hub" / "datasets--xlangai--DS-1000"
+    os.makedirs(repo / "refs")
+    (repo / "refs" / "main").write_text("0123abcd")
+    os.makedirs(repo / "snapshots" / "0123abcd")
+    shutil.copy(src, repo / "snapshots" / "0123abcd" / "test.jsonl")
+    assert get_benchmark("ds1000").locate() == str(repo / "snapshots" / "0123abcd" / "test.jsonl")
+    shutil.rmtree(repo)
     os.makedirs(tmp_path / "cache")
     shutil.copy(src, tmp_path / "cache" / "test.jsonl")
     assert list(get_benchmark("ds1000").load()) == ["0", "1", "2", "3"]

