@@ -161,6 +161,19 @@ def hostile_programs(d, listeners, secret_file, other_home):
         "fork bomb": "import os\nwhile True:\n    os.fork()",
         "thread bomb": "import threading, time\nwhile True:\n"
                        "    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()",
+        # the kernel's wider interface (each asserts the call worked, so a refusal fails the program)
+        "io_uring": "import ctypes\nr = ctypes.CDLL(None).syscall(425, 8, ctypes.create_string_buffer(120))\n"
+                    "assert r >= 0",
+        "user keyring": "import ctypes\nbuf = ctypes.create_string_buffer(4096)\n"
+                        "assert ctypes.CDLL(None).syscall(250, 11, -4, buf, 4096) >= 0",  # keyctl(READ, @u)
+        "ptrace the worker": "import ctypes, os\nassert ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0",
+        "new user namespace": "import ctypes\nassert ctypes.CDLL(None).unshare(0x10000000) == 0",
+        "mount": "import ctypes\nassert ctypes.CDLL(None).mount(b'none', b'.', b'tmpfs', 0, None) == 0",
+        "System V shared memory": "import ctypes\nassert ctypes.CDLL(None).shmget(0, 4096, 0o1666) >= 0",
+        "symlink to a secret": f"import os\nos.symlink({secret_file!r}, 'link')\nprint(open('link').read())",
+        "hard link a file in": "import os\nos.link('/etc/passwd', 'passwd')",
+        "write /dev/shm": "open('/dev/shm/wizardcoder-hostile', 'w').write('x')",
+        "list /tmp (other programs' folders)": "import os\nprint(os.listdir('/tmp'))",
         # limits
         "memory bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))",
         "output bomb": "while True:\n    print('x' * 100000)",
