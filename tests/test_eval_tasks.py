@@ -85,7 +85,7 @@ def _plus_subset(src, dst, keep):
     return str(dst)
 
 
-def test_humanevalplus_mini_canonical(shared_data, tmp_path, pool):
+def test_humanevalplus_mini_canonical(shared_data, tmp_path, pool, capsys):
     """HumanEval+ (the Mini release: same base tests, a reduced plus set) - every canonical solution passes both."""
     data = os.path.join(shared_data, "humanevalplus", "HumanEvalPlus-Mini.jsonl.gz")
     probs = get_benchmark("humaneval+").load(data)
@@ -94,8 +94,11 @@ def test_humanevalplus_mini_canonical(shared_data, tmp_path, pool):
     ids = list(probs)
     wrong = [{"task_id": t, "completion": probs[ids[(i + 1) % len(ids)]].raw["canonical_solution"]}
              for i, t in enumerate(ids)] + [{"task_id": t, "completion": ""} for t in ids]
-    s = score("humaneval+", data, wrong, tmp_path, pool, "wrong")
+    capsys.readouterr()
+    s = evaluate("humaneval+", write_samples(tmp_path / "wrong.jsonl", wrong), str(tmp_path / "wrong"), data=data,
+                 progress=False, pool=pool, timeout=5.0)
     assert s["verdicts"]["passed"] == 0 and s["base"]["pass@1"] == 0.0
+    assert "warning: --timeout does not apply to humaneval+" in capsys.readouterr().err
 
 
 MBPP_PLUS_QUICK = {f"Mbpp/{n}" for n in (2, 3, 4, 6, 7, 8, 9, 11, 12, 14, 16, 17, 18, 19, 20, 56, 57, 58, 59, 61, 62,

@@ -160,6 +160,9 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     `timeout`: CPU seconds per program (None: the benchmark's own limits)."""
     check_timeout(timeout)
     bench = get_benchmark(task)
+    if timeout is not None and bench.timeout is None:
+        print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
+              file=sys.stderr)
     path = bench.locate(data)
     problems = bench.read(path)
     rows_in = read_samples(samples, bench, problems)  # before anything is written: bad input leaves no trace
