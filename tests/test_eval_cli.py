@@ -175,6 +175,9 @@ def test_cli_needs_task_out_and_one_source(he_subset, tmp_path, capsys):
     assert "--out is required" in capsys.readouterr().err
     assert main(["evaluate", "--task", "humaneval", "--samples", s, "--model", "x", "--out", str(tmp_path / "o")]) == 2
     assert "exactly one of --samples" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "humaneval", "--samples", s, "--out", str(tmp_path / "o"), "--n", "20"]) == 2
+    assert "--n only applies with --model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_help_says_timeout_is_cpu_seconds(capsys):

@@ -178,7 +178,8 @@ def test_mbpp_ships_with_the_package(shared_data):
         assert f.read() == g.read()
     problems = bench.load()
     assert len(problems) == 500
-    assert bench.statement(problems["11"]) == "Write a python function to remove first and last occurrence of a given character from the string."
+    assert bench.statement(problems["11"]) == ("Write a python function to remove first and last occurrence of a "
+                                               "given character from the string.")
     every = get_benchmark("mbpp", all_splits=True).load()
     assert len(every) == 974 and list(every)[:2] == ["1", "2"]
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Literal
 
-from ..cli_args import add_dataclass_arguments, dataclass_from_args
+from ..cli_args import add_dataclass_arguments, dataclass_from_args, flag_name
 from ..errors import ConfigError
 from .benchmarks import TASKS, get_benchmark
 from .jobs import IsolationReport
@@ -32,12 +32,14 @@ class EvaluateConfig:
     task: Literal[TASKS] | None = None  # benchmark to score on (required)
     samples: str | None = None  # JSONL to score: task_id and one of completion / solution / response per line
     model: str | None = None  # checkpoint folder, preset or hub id: generate samples first, then score them
-    data: str | None = None  # the benchmark's dataset file in its upstream format; none: from a package, a local cache or the hub
+    data: str | None = None  # the benchmark's dataset file (upstream format); none: a package, a local cache, the hub
     out: str | None = None  # output folder: results.jsonl, summary.json (and samples.jsonl with --model) (required)
     k: list[int] = dataclasses.field(default_factory=lambda: [1, 10, 100])  # pass@k to report (those <= n)
     postprocess: Literal[POSTPROCESS] = "wizardcoder"  # how `response` samples become code
     workers: int | None = None  # sandbox workers; none: one per CPU core
-    timeout: float | None = None  # CPU seconds per program (not wall-clock), > 0; none: 3 HumanEval, 10 MBPP, 60 DS-1000 (the + tasks use evalplus's per-input limits)
+    timeout: float | None = dataclasses.field(default=None, metadata={"help": (
+        "CPU seconds per program (not wall-clock), > 0; none: 3 HumanEval, 10 MBPP, 60 DS-1000 (the + tasks use "
+        "evalplus's per-input limits)")})
     memory_mb: int = 4096  # address-space cap per program (MiB)
     allow_fork: bool = False  # let programs fork (bounded by RLIMIT_NPROC only)
     progress: bool = True  # progress bar on stderr (--no-progress: none)
@@ -108,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
     from .scoring import evaluate, make_out_dir
 
     cfg = dataclass_from_args(EvaluateConfig, args)
+    if cfg.samples is not None:
+        from ..generate import GenerateConfig
+
+        stray = [f.name for f in dataclasses.fields(GenerateConfig)
+                 if f.name not in GENERATE_OWN and hasattr(args, f.name)]
+        if stray:
+            raise ConfigError(f"{flag_name(stray[0])} only applies with --model (generation); drop it when scoring "
+                              "--samples.")
     bench = get_benchmark(cfg.task)
     path = bench.locate(cfg.data)
     samples = cfg.samples
