@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from _util import REPO
 
 from wizardcoder.cli import main
 from wizardcoder.eval.benchmarks import get_benchmark
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture()

@@ -278,7 +278,9 @@ def test_wrong_dataset_file_is_a_clear_error(shared_data):
 def test_no_dispatch_on_task_names_outside_the_benchmarks():
     """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
     task names. And the Alpaca prompt is not copied anywhere in wizardcoder/eval (it lives in data/templates.py)."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wizardcoder", "eval")
+    from _util import REPO
+
+    root = os.path.join(REPO, "wizardcoder", "eval")
     names = r"""["'](humaneval|mbpp|ds1000)\+?["']"""
     pattern = re.compile(rf"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}""")
     hits = []
