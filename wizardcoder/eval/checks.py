@@ -57,7 +57,8 @@ def run_script(job: dict) -> dict:
         code = compile(source, PROGRAM_FILENAME, "exec")
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: null bytes
         line = getattr(e, "lineno", None)
-        return {"status": "syntax_error", "error": f"{type(e).__name__}: {getattr(e, 'msg', e)}" + (f" (line {line})" if line else "")}
+        where = f" (line {line})" if line else ""
+        return {"status": "syntax_error", "error": f"{type(e).__name__}: {getattr(e, 'msg', e)}{where}"}
     except MemoryError:
         return {"status": "memory", "error": "MemoryError while compiling"}
     except RecursionError:
