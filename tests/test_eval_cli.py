@@ -94,6 +94,10 @@ def test_cli_user_errors(he_subset, tmp_path, capsys):
     assert main(["evaluate", "--task", "humaneval", "--samples", unknown, "--data", data, "--out",
                  str(tmp_path / "o"), "--no-progress"]) == 2
     assert "HumanEval/999" in capsys.readouterr().err
+    not_text = write(tmp_path / "not_text.jsonl", [{"task_id": "HumanEval/0", "completion": "", "solution": None}])
+    assert main(["evaluate", "--task", "humaneval", "--samples", not_text, "--data", data, "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "sample 1 (HumanEval/0) needs a string" in capsys.readouterr().err
     assert main(["evaluate", "--task", "humaneval", "--samples", str(tmp_path / "nope.jsonl"), "--data", data,
                  "--out", str(tmp_path / "o")]) == 2
     broken = tmp_path / "broken.jsonl"

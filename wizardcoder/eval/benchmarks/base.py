@@ -22,7 +22,7 @@ from ..jobs import Job, Result
 from .sources import Source, locate
 
 PROMPT_STYLES = ("wizardcoder", "plain")  # instruction prompt (answers post-processed) / code completion
-SAMPLE_FIELDS = ("completion", "solution", "response")
+SAMPLE_FIELDS = ("solution", "completion", "response")  # a sample's code: the first of these it has
 # Codex / bigcode-evaluation-harness stops for plain function completion
 PLAIN_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 INSTRUCTION = "Create a Python script for this problem:\n"  # WizardCoder's humaneval_gen.py / mbpp_gen.py
@@ -156,9 +156,10 @@ class Benchmark:
     def solution(self, problem: Problem, sample: dict, style: str = "wizardcoder") -> str:
         """The program a sample stands for, before the tests are added: `solution` as is, `completion` after the
         code prompt, `response` post-processed and then used as a completion."""
-        if "solution" in sample:
+        field = next(f for f in SAMPLE_FIELDS if f in sample)
+        if field == "solution":
             return sample["solution"]
-        body = sample["completion"] if "completion" in sample else self.postprocess(sample["response"], problem, style)
+        body = sample["completion"] if field == "completion" else self.postprocess(sample["response"], problem, style)
         return problem.prompt + body if self.continues_prompt else body
 
     # ------------------------------------------------------------------------------------------- jobs
