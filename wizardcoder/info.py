@@ -22,8 +22,9 @@ def describe(cfg: StarCoderConfig, seq_len: int) -> dict:
         "activation": cfg.activation_function, "params": n, "params_bf16_GB": round(2 * n / 1e9, 3),
         "train_flops_per_token": cfg.flops_per_token(seq_len),
         "kv_cache_bytes_per_token_bf16": 2 * 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim,
-        # bf16 weights + fp32 master copy + two fp32 Adam moments + bf16 grads, before sharding
-        "train_state_GB_unsharded": round(n * (2 + 4 + 8 + 2) / 1e9, 2),
+        # the trainer's static state before sharding: fp32 master weights, fp32 grads, two fp32 AdamW moments
+        # (per-GPU figures with activations and levers: `wizardcoder plan`)
+        "train_state_GB_unsharded": round(n * (4 + 4 + 8) / 1e9, 2),
     }
 
 

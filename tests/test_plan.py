@@ -1,0 +1,65 @@
+"""`wizardcoder plan`: per-GPU bytes from the meta device. The static part (parameters, gradients, optimizer state)
+equals what a real run holds after its first step (one process here, 2 ranks in test_train_distributed.py); the
+levers move the figures the way they should; bad input is one sentence."""
+import json
+import subprocess
+import sys
+
+import pytest
+from _util import repo_env
+from train_util import metrics, pack, small_checkpoint, small_tokenizer, train_here
+
+from wizardcoder.plan import PlanConfig, plan_memory, resolve_config
+
+
+def _plan(*args):
+    r = subprocess.run([sys.executable, "-m", "wizardcoder", "plan", *args], env=repo_env(), capture_output=True,
+                       text=True, timeout=120)
+    return r
+
+
+def test_wizardcoder_15b_on_8x80gb_json():
+    r = _plan("--recipe", "wizardcoder-15b", "--world-size", "8", "--gpu-memory-gb", "80", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    g = out["per_gpu"]
+    assert set(g) == {"params", "grads", "optimizer", "activations", "transient", "total"}
+    assert g["total"] == sum(v for k, v in g.items() if k != "total") and out["fits"] is True
+    n = resolve_config("bigcode/starcoder").num_params()
+    assert g["params"] == pytest.approx(4 * n / 8, rel=0.01) and g["optimizer"] == pytest.approx(2 * g["params"], rel=0.01)
+
+
+def test_levers_move_the_right_terms():
+    cfg = resolve_config("starcoder-15b")
+    base = PlanConfig(model="starcoder-15b", world_size=8, micro_batch_packs=2)
+    p = plan_memory(cfg, base)["per_gpu"]
+    full = plan_memory(cfg, PlanConfig(**{**vars(base), "activation_checkpointing": "full"}))["per_gpu"]
+    sel = plan_memory(cfg, PlanConfig(**{**vars(base), "activation_checkpointing": "selective"}))["per_gpu"]
+    assert full["activations"] < sel["activations"] < p["activations"] and full["params"] == p["params"]
+    eight = plan_memory(cfg, PlanConfig(**{**vars(base), "optimizer": "adamw8bit"}))["per_gpu"]
+    assert 0.25 < eight["optimizer"] / p["optimizer"] < 0.27
+    off = plan_memory(cfg, PlanConfig(**{**vars(base), "offload": True}))
+    assert off["per_gpu"]["params"] == 0 and off["host_per_rank"] == p["params"] + p["grads"] + p["optimizer"]
+
+
+def test_does_not_fit_names_a_lever_and_bad_input_is_one_sentence():
+    r = _plan("--model", "starcoder-15b", "--world-size", "1", "--gpu-memory-gb", "80")
+    assert r.returncode == 0 and "fits: no; pull --activation-checkpointing" in r.stdout
+    r = _plan("--model", "./no-such-checkpoint", "--world-size", "1")
+    assert r.returncode == 2 and r.stderr.startswith("error: --model './no-such-checkpoint': not a preset")
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    r = _plan("--recipe", "nope")
+    assert r.returncode == 2 and "--recipe 'nope' is unknown" in r.stderr
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_static_part_equals_a_run_in_one_process(tmp_path_factory, tmp_path, optimizer):
+    root = tmp_path_factory.mktemp("plan")
+    tok = small_tokenizer(str(root / "tok"))
+    ckpt = small_checkpoint(str(root / "ckpt"), tok, n_embd=128)
+    run = str(tmp_path / "run")
+    train_here(model=ckpt, data=pack(str(root / "shards"), tok), out=run, max_steps=1, optimizer=optimizer,
+               save_final=False)
+    held = metrics(run, "memory")[0]
+    plan = plan_memory(resolve_config(ckpt), PlanConfig(model=ckpt, world_size=1, optimizer=optimizer))["per_gpu"]
+    assert {k: held[k] for k in ("params", "grads", "optimizer")} == {k: plan[k] for k in ("params", "grads", "optimizer")}
