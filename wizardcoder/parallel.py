@@ -37,7 +37,9 @@ def init_distributed(device: str | None = None, world_of_one: bool = False) -> D
     Without torchrun: a single process, and with `world_of_one` a process group of one (an in-memory store, no
     network) so that FSDP2 and torch.distributed.checkpoint run exactly as under torchrun."""
     cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    backend = "nccl" if cuda else "gloo"
+    # gloo beside NCCL on GPUs: with --offload the sharded gradients (and so clipping's norm and the fp16 overflow
+    # check) are CPU tensors, which NCCL cannot reduce.
+    backend = "cuda:nccl,cpu:gloo" if cuda else "gloo"
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         if world_of_one and not dist.is_initialized():
             if cuda:
