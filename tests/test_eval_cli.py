@@ -201,7 +201,7 @@ def test_cli_runs_as_a_program(he_subset, tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"task": "humaneval", "n_samples": 5, "pass@1": 1.0}
 
 
-def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder_tokenizer_dir):
+def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder_tokenizer_dir, capsys):
     pytest.importorskip("torch")
     sampling = pytest.importorskip("wizardcoder.sampling")
     assert hasattr(sampling, "generate")
@@ -215,12 +215,23 @@ def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder
         if f != "config.json":
             shutil.copy(os.path.join(wizardcoder_tokenizer_dir, f), ckpt / f)
     out = tmp_path / "gen"
-    rc = main(["evaluate", "--task", "humaneval", "--model", str(ckpt), "--data", data, "--out", str(out),
-               "--n", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "8", "--device", "cpu",
-               "--dtype", "float32", "--limit", "3", "--no-progress", "--k", "1", "2"])
+    argv = ["evaluate", "--task", "humaneval", "--model", str(ckpt), "--data", data, "--out", str(out),
+            "--n", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "8", "--device", "cpu",
+            "--dtype", "float32", "--limit", "3", "--no-progress", "--k", "1", "2"]
+    rc = main(argv)
     assert rc == 0
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
     assert len(samples) == 6 and all("response" in s for s in samples)
     summary = json.load(open(out / "summary.json"))
     assert summary["n_samples"] == 6 and summary["missing_tasks"] == 2
     assert summary["pass@1"] == 0.0  # random weights
+
+    # run again: the finished samples are reused (same settings), not generated again
+    capsys.readouterr()
+    first = (out / "samples.jsonl").read_bytes()
+    assert main(argv) == 0
+    assert "reusing" in capsys.readouterr().err and (out / "samples.jsonl").read_bytes() == first
+    # another seed: generated again
+    assert main([*argv, "--seed", "7"]) == 0
+    assert "reusing" not in capsys.readouterr().err
+    assert json.load(open(out / "generation.json"))["seed"] == 7

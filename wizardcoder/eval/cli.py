@@ -105,6 +105,32 @@ def format_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# GenerateConfig fields the samples do not depend on (a rerun that changes only these reuses them)
+NOT_IN_SAMPLES = ("device", "batch_slots", "progress", "out")
+
+
+def generate_once(args: argparse.Namespace, cfg: EvaluateConfig, task: str, data: str) -> str:
+    """OUT/samples.jsonl from the checkpoint; a rerun with the same generation settings (a killed or repeated
+    evaluation) reuses the finished file, and one killed mid-generation resumes from generate's journal."""
+    from ..generate import GenerateConfig, generate_samples
+    from ..io import atomic_write_json
+
+    gen = dataclass_from_args(GenerateConfig, args, model=cfg.model, task=task, data=data, prompts=None,
+                              out=os.path.join(cfg.out, "samples.jsonl"), progress=cfg.progress)
+    settings = {k: v for k, v in dataclasses.asdict(gen).items() if k not in NOT_IN_SAMPLES}
+    marker = os.path.join(cfg.out, "generation.json")
+    if os.path.exists(gen.out) and os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            if json.load(f) == settings:
+                print(f"reusing {gen.out} (generated with the same settings)", file=sys.stderr)
+                return gen.out
+    if os.path.exists(marker):
+        os.unlink(marker)  # the samples about to be written are not the ones it describes
+    samples = generate_samples(gen)
+    atomic_write_json(marker, settings)
+    return samples
+
+
 def run(args: argparse.Namespace) -> int:
     from .sandbox import SandboxConfig
     from .scoring import evaluate, make_out_dir
@@ -121,13 +147,9 @@ def run(args: argparse.Namespace) -> int:
     bench = get_benchmark(cfg.task)
     path = bench.locate(cfg.data)
     samples = cfg.samples
-    if cfg.model:  # generate OUT/samples.jsonl first (resumable: generate keeps a journal beside it)
-        from ..generate import GenerateConfig, generate_samples
-
+    if cfg.model:
         make_out_dir(cfg.out)
-        gen = dataclass_from_args(GenerateConfig, args, model=cfg.model, task=bench.name, data=path, prompts=None,
-                                  out=os.path.join(cfg.out, "samples.jsonl"), progress=cfg.progress)
-        samples = generate_samples(gen)
+        samples = generate_once(args, cfg, bench.name, path)
     config = SandboxConfig(memory=cfg.memory_mb << 20, allow_fork=cfg.allow_fork)
     summary = evaluate(bench, samples, cfg.out, data=path, postprocess=cfg.postprocess, ks=cfg.k,
                        workers=cfg.workers, timeout=cfg.timeout, config=config, progress=cfg.progress)
