@@ -1,6 +1,6 @@
-"""Helpers for tests that talk to a real `wizardcoder serve` subprocess on 127.0.0.1 (test_serve*.py, test_evol_server.py)."""
+"""Helpers for tests that talk to a real `wizardcoder serve` subprocess on 127.0.0.1 (test_serve*.py,
+test_evol_server.py, bench/bench_serve.py)."""
 import json
-import os
 import subprocess
 import time
 import urllib.error

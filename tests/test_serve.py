@@ -1,5 +1,5 @@
-"""`wizardcoder serve` as a real subprocess on 127.0.0.1: every bad request answered 400/404 alone while good ones in the
-same burst succeed, a burst of hundreds answered or refused with 429 under bounded memory, authentication, clients
+"""`wizardcoder serve` as a real subprocess on 127.0.0.1: every bad request answered 400/404 alone while good ones in
+the same burst succeed, a burst of hundreds answered or refused with 429 under bounded memory, authentication, clients
 that go away, start-up errors in one sentence; and the pieces (chat rendering, streamed text hold-back) directly."""
 import asyncio
 import json
@@ -186,7 +186,7 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
     (["--max-len", "1"], "--max-len must be at least 2"),
     (["--device", "banana"], "--device 'banana' is not a device"),
     (["--template", "nope"], "unknown template 'nope'"),
-    (["--api-key-env", "WC_SURELY_UNSET_VAR"], "--api-key-env WC_SURELY_UNSET_VAR: that environment variable is not set"),
+    (["--api-key-env", "WC_UNSET_VAR"], "--api-key-env WC_UNSET_VAR: that environment variable is not set"),
 ])
 def test_bad_flags_are_one_sentence(flags, message, capsys):
     from wizardcoder.cli import main
@@ -196,6 +196,45 @@ def test_bad_flags_are_one_sentence(flags, message, capsys):
 
 
 # ------------------------------------------------------------------------------------------- the pieces
+def test_the_engine_thread_fails_a_request_the_engine_refuses_alone():
+    """A job the engine's own check refuses (a prompt over its max_len, sent past the HTTP checks) is answered 400
+    while the job queued before it completes, and both give their place in the queue back."""
+    from wizardcoder import StarCoder, Tokenizer
+    from wizardcoder.engine import Engine, SamplingParams
+    from wizardcoder.serve.protocol import ACCEPTED, ApiError, Job
+    from wizardcoder.serve.worker import EngineWorker
+
+    tok = Tokenizer.bundled()
+    model = StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size).eval()
+    worker = EngineWorker(Engine(model, tok, max_slots=4, max_len=32), max_queued_samples=8)
+
+    async def go():
+        good = Job("completion", [tok.encode("def f():")], SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
+        bad = Job("completion", [tok.encode("x = 1"), [5] * 40], SamplingParams(max_new_tokens=4))  # 40 + 4 > 32
+        worker.submit(good)
+        worker.submit(bad)
+        assert worker.queued_samples == 4
+        refused = await asyncio.wait_for(bad.events.get(), 60)
+        assert isinstance(refused, ApiError) and refused.status == 400 and "32 tokens" in refused.message
+        assert await asyncio.wait_for(good.events.get(), 60) is ACCEPTED
+        outs = []
+        while len(outs) < 2:
+            outs += await asyncio.wait_for(good.events.get(), 60)
+        assert sorted(o.index for _, o in outs) == [0, 1]
+        assert all(o.finished and (o.finish_reason == "length") == (len(o.token_ids) == 4) for _, o in outs)
+        good.finished = True
+        worker.release(good)
+        worker.release(bad)
+        assert worker.queued_samples == 0
+
+    worker.start()
+    try:
+        asyncio.run(go())
+    finally:
+        worker.stop()
+    assert not worker.engine.has_unfinished()
+
+
 def test_chat_rendering_uses_the_alpaca_template():
     from wizardcoder.data.templates import ALPACA
     from wizardcoder.serve.protocol import ApiError, render_chat
@@ -218,7 +257,8 @@ def test_streamed_text_never_sends_what_a_stop_string_will_cut():
     from wizardcoder.serve.protocol import DeltaText
 
     final = "def f():\n    return 1"  # the engine cut it before "\nEND"
-    growing = ["def", "def f():\n", "def f():\n    return 1\n", "def f():\n    return 1\nEN", "def f():\n    return 1\nEND\n"]
+    growing = ["def", "def f():\n", "def f():\n    return 1\n", "def f():\n    return 1\nEN",
+               "def f():\n    return 1\nEND\n"]
     d = DeltaText(["\nEND"])
     sent = [d.advance(t, False) for t in growing] + [d.advance(final, True)]
     assert "".join(sent) == final and sent[0] == ""  # 3 characters held back: "\nEN" may be coming

@@ -30,7 +30,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ConfigError(f"--host {host!r} cannot be resolved ({e.strerror}); give an IP address or a host name.") from None
+        raise ConfigError(f"--host {host!r} cannot be resolved ({e.strerror}); give an IP address or a host "
+                          "name.") from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,7 +89,8 @@ def load_model(cfg: ServeConfig):
             try:
                 tok = Tokenizer.from_pretrained(cfg.model)
             except UserError:
-                raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass --tokenizer.") from None
+                raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass "
+                                "--tokenizer.") from None
         model = StarCoder.from_pretrained(cfg.model, dtype=dtype, device=device)
         tok = tok or Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
         name = os.path.basename(os.path.normpath(cfg.model)) if os.path.exists(cfg.model) else cfg.model

@@ -11,9 +11,9 @@ from ..errors import ConfigError
 
 @dataclass
 class ServeConfig:
-    model: str = ""  # checkpoint folder, hub id, or preset name (a preset gets random weights and the bundled tokenizer)
+    model: str = ""  # checkpoint folder, hub id, or preset name (random weights, the bundled tokenizer)
     tokenizer: str | None = None  # tokenizer folder, file or hub id; none: the one stored with --model
-    served_model_name: str | None = None  # the model id clients send and /v1/models lists; none: the checkpoint folder's name
+    served_model_name: str | None = None  # the model id clients send; none: the checkpoint folder's name
     host: str = "127.0.0.1"  # address to listen on
     port: int = 8000  # TCP port to listen on
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
@@ -44,5 +44,6 @@ class ServeConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {value}.")
         if self.max_n > self.max_queued_samples:
-            raise ConfigError(f"--max-n ({self.max_n}) is larger than --max-queued-samples ({self.max_queued_samples}); "
-                              "such a request could never be queued, so lower --max-n or raise the queue.")
+            raise ConfigError(f"--max-n ({self.max_n}) is larger than --max-queued-samples "
+                              f"({self.max_queued_samples}); such a request could never be queued, so lower --max-n "
+                              "or raise the queue.")

@@ -250,7 +250,8 @@ def parse_request(body: Any, kind: str, limits: Limits, sampling_params_cls) -> 
         raise ApiError(400, f"'stream' must be true or false, got {_short(stream)}.", param="stream")
     opts = body.get("stream_options")
     if opts is not None and not (isinstance(opts, dict) and isinstance(opts.get("include_usage", False), bool)):
-        raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}.", param="stream_options")
+        raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}.",
+                       param="stream_options")
     longest = max(len(p) for p in prompts)
     room = limits.max_len - longest
     max_tokens = _int(body, tokens_field, None, 1)
