@@ -232,8 +232,8 @@ def generate_samples(cfg: GenerateConfig) -> str:
                               for text, reason, n_tok in zip(records[j.task_id]["texts"],
                                                              records[j.task_id]["finish_reasons"],
                                                              records[j.task_id]["tokens"])))
-        shutil.rmtree(journal, ignore_errors=True)
     barrier(d)
+    shutil.rmtree(journal, ignore_errors=True)  # every rank: nodes without a shared file system each hold one
     if d.enabled and dist.is_initialized() and "RANK" in os.environ:
         dist.destroy_process_group()
     return cfg.out
