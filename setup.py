@@ -30,7 +30,7 @@ setup(
     packages=find_packages(include=["wizardcoder", "wizardcoder.*"], exclude=["wizardcoder.kernels*"])
     + (["wizardcoder.kernels"] if os.path.isdir(os.path.join(HERE, "kernels")) else []),
     package_dir={"wizardcoder.kernels": "kernels"} if os.path.isdir(os.path.join(HERE, "kernels")) else {},
-    package_data={"wizardcoder": ["assets/*", "assets/**/*"]},
+    package_data={"wizardcoder": ["assets/*", "assets/**/*", "eval/data/*"]},
     ext_modules=native_extensions(),
     install_requires=[
         "torch>=2.4",
