@@ -182,9 +182,21 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         grad_h, grad_w = ctx.grads
         ctx.grads = None
         # In place, without a host sync to test for 1.0: saves a copy of grad_h and grad_weight.
-        grad_h.mul_(grad_loss.to(grad_h.dtype))
-        grad_w.mul_(grad_loss.to(grad_w.dtype))
+        g = grad_loss.to(torch.float32)
+        _scale_(grad_h, g)
+        _scale_(grad_w, g)
         return grad_h, grad_w, None, None, None, None, None
+
+
+def _scale_(t: torch.Tensor, g: torch.Tensor) -> None:
+    """t *= g in place with the product in fp32: g itself may not fit t's dtype (GradScaler's first loss scale, 2**16,
+    is inf in fp16, while the scaled gradients are fine). Half tensors go in slices of about 4M elements, so the fp32
+    temporary stays small."""
+    if t.dtype == torch.float32:
+        t.mul_(g)
+        return
+    for part in t.split(max(1, (1 << 22) // max(1, t.shape[-1]))):
+        part.copy_(part.float() * g)
 
 
 def fused_linear_cross_entropy(h, weight, targets, ignore_index: int = -100, reduction: str = "mean",

@@ -125,3 +125,17 @@ def test_backward_hands_its_buffers_over_once():
     assert torch.allclose(g1, g_ref, atol=1e-6)
     with pytest.raises(RuntimeError, match="once per forward"):
         torch.autograd.grad(loss, h)
+
+
+def test_loss_scale_beyond_half_range():
+    """GradScaler multiplies the loss by 2**16, which is inf in fp16: the scaled gradients (finite) must match torch's."""
+    h, w, t = _data(24, 32, 150, seed=6)
+    scale = 65536.0
+    hl, wl = h.half().requires_grad_(), w.half().requires_grad_()
+    loss = fused_linear_cross_entropy(hl, wl, t, chunk_size=8)
+    got = torch.autograd.grad(loss * scale, (hl, wl))
+    hr, wr = h.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.autograd.grad(linear_cross_entropy_reference(hr, wr, t) * scale, (hr, wr))
+    for a, r in zip(got, want):
+        assert torch.isfinite(a).all()
+        assert (a.double() - r).abs().max().item() <= 2e-3 * r.abs().max().item()
