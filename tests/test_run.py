@@ -308,3 +308,15 @@ temperature = 0.0
     assert [len(list(read_jsonl(str(run / "rounds" / f"r{r}" / "evolved.jsonl")))) for r in (1, 2, 3)] == [1, 4, 12]
     report = open(run / "report.md").read()
     assert "Best round: **2**" in report and os.path.exists(run / "rounds.png")
+
+
+@pytest.mark.slow
+def test_train_under_torchrun(tmp_path):
+    """`[run] launcher = "torchrun"`: train runs as torchrun ... -m wizardcoder train --config (2 CPU ranks, gloo)."""
+    cfg = write_config(tmp_path / "t.toml", tmp_path / "run", until="train", train_steps=2)
+    text = open(cfg).read().replace("report = false", 'report = false\nlauncher = "torchrun"\nnproc_per_node = 2')
+    open(cfg, "w").write(text)
+    proc = wc("run", cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torch.distributed.run --nproc_per_node=2 -m wizardcoder train --config" in proc.stdout
+    assert "2 rank(s)" in proc.stdout and os.path.exists(tmp_path / "run" / "train" / "final" / "model.safetensors")

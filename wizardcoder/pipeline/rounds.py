@@ -69,22 +69,24 @@ def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
         if r > 1:
             ev.owned = snapshot  # a changed round r must not remove the folder rounds < r live in
         products["evolve"] = snapshot
-        pk = run.resolve("pack", products, ev.hash, name=f"pack@r{r}", out=os.path.join(rdir, "pack"),
+        # per-round stages write under rdir even when the config names an `out` (that is the test pipeline's)
+        pk = run.resolve("pack", products, ev.hash, name=f"pack@r{r}", extra={"out": os.path.join(rdir, "pack")},
                          wire_from={"data": snapshot})
         products["pack"] = pk.product
-        tr = run.resolve("train", products, pk.hash, name=f"train@r{r}", out=os.path.join(rdir, "train"),
+        tr = run.resolve("train", products, pk.hash, name=f"train@r{r}", extra={"out": os.path.join(rdir, "train")},
                          wire_from={"data": pk.product})
         products["train"] = tr.product
-        scoring = {"task": dev["task"], "data": dev["data"], "k": [1]}
+        scoring = {"task": dev["task"], "data": dev["data"], "k": [1], "out": os.path.join(rdir, "dev_eval")}
         if verb_available("generate"):
             ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
-                             out=os.path.join(rdir, "dev", "samples.jsonl"), extra=dev, wire_from={"model": tr.product})
+                             extra={**dev, "out": os.path.join(rdir, "dev", "samples.jsonl")},
+                             wire_from={"model": tr.product})
             products["generate"] = ge.product
-            ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", out=os.path.join(rdir, "dev_eval"),
-                             extra=scoring, wire_from={"samples": ge.product})
+            ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", extra=scoring,
+                             wire_from={"samples": ge.product})
             stages = (ev, pk, tr, ge, ex)
         else:  # evaluate generates itself
-            ex = run.resolve("evaluate", products, tr.hash, name=f"evaluate@r{r}", out=os.path.join(rdir, "dev_eval"),
+            ex = run.resolve("evaluate", products, tr.hash, name=f"evaluate@r{r}",
                              extra={**run.generation_in_evaluate(products, dev), **scoring})
             stages = (ev, pk, tr, ex)
         for stage in stages:

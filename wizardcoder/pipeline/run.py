@@ -205,8 +205,11 @@ class Run:
         hashed = {k: v for k, v in section.items() if k not in _NOT_HASHED}
         if verb == "evolve" and "serve" in self.config:
             hashed["serve"] = {k: v for k, v in self.config["serve"].items() if k not in ("host", "port")}
+        owned = section["out"]
+        if verb == "generate" and ("out" not in self.config.get(verb, {}) or "out" in (extra or {})):
+            owned = os.path.dirname(owned)  # our own folder: the samples file and generate's resume journal beside it
         return Stage(name or verb, verb, section, _hash([verb, hashed, prev_hash]), product_of(verb, section), inputs,
-                     owned=section["out"])
+                     owned=owned)
 
     # -- markers
     def _marker_path(self, name: str) -> str:
