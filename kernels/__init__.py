@@ -5,10 +5,13 @@
 - `gelu`: fused bias + GELU (tanh or exact) forward/backward.
 - `cross_entropy`: fused LM-head projection + cross-entropy that never holds the [tokens, vocab] logits.
 
-Each module holds `@triton.jit` kernels, a launcher, a `torch.autograd.Function`, a public function and a plain-torch
-reference. The launchers are registered as `torch.library` custom ops (namespace `wizardcoder`) with fake
-implementations, so `torch.compile` traces through them. Submodules are imported on use, not here, so importing the
-package stays cheap. See docs/kernels.md.
+Each module holds `@triton.jit` kernels, a launcher, a `torch.autograd.Function`, a public function and the one
+plain-torch reference of that kernel (`<name>_reference`), which wizardcoder/ops.py's torch backend, the tests and the
+benches all use. The launchers are registered as `torch.library` custom ops (namespace `wizardcoder`) with fake
+implementations, so `torch.compile` traces through them, and run with autocast off: ops.py picks each kernel's
+dtypes from torch's autocast policy before the call. The modules import without Triton (`_triton.py` stands in), so
+the references work everywhere. Submodules are imported on use, not here, so importing the package stays cheap. See
+docs/kernels.md.
 """
 from __future__ import annotations
 
