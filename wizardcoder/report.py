@@ -85,12 +85,13 @@ def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
     fig.savefig(os.path.join(folder, "loss.png"), dpi=100)
     plt.close(fig)
 
-    has_mfu = any("mfu" in r for _, rows in runs for r in rows)
+    has_mfu = any(r.get("mfu") is not None for _, rows in runs for r in rows)  # None on CPUs (no known peak)
     fig, axes = plt.subplots(2 if has_mfu else 1, 1, figsize=(7, 5 if has_mfu else 3), squeeze=False)
     for name, rows in runs:
         axes[0][0].plot([r["step"] for r in rows], [r.get("tok_per_s", 0) for r in rows], label=name)
         if has_mfu:
-            axes[1][0].plot([r["step"] for r in rows if "mfu" in r], [r["mfu"] for r in rows if "mfu" in r], label=name)
+            measured = [r for r in rows if r.get("mfu") is not None]
+            axes[1][0].plot([r["step"] for r in measured], [r["mfu"] for r in measured], label=name)
     axes[0][0].set(ylabel="tokens/s", title="throughput" + ("" if has_mfu else " (no MFU: not measured on CPU)"))
     if has_mfu:
         axes[1][0].set(ylabel="MFU", xlabel="step")
@@ -107,7 +108,8 @@ def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
         text += (f"**{name}**: {len(rows)} logged steps, loss {first:.4f} at step {rows[0]['step']} -> {last:.4f} at "
                  f"step {rows[-1]['step']} ({'falls' if last < first else 'does not fall'}).\n\n")
         text += _table(["step", "loss", "lr", "tokens/s", "MFU"],
-                       [[r["step"], r["loss"], r.get("lr", ""), r.get("tok_per_s", ""), r.get("mfu", "n/a")]
+                       [[r["step"], r["loss"], r.get("lr", ""), r.get("tok_per_s", ""),
+                         "n/a" if r.get("mfu") is None else r["mfu"]]
                         for r in _thin(rows)]) + "\n"
     return text
 

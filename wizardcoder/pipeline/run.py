@@ -111,11 +111,12 @@ def _expand(value: Any, names: dict[str, str], where: str) -> Any:
 
     def sub(m: re.Match) -> str:
         if m.group(1) not in names:
-            raise ConfigError(f"{where}: {{{m.group(1)}}} names nothing known here; use {{run.out}}, {{assets}} or "
-                              f"a stage before this one ({', '.join(sorted(set(names) - {'run.out', 'assets'}))}).")
+            raise ConfigError(f"{where}: {{{m.group(1)}}} is a stage that does not run before this one; name an "
+                              f"earlier stage ({', '.join(sorted(set(names) - {'run.out', 'assets'})) or 'none'}).")
         return names[m.group(1)]
 
-    return re.sub(r"\{([a-z_.]+)\}", sub, value)
+    # only these names: other braces (evolve's prompt_format "{prompt}", a template) pass through untouched
+    return re.sub(r"\{(run\.out|assets|" + "|".join(STAGES) + r")\}", sub, value)
 
 
 def _hash(obj: Any) -> str:
@@ -247,8 +248,7 @@ class Run:
         self.check_inputs(stage)
         old = self.marker(stage.name)
         if old and old["hash"] != stage.hash and os.path.lexists(old["out"]):
-            print(f"[run] {stage.name}: settings changed since {old['out']} was made; removing it", flush=True)
-            shutil.rmtree(old["out"]) if os.path.isdir(old["out"]) else os.unlink(old["out"])
+            self._remove_stale(stage, old["out"])
         elif old and "overwrite" not in stage.section and _has_key(stage.verb, "overwrite"):
             stage.section["overwrite"] = True  # a folder this run made and did not finish (e.g. pack, not resumable)
         print(f"[run] {stage.name}: {stage.verb} -> {stage.section['out']}", flush=True)
@@ -271,6 +271,16 @@ class Run:
         times = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(_cpu_seconds() - c0, 2)}
         self._write_marker(stage, "done", **times)
         print(f"[run] {stage.name}: done in {times['wall_s']}s wall, {times['cpu_s']}s CPU", flush=True)
+
+    def _remove_stale(self, stage: Stage, path: str) -> None:
+        """Remove what an earlier run of this stage made with other settings; never the run folder or above it."""
+        target = os.path.realpath(path)
+        for keep in (os.path.realpath(self.out), os.path.realpath(os.getcwd())):
+            if keep == target or keep.startswith(target + os.sep):
+                raise ConfigError(f"{stage.name}'s settings changed, but its output {path} holds {keep}, so it is "
+                                  f"not removed; give [{stage.verb}] out a folder of its own.")
+        print(f"[run] {stage.name}: settings changed since {path} was made; removing it", flush=True)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
 
     def _torchrun(self, stage: Stage) -> None:
         """train under torchrun: the resolved section goes to every rank as a `--config` file."""
