@@ -110,6 +110,8 @@ def _loss_and_grads(model, batch, autocast_dtype=None):
 
 
 LOW = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 dots are wrong (Triton 3.6)
+FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}  # of each tensor's scale, on top of 2x torch's error
+TOL = {torch.float16: 2e-2, torch.bfloat16: 8e-2}  # sanity bound on the error vs fp32, of each tensor's scale
 
 
 @pytest.mark.parametrize("mode", ["autocast", "pure"])
@@ -132,8 +134,8 @@ def test_tiny_model_mixed_precision_matches_fp32_torch(mode):
     for name, r in ref.items():
         scale = max(r.abs().max().item(), 1e-3)
         err, base_err = (fused[name] - r).abs().max().item(), (same[name] - r).abs().max().item()
-        assert err <= 2 * base_err + 2e-3 * scale, f"{name}: fused error {err:.3g} > 2 x torch {LOW} error {base_err:.3g}"
-        assert err <= 2e-2 * scale, f"{name}: fused error {err:.3g} vs fp32 (scale {scale:.3g})"
+        assert err <= 2 * base_err + FLOOR[LOW] * scale, f"{name}: fused error {err:.3g} > 2 x torch {LOW} error {base_err:.3g}"
+        assert err <= TOL[LOW] * scale, f"{name}: fused error {err:.3g} vs fp32 (scale {scale:.3g})"
 
 
 @pytest.mark.gpu
@@ -160,4 +162,4 @@ def test_gpu_starcoder_1b_width_bf16_matches_fp32_torch(mode):
     for name, r in ref.items():
         scale = max(r.abs().max().item(), 1e-3)
         err, base_err = (fused[name] - r).abs().max().item(), (same[name] - r).abs().max().item()
-        assert err <= 2 * base_err + 2e-3 * scale, f"{name}: fused error {err:.3g} > 2 x torch bf16 error {base_err:.3g}"
+        assert err <= 2 * base_err + FLOOR[torch.bfloat16] * scale, f"{name}: fused error {err:.3g} > 2 x torch bf16 error {base_err:.3g}"
