@@ -33,7 +33,7 @@ def _cases():
                                                       cu_seqlens=cu, max_seqlen=17, backend=be),
                       [_mk(T, N), _mk(N, (H + 2) * D, scale=N ** -0.5, seed=1)]),
         # the residual stream is fp32 and the block output is the autocast dtype
-        "add_layer_norm": (lambda be, x, w, res, lw, lb: torch.cat(ops.add_layer_norm(x @ w, res, lw, lb, 1e-5, be), -1),
+        "add_layer_norm": (lambda be, x, w, res, lw, lb: ops.add_layer_norm(x @ w, res, lw, lb, 1e-5, be),
                            [_mk(T, N), _mk(N, N, scale=N ** -0.5, seed=1), _mk(T, N, seed=2), 1 + _mk(N, scale=0.2, seed=3),
                             _mk(N, scale=0.2, seed=4)]),
         "linear_gelu": (lambda be, x, w, b: ops.linear_gelu(x, w, b, approximate=True, backend=be),
@@ -44,11 +44,14 @@ def _cases():
 
 
 def _run(fn, backend, leaves, dtype, autocast):
+    """-> (*outputs, *gradients of the leaves); every output (add_layer_norm's y and r) on its own, dtype included."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in leaves]
     with torch.autocast(DEVICE, dtype=LOW, enabled=autocast):
-        out = fn(backend, *leaves)
-    dout = _mk(*out.shape, seed=9).to(out.dtype) if out.dim() else torch.ones((), device=DEVICE, dtype=out.dtype)
-    return (out, *torch.autograd.grad(out, leaves, dout))  # backward outside autocast, as the trainer does
+        outs = fn(backend, *leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    douts = [_mk(*o.shape, seed=9 + i).to(o.dtype) if o.dim() else torch.ones((), device=DEVICE, dtype=o.dtype)
+             for i, o in enumerate(outs)]
+    return (*outs, *torch.autograd.grad(outs, leaves, douts))  # backward outside autocast, as the trainer does
 
 
 @pytest.mark.parametrize("name", list(_cases()))
@@ -58,7 +61,8 @@ def test_fused_op_under_autocast_matches_torch_autocast(name):
     base = _run(fn, "torch", leaves, torch.float32, autocast=True)
     got = _run(fn, "triton", leaves, torch.float32, autocast=True)
     for i, (a, b, r) in enumerate(zip(got, base, ref)):
-        what = "out" if i == 0 else f"grad{i - 1}"
+        n_out = len(got) - len(leaves)
+        what = f"out{i}" if i < n_out else f"grad{i - n_out}"
         assert a.dtype == b.dtype and a.shape == b.shape, f"{name} {what}: {a.dtype} {tuple(a.shape)} vs torch {b.dtype} {tuple(b.shape)}"
         err, base_err = (a.double() - r).abs().max().item(), (b.double() - r).abs().max().item()
         floor = FLOOR[LOW] * max(1.0, r.abs().max().item())
