@@ -103,8 +103,8 @@ class Engine:
                  share_prompts: bool = True, max_prefill_tokens: int = 8192, eos_id: int | None = None):
         """`max_slots` samples decode together; `max_len` bounds prompt + new tokens of one sample (default: the
         model's positions); `max_prompts` prompt slots (default max_slots // 8, at least 2); `compile`: "auto"
-        captures each decode step as a CUDA graph on CUDA (nothing on CPU), "compile" also torch.compiles it,
-        "off" runs eagerly; `sync_every` decode steps between host syncs."""
+        captures each decode step as a CUDA graph on CUDA (nothing on CPU), "compile" also torch.compiles it
+        (slow to start: one compile per decode shape), "off" runs eagerly; `sync_every` decode steps between host syncs."""
         cfg = model.config
         if device is not None:
             model = model.to(device)
@@ -149,8 +149,9 @@ class Engine:
             raise ConfigError(f"compile must be auto, compile or off, got {compile!r}.")
         self._graphs_on = self.device.type == "cuda" and mode in ("auto", "graph", "compile")
         self._step_fn = self._decode_step
-        if mode == "compile" and self.device.type == "cuda":
-            self._step_fn = torch.compile(self._decode_step, mode="max-autotune-no-cudagraphs", dynamic=False)
+        if mode == "compile":  # one compile per decode shape (checked on CPU: the same tokens as eager)
+            self._step_fn = torch.compile(self._decode_step, dynamic=False,
+                                          mode="max-autotune-no-cudagraphs" if self._graphs_on else None)
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._warm: set[tuple] = set()
         self._pool = torch.cuda.graph_pool_handle() if self._graphs_on else None
