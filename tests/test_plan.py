@@ -54,6 +54,8 @@ def test_does_not_fit_names_a_lever_and_bad_input_is_one_sentence():
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
 def test_static_part_equals_a_run_in_one_process(tmp_path_factory, tmp_path, optimizer):
+    if optimizer != "adamw":
+        pytest.importorskip("bitsandbytes")
     root = tmp_path_factory.mktemp("plan")
     tok = small_tokenizer(str(root / "tok"))
     ckpt = small_checkpoint(str(root / "ckpt"), tok, n_embd=128)
