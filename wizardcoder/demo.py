@@ -3,7 +3,7 @@
 1. evolve: the 30 shipped seed instructions, one round, through a real `wizardcoder serve` of the random tiny model
    that the run starts and stops (the elimination rules discard what a random model writes; the report says why);
 2. pack: seeds + kept evolved pairs + 200 public evolved pairs (assets/evol_sample.jsonl) into 256-token packs;
-3. train: the tiny StarCoder for 300 steps (the loss falls);
+3. train: the tiny StarCoder for 200 steps (the loss falls);
 4. generate: greedy answers for the first 10 HumanEval problems with the trained checkpoint;
 5. evaluate: the answers run in the sandbox (pass@1), beside HumanEval's canonical solutions as a check of the
    evaluator; report.md with the plots.
