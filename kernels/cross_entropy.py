@@ -9,8 +9,8 @@ are about the size of h). Per chunk:
      lse - logit[target]. Rows whose target is `ignore_index` get loss 0 and a zero gradient row.
   3. grad_h[c] = dlogits @ weight;  grad_weight += dlogits^T @ h_c.
 The loss is the fp32 sum of the row losses times `scale`; scale = 1 / (number of targets that count) for
-`mean` (read by the kernel from a device scalar: no host sync), 1 for `sum`. The backward only multiplies the saved
-gradients by the incoming scalar gradient (out of place: a retained graph can be differentiated twice).
+`mean` (read by the kernel from a device scalar: no host sync), 1 for `sum`. The backward only multiplies the
+gradients the forward made by the incoming scalar gradient (in place, in fp32 arithmetic; see Memory).
 
 Dtypes: h [N, D] fp16/bf16/fp32; weight [V, D] in h's dtype, or fp32 master weights under a half h (autocast): the
 matmuls then use one copy of the weight in h's dtype (the copy torch's autocast makes for F.linear) and the weight's
@@ -129,15 +129,17 @@ def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, igno
         scale = torch.ones((), device=h.device, dtype=torch.float32)
     scale = scale.reshape(1)
     grad_h = torch.empty_like(h)
-    C = chunk_size if chunk_size > 0 else _chunk_size(N, V, D)
+    C = chunk_size if chunk_size > 0 else max(1, _chunk_size(N, V, D))
     # The weight's gradient is accumulated in fp32 when the weight is fp32 (it is the gradient itself), or when a
     # half weight's gradient sums several chunks and accumulate_fp32 asks for one rounding (a transient buffer).
     acc_dtype = torch.float32 if weight.dtype == torch.float32 or (accumulate_fp32 and N > C) else weight.dtype
     grad_w = None  # made by the first chunk
     row_loss = torch.empty(N, device=h.device, dtype=torch.float32)
     BLOCK_V = min(triton.next_power_of_2(V), 4096)
-    if INTERPRET:  # the interpreter pays per op, not per element: a large vocabulary in one block; a small one (the
-        BLOCK_V = triton.next_power_of_2(V) if V > 4096 else 256  # tests') in several, so the loop is covered
+    if INTERPRET:
+        # The interpreter pays per op, not per element: a large vocabulary in one block; a small one (the tests') in
+        # several, so the loop over blocks is covered.
+        BLOCK_V = triton.next_power_of_2(V) if V > 4096 else 256
     for s in range(0, N, C):
         e = min(N, s + C)
         hc = h[s:e]
@@ -153,6 +155,8 @@ def _fwd_impl(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, igno
             _add_chunk_product(grad_w, logits.T, hc)
         del logits
     del w
+    if grad_w is None:  # no tokens
+        grad_w = torch.zeros(V, D, device=h.device, dtype=weight.dtype)
     loss = row_loss.sum() * scale[0]
     return loss, grad_h, grad_w.to(weight.dtype)  # a half weight's fp32 accumulator is freed here
 
