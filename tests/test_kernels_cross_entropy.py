@@ -139,3 +139,11 @@ def test_loss_scale_beyond_half_range():
     for a, r in zip(got, want):
         assert torch.isfinite(a).all()
         assert (a.double() - r).abs().max().item() <= 2e-3 * r.abs().max().item()
+
+
+def test_no_tokens():
+    h = torch.randn(0, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(40, 16, device=DEVICE, requires_grad=True)
+    loss = fused_linear_cross_entropy(h, w, torch.zeros(0, dtype=torch.long, device=DEVICE), reduction="sum")
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.shape == (0, 16) and w.grad.abs().max() == 0
