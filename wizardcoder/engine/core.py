@@ -44,17 +44,25 @@ class Completion:
 
 
 class RequestOutput:
-    """What one `step()` changed for sample `index` of request `request_id`. `text` is decoded on first access
-    (stop-truncated once finished)."""
+    """What one `step()` changed for sample `index` of request `request_id`. `token_ids` (all so far) and `text`
+    (decoded; stop-truncated once finished) are made on first access, so a step costs no O(length) work per row."""
 
-    __slots__ = ("request_id", "index", "new_token_ids", "token_ids", "finished", "finish_reason", "prompt_tokens",
-                 "_text", "_decode")
+    __slots__ = ("request_id", "index", "new_token_ids", "finished", "finish_reason", "prompt_tokens",
+                 "_tokens", "_n", "_ids", "_text", "_decode")
 
-    def __init__(self, request_id, index, new_token_ids, token_ids, finished, finish_reason, prompt_tokens,
+    def __init__(self, request_id, index, new_token_ids, tokens, finished, finish_reason, prompt_tokens,
                  text=None, decode=None):
-        self.request_id, self.index, self.new_token_ids, self.token_ids = request_id, index, new_token_ids, token_ids
+        self.request_id, self.index, self.new_token_ids = request_id, index, new_token_ids
         self.finished, self.finish_reason, self.prompt_tokens = finished, finish_reason, prompt_tokens
+        # the row's token list only grows while it runs, so its first _n entries are this step's token_ids
+        self._tokens, self._n, self._ids = tokens, len(tokens), None
         self._text, self._decode = text, decode
+
+    @property
+    def token_ids(self) -> list[int]:
+        if self._ids is None:
+            self._ids = self._tokens[: self._n]
+        return self._ids
 
     @property
     def text(self) -> str:
@@ -210,8 +218,10 @@ class Engine:
         live = [(b, r) for b, r in enumerate(self._rows) if r is not None]
         if not live:
             return []
-        # Stop exactly where the first row reaches its length, so a finished row is refilled without waste.
-        k = max(1, min(self.sync_every, min(r.req.params.max_new_tokens - len(r.tokens) for _, r in live)))
+        # Sync where the first row reaches its length, so that row is refilled without idle steps, but after no
+        # fewer than sync_every / 2 steps (each sync costs host work per row); rows still end on the device.
+        first_end = min(r.req.params.max_new_tokens - len(r.tokens) for _, r in live)
+        k = min(self.sync_every, max(first_end, self.sync_every // 2, 1))
         # Slots and rows are taken lowest first, so the ones in use sit at the front: compute only those.
         slots = 1 + max((i for i, n in enumerate(self._prompt_slot_len) if n), default=-1)
         prefix_w = self._bucket(max(self._prompt_slot_len[:slots], default=1))
@@ -422,7 +432,7 @@ class Engine:
                     text = decode(row.tokens)
                 self._free_row(b)
                 self._maybe_release(req)
-            outputs.append(RequestOutput(req.id, row.index, new, list(row.tokens), reason is not None, reason,
+            outputs.append(RequestOutput(req.id, row.index, new, row.tokens, reason is not None, reason,
                                          len(req.prompt), text if reason else None, decode))
         if stopped:
             self.done[torch.tensor(stopped, device=d)] = True
