@@ -25,8 +25,8 @@ STEPS: list[tuple[str, list[str], int]] = [
     ("tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--continue-on-collection-errors", "tests",
                "--junitxml={out}/tests.xml"], 120),
     ("kernels", [sys.executable, "-m", "bench.bench_kernels", "--quick"], 90),
-    ("generate", [sys.executable, "-m", "bench.bench_generate", "--gpu"], 100),
-    ("train", [sys.executable, "-m", "bench.bench_train", "--gpu"], 100),
+    ("generate", [sys.executable, "-m", "bench.bench_generate"], 100),
+    ("train", [sys.executable, "-m", "bench.bench_train"], 100),
     ("model", [sys.executable, "-m", "bench.bench_model", "--quick"], 60),
 ]
 

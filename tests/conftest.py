@@ -15,6 +15,9 @@ except ImportError:  # pragma: no cover
 # Must be set before any @triton.jit function is defined (triton reads it at decoration time).
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The tests' tensors are tiny: on a 2-core machine running two pytest workers, a second intra-op thread per worker
+    # only spins (measured: a small einsum 36 ms with two threads against 0.2 ms with one under load).
+    torch.set_num_threads(int(os.environ.get("WIZARDCODER_TEST_THREADS", "1")))
 
 from _util import REPO, SHARED_DATA  # noqa: E402,F401  (one definition, shared by every test file)
 

@@ -165,6 +165,12 @@ def read_records(path: str, skip_bad: bool = False, errors: list | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------- writing files
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Write to a temporary file beside `path` and rename it into place on success, so a reader never sees a
@@ -173,6 +179,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets the mode open() would have given it
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {}), **kwargs) as f:
             yield f
             f.flush()
