@@ -23,7 +23,7 @@ class ServeConfig:
     max_n: int = 128  # largest `n` a request may ask for
     max_queued_samples: int = 1024  # samples (prompts x n) accepted and not yet answered; more is refused with 429
     default_max_new_tokens: int = 256  # completion length when a request gives no max_tokens (capped by max_len)
-    request_timeout: float = 600.0  # seconds a request may wait for its next output before it is aborted (503)
+    request_timeout: float = 600.0  # seconds without a finished sample (streaming: a step) before a request gets 503
     max_body_mb: float = 8.0  # largest request body accepted, in MiB
     api_key_env: str | None = None  # environment variable holding the key clients must send (Authorization: Bearer)
     template: str = "alpaca"  # prompt template for chat requests (a name in wizardcoder.data.templates or a JSON file)
