@@ -7,6 +7,7 @@ shard, `optim-rank{R}.pt`; `OUT/checkpoints/latest` names the newest complete on
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,11 +78,11 @@ def run_identity(model, world_size: int, optimizer: str) -> dict:
     return ident
 
 
+@contextlib.contextmanager
 def _dcp_quiet():
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def save_checkpoint(state: TrainState, out: str, d: Dist, keep: int, identity: dict) -> str:
@@ -91,11 +92,8 @@ def save_checkpoint(state: TrainState, out: str, d: Dist, keep: int, identity: d
     name = f"step_{state.step:07d}"
     folder = AtomicDir(os.path.join(root, name), made_by="train", overwrite=True, flag="--out")
     tmp = broadcast_object(folder.begin() if d.is_main else None, d)
-    ctx = _dcp_quiet()
-    try:
+    with _dcp_quiet():
         dcp.save({"train": state}, checkpoint_id=tmp)
-    finally:
-        ctx.__exit__(None, None, None)
     if not state._dcp_optimizer:
         torch.save(state.optimizer.state_dict(), os.path.join(tmp, f"optim-rank{d.rank}.pt"))
     barrier(d)
@@ -124,14 +122,12 @@ def load_checkpoint(state: TrainState, path: str, d: Dist, identity: dict, out: 
         raise CheckpointError(
             f"--out {out}: its checkpoint {os.path.basename(path)} was made with another {diff.replace('_', ' ')} "
             f"({saved.get(diff)} vs now {identity[diff]}); resume with the same settings or choose a new --out.")
-    ctx = _dcp_quiet()
     try:
-        dcp.load({"train": state}, checkpoint_id=path)
+        with _dcp_quiet():
+            dcp.load({"train": state}, checkpoint_id=path)
     except Exception as e:  # DCP reports a mismatch deep inside its planner
         raise CheckpointError(f"{path}: cannot be resumed into this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); resume with the same settings or choose a new --out.") from None
-    finally:
-        ctx.__exit__(None, None, None)
     if not state._dcp_optimizer:
         state.optimizer.load_state_dict(torch.load(os.path.join(path, f"optim-rank{d.rank}.pt"), weights_only=False))
 
