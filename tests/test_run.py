@@ -30,15 +30,28 @@ def one_sentence_error(proc) -> str:
     return err
 
 
-def write_config(path, out, *, until="evaluate", train_steps=6, extra=""):
-    """A small pipeline: the shipped seed set packed, the tiny model trained, 2 HumanEval problems scored."""
+def write_config(path, out, *, until="evaluate", train_steps=6, extra="", llm=None):
+    """A small pipeline: the shipped seed set packed, the tiny model trained, 2 HumanEval problems scored. With
+    `llm` (a base URL) the seeds are first evolved for one round through it and the evolved set is packed."""
+    evolve = f'''
+[evolve]
+data = ["{{assets}}/demo_seed.jsonl"]
+rounds = 1
+llm_base_url = "{llm}"
+llm_model = "stub-model"
+concurrency = 1
+equality_check = false
+decontaminate = false
+no_progress = true
+''' if llm else ""
+    packed = "{evolve}" if llm else "{assets}/demo_seed.jsonl"
     text = f'''
 [run]
 out = "{out}"
 report = false
-
+{evolve}
 [pack]
-data = ["{{assets}}/demo_seed.jsonl"]
+data = ["{packed}"]
 tokenizer = "{{assets}}/tokenizer"
 seq_len = 128
 
@@ -201,20 +214,30 @@ def test_sigkill_in_train_then_rerun_gives_the_same_outputs_and_redoes_nothing_c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pack", "generate", "evaluate"])
+@pytest.mark.parametrize("stage", ["evolve", "pack", "generate", "evaluate"])
 def test_sigkill_in_other_stages(tmp_path, stage):
+    from openai_stub import StubLLM
+
     ref_run, run = str(tmp_path / "ref"), str(tmp_path / "killed")
-    assert wc("run", write_config(tmp_path / "ref.toml", ref_run)).returncode == 0
-    cfg = write_config(tmp_path / "k.toml", run)
-    with open(tmp_path / "log1", "w") as log:
-        proc = _start(cfg, log)
-        _kill_when(proc, lambda: (_state(run, stage) or {}).get("state") == "running", f"{stage} running")
-    again = wc("run", cfg)
+    with StubLLM(delay=0.05) as stub:  # answers are a function of the prompt: both runs get the same data
+        llm = stub.base_url if stage == "evolve" else None
+        assert wc("run", write_config(tmp_path / "ref.toml", ref_run, llm=llm)).returncode == 0
+        cfg = write_config(tmp_path / "k.toml", run, llm=llm)
+        journal = os.path.join(run, "evolve", "round_1.jsonl")
+        started = (lambda: os.path.exists(journal) and os.path.getsize(journal) > 0) if stage == "evolve" else \
+            (lambda: (_state(run, stage) or {}).get("state") == "running")
+        with open(tmp_path / "log1", "w") as log:
+            proc = _start(cfg, log)
+            _kill_when(proc, started, f"{stage} running")
+        again = wc("run", cfg)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    order = ["pack", "train", "generate", "evaluate"]
-    for before in order[: order.index(stage)]:
+    order = ["evolve", "pack", "train", "generate", "evaluate"]
+    for before in order[1: order.index(stage)]:
         assert f"[run] {before}: complete, skipped" in again.stdout
     _same(_outputs(ref_run), _outputs(run))
+    if llm:
+        assert open(os.path.join(ref_run, "evolve", "merged.jsonl")).read() == \
+            open(os.path.join(run, "evolve", "merged.jsonl")).read()
 
 
 # ------------------------------------------------------------------------------------------ round selection
