@@ -194,8 +194,8 @@ def _parse(argv: list[str]) -> tuple[Any, argparse.Namespace]:
         return importlib.import_module(args._module), args
     verb = argv[0]
     module, parser = verb_parser(verb)
-    if any(s == "--config" for a in parser._actions for s in a.option_strings) or verb in ("run", "demo"):
-        return module, parser.parse_args(argv[1:])  # the verb reads its own config file
+    if verb not in CONFIG_SECTIONS or verb == "run" or any("--config" in a.option_strings for a in parser._actions):
+        return module, parser.parse_args(argv[1:])  # no config section of its own (or it reads the file itself)
     parser.add_argument("--config", metavar="FILE",
                         help=f"TOML or JSON file whose [{verb}] section sets defaults for these flags")
     path, rest = _split_config_flag(argv[1:])
