@@ -124,6 +124,30 @@ def test_fork_bomb_with_forks_allowed_is_bounded_by_nproc():
         assert r["status"] == "passed", r
 
 
+@pytest.mark.skipif(not ROOT, reason="the sweep after each program needs a uid of its own (root)")
+def test_daemonized_grandchild_is_killed_when_its_program_ends():
+    """With forks allowed, a program that leaves a daemon (setsid + double fork) behind and exits: the daemon left
+    the program's process group, so only the uid sweep after the program (driven by the worker's own children
+    list: it is their subreaper) ends it, before the next program starts."""
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        time.sleep(1000)\n    os._exit(0)\ntime.sleep(0.2)")
+    with SandboxPool(1, SandboxConfig(timeout=2.0, wall_factor=1.0, allow_fork=True)) as p:
+        uid = p.handles[0].uid
+        t0 = time.monotonic()
+        assert [r["status"] for r in p.run([{"id": i, "kind": "script", "code": daemon} for i in range(3)])] == \
+            ["passed"] * 3
+        assert time.monotonic() - t0 < 10
+        assert not [pid for pid in _procs_of({uid}) if _state(pid) not in ("Z", "X")]
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
+
+
 def test_infinite_loop_and_sleep_time_out(pool):
     t0 = time.monotonic()
     res = list(pool.run([{"id": i, "kind": "script", "code": c} for i, c in

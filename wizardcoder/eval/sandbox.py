@@ -170,10 +170,10 @@ class Worker:
         if self.root and self._probe_uid(check_read=False) == "no-setuid":
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
-        self.watchdog = None
+        self.watchdog = self.watchdog_pid = None
         if self.root:
             self._sweep()  # leftovers of an evaluator whose watchdog did not finish
-            self.watchdog = self._start_watchdog()
+            self.watchdog_pid, self.watchdog = self._start_watchdog()
         layers.append(self._lifetime_layer())
 
         has_view, scratch_on_tmpfs, netns, why = self._namespaces()
@@ -350,9 +350,10 @@ class Worker:
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
 
-    def _start_watchdog(self) -> int:
+    def _start_watchdog(self) -> tuple[int, int]:
         """A process that outlives this worker by one task: when the worker is gone (the pipe's write end, which
-        only the worker holds, closes), kill every process of the sandbox uid, then exit. Returns the write end."""
+        only the worker holds, closes), kill every process of the sandbox uid, then exit. Returns its pid and the
+        write end."""
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -373,7 +374,7 @@ class Worker:
             finally:
                 os._exit(0)
         os.close(r)
-        return w
+        return pid, w
 
     # -------------------------------------------------------------------------------------------- one job
 
@@ -516,7 +517,7 @@ class Worker:
     def _cleanup(self, pid: int, jobdir: str) -> None:
         _killpg(pid)
         if self.config.allow_fork and self.root:
-            self._sweep()  # processes that left the group (setsid) still carry the sandbox uid
+            self._sweep(ours=True)  # processes that left the group (setsid) still carry the sandbox uid
         self._reap()
         try:  # the usual case: the program left only its output file
             os.unlink(os.path.join(jobdir, ".output"))
@@ -524,15 +525,27 @@ class Worker:
         except OSError:
             shutil.rmtree(jobdir, onerror=_force_remove)
 
-    def _sweep(self, rounds: int = 200) -> None:
+    def _sweep(self, rounds: int = 200, ours: bool = False) -> None:
         """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
-        comes back to us; bounded."""
+        comes back to us; bounded. `ours`: all of them are our descendants (after a program: we are its child
+        subreaper, so whatever it left is, or becomes, our child), and our own children list says when the sweep
+        is done; otherwise (leftovers of another worker) /proc is searched for the uid."""
         for _ in range(rounds):
             self._kill_uid()
             self._reap()
-            if not processes_of(self.uid):
+            left = self._children_left() if ours else processes_of(self.uid)
+            if not left:
                 return
             time.sleep(0.002)
+
+    def _children_left(self) -> list[int]:
+        """Our children other than the watchdog (/proc/<pid>/task/<pid>/children; a scan of /proc where the
+        kernel lacks that file)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(p) for p in f.read().split() if int(p) != self.watchdog_pid]
+        except OSError:
+            return processes_of(self.uid)
 
     def _kill_uid(self) -> None:
         """kill(-1, SIGKILL) as the sandbox uid (in a throw-away child: we stay root)."""
