@@ -37,7 +37,7 @@ def _markers(run_out: str) -> list[dict]:
     def key(m):
         name = m["stage"]
         rnd = int(name.split("@r")[1]) if "@r" in name else 10 ** 6
-        return rnd, order.get(m["verb"], 9), name
+        return rnd, order.get(m["verb"], 9), name != m["verb"], name  # a stage before its extras (canonical)
 
     return sorted(out, key=key)
 
@@ -78,7 +78,11 @@ def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, rows in runs:
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
+        line, = ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name, alpha=0.5)
+        if len(rows) >= 40:  # one pack per step is noisy: a 10-step running mean shows the trend
+            mean = [sum(r["loss"] for r in rows[max(0, i - 9): i + 1]) / len(rows[max(0, i - 9): i + 1])
+                    for i in range(len(rows))]
+            ax.plot([r["step"] for r in rows], mean, color=line.get_color(), label=f"{name} (10-step mean)")
     ax.set(xlabel="step", ylabel="loss (mean over response tokens)", title="training loss")
     ax.legend()
     fig.tight_layout()
