@@ -194,13 +194,29 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
 def _scale_(t: torch.Tensor, g: torch.Tensor) -> None:
     """t *= g in place with the product in fp32: g itself may not fit t's dtype (GradScaler's first loss scale, 2**16,
-    is inf in fp16, while the scaled gradients are fine). Half tensors go in slices of about 4M elements, so the fp32
-    temporary stays small."""
+    is inf in fp16, while the scaled gradients are fine), so half tensors go through a kernel that multiplies in
+    registers (no fp32 temporary)."""
     if t.dtype == torch.float32:
         t.mul_(g)
-        return
-    for part in t.split(max(1, (1 << 22) // max(1, t.shape[-1]))):
-        part.copy_(part.float() * g)
+    else:
+        _scale_op(t, g)
+
+
+@triton.jit
+def _scale_kernel(X, SCALE, numel, BLOCK: tl.constexpr):
+    """X[i] = X[i] * SCALE[0], the product in fp32, in place (X contiguous)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(X + offs, (x * tl.load(SCALE)).to(X.dtype.element_ty), mask=mask)
+
+
+def _scale_impl(x: torch.Tensor, scale: torch.Tensor) -> None:
+    if x.numel():
+        _scale_kernel[(triton.cdiv(x.numel(), 1024),)](x, scale, x.numel(), BLOCK=1024, num_warps=4)
+
+
+_scale_op = custom_op("scale_", _scale_impl, lambda x, scale: None, mutates_args=("x",))
 
 
 def fused_linear_cross_entropy(h, weight, targets, ignore_index: int = -100, reduction: str = "mean",

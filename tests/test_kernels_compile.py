@@ -56,6 +56,7 @@ def _variants(full: bool):
             out.append((gl._gelu_fwd_kernel, io, dict(APPROX=flag, BLOCK=1024), 4, 1, f"{dt} tanh={flag}"))
             out.append((gl._gelu_bwd_kernel, io, dict(APPROX=not flag, BLOCK=1024), 4, 1, f"{dt} tanh={not flag}"))
         out.append((ce._ce_kernel, io, dict(BLOCK_V=4096), 16, 1, dt))
+        out.append((ce._scale_kernel, io, dict(BLOCK=1024), 4, 1, dt))
     return out
 
 

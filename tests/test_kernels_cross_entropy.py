@@ -79,6 +79,8 @@ def test_custom_op_fake_tensor_and_schema():
 
     h, w, t = _data(12, 16, 40)
     torch.library.opcheck(ce._fwd_op, (h, w, t, -100, True, True, 4), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ce._scale_op, (h.half(), torch.tensor(3.0, device=DEVICE)),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.gpu
