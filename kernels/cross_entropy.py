@@ -26,8 +26,9 @@ accumulator:
 - half weight and several chunks: an fp32 accumulator freed at the end of the forward (one rounding, like the
   unfused GEMM; summing chunk products in bf16 instead, as Liger does by default, adds one rounding per chunk);
   `accumulate_fp32=False` takes Liger's layout.
-The backward scales the saved gradients in place by the incoming scalar and hands them over (no copy), so it can run
-once per forward: a second backward through a retained graph raises.
+The backward scales the saved gradients in place by the incoming scalar (fp32 arithmetic: a small Triton kernel for
+half tensors, since a loss scale of 2**16 is inf in fp16) and hands them over (no copy), so it can run once per
+forward: a second backward through a retained graph raises.
 
 All targets ignored: `sum` gives 0; `mean` gives nan, as torch's F.cross_entropy does (0 / 0), and both give zero
 gradients. Targets outside [0, V) other than ignore_index are not checked (torch raises); the kernel never reads out of
