@@ -70,11 +70,28 @@ class RunOptions:
             raise ConfigError(f"[run] launcher {self.launcher!r}: use \"inprocess\" or \"torchrun\".")
 
 
+_OF_TYPE = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+
+
 def run_options(section: dict, where: str) -> RunOptions:
-    names = {f.name: f for f in dataclasses.fields(RunOptions)}
+    """The [run] section as RunOptions: unknown keys and values of the wrong type are one sentence each."""
+    import typing
+
+    hints = typing.get_type_hints(RunOptions)
     for key, value in section.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown field {key!r}; valid fields are {', '.join(sorted(names))}.")
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown field {key!r}; valid fields are {', '.join(sorted(hints))}.")
+        tp = hints[key]
+        allowed = [t for t in typing.get_args(tp) if t is not type(None)] if typing.get_origin(tp) is not None else [tp]
+        if typing.get_origin(tp) is list:
+            good = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif typing.get_origin(tp) is Literal:
+            good = value in typing.get_args(tp)
+        else:
+            good = (value is None and type(None) in typing.get_args(tp)) or any(_OF_TYPE[t](value) for t in allowed)
+        if not good:
+            raise ConfigError(f"{where}: {key} = {value!r} is not valid; expected {getattr(tp, '__name__', tp)}.")
     return RunOptions(**section)
 
 
