@@ -91,7 +91,9 @@ def run_options(section: dict, where: str) -> RunOptions:
         else:
             good = (value is None and type(None) in typing.get_args(tp)) or any(_OF_TYPE[t](value) for t in allowed)
         if not good:
-            raise ConfigError(f"{where}: {key} = {value!r} is not valid; expected {getattr(tp, '__name__', tp)}.")
+            expected = (" or ".join(map(repr, typing.get_args(tp))) if typing.get_origin(tp) is Literal
+                        else getattr(tp, "__name__", str(tp)))
+            raise ConfigError(f"{where}: {key} = {value!r} is not valid; expected {expected}.")
     return RunOptions(**section)
 
 
