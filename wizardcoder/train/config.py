@@ -23,7 +23,7 @@ class TrainConfig:
     model: str = "tiny"  # preset name (random init) or checkpoint folder / hub id
     data: str = ""  # packed shard folder (`wizardcoder pack`)
     out: str = "runs/train"  # run folder: checkpoints/, final/, metrics.jsonl, loss.png
-    recipe: str | None = None  # named hyperparameter set (see RECIPES); flags override its values
+    recipe: str | None = None  # the paper's recipe on a model: wizardcoder-15b, -7b, -3b or -1b; flags override it
     tokenizer: str | None = None  # default: the checkpoint's own, else the bundled one
     micro_batch_packs: int = 1  # packs per micro-batch per rank
     grad_accum: int = 1  # micro-batches per optimizer step
