@@ -3,23 +3,24 @@ equals what a real run holds after its first step (one process here, 2 ranks in 
 levers move the figures the way they should; bad input is one sentence."""
 import json
 import subprocess
-import sys
 
 import pytest
-from _util import repo_env
 from train_util import metrics, pack, small_checkpoint, small_tokenizer, train_here
 
 from wizardcoder.plan import PlanConfig, plan_memory, resolve_config
 
 
-def _plan(*args):
-    r = subprocess.run([sys.executable, "-m", "wizardcoder", "plan", *args], env=repo_env(), capture_output=True,
-                       text=True, timeout=120)
-    return r
+def _plan(capsys, *args):
+    """`wizardcoder plan ARGS` through the CLI's own entry point, in this process."""
+    from wizardcoder.cli import main
+
+    rc = main(["plan", *args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
-def test_wizardcoder_15b_on_8x80gb_json():
-    r = _plan("--recipe", "wizardcoder-15b", "--world-size", "8", "--gpu-memory-gb", "80", "--json")
+def test_wizardcoder_15b_on_8x80gb_json(capsys):
+    r = _plan(capsys, "--recipe", "wizardcoder-15b", "--world-size", "8", "--gpu-memory-gb", "80", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     g = out["per_gpu"]
@@ -42,13 +43,13 @@ def test_levers_move_the_right_terms():
     assert off["per_gpu"]["params"] == 0 and off["host_per_rank"] == p["params"] + p["grads"] + p["optimizer"]
 
 
-def test_does_not_fit_names_a_lever_and_bad_input_is_one_sentence():
-    r = _plan("--model", "starcoder-15b", "--world-size", "1", "--gpu-memory-gb", "80")
+def test_does_not_fit_names_a_lever_and_bad_input_is_one_sentence(capsys):
+    r = _plan(capsys, "--model", "starcoder-15b", "--world-size", "1", "--gpu-memory-gb", "80")
     assert r.returncode == 0 and "fits: no; pull --activation-checkpointing" in r.stdout
-    r = _plan("--model", "./no-such-checkpoint", "--world-size", "1")
+    r = _plan(capsys, "--model", "./no-such-checkpoint", "--world-size", "1")
     assert r.returncode == 2 and r.stderr.startswith("error: --model './no-such-checkpoint': not a preset")
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
-    r = _plan("--recipe", "nope")
+    r = _plan(capsys, "--recipe", "nope")
     assert r.returncode == 2 and "--recipe 'nope' is unknown" in r.stderr
 
 
