@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-from _util import REPO
 from train_util import metrics, pack, small_checkpoint, small_tokenizer, torchrun, train_here
 
 LOAD_CHECK = textwrap.dedent("""

@@ -1,6 +1,5 @@
 """Bad training input fails before the first step with one sentence naming the flag, file or field; a resumed run
 does not log its replayed steps twice."""
-import json
 import math
 import os
 import shutil
@@ -12,7 +11,7 @@ import pytest
 from _util import repo_env
 from train_util import metrics, pack, small_checkpoint, small_tokenizer, train_here
 
-from wizardcoder.errors import CheckpointError, ConfigError, DataError, UserError
+from wizardcoder.errors import CheckpointError, ConfigError, DataError
 from wizardcoder.train import TrainConfig
 from wizardcoder.train.config import grad_accum_for
 
