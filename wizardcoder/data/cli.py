@@ -48,8 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it exists and is a folder `pack` made (never any other folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # TODO(remove once tests/test_train.py passes --no-progress): the old spelling, hidden
-    p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
 
