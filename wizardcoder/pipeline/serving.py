@@ -83,7 +83,9 @@ def serve_for_evolve(run: "Run", stage: "Stage") -> Iterator[None]:
     if stage.verb != "evolve" or "serve" not in run.config:
         yield
         return
-    section = dict(run.config["serve"])
+    from .run import _expand
+
+    section = {k: _expand(v, run.names({}), f"{run.source} [serve] {k}") for k, v in run.config["serve"].items()}
     host = section.setdefault("host", "127.0.0.1")
     section.setdefault("port", _free_port(host))
     name = stage.name.replace("@", ".")
