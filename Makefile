@@ -40,4 +40,4 @@ gpu-check:
 	python3 -m bench.gpu_check
 
 clean:
-	rm -rf $(VENV) build *.egg-info wizardcoder/*.so
+	rm -rf $(VENV) build *.egg-info wizardcoder/*.so demo_out
