@@ -17,7 +17,7 @@ from wizardcoder.eval.jobs import IsolationReport
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 ROOT = os.geteuid() == 0
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _util import REPO
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from wizardcoder.evol import hygiene as H
 from wizardcoder.evol import rules as R
 from wizardcoder.evol.prompts import COPY_MARKERS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _util import REPO
 
 
 def cli(*args, env=None, **kw):

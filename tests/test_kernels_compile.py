@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _util import REPO
 
 
 def _variants(full: bool):

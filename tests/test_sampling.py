@@ -98,6 +98,6 @@ def test_text_generate_n_per_prompt_and_stop(starcoder_tokenizer_dir):
         ids = ids[: ids.index(tok.eos_id)]
     assert greedy[0][0] == tok.decode(ids)
     stop = greedy[0][0][5:8]
-    if stop:
-        cut = generate(m, tok, prompts[:1], SamplingParams(max_new_tokens=20, stop=[stop]))[0][0]
-        assert cut == greedy[0][0][: greedy[0][0].find(stop)]
+    assert len(stop) == 3, f"the greedy text {greedy[0][0]!r} is too short to take a stop string from"
+    cut = generate(m, tok, prompts[:1], SamplingParams(max_new_tokens=20, stop=[stop]))[0][0]
+    assert cut == greedy[0][0][: greedy[0][0].find(stop)]

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _util import REPO
 SEED_DATA = os.path.join(REPO, "wizardcoder", "assets", "demo_seed.jsonl")
 TOKENIZER = os.path.join(REPO, "wizardcoder", "assets", "tokenizer")
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
@@ -20,8 +20,6 @@ SMALL = {"model": "tiny", "lr": 3e-3, "warmup_steps": 1, "seed": 0, "progress": 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    if not os.path.isfile(SEED_DATA):
-        pytest.skip("demo seed data not present")
     from wizardcoder.data import pack_dataset
 
     out = str(tmp_path_factory.mktemp("train") / "shards")
