@@ -19,7 +19,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.c)
 
 setup: $(STAMP)
 
-# The suite CI runs: everything but the tests marked slow (about 6 minutes on 2 cores). `test-all` adds the slow
+# The suite CI runs: everything but the tests marked slow (about 5 minutes on 2 cores). `test-all` adds the slow
 # ones (the full HumanEval+/MBPP+ canonical runs, the demo, SIGKILL in every stage, 2-rank FSDP2 with 8-bit AdamW,
 # loading a 1.5 GB checkpoint on two ranks): about 12 minutes on 2 cores.
 test: setup
