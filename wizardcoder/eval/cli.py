@@ -133,7 +133,8 @@ def generate_once(args: argparse.Namespace, cfg: EvaluateConfig, task: str, data
 
 def run(args: argparse.Namespace) -> int:
     from .sandbox import SandboxConfig
-    from .scoring import evaluate, make_out_dir
+    from ..io import make_out_dir
+    from .scoring import evaluate
 
     cfg = dataclass_from_args(EvaluateConfig, args)
     if cfg.samples is not None:

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError, UserError
-from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
 from . import passk
 from .benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
 from .jobs import VERDICTS, IsolationReport, Result
@@ -57,20 +57,6 @@ def read_samples(path: str, bench: Benchmark, problems: dict[str, Problem]) -> l
         raise DataError(f"{path}: no samples (the file is empty); give one JSON object per line with task_id and one "
                         f"of {', '.join(SAMPLE_FIELDS)}.")
     return samples
-
-
-def make_out_dir(out_dir: str) -> None:
-    """Create the output folder (one sentence when it is a file or cannot be made)."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out {out_dir}: is a file; give a folder for results.jsonl and summary.json.")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"--out {out_dir}: cannot write there ({e.strerror or e}); give a writable folder.") from None
 
 
 def _digest(tid: str, code: str) -> str:
