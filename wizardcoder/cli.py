@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from typing import Any
 
 from .errors import ConfigError, UserError
+from .io import read_json
 
 # verb -> (module, one-line help). A verb appears once its module exists.
 VERBS: dict[str, tuple[str, str]] = {
@@ -90,12 +90,10 @@ def load_config(path: str) -> dict[str, dict]:
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e}).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file; a config is TOML (.toml) or JSON.") from None
     else:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a config is TOML (.toml) or JSON.") from None
+        data = read_json(path, "--config file", ConfigError, "a config is TOML (.toml) or JSON")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of sections ({', '.join(CONFIG_SECTIONS)}).")
     for name, section in data.items():
