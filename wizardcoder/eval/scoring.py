@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError, UserError
+from ..errors import ConfigError, DataError
 from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
 from . import passk
 from .benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
