@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,7 +23,7 @@ from typing import Literal
 
 from .cli_args import add_dataclass_arguments, dataclass_from_args
 from .errors import ConfigError
-from .io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+from .io import JsonlAppender, atomic_write_json, read_json, read_jsonl, write_jsonl
 
 TASK_NAMES = Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"]
 JOURNAL_VERSION = 1
@@ -149,8 +148,7 @@ def _read_journal(folder: str) -> dict[str, dict]:
 def _check_journal(folder: str, settings: dict) -> None:
     path = os.path.join(folder, "settings.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = read_json(path, "the journal's settings", ConfigError, "delete the folder to start over")
         if old != settings:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
             raise ConfigError(f"{folder} holds a run with other settings ({diff}); rerun with those settings to "
