@@ -12,9 +12,7 @@ A second `wizardcoder demo` with the same --out skips what is complete and resum
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import time
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo.toml")
@@ -39,23 +37,19 @@ def _decontamination() -> list:
     return [("evolve", "decontaminate_against", [get_benchmark("humaneval").locate()])]
 
 
-def _cpu() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
 def run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
+    from .io import read_json
+    from .pipeline.run import cpu_seconds
 
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     out = run_pipeline(DEMO_CONFIG, sets=args.sets, out=args.out, overrides=_decontamination())
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     print(f"demo done in {wall:.0f} s wall, {cpu:.0f} s CPU; report: {os.path.join(out, 'report.md')}")
     for name in ("evaluate", "canonical"):
         path = os.path.join(out, name, "summary.json")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                s = json.load(f)
+            s = read_json(path, "summary")
             what = "trained tiny model" if name == "evaluate" else "canonical solutions (evaluator check)"
             print(f"  {s['task']} pass@1 {s['pass@1']:.3f} over {s['n_samples']} samples: {what}")
     return 0

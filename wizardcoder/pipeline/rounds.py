@@ -13,14 +13,13 @@ RUN/rounds/selection.json holds pass@1 per round, the best round and why the loo
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 from typing import TYPE_CHECKING
 
 from ..cli import verb_available, verb_parser
 from ..errors import ConfigError, UserError
-from ..io import atomic_write_json
+from ..io import atomic_open, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from .run import Run, Stage
@@ -38,15 +37,12 @@ def _dev_settings(run: "Run") -> dict:
 
 def _snapshot(src: str, stage: "Stage") -> None:
     """Copy evolve's product (rewritten by every later round) to this round's own file, atomically."""
-    tmp = stage.product + ".tmp"
-    os.makedirs(os.path.dirname(stage.product), exist_ok=True)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, stage.product)
+    with open(src, "rb") as fi, atomic_open(stage.product, "wb") as fo:
+        shutil.copyfileobj(fi, fo)
 
 
 def pass_at_1(summary_path: str) -> float:
-    with open(summary_path, encoding="utf-8") as f:
-        s = json.load(f)
+    s = read_json(summary_path, "evaluation summary")
     return float(s["plus"]["pass@1"] if "plus" in s else s["pass@1"])
 
 

@@ -24,7 +24,6 @@ the plain evolve..train stages (see rounds.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -272,7 +271,7 @@ class Run:
             stage.section["overwrite"] = True  # a folder this run made and did not finish (e.g. pack, not resumable)
         print(f"[run] {stage.name}: {stage.verb} -> {stage.section['out']}", flush=True)
         self._write_marker(stage, "running")
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         if stage.prepare is not None:
             stage.prepare(stage)
         if stage.verb == "train" and self.opts.launcher == "torchrun":
@@ -287,7 +286,7 @@ class Run:
             stage.finish(stage)
         if not os.path.exists(stage.product):
             raise UserError(f"stage {stage.name} ({stage.verb}) finished without writing {stage.product}.")
-        times = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(_cpu_seconds() - c0, 2)}
+        times = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(cpu_seconds() - c0, 2)}
         self._write_marker(stage, "done", **times)
         print(f"[run] {stage.name}: done in {times['wall_s']}s wall, {times['cpu_s']}s CPU", flush=True)
 
@@ -361,7 +360,7 @@ def _has_key(verb: str, key: str) -> bool:
     return any(a.dest == key for a in parser._actions)
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
