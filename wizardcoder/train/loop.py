@@ -273,7 +273,9 @@ def plot_metrics(metrics_path: str, png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in (json.loads(line) for line in open(metrics_path, encoding="utf-8") if line.strip()) if "step" in r]
+    from ..io import read_jsonl
+
+    rows = [r for r in read_jsonl(metrics_path, skip_bad=True) if "step" in r]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
