@@ -4,7 +4,17 @@ import socket
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.environ.get("WIZARDCODER_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
+
+def _find_shared_data() -> str:
+    """$WIZARDCODER_SHARED_DATA, else ../shared/data beside the checkout, else the workspace's /work/shared/data
+    (a clone made elsewhere, e.g. by CI); the first candidate when none exists (the tests then skip, or fail in CI)."""
+    if os.environ.get("WIZARDCODER_SHARED_DATA"):
+        return os.environ["WIZARDCODER_SHARED_DATA"]
+    candidates = [os.path.join(REPO, "..", "shared", "data"), "/work/shared/data"]
+    return next((c for c in candidates if os.path.isdir(c)), candidates[0])
+
+
+SHARED_DATA = _find_shared_data()
 PYTHON = sys.executable
 
 
