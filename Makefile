@@ -6,18 +6,40 @@ BIN    := $(VENV)/bin
 #   make setup TORCH_SPEC="torch" TRITON_SPEC="triton"
 TORCH_SPEC  ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
+# The exact versions the suite last passed with (`make lock` rewrites it from a venv that passed). `make setup` and
+# so CI install through it, so a fresh machine gets what CI got; `make setup LOCK=` installs without it.
+LOCK   ?= requirements.lock
+PIN    := $(if $(LOCK),-c $(LOCK))
 STAMP := $(VENV)/.installed
+LATEST := .venv-latest
 
-.PHONY: setup test test-all demo bench gpu-check clean
+.PHONY: setup lock test test-all test-latest demo bench gpu-check clean
 
-$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.c)
+$(STAMP): setup.py pyproject.toml $(LOCK) $(wildcard csrc/*.c)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q $(PIN) "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(BIN)/python -m pip install -q $(PIN) -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Rewrite the lock from the set-up venv: run it after the suite passed there (e.g. after `make test-latest` went
+# green, `make lock VENV=.venv-latest`).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)==' \
+	  | sed '1i # The versions `make test` last passed with; `make lock` rewrites this file (see the Makefile).' \
+	  > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+
+# The newest releases of everything but torch (whose newer wheels are multi-GB CUDA builds here), in a separate venv,
+# without the lock: an upstream break shows up here, as a failure on our side, before it reaches a fresh machine.
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade "$(TORCH_SPEC)" triton
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip list --format freeze | grep -i -E '^(torch|triton|transformers|kernels|tokenizers|numpy|evalplus|openai|bitsandbytes)=='
+	$(LATEST)/bin/python -m pytest -q -n 2 -m "not slow" tests
 
 # The suite CI runs: everything but the tests marked slow (about 5 minutes on 2 cores). `test-all` adds the slow
 # ones (the full HumanEval+/MBPP+ canonical runs, the demo, SIGKILL in every stage, 2-rank FSDP2 with 8-bit AdamW,
@@ -40,4 +62,4 @@ gpu-check:
 	python3 -m bench.gpu_check
 
 clean:
-	rm -rf $(VENV) build *.egg-info wizardcoder/*.so demo_out
+	rm -rf $(VENV) $(LATEST) build *.egg-info wizardcoder/*.so demo_out

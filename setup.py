@@ -1,12 +1,15 @@
 """wizardcoder: Evol-Instruct for code, StarCoder fine-tuning and pass@k evaluation.
 
 `csrc/*.c` files are built as extension modules `wizardcoder._<name>` (the execution sandbox and other native
-parts); the plain CPU build needs only gcc and the Python headers. `kernels/` is installed as `wizardcoder.kernels`.
+parts); the plain CPU build needs only gcc and the Python headers. The top-level `kernels/` folder's files are
+installed into `wizardcoder/kernels/` (see `wizardcoder/kernels/__init__.py`; a source checkout reaches them through
+that package's `__path__` instead).
 """
 import glob
 import os
 
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -19,6 +22,19 @@ def native_extensions():
     return exts
 
 
+class BuildPy(build_py):
+    """The wheel's `wizardcoder/kernels/` package gets the files of the top-level `kernels/` folder."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:  # the checkout's package reaches kernels/ through its __path__
+            return
+        dest = os.path.join(self.build_lib, "wizardcoder", "kernels")
+        self.mkpath(dest)
+        for src in sorted(glob.glob(os.path.join(HERE, "kernels", "*.py"))):
+            self.copy_file(src, os.path.join(dest, os.path.basename(src)))
+
+
 setup(
     name="wizardcoder",
     version="0.1.0",
@@ -26,10 +42,8 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # wizardcoder/kernels is a link to kernels/ for running from the source tree; the install maps it explicitly.
-    packages=find_packages(include=["wizardcoder", "wizardcoder.*"], exclude=["wizardcoder.kernels*"])
-    + (["wizardcoder.kernels"] if os.path.isdir(os.path.join(HERE, "kernels")) else []),
-    package_dir={"wizardcoder.kernels": "kernels"} if os.path.isdir(os.path.join(HERE, "kernels")) else {},
+    packages=find_packages(include=["wizardcoder", "wizardcoder.*"]),
+    cmdclass={"build_py": BuildPy},
     package_data={"wizardcoder": ["assets/*", "assets/**/*", "eval/data/*"]},
     ext_modules=native_extensions(),
     install_requires=[

@@ -38,7 +38,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import custom_op
+from ._common import custom_op
 from ._triton import tl, triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import custom_op
+from ._common import custom_op
 from ._triton import tl, triton
 
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import custom_op
+from ._common import custom_op
 from ._triton import tl, triton
 
 

@@ -54,3 +54,21 @@ def test_dtype_spellings():
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("float16") is torch.float16
     with pytest.raises(ConfigError, match="--dtype 'int8'"):
         resolve_dtype("int8")
+
+
+def test_the_samples_flag_is_spelled_so_that_torchrun_accepts_it():
+    """torchrun's own parser reads `--n` after the module name as an ambiguous abbreviation of its options and exits;
+    `--num-samples` passes through to us, and our help shows it first (`--n` stays an alias)."""
+    from torch.distributed.run import get_args_parser
+
+    from wizardcoder.generate import add_arguments
+
+    torchrun = get_args_parser()
+    with pytest.raises(SystemExit):
+        torchrun.parse_args(["--nproc_per_node", "2", "-m", "wizardcoder.generate", "--n", "200"])
+    ns = torchrun.parse_args(["--nproc_per_node", "2", "-m", "wizardcoder.generate", "--num-samples", "200"])
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(ns.training_script_args).n == 200
+    assert p.parse_args(["--n", "7"]).n == 7
+    assert "--num-samples INT, --n INT" in p.format_help()

@@ -2,7 +2,8 @@
 
 `add_dataclass_arguments(parser, TrainConfig)` adds one `--field-name` flag per field: the type from the annotation
 (`int`, `float`, `str`, `X | None`, `list[str]`, `Literal[...]` as choices, `bool` as `--x/--no-x`), the default from
-the dataclass, the help from `metadata={"help": ...}` or else the field's trailing `# comment` in the source. Every
+the dataclass, the help from `metadata={"help": ...}` or else the field's trailing `# comment` in the source, the
+spellings from `metadata={"flags": ("--first", "--alias")}` when a field has more than one (help shows the first). Every
 flag's default is `argparse.SUPPRESS`, so `dataclass_from_args` can tell a flag the user gave (it overrides) from one
 they did not (the dataclass default, or a value from `--config`, stays).
 """
@@ -64,7 +65,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         help_ = f.metadata.get("help") or comments.get(f.name, "")
         help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_.replace("%", "%%")}
-        flag = rename.get(f.name, flag_name(f.name))
+        flags = (rename[f.name],) if f.name in rename else tuple(f.metadata.get("flags", (flag_name(f.name),)))
         origin = typing.get_origin(tp)
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -80,7 +81,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
             kw.update(type=str)
         if optional and tp in (int, float):
             kw["type"] = _optional(tp)
-        parser.add_argument(flag, **kw)
+        parser.add_argument(*flags, **kw)
 
 
 def _optional(tp):

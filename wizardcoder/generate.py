@@ -1,7 +1,7 @@
 """`wizardcoder generate`: sample completions for a benchmark's prompts (or a prompts file) into a samples file that
 `wizardcoder evaluate --samples` reads as is.
 
-    wizardcoder generate --model ckpt/ --task humaneval --n 20 --temperature 0.2 --top-p 0.95 --out samples.jsonl
+    wizardcoder generate --model ckpt/ --task humaneval --num-samples 20 --temperature 0.2 --top-p 0.95 --out samples.jsonl
     torchrun --nproc_per_node 8 -m wizardcoder.generate --model ckpt/ --task mbpp --num-samples 200 --out s.jsonl
 
 Every prompt's seed is derived from (--seed, task_id) alone and the engine's noise is counter-based, so the same seed
@@ -37,7 +37,9 @@ class GenerateConfig:
     limit: int | None = None  # only the first K problems
     prompts: str | None = None  # instead of --task: JSONL with task_id and prompt per line (optional stop list)
     prompt_style: Literal["wizardcoder", "plain"] = "wizardcoder"  # wizardcoder: Alpaca prompt, answers -> response
-    n: int = 1  # samples per prompt
+    n: int = field(default=1, metadata={"flags": ("--num-samples", "--n"), "help": (
+        "samples per prompt (--n is an alias; torchrun's own parser refuses --n as ambiguous, --num-samples works "
+        "for one process and under torchrun alike)")})
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0  # nucleus sampling mass (1: off)
     top_k: int = 0  # keep the k most likely tokens (0: off)
@@ -54,9 +56,10 @@ class GenerateConfig:
             raise ConfigError("--model is required: a checkpoint folder, hub id or preset name.")
         if (self.task is None) == (self.prompts is None):
             raise ConfigError("give exactly one of --task (a benchmark) or --prompts (a JSONL file of prompts).")
-        for name, lo in (("n", 1), ("top_k", 0), ("max_new_tokens", 1), ("batch_slots", 1)):
-            if getattr(self, name) < lo:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}.")
+        for name, lo in (("num_samples", 1), ("top_k", 0), ("max_new_tokens", 1), ("batch_slots", 1)):
+            value = getattr(self, "n" if name == "num_samples" else name)
+            if value < lo:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, got {value}.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}.")
         if not (self.temperature >= 0 and self.temperature != float("inf")):
@@ -239,9 +242,6 @@ def generate_samples(cfg: GenerateConfig) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(p, GenerateConfig)
-    # torchrun reads `--n` as an abbreviation of its own options and refuses it, even after the module name
-    p.add_argument("--num-samples", dest="n", type=int, default=argparse.SUPPRESS, metavar="INT",
-                   help="same as --n (spell it this way under torchrun)")
 
 
 def run(args: argparse.Namespace) -> int:

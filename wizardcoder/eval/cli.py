@@ -2,7 +2,7 @@
 
     wizardcoder evaluate --task humaneval --samples samples.jsonl --out runs/he
     wizardcoder evaluate --task mbpp+ --samples s.jsonl --data MbppPlus.jsonl.gz --out runs/mbppp --k 1 10
-    wizardcoder evaluate --task humaneval --model ckpt/ --n 20 --temperature 0.2 --top-p 0.95 --out runs/he20
+    wizardcoder evaluate --task humaneval --model ckpt/ --num-samples 20 --temperature 0.2 --top-p 0.95 --out runs/he20
 
 Flags come from `EvaluateConfig` (scoring) and, for --model, from `wizardcoder.generate.GenerateConfig` (which
 `wizardcoder generate` uses too: same prompts, sampler and samples file); an `[evaluate]` section of `--config` sets

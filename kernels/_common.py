@@ -1,17 +1,5 @@
-"""Fused Triton kernels for StarCoder training, importable as `wizardcoder.kernels`.
-
-- `flash_attention`: FlashAttention-2 forward/backward, packed varlen (cu_seqlens), MQA/GQA, causal.
-- `layernorm`: fused residual-add + LayerNorm forward/backward.
-- `gelu`: fused bias + GELU (tanh or exact) forward/backward.
-- `cross_entropy`: fused LM-head projection + cross-entropy that never holds the [tokens, vocab] logits.
-
-Each module holds `@triton.jit` kernels, a launcher, a `torch.autograd.Function`, a public function and the one
-plain-torch reference of that kernel (`<name>_reference`), which wizardcoder/ops.py's torch backend, the tests and the
-benches all use. The launchers are registered as `torch.library` custom ops (namespace `wizardcoder`) with fake
-implementations, so `torch.compile` traces through them, and run with autocast off: ops.py picks each kernel's
-dtypes from torch's autocast policy before the call. The modules import without Triton (`_triton.py` stands in), so
-the references work everywhere. Submodules are imported on use, not here, so importing the package stays cheap. See
-docs/kernels.md.
+"""What every kernel file shares: the `torch.library` registration with autocast off, and the one Triton
+interpreter fix the CPU tests need. The package is described in `wizardcoder/kernels/__init__.py` and docs/kernels.md.
 """
 from __future__ import annotations
 
@@ -64,11 +52,9 @@ def _autocast_off(fn):
 
 
 def custom_op(name: str, fn, fake, mutates_args=()):
-    """`torch.library.custom_op("wizardcoder::<name>")` running `fn` with autocast off, tolerating a second
-    registration (the package is reachable as both `kernels` and `wizardcoder.kernels` in a source checkout): the
-    first registration wins."""
-    if hasattr(torch.ops, "wizardcoder") and hasattr(torch.ops.wizardcoder, name):
-        return getattr(torch.ops.wizardcoder, name)
+    """`torch.library.custom_op("wizardcoder::<name>")` running `fn` with autocast off, with its fake (meta)
+    implementation registered so `torch.compile` traces through it. The kernel files have one import identity
+    (`wizardcoder.kernels.<file>`), so each op is registered exactly once."""
     op = torch.library.custom_op(f"wizardcoder::{name}", _autocast_off(fn), mutates_args=mutates_args)
     op.register_fake(fake)
     return op
