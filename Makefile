@@ -31,8 +31,9 @@ lock:
 	  | sed '1i # The versions `make test` last passed with; `make lock` rewrites this file (see the Makefile).' \
 	  > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
-# The newest releases of everything but torch (whose newer wheels are multi-GB CUDA builds here), in a separate venv,
-# without the lock: an upstream break shows up here, as a failure on our side, before it reaches a fresh machine.
+# The newest releases of everything (torch included: here that is a multi-GB CUDA build, capped by the machine's pip
+# configuration), in a separate venv, without the lock: an upstream break shows up here, as a failure on our side,
+# before it reaches a fresh machine. What it found last is in the README ("Dependencies").
 test-latest:
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
