@@ -214,10 +214,14 @@ _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
 
 
 def numpy_scalar_types() -> tuple:
-    """numpy's scalar types (np.float64, np.int64, ...), when numpy is loaded: their == is numpy's own, and evalplus
-    accepts them where a builtin number is expected."""
-    np = sys.modules.get("numpy")
-    return tuple(set(np.sctypeDict.values())) if np is not None else ()
+    """numpy's scalar types (np.float64, np.int64, ...) when numpy is installed: their == is numpy's own, and
+    evalplus accepts them where a builtin number is expected. Called before the program runs (the + tasks' workers
+    preload numpy), so the types are numpy's, not a module a program put in sys.modules."""
+    try:
+        import numpy as np
+    except ImportError:
+        return ()
+    return tuple(set(np.sctypeDict.values()))
 
 
 def plain_reference(x, max_items: int = MAX_PLAIN_ITEMS, leaves: tuple = (), depth: int = 0) -> bool:
