@@ -18,7 +18,8 @@ model, what each layer stops and what holds without root, is docs/sandbox.md.
               which clears it); when root, a watchdog kills every process of the worker's own sandbox uid once the
               worker is gone, and a starting worker sweeps its uid first
   limits      RLIMIT_AS, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (own uid);
-              RLIMIT_CPU (the job's limit) and a wall-clock limit of wall_factor times that + 1 s
+              the job's limit in user CPU seconds (polled by the worker; RLIMIT_CPU is a backstop at the wall-clock
+              limit) and a wall-clock limit of wall_factor times that + 1 s
   user        when root: an unprivileged uid of its own per worker (claimed by the pool), no groups, no capability
               in any set (bounding, ambient, inheritable, permitted, effective)
   view        when root: the minimal filesystem view of view.py (no /root, /home, /etc/shadow ...), proc with
@@ -70,7 +71,7 @@ PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "hea
 class SandboxConfig:
     """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
 
-    # Time: a program gets `timeout` seconds of CPU (RLIMIT_CPU, rounded up to whole seconds) and wall_factor times
+    # Time: a program gets `timeout` seconds of user CPU (rounded up to whole seconds) and wall_factor times
     # that (plus 1 s) of wall clock, which catches programs that sleep or block. CPU time, unlike wall time, does not
     # grow when the machine is busy, so a loaded machine does not turn slow-but-correct programs into timeouts.
     timeout: float = 3.0  # per program (jobs may carry their own: the + tasks compute theirs from the task)
