@@ -190,6 +190,7 @@ def test_stale_scratch_is_removed_whatever_it_holds(tmp_path):
     """A dead worker's scratch folder left with 3000 nested folders, a folder without permissions and a symlink out:
     remove_stale_scratch (every pool's first step) removes it and nothing it points to."""
     from wizardcoder.eval.pool import remove_stale_scratch
+    from wizardcoder.eval.scratch import remove_tree
 
     root = tmp_path / "tmp"
     outside = tmp_path / "outside"
@@ -209,9 +210,12 @@ def test_stale_scratch_is_removed_whatever_it_holds(tmp_path):
     (stale / "locked").mkdir()
     (stale / "locked" / "f").write_text("x")
     os.chmod(stale / "locked", 0)
-    remove_stale_scratch(str(root))
-    assert sorted(os.listdir(root)) == [live.name]
-    assert (outside / "keep").read_text() == "keep"
+    try:
+        remove_stale_scratch(str(root))
+        assert sorted(os.listdir(root)) == [live.name]
+        assert (outside / "keep").read_text() == "keep"
+    finally:  # pytest's own tmp_path cleanup is shutil.rmtree, which this tree would break
+        remove_tree(str(stale))
 
 
 def test_files_outside_its_folder_are_safe(pool, tmp_path):
