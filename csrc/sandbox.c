@@ -223,6 +223,15 @@ static void arg0_in(struct prog *p, long nr, const uint32_t *ok, int n_ok, uint3
     /* landing point of the skip: accumulator still holds nr because the block was not entered */
 }
 
+/* if nr == `nr` and the low 32 bits of arg0 equal `bad`, return `ret`; otherwise go on (accumulator reloaded). */
+static void arg0_not(struct prog *p, long nr, uint32_t bad, uint32_t ret) {
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)nr, 0, 4));
+    emit(p, (struct sock_filter)SB_LOAD_ARG0_LO);
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, bad, 0, 1));
+    emit(p, (struct sock_filter)SB_RET(ret));
+    emit(p, (struct sock_filter)SB_LOAD_NR);
+}
+
 static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
     int pid, block_fork, block_net;
     if (!PyArg_ParseTuple(args, "ipp", &pid, &block_fork, &block_net)) return NULL;
@@ -252,6 +261,32 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
     deny_nr(&p, SYS_pidfd_send_signal, SB_ERRNO(EPERM));
 #else
     deny_nr(&p, 424, SB_ERRNO(EPERM));
+#endif
+    /* calls that take a pid act on that process: only on itself (0 or pid). Same-uid processes outside the sandbox
+     * (the worker, the evaluator, anything of the user's when not root) must not get new limits, affinity or
+     * scheduling from a program: prlimit(ppid, RLIMIT_NOFILE, 16) broke the worker. */
+    static const long self_only[] = {SYS_prlimit64, SYS_sched_setaffinity, SYS_sched_setparam, SYS_sched_setscheduler,
+#ifdef SYS_sched_setattr
+                                     SYS_sched_setattr,
+#endif
+                                     SYS_migrate_pages, SYS_move_pages, SYS_get_robust_list};
+    uint32_t self_pid[2] = {0u, (uint32_t)pid};
+    for (size_t i = 0; i < sizeof(self_only) / sizeof(self_only[0]); i++)
+        arg0_in(&p, self_only[i], self_pid, 2, SB_ERRNO(EPERM));
+    /* PDEATHSIG is the program's only tie to its worker's life when not root: it may not clear or change it */
+    arg0_not(&p, SYS_prctl, PR_SET_PDEATHSIG, SB_ERRNO(EPERM));
+    /* priorities (setpriority's PRIO_USER reaches every process of the uid) and handles on other processes */
+    deny_nr(&p, SYS_setpriority, SB_ERRNO(EPERM));
+    deny_nr(&p, SYS_ioprio_set, SB_ERRNO(EPERM));
+    deny_nr(&p, SYS_kcmp, SB_ERRNO(EPERM));
+#ifdef SYS_pidfd_open
+    deny_nr(&p, SYS_pidfd_open, SB_ERRNO(EPERM));
+#endif
+#ifdef SYS_process_madvise
+    deny_nr(&p, SYS_process_madvise, SB_ERRNO(EPERM));
+#endif
+#ifdef SYS_process_mrelease
+    deny_nr(&p, SYS_process_mrelease, SB_ERRNO(EPERM));
 #endif
     deny_nr(&p, SYS_ptrace, SB_ERRNO(EPERM));
     deny_nr(&p, SYS_process_vm_readv, SB_ERRNO(EPERM));
@@ -447,6 +482,192 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- the verdict */
+
+#define SB_NONCE_LEN 16
+#define SB_MAX_ERROR 1000 /* code points of the error text kept */
+
+static int judging = 0;
+
+struct buf {
+    char b[SB_MAX_ERROR * 12 + 256];
+    size_t n;
+};
+
+static void put(struct buf *o, const char *s) {
+    size_t k = strlen(s);
+    if (o->n + k < sizeof(o->b)) {
+        memcpy(o->b + o->n, s, k);
+        o->n += k;
+    }
+}
+
+/* `text` as a JSON string, ASCII only, at most SB_MAX_ERROR code points (a non-str gives ""). */
+static void put_json_str(struct buf *o, PyObject *text) {
+    put(o, "\"");
+    if (text && PyUnicode_Check(text)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+        if (n > SB_MAX_ERROR) n = SB_MAX_ERROR;
+        int kind = PyUnicode_KIND(text);
+        const void *data = PyUnicode_DATA(text);
+        char esc[16];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+                esc[0] = (char)c;
+                esc[1] = 0;
+            } else if (c > 0xffff) {
+                c -= 0x10000;
+                snprintf(esc, sizeof(esc), "\\u%04x\\u%04x", 0xd800 + (c >> 10), 0xdc00 + (c & 0x3ff));
+            } else {
+                snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)c);
+            }
+            put(o, esc);
+        }
+    }
+    put(o, "\"");
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* judge(result_fd, nonce_fd, run, describe): never returns. Reads the job's nonce (which the worker wrote after the
+ * fork) from nonce_fd into this C frame and closes it, then calls run(), the program and its tests. The verdict is
+ * decided here: "passed" only when run() returned (an int: the number of tests, or None); when it raised, describe(exc)
+ * gives (status, error, failed_test) and any status but "passed" is kept. nonce + the JSON verdict go to result_fd,
+ * then _exit(0). A nested call (the program calling judge itself) is refused, so the only way to a "passed" verdict
+ * is run() returning; the worker accepts a verdict only behind the nonce, which no Python object holds. */
+static PyObject *sb_judge(PyObject *self, PyObject *args) {
+    int rfd, nfd;
+    PyObject *run, *describe;
+    if (!PyArg_ParseTuple(args, "iiOO", &rfd, &nfd, &run, &describe)) return NULL;
+    if (judging) {
+        PyErr_SetString(PyExc_RuntimeError, "a verdict is already being judged");
+        return NULL;
+    }
+    judging = 1;
+    unsigned char nonce[SB_NONCE_LEN];
+    size_t got = 0;
+    while (got < SB_NONCE_LEN) {
+        ssize_t k = read(nfd, nonce + got, SB_NONCE_LEN - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) _exit(103);
+        got += (size_t)k;
+    }
+    close(nfd);
+    fcntl(rfd, F_SETFD, FD_CLOEXEC); /* an exec'd program does not inherit it */
+
+    static struct buf out; /* static: large; judge runs once per process */
+    out.n = 0;
+    memcpy(out.b, nonce, SB_NONCE_LEN);
+    out.n = SB_NONCE_LEN;
+    memset(nonce, 0, sizeof(nonce));
+    PyObject *r = PyObject_CallNoArgs(run);
+    char num[64];
+    if (r != NULL) {
+        put(&out, "{\"status\": \"passed\"");
+        if (PyLong_Check(r)) {
+            long tests = PyLong_AsLong(r);
+            if (tests >= 0 && !PyErr_Occurred()) {
+                snprintf(num, sizeof(num), ", \"tests\": %ld", tests);
+                put(&out, num);
+            }
+            PyErr_Clear();
+        }
+        put(&out, "}");
+    } else {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb && value) PyException_SetTraceback(value, tb);
+        const char *status = PyErr_GivenExceptionMatches(type, PyExc_MemoryError) ? "memory" : "failed";
+        PyObject *d = value ? PyObject_CallOneArg(describe, value) : NULL;
+        PyObject *error = NULL;
+        long failed_test = -1;
+        if (d && PyTuple_Check(d) && PyTuple_GET_SIZE(d) == 3) {
+            PyObject *st = PyTuple_GET_ITEM(d, 0);
+            static const char *const not_passed[] = {"failed", "timeout", "memory", "syntax_error", "crashed"};
+            for (size_t i = 0; i < sizeof(not_passed) / sizeof(not_passed[0]); i++)
+                if (PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, not_passed[i]) == 0)
+                    status = not_passed[i];
+            error = PyTuple_GET_ITEM(d, 1);
+            PyObject *ft = PyTuple_GET_ITEM(d, 2);
+            if (PyLong_CheckExact(ft)) failed_test = PyLong_AsLong(ft);
+        }
+        PyErr_Clear();
+        put(&out, "{\"status\": \"");
+        put(&out, status);
+        put(&out, "\", \"error\": ");
+        put_json_str(&out, error);
+        if (failed_test >= 0) {
+            snprintf(num, sizeof(num), ", \"failed_test\": %ld", failed_test);
+            put(&out, num);
+        }
+        put(&out, "}");
+    }
+    _exit(write_all(rfd, out.b, out.n) == 0 ? 0 : 102);
+}
+
+/* plain(obj, max_items, leaves): is obj built only of exact builtin value types (None, bool, int, float, complex, str,
+ * bytes, the exact types in the tuple `leaves`, and list, tuple, set, frozenset, dict of those)? No subclass, so no overridden __eq__, __hash__ or __len__ can
+ * decide a comparison. Depth-bounded (100) and size-bounded (max_items in all); too big or too deep is "no". */
+struct plain_budget {
+    Py_ssize_t items;
+    PyObject *leaves; /* a tuple of further exact types allowed as values (numpy's scalar types) */
+};
+
+static int is_plain(PyObject *o, int depth, struct plain_budget *b) {
+    if (--b->items < 0 || depth > 100) return 0;
+    PyTypeObject *t = Py_TYPE(o);
+    if (o == Py_None || t == &PyBool_Type || t == &PyLong_Type || t == &PyFloat_Type || t == &PyComplex_Type ||
+        t == &PyUnicode_Type || t == &PyBytes_Type)
+        return 1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(b->leaves); i++)
+        if ((PyObject *)t == PyTuple_GET_ITEM(b->leaves, i)) return 1;
+    if (t == &PyList_Type || t == &PyTuple_Type) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            /* a list may change under us only by our own calls, and is_plain calls no Python code */
+            if (!is_plain(PySequence_Fast_GET_ITEM(o, i), depth + 1, b)) return 0;
+        }
+        return 1;
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(o, &pos, &k, &v))
+            if (!is_plain(k, depth + 1, b) || !is_plain(v, depth + 1, b)) return 0;
+        return 1;
+    }
+    if (t == &PySet_Type || t == &PyFrozenSet_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *k;
+        Py_hash_t h;
+        while (_PySet_NextEntry(o, &pos, &k, &h))
+            if (!is_plain(k, depth + 1, b)) return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *sb_plain(PyObject *self, PyObject *args) {
+    PyObject *o, *leaves;
+    Py_ssize_t max_items;
+    if (!PyArg_ParseTuple(args, "OnO!", &o, &max_items, &PyTuple_Type, &leaves)) return NULL;
+    struct plain_budget b = {max_items, leaves};
+    return PyBool_FromLong(is_plain(o, 0, &b));
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -463,6 +684,12 @@ static PyMethodDef methods[] = {
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},
     {"seccomp", sb_seccomp, METH_VARARGS,
      "seccomp(pid, block_fork, block_net): install the sandbox's seccomp-BPF filter (needs no_new_privs or root)."},
+    {"judge", sb_judge, METH_VARARGS,
+     "judge(result_fd, nonce_fd, run, describe): run the program and write its verdict behind the job's nonce; "
+     "never returns."},
+    {"plain", sb_plain, METH_VARARGS,
+     "plain(obj, max_items, leaves) -> bool: built only of exact builtin value types or of `leaves` (no subclass), "
+     "within max_items."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "

@@ -122,8 +122,9 @@ class Listeners:
             s.close()
 
 
-def hostile_programs(d, listeners, secret_file, other_home):
-    """name -> program (runs after a correct `inc`); each must end as a failure, never pass."""
+def hostile_programs(d, listeners, secret_file, other_home, bystander):
+    """name -> program (runs after a correct `inc`); each must end as a failure, never pass. `bystander`: the pid of
+    a process of the evaluator's user that has nothing to do with the evaluation."""
     me = os.getpid()
     return {
         # reading what the evaluating user's other programs could not show it
@@ -158,6 +159,13 @@ def hostile_programs(d, listeners, secret_file, other_home):
         "kill its parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         "signal the test": f"import os, signal\nos.kill({me}, signal.SIGUSR1)",
         "kill everything": "import os, signal\nos.kill(-1, signal.SIGKILL)",
+        # other processes' limits, priorities and lifetime (same uid when not root)
+        "prlimit the worker": "import os, resource\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (16, 16))",
+        "prlimit a bystander": f"import resource\nresource.prlimit({bystander}, resource.RLIMIT_NOFILE, (16, 16))",
+        "renice the worker": "import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)",
+        "clear PDEATHSIG": "import ctypes\nassert ctypes.CDLL(None).prctl(1, 0, 0, 0, 0) == 0",  # PR_SET_PDEATHSIG
+        # what the worker cleans up after the program
+        "nested folders": "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nraise SystemExit",
         "fork bomb": "import os\nwhile True:\n    os.fork()",
         "thread bomb": "import threading, time\nwhile True:\n"
                        "    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()",
@@ -183,6 +191,11 @@ def hostile_programs(d, listeners, secret_file, other_home):
         "exit 0 before the tests": "import os\nos._exit(0)",
         "sys.exit(0) before the tests": "import sys\nsys.exit(0)",
         "print a pass": "import json, os\nprint('passed')\nprint(json.dumps({'status': 'passed'}))\nos._exit(0)",
+        "write a pass on the result descriptor": "import os\nos.write(3, b'{\"status\": \"passed\"}')\nos._exit(0)",
+        "exec a shell that writes a pass": "import os\nos.execv('/bin/sh', ['sh', '-c', "
+                                           "'printf %s \\'{\"status\": \"passed\"}\\' >&3'])",
+        "replace the harness's _flat_json": "import sys\nsys.modules['wizardcoder.eval.sandbox']._flat_json = "
+                                            "lambda d: '{\"status\": \"passed\"}'\nassert False",
     }
 
 
@@ -232,18 +245,24 @@ def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir, privileges)
     old_handler = signal.signal(signal.SIGUSR1, lambda *a: signalled.append(1))
     listeners = Listeners(open_dir)
     before = sorted(os.listdir(open_dir))
+    bystander = subprocess.Popen([*prefix, "sleep", "300"])  # the evaluator's user, outside the evaluation
+    time.sleep(0.2)
+    bystander_limits = limits_of(bystander.pid)
     try:
-        programs = {**hostile_programs(open_dir, listeners, secret_file, other_home), **CONTROLS}
+        programs = {**hostile_programs(open_dir, listeners, secret_file, other_home, bystander.pid), **CONTROLS}
         rows, out = evaluate_cli(tmp_path, programs, prefix=prefix)
+        assert limits_of(bystander.pid) == bystander_limits
     finally:
         listeners.close()
         signal.signal(signal.SIGUSR1, old_handler)
+        bystander.kill()
+        bystander.wait()
 
     for name in CONTROLS:
         assert rows[name]["status"] == "passed", (name, rows[name])
     verdicts = {name: rows[name]["status"] for name in programs if name not in CONTROLS}
     assert all(v != "passed" for v in verdicts.values()), verdicts
-    assert verdicts["memory bomb"] == "memory"
+    assert verdicts["memory bomb"] == "memory"  # also on a busy machine: the limit is user time (docs/sandbox.md)
     assert verdicts["sleep forever"] == verdicts["busy forever"] == "timeout"
     assert rows["output bomb"]["status"] == "crashed" and "size limit" in rows["output bomb"]["error"]
     assert "Resource temporarily unavailable" in rows["fork bomb"]["error"]
@@ -272,17 +291,24 @@ def test_hostile_programs_are_contained_and_fail(tmp_path, open_dir, privileges)
     assert scratch and not any(os.path.exists(p) for p in scratch)
 
 
+def limits_of(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        return f.read()
+
+
 # ----------------------------------------------------------------------------------------- killing the evaluator
 
 SLEEPER = "import time\ntime.sleep(1000)"
+NO_PDEATHSIG = "import ctypes, time\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntime.sleep(1000)"  # PR_SET_PDEATHSIG 0
 DAEMON = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n"
           "    os._exit(0)\ntime.sleep(1000)")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-@pytest.mark.parametrize("forks", [False, True], ids=["no-fork", "daemonizing-grandchild"])
+@pytest.mark.parametrize("program", ["sleeper", "no-pdeathsig", "daemonizing-grandchild"])
 @pytest.mark.parametrize("privileges", ["as is", "no capabilities"])
-def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks, privileges):
+def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, program, privileges):
+    forks = program == "daemonizing-grandchild"
     prefix = PRIVILEGES[privileges][0]
     if prefix and (not ROOT or not shutil.which("setpriv")):
         pytest.skip("needs root and setpriv to drop capabilities")
@@ -291,7 +317,7 @@ def test_killing_the_evaluator_leaves_no_program_behind(tmp_path, sig, forks, pr
                     "grandchild; docs/sandbox.md names this gap")
     data, samples = tmp_path / "data.jsonl", tmp_path / "samples.jsonl"
     write_dataset(data)
-    code = DAEMON if forks else SLEEPER
+    code = {"sleeper": SLEEPER, "no-pdeathsig": NO_PDEATHSIG, "daemonizing-grandchild": DAEMON}[program]
     samples.write_text("".join(json.dumps({"task_id": "HumanEval/0", "completion": BODY + code}) + "\n"
                                for _ in range(2)))
     cli = subprocess.Popen([*prefix, PYTHON, "-m", "wizardcoder", "evaluate", "--task", "humaneval", "--samples",

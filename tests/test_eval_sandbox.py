@@ -163,6 +163,61 @@ def test_memory_bomb(pool):
     still_healthy(pool)
 
 
+def test_system_time_spent_on_memory_is_not_a_timeout():
+    """The CPU limit counts user time: zero-filling pages is system time, which grows on a busy machine (a memory
+    bomb given 1 s there was scored `timeout`, as RLIMIT_CPU counts both). This program spends 1.5 s of system time
+    (reading /dev/zero) under a 1 s limit, then exhausts its memory (a wide wall-clock margin: a busy machine)."""
+    code = ("import resource\nbuf = bytearray(64 << 20)\nwith open('/dev/zero', 'rb', buffering=0) as f:\n"
+            "    while resource.getrusage(resource.RUSAGE_SELF).ru_stime < 1.5:\n        f.readinto(buf)\n"
+            "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))")
+    with SandboxPool(1, SandboxConfig(timeout=1.0, wall_factor=12.0, memory=512 << 20)) as p:
+        r = run1(p, code)
+    assert r["status"] == "memory", r
+
+
+NESTED = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nos.chmod('.', 0)\nraise SystemExit"
+
+
+def test_deeply_nested_folders_are_cleaned_up(pool):
+    """3000 nested folders (shutil.rmtree's recursion died at ~1000, and took the worker with it)."""
+    r = run1(pool, NESTED)
+    assert r["status"] == "failed"
+    still_healthy(pool)
+    assert os.listdir(pool.handles[0].tmp_root) == [] or not os.path.exists(pool.handles[0].tmp_root)
+
+
+def test_stale_scratch_is_removed_whatever_it_holds(tmp_path):
+    """A dead worker's scratch folder left with 3000 nested folders, a folder without permissions and a symlink out:
+    remove_stale_scratch (every pool's first step) removes it and nothing it points to."""
+    from wizardcoder.eval.pool import remove_stale_scratch
+    from wizardcoder.eval.scratch import remove_tree
+
+    root = tmp_path / "tmp"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    stale = root / "wizardcoder-sandbox-999999999-x"  # a pid above any pid_max: gone
+    live = root / f"wizardcoder-sandbox-{os.getpid()}-y"  # a live worker's: kept
+    live.mkdir(parents=True)
+    stale.mkdir()
+    fd = os.open(stale, os.O_RDONLY)
+    for _ in range(3000):  # deeper than PATH_MAX allows to name: one level at a time
+        os.mkdir("d", dir_fd=fd)
+        fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    os.close(fd)
+    (stale / "d" / "link").symlink_to(outside)
+    (stale / "locked").mkdir()
+    (stale / "locked" / "f").write_text("x")
+    os.chmod(stale / "locked", 0)
+    try:
+        remove_stale_scratch(str(root))
+        assert sorted(os.listdir(root)) == [live.name]
+        assert (outside / "keep").read_text() == "keep"
+    finally:  # pytest's own tmp_path cleanup is shutil.rmtree, which this tree would break
+        remove_tree(str(stale))
+
+
 def test_files_outside_its_folder_are_safe(pool, tmp_path):
     # world-writable, so only the sandbox (Landlock, and the uid when root) protects them
     os.chmod(tmp_path, 0o777)

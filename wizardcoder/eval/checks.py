@@ -5,16 +5,21 @@
   `unsafe_execute` decides (globals start empty, so `if __name__ == "__main__":` blocks do not run there either).
 - `plus`: evalplus's differential test: execute the solution, call the entry point on each input with a per-input
   time limit, compare with the canonical solution's output (same special oracles, `atol` and float rules as
-  evalplus 0.3.1 `unsafe_execute`); stop at the first failure.
+  evalplus 0.3.1 `unsafe_execute`, and an output of exact builtin types wherever the expected one is); stop at the
+  first failure.
 - `record`: run the (trusted) canonical solution on the inputs and return its outputs and per-input times (the
   expected outputs and time limits of the + tasks).
 
-Each returns a dict that the child writes to the result pipe (`record` as pickle; the others as JSON, so the
-evaluator never unpickles what an untrusted program could have written). Nothing here may be imported lazily after
-the sandbox is up except numpy (pre-imported by the worker when available).
+`script` and `plus` give a pair (run, describe) to the verdict's judge (`_sandbox.judge`, in C): the job passed when
+run() returned; when it raised, describe(exc) -> (status, error, failed_test), never "passed". What run() needs once
+the program has started is bound before it starts (closures, not module globals), so a program that rebinds names in
+this module or in sys.modules changes nothing here. `record` returns a dict, pickled to the evaluator (trusted code
+only). Nothing here may be imported lazily after the sandbox is up except numpy (pre-imported by the worker when
+available).
 """
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import sys
@@ -51,24 +56,53 @@ def _describe(exc: BaseException, source: str) -> tuple[str, str]:
     return "failed", f"{text} ({where})" if where else text
 
 
-def run_script(job: dict) -> dict:
-    source = job["code"]
+class CompileFailed(Exception):
+    """The program did not compile (raised by run() before any of the program's code ran)."""
+
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+def _compile(source: str):
+    """The program's code object, or a function that raises CompileFailed (syntax_error, or memory)."""
     try:
-        code = compile(source, PROGRAM_FILENAME, "exec")
+        return compile(source, PROGRAM_FILENAME, "exec")
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: null bytes
         line = getattr(e, "lineno", None)
         where = f" (line {line})" if line else ""
-        return {"status": "syntax_error", "error": f"{type(e).__name__}: {getattr(e, 'msg', e)}{where}"}
+        failure = CompileFailed("syntax_error", f"{type(e).__name__}: {getattr(e, 'msg', e)}{where}")
     except MemoryError:
-        return {"status": "memory", "error": "MemoryError while compiling"}
+        failure = CompileFailed("memory", "MemoryError while compiling")
     except RecursionError:
-        return {"status": "syntax_error", "error": "RecursionError while compiling (nesting too deep)"}
-    try:
-        exec(code, {})
-    except BaseException as e:  # noqa: BLE001 - any escape (SystemExit, KeyboardInterrupt...) is a failure
-        status, error = _describe(e, source)
-        return {"status": status, "error": error}
-    return {"status": "passed"}
+        failure = CompileFailed("syntax_error", "RecursionError while compiling (nesting too deep)")
+
+    def fail():
+        raise failure
+    return fail
+
+
+def script_job(job: dict):
+    """(run, describe) for a script job: run() executes the whole program (solution and tests)."""
+    source = job["code"]
+    code = _compile(source)
+    run = code if callable(code) else functools.partial(exec, code, {})  # exec: a builtin, nothing to rebind
+    return run, functools.partial(_verdict, source=source, describe=_describe, where=None)
+
+
+def _verdict(exc: BaseException, source: str, describe, where) -> tuple[str, str, int | None]:
+    """The judge's describe: (status, error, failed_test) for the exception that ended run()."""
+    if isinstance(exc, CompileFailed):
+        return exc.status, exc.error, None
+    status, error = describe(exc, source)
+    if where is None:
+        return status, error, None
+    split, at = where
+    if at[0] < 0:  # before the first input: defining the solution failed
+        return status, error, None
+    if status == "failed" and isinstance(exc, AssertionError):
+        error = "wrong output" + (f": {exc.args[0]}" if exc.args and isinstance(exc.args[0], str) else "")
+    return status, f"{split} test {at[0]}: {error}", at[0]
 
 
 # ----------------------------------------------------------------------------------------------- evalplus oracle
@@ -132,44 +166,78 @@ def check_output(oracle: str | None, inp, out, exp, atol: float) -> None:
         assert exact_match
 
 
-def run_plus(job: dict, task: dict) -> dict:
-    """Differential test of `job["code"]` on one input set (`job["split"]`: base or plus) of `task`."""
+MAX_PLAIN_ITEMS = 10_000_000  # values of one output checked for exact builtin types (a bigger one is not plain)
+
+
+def plus_job(job: dict, task: dict, plain=None):
+    """(run, describe) for a differential test of `job["code"]` on one input set (`job["split"]`: base or plus) of
+    `task`. run() returns the number of inputs checked; it raises at the first failing one. `plain(obj, max_items)`:
+    is a value built only of exact builtin types (the C check; None: plain_reference)."""
     source = job["code"]
     split = job["split"]
     inputs, expected, limits = task[f"{split}_input"], task[f"{split}_expected"], task[f"{split}_limits"]
     entry, oracle, atol = task["entry_point"], task["oracle"], task["atol"]
-    try:
-        code = compile(source, PROGRAM_FILENAME, "exec")
-    except (SyntaxError, ValueError, OverflowError, RecursionError) as e:
-        return {"status": "syntax_error", "error": f"{type(e).__name__}: {getattr(e, 'msg', e)}"}
-    except MemoryError:
-        return {"status": "memory", "error": "MemoryError while compiling"}
-    env: dict = {}
-    try:
+    code = _compile(source)
+    at = [-1]  # the input being checked (-1: none yet), for describe
+    check, is_plain, setitimer, prof = check_output, plain or plain_reference, signal.setitimer, signal.ITIMER_PROF
+    leaves = numpy_scalar_types()
+
+    def run() -> int:
+        if callable(code):
+            code()  # raises CompileFailed
+        env: dict = {}
         exec(code, env)
+        if entry not in env:
+            raise NameError(f"the program does not define {entry}")
         fn = env[entry]
-    except KeyError:
-        return {"status": "failed", "error": f"NameError: the program does not define {entry}"}
-    except BaseException as e:  # noqa: BLE001
-        status, error = _describe(e, source)
-        return {"status": status, "error": error}
-    # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
-    # does not fail correct programs
-    signal.signal(signal.SIGPROF, _alarm)
-    for i, inp in enumerate(inputs):
-        try:
-            signal.setitimer(signal.ITIMER_PROF, limits[i])
+        for i, inp in enumerate(inputs):
+            at[0] = i
+            setitimer(prof, limits[i])
             try:
                 out = fn(*inp)
             finally:
-                signal.setitimer(signal.ITIMER_PROF, 0)
-            check_output(oracle, inp, out, expected[i], atol)
-        except BaseException as e:  # noqa: BLE001
-            status, error = _describe(e, source)
-            if status == "failed" and isinstance(e, AssertionError):
-                error = "wrong output"
-            return {"status": status, "error": f"{split} test {i}: {error}", "failed_test": i}
-    return {"status": "passed", "tests": len(inputs)}
+                setitimer(prof, 0)
+            exp = expected[i]
+            if oracle is None and is_plain(exp, MAX_PLAIN_ITEMS, leaves) and not is_plain(out, MAX_PLAIN_ITEMS, leaves):
+                # a subclass or a foreign object could answer == with True: compare builtin values only
+                raise AssertionError(f"a {type(out).__name__}, not the {type(exp).__name__} of builtin types expected")
+            check(oracle, inp, out, exp, atol)
+        return len(inputs)
+
+    # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
+    # does not fail correct programs
+    signal.signal(signal.SIGPROF, _alarm)
+    return run, functools.partial(_verdict, source=source, describe=_describe, where=(split, at))
+
+
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def numpy_scalar_types() -> tuple:
+    """numpy's scalar types (np.float64, np.int64, ...) when numpy is installed: their == is numpy's own, and
+    evalplus accepts them where a builtin number is expected. Called before the program runs (the + tasks' workers
+    preload numpy), so the types are numpy's, not a module a program put in sys.modules."""
+    try:
+        import numpy as np
+    except ImportError:
+        return ()
+    return tuple(set(np.sctypeDict.values()))
+
+
+def plain_reference(x, max_items: int = MAX_PLAIN_ITEMS, leaves: tuple = (), depth: int = 0) -> bool:
+    """The plain-Python reference of _sandbox.plain (exact builtin types, or `leaves`, all the way down; no item
+    budget)."""
+    t = type(x)
+    if t in _PLAIN_SCALARS or t in leaves:
+        return True
+    if depth > 100:
+        return False
+    if t in (list, tuple, set, frozenset):
+        return all(plain_reference(v, max_items, leaves, depth + 1) for v in x)
+    if t is dict:
+        return all(plain_reference(k, max_items, leaves, depth + 1) and plain_reference(v, max_items, leaves, depth + 1)
+                   for k, v in x.items())
+    return False
 
 
 def run_record(job: dict, task: dict) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from typing import Literal
@@ -21,7 +20,7 @@ from typing import Literal
 from ..cli_args import add_dataclass_arguments, dataclass_from_args, flag_name
 from ..errors import ConfigError
 from .benchmarks import TASKS, get_benchmark
-from .jobs import IsolationReport
+from .jobs import IsolationReport, check_timeout, check_workers
 from .postprocessing import STYLES as POSTPROCESS
 
 
@@ -53,12 +52,8 @@ class EvaluateConfig:
                               "score).")
         if not self.out:
             raise ConfigError("--out is required: the folder for results.jsonl and summary.json.")
-        if self.timeout is not None and not (_is_number(self.timeout) and math.isfinite(self.timeout)
-                                             and self.timeout > 0):
-            raise ConfigError(f"--timeout {self.timeout}: give the CPU seconds per program as a number > 0 (or leave "
-                              "it out for the task's default).")
-        if self.workers is not None and not (_is_int(self.workers) and self.workers >= 1):
-            raise ConfigError(f"--workers {self.workers}: give a whole number >= 1 (or leave it out for one per core).")
+        check_timeout(self.timeout)
+        check_workers(self.workers)
         if not (_is_int(self.memory_mb) and self.memory_mb >= 64):
             raise ConfigError(f"--memory-mb {self.memory_mb}: give a whole number of MiB >= 64 per program.")
         if not isinstance(self.k, list) or not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
@@ -67,10 +62,6 @@ class EvaluateConfig:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # Fields of GenerateConfig that evaluate sets itself (or shares with EvaluateConfig).

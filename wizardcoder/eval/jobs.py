@@ -10,7 +10,43 @@ evaluator's side from the worker's reply (untrusted programs' verdicts arrive as
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from typing import Any, Hashable, Iterable
+
+from ..errors import ConfigError
+
+MAX_TIMEOUT = 3600.0  # CPU seconds one program may be given (an hour)
+WORKERS_PER_CORE = 4  # the most sandbox workers per CPU core this process may use
+
+
+def max_workers() -> int:
+    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
+
+
+def check_timeout(timeout, flag: str = "--timeout") -> None:
+    """CPU seconds per program: a number in (0, MAX_TIMEOUT] (None: the benchmark's default)."""
+    if timeout is None:
+        return
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and math.isfinite(timeout)
+            and timeout > 0):
+        raise ConfigError(f"{flag} {timeout!r}: give the CPU seconds per program as a number > 0 "
+                          "(or leave it out for the task's default).")
+    if timeout > MAX_TIMEOUT:
+        raise ConfigError(f"{flag} {timeout!r}: at most {MAX_TIMEOUT:g} CPU seconds per program; a program that "
+                          "needs more is not a benchmark sample.")
+
+
+def check_workers(workers, flag: str = "--workers") -> None:
+    """Sandbox workers: a whole number in [1, max_workers()] (None: one per core)."""
+    if workers is None:
+        return
+    if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
+        raise ConfigError(f"{flag} {workers}: give a whole number >= 1 (or leave it out for one per core).")
+    if workers > max_workers():
+        raise ConfigError(f"{flag} {workers}: at most {max_workers()} here ({WORKERS_PER_CORE} per CPU core this "
+                          "process may use); each worker is a process holding its programs' memory.")
+
 
 KINDS = ("script", "plus", "record")
 VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")

@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import queue
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,8 +27,9 @@ import threading
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from .jobs import VERDICTS, IsolationReport, Job, Result
+from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers
 from .sandbox import Channel, SandboxConfig
+from .scratch import remove_tree
 
 __all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
 
@@ -54,7 +54,8 @@ def _claim_uid(start: int) -> tuple[int, int]:
 
 def remove_stale_scratch(root: str | None = None) -> None:
     """Remove scratch folders of workers that are gone (an evaluator killed with SIGKILL cannot clean up; its workers
-    die with it through PDEATHSIG). Folders are named wizardcoder-sandbox-<worker pid>-*; live workers' are kept."""
+    die with it through PDEATHSIG). Folders are named wizardcoder-sandbox-<worker pid>-*; live workers' are kept.
+    Whatever a program left in one cannot make this fail (scratch.remove_tree); what cannot be removed stays."""
     root = root or tempfile.gettempdir()
     try:
         names = os.listdir(root)
@@ -69,9 +70,9 @@ def remove_stale_scratch(root: str | None = None) -> None:
             continue  # still running
         except ProcessLookupError:
             pass
-        except PermissionError:
+        except (OSError, OverflowError, ValueError):  # not ours to judge (EPERM), or no pid at all
             continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        remove_tree(os.path.join(root, name))
 
 
 class _WorkerHandle:
@@ -153,7 +154,7 @@ class _WorkerHandle:
         for conn in (self.commands, self.replies):
             if not conn.closed:
                 conn.close()
-        shutil.rmtree(self.tmp_root, ignore_errors=True)
+        remove_tree(self.tmp_root)
 
     def release(self) -> None:
         if self.uid_lock is not None:
@@ -161,28 +162,65 @@ class _WorkerHandle:
             self.uid_lock = None
 
 
+MAX_ERROR = 1000  # characters of a program's error text kept (the judge sends at most this many)
+MAX_COUNT = 1 << 31  # bound on the input indices and test counts a verdict may name
+
+
 def decode(job: Job, reply: dict) -> Result:
-    """Turn a worker reply into a Result: the child's bytes are JSON for untrusted programs (never unpickled) and
-    pickle only for `record` jobs, which run the dataset's own canonical solutions."""
+    """Turn a worker reply into a Result. The worker's own fields (status and error for limits and signals, seconds)
+    are trusted. The child's bytes are pickle only for `record` jobs, which run the dataset's canonical solutions;
+    a program's verdict is JSON, read by `verdict_fields`, and whatever is wrong with it fails that job alone."""
     out = {k: v for k, v in reply.items() if k != "raw"}
     raw = reply.get("raw")
     if raw is not None:
-        try:
-            body = pickle.loads(raw) if job.kind == "record" else json.loads(raw.decode("utf-8"))
-            if not isinstance(body, dict) or body.get("status") not in VERDICTS:
-                raise ValueError("malformed")
-            out.update(body)
-        except Exception:  # noqa: BLE001 - whatever the program wrote on the result pipe
-            out.update(status="crashed", error="the program corrupted its result channel")
+        if job.kind == "record":
+            try:
+                body = pickle.loads(raw)
+            except Exception:  # noqa: BLE001
+                body = None
+            ok = isinstance(body, dict) and body.get("status") in VERDICTS
+            out.update(body if ok else {"status": "crashed", "error": "the canonical solution sent no result"})
+        else:
+            out.update(verdict_fields(raw))
     return Result.from_reply(job.id, out)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def verdict_fields(raw: bytes) -> dict:
+    """The fields of a verdict a program's judge wrote ({"status", "error", "failed_test", "tests"}), validated:
+    JSON (no NaN), a known status, an error string (cut to MAX_ERROR characters), counts as whole numbers in
+    [0, MAX_COUNT); other keys are dropped (`seconds` is the worker's measure, never the program's). A verdict that
+    fails any of this is `crashed`."""
+    corrupt = {"status": "crashed", "error": "the program corrupted its result channel"}
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return corrupt
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str) or body["status"] not in VERDICTS:
+        return corrupt
+    error = body.get("error", "")
+    if not isinstance(error, str):
+        return corrupt
+    fields = {"status": body["status"], "error": error[:MAX_ERROR]}
+    for name in ("failed_test", "tests"):
+        v = body.get(name)
+        if v is not None:
+            if type(v) is not int or not 0 <= v < MAX_COUNT:
+                return corrupt
+            fields[name] = v
+    return fields
 
 
 class SandboxPool:
     """`workers` pre-started sandbox workers (default: one per core this process may run on)."""
 
     def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
+        check_workers(workers, "workers")
         self.config = config or SandboxConfig()
-        self.n = max(1, workers or len(os.sched_getaffinity(0)))  # the cores we may run on
+        self.n = workers or len(os.sched_getaffinity(0))  # the cores we may run on
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)

@@ -18,7 +18,8 @@ model, what each layer stops and what holds without root, is docs/sandbox.md.
               which clears it); when root, a watchdog kills every process of the worker's own sandbox uid once the
               worker is gone, and a starting worker sweeps its uid first
   limits      RLIMIT_AS, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (own uid);
-              RLIMIT_CPU (the job's limit) and a wall-clock limit of wall_factor times that + 1 s
+              the job's limit in user CPU seconds (polled by the worker; RLIMIT_CPU is a backstop at the wall-clock
+              limit) and a wall-clock limit of wall_factor times that + 1 s
   user        when root: an unprivileged uid of its own per worker (claimed by the pool), no groups, no capability
               in any set (bounding, ambient, inheritable, permitted, effective)
   view        when root: the minimal filesystem view of view.py (no /root, /home, /etc/shadow ...), proc with
@@ -42,17 +43,16 @@ import os
 import pickle
 import resource
 import select
-import shutil
 import signal
 import struct
 import tempfile
 import time
-from json.encoder import encode_basestring_ascii as _json_str
 
 import _signal
 
 from . import checks, view
-from .jobs import Layer
+from .scratch import remove_tree
+from .jobs import VERDICTS, Layer
 
 try:
     from .. import _sandbox
@@ -61,6 +61,8 @@ except ImportError:  # the C extension was not built; the Python layers still ap
 
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
 # copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it.
+NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
+
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
            "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json")
 
@@ -69,7 +71,7 @@ PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "hea
 class SandboxConfig:
     """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
 
-    # Time: a program gets `timeout` seconds of CPU (RLIMIT_CPU, rounded up to whole seconds) and wall_factor times
+    # Time: a program gets `timeout` seconds of user CPU (rounded up to whole seconds) and wall_factor times
     # that (plus 1 s) of wall clock, which catches programs that sleep or block. CPU time, unlike wall time, does not
     # grow when the machine is busy, so a loaded machine does not turn slow-but-correct programs into timeouts.
     timeout: float = 3.0  # per program (jobs may carry their own: the + tasks compute theirs from the task)
@@ -370,7 +372,7 @@ class Worker:
                     except InterruptedError:
                         continue
                 self._sweep(rounds=1000)  # a few seconds at most, even against a bomb
-                shutil.rmtree(self.tmp_root, ignore_errors=True)  # an empty mount point here, unless no view
+                remove_tree(self.tmp_root)  # an empty mount point here, unless no view
             finally:
                 os._exit(0)
         os.close(r)
@@ -386,25 +388,44 @@ class Worker:
             os.chown(jobdir, self.uid, self.gid)
         cpu = float(self.config.cpu_timeout or job.get("timeout") or self.config.timeout)
         timeout = cpu * self.config.wall_factor + 1.0
+        judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
         r, w = os.pipe()
+        nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:  # ------------------------------------------------------------- child
             try:
                 os.close(r)
-                self._child(job, jobdir, w, cpu)
+                os.close(nonce_w)
+                self._child(job, jobdir, w, nonce_r, cpu)
             finally:
                 os._exit(101)
         os.close(w)
+        os.close(nonce_r)
+        # The verdict's key, made after the fork: it is not in the child's copy of our memory; the child's judge reads
+        # it into C memory before the program runs, and a verdict counts only behind it (see _sandbox.judge).
+        nonce = os.urandom(NONCE_LEN)
         try:
-            reply = self._watch(pid, r, t0, timeout, cpu, big=job["kind"] == "record")
+            os.write(nonce_w, nonce)  # 16 bytes into an empty pipe: never blocks
+        except OSError:
+            pass  # the child is already gone
+        os.close(nonce_w)
+        try:
+            reply = self._watch(pid, r, t0, timeout, cpu, big=not judged)
         finally:
             os.close(r)
             self._cleanup(pid, jobdir)
+        if judged and "raw" in reply:
+            raw = reply.pop("raw")
+            if raw[:NONCE_LEN] == nonce:
+                reply["raw"] = raw[NONCE_LEN:]
+            else:
+                reply.update(status="crashed", error="no verdict from the harness: the program wrote on its result "
+                                                      "channel or exited before its tests ended")
         reply["seconds"] = round(time.monotonic() - t0, 4)
         return reply
 
-    def _child(self, job: dict, jobdir: str, w: int, cpu: float) -> None:
+    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, cpu: float) -> None:
         c = self.config
         os.setsid()
         null = os.open(os.devnull, os.O_RDONLY)
@@ -415,12 +436,14 @@ class Worker:
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.dup2(w, 3)
-        os.closerange(4, 1 << 16)  # the command pipes and the watchdog's pipe among them
+        os.dup2(nonce_r, 4)
+        os.closerange(5, 1 << 16)  # the command pipes and the watchdog's pipe among them
         for sig in _RESET_SIGNALS:  # the C function: signal.signal's enum wrapping costs ~0.2 ms per fork
             _signal.signal(sig, _signal.SIG_DFL)
         rl = resource.setrlimit
         rl(resource.RLIMIT_CORE, (0, 0))
-        rl(resource.RLIMIT_CPU, (_cpu_secs(cpu), _cpu_secs(cpu) + 1))
+        backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
+        rl(resource.RLIMIT_CPU, (backstop, backstop + 1))
         rl(resource.RLIMIT_FSIZE, (c.max_output, c.max_output))
         rl(resource.RLIMIT_NOFILE, (c.max_files, c.max_files))
         if c.memory:
@@ -446,36 +469,43 @@ class Worker:
                 _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
             _sandbox.seccomp(os.getpid(), not c.allow_fork, not c.network)
         kind = job["kind"]
+        if kind == "record":  # trusted code: its outputs come back as pickle
+            try:
+                _write_all(3, pickle.dumps(checks.run_record(job, self.tasks[job["task_key"]])))
+            except OSError:
+                os._exit(102)
+            os._exit(0)
         if kind == "script":
-            result = checks.run_script(job)
-        elif kind == "plus":
-            result = checks.run_plus(job, self.tasks[job["task_key"]])
-        elif kind == "record":
-            result = checks.run_record(job, self.tasks[job["task_key"]])
+            run, describe = checks.script_job(job)
         else:
-            result = {"status": "crashed", "error": f"unknown job kind {kind}"}
-        data = pickle.dumps(result) if kind == "record" else _flat_json(result).encode()
-        try:
-            _write_all(3, data)
-        except OSError:
-            os._exit(102)
-        os._exit(0)
+            run, describe = checks.plus_job(job, self.tasks[job["task_key"]],
+                                            _sandbox.plain if _sandbox is not None else None)
+        (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
     def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool) -> dict:
-        """Collect the child's result until it exits or its wall time runs out."""
+        """Collect the child's result until it exits, its user CPU time reaches the limit (polled: the kernel's
+        RLIMIT_CPU counts system time too, and a memory-hungry program spends seconds of it having its pages zeroed,
+        more on a busy machine) or its wall time runs out."""
         cap = (1 << 30) if big else (1 << 20)
-        chunks, got, status, rusage, timed_out = [], 0, None, None, False
+        limit = _cpu_secs(cpu)
+        chunks, got, status, why = [], 0, None, None
         pidfd = os.pidfd_open(pid)
         try:
             fds = [pidfd, r]
+            next_poll = t0 + CPU_POLL  # most programs end before the first poll
             while status is None:
-                left = timeout - (time.monotonic() - t0)
-                if left <= 0:
-                    timed_out = True
+                now = time.monotonic()
+                left = timeout - (now - t0)
+                if now >= next_poll:
+                    next_poll = now + CPU_POLL
+                    if _user_seconds(pid) >= limit:
+                        why = "cpu"
+                if left <= 0 or why:
+                    why = why or "wall"
                     _killpg(pid)
-                    _, status, rusage = os.wait4(pid, 0)
+                    status = os.waitpid(pid, 0)[1]
                     break
-                ready, _, _ = select.select(fds, [], [], left)
+                ready, _, _ = select.select(fds, [], [], max(0.0, min(left, next_poll - now)))
                 if r in ready:
                     b = os.read(r, 1 << 20)
                     if not b:
@@ -484,7 +514,7 @@ class Worker:
                         chunks.append(b)
                         got += len(b)
                 if pidfd in ready:
-                    _, status, rusage = os.wait4(pid, 0)
+                    status = os.waitpid(pid, 0)[1]
         finally:
             os.close(pidfd)
         # drain what is still in the pipe (the child has exited; a grandchild could hold it open, so no blocking)
@@ -499,13 +529,14 @@ class Worker:
         except BlockingIOError:
             pass
         data = b"".join(chunks)
-        cpu_used = rusage.ru_utime + rusage.ru_stime if rusage else 0.0
-        if timed_out:
+        if why == "wall":
             return {"status": "timeout", "error": f"wall time limit {timeout:g}s"}
+        if why == "cpu":
+            return {"status": "timeout", "error": f"CPU time limit {limit}s"}
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= _cpu_secs(cpu)):
-                return {"status": "timeout", "error": f"CPU time limit {_cpu_secs(cpu)}s"}
+            if sig == signal.SIGXCPU:  # the backstop: user + system time of all its threads
+                return {"status": "timeout", "error": f"CPU time limit {limit}s (user and system time)"}
             if sig == signal.SIGXFSZ:
                 return {"status": "crashed", "error": f"output/file size limit {self.config.max_output >> 20} MiB"}
             return {"status": "crashed", "error": f"killed by {signal.Signals(sig).name}"}
@@ -523,7 +554,7 @@ class Worker:
             os.unlink(os.path.join(jobdir, ".output"))
             os.rmdir(jobdir)
         except OSError:
-            shutil.rmtree(jobdir, onerror=_force_remove)
+            remove_tree(jobdir)
 
     def _sweep(self, rounds: int = 200, ours: bool = False) -> None:
         """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
@@ -569,29 +600,47 @@ class Worker:
 
     def close(self) -> None:
         """Empty the scratch folder; the evaluator removes the folder itself (here it may be a mount point)."""
-        for name in os.listdir(self.tmp_root):
-            shutil.rmtree(os.path.join(self.tmp_root, name), onerror=_force_remove)
+        try:
+            names = os.listdir(self.tmp_root)
+        except OSError:
+            return
+        for name in names:
+            remove_tree(os.path.join(self.tmp_root, name))
 
 
 _RESET_SIGNALS = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU,
                                         signal.SIGALRM))
 
 
-def _flat_json(d: dict) -> str:
-    """JSON for a flat dict of str/bool/int/float, written directly: json.dumps's first call in a fresh fork costs
-    about 0.4 ms of page faults, more than the rest of the result handling."""
-    parts = []
-    for k, v in d.items():
-        if isinstance(v, str):
-            val = _json_str(v)
-        elif isinstance(v, bool):
-            val = "true" if v else "false"
-        elif isinstance(v, (int, float)) and v == v and v not in (float("inf"), float("-inf")):
-            val = repr(v)
-        else:
-            val = json.dumps(v)
-        parts.append(f"{_json_str(k)}: {val}")
-    return "{" + ", ".join(parts) + "}"
+def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
+    """_sandbox.judge in Python, for a machine without the extension: the same verdicts, but the nonce lives in a
+    Python frame the program can reach (the isolation report says the verdict is forgeable then)."""
+    nonce = b""
+    while len(nonce) < NONCE_LEN:
+        b = os.read(nonce_fd, NONCE_LEN - len(nonce))
+        if not b:
+            os._exit(103)
+        nonce += b
+    os.close(nonce_fd)
+    try:
+        tests = run()
+        body = {"status": "passed"}
+        if type(tests) is int and tests >= 0:
+            body["tests"] = tests
+    except BaseException as e:  # noqa: BLE001 - any escape (SystemExit, KeyboardInterrupt...) is a failure
+        try:
+            status, error, failed_test = describe(e)
+        except BaseException:  # noqa: BLE001
+            status, error, failed_test = "failed", "", None
+        body = {"status": status if status in VERDICTS and status != "passed" else "failed",
+                "error": error[:1000] if isinstance(error, str) else ""}
+        if type(failed_test) is int and failed_test >= 0:
+            body["failed_test"] = failed_test
+    try:
+        _write_all(result_fd, nonce + json.dumps(body).encode())
+    except OSError:
+        os._exit(102)
+    os._exit(0)
 
 
 def processes_of(uid: int) -> list[int]:
@@ -617,6 +666,20 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
+CPU_POLL = 0.05  # seconds between checks of a running program's user CPU time
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _user_seconds(pid: int) -> float:
+    """User CPU seconds of a process (all its threads), from /proc/<pid>/stat; 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) / _CLOCK_TICKS  # field 14, utime, counting from the state (field 3)
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _cpu_secs(cpu: float) -> int:
     return max(1, math.ceil(cpu))
 
@@ -625,19 +688,6 @@ def _killpg(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _force_remove(func, path, exc_info):
-    """rmtree's error hook: a program may leave folders without write or search permission."""
-    try:
-        os.chmod(os.path.dirname(path), 0o700)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            shutil.rmtree(path, onerror=_force_remove)
-        else:
-            func(path)
-    except OSError:
         pass
 
 

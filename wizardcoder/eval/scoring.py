@@ -25,16 +25,9 @@ from ..errors import ConfigError, DataError
 from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
 from . import passk
 from .benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
-from .jobs import VERDICTS, IsolationReport, Result
-from .pool import SandboxPool
+from .jobs import VERDICTS, IsolationReport, Result, check_timeout, check_workers
+from .pool import MAX_ERROR, SandboxPool
 from .sandbox import SandboxConfig
-
-
-def check_timeout(timeout: float | None, flag: str = "--timeout") -> None:
-    """CPU seconds per program: a positive, finite number (None: the benchmark's default)."""
-    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-        raise ConfigError(f"{flag} {timeout!r}: give the CPU seconds per program as a number > 0 "
-                          "(or leave it out for the task's default).")
 
 
 def read_samples(path: str, bench: Benchmark, problems: dict[str, Problem]) -> list[dict]:
@@ -64,6 +57,8 @@ def _digest(tid: str, code: str) -> str:
 
 
 def _failure_kind(row: dict) -> str:
+    """`failed: <exception name>` (the name as a program's error starts with it; `other` when that is no name), or
+    the verdict."""
     status = row["status"]
     if status != "failed":
         return status
@@ -72,7 +67,27 @@ def _failure_kind(row: dict) -> str:
     if m:
         err = m.group(1)
     name = err.split(":", 1)[0].split(" (", 1)[0].strip()
-    return f"failed: {name or 'unknown'}"
+    if not name:
+        return "failed: unknown"
+    return f"failed: {name}" if _KIND_NAME.fullmatch(name) else "failed: other"
+
+
+_KIND_NAME = re.compile(r"[A-Za-z_][\w.]{0,79}|wrong output(?: type)?")
+
+
+def valid_row(row, bench: Benchmark) -> bool:
+    """A results.jsonl row this version wrote: the fields summarize reads, of the right types (a row from a run that
+    crashed, or from an older version that let a program's report through, is scored again)."""
+    def text(v):
+        return isinstance(v, str) and len(v) <= 4 * MAX_ERROR
+
+    ok = (isinstance(row, dict) and type(row.get("sample")) is int and isinstance(row.get("hash"), str)
+          and type(row.get("passed")) is bool and row.get("status") in VERDICTS and text(row.get("error"))
+          and isinstance(row.get("seconds"), (int, float)) and not isinstance(row.get("seconds"), bool)
+          and math.isfinite(row["seconds"]) and row["seconds"] >= 0)
+    if ok and len(bench.parts) > 1:
+        ok = all(row.get(f"{part}_status") in VERDICTS and text(row.get(f"{part}_error")) for part in bench.parts)
+    return ok
 
 
 def summarize(bench: Benchmark, rows: list[dict], problems: dict[str, Problem], ks: Sequence[int],
@@ -145,6 +160,7 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     """Score `samples` (JSONL) on `task`; write `out_dir`/results.jsonl and summary.json; return the summary.
     `timeout`: CPU seconds per program (None: the benchmark's own limits)."""
     check_timeout(timeout)
+    check_workers(workers)
     bench = get_benchmark(task)
     if timeout is not None and bench.timeout is None:
         print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
@@ -161,7 +177,7 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     previous = {}
     if os.path.exists(results_path):
         for r in read_jsonl(results_path, skip_bad=True):
-            if "sample" in r and "hash" in r:
+            if valid_row(r, bench):
                 previous[r["sample"]] = r
     for i, s in enumerate(rows_in):
         tid = s["task_id"]
