@@ -134,10 +134,10 @@ class EngineWorker:
         """Make the engine's CUDA device this thread's current device (kernels, streams and CUDA graphs all go to
         the current device, and the current device is per thread)."""
         device = getattr(self.engine, "device", None)
-        if device is not None and device.type == "cuda":
+        if device is not None and device.type == "cuda" and device.index is not None:  # a CUDA tensor's device
             import torch
 
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device.index)
 
     def _drain_inbox(self) -> None:
         while True:
