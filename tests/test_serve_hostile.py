@@ -278,8 +278,11 @@ def test_the_engine_thread_makes_the_engines_cuda_device_current(monkeypatch):
     from wizardcoder.serve.worker import EngineWorker
 
     calls = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append((torch.device(d),
-                                                                          threading.current_thread().name)))
+    def set_device(d):  # torch.cuda.set_device takes an index or a device
+        calls.append((torch.device("cuda", d) if isinstance(d, int) else torch.device(d),
+                      threading.current_thread().name))
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
 
     class CudaEngine:  # just what the thread asks of an idle engine
         device = torch.device("cuda", 1)
