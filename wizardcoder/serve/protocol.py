@@ -178,8 +178,8 @@ def check_model(body: dict, limits: Limits) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def _too_long(i: int, chars: int, limits: Limits, param: str) -> ApiError:
-    return ApiError(400, f"{param} {i} has {chars} characters, more than this model's maximum context length of "
+def _too_long(what: str, chars: int, limits: Limits, param: str) -> ApiError:
+    return ApiError(400, f"{what} has {chars} characters, more than this model's maximum context length of "
                     f"{limits.max_len} tokens can hold; shorten it.", param=param, code="context_length_exceeded")
 
 
@@ -201,7 +201,7 @@ def _prompts(body: dict, limits: Limits) -> list:
             raise ApiError(400, f"prompt {i} is empty; send at least one token of prompt.", param="prompt")
         if isinstance(x, str):
             if len(x) > limits.max_len * limits.max_token_chars:
-                raise _too_long(i, len(x), limits, "prompt")
+                raise _too_long(f"prompt {i}", len(x), limits, "prompt")
             _unicode(x, f"prompt {i}", "prompt")
         elif all(_is_int(t) for t in x):
             if len(x) >= limits.max_len:  # no room left for one new token
@@ -279,7 +279,7 @@ def parse_request(body: Any, kind: str, limits: Limits) -> Draft:
     if kind == "chat":
         prompt = render_chat(body.get("messages"), limits.template)
         if len(prompt) > limits.max_len * limits.max_token_chars:
-            raise _too_long(0, len(prompt), limits, "messages")
+            raise _too_long("the conversation (in the template)", len(prompt), limits, "messages")
         prompts, param = [prompt], "messages"
         tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     else:
