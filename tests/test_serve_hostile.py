@@ -131,7 +131,7 @@ def _app(tiny, encode_batch=None, max_queued=MAX_QUEUED):
     model, tok = tiny
     limits = Limits(model_name="tiny", vocab_size=tok.vocab_size, max_len=MAX_LEN, max_n=MAX_N,
                     default_max_tokens=8, template=ALPACA, encode_batch=encode_batch or tok.encode_batch,
-                    max_token_chars=max_token_chars(tok))
+                    max_token_chars=max_token_chars(tok), max_prompts=max_queued)
     worker = EngineWorker(Engine(model, tok, max_slots=8, max_len=MAX_LEN), max_queued)
     return build_app(worker, limits, SamplingParams)
 
@@ -174,7 +174,7 @@ def test_huge_prompts_are_refused_before_tokenizing(tiny):
 
     (s1, e1), (s2, e2), (s3, e3), (s4, _) = asyncio.run(_on_localhost(_app(tiny, encode_batch), body))
     assert s1 == 400 and e1["code"] == "context_length_exceeded" and "7000000 characters" in e1["message"], e1
-    assert s2 == 400 and e2["param"] == "n" and "1500000 samples" in e2["message"], e2
+    assert s2 == 400 and e2["param"] == "prompt" and "sends 1500000 prompts" in e2["message"], e2
     assert s3 == 400 and e3["code"] == "context_length_exceeded", e3
     assert s4 == 200 and calls == [len("def f():")]  # only the good request was tokenized
 

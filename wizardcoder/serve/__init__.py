@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         default_max_tokens=cfg.default_max_new_tokens, template=template,
-                        encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok))
+                        encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),
+                        max_prompts=cfg.max_queued_samples)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
                         request_timeout_s=cfg.request_timeout, max_body_bytes=int(cfg.max_body_mb * 2**20))
         print(f"serving {name} on http://{cfg.host}:{cfg.port}/v1 (max_len {max_len}, {cfg.max_slots} slots)",

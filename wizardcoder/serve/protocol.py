@@ -54,6 +54,7 @@ class Limits:
     encode_batch: Any  # list[str] -> list[list[int]]; called off the event loop (it may take seconds)
     max_token_chars: int = 256  # the most characters one token can stand for (a prompt longer than max_len of them
     #                             cannot fit; byte-level BPE: the longest token's UTF-8 bytes bound its characters)
+    max_prompts: int | None = None  # prompts one request may send (the queue's samples: more could never be queued)
 
 
 _job_ids = itertools.count()
@@ -190,20 +191,25 @@ def _prompts(body: dict, limits: Limits) -> list:
     what = "'prompt' must be a non-empty string, a list of them, a list of token ids, or a list of such lists"
     if isinstance(p, str):
         prompts = [p]
-    elif isinstance(p, list) and p and all(_is_int(t) for t in p):
-        prompts = [p]
-    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
-        prompts = p
+    elif isinstance(p, list) and p and _is_int(p[0]):
+        prompts = [p]  # token ids (each checked below)
+    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p[:1]):
+        prompts = p  # strings or lists of token ids (each checked below)
     else:
         raise ApiError(400, f"{what}, got {_short(p)}.", param="prompt")
+    if limits.max_prompts is not None and len(prompts) > limits.max_prompts:  # before a pass over each of them
+        raise ApiError(400, f"this request sends {len(prompts)} prompts; the server holds at most "
+                       f"{limits.max_prompts} samples at a time, so send fewer prompts.", param="prompt")
     for i, x in enumerate(prompts):
+        if not (isinstance(x, str) or isinstance(x, list) and all(_is_int(t) for t in x)):
+            raise ApiError(400, f"{what}; prompt {i} is {_short(x)}.", param="prompt")
         if not x:
             raise ApiError(400, f"prompt {i} is empty; send at least one token of prompt.", param="prompt")
         if isinstance(x, str):
             if len(x) > limits.max_len * limits.max_token_chars:
                 raise _too_long(f"prompt {i}", len(x), limits, "prompt")
             _unicode(x, f"prompt {i}", "prompt")
-        elif all(_is_int(t) for t in x):
+        else:
             if len(x) >= limits.max_len:  # no room left for one new token
                 raise ApiError(400, f"prompt {i} has {len(x)} tokens; this model's maximum context length is "
                                f"{limits.max_len} tokens.", param="prompt", code="context_length_exceeded")
@@ -211,8 +217,6 @@ def _prompts(body: dict, limits: Limits) -> list:
             if bad is not None:
                 raise ApiError(400, f"prompt {i}: token id {bad} is outside the vocabulary [0, {limits.vocab_size}).",
                                param="prompt")
-        else:
-            raise ApiError(400, f"{what}; prompt {i} is {_short(x)}.", param="prompt")
     return prompts
 
 
