@@ -35,10 +35,13 @@ def test_demo_makes_every_stage_and_a_report(tmp_path):
     assert "eliminated" in report and "canonical solutions of the same problems score pass@1 = 1.0000" in report
     # what a user needs to read the score: why pairs were dropped (the limit named), the pack's counts, the problems
     # with an interval, the answers themselves, the sandbox, versions and seeds
-    too_long = summary["total"]["eliminated"]["too_long"]
-    if too_long:
-        assert f"`too_long` ({too_long}): evolution stopped at max_tokens: the LLM's reply reached the 8-token limit " \
-               "per request ([evolve] max_new_tokens = 8)" in report, report
+    import re
+
+    reasons = re.findall(r"^- `(\w+)` \((\d+)\): (.*)$", report, re.M)
+    for rule, count in summary["total"]["eliminated"].items():  # every elimination is counted under a reason
+        assert sum(int(c) for r, c, _ in reasons if r == rule) == count, (rule, reasons)
+    assert all("the LLM's reply reached the 8-token limit per request ([evolve] max_new_tokens = 8)" in why
+               for _, _, why in reasons if "stopped at max_tokens" in why), reasons
     assert f"records read, {meta['summary']['samples_kept']} kept" in report and "truncated to it" in report
     assert "Problems (2; 162 of the benchmark's problems have no sample" in report and "95% interval" in report
     assert "### Example answers" in report and "**HumanEval/0**:" in report

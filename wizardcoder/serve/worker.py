@@ -11,8 +11,8 @@ An error inside `engine.step()` fails only the request that caused it. A request
 through a step, so the suspects are the engine requests with no output yet (a request's first step admits it:
 prefill and its rows' settings, where a request's own data can break the step). They are aborted in the engine; a
 lone suspect is the culprit and its job alone is answered 500; several are re-added one at a time (no other new
-request joins the engine meanwhile) until the one that fails alone is found, the others carry on unaware (their
-seeds make them sample the same tokens; nothing of theirs had been sent). A step that fails with no suspect means
+request joins the engine meanwhile) until the one that fails alone is found; the others carry on unaware (nothing
+of theirs had been sent, and a seeded one samples the same tokens). A step that fails with no suspect means
 the engine itself is broken: every request is answered 500, as before. (The engine could name the culprit itself,
 and admit a request atomically, so that a failure in one request's admission never leaves another's row half-set;
 see docs/serve.md.)
