@@ -302,10 +302,16 @@ def test_the_engine_thread_makes_the_engines_cuda_device_current(monkeypatch):
     assert calls[1] == ("has_unfinished", "wizardcoder-engine")
 
 
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
-                    reason="needs two CUDA devices")
+@pytest.mark.skipif(_cuda_devices() < 2, reason="needs two CUDA devices")
 def test_serve_on_the_second_gpu_runs_there(tmp_path):
+    """The whole server on cuda:1: the engine thread launches its decode steps (and CUDA graphs) there."""
     ckpt = save_tiny_checkpoint(str(tmp_path / "tiny-gpu1"))
     with serve("--model", ckpt, "--device", "cuda:1", "--max-len", "64") as (base, _):
         status, body = post(base, "/v1/completions", {"prompt": "def f():", "max_tokens": 4, "temperature": 0})
