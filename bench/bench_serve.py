@@ -3,6 +3,7 @@ JSON or server-sent events) and through `Engine.generate` in one process, same w
 
     PYTHONPATH=. python -m bench.bench_serve            # 64 requests x n=4 x 32 tokens
     PYTHONPATH=. python -m bench.bench_serve --quick    # a smoke run
+    PYTHONPATH=. python -m bench.bench_serve --huge-prompts   # /health while huge requests are handled
 
 Every request has its own seed, so both sides generate exactly the same tokens (the engine's samples do not depend
 on what shares the batch); the token totals are checked equal before any time is reported. The server is a
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 from bench.common import REPO, print_table, stamp
 
@@ -102,8 +105,54 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+def _timed_health(base: str) -> float:
+    t0 = time.perf_counter()
+    urllib.request.urlopen(base + "/health", timeout=600).read()
+    return time.perf_counter() - t0
+
+
+def huge_prompts() -> list[dict]:
+    """How long /health waits while the server handles a huge request (a 7 MB prompt, 1.5M one-character prompts,
+    a 250k-character prompt that fits the character bound and is tokenized), against /health on the idle server
+    (the peer). `serve --model tiny`: 1024 positions, so prompts over 262,144 characters are refused untokenized."""
+    import json
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from _serve import serve
+
+    cases = [("7 MB prompt", {"prompt": "a b " * 1_750_000, "max_tokens": 4}),
+             ("1.5M one-char prompts", {"prompt": ["a"] * 1_500_000, "max_tokens": 1}),
+             ("250k-char prompt, tokenized", {"prompt": "a b " * 62_500, "max_tokens": 4})]
+    rows = []
+    with serve("--model", "tiny") as (base, _):
+        idle = min(_timed_health(base) for _ in range(5))
+        for case, body in cases:
+            data, answer = json.dumps(body).encode(), {}
+
+            def send():
+                t0 = time.perf_counter()
+                req = urllib.request.Request(base + "/v1/completions", data=data,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    answer["status"] = urllib.request.urlopen(req, timeout=600).status
+                except urllib.error.HTTPError as e:
+                    answer["status"] = e.code
+                answer["s"] = time.perf_counter() - t0
+
+            thread = threading.Thread(target=send)
+            thread.start()
+            time.sleep(0.3)  # the body is sent and being handled
+            busy = _timed_health(base)
+            thread.join()
+            rows.append({**stamp(), "bench": "serve", "case": f"/health during a {case} (answered "
+                         f"{answer['status']} in {answer['s']:.2f} s)", "ours_s": busy, "peer": "/health idle",
+                         "peer_s": idle, "ours/peer": busy / idle})
+    return rows
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    rows = run(quick=ap.parse_args().quick)
-    print_table(rows)
+    ap.add_argument("--huge-prompts", action="store_true", help="/health latency while huge requests are handled")
+    args = ap.parse_args()
+    print_table(huge_prompts() if args.huge_prompts else run(quick=args.quick))

@@ -30,3 +30,66 @@ def test_help_lists_verbs():
     assert out.returncode == 0
     for verb in ("info", "demo", "run", "evolve", "pack", "train", "generate", "evaluate", "serve"):
         assert verb in out.stdout
+
+
+# ------------------------------------------------------------------------------ bad input: one sentence, exit 2
+def one_sentence(out) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    err = out.stderr.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_info_of_a_missing_folder_names_the_folder_not_a_preset(tmp_path):
+    err = one_sentence(wc("info", "/nonexistent"))
+    assert "/nonexistent: no such checkpoint folder" in err and "unknown preset" not in err
+    (tmp_path / "empty").mkdir()
+    assert "without a config.json" in one_sentence(wc("info", str(tmp_path / "empty")))
+
+
+def test_a_folder_given_as_config_is_called_a_folder(tmp_path):
+    err = one_sentence(wc("pack", "--config", str(tmp_path)))
+    assert f"--config {tmp_path} is a folder; give the config file itself" in err
+    assert "is a folder" in one_sentence(wc("run", str(tmp_path)))
+
+
+def test_pack_seq_len_beyond_any_model_is_refused_before_allocating(tmp_path):
+    """--seq-len 10^11 allocated a table of 10^11 entries and was killed by the kernel with no message. The child
+    runs under a 4 GiB address-space limit, so a regression fails here as a MemoryError, not an OOM kill."""
+    import resource
+
+    from _util import REPO
+
+    assets = f"{REPO}/wizardcoder/assets"
+    cmd = [sys.executable, "-m", "wizardcoder", "pack", "--data", f"{assets}/demo_seed.jsonl", "--tokenizer",
+           f"{assets}/tokenizer", "--seq-len", "100000000000", "--out", str(tmp_path / "packed")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=repo_env(), timeout=300,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)))
+    err = one_sentence(out)
+    assert "--seq-len 100000000000 is outside [2, 1048576]" in err
+    assert not (tmp_path / "packed").exists()
+
+
+def test_run_with_nothing_to_run_says_so(tmp_path):
+    for text in ("", '[run]\nout = "x"\n', '[serve]\nmodel = "tiny"\n'):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        err = one_sentence(wc("run", str(cfg), cwd=tmp_path))
+        assert f"{cfg} names no stage, so there is nothing to run" in err
+    cfg.write_text('[evaluate]\nsamples = "s.jsonl"\ntask = "humaneval"\n')
+    err = one_sentence(wc("run", str(cfg), "--until", "pack", cwd=tmp_path))
+    assert "selects none of the stages" in err and "(evaluate)" in err
+
+
+def test_run_into_a_folder_it_cannot_write_is_one_sentence(tmp_path):
+    import os
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[pack]\ndata = ["{assets}/demo_seed.jsonl"]\ntokenizer = "{assets}/tokenizer"\nseq_len = 64\n')
+    if os.geteuid() == 0:  # root writes through file modes; /sys is read-only for everyone
+        out_dir = "/sys/wizardcoder-test-run"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out_dir = str(tmp_path / "ro" / "run")
+    err = one_sentence(wc("run", str(cfg), "--out", out_dir))
+    assert f"--out {out_dir}: cannot write the run folder there" in err and "give a folder you can write to" in err

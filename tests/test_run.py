@@ -350,3 +350,23 @@ def test_train_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "torch.distributed.run --nproc_per_node=2 -m wizardcoder train --config" in proc.stdout
     assert "2 rank(s)" in proc.stdout and os.path.exists(tmp_path / "run" / "train" / "final" / "model.safetensors")
+
+
+def test_ctrl_c_says_which_stage_stopped_and_how_to_resume(tmp_path):
+    """Ctrl-C (SIGINT) in the middle of train exits 130 with one line naming the stage and saying that the same
+    command resumes (it printed only "interrupted")."""
+    run = str(tmp_path / "run")
+    cfg = write_config(tmp_path / "c.toml", run, until="train", train_steps=10_000)
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "wizardcoder", "run", cfg], stdout=subprocess.DEVNULL,
+                                stderr=log, env=repo_env(OMP_NUM_THREADS="1"))
+        deadline = time.monotonic() + 300
+        while (_state(run, "train") or {}).get("state") != "running":
+            assert proc.poll() is None and time.monotonic() < deadline, "train never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # inside the training loop, not its first import
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
+    err = open(tmp_path / "log").read().strip().splitlines()[-1]
+    assert err == ("interrupted: stopped during stage train; run the same command again to resume: finished stages "
+                   "are skipped and the interrupted one resumes from what it saved."), err

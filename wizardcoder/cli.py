@@ -80,6 +80,8 @@ def verb_parser(verb: str, raise_errors: str | None = None) -> tuple[Any, argpar
 
 def load_config(path: str) -> dict[str, dict]:
     """Read a TOML (`.toml`) or JSON file into {section: {key: value}}; check the section names (not the keys)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path} is a folder; give the config file itself (TOML or JSON).")
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file.")
     if path.endswith(".toml"):
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a verb may say what stopped and how to resume (`run` does)
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
 
 

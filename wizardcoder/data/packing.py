@@ -17,6 +17,11 @@ import heapq
 import numpy as np
 
 
+# The longest pack best_fit_decreasing takes: its table of free room has capacity + 1 entries (a million tokens is
+# beyond any model this trains; 10^11 would be 19 GB before the first sample is placed).
+MAX_CAPACITY = 1 << 20
+
+
 def best_fit_decreasing(lengths, capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """Pack items of `lengths` (each 1..capacity) into packs of `capacity`.
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError
-from .packing import best_fit_decreasing, packing_efficiency, padded_efficiency
+from .packing import MAX_CAPACITY as MAX_SEQ_LEN, best_fit_decreasing, packing_efficiency, padded_efficiency
 from .readers import ReadStats, read_examples, resolve_data_files
 from ..io import atomic_dir, check_out_dir
 from .shards import gather_ranges, write_shards
@@ -72,8 +72,9 @@ def pack_dataset(
 ) -> dict:
     """Turn instruction data into packed shards in `out`; returns the metadata written (its "summary" holds the
     counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
-    if seq_len < 2:
-        raise DataError(f"--seq-len must be at least 2, got {seq_len}.")
+    if not 2 <= seq_len <= MAX_SEQ_LEN:
+        raise DataError(f"--seq-len {seq_len} is outside [2, {MAX_SEQ_LEN}]; a pack is one training sequence, so give "
+                        "the model's context length (e.g. 2048).")
     if packs_per_shard < 1:
         raise DataError(f"--packs-per-shard must be at least 1, got {packs_per_shard}.")
     check_out_dir(out, "pack", overwrite, error=DataError)

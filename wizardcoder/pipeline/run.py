@@ -180,6 +180,7 @@ class Run:
         self.out = self.opts.out
         self.state_dir = os.path.join(self.out, ".run")
         self.stage_times: dict[str, dict] = {}
+        self.current: str | None = None  # the stage running now (named when the run is interrupted)
         self._validate()
 
     # -- checks before anything runs: every section parses through its verb
@@ -270,6 +271,7 @@ class Run:
         elif old and "overwrite" not in stage.section and _has_key(stage.verb, "overwrite"):
             stage.section["overwrite"] = True  # a folder this run made and did not finish (e.g. pack, not resumable)
         print(f"[run] {stage.name}: {stage.verb} -> {stage.section['out']}", flush=True)
+        self.current = stage.name
         self._write_marker(stage, "running")
         t0, c0 = time.perf_counter(), cpu_seconds()
         if stage.prepare is not None:
@@ -379,9 +381,27 @@ def run_pipeline(config_path: str, *, start: str | None = None, until: str | Non
         config.setdefault(section, {})[key] = value
     if start and until and STAGES.index(start) > STAGES.index(until):
         raise ConfigError(f"--from {start} comes after --until {until}; give them in pipeline order.")
-    run = Run(config, config_path, out)
-    os.makedirs(run.state_dir, exist_ok=True)
-    atomic_write_json(os.path.join(run.state_dir, "config.json"), run.config)
+    run = Run(config, config_path, out)  # checks [run] and every section first
+    if not any(stage in config for stage in STAGES):
+        raise ConfigError(f"{config_path} names no stage, so there is nothing to run; add at least one of the "
+                          f"sections {', '.join(f'[{s}]' for s in STAGES)}.")
+    try:
+        os.makedirs(run.state_dir, exist_ok=True)
+        atomic_write_json(os.path.join(run.state_dir, "config.json"), run.config)
+    except OSError as e:
+        flag = "--out" if out else f"{config_path} [run] out"
+        raise UserError(f"{flag} {run.out}: cannot write the run folder there ({e.strerror}); give a folder you "
+                        "can write to.") from None
+    try:
+        _run_stages(run, start, until)
+    except KeyboardInterrupt:  # main() prints this and exits 130
+        where = f"during stage {run.current}" if run.current else "before any stage started"
+        raise KeyboardInterrupt(f"stopped {where}; run the same command again to resume: finished stages are skipped "
+                                "and the interrupted one resumes from what it saved.") from None
+    return run.out
+
+
+def _run_stages(run: Run, start: str | None, until: str | None) -> None:
     from .canonical import canonical_stage
     from .rounds import run_round_selection
 
@@ -396,13 +416,15 @@ def run_pipeline(config_path: str, *, start: str | None = None, until: str | Non
         stages = run.plain_stages(products)
     stages += canonical_stage(run, stages)
     todo = [s for s in stages if _in_range(s.verb, start, until)]
+    if not todo and not run.opts.select_rounds:  # (the round loop above has run its stages itself)
+        raise ConfigError(f"--from {start or STAGES[0]} --until {until or STAGES[-1]} selects none of the stages "
+                          f"{run.source} runs ({', '.join(s.name for s in stages) or 'none'}); widen the range.")
     for stage in todo:
         run.execute(stage)
     if run.opts.report:
         from ..report import write_report
 
         print(f"[run] report: {write_report(run.out)}", flush=True)
-    return run.out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

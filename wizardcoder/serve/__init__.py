@@ -18,7 +18,7 @@ from ..cli_args import add_dataclass_arguments, dataclass_from_args
 from ..errors import ConfigError, UserError
 from .config import ServeConfig
 
-__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket", "resolve_device"]
+__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket", "resolve_device", "max_token_chars"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +100,13 @@ def load_model(cfg: ServeConfig):
     return model.eval(), tok, cfg.served_model_name or name
 
 
+def max_token_chars(tok) -> int:
+    """The most characters any one token of `tok` stands for: the UTF-8 length of its longest token (a character
+    takes at least one byte, so no token covers more characters than its bytes). A prompt of more than max_len
+    times this many characters cannot fit and is refused without tokenizing it."""
+    return max(len(tok.decode([i]).encode("utf-8", "surrogatepass")) for i in range(tok.vocab_size))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(ServeConfig, args)
     sock = bind_socket(cfg.host, cfg.port)  # a taken port fails now, before torch is imported or the model loads
@@ -123,12 +130,17 @@ def run(args: argparse.Namespace) -> int:
         max_len = cfg.max_len or positions
         engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
-                        default_max_tokens=cfg.default_max_new_tokens, template=template, encode=tok.encode)
+                        default_max_tokens=cfg.default_max_new_tokens, template=template,
+                        encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),
+                        max_prompts=cfg.max_queued_samples)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
                         request_timeout_s=cfg.request_timeout, max_body_bytes=int(cfg.max_body_mb * 2**20))
         print(f"serving {name} on http://{cfg.host}:{cfg.port}/v1 (max_len {max_len}, {cfg.max_slots} slots)",
               flush=True)
-        web.run_app(app, sock=sock, print=None, handler_cancellation=True, access_log=None)
+        # aiohttp closes a connection that has not sent a whole request's headers keepalive_timeout seconds after
+        # it opened or after its last answer: that is the header timeout (a slow client cannot hold a socket).
+        web.run_app(app, sock=sock, print=None, handler_cancellation=True, access_log=None,
+                    keepalive_timeout=cfg.header_timeout)
     finally:
         sock.close()
     return 0

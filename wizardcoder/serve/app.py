@@ -1,9 +1,10 @@
 """The aiohttp application: routes, authentication, errors as OpenAI error JSON, and server-sent events.
 
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`, `POST /v1/chat/completions`, `GET /health`.
-A handler checks its request (protocol.parse_request), hands the job to the engine thread (worker.submit), and
-waits on the job's event queue: for the final outputs (a JSON answer) or for every new piece of text (`stream: true`:
-`data: {chunk}` events and a closing `data: [DONE]`, as the OpenAI API sends them).
+A handler checks its request (protocol.parse_request: fields, counts and sizes, no tokenizing), checks the queue has
+room (worker.check_room), tokenizes it in a worker thread (protocol.tokenize), hands the job to the engine thread
+(worker.submit), and waits on the job's event queue: for the final outputs (a JSON answer) or for every new piece of
+text (`stream: true`: `data: {chunk}` events and a closing `data: [DONE]`, as the OpenAI API sends them).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import traceback
 from aiohttp import web
 
 from .protocol import (ACCEPTED, ApiError, DeltaText, Job, Limits, choice, chunk, delta_choice, parse_request,
-                       response, usage)
+                       response, tokenize, usage)
 from .worker import EngineWorker
 
 
@@ -56,6 +57,9 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
             raise ApiError(413, f"the request body is larger than {max_body_bytes // 2**20} MiB.") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e}).") from None
+        except RecursionError:  # Python's parser recurses once per level of nesting
+            raise ApiError(400, "the request body is nested too deeply to parse; a request is a flat JSON "
+                           "object.") from None
 
     async def next_event(job: Job):
         try:
@@ -68,7 +72,10 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
         return item
 
     async def generate(request, kind: str):
-        job = parse_request(await read_body(request), kind, limits, sampling_params_cls)
+        draft = parse_request(await read_body(request), kind, limits)
+        worker.check_room(draft.n_samples)  # 429 / 400 / 503 before any work that grows with the prompts
+        # Tokenizing takes time proportional to the text (seconds for megabytes): off the event loop.
+        job = await asyncio.get_running_loop().run_in_executor(None, tokenize, draft, limits, sampling_params_cls)
         worker.submit(job)
         try:
             if await next_event(job) is not ACCEPTED:

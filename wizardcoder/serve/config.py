@@ -25,6 +25,7 @@ class ServeConfig:
     default_max_new_tokens: int = 256  # completion length when a request gives no max_tokens (capped by max_len)
     request_timeout: float = 600.0  # seconds without a finished sample (streaming: a step) before a request gets 503
     max_body_mb: float = 8.0  # largest request body accepted, in MiB
+    header_timeout: float = 10.0  # seconds a connection has to send a request's headers (also the idle keep-alive)
     api_key_env: str | None = None  # environment variable holding the key clients must send (Authorization: Bearer)
     template: str = "alpaca"  # prompt template for chat requests (a name in wizardcoder.data.templates or a JSON file)
 
@@ -40,7 +41,8 @@ class ServeConfig:
                 raise ConfigError(f"{flag} must be at least 1, got {value}.")
         if self.max_len is not None and self.max_len < 2:
             raise ConfigError(f"--max-len must be at least 2 (one prompt token and one new token), got {self.max_len}.")
-        for flag, value in (("--request-timeout", self.request_timeout), ("--max-body-mb", self.max_body_mb)):
+        for flag, value in (("--request-timeout", self.request_timeout), ("--max-body-mb", self.max_body_mb),
+                            ("--header-timeout", self.header_timeout)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag} must be a positive number, got {value}.")
         if self.max_n > self.max_queued_samples:

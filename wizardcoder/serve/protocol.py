@@ -2,9 +2,15 @@
 
 Every check raises `ApiError` (status + OpenAI's error body), so a bad request is answered 400 alone and never
 reaches the engine. Checks follow the OpenAI API: `n` >= 1, `max_tokens` >= 1, `temperature` in [0, 2], `top_p` in
-(0, 1], at most 4 stop strings, a seed that is an integer, `model` the name this server serves (404
+(0, 1], at most 4 stop strings, a seed that is a 64-bit integer, `model` the name this server serves (404
 `model_not_found` otherwise), prompt tokens + `max_tokens` within the context (400 `context_length_exceeded`).
-Extensions beyond OpenAI's fields: `top_k` (0 or -1: off), and a missing `model` meaning the served one.
+Extensions beyond OpenAI's fields: `top_k` in [-1, vocabulary size] (0 or -1: off), and a missing `model` meaning
+the served one. Every number is bounded here, so nothing out of range reaches the engine's tensors.
+
+Two phases, so that the event loop never does work proportional to a prompt's size before the cheap checks:
+`parse_request` checks the fields, the number of samples and each prompt's length in characters (a prompt of more
+characters than `max_len` tokens can hold is refused without tokenizing it; `Limits.max_token_chars`); the handler
+then checks the queue, and `tokenize` (run in a worker thread) encodes the text and checks the context in tokens.
 """
 from __future__ import annotations
 
@@ -45,7 +51,10 @@ class Limits:
     max_n: int
     default_max_tokens: int
     template: Template
-    encode: Any  # str -> list[int]
+    encode_batch: Any  # list[str] -> list[list[int]]; called off the event loop (it may take seconds)
+    max_token_chars: int = 256  # the most characters one token can stand for (a prompt longer than max_len of them
+    #                             cannot fit; byte-level BPE: the longest token's UTF-8 bytes bound its characters)
+    max_prompts: int | None = None  # prompts one request may send (the queue's samples: more could never be queued)
 
 
 _job_ids = itertools.count()
@@ -75,6 +84,23 @@ class Job:
 
 
 ACCEPTED = "accepted"
+
+
+@dataclass
+class Draft:
+    """A checked request whose prompts are not tokenized yet (`tokenize` turns it into a Job)."""
+
+    kind: str
+    prompts: list  # str (to encode) or list[int] (token ids, already checked)
+    param: str  # the field the prompts came from ("prompt" or "messages"), for error messages
+    max_tokens: int | None
+    settings: dict  # n, temperature, top_p, top_k, stop, seed
+    stream: bool
+    include_usage: bool
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.prompts) * self.settings["n"]
 
 
 # ------------------------------------------------------------------------------------------------ field checks
@@ -108,6 +134,17 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
     return float(v)
 
 
+def _unicode(text: str, where: str, param: str) -> str:
+    """`text` if it is valid Unicode: JSON's escapes can spell a lone UTF-16 surrogate ("\\ud800"), which no
+    tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"{where} holds a lone UTF-16 surrogate ({text[e.start]!r} at character {e.start}); "
+                       "send valid Unicode text.", param=param) from None
+    return text
+
+
 def _stop(body: dict) -> list[str]:
     v = body.get("stop")
     if v is None:
@@ -116,7 +153,7 @@ def _stop(body: dict) -> list[str]:
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
         raise ApiError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOP} non-empty strings, "
                        f"got {_short(v)}.", param="stop")
-    return stops
+    return [_unicode(s, f"stop string {i}", "stop") for i, s in enumerate(stops)]
 
 
 def _unsupported(body: dict, kind: str) -> None:
@@ -142,34 +179,45 @@ def check_model(body: dict, limits: Limits) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ prompts
-def _prompt_ids(body: dict, limits: Limits) -> list[list[int]]:
-    """`prompt`: a string, a list of strings, a list of token ids, or a list of lists of token ids (as OpenAI)."""
+def _too_long(what: str, chars: int, limits: Limits, param: str) -> ApiError:
+    return ApiError(400, f"{what} has {chars} characters, more than this model's maximum context length of "
+                    f"{limits.max_len} tokens can hold; shorten it.", param=param, code="context_length_exceeded")
+
+
+def _prompts(body: dict, limits: Limits) -> list:
+    """`prompt`: a string, a list of strings, a list of token ids, or a list of lists of token ids (as OpenAI).
+    Strings stay text (checked for length in characters, tokenized later); token ids are checked here."""
     p = body.get("prompt")
     what = "'prompt' must be a non-empty string, a list of them, a list of token ids, or a list of such lists"
     if isinstance(p, str):
         prompts = [p]
-    elif isinstance(p, list) and p and all(_is_int(t) for t in p):
-        prompts = [p]
-    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
-        prompts = p
+    elif isinstance(p, list) and p and _is_int(p[0]):
+        prompts = [p]  # token ids (each checked below)
+    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p[:1]):
+        prompts = p  # strings or lists of token ids (each checked below)
     else:
         raise ApiError(400, f"{what}, got {_short(p)}.", param="prompt")
-    out = []
+    if limits.max_prompts is not None and len(prompts) > limits.max_prompts:  # before a pass over each of them
+        raise ApiError(400, f"this request sends {len(prompts)} prompts; the server holds at most "
+                       f"{limits.max_prompts} samples at a time, so send fewer prompts.", param="prompt")
     for i, x in enumerate(prompts):
+        if not (isinstance(x, str) or isinstance(x, list) and all(_is_int(t) for t in x)):
+            raise ApiError(400, f"{what}; prompt {i} is {_short(x)}.", param="prompt")
+        if not x:
+            raise ApiError(400, f"prompt {i} is empty; send at least one token of prompt.", param="prompt")
         if isinstance(x, str):
-            ids = limits.encode(x) if x else []
-        elif all(_is_int(t) for t in x):
+            if len(x) > limits.max_len * limits.max_token_chars:
+                raise _too_long(f"prompt {i}", len(x), limits, "prompt")
+            _unicode(x, f"prompt {i}", "prompt")
+        else:
+            if len(x) >= limits.max_len:  # no room left for one new token
+                raise ApiError(400, f"prompt {i} has {len(x)} tokens; this model's maximum context length is "
+                               f"{limits.max_len} tokens.", param="prompt", code="context_length_exceeded")
             bad = next((t for t in x if not 0 <= t < limits.vocab_size), None)
             if bad is not None:
                 raise ApiError(400, f"prompt {i}: token id {bad} is outside the vocabulary [0, {limits.vocab_size}).",
                                param="prompt")
-            ids = list(x)
-        else:
-            raise ApiError(400, f"{what}; prompt {i} is {_short(x)}.", param="prompt")
-        if not ids:
-            raise ApiError(400, f"prompt {i} is empty; send at least one token of prompt.", param="prompt")
-        out.append(ids)
-    return out
+    return prompts
 
 
 def render_chat(messages, template: Template) -> str:
@@ -193,6 +241,7 @@ def render_chat(messages, template: Template) -> str:
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string, got {_short(content)}.",
                            param=f"messages[{i}].content")
+        _unicode(content, f"messages[{i}].content", f"messages[{i}].content")
         if role in ("system", "developer"):
             if turns:
                 raise ApiError(400, f"messages[{i}]: a {role} message must come before the conversation.",
@@ -224,25 +273,27 @@ def _short(v) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ requests
-def parse_request(body: Any, kind: str, limits: Limits, sampling_params_cls) -> Job:
-    """Check one request body ("completion" or "chat") and turn it into a Job; raises ApiError."""
+def parse_request(body: Any, kind: str, limits: Limits) -> Draft:
+    """Check one request body ("completion" or "chat") without tokenizing it; raises ApiError. Cheap: no work
+    here grows with a prompt's size beyond one pass over its characters."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object.")
     check_model(body, limits)
     _unsupported(body, kind)
     if kind == "chat":
-        prompts = [limits.encode(render_chat(body.get("messages"), limits.template))]
-        param = "messages"
+        prompt = render_chat(body.get("messages"), limits.template)
+        if len(prompt) > limits.max_len * limits.max_token_chars:
+            raise _too_long("the conversation (in the template)", len(prompt), limits, "messages")
+        prompts, param = [prompt], "messages"
         tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     else:
-        prompts = _prompt_ids(body, limits)
-        param, tokens_field = "prompt", "max_tokens"
-    n = _int(body, "n", 1, 1, limits.max_n)
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    top_k = _int(body, "top_k", 0, -1)
-    seed = _int(body, "seed", None, *SEED_RANGE)
-    stop = _stop(body)
+        prompts, param, tokens_field = _prompts(body, limits), "prompt", "max_tokens"
+    settings = {"n": _int(body, "n", 1, 1, limits.max_n),
+                "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
+                "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+                "top_k": max(_int(body, "top_k", 0, -1, limits.vocab_size), 0),
+                "seed": _int(body, "seed", None, *SEED_RANGE),
+                "stop": _stop(body)}
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -252,23 +303,36 @@ def parse_request(body: Any, kind: str, limits: Limits, sampling_params_cls) -> 
     if opts is not None and not (isinstance(opts, dict) and isinstance(opts.get("include_usage", False), bool)):
         raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}.",
                        param="stream_options")
+    max_tokens = _int(body, tokens_field, None, 1)  # bounded by the context check once the prompts are tokenized
+    return Draft(kind, prompts, param, max_tokens, settings, stream,
+                 include_usage=bool(opts and opts.get("include_usage")))
+
+
+def tokenize(draft: Draft, limits: Limits, sampling_params_cls) -> Job:
+    """Encode the draft's text prompts (one batch call: work proportional to their size, so the server runs this
+    in a worker thread), check prompt + max_tokens against the context, and make the Job; raises ApiError."""
+    texts = [i for i, p in enumerate(draft.prompts) if isinstance(p, str)]
+    prompts = list(draft.prompts)
+    for i, ids in zip(texts, limits.encode_batch([prompts[i] for i in texts]) if texts else []):
+        if not ids:
+            raise ApiError(400, f"prompt {i} is empty; send at least one token of prompt.", param="prompt")
+        prompts[i] = ids
     longest = max(len(p) for p in prompts)
     room = limits.max_len - longest
-    max_tokens = _int(body, tokens_field, None, 1)
+    max_tokens = draft.max_tokens
     if max_tokens is None:
         max_tokens = max(1, min(limits.default_max_tokens, room))
     if longest + max_tokens > limits.max_len:
         raise ApiError(400, f"This model's maximum context length is {limits.max_len} tokens, however you requested "
-                       f"{longest + max_tokens} tokens ({longest} in the {param}, {max_tokens} for the completion). "
-                       f"Please reduce the length of the {param} or the completion.", param=param,
-                       code="context_length_exceeded")
+                       f"{longest + max_tokens} tokens ({longest} in the {draft.param}, {max_tokens} for the "
+                       f"completion). Please reduce the length of the {draft.param} or the completion.",
+                       param=draft.param, code="context_length_exceeded")
     try:
-        params = sampling_params_cls(n=n, temperature=temperature, top_p=top_p, top_k=max(top_k, 0),
-                                     max_new_tokens=max_tokens, stop=stop, seed=seed)
+        params = sampling_params_cls(max_new_tokens=max_tokens, **draft.settings)
     except ValueError as e:  # ConfigError is a ValueError: the engine's own range checks
         raise ApiError(400, str(e)) from None
-    return Job(kind=kind, prompts=prompts, params=params, stream=stream,
-               include_usage=bool(opts and opts.get("include_usage")))
+    return Job(kind=draft.kind, prompts=prompts, params=params, stream=draft.stream,
+               include_usage=draft.include_usage)
 
 
 # ------------------------------------------------------------------------------------------------ responses
