@@ -8,7 +8,7 @@ One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, 
 the arguments of a real training launch at StarCoder's shapes (1 pack of 2048 tokens per micro-batch, bf16, MQA with
 head dim 128), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
 and of integer arguments that are multiples of 16, and integer arguments equal to 1 specialised away. The attention
-kernels are compiled once per config of their autotune list (`flash_attention.CUDA_TILES`), the others with the one
+kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with the one
 config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
 shared memory per program (Hopper allows 227 KB, Ampere 163 KB).
 """
@@ -67,8 +67,9 @@ def _jit(kernel):
     return kernel
 
 
-def launches(model: str, dtype: str = "bf16") -> list[Launch]:
-    """Every training-path kernel launch of one micro-batch of `model` (forward and backward)."""
+def launches(model: str, arch: int = 90, dtype: str = "bf16") -> list[Launch]:
+    """Every training-path kernel launch of one micro-batch of `model` (forward and backward) on `arch` (90 or 80:
+    the attention kernels' tile lists differ)."""
     from wizardcoder.config import PRESETS
     from wizardcoder.kernels import cross_entropy as ce
     from wizardcoder.kernels import flash_attention as fa
@@ -100,7 +101,7 @@ def launches(model: str, dtype: str = "bf16") -> list[Launch]:
               n_split=n_split), dict(HEADS_PER_SPLIT=group // n_split)),
         ("dq", fa._dq_kernel, {}, {}),
     ):
-        configs = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s) for m, n, w, s in fa.CUDA_TILES[kind]]
+        configs = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s) for m, n, w, s in fa.CUDA_TILES[arch][kind]]
         kept = [c for c in configs if BD <= 128 or c["BLOCK_M"] * c["BLOCK_N"] <= 64 * 64]  # fa._prune's rule
         for i, c in enumerate(kept):
             out.append(Launch(f"attn_{kind}", kernel, {**attn, **extra},
@@ -182,10 +183,10 @@ def compile_one(launch: Launch, arch: int) -> tuple[int, int, int]:
 def report(models=MODELS, archs=(90, 80), defaults_only: bool = False, dtype: str = "bf16", progress=None) -> list[Row]:
     rows = []
     for model in models:
-        for launch in launches(model, dtype):
-            if defaults_only and not launch.default:
-                continue
-            for arch in archs:
+        for arch in archs:
+            for launch in launches(model, arch, dtype):
+                if defaults_only and not launch.default:
+                    continue
                 regs, spill, shared = compile_one(launch, arch)
                 rows.append(Row(model, f"sm_{arch}{'a' if arch >= 90 else ''}", launch.name, dtype,
                                 launch.consts.get("D", 0) or 0, launch.block, launch.num_warps, launch.num_stages,

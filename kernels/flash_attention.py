@@ -48,14 +48,33 @@ AUTOTUNE = os.environ.get("WIZARDCODER_AUTOTUNE", "1") != "0"
 
 
 # ------------------------------------------------------------------------------------------------ autotune configs
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel for H100/H200; the first is the one used with autotuning off.
-# `python -m bench.compile_report` compiles each for sm_90a and sm_80 at StarCoder's training shapes (registers,
-# spills, shared memory); tests/test_kernels_compile.py holds the first of each to no spills.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and architecture; the first of each list is the one used with
+# autotuning off. Every tile listed compiles without register spills at head dim 128 in bf16 with the arguments of a
+# StarCoder training launch, within the architecture's shared memory (227 KB on Hopper, 163 KB on Ampere):
+# `python -m bench.compile_report` prints registers, spills and shared bytes for each (bench/RESULTS.md), and
+# tests/test_kernels_compile.py holds the first of each list to it. Hopper's list is used from sm_90 on, Ampere's below.
+# The dK/dV kernel holds two fp32 accumulators of BLOCK_N x D plus K and V: key blocks of 64 rows with 8 warps and
+# 2 stages are the default; 128-row key blocks fit only with 16-row query blocks and one stage (with more they spill
+# 0.2-2.8 KB a thread on both architectures).
 CUDA_TILES = {
-    "fwd": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)],
-    "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3)],  # key block held
-    "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 16, 4, 3)],  # query block held
+    90: {
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 4, 4),
+                (64, 32, 4, 3)],
+        "dkdv": [(16, 64, 8, 2), (16, 128, 8, 1), (32, 64, 8, 1), (32, 32, 4, 2), (16, 32, 4, 2)],  # key block held
+        "dq": [(64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 16, 4, 3)],
+    },
+    80: {
+        "fwd": [(64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2)],
+        "dkdv": [(16, 64, 8, 2), (16, 128, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+        "dq": [(64, 64, 8, 3), (64, 32, 4, 3), (64, 16, 4, 3), (64, 32, 4, 2)],
+    },
 }
+
+
+def _arch() -> int:
+    """CUDA_TILES' key for this machine's GPU: 90 from Hopper on, else 80."""
+    major, _ = torch.cuda.get_device_capability()
+    return 90 if major >= 9 else 80
 
 
 def _configs(kind: str) -> list[triton.Config]:
@@ -63,7 +82,8 @@ def _configs(kind: str) -> list[triton.Config]:
         # The interpreter: few programs (it is slow per program), unequal M and N so the tests cover both.
         m, n = (16, 32) if kind == "dkdv" else (32, 16)
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in CUDA_TILES[kind]]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in CUDA_TILES[_arch()][kind]]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -445,12 +465,12 @@ def _num_sms(device) -> int:
 
 def _head_splits(group: int, Hkv: int, Tk: int, num_sms: int | None) -> int:
     """How many programs share one K/V head's query heads in the dK/dV pass: 1 when the grid already fills the GPU
-    (>= 4 programs per SM at the smallest key block), else the smallest power-of-two divisor of `group` that does.
+    (>= 4 programs per SM at the default 64-row key block), else the smallest power-of-two divisor of `group` that does.
     `num_sms` None: not a GPU (the interpreter), where 2 exercises the split path in the tests."""
     if num_sms is None:
         return 2 if group % 2 == 0 else 1
     target = 4 * num_sms
-    base = triton.cdiv(Tk, 128) * Hkv
+    base = triton.cdiv(Tk, 64) * Hkv
     s = 1
     while base * s < target and group % (2 * s) == 0 and s < 8:
         s *= 2
