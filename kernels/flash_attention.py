@@ -54,8 +54,8 @@ AUTOTUNE = os.environ.get("WIZARDCODER_AUTOTUNE", "1") != "0"
 # `python -m bench.compile_report` prints registers, spills and shared bytes for each (bench/RESULTS.md), and
 # tests/test_kernels_compile.py holds the first of each list to it. Hopper's list is used from sm_90 on, Ampere's below.
 # The dK/dV kernel holds two fp32 accumulators of BLOCK_N x D plus K and V: key blocks of 64 rows with 8 warps and
-# 2 stages are the default; 128-row key blocks fit only with 16-row query blocks and one stage (with more they spill
-# 0.2-2.8 KB a thread on both architectures).
+# 2 stages are the default; 128-row key blocks fit only on Hopper, with 16-row query blocks and one stage (with more
+# they spill 0.2-2.8 KB a thread on both architectures).
 CUDA_TILES = {
     90: {
         "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 4, 4),
@@ -65,7 +65,7 @@ CUDA_TILES = {
     },
     80: {
         "fwd": [(64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2)],
-        "dkdv": [(16, 64, 8, 2), (16, 128, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+        "dkdv": [(16, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2)],  # 16x128 spills 24 B at 15B
         "dq": [(64, 64, 8, 3), (64, 32, 4, 3), (64, 16, 4, 3), (64, 32, 4, 2)],
     },
 }
@@ -647,7 +647,7 @@ def attention_reference(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, softmax_s
 
 def attention_packed_torch(q, k, v, cu_seqlens, max_seqlen: int, softmax_scale=None):
     """Causal self-attention over packed documents in plain torch, batched: no loop over documents and no host sync
-    (the fallback where the kernel is not used: CPU, `--kernel-backend torch`). Same semantics as
+    (the fallback where the kernel is not used: CPU, `--attn-backend torch`). Same semantics as
     `attention_reference(q, k, v, cu_seqlens)`, which tests/test_kernels_attention.py holds it to.
 
     q `[T, Hq, D]`, k/v `[T, Hkv, D]`, cu_seqlens `[n_docs + 1]`, `max_seqlen` >= the longest document. The stream is
