@@ -24,6 +24,7 @@ import glob
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,7 +65,9 @@ STEPS: list[Step] = [
                                  "-k", "documents_do_not or batched_torch"], env=NO_TUNE),
     # On CPU every GPU test is collected and skipped: the dry run checks the collection (optional deps included).
     Step("gpu-tests", _pytest("4") + ["-m", "gpu", "--junitxml={out}/gpu-tests.xml", "tests"]
-         + [f"--ignore={t}" for t in KERNEL_TESTS], 60, env=NO_TUNE),
+         + [f"--ignore={t}" for t in KERNEL_TESTS], 60,
+         dry_cmd=_pytest("0") + ["-m", "gpu", "--junitxml={out}/gpu-tests.xml", "tests"]
+         + [f"--ignore={t}" for t in KERNEL_TESTS], env=NO_TUNE),
     Step("kernels", [PY, "-m", "bench.bench_kernels"], 60, dry_cmd=[PY, "-m", "bench.bench_kernels", "--quick"],
          env=NO_TUNE, bench="kernels"),
     Step("train", [PY, "-m", "bench.bench_train"], 70, dry_cmd=[PY, "-m", "bench.bench_train", "--quick"],
@@ -105,10 +108,15 @@ def run_step(step: Step, limit: float, out: str, scratch: str, dry: bool, log) -
         env.pop("TRITON_INTERPRET", None)  # real kernels on the GPU
     log.write(f"\n===== {step.name}: $ {' '.join(cmd)}\n")
     log.flush()
+    # Its own process group, so a step cut short takes its children with it (pytest-xdist workers, torchrun ranks)
+    # instead of leaving them running, and writing to the log, through the next steps.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
+        rc = proc.wait(timeout=limit)
         return "ok" if rc == 0 else f"failed (rc {rc})"
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         return f"timed out after {limit:.0f} s"
 
 

@@ -114,14 +114,6 @@ def all_reduce_host(values: list[float], d: Dist, op: str = "sum") -> list[float
     return t.tolist()
 
 
-def all_reduce_sum(x: float | int, d: Dist) -> float:
-    return all_reduce_host([x], d)[0]
-
-
-def all_reduce_max(x: float | int, d: Dist) -> float:
-    return all_reduce_host([x], d, "max")[0]
-
-
 def broadcast_object(obj, d: Dist):
     """Rank 0's `obj` on every rank (a path, a small dict)."""
     if not d.enabled:
