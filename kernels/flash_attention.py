@@ -647,7 +647,7 @@ def attention_reference(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, softmax_s
 
 def attention_packed_torch(q, k, v, cu_seqlens, max_seqlen: int, softmax_scale=None):
     """Causal self-attention over packed documents in plain torch, batched: no loop over documents and no host sync
-    (the fallback where the kernel is not used: CPU, `--attn-backend torch`). Same semantics as
+    (the fallback on a GPU where the kernel is not used: `--attn-backend torch`, or no Triton). Same semantics as
     `attention_reference(q, k, v, cu_seqlens)`, which tests/test_kernels_attention.py holds it to.
 
     q `[T, Hq, D]`, k/v `[T, Hkv, D]`, cu_seqlens `[n_docs + 1]`, `max_seqlen` >= the longest document. The stream is

@@ -74,14 +74,16 @@ class _HostReads:
     """Counts reads of tensor values into Python while a step runs: `aten._local_scalar_dense` dispatches (`.item()`,
     `float(t)`, `bool(t)`, a boolean mask's size) and `Tensor.tolist()`, the two ways a value reaches the host (on a
     GPU each waits for the device). Paused where the values read live in host memory on a GPU machine too: the
-    loader and the FLOP count reading the loader's tensors, and AdamW reading its step counters (CPU tensors unless
-    capturable; the fused CUDA AdamW reads none)."""
+    loader and the FLOP count reading the loader's tensors, AdamW reading its step counters (CPU tensors unless
+    capturable; the fused CUDA AdamW reads none), and the CPU-only per-document loop of packed attention reading
+    cu_seqlens (on a GPU the batched form reads nothing; tests/test_kernels_attention.py holds it to that loop)."""
 
     def __init__(self, monkeypatch):
         from torch.utils._python_dispatch import TorchDispatchMode
 
         import wizardcoder.flops
         from wizardcoder.data import PackedLoader
+        from wizardcoder.kernels import flash_attention as fa
 
         self.count, self.paused = 0, False
         counter = self
@@ -124,6 +126,7 @@ class _HostReads:
         monkeypatch.setattr(PackedLoader, "__iter__", loader_iter)
         monkeypatch.setattr(wizardcoder.flops, "doc_sum_sq", paused(wizardcoder.flops.doc_sum_sq))
         monkeypatch.setattr(torch.optim.AdamW, "step", paused(torch.optim.AdamW.step))
+        monkeypatch.setattr(fa, "attention_reference", paused(fa.attention_reference))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
