@@ -58,7 +58,8 @@ bench: setup
 	$(BIN)/python -m bench.run_all
 
 # On a GPU machine, with its own python3 and torch (no venv, no network): every GPU test and GPU benchmark with its
-# peer, under 8 minutes; figures and logs under $$OUT (or bench/out/gpu).
+# peer, under 8 minutes with the native build; at most 8 files under $$OUT (or bench/out/gpu), summary.md and
+# figures.jsonl rewritten after every step. `python3 -m bench.gpu_check --dry-run` runs the same plumbing on CPU.
 gpu-check:
 	python3 -m bench.gpu_check
 

@@ -48,18 +48,42 @@ AUTOTUNE = os.environ.get("WIZARDCODER_AUTOTUNE", "1") != "0"
 
 
 # ------------------------------------------------------------------------------------------------ autotune configs
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and architecture; the first of each list is the one used with
+# autotuning off. Every tile listed compiles without register spills at head dim 128 in bf16 with the arguments of a
+# StarCoder training launch, within the architecture's shared memory (227 KB on Hopper, 163 KB on Ampere):
+# `python -m bench.compile_report` prints registers, spills and shared bytes for each (bench/RESULTS.md), and
+# tests/test_kernels_compile.py holds the first of each list to it. Hopper's list is used from sm_90 on, Ampere's below.
+# The dK/dV kernel holds two fp32 accumulators of BLOCK_N x D plus K and V: key blocks of 64 rows with 8 warps and
+# 2 stages are the default; 128-row key blocks fit only on Hopper, with 16-row query blocks and one stage (with more
+# they spill 0.2-2.8 KB a thread on both architectures).
+CUDA_TILES = {
+    90: {
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 4, 4),
+                (64, 32, 4, 3)],
+        "dkdv": [(16, 64, 8, 2), (16, 128, 8, 1), (32, 64, 8, 1), (32, 32, 4, 2), (16, 32, 4, 2)],  # key block held
+        "dq": [(64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 16, 4, 3)],
+    },
+    80: {
+        "fwd": [(64, 64, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2)],
+        "dkdv": [(16, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 2)],  # 16x128 spills 24 B at 15B
+        "dq": [(64, 64, 8, 3), (64, 32, 4, 3), (64, 16, 4, 3), (64, 32, 4, 2)],
+    },
+}
+
+
+def _arch() -> int:
+    """CUDA_TILES' key for this machine's GPU: 90 from Hopper on, else 80."""
+    major, _ = torch.cuda.get_device_capability()
+    return 90 if major >= 9 else 80
+
+
 def _configs(kind: str) -> list[triton.Config]:
     if INTERPRET or not torch.cuda.is_available():
         # The interpreter: few programs (it is slow per program), unequal M and N so the tests cover both.
         m, n = (16, 32) if kind == "dkdv" else (32, 16)
         return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
-    if kind == "fwd":  # H100: 128x64/128 tiles, 4-8 warps, 3-4 stages (cf. the Triton fused-attention tutorial)
-        shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 3)]
-    elif kind == "dkdv":  # key block BLOCK_N held in registers, query blocks streamed
-        shapes = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3)]
-    else:  # dq: query block held, key blocks streamed
-        shapes = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 16, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in CUDA_TILES[_arch()][kind]]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -439,13 +463,14 @@ def _num_sms(device) -> int:
     return 1
 
 
-def _head_splits(group: int, n_docs: int, Hkv: int, Tk: int, device) -> int:
+def _head_splits(group: int, Hkv: int, Tk: int, num_sms: int | None) -> int:
     """How many programs share one K/V head's query heads in the dK/dV pass: 1 when the grid already fills the GPU
-    (>= 4 programs per SM at the smallest key block), else the smallest power-of-two divisor of `group` that does."""
-    if device.type != "cuda":
-        return 2 if group % 2 == 0 else 1  # exercise the split path in the interpreter tests
-    target = 4 * _num_sms(device)
-    base = triton.cdiv(Tk, 128) * Hkv
+    (>= 4 programs per SM at the default 64-row key block), else the smallest power-of-two divisor of `group` that does.
+    `num_sms` None: not a GPU (the interpreter), where 2 exercises the split path in the tests."""
+    if num_sms is None:
+        return 2 if group % 2 == 0 else 1
+    target = 4 * num_sms
+    base = triton.cdiv(Tk, 64) * Hkv
     s = 1
     while base * s < target and group % (2 * s) == 0 and s < 8:
         s *= 2
@@ -470,7 +495,7 @@ def _bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max
     _bwd_preprocess[(triton.cdiv(T, PRE_M), Hq)](o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1),
                                                  delta.stride(0), T, D, BLOCK_M=PRE_M, BLOCK_D=BLOCK_D)
 
-    n_split = _head_splits(group, n_docs, Hkv, Tk, q.device)
+    n_split = _head_splits(group, Hkv, Tk, _num_sms(q.device) if q.device.type == "cuda" else None)
     if n_split == 1:
         dk = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=k.dtype)
         dv = torch.empty(1, Tk, Hkv, D, device=q.device, dtype=v.dtype)
@@ -596,7 +621,8 @@ def _sdpa(q, k, v, scale, causal, key_padding_mask=None):
 
 def attention_reference(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, softmax_scale=None, causal=True, upcast=False,
                         key_padding_mask=None):
-    """Plain-torch attention (the ground truth of the tests and benches, and the model's `torch` backend): torch SDPA
+    """Plain-torch attention (the ground truth of the tests and benches; the model's `torch` backend for dense
+    batches, `attention_packed_torch` for packed ones): torch SDPA
     with the kernel's semantics: MQA/GQA head mapping, causal mask aligned bottom-right when a document's query and
     key lengths differ, rows that see no key give 0.
 
@@ -617,3 +643,40 @@ def attention_reference(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, softmax_s
     outs = [_sdpa(q[None, bq[i]:bq[i + 1]], k[None, bk[i]:bk[i + 1]], v[None, bk[i]:bk[i + 1]], scale, causal)[0]
             for i in range(len(bq) - 1)]
     return (torch.cat(outs) if outs else q[:0]).to(dtype)
+
+
+def attention_packed_torch(q, k, v, cu_seqlens, max_seqlen: int, softmax_scale=None):
+    """Causal self-attention over packed documents in plain torch, batched: no loop over documents and no host sync
+    (the fallback on a GPU where the kernel is not used: `--attn-backend torch`, or no Triton). Same semantics as
+    `attention_reference(q, k, v, cu_seqlens)`, which tests/test_kernels_attention.py holds it to.
+
+    q `[T, Hq, D]`, k/v `[T, Hkv, D]`, cu_seqlens `[n_docs + 1]`, `max_seqlen` >= the longest document. The stream is
+    cut into blocks of W = max_seqlen tokens; a document no longer than W that holds a query of block b starts after
+    block b - 1 begins, so each query block attends to the keys of its own and the previous block under a
+    same-document causal mask: one SDPA call of [n_blocks, Hq, W, 2W] scores (T x 2W per head, against sum L^2 for
+    the loop over documents; MQA/GQA through SDPA's enable_gqa, K/V never expanded)."""
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    W = max(1, int(max_seqlen))
+    nb = max(1, -(-T // W))
+    pad = nb * W - T
+    dev = q.device
+    pos = torch.arange(nb * W, device=dev)
+    doc = torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)  # document of each token; padding: n_docs
+    doc = torch.where(pos < T, doc, -1)
+
+    def blocks(x):  # [T, H, D] -> [nb, H, W, D]
+        return F.pad(x, (0, 0, 0, 0, 0, pad)).view(nb, W, x.shape[1], D).transpose(1, 2)
+
+    def with_previous(x, fill):  # [nb, ..., W, *] -> [nb, ..., 2W, *]: the previous block's then this block's
+        prev = torch.cat([torch.full_like(x[:1], fill), x[:-1]])
+        return torch.cat([prev, x], dim=-2 if x.dim() > 2 else -1)
+
+    kb, vb = with_previous(blocks(k), 0), with_previous(blocks(v), 0)
+    doc_q, pos_q = doc.view(nb, W), pos.view(nb, W)
+    doc_k, pos_k = with_previous(doc_q, -2), with_previous(pos_q, -1)
+    mask = (doc_q[:, :, None] == doc_k[:, None, :]) & (pos_k[:, None, :] <= pos_q[:, :, None])  # [nb, W, 2W]
+    y = F.scaled_dot_product_attention(blocks(q), kb, vb, attn_mask=mask[:, None], scale=scale,
+                                       enable_gqa=Hq != Hkv)  # [nb, Hq, W, D]
+    return y.transpose(1, 2).reshape(nb * W, Hq, D)[:T]

@@ -6,7 +6,11 @@ test already compiles the kernels.
 
 The test compiles one variant of each kernel (bf16, head dim 128, causal: what StarCoder trains with; plus the fp32
 attention forward for the IEEE-dot path), about a minute on 2 cores with a cold Triton cache. Every dtype, head dim
-and flag: `python tests/test_kernels_compile.py --all` (a few minutes)."""
+and flag: `python tests/test_kernels_compile.py --all` (a few minutes).
+
+The default-tile tests go further, through `bench.compile_report`: the tile each training-path kernel launches with
+when autotuning is off, compiled with a real launch's arguments (alignment hints, StarCoder 1B and 15B shapes), must
+not spill registers and must fit the architecture's shared memory."""
 import os
 import subprocess
 import sys
@@ -93,6 +97,51 @@ def test_every_kernel_compiles_for_sm90():
     res = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+
+
+DEFAULTS_CHECK = """
+import json, sys
+from bench.compile_report import report
+rows = report(archs=[int(a) for a in sys.argv[1:]], defaults_only=True)
+print(json.dumps([r.__dict__ for r in rows]))
+"""
+
+
+def _defaults(*archs: str) -> list[dict]:
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", DEFAULTS_CHECK, *archs], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _assert_fits(rows: list[dict]) -> None:
+    from bench.compile_report import SHARED_LIMIT
+
+    kernels = {r["kernel"] for r in rows}
+    assert {"attn_fwd", "attn_dkdv", "attn_dq", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd",
+            "cross_entropy"} <= kernels
+    bad = [r for r in rows if r["spill_bytes"] or r["shared_bytes"] > SHARED_LIMIT[int(r["arch"][3:5])]]
+    assert not bad, bad
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CUDA machine: the other tests compile the kernels")
+def test_default_tiles_do_not_spill_on_hopper():
+    """The tile every training-path kernel uses with autotuning off, compiled for sm_90a with the arguments of a
+    StarCoderBase-1B and a StarCoder-15B training launch (alignment hints included): no register spills, and shared
+    memory within Hopper's 227 KB."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    _assert_fits(_defaults("90"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CUDA machine: the other tests compile the kernels")
+def test_default_tiles_do_not_spill_on_ampere():
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    _assert_fits(_defaults("80"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """One mixed-precision path: a single process trains through FSDP2's MixedPrecisionPolicy (fp16 compute, fp32
 master weights) with the Triton kernels on (the CPU interpreter), and its losses follow the plain fp32 torch path."""
 import pytest
+import torch
 from train_util import metrics, pack, small_checkpoint, small_tokenizer, train_here
 
 
@@ -67,3 +68,79 @@ def test_activation_checkpointing_changes_no_number(small, tmp_path, monkeypatch
     assert per_step == {"none": 2, "selective": 3, "full": 4}
     assert losses["selective"] == pytest.approx(losses["none"], rel=1e-6)
     assert losses["full"] == pytest.approx(losses["none"], rel=1e-6)
+
+
+class _HostReads:
+    """Counts reads of tensor values into Python while a step runs: `aten._local_scalar_dense` dispatches (`.item()`,
+    `float(t)`, `bool(t)`, a boolean mask's size) and `Tensor.tolist()`, the two ways a value reaches the host (on a
+    GPU each waits for the device). Paused where the values read live in host memory on a GPU machine too: the
+    loader and the FLOP count reading the loader's tensors, AdamW reading its step counters (CPU tensors unless
+    capturable; the fused CUDA AdamW reads none), and the CPU-only per-document loop of packed attention reading
+    cu_seqlens (on a GPU the batched form reads nothing; tests/test_kernels_attention.py holds it to that loop)."""
+
+    def __init__(self, monkeypatch):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        import wizardcoder.flops
+        from wizardcoder.data import PackedLoader
+        from wizardcoder.kernels import flash_attention as fa
+
+        self.count, self.paused = 0, False
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default and not counter.paused:
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(t):
+            if not counter.paused:
+                counter.count += 1
+            return tolist(t)
+
+        def paused(fn):
+            def call(*a, **k):
+                was, counter.paused = counter.paused, True
+                try:
+                    return fn(*a, **k)
+                finally:
+                    counter.paused = was
+            return call
+
+        iterate = PackedLoader.__iter__
+
+        def loader_iter(self_):
+            it = iterate(self_)
+            while True:
+                try:
+                    b = paused(next)(it)
+                except StopIteration:
+                    return
+                yield b
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+        monkeypatch.setattr(PackedLoader, "__iter__", loader_iter)
+        monkeypatch.setattr(wizardcoder.flops, "doc_sum_sq", paused(wizardcoder.flops.doc_sum_sq))
+        monkeypatch.setattr(torch.optim.AdamW, "step", paused(torch.optim.AdamW.step))
+        monkeypatch.setattr(fa, "attention_reference", paused(fa.attention_reference))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_one_host_sync_per_optimizer_step(small, tmp_path, monkeypatch, dtype):
+    """Host reads per optimizer step, counted on CPU (2 micro-batches a step, plain-torch kernels, fp16 with its loss
+    scaler): runs of 2 and 4 steps differ by 2 steps' reads, and that is at most one read a step."""
+    ckpt, shards = small
+    reads = _HostReads(monkeypatch)
+    counts = []
+    for steps in (2, 4):
+        reads.count = 0
+        with reads.mode:
+            train_here(out=str(tmp_path / f"{dtype}-{steps}"), model=ckpt, data=shards, max_steps=steps, lr=1e-3,
+                       seed=0, grad_accum=2, dtype=dtype, attn_backend="torch", kernel_backend="torch",
+                       save_final=False)
+        counts.append(reads.count)
+    assert (counts[1] - counts[0]) / 2 == 1, counts  # the loss, overflow flag and gradient norm, read together

@@ -66,4 +66,5 @@ def doc_sum_sq(cu_seqlens: torch.Tensor, labels: torch.Tensor) -> int:
     lens = cu[1:] - cu[:-1]
     seg = torch.repeat_interleave(torch.arange(len(lens)), lens)
     loss_per_seg = torch.zeros(len(lens)).index_add_(0, seg, (labels.reshape(-1).cpu() != -100).float())
-    return int((lens[loss_per_seg > 0] ** 2).sum())
+    # Summed in Python from one list: no per-element tensor-to-scalar reads.
+    return sum(n * n for n, has_loss in zip(lens.tolist(), (loss_per_seg > 0).tolist()) if has_loss)

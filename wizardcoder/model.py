@@ -285,7 +285,9 @@ def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None, i
     targets[:, :-1] = labels[:, 1:]
     if cu_seqlens is not None:
         ends = cu_seqlens[1:].long() - 1
-        targets[0, ends[ends >= 0]] = ignore_index
+        # An empty leading document ends at -1, i.e. the last position, already ignored. Integer indices, not a
+        # boolean mask: no host sync.
+        targets[0, ends] = ignore_index
     return targets
 
 

@@ -104,20 +104,14 @@ def parallelize(model, d: Dist, param_dtype: torch.dtype | None, activation_chec
     return model
 
 
-def all_reduce_sum(x: float | int, d: Dist) -> float:
-    if not d.enabled:
-        return x
-    t = torch.tensor(float(x), dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return t.item()
-
-
-def all_reduce_max(x: float | int, d: Dist) -> float:
-    if not d.enabled:
-        return x
-    t = torch.tensor(float(x), dtype=torch.float64, device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
+def all_reduce_host(values: list[float], d: Dist, op: str = "sum") -> list[float]:
+    """Host numbers (token counts, seconds, bytes) summed or maxed over ranks in one collective on a CPU tensor (gloo,
+    also beside NCCL): no device work, so no wait for the GPU."""
+    if d.world_size == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def broadcast_object(obj, d: Dist):

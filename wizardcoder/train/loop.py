@@ -10,8 +10,12 @@ logs `{"event": "loaded", "rank", "peak_bytes"}`. One step:
 2. count the loss tokens of the whole global step (all ranks) once, so the loss is the mean over every response
    token of the step, however documents fall into micro-batches and ranks;
 3. forward/backward each micro-batch with reduction="sum" scaled by world_size / global_loss_tokens (FSDP2 averages
-   gradients over ranks; fp16 also multiplies by the loss scale), gradient sync only on the last micro-batch;
-4. unscale and check (fp16), clip, step, schedule; log a metrics row (loss, lr, tokens/s, TFLOP/s, MFU, memory).
+   gradients over ranks; fp16 also multiplies by the loss scale). Every micro-batch reduce-scatters its gradients
+   into the sharded fp32 gradients (as torchtitan does): skipping the sync would keep each rank's full unsharded
+   gradients until the step (4 bytes x all parameters: 62 GB per GPU for the 15B recipe);
+4. unscale and check (fp16), clip, then the step's one host sync (loss, overflow flag and gradient norm read back
+   together; the token counts are host numbers, reduced over ranks on the CPU), step, schedule; log a metrics row
+   (loss, lr, tokens/s, TFLOP/s, MFU, memory).
 """
 from __future__ import annotations
 
@@ -128,7 +132,7 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
     from ..dtypes import resolve_dtype
     from ..flops import doc_sum_sq, peak_tflops, train_flops
     from ..io import JsonlAppender, atomic_write_json
-    from ..parallel import all_reduce_max, all_reduce_sum, barrier, peak_memory_bytes
+    from ..parallel import all_reduce_host, barrier, peak_memory_bytes
     from ..plan import PlanConfig, format_side_by_side, plan_memory
     from .optim import LossScaler, build_optimizer, state_bytes
     from .state import TrainState, export_hf, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
@@ -144,7 +148,8 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
 
     optimizer = build_optimizer(model.parameters(), cfg, d.device)
     scaler = LossScaler(dtype == torch.float16)
-    loader = PackedLoader(shards, cfg.micro_batch_packs, d.rank, d.world_size, seed=cfg.seed)
+    loader = PackedLoader(shards, cfg.micro_batch_packs, d.rank, d.world_size, seed=cfg.seed,
+                          pin_memory=d.device.type == "cuda")  # so the non_blocking copies overlap
     steps_per_epoch = max(1, loader.steps_per_epoch // grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     state = TrainState(model, optimizer, loader, scaler)
@@ -188,22 +193,29 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
         for g in optimizer.param_groups:
             g["lr"] = lr
         micro = [next(it) for _ in range(grad_accum)]
-        n_loss = all_reduce_sum(sum(b["num_loss_tokens"] for b in micro), d)
-        n_real = all_reduce_sum(sum(b["num_real_tokens"] for b in micro), d)
-        sum_sq = all_reduce_sum(sum(doc_sum_sq(b["cu_seqlens"], b["labels"]) for b in micro), d)
-        loss_sum = 0.0
-        for i, b in enumerate(micro):
-            model.set_requires_gradient_sync(i == len(micro) - 1)
+        # The step's token counts (host numbers from the loader) over all ranks: one CPU collective, no device wait.
+        n_loss, n_real, sum_sq = all_reduce_host([sum(b["num_loss_tokens"] for b in micro),
+                                                  sum(b["num_real_tokens"] for b in micro),
+                                                  sum(doc_sum_sq(b["cu_seqlens"], b["labels"]) for b in micro)], d)
+        loss_sum = torch.zeros((), device=d.device)
+        for b in micro:
             loss = model(b["input_ids"].to(d.device, non_blocking=True),
                          position_ids=b["position_ids"].to(d.device, non_blocking=True),
                          cu_seqlens=b["cu_seqlens"].to(d.device, non_blocking=True), max_seqlen=b["max_seqlen"],
                          labels=b["labels"].to(d.device, non_blocking=True), reduction="sum")
             (loss.float() * (scaler.scale * d.world_size / max(n_loss, 1.0))).backward()
             loss_sum += loss.detach().float()
-        finite = scaler.unscale_and_check(model.parameters())
+        found_inf = scaler.unscale_(model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        # The step's one host sync: the loss and the overflow flag summed over ranks, with the (already global)
+        # gradient norm, read back together.
+        summed = torch.stack([loss_sum, found_inf.to(d.device).sum() if found_inf is not None else loss_sum * 0])
+        if d.world_size > 1:
+            torch.distributed.all_reduce(summed)
+        loss_total, n_inf, grad_norm = torch.cat([summed, grad_norm.to(d.device, torch.float32).reshape(1)]).tolist()
+        finite = n_inf == 0
         if finite:
             optimizer.step()
         scaler.update(finite)
@@ -211,11 +223,10 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
             held = _held_bytes(model, optimizer, state_bytes)
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss_value = all_reduce_sum(float(loss_sum), d) / max(n_loss, 1.0)
-        dt = all_reduce_max(time.perf_counter() - t0, d)
+        loss_value = loss_total / max(n_loss, 1.0)
+        dt, mem = all_reduce_host([time.perf_counter() - t0, peak_memory_bytes(d.device)], d, "max")
         flops = train_flops(mcfg, int(n_real), int(sum_sq)) / dt
-        mem = all_reduce_max(peak_memory_bytes(d.device), d)
-        last = {"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+        last = {"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "tokens": int(n_real), "loss_tokens": int(n_loss), "tok_per_s": n_real / dt,
                 "tflops_per_s": flops / 1e12, "tok_per_s_per_gpu": n_real / dt / d.world_size,
                 "tflops_per_gpu": flops / 1e12 / d.world_size,

@@ -4,7 +4,8 @@
   where the sharded parameters and their state live in host memory).
 - `adamw8bit`, `paged_adamw8bit`: bitsandbytes' blockwise 8-bit AdamW. Its kernels take plain tensors, not DTensors,
   so `LocalShardOptimizer` hands it each parameter's local shard (a tensor sharing the DTensor's storage, so the
-  update lands in the parameter) and, before each step, that shard's gradient. The 8-bit state (two uint8 moments
+  update lands in the parameter; re-pointed before each step, since FSDP2's lazy init moves offloaded shards into
+  new pinned storage) and, before each step, that shard's gradient. The 8-bit state (two uint8 moments
   plus an fp32 absmax per 256 values) is per local shard: about a quarter of AdamW's 8 bytes per parameter.
   Tensors under bitsandbytes' `min_8bit_size` (4096 values: biases, LayerNorm gains) keep 32-bit state.
 """
@@ -56,6 +57,12 @@ class LocalShardOptimizer:
         from torch.distributed.tensor import DTensor
 
         for p, local in zip(self.params, self.locals):
+            # Re-point at the live shard: FSDP2's lazy init (the first forward) moves offloaded shards into new,
+            # pinned storage, so a tensor taken at construction would be a stale copy. Same object, so the inner
+            # optimizer's state (keyed by it) stays.
+            live = p.to_local() if isinstance(p, DTensor) else p
+            if local.data_ptr() != live.data_ptr():
+                local.data = live.detach()
             g = p.grad
             local.grad = None if g is None else (g.to_local() if isinstance(g, DTensor) else g)
         self.inner.step()
@@ -95,22 +102,21 @@ class LossScaler:
     def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
         self.enabled, self.scale, self.growth_interval, self._good = enabled, init_scale if enabled else 1.0, growth_interval, 0
 
-    def unscale_and_check(self, params) -> bool:
-        """Divide gradients by the scale; True when they are all finite (the step may proceed)."""
+    def unscale_(self, params) -> torch.Tensor | None:
+        """Divide the (local shards of the) gradients by the scale in place, in one fused kernel; return a 1-element
+        fp32 tensor on the gradients' device, nonzero where some gradient holds inf/nan. No host sync: the caller
+        all-reduces it with the step's other figures and reads them all at once. None when scaling is off."""
         if not self.enabled:
-            return True
+            return None
         from torch.distributed.tensor import DTensor
 
-        bad = torch.zeros(())
-        for p in params:
-            if p.grad is None:
-                continue
-            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-            g.mul_(1.0 / self.scale)
-            bad = bad + (~torch.isfinite(g)).any().float().cpu()
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad)
-        return not bool(bad.item())
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None]
+        device = grads[0].device if grads else torch.device("cpu")  # all on one (the GPU, or host memory offloaded)
+        found_inf = torch.zeros(1, device=device)
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
+                                                              torch.full((1,), 1.0 / self.scale, device=device))
+        return found_inf
 
     def update(self, finite: bool) -> None:
         if not self.enabled:
