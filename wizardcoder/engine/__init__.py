@@ -2,5 +2,6 @@
 per-row sampling settings and seeds, stop strings, CUDA graphs on GPU."""
 from ..sampling import SamplingParams
 from .core import Completion, Engine, EngineStats, RequestOutput
+from .load import load
 
-__all__ = ["SamplingParams", "Engine", "RequestOutput", "Completion", "EngineStats"]
+__all__ = ["SamplingParams", "Engine", "RequestOutput", "Completion", "EngineStats", "load"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -105,6 +106,21 @@ class EngineStats:
     generated_tokens: int = 0
 
 
+def _check_memory(cfg, max_slots: int, max_prompts: int, max_len: int, dtype, device) -> None:
+    """Refuse, in one sentence, a cache that cannot fit in the device's free memory (rather than being killed)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    kv = 2 * cfg.n_layer * (max_slots + max_prompts) * max_len * cfg.n_kv_head * cfg.head_dim * elem
+    need = kv + max_slots * max_len * 8  # + the generated tokens
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise ConfigError(f"{max_slots} sample slots of {max_len} tokens need {need / 2**30:.1f} GiB of KV cache but "
+                          f"the {device.type} device has {free / 2**30:.1f} GiB free; use fewer slots (generate's "
+                          "--batch-slots, serve's --max-slots) or fewer tokens per sample.")
+
+
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_slots: int = 64, max_len: int | None = None,
                  max_prompts: int | None = None, device=None, compile: str | bool = "auto", sync_every: int = 8,
@@ -130,6 +146,7 @@ class Engine:
         self.B, self.sync_every, self.share_prompts = max_slots, sync_every, share_prompts
         self.max_prefill_tokens = max_prefill_tokens
         P = max_prompts or max(2, max_slots // 8)
+        _check_memory(cfg, max_slots, P, self.max_len, self.dtype, self.device)
         self.cache = SlotCache(cfg, max_slots, P, self.max_len, self.dtype, self.device)
         self._width_step = 256 if self.device.type == "cuda" else 16
         dev, B = self.device, max_slots
