@@ -167,7 +167,7 @@ class Engine:
         self._queue: list[_Request] = []
         self._requests: dict[str, _Request] = {}
         self._ids = itertools.count()
-        self._filtered = self._random = False
+        self._filtered = self._random = self._any_top_k = False
         self.stats = EngineStats()
         mode = {True: "compile", False: "off", None: "off"}.get(compile, compile)
         if mode not in ("auto", "graph", "compile", "off"):
@@ -246,7 +246,7 @@ class Engine:
         nb = self._rows_bucket(live[-1][0] + 1)
         self.cache.set_decode(slots, prefix_w, row_w, nb)
         for _ in range(k):
-            self._run_decode((slots, prefix_w, row_w, nb, self._filtered, self._random))
+            self._run_decode((slots, prefix_w, row_w, nb, self._filtered, self._random, self._any_top_k))
         self.stats.decode_steps += k
         self.stats.row_steps += k * len(live)
         return self._sync(live, k)
@@ -332,6 +332,7 @@ class Engine:
         sampled = [r.req.params for r in self._rows if r is not None and r.req.params.temperature > 0]
         self._random = bool(sampled)  # all greedy: no noise to draw
         self._filtered = any(p.top_k > 0 or p.top_p < 1 for p in sampled)
+        self._any_top_k = any(p.top_k > 0 for p in sampled)
 
     def _prefill(self, prefills: list[tuple[str, int, list[int]]]) -> None:
         """Packed forwards of at most max_prefill_tokens tokens (a longer prompt goes alone)."""
@@ -378,7 +379,7 @@ class Engine:
         h = self.model.hidden_states(input_tok[:, None], kv_cache=self.cache)[:, -1]
         logits = F.linear(h, self.model.lm_head_weight())
         nxt = sample_rows(logits, self.temperature[:nb], self.top_p[:nb], self.top_k[:nb], self.keys[:nb], n_gen,
-                          self._filtered, self._random)
+                          self._filtered, self._random, self._any_top_k)
         live = ~done
         is_eos = nxt == (self.eos_id if self.eos_id is not None else -1)
         keep = live & ~is_eos
