@@ -14,7 +14,6 @@ gloo); ranks that do not share a file system still work, since the merge gathers
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -85,7 +84,9 @@ class Job:
 
 def prompt_seed(seed: int, task_id: str) -> int:
     """The seed of one prompt: a function of (--seed, task_id) alone, so no split of the work changes it."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{task_id}".encode()).digest()[:8], "little") >> 1
+    from .engine.params import derived_seed
+
+    return derived_seed(seed, task_id)
 
 
 def load_jobs(cfg: GenerateConfig) -> tuple[list[Job], str]:

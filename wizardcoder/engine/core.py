@@ -8,7 +8,7 @@ Work flows like this (gpt-fast's prefill / decode-one-token split; vLLM's reques
    row starting from the prompt's last token. A request with one sample (or no free prompt slot when sharing is
    off) keeps its prompt in its own row. Several prompts are prefilled in one packed forward.
 3. `step()` then runs up to `sync_every` decode steps for all rows at once, entirely on the device: forward one
-   token per row (shared-prefix attention), sample with each row's own settings (wizardcoder.sampling.sample_rows),
+   token per row (shared-prefix attention), sample with each row's own settings (engine/sampler.py: sample_rows),
    append the token, and mark rows done on EOS or length. On CUDA each step is a captured CUDA graph.
 4. One host sync per `step()` reads the new tokens, checks stop strings on the decoded text, finishes rows (finish
    reason "stop" for EOS or a stop string, "length" at max_new_tokens) and frees them, so the next `step()` refills
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..sampling import SamplingParams, sample_key, sample_rows, truncate_at_stop
+from .params import SamplingParams, sample_key
+from .sampler import sample_rows, truncate_at_stop
 from .cache import SlotCache
 
 

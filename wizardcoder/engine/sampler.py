@@ -1,97 +1,17 @@
-"""How to sample, and the per-row sampler the engine runs on the device.
+"""The per-row sampler the engine runs on the device (how to sample one request: params.py).
 
-`SamplingParams` (vLLM-like) describes one request. `sample_rows` draws the next token for a whole batch whose rows
-may each have their own temperature / top-k / top-p / seed, all as tensors, with no host round-trip. Its noise is a
+`sample_rows` draws the next token for a whole batch whose rows may each have their own temperature / top-k / top-p / seed, all as tensors, with no host round-trip. Its noise is a
 pure function of (seed, sample index, step): a counter-based hash, not a stateful generator, so a sample's tokens do
 not depend on which other rows share the batch, on the row it sits in, or on how the work is split over processes.
 Top-k and top-p are found without sorting the vocabulary (a radix select over the weights' bits, every row at
 once; `sample_rows_sorted` is the sorting reference it is tested against), and drawing is by inverse CDF in token
 order: the first token whose cumulative weight (softmax(logits / T) restricted to the top-k / top-p set) reaches u.
-
-`generate(model, tokenizer, prompts, params)` is the short way to sample text: a thin call into the engine
-(wizardcoder/engine), kept for the demo, the evaluation CLI and older callers.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import torch
 
-from .errors import ConfigError
-
-MASK32 = 0xFFFFFFFF
-
-
-@dataclass
-class SamplingParams:
-    """How to sample one request (per-request, so requests with different settings share a batch)."""
-
-    n: int = 1  # completions drawn for the prompt; they share the prompt's K/V
-    temperature: float = 0.0  # 0 = greedy (argmax); otherwise logits are divided by it
-    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)
-    top_k: int = 0  # keep only the k most likely tokens (0 = off); applied before top_p
-    max_new_tokens: int = 256  # generated tokens at most (finish_reason "length" when reached)
-    stop: list[str] = field(default_factory=list)  # the completion ends before the first of these strings ("stop")
-    seed: int | None = None  # same seed, prompt and settings: same samples, whatever shares the batch; None: random
-
-    def __post_init__(self):
-        def need_int(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{name} must be an integer, got {v!r}.")
-            if v < lo:
-                raise ConfigError(f"{name} must be >= {lo}, got {v}.")
-
-        def need_float(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v!r}.")
-            setattr(self, name, float(v))
-
-        need_int("n", 1)
-        need_int("top_k", 0)
-        need_int("max_new_tokens", 1)
-        need_float("temperature")
-        need_float("top_p")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ConfigError(f"stop must be a list of non-empty strings, got {self.stop!r}.")
-        self.stop = list(self.stop)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"seed must be an integer or null, got {self.seed!r}.")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-# ------------------------------------------------------------------------------------------ counter-based noise
-def _mul32(x, c: int):
-    """(x * c) mod 2**32 for x in [0, 2**32) without int64 overflow (python ints and int64 tensors alike)."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
-
-
-def fmix32(x):
-    """MurmurHash3's 32-bit finaliser (a bijection with full avalanche) on values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def sample_key(seed: int, index: int) -> int:
-    """The 32-bit stream key of sample `index` of a request with `seed` (any python int)."""
-    seed &= (1 << 64) - 1
-    h = fmix32((seed & MASK32) ^ 0x9E3779B9)
-    h = fmix32(h ^ fmix32((seed >> 32) ^ 0x7F4A7C15))
-    return fmix32(h ^ fmix32((index & MASK32) ^ 0x2545F491))
+from .params import MASK32, fmix32
 
 
 def uniform_noise(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -160,16 +80,28 @@ def _keep_prefix(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, by
     return (bits > tau) | (tie & (above + tie_rank * tau_weight < target[:, None]))
 
 
+def _digits(V: int) -> list[tuple[int, int]]:
+    """(shift, width) of each pass over the 31 value bits, high digits first: 11 bits at a time for a real
+    vocabulary, narrower for a small one, so a pass's histograms (B x 2**width) stay no larger than the logits."""
+    width = min(11, max(3, V.bit_length() - 1))
+    out, top = [], 31
+    while top > 0:
+        w = min(width, top)
+        out.append((top - w, w))
+        top -= w
+    return out
+
+
 def _radix_select(bits: torch.Tensor, weight: torch.Tensor, target: torch.Tensor):
     """Per row, tau = the largest bit pattern v with sum(weight[bits >= v]) >= target (0 when no v reaches it), and
-    the weight strictly above tau; both `[B, 1]`. Three passes over the 31 value bits, 11 + 11 + 9 at a time: each
+    the weight strictly above tau; both `[B, 1]`. Passes over the 31 value bits (11 + 11 + 9 for V >= 2048): each
     histograms the weight of the tokens that match the digits found so far by their next digit, and keeps the digit
     where the mass from the top crosses the target. (FlashInfer's sorting-free top-p instead draws and rejects with
     pivots; this is its deterministic, fixed-pass cousin: no data-dependent loop, so no host sync.)"""
-    B = bits.shape[0]
+    B, V = bits.shape
     prefix = torch.zeros(B, 1, dtype=torch.int32, device=bits.device)
     above = torch.zeros(B, 1, dtype=weight.dtype, device=bits.device)
-    for shift, width in ((20, 11), (9, 11), (0, 9)):
+    for shift, width in _digits(V):
         n = 1 << width
         high = bits >> shift
         bucket = (high & (n - 1)) + torch.arange(B, dtype=torch.int32, device=bits.device)[:, None] * n
@@ -208,15 +140,3 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
     """`text` up to (not including) the earliest occurrence of any stop string."""
     cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
     return text[:cut]
-
-
-def generate(model, tokenizer, prompts: list[str], params: SamplingParams, batch_size: int = 32,
-             progress: bool = False) -> list[list[str]]:
-    """`params.n` completions for every prompt (text after the prompt, cut at the first stop string), through the
-    engine with `batch_size` sample slots."""
-    from .engine import Engine
-
-    encoded = tokenizer.encode_batch(prompts)
-    max_len = max(len(p) for p in encoded) + params.max_new_tokens
-    engine = Engine(model, tokenizer, max_slots=batch_size, max_len=min(max_len, model.config.n_positions))
-    return [[c.text for c in samples] for samples in engine.generate(encoded, params, progress=progress)]
