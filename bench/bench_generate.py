@@ -3,6 +3,7 @@
     PYTHONPATH=. python -m bench.bench_generate            # CPU proxy (small model) or, with CUDA, the 1B shape
     PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
     PYTHONPATH=. python -m bench.bench_generate --case passk   # the pass@k workload alone
+    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops dispatched by one decode step (CPU)
 
 Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
 counts are checked before any time is reported):
@@ -85,6 +86,39 @@ def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
              "seconds": t_hf, "vs_HF": 1.0},
             {"bench": "generate", "case": case, "impl": "wizardcoder engine", "tok_per_s": samples * new / t_ours,
              "seconds": t_ours, "vs_HF": t_hf / t_ours}]
+
+
+def run_op_count() -> list[dict]:
+    """Aten ops dispatched by one decode step on CPU (the engine's `_decode_step`, 8 rows sharing one prompt, top-p),
+    counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
+    embedding, LM head, sampler and state update."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    totals = {}
+    for layers in (2, 4):
+        model = StarCoder.from_config(StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers}), seed=0).eval()
+        eng = Engine(model, max_slots=8, max_len=128, sync_every=1)
+        with torch.inference_mode():
+            eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
+            eng.step()  # admit + prefill + one step; the next step is a plain decode step
+            with Count() as c:
+                eng._decode_step()
+        totals[layers] = c.ops
+    per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
+    rest = sum(totals[2].values()) - 2 * per_layer
+    return [{"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
+             "impl": "wizardcoder engine", "ops_per_layer": per_layer, "ops_outside_layers": rest}]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -212,6 +246,8 @@ if __name__ == "__main__":
 
     s = stamp()
     print(f"device: {s['device']}  commit: {s['commit']}  date: {s['date']}  torch {torch.__version__}")
-    r = run_passk() if "passk" in sys.argv else run(quick="--quick" in sys.argv)
-    print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor"])
+    r = (run_passk() if "passk" in sys.argv else run_op_count() if "ops" in sys.argv
+         else run(quick="--quick" in sys.argv))
+    print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor", "ops_per_layer",
+                    "ops_outside_layers"])
     save_rows(r, "generate")

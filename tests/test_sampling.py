@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from wizardcoder import StarCoder, StarCoderConfig
+from _kv_cache import KVCache
 from wizardcoder.errors import ConfigError
-from wizardcoder.model import KVCache
 from wizardcoder.sampling import SamplingParams, fmix32, sample_key, truncate_at_stop, uniform_noise
 
 from test_engine import one_thread  # noqa: F401  (autouse fixture: one intra-op thread for tiny tensors)
