@@ -157,3 +157,27 @@ def test_sort_free_draws_follow_the_sorting_samplers_distribution():
     chi2 = float((((ours - ref) ** 2) / (ours + ref))[both].sum())
     dof = int(both.sum()) - 1
     assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)
+
+
+def test_triton_sampler_keeps_the_same_sets_and_draws_the_same_tokens():
+    """The Triton kernel (CPU interpreter here) against the torch sort-free sampler (itself held to the sorting
+    reference above): every row's kept set, and the token drawn with the same uniform, for rows with their own
+    temperature / top-k / top-p, V not a multiple of the block, and tied logits."""
+    pytest.importorskip("triton")
+    from wizardcoder.kernels.sampling import sample_rows_triton
+    from wizardcoder.sampling import keep_top_k_top_p, sample_rows
+
+    g = torch.Generator().manual_seed(9)
+    B, V = 16, 300
+    logits = torch.randn(B, V, generator=g) * 2
+    logits[8:] = logits[8:].round().clamp(-2, 2)  # runs of ties
+    temperature = torch.rand(B, generator=g) + 0.5
+    top_k = torch.tensor([0, 1, 5, 0, 40, 0, 299, 500] * 2)
+    top_p = torch.tensor([0.9, 1.0, 0.5, 0.3, 1.0, 0.999, 0.7, 0.95] * 2)
+    keys = torch.tensor([sample_key(2, i) for i in range(B)])
+    steps = torch.arange(B)
+    tokens, keep = sample_rows_triton(logits, temperature, top_p, top_k, uniform_noise(keys, steps), return_keep=True)
+    x = logits / temperature[:, None]
+    w = torch.exp(x - x.amax(-1, keepdim=True))
+    assert torch.equal(keep, keep_top_k_top_p(w, top_k, top_p))
+    assert tokens.tolist() == sample_rows(logits, temperature, top_p, top_k, keys, steps).tolist()
