@@ -4,6 +4,7 @@
     PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
     PYTHONPATH=. python -m bench.bench_generate --case passk   # the pass@k workload alone
     PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops dispatched by one decode step (CPU)
+    PYTHONPATH=. python -m bench.bench_generate --case deterministic   # the cost of Engine(deterministic=True)
 
 Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
 counts are checked before any time is reported):
@@ -86,6 +87,26 @@ def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
              "seconds": t_hf, "vs_HF": 1.0},
             {"bench": "generate", "case": case, "impl": "wizardcoder engine", "tok_per_s": samples * new / t_ours,
              "seconds": t_ours, "vs_HF": t_hf / t_ours}]
+
+
+def run_deterministic_cost(samples: int = 20, new: int = 64) -> list[dict]:
+    """The pass@k workload (as `run_passk`) through the engine as is and with `deterministic=True`, same run."""
+    cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
+    model = StarCoder.from_config(cfg, seed=0).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=1)
+    rows, base = [], None
+    for det in (False, True):
+        eng = Engine(model, max_slots=samples, max_len=256 + new, deterministic=det)
+        eng.generate([prompt], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))  # warm-up
+        out = []
+        t = _clock(lambda: out.append(eng.generate([prompt], params)))
+        assert sum(len(c.token_ids) for c in out[0][0]) == samples * new
+        base = base or t
+        rows.append({"bench": "generate", "case": f"pass@k workload (n={samples}, {new} new, V 49152, 4 x d512)",
+                     "impl": f"engine, deterministic={det}", "tok_per_s": samples * new / t, "seconds": t,
+                     "vs_default": base / t})
+    return rows
 
 
 def run_op_count() -> list[dict]:
@@ -247,7 +268,8 @@ if __name__ == "__main__":
     s = stamp()
     print(f"device: {s['device']}  commit: {s['commit']}  date: {s['date']}  torch {torch.__version__}")
     r = (run_passk() if "passk" in sys.argv else run_op_count() if "ops" in sys.argv
+         else run_deterministic_cost() if "deterministic" in sys.argv
          else run(quick="--quick" in sys.argv))
     print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor", "ops_per_layer",
-                    "ops_outside_layers"])
+                    "ops_outside_layers", "vs_default"])
     save_rows(r, "generate")

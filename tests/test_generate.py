@@ -168,3 +168,25 @@ def test_a_cache_larger_than_free_memory_is_one_sentence():
     with pytest.raises(ConfigError, match=r"^16384 sample slots of 1024 tokens need .* GiB of KV cache but the cpu "
                                           r"device has .* GiB free; use fewer slots \(generate's --batch-slots"):
         Engine(model, max_slots=16384, max_len=1024, max_prompts=10**6)
+
+
+def test_deterministic_mode_gives_the_same_file_whatever_the_slots_and_ranks(humaneval, tmp_path):
+    """64 new tokens with --deterministic: one process with 3 slots, one with 7, and two torchrun ranks with 2 each
+    write the same bytes. (Without it, 3 and 7 slots already part on this workload: the matmuls round a row by
+    the number of rows they run with.)"""
+    args = ["--model", "tiny", "--task", "humaneval", "--data", humaneval, "--limit", "3", "--num-samples", "2",
+            "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "64", "--seed", "1", "--no-progress",
+            "--deterministic"]
+    files = []
+    for slots in ("3", "7"):
+        files.append(tmp_path / f"s{slots}.jsonl")
+        assert main(["generate", *args, "--batch-slots", slots, "--out", str(files[-1])]) == 0
+    files.append(tmp_path / "ranks.jsonl")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "wizardcoder.generate",
+           *args, "--batch-slots", "2", "--out", str(files[-1])]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=repo_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    texts = [f.read_bytes() for f in files]
+    assert texts[0] == texts[1] == texts[2]
+    rows = [json.loads(line) for line in texts[0].decode().splitlines()]
+    assert len(rows) == 6 and max(r["completion_tokens"] for r in rows) == 64

@@ -49,6 +49,7 @@ class GenerateConfig:
     dtype: str = "auto"  # model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     device: str | None = None  # cuda, cpu (default: the local rank's GPU when there is one)
     batch_slots: int = 64  # samples decoded together (the engine's slots)
+    deterministic: bool = False  # batch-invariant decoding: the same samples whatever the ranks, --batch-slots or resume (slower)
     progress: bool = True  # progress bar with samples/s and tokens/s
     out: str = "samples.jsonl"  # the samples file (task_id, response or completion, finish_reason)
 
@@ -121,7 +122,7 @@ def load_jobs(cfg: GenerateConfig) -> tuple[list[Job], str]:
 def _settings(cfg: GenerateConfig) -> dict:
     """What the samples depend on: a resumed run must match it."""
     keep = ("model", "task", "data", "prompts", "prompt_style", "n", "temperature", "top_p", "top_k",
-            "max_new_tokens", "seed", "dtype")
+            "max_new_tokens", "seed", "dtype", "deterministic")
     return {"version": JOURNAL_VERSION, **{k: getattr(cfg, k) for k in keep}}
 
 
@@ -191,7 +192,9 @@ def generate_samples(cfg: GenerateConfig) -> str:
         params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                  max_new_tokens=cfg.max_new_tokens, stop=j.stop, seed=prompt_seed(cfg.seed, j.task_id))
                   for j in mine]
-        engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len)
+        if cfg.deterministic:  # the cache width must not depend on which prompts are left (resume) either
+            max_len = model.config.n_positions
+        engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len, deterministic=cfg.deterministic)
         with JsonlAppender(os.path.join(journal, f"part-{d.rank}.jsonl"), fsync=True) as log:
             def finished(i, completions):
                 rec = {"task_id": mine[i].task_id, "texts": [c.text for c in completions],

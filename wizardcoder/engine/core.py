@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from .params import SamplingParams, sample_key
 from .sampler import sample_rows, truncate_at_stop
 from .cache import SlotCache
+from .invariant import RowTiledLinear
 
 
 @dataclass
@@ -125,11 +126,14 @@ def _check_memory(cfg, max_slots: int, max_prompts: int, max_len: int, dtype, de
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_slots: int = 64, max_len: int | None = None,
                  max_prompts: int | None = None, device=None, compile: str | bool = "auto", sync_every: int = 8,
-                 share_prompts: bool = True, max_prefill_tokens: int = 8192, eos_id: int | None = None):
+                 share_prompts: bool = True, max_prefill_tokens: int = 8192, eos_id: int | None = None,
+                 deterministic: bool = False):
         """`max_slots` samples decode together; `max_len` bounds prompt + new tokens of one sample (default: the
         model's positions); `max_prompts` prompt slots (default max_slots // 8, at least 2); `compile`: "auto"
         captures each decode step as a CUDA graph on CUDA (nothing on CPU), "compile" also torch.compiles it
-        (slow to start: one compile per decode shape), "off" runs eagerly; `sync_every` decode steps between host syncs."""
+        (slow to start: one compile per decode shape), "off" runs eagerly; `sync_every` decode steps between host syncs.
+        `deterministic`: batch-invariant steps (engine/invariant.py): a seeded sample's tokens do not depend on what
+        shares the batch, the number of slots or ranks (at a cost; CUDA graphs and compile are off)."""
         cfg = model.config
         if device is not None:
             model = model.to(device)
@@ -149,6 +153,9 @@ class Engine:
         P = max_prompts or max(2, max_slots // 8)
         _check_memory(cfg, max_slots, P, self.max_len, self.dtype, self.device)
         self.cache = SlotCache(cfg, max_slots, P, self.max_len, self.dtype, self.device)
+        self.deterministic = self.cache.invariant = bool(deterministic)
+        if deterministic:
+            compile, self.max_prefill_tokens = "off", 1  # eager steps; each prompt prefilled alone
         self._width_step = 256 if self.device.type == "cuda" else 16
         dev, B = self.device, max_slots
         # Per-row sampling settings and state, on the device (free rows are `done`).
@@ -174,7 +181,7 @@ class Engine:
         if mode not in ("auto", "graph", "compile", "off"):
             raise ConfigError(f"compile must be auto, compile or off, got {compile!r}.")
         self._graphs_on = self.device.type == "cuda" and mode in ("auto", "graph", "compile")
-        self._step_fn = self._decode_step
+        self._step_fn = self._decode_step if not deterministic else self._invariant_step
         if mode == "compile":  # one compile per decode shape (checked on CPU: the same tokens as eager)
             self._step_fn = torch.compile(self._decode_step, dynamic=False,
                                           mode="max-autotune-no-cudagraphs" if self._graphs_on else None)
@@ -391,6 +398,10 @@ class Engine:
         hit_eos |= live & is_eos
         done |= hit_eos | (n_gen >= self.max_new[:nb])
         input_tok.copy_(torch.where(live, nxt, input_tok))
+
+    def _invariant_step(self) -> None:
+        with RowTiledLinear():
+            self._decode_step()
 
     def _run_decode(self, key: tuple) -> None:
         if not self._graphs_on:

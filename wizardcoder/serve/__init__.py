@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.max_len is not None and cfg.max_len > positions:
             raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
         max_len = cfg.max_len or positions
-        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
+        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         default_max_tokens=cfg.default_max_new_tokens, template=template, encode=tok.encode)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
