@@ -39,6 +39,15 @@ def _in_top_k(bits, offs, V, tau_k, above_k, ties_before, k):
 
 
 @triton.jit
+def _in_top_p(bits, kk, tau_p, tau_w, above_p, ties_before, target, p_off):
+    """Kept tokens of a block (top-k members `kk` within the nucleus), given the ties of tau_p in earlier blocks."""
+    tie = kk & (bits == tau_p)
+    rank = ties_before + tl.cumsum(tie.to(tl.int32), 0) - 1
+    in_p = (bits > tau_p) | (tie & (above_p + rank.to(tl.float64) * tau_w < target))
+    return kk & (in_p | p_off), tl.sum(tie.to(tl.int32), 0)
+
+
+@triton.jit
 def _sample_kernel(x_ptr, stride, inv_t_ptr, top_k_ptr, top_p_ptr, u_ptr, out_ptr, keep_ptr, V: tl.constexpr,
                    WRITE_KEEP: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -114,11 +123,8 @@ def _sample_kernel(x_ptr, stride, inv_t_ptr, top_k_ptr, top_p_ptr, u_ptr, out_pt
         bits, w = _bits_and_weight(x_ptr, offs, V, inv_t, m)
         kk, n_tie = _in_top_k(bits, offs, V, tau_k, above_k, ties, k)
         ties += n_tie
-        tie_p = kk & (bits == tau_p)
-        rank_p = ties_p + tl.cumsum(tie_p.to(tl.int32), 0) - 1
-        ties_p += tl.sum(tie_p.to(tl.int32), 0)
-        in_p = (bits > tau_p) | (tie_p & (above_p + rank_p.to(tl.float64) * tau_w < target))
-        keep = kk & (in_p | p_off)
+        keep, n_tie_p = _in_top_p(bits, kk, tau_p, tau_w, above_p, ties_p, target, p_off)
+        ties_p += n_tie_p
         if WRITE_KEEP:
             tl.store(keep_ptr + row.to(tl.int64) * V + offs, keep.to(tl.int8), mask=offs < V)
         kept_total += tl.sum(tl.where(keep, w, 0.0), 0)
@@ -132,11 +138,8 @@ def _sample_kernel(x_ptr, stride, inv_t_ptr, top_k_ptr, top_p_ptr, u_ptr, out_pt
         bits, w = _bits_and_weight(x_ptr, offs, V, inv_t, m)
         kk, n_tie = _in_top_k(bits, offs, V, tau_k, above_k, ties, k)
         ties += n_tie
-        tie_p = kk & (bits == tau_p)
-        rank_p = ties_p + tl.cumsum(tie_p.to(tl.int32), 0) - 1
-        ties_p += tl.sum(tie_p.to(tl.int32), 0)
-        in_p = (bits > tau_p) | (tie_p & (above_p + rank_p.to(tl.float64) * tau_w < target))
-        keep = kk & (in_p | p_off)
+        keep, n_tie_p = _in_top_p(bits, kk, tau_p, tau_w, above_p, ties_p, target, p_off)
+        ties_p += n_tie_p
         cdf = carry + tl.cumsum(tl.where(keep, w, 0.0), 0)
         pick = tl.minimum(pick, tl.min(tl.where((cdf >= threshold) & (offs < V), offs, V - 1), 0))
         carry = carry + tl.sum(tl.where(keep, w, 0.0), 0)
