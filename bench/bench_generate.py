@@ -2,6 +2,9 @@
 
     PYTHONPATH=. python -m bench.bench_generate            # CPU proxy (small model) or, with CUDA, the 1B shape
     PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
+    PYTHONPATH=. python -m bench.bench_generate --case passk   # the pass@k workload alone
+    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops dispatched by one decode step (CPU)
+    PYTHONPATH=. python -m bench.bench_generate --case deterministic   # the cost of Engine(deterministic=True)
 
 Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
 counts are checked before any time is reported):
@@ -14,6 +17,9 @@ counts are checked before any time is reported):
   length and a finished slot is refilled at once. HF: static batches of the same size in the same order, each
   running until its longest sample ends (padding the rest), as a batch sampler without refill must. Figures count
   useful tokens only (each sample's own length), the same total for both.
+- `pass@k` (`--case passk`, alone): the paper's evaluation workload, 20 samples of one 256-token prompt, top-p 0.95,
+  T 0.8, 64 new tokens, on a 4-layer d512 model with StarCoder's 49152-token vocabulary (the LM head and the top-p
+  filter dominate). HF: one batch of 20.
 Correctness gate first: greedy tokens of ours and HF on one prompt must agree (fp32: exactly; half precision: the
 match length is reported).
 """
@@ -55,6 +61,85 @@ def _copy_bandwidth(device) -> float:
     y.copy_(x)
     t = min(_clock(lambda: y.copy_(x)) for _ in range(5))
     return 2 * x.numel() * x.element_size() / t
+
+
+def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
+    """The pass@k workload alone (see the module docstring); both sides draw samples x new tokens."""
+    from bench.bench_model import _hf_from_ours
+
+    cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
+    ours = StarCoder.from_config(cfg, seed=0).eval()
+    hf = _hf_from_ours(ours).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
+    params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=1)
+    eng = Engine(ours, max_slots=samples, max_len=256 + new)
+    with torch.inference_mode():
+        eng.generate([prompt[0].tolist()], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))
+        _hf_generate(hf, prompt, 2, sample=True)  # warm-up both
+        out = []
+        t_ours = _clock(lambda: out.append(eng.generate([prompt[0].tolist()], params)))
+        assert sum(len(c.token_ids) for c in out[0][0]) == samples * new
+        res = []
+        t_hf = _clock(lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1), new, sample=True)))
+        assert res[0].shape == (samples, 256 + new)
+    case = f"pass@k: n={samples} of one 256-token prompt, {new} new, top-p 0.95 T 0.8, V 49152, 4 x d512"
+    return [{"bench": "generate", "case": case, "impl": "HF transformers generate", "tok_per_s": samples * new / t_hf,
+             "seconds": t_hf, "vs_HF": 1.0},
+            {"bench": "generate", "case": case, "impl": "wizardcoder engine", "tok_per_s": samples * new / t_ours,
+             "seconds": t_ours, "vs_HF": t_hf / t_ours}]
+
+
+def run_deterministic_cost(samples: int = 20, new: int = 64) -> list[dict]:
+    """The pass@k workload (as `run_passk`) through the engine as is and with `deterministic=True`, same run."""
+    cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
+    model = StarCoder.from_config(cfg, seed=0).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (256,), generator=torch.Generator().manual_seed(0)).tolist()
+    params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=1)
+    rows, base = [], None
+    for det in (False, True):
+        eng = Engine(model, max_slots=samples, max_len=256 + new, deterministic=det)
+        eng.generate([prompt], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))  # warm-up
+        out = []
+        t = _clock(lambda: out.append(eng.generate([prompt], params)))
+        assert sum(len(c.token_ids) for c in out[0][0]) == samples * new
+        base = base or t
+        rows.append({"bench": "generate", "case": f"pass@k workload (n={samples}, {new} new, V 49152, 4 x d512)",
+                     "impl": f"engine, deterministic={det}", "tok_per_s": samples * new / t, "seconds": t,
+                     "vs_default": base / t})
+    return rows
+
+
+def run_op_count() -> list[dict]:
+    """Aten ops dispatched by one decode step on CPU (the engine's `_decode_step`, 8 rows sharing one prompt, top-p),
+    counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
+    embedding, LM head, sampler and state update."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    totals = {}
+    for layers in (2, 4):
+        model = StarCoder.from_config(StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers}), seed=0).eval()
+        eng = Engine(model, max_slots=8, max_len=128, sync_every=1)
+        with torch.inference_mode():
+            eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
+            eng.step()  # admit + prefill + one step; the next step is a plain decode step
+            with Count() as c:
+                eng._decode_step()
+        totals[layers] = c.ops
+    per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
+    rest = sum(totals[2].values()) - 2 * per_layer
+    return [{"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
+             "impl": "wizardcoder engine", "ops_per_layer": per_layer, "ops_outside_layers": rest}]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -182,6 +267,9 @@ if __name__ == "__main__":
 
     s = stamp()
     print(f"device: {s['device']}  commit: {s['commit']}  date: {s['date']}  torch {torch.__version__}")
-    r = run(quick="--quick" in sys.argv)
-    print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor"])
+    r = (run_passk() if "passk" in sys.argv else run_op_count() if "ops" in sys.argv
+         else run_deterministic_cost() if "deterministic" in sys.argv
+         else run(quick="--quick" in sys.argv))
+    print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor", "ops_per_layer",
+                    "ops_outside_layers", "vs_default"])
     save_rows(r, "generate")

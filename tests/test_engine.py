@@ -200,3 +200,22 @@ def test_cuda_graph_steps_match_eager_steps():
     assert tokens(a) == tokens(b) and graphs._graphs  # graphs were captured and replayed
     cpu = Engine(cpu_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)
     assert tokens(Engine(cuda_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)) == tokens(cpu)
+
+
+def test_deterministic_engine_tiles_rows_and_keeps_samples_whatever_shares_the_batch(model):
+    """Batch-invariant mode: the row-tiled linear equals F.linear (to rounding) and is bitwise the same for a row
+    whatever the other rows; 80 tokens of a seeded request alone and among others are identical."""
+    import torch.nn.functional as F
+
+    from wizardcoder.engine.invariant import tiled_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(11, 48, generator=g), torch.randn(96, 48, generator=g), torch.randn(96, generator=g)
+    torch.testing.assert_close(tiled_linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    assert torch.equal(tiled_linear(x[3:4], w, b), tiled_linear(x, w, b)[3:4])
+    mine = SamplingParams(n=4, temperature=1.0, top_p=0.95, max_new_tokens=80, seed=42)
+    alone = Engine(model, max_slots=4, sync_every=4, deterministic=True).generate([PROMPTS[0]], mine)
+    others = [SamplingParams(n=3, temperature=1.3, max_new_tokens=70, seed=5), SamplingParams(max_new_tokens=90), mine]
+    crowded = Engine(model, max_slots=7, sync_every=3, max_prompts=3, deterministic=True).generate(
+        [PROMPTS[2], PROMPTS[1], PROMPTS[0]], others)
+    assert tokens(alone)[0] == tokens(crowded)[2] and all(len(t) == 80 for t in tokens(alone)[0])

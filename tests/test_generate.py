@@ -100,3 +100,93 @@ def test_prompts_file_and_user_errors(tmp_path, capsys):
         json.dump({"version": 1, "seed": 123}, f)
     assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- bad input: one sentence each
+def _checkpoint(folder, tokenizer, **overrides):
+    """A tiny random StarCoder (49153 rows unless overridden) saved with `tokenizer` beside it."""
+    from wizardcoder import StarCoder
+
+    StarCoder.from_preset("tiny", seed=0, **overrides).save_pretrained(str(folder))
+    tokenizer.save(str(folder))
+    return str(folder)
+
+
+def _generate(tmp_path, capsys, *flags):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"task_id": "a", "prompt": "def f(x):\n"}) + "\n")
+    out = tmp_path / "o.jsonl"
+    rc = main(["generate", "--prompts", str(prompts), "--max-new-tokens", "4", "--prompt-style", "plain",
+               "--no-progress", "--out", str(out), *flags])
+    return rc, capsys.readouterr().err, out
+
+
+def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused(tmp_path, capsys, llama2_tokenizer_model):
+    """Before: a 32000-token tokenizer on a 49153-row checkpoint sampled ids it cannot decode and exited 0."""
+    from wizardcoder import Tokenizer
+
+    ckpt = _checkpoint(tmp_path / "ckpt", Tokenizer.from_pretrained(llama2_tokenizer_model), vocab_size=49153)
+    rc, err, out = _generate(tmp_path, capsys, "--model", ckpt)
+    assert rc == 2 and not out.exists()
+    assert err.strip() == (f"error: the tokenizer ({ckpt}) has 32000 tokens but the model's vocabulary has 49153; "
+                           "sample from the checkpoint with the tokenizer it was trained with.")
+
+
+def test_a_checkpoint_of_nan_weights_is_refused(tmp_path, capsys):
+    """Before: every logit NaN, every answer token 0 (EOS): empty answers marked "stop", exit 0."""
+    import torch
+
+    from wizardcoder import StarCoder, Tokenizer
+
+    tok = Tokenizer.bundled()
+    model = StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 5] = float("nan")
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    tok.save(str(tmp_path / "ckpt"))
+    rc, err, out = _generate(tmp_path, capsys, "--model", str(tmp_path / "ckpt"))
+    assert rc == 2 and not out.exists()
+    assert err.startswith(f"error: {tmp_path / 'ckpt'}: the weight transformer.h.1.mlp.c_fc.weight holds NaN")
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--batch-slots", "100000000", "--batch-slots must be in [1, 16384], got 100000000."),  # before: killed (memory)
+    ("--num-samples", "100000000", "--num-samples must be in [1, 10000], got 100000000."),  # before: ran forever
+])
+def test_sizes_beyond_any_machine_are_one_sentence(tmp_path, capsys, flag, value, says):
+    rc, err, out = _generate(tmp_path, capsys, "--model", "tiny", flag, value)
+    assert rc == 2 and err.strip() == f"error: {says}" and not out.exists()
+
+
+def test_a_cache_larger_than_free_memory_is_one_sentence():
+    """Slots within the flag's bound can still exceed the machine: the engine refuses before allocating."""
+    from wizardcoder import StarCoder
+    from wizardcoder.engine import Engine
+    from wizardcoder.errors import ConfigError
+
+    model = StarCoder.from_preset("tiny", seed=0)
+    with pytest.raises(ConfigError, match=r"^16384 sample slots of 1024 tokens need .* GiB of KV cache but the cpu "
+                                          r"device has .* GiB free; use fewer slots \(generate's --batch-slots"):
+        Engine(model, max_slots=16384, max_len=1024, max_prompts=10**6)
+
+
+def test_deterministic_mode_gives_the_same_file_whatever_the_slots_and_ranks(humaneval, tmp_path):
+    """64 new tokens with --deterministic: one process with 3 slots, one with 7, and two torchrun ranks with 2 each
+    write the same bytes. (Without it, 3 and 7 slots already part on this workload: the matmuls round a row by
+    the number of rows they run with.)"""
+    args = ["--model", "tiny", "--task", "humaneval", "--data", humaneval, "--limit", "3", "--num-samples", "2",
+            "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "64", "--seed", "1", "--no-progress",
+            "--deterministic"]
+    files = []
+    for slots in ("3", "7"):
+        files.append(tmp_path / f"s{slots}.jsonl")
+        assert main(["generate", *args, "--batch-slots", slots, "--out", str(files[-1])]) == 0
+    files.append(tmp_path / "ranks.jsonl")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "wizardcoder.generate",
+           *args, "--batch-slots", "2", "--out", str(files[-1])]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=repo_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    texts = [f.read_bytes() for f in files]
+    assert texts[0] == texts[1] == texts[2]
+    rows = [json.loads(line) for line in texts[0].decode().splitlines()]
+    assert len(rows) == 6 and max(r["completion_tokens"] for r in rows) == 64

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from wizardcoder import StarCoder, StarCoderConfig
+from _kv_cache import KVCache
 from wizardcoder.errors import ConfigError
-from wizardcoder.model import KVCache
 from wizardcoder.sampling import SamplingParams, fmix32, sample_key, truncate_at_stop, uniform_noise
 
 from test_engine import one_thread  # noqa: F401  (autouse fixture: one intra-op thread for tiny tensors)
@@ -101,3 +101,83 @@ def test_text_generate_n_per_prompt_and_stop(starcoder_tokenizer_dir):
     assert len(stop) == 3, f"the greedy text {greedy[0][0]!r} is too short to take a stop string from"
     cut = generate(m, tok, prompts[:1], SamplingParams(max_new_tokens=20, stop=[stop]))[0][0]
     assert cut == greedy[0][0][: greedy[0][0].find(stop)]
+
+
+# ------------------------------------------------------------------------------ sort-free top-k / top-p
+def kept_set_sorted(logits, top_k, top_p):
+    """The sorting reference's kept set for one row `[V]`: sort stably (ties: lower id first), keep the top-k, then
+    the tokens whose renormalised mass before them is below top_p (at least one)."""
+    x, order = logits.double().sort(descending=True, stable=True)
+    rank = torch.arange(x.shape[-1])
+    if top_k > 0:
+        x = x.masked_fill(rank >= top_k, float("-inf"))
+    probs = x.softmax(-1)
+    keep = ~((probs.cumsum(-1) - probs >= top_p) & (rank > 0)) & torch.isfinite(x)
+    out = torch.zeros_like(keep)
+    out[order] = keep
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_sort_free_sets_equal_the_sorting_reference(ties):
+    """Every row at once, each with its own top-k / top-p, V = 49152 (the radix select's three passes all matter);
+    with `ties`, logits take 6 values only, so the nucleus boundary falls inside a run of equal weights and the
+    tie rule (lower token id first) decides."""
+    from wizardcoder.sampling import keep_top_k_top_p
+
+    g = torch.Generator().manual_seed(3)
+    B, V = 12, 49152
+    logits = torch.randn(B, V, generator=g) * 3
+    if ties:
+        logits = logits.round().clamp(-3, 2)
+    top_k = torch.tensor([0, 0, 0, 1, 7, 50, 0, 1000, 0, 20000, 5, 0])
+    top_p = torch.tensor([0.95, 0.5, 1.0, 1.0, 1.0, 0.9, 0.01, 0.7, 0.999, 0.8, 0.3, 0.123])
+    w = torch.exp(logits - logits.amax(-1, keepdim=True))
+    kept = keep_top_k_top_p(w, top_k, top_p)
+    for b in range(B):
+        ref = kept_set_sorted(logits[b], int(top_k[b]), float(top_p[b]))
+        assert torch.equal(kept[b], ref), (b, int(kept[b].sum()), int(ref.sum()))
+    assert 1 <= int(kept[6].sum()) < int(kept[0].sum()) < V  # the sets are neither trivial nor everything
+
+
+def test_sort_free_draws_follow_the_sorting_samplers_distribution():
+    """Same logits, same settings: the sort-free sampler and the sorting one draw each token equally often (the
+    kept sets agree, so differences are sampling noise only: a two-sample chi-square over the kept tokens)."""
+    from wizardcoder.sampling import sample_rows, sample_rows_sorted
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(64, generator=g) * 2
+    N = 30000
+    keys = torch.tensor([sample_key(11, i) for i in range(N)])
+    args = (torch.full((N,), 0.8), torch.full((N,), 0.9), torch.full((N,), 20), keys, torch.zeros(N, dtype=torch.long))
+    ours = torch.bincount(sample_rows(logits.expand(N, -1), *args), minlength=64).double()
+    ref = torch.bincount(sample_rows_sorted(logits.expand(N, -1), *args), minlength=64).double()
+    assert torch.equal(ours > 0, ref > 0)
+    both = (ours + ref) > 0
+    chi2 = float((((ours - ref) ** 2) / (ours + ref))[both].sum())
+    dof = int(both.sum()) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)
+
+
+def test_triton_sampler_keeps_the_same_sets_and_draws_the_same_tokens():
+    """The Triton kernel (CPU interpreter here) against the torch sort-free sampler (itself held to the sorting
+    reference above): every row's kept set, and the token drawn with the same uniform, for rows with their own
+    temperature / top-k / top-p, V not a multiple of the block, and tied logits."""
+    pytest.importorskip("triton")
+    from wizardcoder.kernels.sampling import sample_rows_triton
+    from wizardcoder.sampling import keep_top_k_top_p, sample_rows
+
+    g = torch.Generator().manual_seed(9)
+    B, V = 16, 300
+    logits = torch.randn(B, V, generator=g) * 2
+    logits[8:] = logits[8:].round().clamp(-2, 2)  # runs of ties
+    temperature = torch.rand(B, generator=g) + 0.5
+    top_k = torch.tensor([0, 1, 5, 0, 40, 0, 299, 500] * 2)
+    top_p = torch.tensor([0.9, 1.0, 0.5, 0.3, 1.0, 0.999, 0.7, 0.95] * 2)
+    keys = torch.tensor([sample_key(2, i) for i in range(B)])
+    steps = torch.arange(B)
+    tokens, keep = sample_rows_triton(logits, temperature, top_p, top_k, uniform_noise(keys, steps), return_keep=True)
+    x = logits / temperature[:, None]
+    w = torch.exp(x - x.amax(-1, keepdim=True))
+    assert torch.equal(keep, keep_top_k_top_p(w, top_k, top_p))
+    assert tokens.tolist() == sample_rows(logits, temperature, top_p, top_k, keys, steps).tolist()

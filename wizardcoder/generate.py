@@ -14,7 +14,6 @@ gloo); ranks that do not share a file system still work, since the merge gathers
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -27,6 +26,8 @@ from .io import JsonlAppender, atomic_write_json, read_json, read_jsonl, write_j
 
 TASK_NAMES = Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"]
 JOURNAL_VERSION = 1
+MAX_SAMPLES = 10_000  # per prompt; pass@k as published needs at most 200
+MAX_BATCH_SLOTS = 16_384  # beyond this the per-step host work dominates whatever the device (and memory runs out first)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class GenerateConfig:
     dtype: str = "auto"  # model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     device: str | None = None  # cuda, cpu (default: the local rank's GPU when there is one)
     batch_slots: int = 64  # samples decoded together (the engine's slots)
+    deterministic: bool = False  # batch-invariant decoding: the same samples whatever the ranks, --batch-slots or resume (slower)
     progress: bool = True  # progress bar with samples/s and tokens/s
     out: str = "samples.jsonl"  # the samples file (task_id, response or completion, finish_reason)
 
@@ -56,10 +58,12 @@ class GenerateConfig:
             raise ConfigError("--model is required: a checkpoint folder, hub id or preset name.")
         if (self.task is None) == (self.prompts is None):
             raise ConfigError("give exactly one of --task (a benchmark) or --prompts (a JSONL file of prompts).")
-        for name, lo in (("num_samples", 1), ("top_k", 0), ("max_new_tokens", 1), ("batch_slots", 1)):
+        for name, lo, hi in (("num_samples", 1, MAX_SAMPLES), ("top_k", 0, None), ("max_new_tokens", 1, None),
+                             ("batch_slots", 1, MAX_BATCH_SLOTS)):
             value = getattr(self, "n" if name == "num_samples" else name)
-            if value < lo:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, got {value}.")
+            if value < lo or (hi is not None and value > hi):
+                bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"--{name.replace('_', '-')} must be {bound}, got {value}.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}.")
         if not (self.temperature >= 0 and self.temperature != float("inf")):
@@ -81,7 +85,9 @@ class Job:
 
 def prompt_seed(seed: int, task_id: str) -> int:
     """The seed of one prompt: a function of (--seed, task_id) alone, so no split of the work changes it."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{task_id}".encode()).digest()[:8], "little") >> 1
+    from .engine.params import derived_seed
+
+    return derived_seed(seed, task_id)
 
 
 def load_jobs(cfg: GenerateConfig) -> tuple[list[Job], str]:
@@ -112,27 +118,11 @@ def load_jobs(cfg: GenerateConfig) -> tuple[list[Job], str]:
     return jobs[: cfg.limit], "response" if cfg.prompt_style == "wizardcoder" else "completion"
 
 
-def load_model(cfg: GenerateConfig, device):
-    """(model, tokenizer) for --model: a checkpoint folder or hub id; a preset name gives random weights."""
-    from . import StarCoder, Tokenizer
-    from .config import PRESETS
-    from .dtypes import resolve_dtype
-
-    dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.model in PRESETS and not os.path.exists(cfg.model):
-        tok = Tokenizer.bundled()
-        model = StarCoder.from_preset(cfg.model, seed=0, vocab_size=tok.vocab_size).to(device=device, dtype=dtype)
-    else:
-        model = StarCoder.from_pretrained(cfg.model, dtype=dtype, device=device)
-        tok = Tokenizer.from_pretrained(cfg.model)
-    return model.eval(), tok
-
-
 # ---------------------------------------------------------------------------------------------------- journal
 def _settings(cfg: GenerateConfig) -> dict:
     """What the samples depend on: a resumed run must match it."""
     keep = ("model", "task", "data", "prompts", "prompt_style", "n", "temperature", "top_p", "top_k",
-            "max_new_tokens", "seed", "dtype")
+            "max_new_tokens", "seed", "dtype", "deterministic")
     return {"version": JOURNAL_VERSION, **{k: getattr(cfg, k) for k in keep}}
 
 
@@ -167,7 +157,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
     returns the path written. Under torchrun every rank calls this; rank 0 writes the file."""
     import torch.distributed as dist
 
-    from .engine import Engine, SamplingParams
+    from .engine import Engine, SamplingParams, load
     from .parallel import barrier, init_distributed
 
     jobs, answer_field = load_jobs(cfg)
@@ -189,7 +179,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
     todo = [j for j in jobs if j.task_id not in done_ids]
     new: dict[str, dict] = {}
     if todo:
-        model, tok = load_model(cfg, device)
+        model, tok = load(cfg.model, dtype=cfg.dtype, device=device, verb="sample from")
         # Every rank checks every remaining prompt, so a bad one stops all ranks alike (none waits forever).
         ids = [tok.encode(j.prompt) for j in todo]
         longest = max(range(len(todo)), key=lambda i: len(ids[i]))
@@ -202,7 +192,9 @@ def generate_samples(cfg: GenerateConfig) -> str:
         params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                  max_new_tokens=cfg.max_new_tokens, stop=j.stop, seed=prompt_seed(cfg.seed, j.task_id))
                   for j in mine]
-        engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len)
+        if cfg.deterministic:  # the cache width must not depend on which prompts are left (resume) either
+            max_len = model.config.n_positions
+        engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len, deterministic=cfg.deterministic)
         with JsonlAppender(os.path.join(journal, f"part-{d.rank}.jsonl"), fsync=True) as log:
             def finished(i, completions):
                 rec = {"task_id": mine[i].task_id, "texts": [c.text for c in completions],

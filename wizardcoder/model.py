@@ -93,48 +93,6 @@ class SeqInfo:
         self.cu_seqlens, self.max_seqlen, self.attention_mask, self.kv_cache = cu_seqlens, max_seqlen, attention_mask, kv_cache
 
 
-class KVCache:
-    """The simple cache (the engine's slot cache, wizardcoder/engine/cache.py, is the fast one; this one is its
-    independent check in tests). Static K/V buffers allocated once for a batch (gpt-fast style): `k`, `v` are
-    `[n_layer, B, max_len, n_kv_head, head_dim]`; MQA keeps one K/V head, so the cache is n_head times smaller than
-    multi-head's. Rows may be left-padded: `key_mask [B, max_len]` marks the slots holding real tokens and
-    `lengths [B]` counts them (the next token's position id). `pos` is the next free slot, shared by all rows."""
-
-    def __init__(self, cfg: StarCoderConfig, batch: int, max_len: int, dtype=None, device=None):
-        shape = (cfg.n_layer, batch, max_len, cfg.n_kv_head, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.key_mask = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        self.pos = 0
-        self.max_len = max_len
-
-    def begin(self, new_mask: torch.Tensor) -> torch.Tensor:
-        """Reserve slots for the next forward's tokens (`new_mask [B, S]`, True = real); returns their position ids."""
-        S = new_mask.shape[1]
-        if self.pos + S > self.max_len:
-            raise ValueError(f"KV cache full: {self.pos} + {S} tokens > max_len {self.max_len}")
-        self.key_mask[:, self.pos : self.pos + S] = new_mask
-        positions = self.lengths[:, None] + (new_mask.long().cumsum(-1) - 1).clamp(min=0)
-        self._pending = S
-        return positions
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """The cache protocol the attention layer calls (the engine's caches implement it too): store this
-        forward's K/V for `layer`, return the attention of q `[B, S, Hq, D]` over everything cached so far."""
-        from .engine.attention import cached_attention
-
-        end = self.pos + k.shape[1]
-        self.k[layer, :, self.pos : end] = k
-        self.v[layer, :, self.pos : end] = v
-        return cached_attention(q, self.k[layer, :, :end], self.v[layer, :, :end], scale=scale,
-                                key_mask=self.key_mask[:, :end], start=self.pos)
-
-    def advance(self) -> None:
-        self.lengths += self.key_mask[:, self.pos : self.pos + self._pending].sum(-1)
-        self.pos += self._pending
-
-
 class StarCoder(nn.Module):
     def __init__(self, cfg: StarCoderConfig):
         super().__init__()
@@ -209,9 +167,11 @@ class StarCoder(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
     def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                      kv_cache: KVCache | None = None):
+                      kv_cache=None):
         """Final LayerNorm output `[B, S, n_embd]`. With `kv_cache`, the tokens are appended to the cache (prefill or
-        decode) and `attention_mask [B, S]` marks which of them are real (left padding)."""
+        decode) and `attention_mask [B, S]` marks which of them are real (left padding). A cache implements
+        `begin(new_mask) -> position ids`, `attend(layer, q, k, v, scale) -> y` and `advance()`: the engine's slot
+        cache (wizardcoder/engine/cache.py), and a simple left-padded one in the tests (tests/_kv_cache.py)."""
         cfg = self.config
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -247,7 +207,7 @@ class StarCoder(nn.Module):
         return self.transformer.wte.weight[: self.config.vocab_size]
 
     def forward(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                labels=None, reduction: str = "mean", kv_cache: KVCache | None = None):
+                labels=None, reduction: str = "mean", kv_cache=None):
         """Logits `[B, S, vocab_size]`, or, when `labels` is given, the LM loss alone (the fused path never holds
         the logits). `labels` follow HF: aligned with `input_ids`, -100 where no loss is taken; the shift happens here,
         and in the packed form the last token of a document never predicts the first of the next."""

@@ -1,5 +1,4 @@
-"""Attention over cached keys: the shared-prefix decode attention the engine runs every step, and the plain
-masked-SDPA path for a left-padded cache (the simple `model.KVCache`, used by tests as a second, independent path).
+"""Attention over cached keys: the shared-prefix decode attention the engine runs every step, and its plain checks.
 
 Shared-prefix decode (Hydragen, Juravsky et al. 2024, arXiv 2402.05099): every sample row's keys are the keys of its
 prompt (held once per prompt, in a prompt slot) followed by its own suffix (held per row). Softmax attention over
@@ -81,18 +80,3 @@ def decode_attention_full(q, prefix_k, prefix_v, prefix_len, row_k, row_v, row_l
     rep = q.shape[0] // k.shape[0]
     k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
     return F.scaled_dot_product_attention(q[:, None].float(), k.float(), v.float(), scale=scale)[:, 0]
-
-
-def cached_attention(q, k, v, *, scale, key_mask, start):
-    """Masked SDPA over a left-padded cache: q `[B, S, Hq, D]` are the tokens in cache slots start..start+S-1;
-    k/v `[B, L, Hkv, D]` are all L = start + S cached slots, `key_mask [B, L]` marks real ones. Query i sees real
-    slots <= start + i (and always itself, so a padding query is not NaN; its output is unused)."""
-    B, S, Hq, D = q.shape
-    L = k.shape[1]
-    slots, qpos = torch.arange(L, device=q.device), start + torch.arange(S, device=q.device)
-    mask = (slots[None, :] <= qpos[:, None])[None, None] & key_mask[:, None, None, :]
-    mask = mask | (slots[None, :] == qpos[:, None])[None, None]
-    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S|L, D)
-    rep = Hq // kh.shape[1]
-    kh, vh = kh.repeat_interleave(rep, 1), vh.repeat_interleave(rep, 1)
-    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)

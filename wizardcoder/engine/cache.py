@@ -19,6 +19,7 @@ import torch
 
 from .. import ops
 from .attention import row_attention, shared_prefix_decode_attention
+from .invariant import row_attention_invariant
 
 
 class SlotCache:
@@ -35,6 +36,7 @@ class SlotCache:
         self.rows = torch.arange(max_slots, device=device)
         self.max_len = max_len
         self.mode = "decode"
+        self.invariant = False  # decode attention over full-width, per-row key layouts (Engine(deterministic=True))
         self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = 1
         self._targets: list[tuple[str, int, int, int]] = []
 
@@ -91,6 +93,10 @@ class SlotCache:
         nb, P, Wp, Wr = self.n_rows, self.prefix_slots, self.prefix_width, self.row_width
         self.row_k[layer, self.rows[:nb], self.row_len[:nb]] = k[:, 0]
         self.row_v[layer, self.rows[:nb], self.row_len[:nb]] = v[:, 0]
+        if self.invariant:
+            return row_attention_invariant(q, self.prefix_k[layer], self.prefix_v[layer], self.prefix_len,
+                                           self.row_prefix[:nb], self.row_k[layer, :nb], self.row_v[layer, :nb],
+                                           self.row_len[:nb], scale)
         if P == 0:  # no prompt is shared: each row attends to its own keys, one SDPA call
             return row_attention(q, self.row_k[layer, :nb, :Wr], self.row_v[layer, :nb, :Wr], self._row_mask, scale)
         y = shared_prefix_decode_attention(q[:, 0], self.prefix_k[layer, :P, :Wp], self.prefix_v[layer, :P, :Wp],

@@ -8,7 +8,7 @@ Work flows like this (gpt-fast's prefill / decode-one-token split; vLLM's reques
    row starting from the prompt's last token. A request with one sample (or no free prompt slot when sharing is
    off) keeps its prompt in its own row. Several prompts are prefilled in one packed forward.
 3. `step()` then runs up to `sync_every` decode steps for all rows at once, entirely on the device: forward one
-   token per row (shared-prefix attention), sample with each row's own settings (wizardcoder.sampling.sample_rows),
+   token per row (shared-prefix attention), sample with each row's own settings (engine/sampler.py: sample_rows),
    append the token, and mark rows done on EOS or length. On CUDA each step is a captured CUDA graph.
 4. One host sync per `step()` reads the new tokens, checks stop strings on the decoded text, finishes rows (finish
    reason "stop" for EOS or a stop string, "length" at max_new_tokens) and frees them, so the next `step()` refills
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..sampling import SamplingParams, sample_key, sample_rows, truncate_at_stop
+from .params import SamplingParams, sample_key
+from .sampler import sample_rows, truncate_at_stop
 from .cache import SlotCache
+from .invariant import RowTiledLinear
 
 
 @dataclass
@@ -105,14 +108,32 @@ class EngineStats:
     generated_tokens: int = 0
 
 
+def _check_memory(cfg, max_slots: int, max_prompts: int, max_len: int, dtype, device) -> None:
+    """Refuse, in one sentence, a cache that cannot fit in the device's free memory (rather than being killed)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    kv = 2 * cfg.n_layer * (max_slots + max_prompts) * max_len * cfg.n_kv_head * cfg.head_dim * elem
+    need = kv + max_slots * max_len * 8  # + the generated tokens
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise ConfigError(f"{max_slots} sample slots of {max_len} tokens need {need / 2**30:.1f} GiB of KV cache but "
+                          f"the {device.type} device has {free / 2**30:.1f} GiB free; use fewer slots (generate's "
+                          "--batch-slots, serve's --max-slots) or fewer tokens per sample.")
+
+
 class Engine:
     def __init__(self, model, tokenizer=None, *, max_slots: int = 64, max_len: int | None = None,
                  max_prompts: int | None = None, device=None, compile: str | bool = "auto", sync_every: int = 8,
-                 share_prompts: bool = True, max_prefill_tokens: int = 8192, eos_id: int | None = None):
+                 share_prompts: bool = True, max_prefill_tokens: int = 8192, eos_id: int | None = None,
+                 deterministic: bool = False):
         """`max_slots` samples decode together; `max_len` bounds prompt + new tokens of one sample (default: the
         model's positions); `max_prompts` prompt slots (default max_slots // 8, at least 2); `compile`: "auto"
         captures each decode step as a CUDA graph on CUDA (nothing on CPU), "compile" also torch.compiles it
-        (slow to start: one compile per decode shape), "off" runs eagerly; `sync_every` decode steps between host syncs."""
+        (slow to start: one compile per decode shape), "off" runs eagerly; `sync_every` decode steps between host syncs.
+        `deterministic`: batch-invariant steps (engine/invariant.py): a seeded sample's tokens do not depend on what
+        shares the batch, the number of slots or ranks (at a cost; CUDA graphs and compile are off)."""
         cfg = model.config
         if device is not None:
             model = model.to(device)
@@ -130,7 +151,11 @@ class Engine:
         self.B, self.sync_every, self.share_prompts = max_slots, sync_every, share_prompts
         self.max_prefill_tokens = max_prefill_tokens
         P = max_prompts or max(2, max_slots // 8)
+        _check_memory(cfg, max_slots, P, self.max_len, self.dtype, self.device)
         self.cache = SlotCache(cfg, max_slots, P, self.max_len, self.dtype, self.device)
+        self.deterministic = self.cache.invariant = bool(deterministic)
+        if deterministic:
+            compile, self.max_prefill_tokens = "off", 1  # eager steps; each prompt prefilled alone
         self._width_step = 256 if self.device.type == "cuda" else 16
         dev, B = self.device, max_slots
         # Per-row sampling settings and state, on the device (free rows are `done`).
@@ -150,13 +175,13 @@ class Engine:
         self._queue: list[_Request] = []
         self._requests: dict[str, _Request] = {}
         self._ids = itertools.count()
-        self._filtered = self._random = False
+        self._filtered = self._random = self._any_top_k = False
         self.stats = EngineStats()
         mode = {True: "compile", False: "off", None: "off"}.get(compile, compile)
         if mode not in ("auto", "graph", "compile", "off"):
             raise ConfigError(f"compile must be auto, compile or off, got {compile!r}.")
         self._graphs_on = self.device.type == "cuda" and mode in ("auto", "graph", "compile")
-        self._step_fn = self._decode_step
+        self._step_fn = self._decode_step if not deterministic else self._invariant_step
         if mode == "compile":  # one compile per decode shape (checked on CPU: the same tokens as eager)
             self._step_fn = torch.compile(self._decode_step, dynamic=False,
                                           mode="max-autotune-no-cudagraphs" if self._graphs_on else None)
@@ -229,7 +254,7 @@ class Engine:
         nb = self._rows_bucket(live[-1][0] + 1)
         self.cache.set_decode(slots, prefix_w, row_w, nb)
         for _ in range(k):
-            self._run_decode((slots, prefix_w, row_w, nb, self._filtered, self._random))
+            self._run_decode((slots, prefix_w, row_w, nb, self._filtered, self._random, self._any_top_k))
         self.stats.decode_steps += k
         self.stats.row_steps += k * len(live)
         return self._sync(live, k)
@@ -315,6 +340,7 @@ class Engine:
         sampled = [r.req.params for r in self._rows if r is not None and r.req.params.temperature > 0]
         self._random = bool(sampled)  # all greedy: no noise to draw
         self._filtered = any(p.top_k > 0 or p.top_p < 1 for p in sampled)
+        self._any_top_k = any(p.top_k > 0 for p in sampled)
 
     def _prefill(self, prefills: list[tuple[str, int, list[int]]]) -> None:
         """Packed forwards of at most max_prefill_tokens tokens (a longer prompt goes alone)."""
@@ -361,7 +387,7 @@ class Engine:
         h = self.model.hidden_states(input_tok[:, None], kv_cache=self.cache)[:, -1]
         logits = F.linear(h, self.model.lm_head_weight())
         nxt = sample_rows(logits, self.temperature[:nb], self.top_p[:nb], self.top_k[:nb], self.keys[:nb], n_gen,
-                          self._filtered, self._random)
+                          self._filtered, self._random, self._any_top_k)
         live = ~done
         is_eos = nxt == (self.eos_id if self.eos_id is not None else -1)
         keep = live & ~is_eos
@@ -372,6 +398,10 @@ class Engine:
         hit_eos |= live & is_eos
         done |= hit_eos | (n_gen >= self.max_new[:nb])
         input_tok.copy_(torch.where(live, nxt, input_tok))
+
+    def _invariant_step(self) -> None:
+        with RowTiledLinear():
+            self._decode_step()
 
     def _run_decode(self, key: tuple) -> None:
         if not self._graphs_on:

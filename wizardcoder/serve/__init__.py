@@ -70,34 +70,12 @@ def resolve_device(name: str | None):
 def load_model(cfg: ServeConfig):
     """(model, tokenizer, served name). A preset name gives random weights and the bundled tokenizer; anything else
     is a checkpoint whose tokenizer is stored beside it (or given by --tokenizer)."""
-    import torch
+    from ..engine import load
 
-    from ..config import PRESETS
-    from ..dtypes import resolve_dtype
-    from ..model import StarCoder
-    from ..tokenizer import Tokenizer
-
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.model in PRESETS and not os.path.exists(cfg.model):
-        tok = Tokenizer.from_pretrained(cfg.tokenizer) if cfg.tokenizer else Tokenizer.bundled()
-        model = StarCoder.from_preset(cfg.model, seed=0, vocab_size=tok.vocab_size, device=device, dtype=dtype)
-        name = cfg.model
-    else:
-        tok = None
-        if cfg.tokenizer is None and os.path.isdir(cfg.model):  # a folder without one fails before the weights load
-            try:
-                tok = Tokenizer.from_pretrained(cfg.model)
-            except UserError:
-                raise UserError(f"{cfg.model}: no tokenizer is stored with this checkpoint; pass "
-                                "--tokenizer.") from None
-        model = StarCoder.from_pretrained(cfg.model, dtype=dtype, device=device)
-        tok = tok or Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-        name = os.path.basename(os.path.normpath(cfg.model)) if os.path.exists(cfg.model) else cfg.model
-    if tok.vocab_size != model.config.vocab_size:
-        raise UserError(f"the tokenizer ({tok.name}) has {tok.vocab_size} tokens but the model's vocabulary has "
-                        f"{model.config.vocab_size}; serve the checkpoint with its own tokenizer (--tokenizer).")
-    return model.eval(), tok, cfg.served_model_name or name
+    model, tok = load(cfg.model, tokenizer=cfg.tokenizer, dtype=cfg.dtype, device=resolve_device(cfg.device),
+                      verb="serve")
+    name = os.path.basename(os.path.normpath(cfg.model)) if os.path.exists(cfg.model) else cfg.model
+    return model, tok, cfg.served_model_name or name
 
 
 def max_token_chars(tok) -> int:
@@ -128,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.max_len is not None and cfg.max_len > positions:
             raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
         max_len = cfg.max_len or positions
-        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len)
+        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         default_max_tokens=cfg.default_max_new_tokens, template=template,
                         encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),

@@ -19,6 +19,7 @@ class ServeConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
     device: str | None = None  # cuda, cuda:N or cpu; none: cuda when available
     max_slots: int = 32  # sequences the engine decodes together
+    deterministic: bool = False  # batch-invariant engine: a seeded request's samples do not depend on other requests (slower)
     max_len: int | None = None  # tokens per sequence, prompt + completion; none: the model's positions
     max_n: int = 128  # largest `n` a request may ask for
     max_queued_samples: int = 1024  # samples (prompts x n) accepted and not yet answered; more is refused with 429
