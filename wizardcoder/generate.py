@@ -24,13 +24,14 @@ from typing import Literal
 from .cli_args import add_dataclass_arguments, dataclass_from_args
 from .errors import ConfigError
 from .io import JsonlAppender, atomic_write_json, read_json, read_jsonl, write_jsonl
+from .profiling import Profile, ProfileConfig
 
 TASK_NAMES = Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"]
 JOURNAL_VERSION = 1
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ProfileConfig):  # --profile: a trace of engine steps in profile/ beside --out
     model: str = ""  # checkpoint folder, hub id, or a preset name (random weights, bundled tokenizer; smoke runs)
     task: TASK_NAMES | None = None  # benchmark whose prompts to sample (WizardCoder's prompt and stop words)
     data: str | None = None  # the benchmark's dataset file (default: its package, cache or the hub)
@@ -66,6 +67,7 @@ class GenerateConfig:
             raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}.")
+        self.check_profile()
         if os.path.isdir(self.out):
             raise ConfigError(f"--out {self.out} is a folder; give the samples file's path (e.g. {self.out}/samples.jsonl).")
 
@@ -203,6 +205,8 @@ def generate_samples(cfg: GenerateConfig) -> str:
                                  max_new_tokens=cfg.max_new_tokens, stop=j.stop, seed=prompt_seed(cfg.seed, j.task_id))
                   for j in mine]
         engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len)
+        prof = Profile.from_config(cfg, os.path.join(os.path.dirname(cfg.out) or ".", "profile"), d.rank, device)
+        engine.step = prof.around_steps(engine.step)  # the window counts engine steps
         with JsonlAppender(os.path.join(journal, f"part-{d.rank}.jsonl"), fsync=True) as log:
             def finished(i, completions):
                 rec = {"task_id": mine[i].task_id, "texts": [c.text for c in completions],
@@ -211,8 +215,9 @@ def generate_samples(cfg: GenerateConfig) -> str:
                 log.write(rec)
                 new[rec["task_id"]] = rec
 
-            engine.generate(ids[d.rank :: d.world_size], params, progress=cfg.progress and d.is_main,
-                            on_prompt_done=finished)
+            with prof:
+                engine.generate(ids[d.rank :: d.world_size], params, progress=cfg.progress and d.is_main,
+                                on_prompt_done=finished)
 
     records = {**done, **new}
     if d.enabled:  # rank 0 collects every rank's records (from its journal and from this run)

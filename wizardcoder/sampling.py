@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError
+from .profiling import ranged
 
 MASK32 = 0xFFFFFFFF
 
@@ -100,6 +101,7 @@ def uniform_noise(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ the sampler
+@ranged("sampling")  # a named range in --profile traces
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
                 keys: torch.Tensor, steps: torch.Tensor, filtered: bool = True, random: bool = True) -> torch.Tensor:
     """Next token per row of `logits [B, V]`, each row with its own settings (all `[B]` tensors on the device).
