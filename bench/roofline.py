@@ -43,24 +43,24 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------- ceilings
-def matmul_peak(sizes: tuple[int, ...]) -> float:
+def matmul_peak(sizes: tuple[int, ...], iters: int = 5) -> float:
     """FLOP/s: the best square matmul of the compute dtype over `sizes`."""
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=DEV, dtype=DTYPE), torch.randn(n, n, device=DEV, dtype=DTYPE)
-        best = max(best, 2 * n ** 3 / timeit(lambda: a @ b, warmup=1, iters=5))
+        best = max(best, 2 * n ** 3 / timeit(lambda: a @ b, warmup=1, iters=iters))
     return best
 
 
-def copy_bandwidth(nbytes: int) -> float:
+def copy_bandwidth(nbytes: int, iters: int = 5) -> float:
     """Bytes/s of a device-to-device copy of `nbytes` (read + write counted)."""
     x = torch.empty(nbytes // 4, dtype=torch.float32, device=DEV)
     y = torch.empty_like(x)
-    return 2 * nbytes / timeit(lambda: y.copy_(x), warmup=1, iters=5)
+    return 2 * nbytes / timeit(lambda: y.copy_(x), warmup=1, iters=iters)
 
 
 # ------------------------------------------------------------------------------------------------------- points
-def kernel_points(T: int, D: int, H: int, B: int, S: int, V: int) -> list[dict]:
+def kernel_points(T: int, D: int, H: int, B: int, S: int, V: int, quick: bool = False) -> list[dict]:
     """(name, impl, flops, bytes, seconds) of each kernel the model calls, forward, at these shapes."""
     from wizardcoder import ops
 
@@ -70,28 +70,31 @@ def kernel_points(T: int, D: int, H: int, B: int, S: int, V: int) -> list[dict]:
     def rand(*shape):
         return torch.randn(*shape, device=DEV, dtype=DTYPE, generator=g)
 
+    def clock(fn):
+        return timeit(fn, warmup=1 if quick else 3, iters=3 if quick else 10)
+
     pts = []
     with torch.no_grad():
         q, k, v = rand(B, S, H, D // H), rand(B, S, 1, D // H), rand(B, S, 1, D // H)
         fn = lambda: ops.attention(q, k, v, scale=(D // H) ** -0.5)  # noqa: E731
         pts.append(("attention fwd", ops.resolve("auto", q, "attention"), 4 * B * H * S * S * (D // H) / 2,
-                    (2 * B * S * D + 2 * B * S * (D // H)) * e, timeit(fn)))
+                    (2 * B * S * D + 2 * B * S * (D // H)) * e, clock(fn)))
         x, r, w, b = rand(T, D), rand(T, D), rand(D), rand(D)
         pts.append(("add+layernorm fwd", ops.resolve("auto", x), 8 * T * D, (4 * T * D + 2 * D) * e,
-                    timeit(lambda: ops.add_layer_norm(x, r, w, b, 1e-5))))
+                    clock(lambda: ops.add_layer_norm(x, r, w, b, 1e-5))))
         from wizardcoder.kernels import gelu
 
         h, bias = rand(T, 4 * D), rand(4 * D)
         backend = ops.resolve("auto", h)
         fn = (lambda: gelu.bias_gelu(h, bias, approximate=True)) if backend == "triton" else \
             (lambda: gelu.bias_gelu_reference(h, bias, approximate=True))
-        pts.append(("bias+gelu fwd", backend, 10 * T * 4 * D, (2 * T * 4 * D + 4 * D) * e, timeit(fn)))
+        pts.append(("bias+gelu fwd", backend, 10 * T * 4 * D, (2 * T * 4 * D + 4 * D) * e, clock(fn)))
         head, tgt = rand(V, D), torch.randint(0, V, (T,), device=DEV, generator=g)
         pts.append(("linear+cross-entropy fwd", ops.resolve("auto", x), 2 * T * D * V, (T * D + V * D) * e + 8 * T,
-                    timeit(lambda: ops.linear_cross_entropy(x, head, tgt))))
+                    clock(lambda: ops.linear_cross_entropy(x, head, tgt))))
         wfc = rand(4 * D, D)
         pts.append((f"matmul {T}x{D}x{4 * D}", "torch", 2 * T * D * 4 * D, (T * D + 4 * D * D + T * 4 * D) * e,
-                    timeit(lambda: x @ wfc.T)))
+                    clock(lambda: x @ wfc.T)))
     return [dict(name=n, impl=i, flops=float(f), bytes=float(by), seconds=s) for n, i, f, by, s in pts]
 
 
@@ -128,6 +131,9 @@ def decode_step_point(cfg, B: int, C: int, N: int) -> dict:
         return lambda: engine.generate(prompts, SamplingParams(max_new_tokens=n))
 
     step = (timeit(run(N), warmup=1, iters=3) - timeit(run(1), warmup=1, iters=3)) / (N - 1)
+    if step <= 0:
+        raise RuntimeError(f"decode step: {N} new tokens took no longer than 1 ({step * 1e3:.3g} ms a step); the "
+                           "timing is noise at this size, raise N.")
     e = torch.finfo(DTYPE).bits // 8
     hd = cfg.n_embd // cfg.n_head
     ctx = C + N // 2  # the mean context over the N steps
@@ -136,7 +142,7 @@ def decode_step_point(cfg, B: int, C: int, N: int) -> dict:
     weights = sum(p.numel() for p in model.parameters()) * e
     del model, engine
     return dict(name=f"decode step B{B} ctx{C}", impl="wizardcoder engine", flops=float(flops),
-                bytes=float(weights + kv), seconds=max(step, 1e-9))
+                bytes=float(weights + kv), seconds=step)
 
 
 # ------------------------------------------------------------------------------------------------ table and plot
@@ -205,12 +211,13 @@ def run(quick: bool = False) -> tuple[list[dict], float, float]:
         model_cfg, train_bs, dec = StarCoderConfig.from_preset("tiny", n_embd=1024, n_layer=4, n_head=16,
                                                                vocab_size=49152), (2, 1024), (32, 256, 17)
     else:  # CPU: a small model, the CPU's own ceilings
-        peak, bw = matmul_peak((512, 1024) if quick else (1024, 1536)), copy_bandwidth(1 << 26)
+        peak = matmul_peak((512, 1024), iters=3) if quick else matmul_peak((1024, 1536))
+        bw = copy_bandwidth(1 << 26, iters=3 if quick else 10)
         shapes = dict(T=512, D=256, H=8, B=2, S=256, V=8192) if quick else dict(T=2048, D=512, H=8, B=4, S=512, V=16384)
         model_cfg = StarCoderConfig.from_preset("tiny", n_embd=128 if quick else 256, n_layer=2, n_head=8,
                                                 vocab_size=4096)
-        train_bs, dec = ((2, 128), (4, 64, 9)) if quick else ((4, 256), (16, 128, 17))
-    rows = kernel_points(**shapes)
+        train_bs, dec = ((2, 128), (4, 64, 33)) if quick else ((4, 256), (16, 128, 33))
+    rows = kernel_points(**shapes, quick=quick)
     rows.append(train_step_point(model_cfg, *train_bs, quick))
     rows.append(decode_step_point(model_cfg, *dec))
     return finish(rows, peak, bw), peak, bw

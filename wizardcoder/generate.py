@@ -206,7 +206,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
                   for j in mine]
         engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len)
         prof = Profile.from_config(cfg, os.path.join(os.path.dirname(cfg.out) or ".", "profile"), d.rank, device)
-        engine.step = prof.around_steps(engine.step)  # the window counts engine steps
+        engine.step = prof.around_steps(engine.step)  # --profile: a window of engine steps
         with JsonlAppender(os.path.join(journal, f"part-{d.rank}.jsonl"), fsync=True) as log:
             def finished(i, completions):
                 rec = {"task_id": mine[i].task_id, "texts": [c.text for c in completions],
@@ -215,9 +215,9 @@ def generate_samples(cfg: GenerateConfig) -> str:
                 log.write(rec)
                 new[rec["task_id"]] = rec
 
-            with prof:
-                engine.generate(ids[d.rank :: d.world_size], params, progress=cfg.progress and d.is_main,
-                                on_prompt_done=finished)
+            engine.generate(ids[d.rank :: d.world_size], params, progress=cfg.progress and d.is_main,
+                            on_prompt_done=finished)
+        prof.stop()
 
     records = {**done, **new}
     if d.enabled:  # rank 0 collects every rank's records (from its journal and from this run)

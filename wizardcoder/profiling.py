@@ -7,8 +7,7 @@ What each part is:
 - `ProfileConfig`: the flags, a dataclass the verbs' configs inherit (`TrainConfig`, `GenerateConfig`).
 - `Profile`: torchtitan's scheme. A `torch.profiler.schedule(wait, warmup, active)` over steps (training steps, or
   the engine's `step()` calls); when the active window closes, each rank writes `rank{R}.step{S}.trace.json.gz` (a
-  Chrome trace: Perfetto and chrome://tracing open it as is) and `rank{R}.step{S}.ops.txt` (the profiler's table of
-  ops by self time). On CUDA it also records the allocator's history from the start and dumps
+  Chrome trace: Perfetto and chrome://tracing open it as is). On CUDA it also records the allocator's history from the start and dumps
   `rank{R}.step{S}.memory.pickle` with the trace, which https://pytorch.org/memory_viz opens.
 - `phase(name)` / `@ranged(name)`: a named range, both a `record_function` (the torch trace) and an NVTX range on
   CUDA (so `nsys profile -t cuda,nvtx` shows the same names). They cost one flag test when no profile runs.
@@ -22,6 +21,7 @@ import functools
 import gzip
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,6 +42,7 @@ class ProfileConfig:
     profile_wait: int = 1  # steps skipped before the profiler warms up
     profile_warmup: int = 1  # steps the profiler runs but discards (its own start-up cost stays out of the trace)
     profile_active: int = 3  # steps recorded in the trace
+    profile_dir: str | None = None  # where --profile writes (default: OUT/profile; generate: profile/ beside --out; serve: ./profile)
 
     def check_profile(self) -> None:
         for name, low in (("profile_wait", 0), ("profile_warmup", 0), ("profile_active", 1)):
@@ -118,7 +119,8 @@ class Profile:
         import torch
         from torch.profiler import ProfilerActivity, profile, schedule
 
-        self.folder, self.rank, self.steps = folder, rank, 0
+        self.folder, self.rank, self.steps, self.running = folder, rank, 0, False
+        self.window = wait + warmup + active
         self.cuda = torch.device(device).type == "cuda"
         self.written: list[str] = []
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
@@ -127,14 +129,18 @@ class Profile:
 
     @classmethod
     def from_config(cls, cfg: ProfileConfig, folder: str, rank: int, device) -> "Profile | NoProfile":
+        """The profile `cfg` asks for, writing to --profile-dir or else `folder`; a NoProfile without --profile."""
         if not cfg.profile:
             return NoProfile()
-        return cls(folder, rank, cfg.profile_wait, cfg.profile_warmup, cfg.profile_active, device)
+        return cls(cfg.profile_dir or folder, rank, cfg.profile_wait, cfg.profile_warmup, cfg.profile_active, device)
 
     def start(self) -> None:
         import torch
 
         global _on
+        if self.running:
+            return
+        self.running = True
         os.makedirs(self.folder, exist_ok=True)
         if self.cuda:  # from the start: the snapshot then shows where every live block was allocated
             torch.cuda.memory._record_memory_history(max_entries=100_000)
@@ -146,10 +152,14 @@ class Profile:
         self._prof.step()
 
     def stop(self) -> None:
+        """End the profile (a window the work cut short is written as far as it got); again: nothing."""
         import torch
 
         global _on
-        self._prof.stop()  # a window the run cut short is written as far as it got
+        if not self.running:
+            return
+        self.running = False
+        self._prof.stop()
         _on = False
         if self.cuda:
             torch.cuda.memory._record_memory_history(enabled=None)
@@ -163,26 +173,35 @@ class Profile:
         return False
 
     def around_steps(self, step_fn):
-        """`step_fn` that advances this profile's schedule after every call (e.g. an engine's `step`)."""
+        """`step_fn` (an engine's `step`) profiling itself, on the thread that calls it: the first call starts this
+        profile, every call advances the schedule, and the call that closes the window stops it. Call `stop()`
+        when the work ends, in case it ended inside the window."""
         @functools.wraps(step_fn)
         def step(*args, **kwargs):
+            if self.steps == 0:
+                self.start()
             try:
                 return step_fn(*args, **kwargs)
             finally:
-                self.step()
+                if self.running:
+                    self.step()
+                    if self.steps >= self.window:
+                        self.stop()
         return step
 
     def _write(self, prof) -> None:
-        """The active window closed: its trace, its ops table and (CUDA) the memory snapshot, each written atomically."""
+        """The active window closed: its trace and (CUDA) the memory snapshot, each written atomically. (No table of
+        ops: building one parses every event in Python, seconds per 10k events; the trace holds it all.)"""
         import torch
 
         base = os.path.join(self.folder, f"rank{self.rank}.step{self.steps}")
-        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}.trace.json.gz")  # export gzips by the suffix
-        prof.export_chrome_trace(tmp)
-        os.replace(tmp, base + ".trace.json.gz")
-        sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
-        _atomic_text(base + ".ops.txt", prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
-        self.written += [base + ".trace.json.gz", base + ".ops.txt"]
+        tmp = os.path.join(self.folder, f".tmp-{os.getpid()}.trace.json")
+        prof.export_chrome_trace(tmp)  # plain, then gzipped in large blocks: torch's own .gz path writes line by line
+        with open(tmp, "rb") as src, gzip.open(tmp + ".gz", "wb", compresslevel=3) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        os.unlink(tmp)
+        os.replace(tmp + ".gz", base + ".trace.json.gz")
+        self.written.append(base + ".trace.json.gz")
         if self.cuda:
             tmp = os.path.join(self.folder, f".tmp-{os.getpid()}.memory.pickle")
             torch.cuda.memory._dump_snapshot(tmp)
@@ -210,12 +229,6 @@ class NoProfile:
 
     def around_steps(self, step_fn):
         return step_fn
-
-
-def _atomic_text(path: str, text: str) -> None:
-    from .io import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def read_trace(path: str) -> dict:
@@ -262,10 +275,10 @@ class StepTimer:
 
     def begin(self, name: str) -> None:
         """Phase `name` starts now (and the previous one ends)."""
-        self._marks.append((name, self._stamp()))
-        if self._top is not None:
+        if self._top is not None:  # the previous range closes just before the mark, the next opens just after it
             self._top.__exit__(None, None, None)
             self._top = None
+        self._marks.append((name, self._stamp()))
         if _on:
             self._top = _Range(name).__enter__()
 
@@ -277,16 +290,16 @@ class StepTimer:
         self._nested.append(_Range(name).__enter__() if _on else None)
 
     def resume(self) -> None:
-        self._marks.append((self._stack.pop(), self._stamp()))
         rng = self._nested.pop()
         if rng is not None:
             rng.__exit__(None, None, None)
+        self._marks.append((self._stack.pop(), self._stamp()))
 
     def end_step(self) -> None:
-        self._marks.append((None, self._stamp()))
         if self._top is not None:
             self._top.__exit__(None, None, None)
             self._top = None
+        self._marks.append((None, self._stamp()))
         self._steps += 1
 
     def read(self) -> dict[str, float]:
