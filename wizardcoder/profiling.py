@@ -22,6 +22,7 @@ import gzip
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -122,7 +123,6 @@ class Profile:
         self.folder, self.rank, self.steps, self.running = folder, rank, 0, False
         self.window = wait + warmup + active
         self.cuda = torch.device(device).type == "cuda"
-        self.written: list[str] = []
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         self._prof = profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
                              on_trace_ready=self._write, record_shapes=True)
@@ -142,7 +142,7 @@ class Profile:
             return
         self.running = True
         os.makedirs(self.folder, exist_ok=True)
-        if self.cuda:  # from the start: the snapshot then shows where every live block was allocated
+        if self.cuda:  # from the first step: the snapshot then shows where each block live in the window came from
             torch.cuda.memory._record_memory_history(max_entries=100_000)
         _on = True
         self._prof.start()
@@ -201,19 +201,18 @@ class Profile:
             shutil.copyfileobj(src, dst, 1 << 22)
         os.unlink(tmp)
         os.replace(tmp + ".gz", base + ".trace.json.gz")
-        self.written.append(base + ".trace.json.gz")
+        written = [base + ".trace.json.gz"]
         if self.cuda:
             tmp = os.path.join(self.folder, f".tmp-{os.getpid()}.memory.pickle")
             torch.cuda.memory._dump_snapshot(tmp)
             os.replace(tmp, base + ".memory.pickle")
-            self.written.append(base + ".memory.pickle")
+            written.append(base + ".memory.pickle")
             torch.cuda.memory._record_memory_history(enabled=None)
+        print(f"profile: wrote {', '.join(written)}", file=sys.stderr, flush=True)
 
 
 class NoProfile:
     """What `Profile.from_config` gives without --profile: every call does nothing."""
-
-    written: list[str] = []
 
     def start(self) -> None: ...
 
