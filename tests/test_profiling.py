@@ -128,6 +128,21 @@ def test_step_timer_accounts_each_phase_and_carves_out_interruptions():
         assert slept <= got[f"{phase}_s"] <= slept + 0.03, (phase, got)
     assert timer.read() == {f"{p}_s": 0.0 for p in profiling.BREAKDOWN}  # read empties the window
 
+    # a long logging window: finished marks are folded in as they pile up, and nothing is lost
+    t0 = time.perf_counter()
+    for _ in range(3000):
+        for phase in ("data", "forward", "backward", "optimizer"):
+            timer.begin(phase)
+            t = time.perf_counter()
+            while time.perf_counter() - t < 2e-5:  # 20 us of work in each phase
+                pass
+        timer.end_step()
+    wall = time.perf_counter() - t0
+    assert len(timer._marks) <= 4096 + 5
+    got = timer.read()
+    assert 3000 * 4 * 2e-5 <= 3000 * sum(got.values()) <= wall
+    assert got["optimizer_s"] >= 2e-5 and got["comm_s"] == 0.0
+
 
 def test_ranges_are_nothing_without_a_profile():
     assert profiling.phase("x") is profiling.phase("y")  # one shared no-op object: no allocation, no record

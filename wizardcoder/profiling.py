@@ -262,6 +262,7 @@ class StepTimer:
         self._top: _Range | None = None  # the open top-level range
         self._nested: list[_Range] = []
         self._steps = 0
+        self._totals = dict.fromkeys(BREAKDOWN, 0.0)  # seconds of the marks already folded in
 
     def _stamp(self):
         if not self.cuda:
@@ -300,18 +301,25 @@ class StepTimer:
             self._top = None
         self._marks.append((None, self._stamp()))
         self._steps += 1
+        if len(self._marks) > 4096:  # a long --log-every: fold in what the device has finished, without waiting
+            last_end = max(i for i, (name, _) in enumerate(self._marks[:-1]) if name is None)
+            if not self.cuda or self._marks[last_end][1].query():
+                self._fold(last_end)
+
+    def _fold(self, upto: int) -> None:
+        """Add the intervals from marks[0] to marks[upto] to the totals; keep marks[upto:]."""
+        for (name, a), (_, b) in zip(self._marks[:upto], self._marks[1 : upto + 1]):
+            if name is not None:
+                self._totals[name] += a.elapsed_time(b) / 1e3 if self.cuda else b - a
+        self._marks = self._marks[upto:]
 
     def read(self) -> dict[str, float]:
         """{f"{phase}_s": mean seconds per step} over the steps since the last read (one host sync on CUDA)."""
-        totals = dict.fromkeys(BREAKDOWN, 0.0)
-        marks, steps = self._marks, max(self._steps, 1)
-        if marks and self.cuda:
-            marks[-1][1].synchronize()
-        for (name, a), (_, b) in zip(marks, marks[1:]):
-            if name is not None:
-                dt = a.elapsed_time(b) / 1e3 if self.cuda else b - a
-                totals[name] = totals.get(name, 0.0) + dt
-        self._marks, self._steps = [], 0
+        if self._marks and self.cuda:
+            self._marks[-1][1].synchronize()
+        self._fold(len(self._marks) - 1)
+        totals, steps = self._totals, max(self._steps, 1)
+        self._marks, self._steps, self._totals = [], 0, dict.fromkeys(BREAKDOWN, 0.0)
         return {f"{k}_s": v / steps for k, v in totals.items()}
 
 
