@@ -6,7 +6,8 @@ Reads only what the stages wrote (found through the run's stage markers, RUN/.ru
   train     OUT/metrics.jsonl rows with step, loss, lr, tok_per_s and (on GPUs) mfu; rows with an "event" key skipped
   evaluate  OUT/summary.json (pass@k; base/plus for the + tasks); the `canonical` stage's too
   rounds    RUN/rounds/selection.json (dev pass@1 per round) when the round-selection loop ran
-Plots: loss.png, throughput.png, breakdown.png (the per-step time breakdown), funnel.png, passk.png, rounds.png (each only when its data exists).
+Plots: loss.png, throughput.png, breakdown.png (where a step's time goes), funnel.png, passk.png, rounds.png (each
+only when its data exists).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def _breakdown(runs: list[tuple[str, list[dict]]], folder: str) -> str:
             timed = [r for r in rows if "forward_s" in r]
             text += (f"**{name}**, where a step's time goes (seconds per step, mean over {len(timed)} logged steps):"
                      f"\n\n![step breakdown]({png})\n\n"
-                     + _table([k for k in BREAKDOWN] + ["step"],
+                     + _table([*BREAKDOWN, "step"],
                               [[sum(r[f"{k}_s"] for r in timed) / len(timed) for k in BREAKDOWN]
                                + [sum(r.get("step_s", 0.0) for r in timed) / len(timed)]]) + "\n")
     return text
