@@ -56,7 +56,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
     comments = _field_comments(cls)
     rename = rename or {}
     skip = set(exclude)
-    for f in dataclasses.fields(cls):
+    # the class's own fields first, then those it inherits (a shared group such as profiling.ProfileConfig)
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited):
         if f.name in skip or not f.init or f.name.startswith("_"):
             continue
         tp, optional = _unwrap_optional(hints[f.name])

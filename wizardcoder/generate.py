@@ -23,6 +23,7 @@ from typing import Literal
 from .cli_args import add_dataclass_arguments, dataclass_from_args
 from .errors import ConfigError
 from .io import JsonlAppender, atomic_write_json, read_json, read_jsonl, write_jsonl
+from .profiling import Profile, ProfileConfig
 
 TASK_NAMES = Literal["humaneval", "humaneval+", "mbpp", "mbpp+", "ds1000"]
 JOURNAL_VERSION = 1
@@ -31,7 +32,7 @@ MAX_BATCH_SLOTS = 16_384  # beyond this the per-step host work dominates whateve
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ProfileConfig):  # --profile: a trace of engine steps in profile/ beside --out
     model: str = ""  # checkpoint folder, hub id, or a preset name (random weights, bundled tokenizer; smoke runs)
     task: TASK_NAMES | None = None  # benchmark whose prompts to sample (WizardCoder's prompt and stop words)
     data: str | None = None  # the benchmark's dataset file (default: its package, cache or the hub)
@@ -70,6 +71,7 @@ class GenerateConfig:
             raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}.")
+        self.check_profile()
         if os.path.isdir(self.out):
             raise ConfigError(f"--out {self.out} is a folder; give the samples file's path (e.g. {self.out}/samples.jsonl).")
 
@@ -195,6 +197,8 @@ def generate_samples(cfg: GenerateConfig) -> str:
         if cfg.deterministic:  # the cache width must not depend on which prompts are left (resume) either
             max_len = model.config.n_positions
         engine = Engine(model, tok, max_slots=cfg.batch_slots, max_len=max_len, deterministic=cfg.deterministic)
+        prof = Profile.from_config(cfg, os.path.join(os.path.dirname(cfg.out) or ".", "profile"), d.rank, device)
+        engine.step = prof.around_steps(engine.step)  # --profile: a window of engine steps
         with JsonlAppender(os.path.join(journal, f"part-{d.rank}.jsonl"), fsync=True) as log:
             def finished(i, completions):
                 rec = {"task_id": mine[i].task_id, "texts": [c.text for c in completions],
@@ -205,6 +209,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
 
             engine.generate(ids[d.rank :: d.world_size], params, progress=cfg.progress and d.is_main,
                             on_prompt_done=finished)
+        prof.stop()
 
     records = {**done, **new}
     if d.enabled:  # rank 0 collects every rank's records (from its journal and from this run)

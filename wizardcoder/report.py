@@ -11,7 +11,8 @@ Reads only what the stages wrote (found through the run's stage markers, RUN/.ru
             confidence interval; the sandbox layers in force), OUT/results.jsonl (verdicts); `canonical`'s too
   rounds    RUN/rounds/selection.json (dev pass@1 per round) when the round-selection loop ran
 and ends with the versions of the packages that ran and every stage's seeds.
-Plots: loss.png, throughput.png, funnel.png, passk.png, rounds.png (each only when its data exists).
+Plots: loss.png, throughput.png, breakdown.png (where a step's time goes), funnel.png, passk.png, rounds.png (each
+only when its data exists).
 """
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
     plt.close(fig)
 
     text = "## Training\n\n![loss](loss.png)\n\n![throughput](throughput.png)\n\n"
+    text += _breakdown(runs, folder)
     for name, rows in runs:
         first, last = rows[0]["loss"], rows[-1]["loss"]
         text += (f"**{name}**: {len(rows)} logged steps, loss {first:.4f} at step {rows[0]['step']} -> {last:.4f} at "
@@ -124,6 +126,23 @@ def _training(runs: list[tuple[str, list[dict]]], folder: str) -> str:
                        [[r["step"], r["loss"], r.get("lr", ""), r.get("tok_per_s", ""),
                          "n/a" if r.get("mfu") is None else r["mfu"]]
                         for r in _thin(rows)]) + "\n"
+    return text
+
+
+def _breakdown(runs: list[tuple[str, list[dict]]], folder: str) -> str:
+    """Where each step's time went (metrics rows' data_s, forward_s, ...), a stacked bar per logged step."""
+    from .profiling import BREAKDOWN, plot_breakdown
+
+    text = ""
+    for i, (name, rows) in enumerate(runs):
+        png = "breakdown.png" if len(runs) == 1 else f"breakdown-{i}.png"
+        if plot_breakdown(rows, os.path.join(folder, png)):
+            timed = [r for r in rows if "forward_s" in r]
+            text += (f"**{name}**, where a step's time goes (seconds per step, mean over {len(timed)} logged steps):"
+                     f"\n\n![step breakdown]({png})\n\n"
+                     + _table([*BREAKDOWN, "step"],
+                              [[sum(r[f"{k}_s"] for r in timed) / len(timed) for k in BREAKDOWN]
+                               + [sum(r.get("step_s", 0.0) for r in timed) / len(timed)]]) + "\n")
     return text
 
 

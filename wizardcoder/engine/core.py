@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..profiling import ranged
 from .params import SamplingParams, sample_key
 from .sampler import sample_rows, truncate_at_stop
 from .cache import SlotCache
@@ -305,6 +306,7 @@ class Engine:
         """Rows a step computes: exactly the used ones on CPU; the next power of two on CUDA (fewer graphs)."""
         return n if not self._graphs_on else min(self.B, 1 << (n - 1).bit_length())
 
+    @ranged("scheduling")  # a named range in --profile traces
     def _admit(self) -> None:
         free = [b for b, r in enumerate(self._rows) if r is None]
         if not free or not self._queue:
@@ -342,6 +344,7 @@ class Engine:
         self._filtered = any(p.top_k > 0 or p.top_p < 1 for p in sampled)
         self._any_top_k = any(p.top_k > 0 for p in sampled)
 
+    @ranged("prefill")
     def _prefill(self, prefills: list[tuple[str, int, list[int]]]) -> None:
         """Packed forwards of at most max_prefill_tokens tokens (a longer prompt goes alone)."""
         if not prefills:
@@ -403,6 +406,7 @@ class Engine:
         with RowTiledLinear():
             self._decode_step()
 
+    @ranged("decode")
     def _run_decode(self, key: tuple) -> None:
         if not self._graphs_on:
             self._step_fn()
@@ -433,6 +437,7 @@ class Engine:
             self._graphs[key] = graph
         graph.replay()
 
+    @ranged("sync")
     def _sync(self, live: list[tuple[int, _Row]], k: int) -> list[RequestOutput]:
         """The one host sync of a step: new tokens, done / EOS flags; then stop strings and finished rows."""
         d = self.device
@@ -468,6 +473,7 @@ class Engine:
             self.done[torch.tensor(stopped, device=d)] = True
         return outputs
 
+    @ranged("stop check")
     def _find_stop(self, row: _Row) -> str | None:
         """If the row's text now holds a stop string: the text cut before it, and the row's tokens are cut to the
         shortest prefix whose text already holds it; else None. Only the tail since the last check (plus an

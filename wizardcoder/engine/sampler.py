@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..profiling import ranged
 from .params import MASK32, fmix32
 
 
@@ -21,6 +22,7 @@ def uniform_noise(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ the sampler
+@ranged("sampling")  # a named range in --profile traces
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
                 keys: torch.Tensor, steps: torch.Tensor, filtered: bool = True, random: bool = True,
                 any_top_k: bool = True) -> torch.Tensor:

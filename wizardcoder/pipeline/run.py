@@ -43,7 +43,8 @@ from .serving import die_with_parent, serve_for_evolve
 STAGES = ("evolve", "pack", "train", "generate", "evaluate")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 # Keys that change how a stage looks, not what it makes: left out of the stage's hash.
-_NOT_HASHED = {"no_progress", "progress", "quiet", "llm_base_url", "overwrite", "workers", "concurrency"}
+_NOT_HASHED = {"no_progress", "progress", "quiet", "llm_base_url", "overwrite", "workers", "concurrency",
+               "profile", "profile_wait", "profile_warmup", "profile_active", "profile_dir"}  # profiling.ProfileConfig
 
 
 @dataclass

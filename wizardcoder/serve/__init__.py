@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..data.templates import get_template
         from ..engine import Engine, SamplingParams
+        from ..profiling import Profile
         from .app import build_app
         from .protocol import Limits
         from .worker import EngineWorker
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
         max_len = cfg.max_len or positions
         engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
+        engine.step = Profile.from_config(cfg, "profile", 0, engine.device).around_steps(engine.step)  # --profile
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         default_max_tokens=cfg.default_max_new_tokens, template=template,
                         encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),

@@ -7,10 +7,11 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..profiling import ProfileConfig
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ProfileConfig):  # --profile: a trace of engine steps wait+warmup+1 .. in --profile-dir
     model: str = ""  # checkpoint folder, hub id, or preset name (random weights, the bundled tokenizer)
     tokenizer: str | None = None  # tokenizer folder, file or hub id; none: the one stored with --model
     served_model_name: str | None = None  # the model id clients send; none: the checkpoint folder's name
@@ -31,6 +32,7 @@ class ServeConfig:
     template: str = "alpaca"  # prompt template for chat requests (a name in wizardcoder.data.templates or a JSON file)
 
     def __post_init__(self):
+        self.check_profile()
         if not self.model:
             raise ConfigError("--model is required: give a checkpoint folder, a hub id or a preset name.")
         if not 0 < self.port < 65536:

@@ -12,13 +12,14 @@ from typing import Literal
 
 from ..dtypes import resolve_dtype
 from ..errors import ConfigError
+from ..profiling import ProfileConfig
 
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 
 
 @dataclass
-class TrainConfig:
-    """Every training setting. Validated on construction: a bad value raises a ConfigError naming its flag."""
+class TrainConfig(ProfileConfig):
+    """Every training setting (the --profile flags from ProfileConfig: traces under OUT/profile/). Validated on construction: a bad value raises a ConfigError naming its flag."""
 
     model: str = "tiny"  # preset name (random init) or checkpoint folder / hub id
     data: str = ""  # packed shard folder (`wizardcoder pack`)
@@ -79,6 +80,7 @@ class TrainConfig:
             raise ConfigError(f"--recipe {self.recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
         if self.peak_tflops is not None:
             _positive(self, "peak_tflops")
+        self.check_profile()
 
     @classmethod
     def from_args(cls, args) -> "TrainConfig":

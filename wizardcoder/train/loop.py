@@ -15,7 +15,8 @@ logs `{"event": "loaded", "rank", "peak_bytes"}`. One step:
    gradients until the step (4 bytes x all parameters: 62 GB per GPU for the 15B recipe);
 4. unscale and check (fp16), clip, then the step's one host sync (loss, overflow flag and gradient norm read back
    together; the token counts are host numbers, reduced over ranks on the CPU), step, schedule; log a metrics row
-   (loss, lr, tokens/s, TFLOP/s, MFU, memory).
+   (loss, lr, tokens/s, TFLOP/s, MFU, memory, and where the step went: data_s, forward_s, backward_s, optimizer_s,
+   comm_s from profiling.StepTimer).
 """
 from __future__ import annotations
 
@@ -131,9 +132,10 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
     from ..data import PackedLoader
     from ..dtypes import resolve_dtype
     from ..flops import doc_sum_sq, peak_tflops, train_flops
-    from ..io import JsonlAppender, atomic_write_json
+    from ..io import JsonlAppender, atomic_write_json, read_jsonl
     from ..parallel import all_reduce_host, barrier, peak_memory_bytes
     from ..plan import PlanConfig, format_side_by_side, plan_memory
+    from ..profiling import Profile, StepTimer, plot_breakdown, time_fsdp_waits
     from .optim import LossScaler, build_optimizer, state_bytes
     from .state import TrainState, export_hf, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
 
@@ -187,24 +189,34 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
         bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
     last, held = {}, None
+    timer = StepTimer(d.device)  # the per-step breakdown in metrics.jsonl (data_s, forward_s, ...)
+    if not cfg.compile:  # hooks inside a compiled block would break its graph
+        time_fsdp_waits(model, timer)
+    prof = Profile.from_config(cfg, os.path.join(cfg.out, "profile"), d.rank, d.device)
+    prof.start()
     while state.step < total:
         t0 = time.perf_counter()
         lr = lr_at(state.step, total, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        timer.begin("data")
         micro = [next(it) for _ in range(grad_accum)]
         # The step's token counts (host numbers from the loader) over all ranks: one CPU collective, no device wait.
+        timer.begin("comm")
         n_loss, n_real, sum_sq = all_reduce_host([sum(b["num_loss_tokens"] for b in micro),
                                                   sum(b["num_real_tokens"] for b in micro),
                                                   sum(doc_sum_sq(b["cu_seqlens"], b["labels"]) for b in micro)], d)
         loss_sum = torch.zeros((), device=d.device)
         for b in micro:
+            timer.begin("forward")
             loss = model(b["input_ids"].to(d.device, non_blocking=True),
                          position_ids=b["position_ids"].to(d.device, non_blocking=True),
                          cu_seqlens=b["cu_seqlens"].to(d.device, non_blocking=True), max_seqlen=b["max_seqlen"],
                          labels=b["labels"].to(d.device, non_blocking=True), reduction="sum")
+            timer.begin("backward")
             (loss.float() * (scaler.scale * d.world_size / max(n_loss, 1.0))).backward()
             loss_sum += loss.detach().float()
+        timer.begin("optimizer")
         found_inf = scaler.unscale_(model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
@@ -223,9 +235,11 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
             held = _held_bytes(model, optimizer, state_bytes)
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        timer.begin("comm")
         loss_value = loss_total / max(n_loss, 1.0)
         dt, mem = all_reduce_host([time.perf_counter() - t0, peak_memory_bytes(d.device)], d, "max")
         flops = train_flops(mcfg, int(n_real), int(sum_sq)) / dt
+        timer.end_step()
         last = {"step": state.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                 "tokens": int(n_real), "loss_tokens": int(n_loss), "tok_per_s": n_real / dt,
                 "tflops_per_s": flops / 1e12, "tok_per_s_per_gpu": n_real / dt / d.world_size,
@@ -233,6 +247,8 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
                 "mfu": flops / d.world_size / (peak * 1e12) if peak else None, "peak_bytes": int(mem), "step_s": dt}
         if scaler.enabled:
             last.update(loss_scale=scaler.scale, skipped=not finite)
+        if state.step % cfg.log_every == 0 or state.step == total:  # every rank: read its timer's events once
+            last.update(timer.read())
         if d.is_main:
             if state.step % cfg.log_every == 0 or state.step == total:
                 log.write(last)
@@ -245,6 +261,8 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
                 bar.set_postfix(post)
         if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total:
             save_checkpoint(state, cfg.out, d, cfg.keep_checkpoints, identity)
+        prof.step()
+    prof.stop()
     if bar is not None:
         bar.close()
     if cfg.save_final:
@@ -256,6 +274,7 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
     if d.is_main:
         print(format_side_by_side(plan["per_gpu"], measured, d.device.type), flush=True)
         plot_metrics(metrics_path, os.path.join(cfg.out, "loss.png"))
+        plot_breakdown(list(read_jsonl(metrics_path, skip_bad=True)), os.path.join(cfg.out, "breakdown.png"))
     return last
 
 
