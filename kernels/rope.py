@@ -1,0 +1,148 @@
+"""Rotary position embeddings in Triton, applied to q and k in place from per-token position ids (so a packed stream
+of documents, each restarting at position 0, rotates exactly as its documents would alone).
+
+Convention: HF Llama's "rotate half": for i < D/2 with angle a = position * inv_freq[i],
+    out[i]       = x[i] * cos(a) - x[i + D/2] * sin(a)
+    out[i + D/2] = x[i + D/2] * cos(a) + x[i] * sin(a).
+`inv_freq [D/2]` (fp32) carries the base theta and any linear scaling (LlamaConfig.inv_freq), so one kernel serves
+CodeLlama (theta 1e6) and DeepSeek-Coder (theta 1e5, positions / 4).
+
+Forward: one program per token; cos/sin of its D/2 angles computed once in fp32 registers, then every q head and
+every k head of that token rotated (one [heads, D/2] tile each) and written back over the input.
+Backward: the rotation is orthogonal, so dx = R(-a) dy: the same kernel with sin negated, written to new tensors
+(the incoming gradients are never overwritten: autograd may share them).
+
+Limits: q `[..., Hq, D]`, k `[..., Hkv, D]` with one leading layout (`[T]` packed or `[B, S]` dense) whose token
+dims flatten without a copy and a unit stride on D; D even; heads up to 128 per tile. fp16/bf16/fp32, math in fp32.
+Tested: tests/test_llama_kernels.py vs `rope_reference` (CPU interpreter fp32/fp16; bf16 on CUDA).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import custom_op
+from ._triton import tl, triton
+
+
+@triton.jit
+def _rotate_tile(X, OUT, t, stride_t, stride_h, stride_ot, stride_oh, H, HALF, cos, sin,
+                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate the [H, D] rows of token t of X into OUT (which may be X)."""
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    mask = (h < H)[:, None] & (d < HALF)[None, :]
+    src = X + t * stride_t + h[:, None] * stride_h + d[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    dst = OUT + t * stride_ot + h[:, None] * stride_oh + d[None, :]
+    tl.store(dst, (x1 * cos[None, :] - x2 * sin[None, :]).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(dst + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(Q, K, QO, KO, POS, INV_FREQ, stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh,
+                 stride_kot, stride_koh, HQ, HK, HALF, BACKWARD: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                 BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d, mask=d < HALF, other=0.0)
+    cos = tl.cos(angle)
+    sin = tl.sin(angle)
+    if BACKWARD:
+        sin = -sin
+    _rotate_tile(Q, QO, t, stride_qt, stride_qh, stride_qot, stride_qoh, HQ, HALF, cos, sin, BLOCK_HQ, BLOCK_D)
+    _rotate_tile(K, KO, t, stride_kt, stride_kh, stride_kot, stride_koh, HK, HALF, cos, sin, BLOCK_HK, BLOCK_D)
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[..., H, D] -> a [T, H, D] view of the same memory (raises when the token dims do not flatten to a view)."""
+    if x.stride(-1) != 1:
+        raise ValueError(f"rope: the head dim must have stride 1; got strides {x.stride()}")
+    return x.view(-1, x.shape[-2], x.shape[-1])
+
+
+def _launch(q, k, qo, ko, position_ids, inv_freq, backward: bool) -> None:
+    q3, k3, qo3, ko3 = _tokens(q), _tokens(k), _tokens(qo), _tokens(ko)
+    T, HQ, D = q3.shape
+    HK = k3.shape[1]
+    if T == 0:
+        return
+    pos = position_ids.reshape(-1)
+    _rope_kernel[(T,)](q3, k3, qo3, ko3, pos, inv_freq, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
+                       qo3.stride(0), qo3.stride(1), ko3.stride(0), ko3.stride(1), HQ, HK, D // 2, BACKWARD=backward,
+                       BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HK=triton.next_power_of_2(HK),
+                       BLOCK_D=triton.next_power_of_2(D // 2), num_warps=4)
+
+
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor) -> None:
+    _launch(q, k, q, k, position_ids, inv_freq, backward=False)
+
+
+def _fwd_fake(q, k, position_ids, inv_freq):
+    return None
+
+
+def _bwd_impl(dq: torch.Tensor, dk: torch.Tensor, position_ids: torch.Tensor,
+              inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dq, dk = dq.contiguous(), dk.contiguous()
+    dq_out, dk_out = torch.empty_like(dq), torch.empty_like(dk)
+    _launch(dq, dk, dq_out, dk_out, position_ids, inv_freq, backward=True)
+    return dq_out, dk_out
+
+
+def _bwd_fake(dq, dk, position_ids, inv_freq):
+    return (torch.empty_like(dq, memory_format=torch.contiguous_format),
+            torch.empty_like(dk, memory_format=torch.contiguous_format))
+
+
+_fwd_op = custom_op("rope_fwd_", _fwd_impl, _fwd_fake, mutates_args=("q", "k"))
+_bwd_op = custom_op("rope_bwd", _bwd_impl, _bwd_fake)
+
+
+class RoPEFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, position_ids, inv_freq):
+        _fwd_op(q, k, position_ids, inv_freq)
+        ctx.mark_dirty(q, k)
+        ctx.save_for_backward(position_ids, inv_freq)
+        return q, k
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        position_ids, inv_freq = ctx.saved_tensors
+        dq, dk = _bwd_op(dq, dk, position_ids, inv_freq)
+        return dq, dk, None, None
+
+
+def _check(q, k, position_ids, inv_freq) -> None:
+    D = q.shape[-1]
+    if k.shape[-1] != D or D % 2 or q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(f"rope: q {tuple(q.shape)} and k {tuple(k.shape)} need one token layout and one even head dim")
+    if position_ids.numel() != q.shape[:-2].numel():
+        raise ValueError(f"rope: position_ids {tuple(position_ids.shape)} has {position_ids.numel()} entries for "
+                         f"{q.shape[:-2].numel()} tokens")
+    if inv_freq.shape != (D // 2,) or inv_freq.dtype != torch.float32:
+        raise ValueError(f"rope: inv_freq must be fp32 [{D // 2}]; got {inv_freq.dtype} {tuple(inv_freq.shape)}")
+
+
+def apply_rope_(q, k, position_ids, inv_freq):
+    """Rotate q `[..., Hq, D]` and k `[..., Hkv, D]` in place by `position_ids` (one per token: `[T]`, `[1, T]` or
+    `[B, S]`) times `inv_freq [D/2]` (fp32); returns `(q, k)`. Differentiable in q and k (a leaf that requires grad
+    cannot be rotated in place; rotate the output of the projection, as the model does)."""
+    _check(q, k, position_ids, inv_freq)
+    return RoPEFunction.apply(q, k, position_ids, inv_freq)
+
+
+def rope_reference(q, k, position_ids, inv_freq):
+    """Plain torch, HF Llama's apply_rotary_pos_emb: angles in fp32, cos/sin rounded to q's dtype, rotate-half;
+    returns new tensors."""
+    _check(q, k, position_ids, inv_freq)
+    angle = position_ids.reshape(q.shape[:-2]).float()[..., None] * inv_freq  # [..., D/2]
+    emb = torch.cat([angle, angle], -1)[..., None, :]  # [..., 1, D]: broadcast over heads
+    cos, sin = emb.cos(), emb.sin()
+
+    def rotate(x):
+        x1, x2 = x.chunk(2, -1)
+        return x * cos.to(x.dtype) + torch.cat([-x2, x1], -1) * sin.to(x.dtype)
+
+    return rotate(q), rotate(k)
