@@ -7,8 +7,9 @@ Convention: HF Llama's "rotate half": for i < D/2 with angle a = position * inv_
 `inv_freq [D/2]` (fp32) carries the base theta and any linear scaling (LlamaConfig.inv_freq), so one kernel serves
 CodeLlama (theta 1e6) and DeepSeek-Coder (theta 1e5, positions / 4).
 
-Forward: one program per token; cos/sin of its D/2 angles computed once in fp32 registers, then every q head and
-every k head of that token rotated (one [heads, D/2] tile each) and written back over the input.
+Forward: one program per token; cos/sin of its D/2 angles computed in fp32 registers, then every head of that token
+rotated as one [heads, D/2] tile and written back over the input. q and k are two launches (autograd lets a
+Function modify a view in place only when it returns that one tensor; recomputing cos/sin is free next to the loads).
 Backward: the rotation is orthogonal, so dx = R(-a) dy: the same kernel with sin negated, written to new tensors
 (the incoming gradients are never overwritten: autograd may share them).
 
@@ -40,9 +41,8 @@ def _rotate_tile(X, OUT, t, stride_t, stride_h, stride_ot, stride_oh, H, HALF, c
 
 
 @triton.jit
-def _rope_kernel(Q, K, QO, KO, POS, INV_FREQ, stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh,
-                 stride_kot, stride_koh, HQ, HK, HALF, BACKWARD: tl.constexpr, BLOCK_HQ: tl.constexpr,
-                 BLOCK_HK: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rope_kernel(X, OUT, POS, INV_FREQ, stride_t, stride_h, stride_ot, stride_oh, H, HALF, BACKWARD: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d, mask=d < HALF, other=0.0)
@@ -50,8 +50,7 @@ def _rope_kernel(Q, K, QO, KO, POS, INV_FREQ, stride_qt, stride_qh, stride_kt, s
     sin = tl.sin(angle)
     if BACKWARD:
         sin = -sin
-    _rotate_tile(Q, QO, t, stride_qt, stride_qh, stride_qot, stride_qoh, HQ, HALF, cos, sin, BLOCK_HQ, BLOCK_D)
-    _rotate_tile(K, KO, t, stride_kt, stride_kh, stride_kot, stride_koh, HK, HALF, cos, sin, BLOCK_HK, BLOCK_D)
+    _rotate_tile(X, OUT, t, stride_t, stride_h, stride_ot, stride_oh, H, HALF, cos, sin, BLOCK_H, BLOCK_D)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -61,57 +60,54 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
     return x.view(-1, x.shape[-2], x.shape[-1])
 
 
-def _launch(q, k, qo, ko, position_ids, inv_freq, backward: bool) -> None:
-    q3, k3, qo3, ko3 = _tokens(q), _tokens(k), _tokens(qo), _tokens(ko)
-    T, HQ, D = q3.shape
-    HK = k3.shape[1]
+def _launch(x: torch.Tensor, out: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor, backward: bool) -> None:
+    x3, o3 = _tokens(x), _tokens(out)
+    T, H, D = x3.shape
     if T == 0:
         return
-    pos = position_ids.reshape(-1)
-    _rope_kernel[(T,)](q3, k3, qo3, ko3, pos, inv_freq, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
-                       qo3.stride(0), qo3.stride(1), ko3.stride(0), ko3.stride(1), HQ, HK, D // 2, BACKWARD=backward,
-                       BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HK=triton.next_power_of_2(HK),
+    _rope_kernel[(T,)](x3, o3, position_ids.reshape(-1), inv_freq, x3.stride(0), x3.stride(1), o3.stride(0),
+                       o3.stride(1), H, D // 2, BACKWARD=backward, BLOCK_H=triton.next_power_of_2(H),
                        BLOCK_D=triton.next_power_of_2(D // 2), num_warps=4)
 
 
-def _fwd_impl(q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor) -> None:
-    _launch(q, k, q, k, position_ids, inv_freq, backward=False)
+def _fwd_impl(x: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor) -> None:
+    _launch(x, x, position_ids, inv_freq, backward=False)
 
 
-def _fwd_fake(q, k, position_ids, inv_freq):
+def _fwd_fake(x, position_ids, inv_freq):
     return None
 
 
-def _bwd_impl(dq: torch.Tensor, dk: torch.Tensor, position_ids: torch.Tensor,
-              inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    dq, dk = dq.contiguous(), dk.contiguous()
-    dq_out, dk_out = torch.empty_like(dq), torch.empty_like(dk)
-    _launch(dq, dk, dq_out, dk_out, position_ids, inv_freq, backward=True)
-    return dq_out, dk_out
+def _bwd_impl(dy: torch.Tensor, position_ids: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    dy = dy.contiguous()
+    dx = torch.empty_like(dy)
+    _launch(dy, dx, position_ids, inv_freq, backward=True)
+    return dx
 
 
-def _bwd_fake(dq, dk, position_ids, inv_freq):
-    return (torch.empty_like(dq, memory_format=torch.contiguous_format),
-            torch.empty_like(dk, memory_format=torch.contiguous_format))
+def _bwd_fake(dy, position_ids, inv_freq):
+    return torch.empty_like(dy, memory_format=torch.contiguous_format)
 
 
-_fwd_op = custom_op("rope_fwd_", _fwd_impl, _fwd_fake, mutates_args=("q", "k"))
+_fwd_op = custom_op("rope_fwd_", _fwd_impl, _fwd_fake, mutates_args=("x",))
 _bwd_op = custom_op("rope_bwd", _bwd_impl, _bwd_fake)
 
 
 class RoPEFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, position_ids, inv_freq):
-        _fwd_op(q, k, position_ids, inv_freq)
-        ctx.mark_dirty(q, k)
-        ctx.save_for_backward(position_ids, inv_freq)
-        return q, k
+    """Rotates one tensor in place. One tensor per Function: autograd lets a Function modify a view input in place
+    only when it returns that one tensor (q and k are views of their projections' outputs)."""
 
     @staticmethod
-    def backward(ctx, dq, dk):
+    def forward(ctx, x, position_ids, inv_freq):
+        _fwd_op(x, position_ids, inv_freq)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(position_ids, inv_freq)
+        return x
+
+    @staticmethod
+    def backward(ctx, dy):
         position_ids, inv_freq = ctx.saved_tensors
-        dq, dk = _bwd_op(dq, dk, position_ids, inv_freq)
-        return dq, dk, None, None
+        return _bwd_op(dy, position_ids, inv_freq), None, None
 
 
 def _check(q, k, position_ids, inv_freq) -> None:
@@ -130,7 +126,7 @@ def apply_rope_(q, k, position_ids, inv_freq):
     `[B, S]`) times `inv_freq [D/2]` (fp32); returns `(q, k)`. Differentiable in q and k (a leaf that requires grad
     cannot be rotated in place; rotate the output of the projection, as the model does)."""
     _check(q, k, position_ids, inv_freq)
-    return RoPEFunction.apply(q, k, position_ids, inv_freq)
+    return RoPEFunction.apply(q, position_ids, inv_freq), RoPEFunction.apply(k, position_ids, inv_freq)
 
 
 def rope_reference(q, k, position_ids, inv_freq):
