@@ -26,31 +26,24 @@ from ._triton import tl, triton
 
 
 @triton.jit
-def _rotate_tile(X, OUT, t, stride_t, stride_h, stride_ot, stride_oh, H, HALF, cos, sin,
+def _rope_kernel(X, OUT, POS, INV_FREQ, stride_t, stride_h, stride_ot, stride_oh, H, HALF, BACKWARD: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rotate the [H, D] rows of token t of X into OUT (which may be X)."""
+    """Token t = program 0's id: rotate its [H, D] rows of X into OUT (which may be X)."""
+    t = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
+    angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d, mask=d < HALF, other=0.0)
+    cos = tl.cos(angle)[None, :]
+    sin = tl.sin(angle)[None, :]
+    if BACKWARD:  # R(a)^T = R(-a)
+        sin = -sin
     mask = (h < H)[:, None] & (d < HALF)[None, :]
     src = X + t * stride_t + h[:, None] * stride_h + d[None, :]
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
     dst = OUT + t * stride_ot + h[:, None] * stride_oh + d[None, :]
-    tl.store(dst, (x1 * cos[None, :] - x2 * sin[None, :]).to(OUT.dtype.element_ty), mask=mask)
-    tl.store(dst + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(OUT.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rope_kernel(X, OUT, POS, INV_FREQ, stride_t, stride_h, stride_ot, stride_oh, H, HALF, BACKWARD: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d, mask=d < HALF, other=0.0)
-    cos = tl.cos(angle)
-    sin = tl.sin(angle)
-    if BACKWARD:
-        sin = -sin
-    _rotate_tile(X, OUT, t, stride_t, stride_h, stride_ot, stride_oh, H, HALF, cos, sin, BLOCK_H, BLOCK_D)
+    tl.store(dst, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(dst + HALF, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
