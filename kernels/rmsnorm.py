@@ -20,6 +20,7 @@ import torch
 
 from ._common import custom_op
 from ._triton import tl, triton
+from .layernorm import _residual_dtype, _rows, _rows_per_block, _warps  # the same row tiling as add+LayerNorm
 
 
 @triton.jit
@@ -70,24 +71,6 @@ def _rms_bwd_kernel(R, W, DY, DR, DX, RSTD, DW, stride_r, stride_dy, stride_dr, 
         tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         dw += tl.sum(dy * xhat, 0)
     tl.store(DW + pid * N + cols, dw, mask=col_ok)
-
-
-def _rows_per_block(block_n: int) -> int:
-    return max(1, min(16, 2048 // block_n))
-
-
-def _warps(block_n: int) -> int:
-    return min(max(block_n // 256, 1), 16)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """[..., N] -> [M, N] with a unit last stride (a view when possible)."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _residual_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
-    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
 
 
 def _fwd_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
