@@ -215,3 +215,28 @@ def test_llama_kernels_compile_for_sm90_and_sm80():
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_model_under_autocast_kernels_match_references():
+    """bf16 autocast over fp32 parameters (the single-process trainer's mode): the kernels take the dtypes the
+    references get (bf16 projections, the fp32 residual stream) and land within bf16 rounding of them."""
+    from wizardcoder.llama import Llama
+    from wizardcoder.llama_config import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=45, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, attn_backend="torch", kernel_backend="torch")
+    model = Llama.from_config(cfg, seed=0, device=DEVICE)
+    ids = torch.randint(0, 101, (2, 17), device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        model.config.kernel_backend = backend
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            h = model.hidden_states(ids)
+            loss = model(ids, labels=ids)
+        assert h.dtype == torch.float32  # the final RMSNorm on the fp32 residual stream with its fp32 weight
+        results[backend] = (loss.float(), torch.autograd.grad(loss, list(model.parameters())))
+    (la, ga), (lb, gb) = results["torch"], results["triton"]
+    assert abs(la.item() - lb.item()) <= 1e-2 * abs(la.item())
+    for (n, _), a, b in zip(model.named_parameters(), ga, gb):
+        assert a.dtype == b.dtype == torch.float32, n
+        assert (a - b).norm().item() <= 5e-2 * a.norm().item(), n
