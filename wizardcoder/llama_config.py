@@ -88,6 +88,10 @@ class LlamaConfig:
         return self.num_key_value_heads
 
     @property
+    def n_positions(self) -> int:
+        return self.max_position_embeddings
+
+    @property
     def rope_scale(self) -> float:
         """Linear position scaling: positions are divided by this (1.0 without scaling)."""
         return self.rope_scaling["factor"] if self.rope_scaling else 1.0
