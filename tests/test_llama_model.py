@@ -197,6 +197,32 @@ def test_save_pretrained_loads_in_transformers(pair, tmp_path):
         assert n == m and torch.equal(p, q), n
 
 
+def test_row_reader_loading_grows_the_vocabulary_like_resize(pair, tmp_path):
+    """load_sharded_ (the per-rank loader, here on an unsharded model: its own shard at row 0) reads what
+    from_pretrained reads, and rows for added tokens (WizardCoder-Python's [PAD]) start at the mean of the stored rows
+    in both the embedding and the untied head, as resize_token_embeddings makes them."""
+    import dataclasses
+
+    from wizardcoder.llama import load_sharded_
+
+    ours, _ = pair
+    ours.save_pretrained(str(tmp_path))
+    grown_cfg = dataclasses.replace(ours.config, vocab_size=ours.config.vocab_size + 2)
+    with torch.device("meta"):
+        grown = Llama(grown_cfg)
+    grown.to_empty(device="cpu")
+    load_sharded_(grown, str(tmp_path))
+    want = Llama.from_pretrained(str(tmp_path))
+    want.resize_token_embeddings(grown_cfg.vocab_size)
+    got, ref = dict(grown.state_dict()), dict(want.state_dict())
+    assert set(got) == set(ref)
+    for name in ref:
+        assert (got[name] - ref[name]).abs().max().item() <= 1e-6, name
+    with pytest.raises(CheckpointError, match="needs at most"):
+        small = Llama(dataclasses.replace(ours.config, vocab_size=ours.config.vocab_size - 1))
+        load_sharded_(small, str(tmp_path))
+
+
 def test_dtype_and_device_on_load(pair, tmp_path):
     ours, _ = pair
     ours.save_pretrained(str(tmp_path))

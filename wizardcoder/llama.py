@@ -278,3 +278,43 @@ def load_folder(cls, folder: str, dtype: torch.dtype | None = None, device=None,
         raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
     model.load_state_dict(state, assign=True, strict=True)
     return model
+
+
+def load_sharded_(model: Llama, folder: str) -> None:
+    """Fill each (FSDP2-sharded or plain) parameter of `model` with its rows of the checkpoint in `folder`, reading only
+    the local shard's rows (checkpoint.RowReader). Rows of `embed_tokens` and `lm_head` past the checkpoint's
+    vocabulary (a tokenizer with added tokens: WizardCoder-Python's [PAD] on CodeLlama-Python's 32000) start at the
+    mean of the checkpoint's rows, as `resize_token_embeddings` and WizardCoder's training code initialise them."""
+    from .checkpoint import RowReader, _mean_row, weight_files
+    from .parallel import local_shard
+
+    cfg = model.config
+    reader = RowReader(weight_files(folder))
+    params = dict(model.named_parameters())
+    stored_names = [n for n in reader.names()
+                    if not n.endswith(IGNORED_SUFFIXES) and not (n == "lm_head.weight" and cfg.tie_word_embeddings)]
+    unexpected = [n for n in stored_names if n not in params]
+    if unexpected:
+        raise CheckpointError(f"{folder}: unexpected tensor {unexpected[0]!r}; is this a Llama checkpoint of this config?")
+    missing = sorted(set(params) - set(stored_names))
+    if missing:
+        raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
+    vocab_rows = ("model.embed_tokens.weight", "lm_head.weight")
+    with torch.no_grad():
+        for name, p in params.items():
+            local, row0 = local_shard(p)
+            have = reader.shape(name)
+            if name not in vocab_rows:
+                if have != tuple(p.shape):
+                    raise CheckpointError(f"{folder}: {name} has shape {have}, config.json implies {tuple(p.shape)}.")
+                reader.read_rows(name, row0, local)
+                continue
+            stored = have[0]  # the checkpoint's vocabulary; rows stored .. vocab_size are new tokens
+            if have[1:] != tuple(p.shape[1:]) or stored > cfg.vocab_size:
+                raise CheckpointError(f"{folder}: {name} has shape {have}, the model needs at most ({cfg.vocab_size}, {p.shape[1]}).")
+            n_read = max(0, min(row0 + local.shape[0], stored) - row0)
+            if n_read:
+                reader.read_rows(name, row0, local[:n_read])
+            lo, hi = max(row0, stored), min(row0 + local.shape[0], cfg.vocab_size)
+            if hi > lo:
+                local[lo - row0 : hi - row0] = _mean_row(reader, name, stored).to(local.dtype)
