@@ -11,6 +11,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "StarCoder": "wizardcoder.model",
     "StarCoderConfig": "wizardcoder.config",
+    "Llama": "wizardcoder.llama",
+    "LlamaConfig": "wizardcoder.llama_config",
+    "load_pretrained": "wizardcoder.families",
     "PRESETS": "wizardcoder.config",
     "Tokenizer": "wizardcoder.tokenizer",
     "UserError": "wizardcoder.errors",

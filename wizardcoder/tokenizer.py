@@ -1,6 +1,11 @@
 """One tokenizer API over HF `tokenizers` (tokenizer.json: StarCoder's byte-level BPE) and `sentencepiece`
 (tokenizer.model: Llama-style), loaded from a folder, a file or a hub id.
 
+Llama-family conventions (docs/llama.md): `add_bos_token` says whether the release puts BOS before every text (read
+from tokenizer_config.json; CodeLlama and DeepSeek-Coder do, StarCoder has no BOS); a sentencepiece model's
+added_tokens.json (WizardCoder-Python's [PAD] = 32000) extends its vocabulary; sentencepiece gives the first piece of
+a text a "dummy prefix" space, so a continuation is decoded with `decode_after(prefix_ids, ids)`, not alone.
+
     tok = Tokenizer.from_pretrained("bigcode/starcoder")        # or a folder, or .../tokenizer.json
     ids = tok.encode("def f(x):\n    return x")
     assert tok.decode(ids) == "def f(x):\n    return x"
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 
 from .errors import CheckpointError
@@ -23,8 +29,10 @@ class Tokenizer:
     """`encode`/`decode` text, batch variants, and the special-token ids the pipeline needs (`eos_id`, `bos_id`,
     `pad_id`, FIM ids). `fingerprint` identifies the exact vocabulary (stored with packed data)."""
 
-    def __init__(self, backend, kind: str, fingerprint: str, name: str, special: dict[str, str | None], raw: bytes = b""):
+    def __init__(self, backend, kind: str, fingerprint: str, name: str, special: dict[str, str | None], raw: bytes = b"",
+                 add_bos_token: bool = False):
         self._raw = raw  # the tokenizer file's bytes, for save()
+        self.add_bos_token = add_bos_token  # the release encodes every text as [BOS] + pieces (HF's default encoding)
         self._b = backend
         self.kind = kind  # "hf" | "sentencepiece"
         self.fingerprint = fingerprint
@@ -66,6 +74,7 @@ class Tokenizer:
             raw = gzip.decompress(raw)
         fingerprint = hashlib.sha256(raw).hexdigest()
         special = _read_special_tokens(folder)
+        config = _read_config(folder)
         if file.endswith(".model"):
             import sentencepiece as spm
 
@@ -77,7 +86,12 @@ class Tokenizer:
             special.setdefault("eos", sp.id_to_piece(sp.eos_id()) if sp.eos_id() >= 0 else None)
             special.setdefault("bos", sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None)
             special.setdefault("pad", sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None)
-            return cls(_SentencePiece(sp), "sentencepiece", fingerprint, name, special, raw)
+            added = _read_added_tokens(folder, sp.get_piece_size())
+            if added:  # the vocabulary is the model plus these; the fingerprint must say so
+                fingerprint = hashlib.sha256(raw + json.dumps(added, sort_keys=True).encode()).hexdigest()
+            # LlamaTokenizer's default is add_bos_token=True (CodeLlama's and WizardCoder-Python's configs say so too)
+            return cls(_SentencePiece(sp, added), "sentencepiece", fingerprint, name, special, raw,
+                       add_bos_token=bool(config.get("add_bos_token", True)))
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -86,7 +100,7 @@ class Tokenizer:
             raise CheckpointError(f"{file}: not a valid tokenizer.json ({str(e).splitlines()[0]}).") from None
         if "eos" not in special and tk.token_to_id("<|endoftext|>") is not None:
             special["eos"] = "<|endoftext|>"
-        return cls(_HF(tk), "hf", fingerprint, name, special, raw)
+        return cls(_HF(tk), "hf", fingerprint, name, special, raw, add_bos_token=bool(config.get("add_bos_token", False)))
 
     def save(self, folder: str) -> None:
         """Write tokenizer.json (or tokenizer.model) and special_tokens_map.json into `folder`, so the folder loads
@@ -101,7 +115,14 @@ class Tokenizer:
         atomic_write_json(os.path.join(folder, "special_tokens_map.json"), roles)
         if self.kind == "hf":
             atomic_write_json(os.path.join(folder, "tokenizer_config.json"),
-                              {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, **roles})
+                              {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
+                               **({"add_bos_token": True} if self.add_bos_token else {}), **roles})
+        else:
+            if self._b.added:
+                atomic_write_json(os.path.join(folder, "added_tokens.json"), self._b.added)
+            atomic_write_json(os.path.join(folder, "tokenizer_config.json"),
+                              {"tokenizer_class": "LlamaTokenizer", "add_bos_token": self.add_bos_token,
+                               "add_eos_token": False, **roles})
 
     # ----------------------------------------------------------------------------------------------- API
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -122,6 +143,14 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._b.decode([int(i) for i in ids], skip_special_tokens)
+
+    def decode_after(self, prefix_ids, ids, skip_special_tokens: bool = False) -> str:
+        """The text `ids` add after `prefix_ids` (a prompt and its continuation). Decoding `ids` alone loses what
+        depends on context: sentencepiece drops the leading space of a text's first piece ("▁▁▁▁return" after a
+        prompt is four spaces and "return", alone three)."""
+        head = self.decode(prefix_ids, skip_special_tokens)
+        full = self.decode(list(prefix_ids) + list(ids), skip_special_tokens)
+        return full[len(head):] if full.startswith(head) else self.decode(ids, skip_special_tokens)
 
     def decode_batch(self, batch, skip_special_tokens: bool = False) -> list[str]:
         return self._b.decode_batch([[int(i) for i in ids] for ids in batch], skip_special_tokens)
@@ -163,6 +192,32 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, kind={self.kind}, vocab={self.vocab_size}, eos={self.eos_id}, pad={self.pad_id})"
+
+
+def _read_config(folder: str) -> dict:
+    """tokenizer_config.json as a dict ({} when absent)."""
+    p = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(p):
+        return {}
+    d = read_json(p, "tokenizer_config.json", CheckpointError, "fix or remove that file")
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{p}: expected a JSON object; fix or remove that file.")
+    return d
+
+
+def _read_added_tokens(folder: str, base: int) -> dict[str, int]:
+    """added_tokens.json's tokens with ids past a sentencepiece model's `base` pieces (as HF's LlamaTokenizer adds
+    them: WizardCoder-Python's {"[PAD]": 32000})."""
+    p = os.path.join(folder, "added_tokens.json")
+    if not os.path.isfile(p):
+        return {}
+    d = read_json(p, "added_tokens.json", CheckpointError, "fix or remove that file")
+    if not isinstance(d, dict) or not all(isinstance(v, int) for v in d.values()):
+        raise CheckpointError(f"{p}: expected a JSON object of token -> id; fix or remove that file.")
+    added = {t: i for t, i in d.items() if i >= base}
+    if sorted(added.values()) != list(range(base, base + len(added))):
+        raise CheckpointError(f"{p}: added ids {sorted(added.values())} do not follow the model's {base} pieces; fix the file.")
+    return added
 
 
 def _read_special_tokens(folder: str) -> dict[str, str | None]:
@@ -211,8 +266,14 @@ class _HF:
 
 
 class _SentencePiece:
-    def __init__(self, sp):
+    """A sentencepiece model plus added tokens (ids after its pieces; never produced by encoding text, as sentencepiece
+    never produces control pieces from text)."""
+
+    def __init__(self, sp, added: dict[str, int] | None = None):
         self.sp = sp
+        self.added = dict(added or {})
+        self._added_text = {i: t for t, i in self.added.items()}
+        self._base = sp.get_piece_size()
 
     def encode(self, text):
         return self.sp.encode(text, out_type=int)
@@ -222,18 +283,33 @@ class _SentencePiece:
 
     def decode(self, ids, skip):
         if skip:
-            ids = [i for i in ids if not self.sp.is_control(i)]
-        return self.sp.decode(ids)
+            ids = [i for i in ids if i < self._base and not self.sp.is_control(i)]
+        if all(i < self._base for i in ids):
+            return self.sp.decode(ids)
+        out, run = [], []  # added tokens are literal text between sentencepiece runs
+        for i in ids:
+            if i < self._base:
+                run.append(i)
+                continue
+            out.append(self.sp.decode(run) if run else "")
+            out.append(self._added_text.get(i, ""))
+            run = []
+        out.append(self.sp.decode(run) if run else "")
+        return "".join(out)
 
     def decode_batch(self, batch, skip):
         return [self.decode(ids, skip) for ids in batch]
 
     def token_to_id(self, t):
+        if t in self.added:
+            return self.added[t]
         i = self.sp.piece_to_id(t)
         return None if i == self.sp.unk_id() and t != self.sp.id_to_piece(i) else i
 
     def id_to_token(self, i):
-        return self.sp.id_to_piece(i) if 0 <= i < self.sp.get_piece_size() else None
+        if i in self._added_text:
+            return self._added_text[i]
+        return self.sp.id_to_piece(i) if 0 <= i < self._base else None
 
     def vocab_size(self):
-        return self.sp.get_piece_size()
+        return self._base + len(self.added)
