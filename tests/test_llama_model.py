@@ -146,10 +146,10 @@ def test_left_padded_batch_matches_unpadded_runs(pair):
 
 
 def test_greedy_decode_with_kv_cache_matches_transformers(pair):
-    """Prefill + token-by-token decode through model.KVCache (GQA: Hkv heads cached): every step's logits equal
+    """Prefill + token-by-token decode through the tests' simple KVCache (GQA: Hkv heads cached): every step's logits equal
     transformers' on the whole sequence so far (argmax alone is too forgiving on tiny random models), and the tokens
     equal transformers' greedy generate."""
-    from wizardcoder.model import KVCache
+    from _kv_cache import KVCache
 
     ours, hf = pair
     prompt = torch.randint(0, ours.config.vocab_size, (1, 7))

@@ -7,7 +7,7 @@ The same two input forms as StarCoder (wizardcoder/model.py), through the same a
   real tokens only);
 - packed `input_ids [1, T]` with `position_ids [1, T]` restarting at 0 per document and `cu_seqlens` int32
   `[n_docs + 1]`; RoPE rotates by those per-document positions, so each document sees exactly what it would alone.
-With a `kv_cache` (model.KVCache or any object with its begin / attend / advance protocol) tokens are appended and
+With a `kv_cache` (the engine's slot cache, the tests' simple cache, or any object with its begin / attend / advance protocol) tokens are appended and
 attend over everything cached; K/V are stored after RoPE, with n_kv_head heads (GQA keeps the cache small).
 
 Unlike StarCoder's, the embedding is not padded to a multiple of 128 rows: the LM head is its own matrix here, and
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import llama_ops, ops
 from .errors import CheckpointError
 from .llama_config import LlamaConfig
-from .model import KVCache, SeqInfo, positions_from_cu_seqlens, shift_labels
+from .model import SeqInfo, positions_from_cu_seqlens, shift_labels
 
 
 class Attention(nn.Module):
@@ -176,7 +176,7 @@ class Llama(nn.Module):
         return self._inv_freq[device]
 
     def hidden_states(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                      kv_cache: KVCache | None = None):
+                      kv_cache=None):
         """Final RMSNorm output `[B, S, hidden_size]`. With `kv_cache`, the tokens are appended to the cache and
         `attention_mask [B, S]` marks which of them are real (left padding)."""
         cfg = self.config
@@ -214,7 +214,7 @@ class Llama(nn.Module):
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def forward(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                labels=None, reduction: str = "mean", kv_cache: KVCache | None = None):
+                labels=None, reduction: str = "mean", kv_cache=None):
         """Logits `[B, S, vocab_size]`, or, when `labels` is given, the LM loss alone (the fused path never holds the
         logits). `labels` follow HF: aligned with `input_ids`, -100 where no loss is taken; the shift happens here,
         and in the packed form the last token of a document never predicts the first of the next."""
