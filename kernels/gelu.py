@@ -24,6 +24,9 @@ INV_SQRT_2 = tl.constexpr(0.7071067811865476)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
+# A module-level constexpr goes on the right of a product: Triton 3.8's interpreter turns `constexpr * tensor` into a
+# value that a nested @triton.jit call cannot take ("cannot convert ... tensor to tensor"); `tensor * constexpr` works
+# in every version (found by `make test-latest`).
 @triton.jit
 def _tanh(z):
     z = tl.minimum(tl.maximum(z, -15.0), 15.0)  # tanh(15) == 1 in fp32; keeps exp finite
@@ -37,7 +40,7 @@ def _gelu_fwd_kernel(X, B, Y, numel, N, APPROX: tl.constexpr, BLOCK: tl.constexp
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     u = x + tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
     if APPROX:
-        y = 0.5 * u * (1.0 + _tanh(SQRT_2_OVER_PI * (u + 0.044715 * u * u * u)))
+        y = 0.5 * u * (1.0 + _tanh((u + 0.044715 * u * u * u) * SQRT_2_OVER_PI))
     else:
         y = 0.5 * u * (1.0 + tl.math.erf(u * INV_SQRT_2))
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
@@ -51,7 +54,7 @@ def _gelu_bwd_kernel(DY, X, B, DX, numel, N, APPROX: tl.constexpr, BLOCK: tl.con
     u = x + tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
     if APPROX:
-        t = _tanh(SQRT_2_OVER_PI * (u + 0.044715 * u * u * u))
+        t = _tanh((u + 0.044715 * u * u * u) * SQRT_2_OVER_PI)
         d = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * u * u)
     else:
         d = 0.5 * (1.0 + tl.math.erf(u * INV_SQRT_2)) + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI
