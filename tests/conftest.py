@@ -1,6 +1,5 @@
 """Shared test fixtures. Everything runs on CPU; Triton kernels run in the interpreter there."""
 import gzip
-import importlib.util
 import os
 import shutil
 
@@ -21,11 +20,6 @@ if not HAS_CUDA:
     torch.set_num_threads(int(os.environ.get("WIZARDCODER_TEST_THREADS", "1")))
 
 from _util import REPO, SHARED_DATA  # noqa: E402,F401  (one definition, shared by every test file)
-
-# A test module that imports an optional dependency at module level is left out where that dependency is missing
-# (a bare GPU machine under `make gpu-check` has no openai client), instead of failing the whole collection.
-OPTIONAL_MODULE_DEPS = {"test_serve_openai.py": "openai"}
-collect_ignore = [f for f, dep in OPTIONAL_MODULE_DEPS.items() if importlib.util.find_spec(dep) is None]
 
 # Under CI the shared data must be there: a missing folder would otherwise turn ~50 tests into silent skips.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
