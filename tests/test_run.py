@@ -361,10 +361,12 @@ def test_ctrl_c_says_which_stage_stopped_and_how_to_resume(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "wizardcoder", "run", cfg], stdout=subprocess.DEVNULL,
                                 stderr=log, env=repo_env(OMP_NUM_THREADS="1"))
         deadline = time.monotonic() + 300
-        while (_state(run, "train") or {}).get("state") != "running":
-            assert proc.poll() is None and time.monotonic() < deadline, "train never started"
+        metrics = os.path.join(run, "train", "metrics.jsonl")
+        # Inside the training loop: after its first logged step. (A SIGINT in the first moments of the train stage,
+        # before its first step, is sometimes lost or ends the process by the signal: a known open defect.)
+        while not (os.path.exists(metrics) and '"step"' in open(metrics).read()):
+            assert proc.poll() is None and time.monotonic() < deadline, "train never logged a step"
             time.sleep(0.05)
-        time.sleep(1.0)  # inside the training loop, not its first import
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130
     err = open(tmp_path / "log").read().strip().splitlines()[-1]
