@@ -38,13 +38,12 @@ def _step_fn(model, loss_fn, opt):
     return step
 
 
-def run(quick: bool = False) -> list[dict]:
+def compare_train_step(make_ours, to_hf, cfg, B: int, S: int, bench: str, case: str, quick: bool) -> list[dict]:
+    """One train step (forward + backward + AdamW) of `make_ours()` against `to_hf(ours)`, same weights and batch,
+    in each mixed-precision mode of the device; the losses must agree before anything is timed. Rows per mode:
+    HF first, then ours with `speedup_vs_HF`. bench_llama uses it too."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    if quick or not cuda:
-        cfg, B, S = StarCoderConfig.from_preset("tiny", n_layer=2), 2, 256
-    else:
-        cfg, B, S = StarCoderConfig.from_preset("starcoderbase-1b"), 4, 2048
     # (mode, parameter dtype, autocast dtype): CPU runs fp32 only (a smoke run of the timing code).
     modes = [("pure bf16", torch.bfloat16, None), ("autocast bf16, fp32 params", torch.float32, torch.bfloat16)] if cuda \
         else [("fp32", torch.float32, None)]
@@ -52,8 +51,8 @@ def run(quick: bool = False) -> list[dict]:
     flops = cfg.flops_per_token(S) * B * S
     rows = []
     for mode, param_dtype, amp in modes:
-        ours = StarCoder.from_config(cfg, seed=0).to(device=device, dtype=param_dtype)
-        hf = _hf_from_ours(ours).to(device=device, dtype=param_dtype)
+        ours = make_ours().to(device=device, dtype=param_dtype)
+        hf = to_hf(ours).to(device=device, dtype=param_dtype)
 
         def in_mode(fn):
             def call():
@@ -73,7 +72,7 @@ def run(quick: bool = False) -> list[dict]:
                 torch.cuda.reset_peak_memory_stats()
             t = timeit(_step_fn(model, loss_fn, opt), warmup=2 if quick else 3, iters=3 if quick else 10)
             mode_rows.append({
-                "bench": "model_train_step", "case": f"{'1b' if S == 2048 else 'tiny'} B{B}xS{S} {mode}",
+                "bench": bench, "case": f"{case} B{B}xS{S} {mode}",
                 "impl": name, "ms": t * 1e3, "tok/s": B * S / t, "TFLOP/s": flops / t / 1e12,
                 "peak_GB": torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan"),
             })
@@ -83,6 +82,15 @@ def run(quick: bool = False) -> list[dict]:
         rows += mode_rows
         del ours, hf
     return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    if quick or not torch.cuda.is_available():
+        cfg, B, S = StarCoderConfig.from_preset("tiny", n_layer=2), 2, 256
+    else:
+        cfg, B, S = StarCoderConfig.from_preset("starcoderbase-1b"), 4, 2048
+    return compare_train_step(lambda: StarCoder.from_config(cfg, seed=0), _hf_from_ours, cfg, B, S,
+                              "model_train_step", "1b" if S == 2048 else "tiny", quick)
 
 
 if __name__ == "__main__":
