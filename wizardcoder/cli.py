@@ -1,12 +1,14 @@
 """`wizardcoder <verb>`: one program, one verb per pipeline stage.
 
-Each verb lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int`. Modules are
-imported only when their verb runs, so `wizardcoder evaluate` never pays for importing torch's model code.
+Each verb lives in its own module, which defines `Config` (a dataclass: its settings, see wizardcoder.settings) and
+`run(cfg) -> int`. Modules are imported only when their verb runs, so `wizardcoder evaluate` never pays for importing
+torch's model code.
 
-Every verb takes `--config FILE`: a TOML or JSON file with one section per verb (`[evolve]`, `[pack]`, `[train]`,
-`[generate]`, `[evaluate]`, `[serve]`, and `[run]` for `wizardcoder run`) whose keys are the verb's argparse `dest`
-names (`--max-new-tokens` -> `max_new_tokens`). The verb's own section becomes the parser's defaults before parsing,
-so a flag on the command line overrides the file. `wizardcoder run` uses the same path (`parse_verb_args`).
+Every verb with a config section takes `--config FILE`: a TOML or JSON file with one section per verb (`[evolve]`,
+`[pack]`, `[train]`, `[generate]`, `[evaluate]`, `[serve]`, and `[run]` for `wizardcoder run`) whose keys are the
+Config's field names (`--max-new-tokens` -> `max_new_tokens`). The section gives the defaults, a flag on the command
+line overrides them, and the Config is built and checked once (`parse_verb`). `wizardcoder run` builds each stage's
+Config from its resolved section (`settings.build`) and calls the same `run(cfg)`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from . import settings
 from .errors import ConfigError, UserError
 from .io import read_json
 
@@ -37,8 +40,6 @@ VERBS: dict[str, tuple[str, str]] = {
 
 # Sections a config file may hold: one per verb that reads one, plus `run`'s own options.
 CONFIG_SECTIONS = ("run", "evolve", "pack", "train", "generate", "evaluate", "serve")
-# dests that are never config keys
-_NOT_KEYS = {"help", "config", "_module"}
 
 
 def _available(module: str) -> bool:
@@ -52,27 +53,16 @@ def verb_available(verb: str) -> bool:
     return verb in VERBS and _available(VERBS[verb][0])
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """A parser whose errors are ConfigErrors naming `where` (a config file and section), not usage + exit."""
-
-    where = ""
-
-    def error(self, message: str):
-        raise ConfigError(f"{self.where}: {message}.")
-
-
-def verb_parser(verb: str, raise_errors: str | None = None) -> tuple[Any, argparse.ArgumentParser]:
-    """(module, parser) of one verb, built by the verb's own `add_arguments`. With `raise_errors` (e.g.
-    "run.toml [train]") a parse error raises a ConfigError naming it instead of printing usage and exiting."""
+def verb_module(verb: str):
+    """The verb's module (its `Config` and `run(cfg)`), imported only now."""
     if not verb_available(verb):
         raise UserError(f"the `{verb}` verb is not available in this installation ({VERBS[verb][0]} is missing).")
-    module = importlib.import_module(VERBS[verb][0])
-    cls = _RaisingParser if raise_errors else argparse.ArgumentParser
-    parser = cls(prog=f"wizardcoder {verb}", description=VERBS[verb][1])
-    if raise_errors:
-        parser.where = raise_errors
-    module.add_arguments(parser)
-    return module, parser
+    return importlib.import_module(VERBS[verb][0])
+
+
+def verb_config(verb: str) -> type:
+    """The verb's one Config dataclass."""
+    return verb_module(verb).Config
 
 
 # ------------------------------------------------------------------------------------------------------ config file
@@ -106,71 +96,19 @@ def load_config(path: str) -> dict[str, dict]:
     return data
 
 
-def config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """dest -> action for every option a config section may set."""
-    return {a.dest: a for a in parser._actions if a.dest not in _NOT_KEYS and a.option_strings}
-
-
-def _convert(action: argparse.Action, value: Any, where: str) -> Any:
-    """A config value as the parsed flag would hold it: types converted, choices and bools checked."""
-    if value is None:
-        return None
-    flag = action.option_strings[-1] if action.option_strings else action.dest
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false (it is the flag {flag}), got {value!r}.")
-        return value
-    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*") or isinstance(action.nargs, int)
-    if many:
-        items = value if isinstance(value, list) else [value]
-        return [_convert_one(action, v, where, flag) for v in items]
-    if isinstance(value, (list, dict)):
-        raise ConfigError(f"{where}: takes one value (flag {flag}), got {type(value).__name__} {value!r}.")
-    return _convert_one(action, value, where, flag)
-
-
-def _convert_one(action: argparse.Action, value: Any, where: str, flag: str) -> Any:
-    tp = action.type
-    if tp is not None and callable(tp) and not isinstance(value, bool):
-        if tp in (int, float) and not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where}: expected a number (flag {flag}), got {value!r}.")
-        if tp is int and isinstance(value, float):
-            raise ConfigError(f"{where}: expected an integer (flag {flag}), got {value!r}.")
-        try:
-            value = tp(value) if isinstance(value, str) or tp in (int, float) else value
-        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
-            raise ConfigError(f"{where}: {value!r} is not valid for {flag} ({e}).") from None
-    if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))} (flag {flag}).")
-    return value
-
-
-def apply_config(parser: argparse.ArgumentParser, section: dict, where: str) -> None:
-    """Make `section` the parser's defaults (command-line flags still override). `where` names the file and section
-    in errors, e.g. "run.toml [train]". A value given here also satisfies a required flag or a required group."""
-    keys = config_keys(parser)
-    values = {}
-    for key, value in section.items():
-        if key not in keys:
-            raise ConfigError(f"{where}: unknown field {key!r}; valid fields are {', '.join(sorted(keys))}.")
-        action = keys[key]
-        values[key] = _convert(action, value, f"{where} {key}")
-        action.required = False
-    for group in parser._mutually_exclusive_groups:
-        if any(a.dest in values for a in group._group_actions):
-            group.required = False
-    parser.set_defaults(**values)
-
-
-def parse_verb_args(verb: str, argv: list[str], section: dict | None = None,
-                    where: str = "") -> tuple[Any, argparse.Namespace]:
-    """Build `verb`'s parser, apply a config section as its defaults, parse `argv`: the one path from config and
-    command line to a verb's arguments, shared by the CLI and `wizardcoder run`."""
-    where = where or f"[{verb}]"
-    module, parser = verb_parser(verb, raise_errors=where)
-    if section:
-        apply_config(parser, section, where)
-    return module, parser.parse_args(argv)
+def parse_verb(verb: str, argv: list[str], section: dict | None = None, where: str = "",
+               raising: bool = False) -> tuple[Any, Any]:
+    """(module, cfg): the verb's Config from a config section (defaults) and `argv` (overrides), built and checked
+    once (settings.parse): the one path from a command line and a config file to a verb."""
+    module = verb_module(verb)
+    if not hasattr(module, "Config"):  # TRANSITIONAL: a verb not yet converted (add_arguments + run(args))
+        parser = argparse.ArgumentParser(prog=f"wizardcoder {verb}")
+        module.add_arguments(parser)
+        parser.set_defaults(**(section or {}))
+        return module, parser.parse_args(argv)
+    cfg = settings.parse(module.Config, argv, section, where or f"[{verb}]", prog=f"wizardcoder {verb}",
+                         description=VERBS[verb][1], raising=raising)
+    return module, cfg
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -188,21 +126,26 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
-def _parse(argv: list[str]) -> tuple[Any, argparse.Namespace]:
+def _parse(argv: list[str]) -> tuple[Any, Any]:
     if not argv or argv[0] not in VERBS or not verb_available(argv[0]):
-        args = build_parser().parse_args(argv)  # help, or an unknown verb: argparse's own message
-        return importlib.import_module(args._module), args
+        build_parser().parse_args(argv)  # help, or an unknown verb: argparse's own message and exit
+        raise UserError(f"unknown verb {argv[0]!r}.")  # not reached
     verb = argv[0]
-    module, parser = verb_parser(verb)
-    if verb not in CONFIG_SECTIONS or verb == "run" or any("--config" in a.option_strings for a in parser._actions):
-        return module, parser.parse_args(argv[1:])  # no config section of its own (or it reads the file itself)
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"TOML or JSON file whose [{verb}] section sets defaults for these flags")
+    if verb not in CONFIG_SECTIONS or verb == "run":
+        return parse_verb(verb, argv[1:])  # no config section of its own (or, run, it reads the file itself)
     path, rest = _split_config_flag(argv[1:])
-    if path:
-        section = load_config(path).get(verb, {})
-        apply_config(parser, section, f"{path} [{verb}]")
-    return module, parser.parse_args(rest)
+    section = load_config(path).get(verb, {}) if path else None
+    if "-h" in rest or "--help" in rest:  # help lists --config too
+        module = verb_module(verb)
+        if hasattr(module, "Config"):
+            parser = settings.parser_for(module.Config, f"wizardcoder {verb}", VERBS[verb][1])
+        else:  # TRANSITIONAL
+            parser = argparse.ArgumentParser(prog=f"wizardcoder {verb}")
+            module.add_arguments(parser)
+        parser.add_argument("--config", metavar="FILE",
+                            help=f"TOML or JSON file whose [{verb}] section sets defaults for these flags")
+        parser.parse_args(rest)
+    return parse_verb(verb, rest, section, f"{path} [{verb}]" if path else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,19 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for verb, (module, help_) in VERBS.items():
-        if not _available(module):
-            continue
-        p = sub.add_parser(verb, help=help_, description=help_)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if _available(module):
+            sub.add_parser(verb, help=help_, description=help_, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        module, args = _parse(argv)
-        return int(module.run(args) or 0)
+        module, cfg = _parse(argv)
+        return int(module.run(cfg) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
