@@ -7,7 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from wizardcoder import StarCoder, StarCoderConfig  # noqa: E402
-from wizardcoder.model import positions_from_cu_seqlens, shift_labels  # noqa: E402
+from wizardcoder.layout import positions_from_cu_seqlens, shift_labels  # noqa: E402
 
 CONFIGS = {
     "mqa-tanh": StarCoderConfig(vocab_size=301, n_positions=64, n_embd=48, n_layer=2, n_head=4),

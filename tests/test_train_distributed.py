@@ -21,9 +21,9 @@ LOAD_CHECK = textwrap.dedent("""
     ckpt, out, train_args = sys.argv[1], sys.argv[2], sys.argv[3:]
     d = init_distributed(world_of_one=True)
     cfg = TrainConfig(model=ckpt, data="-", seed=0)
-    mcfg, folder = model_config(cfg, 0)
+    cls, mcfg, folder = model_config(cfg, 0)
     start = peak_memory_bytes(d.device)
-    model = build_model(mcfg, folder, cfg, d, torch.float32)
+    model = build_model(cls, mcfg, folder, cfg, d, torch.float32)
     peak = peak_memory_bytes(d.device)
     mismatched, rows = [], 0
     with safe_open(f"{ckpt}/model.safetensors", "pt") as f:

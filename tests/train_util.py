@@ -53,10 +53,12 @@ def pack(out: str, tokenizer_dir: str, seq_len: int = 128) -> str:
 
 
 def train_here(**fields) -> dict:
-    """`wizardcoder train` in this process (a world of one); returns the last metrics row."""
-    from wizardcoder.train import TrainConfig, train
+    """`wizardcoder train` in this process (a world of one), its settings built as a config section is; returns the
+    last metrics row."""
+    from wizardcoder import settings
+    from wizardcoder.train import Config, train
 
-    return train(TrainConfig(**{"progress": False, "warmup_steps": 1, **fields}))
+    return train(settings.build(Config, {"progress": False, "warmup_steps": 1, **fields}))
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

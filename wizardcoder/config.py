@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import ConfigError
 
@@ -18,6 +19,8 @@ KERNEL_BACKENDS = ("auto", "torch", "triton")
 class StarCoderConfig:
     """Shapes and numerics of a GPTBigCode model. Field names follow HF's config.json, so a checkpoint's config maps
     one to one; the fields after `eos_token_id` are ours and never written to config.json."""
+
+    model_type: ClassVar[str] = "gpt_bigcode"
 
     vocab_size: int = 49152
     n_positions: int = 8192
@@ -79,12 +82,15 @@ class StarCoderConfig:
             n += self.vocab_size * d + self.n_positions * d
         return n
 
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token (the LM head included, position embeddings not)."""
+        d, f, kv = self.n_embd, self.ffn_dim, self.n_kv_head * self.head_dim
+        return self.n_layer * (d * (d + 2 * kv) + d * d + 2 * d * f) + d * self.vocab_size
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), counting matmuls and causal attention, as in
         the PaLM appendix: 6 * N_matmul + 6 * n_layer * seq_len * n_embd (causal halves the 12 * L * S * d)."""
-        d, f, kv = self.n_embd, self.ffn_dim, self.n_kv_head * self.head_dim
-        matmul = self.n_layer * (d * (d + 2 * kv) + d * d + 2 * d * f) + d * self.vocab_size
-        return 6 * matmul + 6 * self.n_layer * seq_len * d
+        return 6 * self.matmul_params() + 6 * self.n_layer * seq_len * self.n_head * self.head_dim
 
     # --- HF config.json ---
     @classmethod
@@ -93,8 +99,8 @@ class StarCoderConfig:
         archs = d.get("architectures") or []
         if model_type != "gpt_bigcode" and "GPTBigCodeForCausalLM" not in archs:
             raise ConfigError(
-                f"{source}: model_type {model_type!r} (architectures {archs}) is not supported; "
-                "wizardcoder loads GPTBigCode (StarCoder) checkpoints only."
+                f"{source}: model_type {model_type!r} (architectures {archs}) is not a GPTBigCode (StarCoder) "
+                "checkpoint."
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names and k not in ("attn_backend", "kernel_backend", "vocab_multiple")}
@@ -106,7 +112,7 @@ class StarCoderConfig:
         for ours in ("attn_backend", "kernel_backend", "vocab_multiple"):
             d.pop(ours)
         d.update(
-            model_type="gpt_bigcode",
+            model_type=self.model_type,
             architectures=["GPTBigCodeForCausalLM"],
             attention_softmax_in_fp32=True,
             scale_attention_softmax_in_fp32=True,

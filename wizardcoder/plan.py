@@ -109,11 +109,11 @@ def plan_memory(mcfg, p: PlanConfig) -> dict:
     import torch
 
     from .dtypes import resolve_dtype
-    from .model import StarCoder
+    from .families import class_for
     from .parallel import checkpointed_blocks
 
     with torch.device("meta"):
-        model = StarCoder(mcfg)
+        model = class_for(mcfg.model_type)(mcfg)
     W, b = p.world_size, resolve_dtype(p.dtype, "cuda").itemsize
     params = optimizer = 0
     for t in model.parameters():
@@ -128,8 +128,8 @@ def plan_memory(mcfg, p: PlanConfig) -> dict:
     n_ckpt = len(checkpointed_blocks(L, p.activation_checkpointing, p.checkpoint_every))
     activations = (L - n_ckpt) * full_block + n_ckpt * 2 * T * d * b + (full_block if n_ckpt else 0) + 3 * T * d * b
 
-    block_params = sum(t.numel() for t in model.transformer.h[0].parameters())
-    root_params = sum(t.numel() for n, t in model.named_parameters() if not n.startswith("transformer.h."))
+    block_params = sum(t.numel() for t in model.blocks()[0].parameters())
+    root_params = sum(t.numel() for t in model.parameters()) - L * block_params
     gathered = (root_params + (L if W == 1 and not p.offload else 2) * block_params) * b
     V = mcfg.vocab_size
     if p.kernel_backend == "torch":
