@@ -1,8 +1,8 @@
-"""StarCoder (GPTBigCode) configuration: a typed dataclass, named presets, and conversion to and from HF config.json."""
+"""StarCoder (GPTBigCode) configuration: a typed dataclass, named presets, and conversion to and from HF config.json
+(the file I/O shared with LlamaConfig: `HFConfigFile`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,8 +15,28 @@ ATTN_BACKENDS = ("auto", "torch", "triton", "flash")
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 
 
+class HFConfigFile:
+    """config.json in and out for a family's config dataclass (which defines `from_hf_dict` and `to_hf_dict`)."""
+
+    @classmethod
+    def from_json_file(cls, path: str, **overrides):
+        from .io import read_json
+
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.")
+        d = read_json(path, "config.json", ConfigError, "fix the file")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object; fix the file.")
+        return cls.from_hf_dict(d, source=path, **overrides)
+
+    def save_json(self, folder: str) -> None:
+        from .io import atomic_write_json
+
+        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
+
+
 @dataclass
-class StarCoderConfig:
+class StarCoderConfig(HFConfigFile):
     """Shapes and numerics of a GPTBigCode model. Field names follow HF's config.json, so a checkpoint's config maps
     one to one; the fields after `eos_token_id` are ours and never written to config.json."""
 
@@ -123,22 +143,6 @@ class StarCoderConfig:
             tie_word_embeddings=True,
         )
         return d
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides) -> "StarCoderConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
-        return cls.from_hf_dict(d, source=path, **overrides)
-
-    def save_json(self, folder: str) -> None:
-        from .io import atomic_write_json
-
-        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "StarCoderConfig":

@@ -10,11 +10,10 @@ DeepSeek-Coder use nothing else); others are refused by name.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .config import ATTN_BACKENDS, KERNEL_BACKENDS
+from .config import ATTN_BACKENDS, KERNEL_BACKENDS, HFConfigFile
 from .errors import ConfigError
 
 ROPE_TYPES = ("default", "linear")
@@ -22,7 +21,7 @@ _OURS = ("attn_backend", "kernel_backend")
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(HFConfigFile):
     """Shapes and numerics of a Llama-architecture model. The fields after `tie_word_embeddings` are ours and never
     written to config.json."""
 
@@ -153,22 +152,6 @@ class LlamaConfig:
         d.update(model_type=self.model_type, architectures=["LlamaForCausalLM"], hidden_act="silu", attention_bias=False,
                  mlp_bias=False, attention_dropout=0.0, pretraining_tp=1, use_cache=True)
         return d
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides) -> "LlamaConfig":
-        from .io import read_json
-
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.")
-        d = read_json(path, "config.json", ConfigError, "fix the file")
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object; fix the file.")
-        return cls.from_hf_dict(d, source=path, **overrides)
-
-    def save_json(self, folder: str) -> None:
-        from .io import atomic_write_json
-
-        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LlamaConfig":
