@@ -79,8 +79,6 @@ class TrainConfig(ProfileConfig):
         _choice(self, "activation_checkpointing", ("none", "full", "selective"))
         _choice(self, "attn_backend", ("auto", "torch", "triton", "flash"))
         _choice(self, "kernel_backend", ("auto", "torch", "triton"))
-        if self.recipe is not None and self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe {self.recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
         if self.peak_tflops is not None:
             _positive(self, "peak_tflops")
         self.check_profile()
