@@ -32,7 +32,7 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -52,13 +52,17 @@ class Config:
     (model, micro_batch_packs, activation_checkpointing) takes the recipe's value, else RECIPE_FIELDS'; a value given
     on the command line or in the config file wins (done in __post_init__, so every way of building a Config agrees)."""
 
-    model: str | None = None  # preset name, checkpoint folder or hub id (config.json only); default: the recipe's, else starcoder-15b
-    recipe: str | None = None  # take model, micro-batch and checkpointing from a training recipe (wizardcoder train --recipe); flags override
+    model: str | None = field(default=None, metadata={
+        "help": "preset, checkpoint folder or hub id (config.json only); default: the recipe's, else starcoder-15b"})
+    recipe: str | None = field(default=None, metadata={
+        "help": "take model, micro-batch and checkpointing from a training recipe (wizardcoder train --recipe); "
+                "flags override"})
     world_size: int = 8  # GPUs (FSDP2 ranks)
     gpu_memory_gb: float = 80.0  # memory of one GPU in GB (1e9 bytes)
     seq_len: int = 2048  # tokens per pack
     micro_batch_packs: int | None = None  # packs per micro-batch per rank; default: the recipe's, else 1
-    activation_checkpointing: Literal["none", "full", "selective"] | None = None  # default: the recipe's, else none
+    activation_checkpointing: Literal["none", "full", "selective"] | None = field(default=None, metadata={
+        "help": "recompute blocks in backward; default: the recipe's, else none"})
     checkpoint_every: int = 2  # with selective checkpointing: every k-th block
     offload: bool = False  # FSDP2 CPU offload of parameters, gradients and optimizer state
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"
@@ -91,6 +95,9 @@ class Config:
                    micro_batch_packs=cfg.micro_batch_packs, activation_checkpointing=cfg.activation_checkpointing,
                    checkpoint_every=cfg.checkpoint_every, offload=cfg.offload, optimizer=cfg.optimizer,
                    dtype=cfg.dtype, kernel_backend=cfg.kernel_backend)
+
+
+PlanConfig = Config  # TRANSITIONAL: train/loop.py's name for it, until the train verb's conversion imports Config
 
 
 def resolve_config(model: str, vocab_size: int | None = None):
