@@ -12,7 +12,6 @@ import traceback
 from dataclasses import dataclass, field
 
 from bench.common import print_table, save_rows, stamp
-from wizardcoder import settings
 from wizardcoder.errors import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +50,7 @@ def run(cfg: Config) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(run(settings.parse(Config, sys.argv[1:], prog="python -m bench.run_all",
-                                description=__doc__.splitlines()[0])))
+if __name__ == "__main__":  # the `bench` verb's own path: the same flags, checks and one-sentence errors
+    from wizardcoder.cli import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

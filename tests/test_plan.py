@@ -104,3 +104,14 @@ def test_static_part_equals_a_run_in_one_process(tmp_path_factory, tmp_path, opt
     held = metrics(run, "memory")[0]
     plan = plan_memory(resolve_config(ckpt), Config(model=ckpt, world_size=1, optimizer=optimizer))["per_gpu"]
     assert {k: held[k] for k in ("params", "grads", "optimizer")} == {k: plan[k] for k in ("params", "grads", "optimizer")}
+
+
+def test_every_recipe_setting_plan_knows_is_one_it_takes_from_the_recipe():
+    import dataclasses
+
+    from wizardcoder.plan import RECIPE_FIELDS
+    from wizardcoder.train.config import RECIPES
+
+    planned = {f.name for f in dataclasses.fields(Config)}
+    assert {k for r in RECIPES.values() for k in r} & planned == set(RECIPE_FIELDS)
+    assert Config() == Config(**RECIPE_FIELDS)
