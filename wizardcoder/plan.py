@@ -140,7 +140,7 @@ def plan_memory(mcfg, p: Config, dtype: torch.dtype | None = None) -> dict:
     from .model import StarCoder
     from .parallel import checkpointed_blocks
 
-    dtype = dtype or resolve_dtype(p.dtype, p.device)
+    dtype = resolve_dtype(p.dtype, p.device) if dtype is None else dtype
     with torch.device("meta"):
         model = StarCoder(mcfg)
     W, b = p.world_size, dtype.itemsize
