@@ -119,7 +119,8 @@ def settings(cls, _path: tuple[str, ...] = (), _title: str | None = None) -> dic
             key = f.metadata.get("key", f.name)
             default = _default(f)
             help_ = f.metadata.get("help") or comments.get(f.name, "")
-            help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
+            if default not in ("", None, []):  # an empty default says nothing (a required setting, or "none")
+                help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
             sub = {key: Setting(key, (*_path, f.name), tp, optional, default,
                                 tuple(f.metadata.get("flags", (flag_name(key),))), help_, _title,
                                 bool(f.metadata.get("positional")), f.metadata.get("parse"))}
