@@ -172,7 +172,8 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
         else:
             assert why in R.RULES
     # nothing kept trips a rule
-    cfg = R.RuleConfig(copy_markers=COPY_MARKERS)
+    cfg = R.RuleConfig()
+    assert cfg.copy_markers == COPY_MARKERS
     assert all(R.check_pair(c["instruction"], c["output"], cfg) is None for c in clean)
     assert rep["files"]["evol-codealpaca-2k-1.json.gz"]["eliminated"]["copied"] == sum(
         any(m in re.sub(r"given test cases?\b", "", (x["instruction"] or "").lower()) for m in COPY_MARKERS)
@@ -213,7 +214,7 @@ def test_bad_seed_files_are_one_sentence_before_any_work(tmp_path, capsys, make,
     ("--top-p", "0", r"--top-p 0\.0: must be in \(0, 1\]"),
     ("--temperature", "nan", r"--temperature nan: must be 0 or more"),
     ("--concurrency", "0", r"--concurrency 0: must be at least 1"),
-    ("--max-new-tokens", "0", r"--max-new-tokens 0: must be at least 1"),
+    ("--llm-max-tokens", "0", r"--llm-max-tokens 0: must be at least 1"),
     ("--timeout", "-1", r"--timeout -1\.0: must be more than 0 seconds"),
     ("--rounds", "0", r"--rounds 0: must be at least 1"),
     ("--disable-rule", "sorrow", r"--disable-rule 'sorrow': no such rule"),
@@ -247,12 +248,12 @@ def test_seed_is_a_number_and_out_must_be_a_folder(tmp_path, capsys, seed_file):
 
 
 def test_config_file_keys_are_the_flag_dests(tmp_path, seed_file):
-    """An [evolve] section with the dests (llm_base_url, seed, data, max_new_tokens, decontaminate_against) runs
-    the same as the flags."""
+    """An [evolve] section with the config keys (llm_base_url, seed, data, llm_max_tokens, hygiene, disable_rule)
+    runs the same as the flags."""
     with StubLLM() as stub:
         cfg = tmp_path / "run.toml"
         cfg.write_text(f'[evolve]\ndata = ["{seed_file}"]\nllm_base_url = "{stub.base_url}"\nllm_model = "m"\n'
-                       'seed = 7\nrounds = 1\nmax_new_tokens = 99\nno_hygiene = true\nllm_api_key_env = ""\n'
+                       'seed = 7\nrounds = 1\nllm_max_tokens = 99\nhygiene = false\nllm_api_key_env = ""\n'
                        'disable_rule = ["sorry"]\n')
         p = cli("--config", str(cfg), "--out", str(tmp_path / "o"))
         _, err = p.communicate(timeout=60)
