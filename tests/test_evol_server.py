@@ -150,6 +150,18 @@ def test_wrong_api_key_is_a_clear_error(tmp_path, monkeypatch):
     assert s["complete"] and s["total"]["accepted"] == 2
 
 
+def test_a_key_is_sent_only_when_its_variable_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "not-ours")  # the client must not fall back to it
+    monkeypatch.delenv("EVOL_TEST_KEY", raising=False)
+    with StubLLM() as stub:
+        evolve(seeds(1), str(tmp_path / "none"), llm(stub, api_key_env="EVOL_TEST_KEY"), EvolConfig(rounds=1))
+        evolve(seeds(1), str(tmp_path / "off"), llm(stub, api_key_env=None), EvolConfig(rounds=1))
+        assert stub.authorization == {None}
+        monkeypatch.setenv("EVOL_TEST_KEY", "k1")
+        evolve(seeds(1), str(tmp_path / "k1"), llm(stub, api_key_env="EVOL_TEST_KEY"), EvolConfig(rounds=1))
+        assert stub.authorization == {None, "Bearer k1"}
+
+
 def test_unreachable_endpoint_is_a_clear_error(tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -237,6 +237,7 @@ class LLMClient:
             why = str(e) if isinstance(e, _Malformed) else f"a body cut off in transfer ({e})"
             tries.malformed += 1
             tries.last = f"HTTP 200 with {why}"
+            await response.aclose()
             raise _Malformed(tries.last, request=response.request) from None
         tries.last = ""
 
