@@ -9,8 +9,9 @@ Fault injection: `faults` is a list consumed one per completion request, in arri
 an HTML page, JSON without choices, a connection dropped mid-body). `malformed_every=N` makes every N-th completion
 request (N, 2N, ...) a malformed 200 answer, cycling through MALFORMED; those requests are recorded with the status
 "malformed:<kind>". `api_key` makes every route demand `Authorization: Bearer <key>` (401 otherwise, with OpenAI's
-error body); `authorization` collects the Authorization headers seen. `delay` sleeps before each answer. `answer_style` ("chat" or "completion") shapes every
-answer that way whatever the route, as a server of the other style would.
+error body); `authorization` collects the Authorization headers seen. `delay` sleeps before each answer.
+`answer_style` ("chat" or "completion") shapes every answer that way whatever the route, as a server of the other
+style would.
 
     with StubLLM() as stub:
         base_url = stub.base_url     # http://127.0.0.1:<port>/v1
