@@ -138,7 +138,6 @@ class _Tries:
 
     sent: int = 0
     malformed: int = 0
-    last: str = ""  # what the last try got, for the message when retries run out
 
 
 _TRIES: contextvars.ContextVar[_Tries | None] = contextvars.ContextVar("llm_tries", default=None)
@@ -225,21 +224,17 @@ class LLMClient:
             tries.sent += 1
 
     async def _on_response(self, response) -> None:
+        """A 200 answer to a completion request whose body is unusable becomes a _Malformed, which openai retries."""
         tries = _TRIES.get()
-        if tries is None:
-            return
-        if response.status_code != 200:
-            tries.last = f"HTTP {response.status_code}"
+        if tries is None or response.status_code != 200:
             return
         try:
             parse_answer(await response.aread(), self.cfg.style, self.cfg.base_url)
         except (_Malformed, httpx2.TransportError) as e:
             why = str(e) if isinstance(e, _Malformed) else f"a body cut off in transfer ({e})"
             tries.malformed += 1
-            tries.last = f"HTTP 200 with {why}"
             await response.aclose()
-            raise _Malformed(tries.last, request=response.request) from None
-        tries.last = ""
+            raise _Malformed(f"HTTP 200 with {why}", request=response.request) from None
 
     async def check(self) -> list[str]:
         """One GET /models, without retries: fail fast on an unreachable endpoint or a wrong key. Returns the model
