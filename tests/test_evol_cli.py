@@ -276,3 +276,35 @@ def test_an_edited_journal_is_one_sentence(tmp_path, capsys, seed_file):
         journal.write_text("".join(lines[:4]) + json.dumps(rec) + "\n" + "".join(lines[5:]))
         code, err = _in_process(capsys, *args)
     assert code == 2 and "round_1.jsonl: record 5 is not a round-1 journal record" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], r"evolve needs --out DIR"),
+    (["--out", "o", "--filter-only"], r"evolve --filter-only needs --data FILE \[FILE \.\.\.\]"),
+    (["--out", "o", "--data", "a.json", "b.json", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m"],
+     r"evolve reads one seed file, got 2 --data files; merge them first"),
+])
+def test_missing_or_extra_inputs_are_one_sentence_before_any_work(tmp_path, monkeypatch, capsys, args, says):
+    monkeypatch.chdir(tmp_path)
+    code, err = _in_process(capsys, *args)
+    assert code == 2 and re.search(says, err) and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_config_keys_are_the_settings_and_the_old_names_are_refused():
+    """The [evolve] keys come from Config's fields (renamed ones by their `key`); a key evolve no longer has is one
+    sentence listing the valid ones."""
+    from wizardcoder import settings
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.evol.cli import Config
+
+    cfg = settings.build(Config, {"out": "o", "data": ["s.json"], "llm_base_url": "http://h:1", "llm_model": "m",
+                                  "llm_max_tokens": 7, "timeout": 5, "hygiene": False, "progress": False,
+                                  "disable_rule": ["sorry"], "decontaminate_against": ["HumanEval.jsonl"]})
+    assert (cfg.llm.base_url, cfg.llm.max_tokens, cfg.llm.timeout_s) == ("http://h:1/v1", 7, 5.0)
+    assert (cfg.hygiene, cfg.progress, cfg.evol.rules.disabled, cfg.hyg.benchmarks) == \
+        (False, False, ("sorry",), ["HumanEval.jsonl"])
+    assert cfg.evol.rules.copy_markers == cfg.evol.templates.copy_markers
+    for old in ("max_new_tokens", "no_hygiene", "no_progress", "backoff_s", "rules", "copy_markers", "extra_body"):
+        with pytest.raises(ConfigError, match=rf"unknown field '{old}'; valid fields are .*llm_max_tokens"):
+            settings.build(Config, {"out": "o", old: 1})
