@@ -132,6 +132,20 @@ def test_retry_after_is_honoured():
     assert dt >= 0.6
 
 
+def test_a_request_over_the_timeout_is_retried_then_named():
+    import asyncio
+
+    async def go(stub):
+        async with LLMClient(llm(stub, timeout_s=0.2, max_retries=1)) as c:
+            await c.generate("hello")
+
+    with StubLLM(delay=1.0) as stub:
+        t0 = time.perf_counter()
+        with pytest.raises(LLMUnreachableError, match=r"gave up after 2 tries \(ReadTimeout.*run the same command again"):
+            asyncio.run(go(stub))
+        assert time.perf_counter() - t0 < 3
+
+
 def test_retries_run_out_with_a_clear_error(tmp_path):
     with StubLLM(faults=[500] * 50) as stub:
         with pytest.raises(Exception, match=r"gave up after 3 tries \(HTTP 500.*run the same command again"):

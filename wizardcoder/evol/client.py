@@ -143,18 +143,6 @@ class _Tries:
 _TRIES: contextvars.ContextVar[_Tries | None] = contextvars.ContextVar("llm_tries", default=None)
 
 
-def _server_message(body) -> str:
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("message"):
-            return str(body["message"])
-    return str(body)[:200]
-
-
 def _count(value) -> int:
     """A token count from `usage`, 0 when absent or not a number."""
     try:
@@ -309,5 +297,12 @@ class LLMClient:
 
 
 def _message(e: openai.APIStatusError) -> str:
-    """The server's own words in an error answer."""
-    return _server_message(e.body) if e.body is not None else e.response.text[:200]
+    """The server's own words in an error answer (openai hands over OpenAI's `error` object as the body)."""
+    body = e.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, str):
+            return err
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(body)[:200] if body is not None else e.response.text[:200]
