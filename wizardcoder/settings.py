@@ -270,6 +270,8 @@ def _construct(cls, tree: dict):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         if f.name not in tree:
             tp, _ = _unwrap_optional(hints[f.name])
             if dataclasses.is_dataclass(tp) and f.default is dataclasses.MISSING \
