@@ -63,7 +63,7 @@ def _load_check(root, ckpt, out, *train_args):
 
 
 def test_two_ranks_load_their_rows_and_hold_what_plan_predicts(small, tmp_path):
-    from wizardcoder.plan import PlanConfig, plan_memory, resolve_config
+    from wizardcoder.plan import Config, plan_memory, resolve_config
 
     ckpt, shards, root = small
     run = str(tmp_path / "run")
@@ -73,7 +73,7 @@ def test_two_ranks_load_their_rows_and_hold_what_plan_predicts(small, tmp_path):
     first_rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))][:2]
     assert sorted(r["rank"] for r in first_rows) == [0, 1] and all(r["event"] == "loaded" for r in first_rows)
     assert all(r["peak_bytes"] > 0 for r in first_rows)
-    plan = plan_memory(resolve_config(ckpt), PlanConfig(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
+    plan = plan_memory(resolve_config(ckpt), Config(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
     held = {r["rank"]: r for r in metrics(run, "memory")}
     for k in ("params", "grads", "optimizer"):
         assert held[0][k] == plan[k], (k, held[0][k], plan[k])  # rank 0 holds the larger shards
@@ -87,7 +87,7 @@ def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(s
     static bytes are the plan's."""
     pytest.importorskip("transformers")
     from wizardcoder import LlamaConfig
-    from wizardcoder.plan import PlanConfig, plan_memory
+    from wizardcoder.plan import Config, plan_memory
 
     _, shards, root = small
     ckpt = small_llama_checkpoint(str(root / "llama"), str(root / "tok"))
@@ -98,7 +98,7 @@ def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(s
     losses = [r["loss"] for r in metrics(run)]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     mcfg = LlamaConfig.from_json_file(os.path.join(ckpt, "config.json"))
-    plan = plan_memory(mcfg, PlanConfig(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
+    plan = plan_memory(mcfg, Config(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
     held = {r["rank"]: r for r in metrics(run, "memory")}
     for k in ("params", "grads", "optimizer"):
         assert held[0][k] == plan[k], (k, held[0][k], plan[k])

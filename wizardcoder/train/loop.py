@@ -130,14 +130,13 @@ def _train(cfg: TrainConfig, d, dtype: torch.dtype, tokenizer, cls, mcfg, folder
     from ..flops import doc_sum_sq, peak_tflops, train_flops
     from ..io import JsonlAppender, atomic_write_json, read_jsonl
     from ..parallel import all_reduce_host, barrier, peak_memory_bytes
-    from ..plan import PlanConfig, format_side_by_side, plan_memory
+    from ..plan import Config as PlanConfig, format_side_by_side, plan_memory
     from ..profiling import Profile, StepTimer, plot_breakdown, time_fsdp_waits
     from .optim import LossScaler, build_optimizer, state_bytes
     from .state import TrainState, export_hf, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
 
     grad_accum = grad_accum_for(cfg, d.world_size, shards.seq_len)
-    plan = plan_memory(mcfg, dataclasses.replace(PlanConfig.from_train(cfg, d.world_size, shards.seq_len),
-                                                 dtype=dtype_name(dtype)))
+    plan = plan_memory(mcfg, PlanConfig.from_train(cfg, d.world_size, shards.seq_len), dtype=dtype)
     torch.manual_seed(cfg.seed)
     rss_start = peak_memory_bytes(d.device)
     model = build_model(cls, mcfg, folder, cfg, d, dtype)
