@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool, evaluate
-from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.benchmarks import get_benchmark
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 
@@ -224,7 +224,7 @@ def test_download_once_then_found_in_the_cache(shared_data, tmp_path, monkeypatc
     from _util import free_port
 
     from wizardcoder.errors import DataError
-    from wizardcoder.eval.benchmarks.sources import Source, locate
+    from wizardcoder.benchmarks.sources import Source, locate
 
     monkeypatch.setenv("WIZARDCODER_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -279,22 +279,26 @@ def test_wrong_dataset_file_is_a_clear_error(shared_data):
 
 
 def test_no_dispatch_on_task_names_outside_the_benchmarks():
-    """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
-    task names. And the Alpaca prompt is not copied anywhere in wizardcoder/eval (it lives in data/templates.py)."""
+    """Every task difference is an attribute or method of a Benchmark: nothing outside wizardcoder/benchmarks
+    compares task names or reads the + tasks' `plus`/`base` figures itself. And the Alpaca prompt is not copied
+    anywhere in wizardcoder/eval (it lives in data/templates.py)."""
     from _util import REPO
 
-    root = os.path.join(REPO, "wizardcoder", "eval")
+    package = os.path.join(REPO, "wizardcoder")
     names = r"""["'](humaneval|mbpp|ds1000)\+?["']"""
-    pattern = re.compile(rf"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}""")
+    pattern = re.compile(rf"""\btask\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}"""
+                         r"""|startswith\(["'](humaneval|mbpp|ds1000)|["'](plus|base)["']\s+(not\s+)?in\b"""
+                         r"""|\[["'](plus|base)["']\]""")
     hits = []
-    for folder, _, files in os.walk(root):
-        if os.path.basename(folder) == "benchmarks":
+    for folder, _, files in os.walk(package):
+        if os.path.relpath(folder, package).split(os.sep)[0] == "benchmarks":
             continue
         for name in files:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     hits += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if pattern.search(line)]
     assert not hits
+    root = os.path.join(package, "eval")
     for folder, _, files in os.walk(root):
         for name in files:
             if name.endswith(".py"):

@@ -172,11 +172,11 @@ def test_port_taken_is_one_sentence_and_exit_2():
 
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
     from wizardcoder.errors import UserError
-    from wizardcoder.serve import ServeConfig, load_model
+    from wizardcoder.serve import Config, load_model
 
     ckpt = save_tiny_checkpoint(str(tmp_path / "small"), vocab_size=1000)  # the bundled tokenizer has 49153 tokens
     with pytest.raises(UserError, match=r"has 49153 tokens but the model's vocabulary has 1000; serve the checkpoint"):
-        load_model(ServeConfig(model=ckpt))
+        load_model(Config(model=ckpt))
 
 
 @pytest.mark.parametrize("flags, message", [

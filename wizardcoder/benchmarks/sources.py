@@ -19,8 +19,8 @@ import threading
 import urllib.parse
 import urllib.request
 
-from ...errors import DataError
-from ...io import atomic_open
+from ..errors import DataError
+from ..io import atomic_open
 
 CONNECT_TIMEOUT = 3.0  # seconds for the connectivity check (DNS included)
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download gives up
