@@ -45,4 +45,5 @@ def recognize(path: str) -> Benchmark:
                     "benchmark file in its upstream format.")
 
 
-__all__ = ["BENCHMARKS", "TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "get_benchmark", "recognize"]
+__all__ = ["BENCHMARKS", "TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "get_benchmark",
+           "recognize"]

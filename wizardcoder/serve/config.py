@@ -25,7 +25,7 @@ class Config(ProfileConfig):  # --profile: a trace of engine steps wait+warmup+1
     max_len: int | None = None  # tokens per sequence, prompt + completion; none: the model's positions
     max_n: int = 128  # largest `n` a request may ask for
     max_queued_samples: int = 1024  # samples (prompts x n) accepted and not yet answered; more is refused with 429
-    max_new_tokens: int = 512  # completion length when a request gives no max_tokens (generate's default; capped by max_len)
+    max_new_tokens: int = 512  # completion length when a request gives no max_tokens (capped by max_len)
     request_timeout: float = 600.0  # seconds without a finished sample (streaming: a step) before a request gets 503
     max_body_mb: float = 8.0  # largest request body accepted, in MiB
     header_timeout: float = 10.0  # seconds a connection has to send a request's headers (also the idle keep-alive)
