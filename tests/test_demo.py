@@ -12,7 +12,7 @@ from test_run import wc
 def test_demo_makes_every_stage_and_a_report(tmp_path):
     out = tmp_path / "demo"
     proc = wc("demo", "--out", str(out), "--set", "train.max_steps=12", "--set", "train.save_every=0",
-              "--set", "generate.limit=2", "--set", "evolve.max_new_tokens=8", "--set", "evolve.rounds=1")
+              "--set", "generate.limit=2", "--set", "evolve.llm_max_tokens=8", "--set", "evolve.rounds=1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # evolved data through a served model: every seed was evolved once, and what the rules did is counted
     summary = json.load(open(out / "evolve" / "summary.json"))
@@ -40,7 +40,7 @@ def test_demo_makes_every_stage_and_a_report(tmp_path):
     reasons = re.findall(r"^- `(\w+)` \((\d+)\): (.*)$", report, re.M)
     for rule, count in summary["total"]["eliminated"].items():  # every elimination is counted under a reason
         assert sum(int(c) for r, c, _ in reasons if r == rule) == count, (rule, reasons)
-    assert all("the LLM's reply reached the 8-token limit per request ([evolve] max_new_tokens = 8)" in why
+    assert all("the LLM's reply reached the 8-token limit per request ([evolve] llm_max_tokens = 8)" in why
                for _, _, why in reasons if "stopped at max_tokens" in why), reasons
     assert f"records read, {meta['summary']['samples_kept']} kept" in report and "truncated to it" in report
     assert "Problems (2; 162 of the benchmark's problems have no sample" in report and "95% interval" in report

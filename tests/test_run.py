@@ -42,7 +42,7 @@ llm_model = "stub-model"
 concurrency = 1
 equality_check = false
 decontaminate = false
-no_progress = true
+progress = false
 ''' if llm else ""
     packed = "{evolve}" if llm else "{assets}/demo_seed.jsonl"
     text = f'''
@@ -305,7 +305,7 @@ concurrency = 1
 equality_check = false
 dedup = false
 decontaminate = false
-no_progress = true
+progress = false
 
 [pack]
 tokenizer = "{{assets}}/tokenizer"

@@ -195,8 +195,8 @@ def _limit_note(detail: str, identity: dict) -> str:
     limit = (identity.get("sampling") or {}).get("max_tokens")
     rules = identity.get("rules") or {}
     if "max_tokens" in detail and limit is not None:
-        return (f": the LLM's reply reached the {limit}-token limit per request ([evolve] max_new_tokens = {limit}) "
-                "before it ended, so the rule drops it as cut off; a larger max_new_tokens (or a model that stops) "
+        return (f": the LLM's reply reached the {limit}-token limit per request ([evolve] llm_max_tokens = {limit}) "
+                "before it ended, so the rule drops it as cut off; a larger llm_max_tokens (or a model that stops) "
                 "keeps more")
     if "instruction" in detail and "max_instruction_chars" in rules:
         return f" (the limit: {rules['max_instruction_chars']} characters)"
