@@ -116,6 +116,16 @@ def test_prompts_file_and_user_errors(tmp_path, capsys):
         json.dump({"version": 1, "seed": 123}, f)
     assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+    # a journal of the same prompts with another seed: the one sentence names what changed
+    from wizardcoder.generate import JOURNAL_VERSION, GenerationSettings
+    from wizardcoder.resume import Marker
+
+    Marker(str(out) + ".journal/settings.json").write(
+        {"version": JOURNAL_VERSION, "model": "tiny", "prompts": str(prompts), **GenerationSettings(seed=123).identity()},
+        state="running")
+    assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed: 123 -> 0" in err and "max_new_tokens" not in err
 
 
 # ------------------------------------------------------------------------------- bad input: one sentence each
