@@ -120,9 +120,9 @@ def test_prompts_file_and_user_errors(tmp_path, capsys):
     from wizardcoder.generate import JOURNAL_VERSION, GenerationSettings
     from wizardcoder.resume import Marker
 
-    Marker(str(out) + ".journal/settings.json").write(
-        {"version": JOURNAL_VERSION, "model": "tiny", "prompts": str(prompts), **GenerationSettings(seed=123).identity()},
-        state="running")
+    other = {"version": JOURNAL_VERSION, "model": "tiny", "prompts": str(prompts),
+             **GenerationSettings(seed=123).identity()}
+    Marker(str(out) + ".journal/settings.json").write(other, state="running")
     assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "seed: 123 -> 0" in err and "max_new_tokens" not in err
