@@ -32,7 +32,7 @@ def _decontamination() -> list:
     _, parser = verb_parser("evolve")
     if not any(a.dest == "decontaminate_against" for a in parser._actions):
         return []
-    from .eval.benchmarks import get_benchmark
+    from .benchmarks import get_benchmark
 
     return [("evolve", "decontaminate_against", [get_benchmark("humaneval").locate()])]
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
 from . import passk
-from .benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
+from ..benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
 from .jobs import VERDICTS, IsolationReport, Result, check_timeout, check_workers
 from .pool import MAX_ERROR, SandboxPool
 from .sandbox import SandboxConfig

@@ -31,7 +31,7 @@ def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
     model_samples = evaluate.section.get("samples") or os.path.join(evaluate.section["out"], "samples.jsonl")
 
     def write_samples(stage: "Stage") -> None:
-        from ..eval.benchmarks import get_benchmark
+        from ..benchmarks import get_benchmark
 
         bench = get_benchmark(task)
         problems = bench.load(data)

@@ -17,6 +17,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
+from ..benchmarks import get_benchmark
 from ..cli import verb_available, verb_parser
 from ..errors import ConfigError, UserError
 from ..io import atomic_open, atomic_write_json, read_json
@@ -43,7 +44,7 @@ def _snapshot(src: str, stage: "Stage") -> None:
 
 def pass_at_1(summary_path: str) -> float:
     s = read_json(summary_path, "evaluation summary")
-    return float(s["plus"]["pass@1"] if "plus" in s else s["pass@1"])
+    return get_benchmark(s["task"]).headline(s)[1]
 
 
 def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
