@@ -209,11 +209,14 @@ def _lower(which: int, soft: int, hard: int) -> None:
 
 
 def _output(fd: int, head: bool) -> str:
-    """What a step printed: its beginning (a compiler's first error) or its end (a failed assertion)."""
+    """What a step printed: a compiler's first errors (`head`), else a program's first and last lines (node names
+    the failed assertion first, the JVM and Rust last)."""
     size = os.fstat(fd).st_size
-    data = os.pread(fd, STEP_TEXT * 4, 0 if head else max(0, size - STEP_TEXT * 4))
-    text = data.decode("utf-8", "replace").strip()
-    return text[:STEP_TEXT] if head else text[-STEP_TEXT:]
+    first = os.pread(fd, STEP_TEXT * 4, 0).decode("utf-8", "replace").strip()
+    if head or len(first) <= STEP_TEXT:
+        return first[:STEP_TEXT]
+    last = os.pread(fd, STEP_TEXT * 4, max(0, size - STEP_TEXT * 4)).decode("utf-8", "replace").strip()
+    return first[:STEP_TEXT // 2] + " ... " + last[-STEP_TEXT // 2:]
 
 
 # ----------------------------------------------------------------------------------------------- evalplus oracle

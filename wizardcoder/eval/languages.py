@@ -1,6 +1,6 @@
 """Compilers and runtimes of the MultiPL-E languages: how one program is built and run inside the sandbox.
 
-    tc = toolchain("cpp")            # a Toolchain, found on this machine (evaluator side, trusted)
+    tc = toolchain("cpp", cache)     # a Toolchain, found on this machine (evaluator side, trusted)
     tc.spec(run_cpu=3.0)             # the task data of a `command` job: file name, steps, environment
     tc.read_paths                    # folders outside the sandbox's allowlist the steps must read (rustc's sysroot)
     toolchain("go")                  # raises Missing("go not found ...") where Go is not installed
@@ -14,19 +14,25 @@ threads and processes of the step, user + system: RLIMIT_CPU), address space, an
 | language | steps (in the program's folder)                                              | run limits besides CPU    |
 |----------|------------------------------------------------------------------------------|---------------------------|
 | js       | node main.js                                                                 | 4 GiB address space       |
-| cpp      | g++ -std=c++17 main.cpp -o main; ./main                                      | compile 30 s, 2 GiB       |
+| cpp      | g++ -std=c++17 -include <precompiled header> main.cpp -o main; ./main       | compile 30 s, 2 GiB       |
 | java     | javac -cp javatuples Problem.java; java -ea -cp .:javatuples Problem          | JVM: serial GC, 1 CPU     |
 | rs       | rustc --edition 2021 main.rs -o main; ./main                                  | compile 30 s              |
 | go       | go test -c -o main.test main_test.go; ./main.test                             | compile 60 s, own caches  |
 | php      | php main.php                                                                 |                           |
+
+Cached across samples, never shared between them: C++'s precompiled header of the two includes every MultiPL-E C++
+prompt starts with (built once per compiler, outside the sandbox, from no sample's text; read-only inside it; about
+5x less compile time). Nothing a program produces outlives its folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 
 from ..errors import UserError
 
@@ -88,17 +94,51 @@ def _need(name: str, package: str) -> str:
     return path
 
 
-def _js() -> Toolchain:
+def _js(cache: str | None) -> Toolchain:
     return Toolchain("js", "main.js", None, (os.path.realpath(_need("node", "nodejs")), "main.js"))
 
 
-def _cpp() -> Toolchain:
+CPP_FLAGS = ("-std=c++17", "-O0")
+PCH_HEADER = "#include<assert.h>\n#include<bits/stdc++.h>\n"  # the first two lines of every MultiPL-E C++ prompt
+
+
+def _cpp(cache: str | None) -> Toolchain:
     gxx = os.path.realpath(_need("g++", "g++"))
-    return Toolchain("cpp", "main.cpp", (gxx, "-std=c++17", "-O0", "main.cpp", "-o", "main"), ("./main",),
-                     run_memory=2 * GiB)
+    pch = _precompiled(gxx, cache) if cache else None
+    flags, read = (("-Winvalid-pch", "-include", pch), (os.path.dirname(pch),)) if pch else ((), ())
+    return Toolchain("cpp", "main.cpp", (gxx, *CPP_FLAGS, *flags, "main.cpp", "-o", "main"), ("./main",),
+                     run_memory=2 * GiB, read_paths=read)
 
 
-def _java() -> Toolchain:
+def _precompiled(gxx: str, cache: str) -> str | None:
+    """The header PCH_HEADER, precompiled for this compiler and CPP_FLAGS under `cache` (built on first use; the
+    compiler picks <header>.gch up through `-include <header>`); None when it cannot be built (then every sample
+    compiles the headers itself)."""
+    version = subprocess.run([gxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([gxx, version, *CPP_FLAGS, PCH_HEADER]).encode()).hexdigest()[:16]
+    folder = os.path.join(cache, "multipl-e-pch", key)
+    header = os.path.join(folder, "multipl-e.h")
+    if os.path.exists(header + ".gch"):
+        return header
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
+            f.write(PCH_HEADER)
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, header)
+        gch = f"{header}.{os.getpid()}.tmp"
+        r = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++-header", header, "-o", gch], capture_output=True,
+                           timeout=600)
+        if r.returncode != 0:
+            return None
+        os.chmod(gch, 0o644)
+        os.replace(gch, header + ".gch")  # atomic: a concurrent evaluator sees the old state or the whole file
+        return header
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _java(cache: str | None) -> Toolchain:
     javac, java = (os.path.realpath(_need(n, "a JDK (openjdk-17-jdk-headless)")) for n in ("javac", "java"))
     jar = next((j for j in JAVATUPLES if os.path.exists(j)), None)
     if jar is None:  # every MultiPL-E Java prompt imports org.javatuples
@@ -115,7 +155,7 @@ def _java() -> Toolchain:
                      read_paths=(home, *conf, os.path.realpath(jar)))
 
 
-def _rs() -> Toolchain:
+def _rs(cache: str | None) -> Toolchain:
     proxy = _need("rustc", "rustc (rustup or Debian's rustc)")
     # rustup's proxy reads ~/.rustup; the sandbox runs the toolchain's own rustc and sees only its sysroot
     sysroot = subprocess.run([proxy, "--print", "sysroot"], capture_output=True, text=True, timeout=60).stdout.strip()
@@ -129,7 +169,7 @@ def _rs() -> Toolchain:
                                        "-C", f"linker={cc}", "main.rs", "-o", "main"), ("./main",), read_paths=read)
 
 
-def _go() -> Toolchain:
+def _go(cache: str | None) -> Toolchain:
     go = os.path.realpath(_need("go", "golang-go"))
     root = os.path.dirname(os.path.dirname(go))  # GOROOT: .../go/bin/go
     # caches in the program's folder ("./": made absolute there), standard library only, nothing downloaded
@@ -140,7 +180,7 @@ def _go() -> Toolchain:
                      ("./main.test",), compile_cpu=60.0, env=env, read_paths=read)
 
 
-def _php() -> Toolchain:
+def _php(cache: str | None) -> Toolchain:
     php = os.path.realpath(_need("php", "php-cli"))
     confs = tuple(p for p in glob.glob("/etc/php/*/cli") if os.path.isdir(p))  # php.ini and its conf.d
     return Toolchain("php", "main.php", None, (php, "main.php"), read_paths=confs)
@@ -150,6 +190,7 @@ FINDERS = {"js": _js, "cpp": _cpp, "java": _java, "rs": _rs, "go": _go, "php": _
 TITLES = {"js": "JavaScript", "cpp": "C++", "java": "Java", "rs": "Rust", "go": "Go", "php": "PHP"}
 
 
-def toolchain(language: str) -> Toolchain:
-    """The toolchain of `language` on this machine; raises Missing (saying what to install) when it is absent."""
-    return FINDERS[language]()
+def toolchain(language: str, cache: str | None = None) -> Toolchain:
+    """The toolchain of `language` on this machine; raises Missing (saying what to install) when it is absent.
+    `cache`: a folder for what is built once and read by every sample (C++'s precompiled header)."""
+    return FINDERS[language](cache)

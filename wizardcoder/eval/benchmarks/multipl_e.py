@@ -26,7 +26,7 @@ from typing import ClassVar
 from .. import languages
 from ..jobs import Job
 from .base import INSTRUCTION, Benchmark, Problem, Work
-from .sources import Source
+from .sources import Source, cache_dir
 
 # DeepSeek-Coder @ a4ba628 holds MultiPL-E's files byte for byte (their README in the shared data folder)
 URL = ("https://github.com/deepseek-ai/DeepSeek-Coder/raw/a4ba628dfdc2e56f1fd6cdd86df103ce4d3df73e/"
@@ -53,7 +53,7 @@ class MultiPLE(Benchmark):
     @functools.cached_property
     def _toolchain(self) -> languages.Toolchain | languages.Missing:
         try:
-            return languages.toolchain(self.language)
+            return languages.toolchain(self.language, cache_dir())
         except languages.Missing as e:
             return e
 

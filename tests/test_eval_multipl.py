@@ -1,0 +1,219 @@
+"""MultiPL-E (humaneval-js/cpp/java/rs/go/php) through the real evaluate path, in the sandbox.
+
+Per language with its toolchain on this machine: hand-written right solutions of two problems pass, a wrong answer,
+the empty completion and a compile error fail, and hostile programs are contained: a compile-time read of
+/etc/shadow (C++ `#include`, Rust `include_str!`) fails without its content reaching the results, and at run time a
+connect to a listener of the test, a write outside the program's folder, a read of /etc/shadow and a new process
+fail. Every hostile program is otherwise right, so it would pass if its attack succeeded. A language whose toolchain
+is missing is reported as skipped, never scored. The data are two records per language copied from MultiPL-E
+(tests/fixtures/multipl-e; evaluation only, see the benchmark's docstring for the licence).
+"""
+import json
+import os
+import socket
+import sys
+import threading
+
+import pytest
+
+from _util import REPO
+
+from wizardcoder.eval import languages
+from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.eval.scoring import evaluate
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
+
+DATA = os.path.join(REPO, "tests", "fixtures", "multipl-e")
+STRLEN, ADD, FIB = "HumanEval_23_strlen", "HumanEval_53_add", "HumanEval_55_fib"
+
+# completions of the prompts (each prompt ends with the signature's opening brace)
+RIGHT = {
+    "js": {STRLEN: "  return string.length;\n}\n", ADD: "  return x + y;\n}\n"},
+    "cpp": {STRLEN: "    return string.size();\n", ADD: "    return x + y;\n"},
+    "java": {STRLEN: "        return string.length();\n", ADD: "        return x + y;\n"},
+    "rs": {STRLEN: "    string.len() as isize\n", ADD: "    x + y\n"},
+    "go": {STRLEN: "    return len(myString)\n}\n", ADD: "    return x + y\n}\n"},
+    # PHP's HumanEval_23 redeclares the builtin strlen (a MultiPL-E quirk no completion can fix): fib instead
+    "php": {FIB: "    return $n < 2 ? $n : fib($n - 1) + fib($n - 2);\n}\n", ADD: "    return $x + $y;\n}\n"},
+}
+WRONG = {"js": "  return x - y;\n}\n", "cpp": "    return x - y;\n", "java": "        return x - y;\n",
+         "rs": "    x - y\n", "go": "    return x - y\n}\n", "php": "    return $x - $y;\n}\n"}
+BROKEN = {"js": "  return x +;\n}\n", "cpp": "    return x + ;\n", "java": "        return x +;\n", "rs": "    x +\n",
+          "go": "    return x +\n}\n", "php": "    return $x +;\n}\n"}
+COMPILED = ("cpp", "java", "rs", "go")  # a compile error is `syntax_error`; node and php fail at run time
+
+
+def hostile(lang: str, port: int, outside: str) -> dict[str, dict]:
+    """{name: sample} of attacks on strlen whose program passes only if the attack succeeds."""
+    ok = RIGHT[lang][STRLEN]
+    if lang == "js":
+        guard = "  try {{ {} }} catch (e) {{ return -1; }}\n"
+        return {
+            "connect": {"solution": f"function strlen(string){{\n{ok}\nconst s = require('net').connect("
+                                    f"{{host: '127.0.0.1', port: {port}}}); s.on('connect', () => process.exit(0));"
+                                    " s.on('error', () => process.exit(3));\n"},
+            "write": {"completion": guard.format(f"require('fs').writeFileSync({outside!r}, 'x');") + ok},
+            "read": {"completion": guard.format("console.log(require('fs').readFileSync('/etc/shadow', 'utf8'));")
+                     + ok},
+            "process": {"completion": guard.format("require('child_process').execFileSync('/bin/true');") + ok},
+        }
+    if lang == "cpp":
+        net = ("#include <sys/socket.h>\n#include <netinet/in.h>\n#include <arpa/inet.h>\n#include <unistd.h>\n")
+        return {
+            "include": {"solution": '#include "/etc/shadow"\n' + PROMPTS[lang][STRLEN] + ok},
+            "connect": {"solution": net + PROMPTS[lang][STRLEN]
+                        + "    int s = socket(AF_INET, SOCK_STREAM, 0); if (s < 0) return -1;\n"
+                          "    sockaddr_in a{}; a.sin_family = AF_INET; a.sin_port = htons(" + str(port) + ");\n"
+                          "    a.sin_addr.s_addr = inet_addr(\"127.0.0.1\");\n"
+                          "    if (connect(s, (sockaddr *)&a, sizeof a) != 0) return -1;\n" + ok},
+            "write": {"completion": f'    FILE *f = fopen("{outside}", "w"); if (!f) return -1; fclose(f);\n' + ok},
+            "process": {"solution": "#include <unistd.h>\n" + PROMPTS[lang][STRLEN] + "    if (fork() < 0) return -1;\n"
+                        + ok},
+        }
+    if lang == "rs":
+        return {
+            "include": {"completion": '    let _s = include_str!("/etc/shadow");\n' + ok},
+            "connect": {"completion": f'    if std::net::TcpStream::connect(("127.0.0.1", {port})).is_err() '
+                                      "{ return -1; }\n" + ok},
+            "write": {"completion": f'    if std::fs::write("{outside}", "x").is_err() {{ return -1; }}\n' + ok},
+            "process": {"completion": '    if std::process::Command::new("/bin/true").status().is_err() '
+                                      "{ return -1; }\n" + ok},
+        }
+    if lang == "java":
+        guard = "        try {{ {} }} catch (Exception e) {{ return -1; }}\n"
+        return {
+            "connect": {"completion": guard.format(f'new java.net.Socket("127.0.0.1", {port}).close();') + ok},
+            "write": {"completion": guard.format(f'java.nio.file.Files.writeString(java.nio.file.Path.of("{outside}"),'
+                                                 ' "x");') + ok},
+            "read": {"completion": guard.format('System.out.println(java.nio.file.Files.readString('
+                                                'java.nio.file.Path.of("/etc/shadow")));') + ok},
+            "process": {"completion": guard.format('new ProcessBuilder("/bin/true").start().waitFor();') + ok},
+        }
+    return {}
+
+
+PROMPTS = {lang: {json.loads(line)["name"]: json.loads(line)["prompt"]
+                  for line in open(os.path.join(DATA, f"humaneval-{lang}.jsonl"))} for lang in RIGHT}
+
+
+def _shadow_lines() -> list[str]:
+    """/etc/shadow's entries when this test may read them (root), to look for in the results."""
+    try:
+        with open("/etc/shadow") as f:
+            return [line.strip() for line in f if line.count(":") >= 8]
+    except OSError:
+        return []
+
+
+class Listener:
+    """A TCP listener on the host's loopback that counts the connections it accepts."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port, self.hits, self.stop = self.sock.getsockname()[1], 0, False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                self.sock.accept()[0].close()
+                self.hits += 1
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def available(lang: str) -> bool:
+    try:
+        languages.toolchain(lang)
+        return True
+    except languages.Missing:
+        return False
+
+
+def score(lang: str, tmp_path, samples: dict[str, dict], timeout: float | None = None) -> dict[str, dict]:
+    """Evaluate named samples (each a dict with task_id and completion or solution); {name: results row}."""
+    names = list(samples)
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(samples[n]) + "\n" for n in names))
+    out = tmp_path / "out"
+    evaluate(f"humaneval-{lang}", str(path), str(out), data=os.path.join(DATA, f"humaneval-{lang}.jsonl"), ks=(1,),
+             workers=2, timeout=timeout, progress=False)
+    rows = [json.loads(line) for line in open(out / "results.jsonl")]
+    return {names[r["sample"]]: r for r in rows}
+
+
+SLOW = pytest.mark.slow  # the JVM starts twice a sample; go builds its standard library into an empty cache
+
+
+@pytest.mark.parametrize("lang", [pytest.param(lang, marks=SLOW if lang in ("java", "go") else ())
+                                  for lang in RIGHT])
+def test_language(lang, tmp_path):
+    if not available(lang):
+        pytest.skip(f"{lang}: {get_benchmark(f'humaneval-{lang}').unavailable()}")
+    listener = Listener()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(outside, 0o777)  # uid permissions alone would not stop the write: the sandbox must
+    target = outside / "pwned"
+    samples = {f"right {t}": {"task_id": t, "completion": c} for t, c in RIGHT[lang].items()}
+    samples.update({"wrong": {"task_id": ADD, "completion": WRONG[lang]},
+                    "empty": {"task_id": ADD, "completion": ""},
+                    "broken": {"task_id": ADD, "completion": BROKEN[lang]}})
+    attacks = hostile(lang, listener.port, str(target))
+    samples.update({f"hostile {n}": {"task_id": STRLEN, **s} for n, s in attacks.items()})
+    if lang == "js":  # an instruction answer: fenced, repeating the signature, with prose after it
+        samples["response"] = {"task_id": ADD, "response": "Sure:\n```javascript\nfunction add(x, y) {\n  return x + y;"
+                                                           "\n}\n```\nThis adds them."}
+    try:
+        rows = score(lang, tmp_path, samples)
+    finally:
+        listener.close()
+    verdicts = {n: (r["status"], r["error"][:200]) for n, r in rows.items()}
+    for n, r in rows.items():
+        right = n.startswith("right") or n == "response"
+        assert r["passed"] == right, (n, verdicts[n])
+    assert rows["wrong"]["status"] == "failed", verdicts["wrong"]
+    assert rows["broken"]["status"] == ("syntax_error" if lang in COMPILED else "failed"), verdicts["broken"]
+    if "hostile include" in rows:
+        assert rows["hostile include"]["status"] == "syntax_error", verdicts["hostile include"]
+    assert listener.hits == 0
+    assert not target.exists()
+    text = (tmp_path / "out" / "results.jsonl").read_text()
+    for line in _shadow_lines():
+        assert line not in text
+
+
+def test_missing_toolchain_is_skipped(tmp_path, monkeypatch):
+    """No node on PATH (nor in ~/.cargo/bin): humaneval-js is skipped with the reason, never scored 0%."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    bench = get_benchmark("humaneval-js")
+    assert "skipped: toolchain missing" in bench.unavailable() and "node" in bench.unavailable()
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": ADD, "completion": RIGHT["js"][ADD]}) + "\n")
+    summary = evaluate(bench, str(samples), str(tmp_path / "out"), data=os.path.join(DATA, "humaneval-js.jsonl"),
+                       ks=(1,), workers=1, progress=False)
+    assert summary["skipped"] == bench.unavailable() and "pass@1" not in summary
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped"] == summary["skipped"]
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_tasks_registered():
+    """One task per language, with the record's stop tokens for completion models and the ids of the file."""
+    for lang in RIGHT:
+        bench = get_benchmark(f"humaneval-{lang}")
+        problems = bench.load(os.path.join(DATA, f"humaneval-{lang}.jsonl"))
+        assert ADD in problems
+        assert bench.stop_words("plain") == problems[ADD].raw["stop_tokens"]
+        assert bench.prompt(problems[ADD], "plain") == problems[ADD].prompt
+        assert languages.TITLES[lang] in bench.prompt(problems[ADD])
