@@ -217,3 +217,15 @@ def test_tasks_registered():
         assert bench.stop_words("plain") == problems[ADD].raw["stop_tokens"]
         assert bench.prompt(problems[ADD], "plain") == problems[ADD].prompt
         assert languages.TITLES[lang] in bench.prompt(problems[ADD])
+
+
+def test_time_limits(tmp_path):
+    """The run step's CPU limit (--timeout) stops a busy loop, its wall-clock limit a program that sleeps."""
+    if not available("js"):
+        pytest.skip("node is missing")
+    rows = score("js", tmp_path, {
+        "busy": {"task_id": ADD, "completion": "  while (true) {}\n}\n"},
+        "sleep": {"task_id": ADD, "completion": "  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);\n}\n"},
+    }, timeout=1)
+    assert rows["busy"]["status"] == "timeout" and "CPU time limit" in rows["busy"]["error"], rows["busy"]
+    assert rows["sleep"]["status"] == "timeout" and "wall time limit" in rows["sleep"]["error"], rows["sleep"]

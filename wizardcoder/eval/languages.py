@@ -95,7 +95,9 @@ def _need(name: str, package: str) -> str:
 
 
 def _js(cache: str | None) -> Toolchain:
-    return Toolchain("js", "main.js", None, (os.path.realpath(_need("node", "nodejs")), "main.js"))
+    # node reads OpenSSL's configuration at start and stops when it is unreadable (Landlock without the view)
+    return Toolchain("js", "main.js", None, (os.path.realpath(_need("node", "nodejs")), "main.js"),
+                     env=(("OPENSSL_CONF", "/dev/null"),))
 
 
 CPP_FLAGS = ("-std=c++17", "-O0")

@@ -473,6 +473,8 @@ class Worker:
             _sandbox.no_new_privs()
         kind = job["kind"]
         if kind == "command":  # this process runs no program: each step confines itself (checks.command_job)
+            if self.keep_read and _sandbox is not None:  # the steps read the toolchain as Python would (see view)
+                _sandbox.ambient_read()
             run, describe = checks.command_job(job, self.tasks[job["task_key"]],
                                                functools.partial(self._confine, jobdir))
         else:
