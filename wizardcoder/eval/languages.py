@@ -184,7 +184,8 @@ def _go(cache: str | None) -> Toolchain:
 
 def _php(cache: str | None) -> Toolchain:
     php = os.path.realpath(_need("php", "php-cli"))
-    confs = tuple(p for p in glob.glob("/etc/php/*/cli") if os.path.isdir(p))  # php.ini and its conf.d
+    # php.ini and conf.d, whose files link into mods-available: the whole /etc/php/<version>
+    confs = tuple(p for p in glob.glob("/etc/php/*") if os.path.isdir(p))
     return Toolchain("php", "main.php", None, (php, "main.php"), read_paths=confs)
 
 
