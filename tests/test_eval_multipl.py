@@ -10,13 +10,15 @@ is missing is reported as skipped, never scored. The data are two records per la
 """
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 
 import pytest
 
-from _util import REPO
+from _util import PYTHON, REPO, repo_env
 
 from wizardcoder.eval import languages
 from wizardcoder.eval.benchmarks import get_benchmark
@@ -229,3 +231,40 @@ def test_time_limits(tmp_path):
     }, timeout=1)
     assert rows["busy"]["status"] == "timeout" and "CPU time limit" in rows["busy"]["error"], rows["busy"]
     assert rows["sleep"]["status"] == "timeout" and "wall time limit" in rows["sleep"]["error"], rows["sleep"]
+
+
+# The evaluator under reduced privileges (as tests/test_eval_hostile.py): no view or namespaces, the sandbox uid
+# keeping CAP_DAC_READ_SEARCH (passed on to the steps) to reach a toolchain under /root; or no capability at all.
+PRIVILEGES = {"no CAP_SYS_ADMIN": ("setpriv", "--bounding-set=-sys_admin"),
+              "no capabilities": ("setpriv", "--bounding-set=-all", "--inh-caps=-all")}
+
+
+@pytest.mark.parametrize("privileges", list(PRIVILEGES))
+def test_reduced_privileges(tmp_path, privileges):
+    """Through the CLI under setpriv: a right Rust (else C++) solution still compiles and passes, the compile-time
+    read of /etc/shadow and a write outside the folder still fail."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop capabilities")
+    lang = next((lang for lang in ("rs", "cpp") if available(lang)), None)
+    if lang is None:
+        pytest.skip("neither rustc nor g++ is installed")
+    target = tmp_path / "outside" / "pwned"
+    target.parent.mkdir()
+    os.chmod(target.parent, 0o777)
+    attacks = hostile(lang, 9, str(target))
+    samples = {"right": {"task_id": ADD, "completion": RIGHT[lang][ADD]}, "include": attacks["include"],
+               "write": attacks["write"]}
+    path, out = tmp_path / "samples.jsonl", tmp_path / "out"
+    path.write_text("".join(json.dumps({"task_id": STRLEN, **samples[n]}) + "\n" for n in samples))
+    r = subprocess.run([*PRIVILEGES[privileges], PYTHON, "-m", "wizardcoder", "evaluate", "--task", f"humaneval-{lang}",
+                        "--samples", str(path), "--data", os.path.join(DATA, f"humaneval-{lang}.jsonl"),
+                        "--out", str(out), "--workers", "2", "--k", "1", "--no-progress"],
+                       capture_output=True, text=True, env=repo_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {name: json.loads(line) for name, line in zip(samples, open(out / "results.jsonl"))}
+    assert rows["right"]["passed"], rows["right"]
+    assert rows["include"]["status"] == "syntax_error", rows["include"]
+    assert rows["write"]["status"] == "failed", rows["write"]
+    assert not target.exists()
+    text = (out / "results.jsonl").read_text()
+    assert not any(line in text for line in _shadow_lines())

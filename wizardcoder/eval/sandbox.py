@@ -176,6 +176,7 @@ class Worker:
         self.pydirs = view.python_dirs()
         # what the view binds and Landlock allows besides the system folders: Python, and a task's toolchain
         self.allowed = self.pydirs + [p for p in c.read_paths if os.path.exists(p)]
+        self.tools = "the task's toolchain folders, " if len(self.allowed) > len(self.pydirs) else ""  # for the report
         if self.root and self._probe_uid(check_read=False) == "no-setuid":
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
@@ -195,8 +196,8 @@ class Worker:
         layers.append(self._user_layer())
         if has_view:
             layers.append(Layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
-                                              "Python installation, /usr, /lib*, /bin, six /etc files, harmless "
-                                              "devices, CPU info and the scratch tmpfs; proc with "
+                                              f"Python installation, {self.tools}/usr, /lib*, /bin, six /etc files, "
+                                              "harmless devices, CPU info and the scratch tmpfs; proc with "
                                               "hidepid=invisible; own IPC namespace"))
         else:
             layers.append(Layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
@@ -299,8 +300,9 @@ class Worker:
                          "NOTHING beyond the private working folder: the program can read and write what the "
                          "evaluating user can")
         return Layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
-                                         "installation, system library folders, a few /etc files, harmless devices "
-                                         "and its own folder; writes only beneath its own folder (and /dev/null)")
+                                         f"installation, {self.tools}system library folders, a few /etc files, "
+                                         "harmless devices and its own folder; writes only beneath its own folder "
+                                         "(and /dev/null)")
 
     def _network_layer(self, netns: bool, why: str) -> Layer:
         if self.config.network:
