@@ -1,6 +1,7 @@
 """MultiPL-E (humaneval-js/cpp/java/rs/go/php) through the real evaluate path, in the sandbox.
 
-Per language with its toolchain on this machine: hand-written right solutions of two problems pass, a wrong answer,
+Per language with its toolchain on this machine: hand-written right solutions of two problems pass (Java: and one
+returning an org.javatuples Pair), a wrong answer (Java: caught by `assert` under -ea),
 the empty completion and a compile error fail, and hostile programs are contained: a compile-time read of
 /etc/shadow (C++ `#include`, Rust `include_str!`) fails without its content reaching the results, and at run time a
 connect to a listener of the test, a write outside the program's folder, a read of /etc/shadow and a new process
@@ -28,12 +29,18 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is 
 
 DATA = os.path.join(REPO, "tests", "fixtures", "multipl-e")
 STRLEN, ADD, FIB = "HumanEval_23_strlen", "HumanEval_53_add", "HumanEval_55_fib"
+PALINDROMES = "HumanEval_107_even_odd_palindrome"  # Java: returns an org.javatuples Pair
 
 # completions of the prompts (each prompt ends with the signature's opening brace)
 RIGHT = {
     "js": {STRLEN: "  return string.length;\n}\n", ADD: "  return x + y;\n}\n"},
     "cpp": {STRLEN: "    return string.size();\n", ADD: "    return x + y;\n"},
-    "java": {STRLEN: "        return string.length();\n", ADD: "        return x + y;\n"},
+    "java": {STRLEN: "        return string.length();\n", ADD: "        return x + y;\n",
+             PALINDROMES: "        long even = 0, odd = 0;\n        for (long i = 1; i <= n; i++) {\n"
+                          "            String s = Long.toString(i);\n"
+                          "            if (new StringBuilder(s).reverse().toString().equals(s)) {\n"
+                          "                if (i % 2 == 0) even++; else odd++;\n            }\n        }\n"
+                          "        return Pair.with(even, odd);\n"},
     "rs": {STRLEN: "    string.len() as isize\n", ADD: "    x + y\n"},
     "go": {STRLEN: "    return len(myString)\n}\n", ADD: "    return x + y\n}\n"},
     # PHP's HumanEval_23 redeclares the builtin strlen (a MultiPL-E quirk no completion can fix): fib instead

@@ -144,7 +144,7 @@ def command_job(job: dict, spec: dict, confine):
         finally:
             os.close(fd)
         for step in spec["steps"]:
-            _run_step(step, env, confine)
+            _run_step(step, env, confine, folder)
 
     def describe(exc: BaseException) -> tuple[str, str, None]:
         if isinstance(exc, StepFailed):
@@ -154,8 +154,9 @@ def command_job(job: dict, spec: dict, confine):
     return run, describe
 
 
-def _run_step(step: dict, env: dict, confine) -> None:
-    """Run one step in its own process group, its output in a file of its own; raise StepFailed unless it exits 0."""
+def _run_step(step: dict, env: dict, confine, folder: str) -> None:
+    """Run one step in its own process group, its output in a file of its own; raise StepFailed unless it exits 0
+    (the error names files relative to the program's `folder`)."""
     what, argv, cpu = step["what"], step["argv"], max(1, math.ceil(step["cpu"]))
     log = os.open(f".{what}.log", os.O_RDWR | _NEW, 0o600)
     try:
@@ -186,7 +187,7 @@ def _run_step(step: dict, env: dict, confine) -> None:
         _, status, usage = os.wait4(pid, 0)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and not late:
             return
-        text = _output(log, head=what == "compile")
+        text = _output(log, head=what == "compile").replace(folder + "/", "")
     finally:
         os.close(log)
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None

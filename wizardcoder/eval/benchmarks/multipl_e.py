@@ -1,14 +1,15 @@
 """MultiPL-E (Cassano et al. 2023): HumanEval translated into other languages, one benchmark per language.
 
-| task           | data (DeepSeek-Coder's copy of MultiPL-E, "reworded") | a sample's program, run as                     |
-|----------------|--------------------------------------------------------|------------------------------------------------|
-| humaneval-js   | humaneval-js.jsonl   (161 problems)                    | node                                            |
-| humaneval-cpp  | humaneval-cpp.jsonl  (161)                             | g++ -std=c++17, then the binary                 |
-| humaneval-java | humaneval-java.jsonl (158)                             | javac, then java -ea (org.javatuples on the path) |
-| humaneval-rs   | humaneval-rs.jsonl   (156)                             | rustc --edition 2021, then the binary           |
-| humaneval-go   | humaneval-go.jsonl   (154)                             | go test -c, then the test binary                |
-| humaneval-php  | humaneval-php.jsonl  (161)                             | php                                             |
+| task           | records | a sample's program, run as                             |
+|----------------|---------|--------------------------------------------------------|
+| humaneval-js   | 161     | node                                                   |
+| humaneval-cpp  | 161     | g++ -std=c++17, then the binary                        |
+| humaneval-java | 158     | javac, then java -ea (org.javatuples on the path)      |
+| humaneval-rs   | 156     | rustc --edition 2021, then the binary                  |
+| humaneval-go   | 154     | go test -c, then the test binary                       |
+| humaneval-php  | 161     | php                                                    |
 
+Data: humaneval-<lang>.jsonl, MultiPL-E's "reworded" files as DeepSeek-Coder's evaluation ships them (byte for byte).
 A record: `name` (the task id, e.g. HumanEval_23_strlen), `prompt` (signature and doc comment), `tests`,
 `stop_tokens`. The program is prompt + completion + "\\n" + tests (MultiPL-E's); it passes when it compiles and every
 step exits 0 within its limits (languages.py runs it, in the same sandbox as Python: checks.command_job). A language
