@@ -54,8 +54,13 @@ COMPILED = ("cpp", "java", "rs", "go")  # a compile error is `syntax_error`; nod
 
 
 def hostile(lang: str, port: int, outside: str) -> dict[str, dict]:
-    """{name: sample} of attacks on strlen whose program passes only if the attack succeeds."""
-    ok = RIGHT[lang][STRLEN]
+    """{name: sample} of attacks on strlen (PHP: add) whose program passes only if the attack succeeds."""
+    task = ADD if lang == "php" else STRLEN
+    return {name: {"task_id": task, **sample} for name, sample in _attacks(lang, port, outside).items()}
+
+
+def _attacks(lang: str, port: int, outside: str) -> dict[str, dict]:
+    ok = RIGHT[lang][ADD if lang == "php" else STRLEN]
     if lang == "js":
         guard = "  try {{ {} }} catch (e) {{ return -1; }}\n"
         return {
@@ -99,7 +104,27 @@ def hostile(lang: str, port: int, outside: str) -> dict[str, dict]:
                                                 'java.nio.file.Path.of("/etc/shadow")));') + ok},
             "process": {"completion": guard.format('new ProcessBuilder("/bin/true").start().waitFor();') + ok},
         }
-    return {}
+    if lang == "go":
+        def with_import(package: str, body: str) -> dict:  # Go refuses unused imports: one attack, one import
+            prompt = PROMPTS[lang][STRLEN].replace("import (\n", f'import (\n    "{package}"\n', 1)
+            return {"solution": prompt + body + ok}
+        return {
+            "connect": with_import("net", f'    if _, err := net.Dial("tcp", "127.0.0.1:{port}"); err != nil '
+                                          "{ return -1 }\n"),
+            "write": with_import("os", f'    if os.WriteFile("{outside}", []byte("x"), 0644) != nil {{ return -1 }}\n'),
+            "read": with_import("os", '    b, err := os.ReadFile("/etc/shadow")\n    if err != nil { return -1 }\n'
+                                      "    fmt.Println(string(b))\n"),
+            "process": with_import("os/exec", '    if exec.Command("/bin/true").Run() != nil { return -1 }\n'),
+        }
+    if lang == "php":
+        return {
+            "connect": {"completion": f'    if (@fsockopen("127.0.0.1", {port}) === false) {{ return -1; }}\n' + ok},
+            "write": {"completion": f'    if (@file_put_contents("{outside}", "x") === false) {{ return -1; }}\n' + ok},
+            "read": {"completion": '    $s = @file_get_contents("/etc/shadow"); if ($s === false) { return -1; }\n'
+                                   "    echo $s;\n" + ok},
+            "process": {"completion": '    if (@exec("/bin/echo hi") !== "hi") { return -1; }\n' + ok},
+        }
+    raise ValueError(lang)
 
 
 PROMPTS = {lang: {json.loads(line)["name"]: json.loads(line)["prompt"]
@@ -179,7 +204,7 @@ def test_language(lang, tmp_path):
                     "empty": {"task_id": ADD, "completion": ""},
                     "broken": {"task_id": ADD, "completion": BROKEN[lang]}})
     attacks = hostile(lang, listener.port, str(target))
-    samples.update({f"hostile {n}": {"task_id": STRLEN, **s} for n, s in attacks.items()})
+    samples.update({f"hostile {n}": s for n, s in attacks.items()})
     if lang == "js":  # an instruction answer: fenced, repeating the signature, with prose after it
         samples["response"] = {"task_id": ADD, "response": "Sure:\n```javascript\nfunction add(x, y) {\n  return x + y;"
                                                            "\n}\n```\nThis adds them."}
@@ -262,7 +287,7 @@ def test_reduced_privileges(tmp_path, privileges):
     samples = {"right": {"task_id": ADD, "completion": RIGHT[lang][ADD]}, "include": attacks["include"],
                "write": attacks["write"]}
     path, out = tmp_path / "samples.jsonl", tmp_path / "out"
-    path.write_text("".join(json.dumps({"task_id": STRLEN, **samples[n]}) + "\n" for n in samples))
+    path.write_text("".join(json.dumps(samples[n]) + "\n" for n in samples))
     r = subprocess.run([*PRIVILEGES[privileges], PYTHON, "-m", "wizardcoder", "evaluate", "--task", f"humaneval-{lang}",
                         "--samples", str(path), "--data", os.path.join(DATA, f"humaneval-{lang}.jsonl"),
                         "--out", str(out), "--workers", "2", "--k", "1", "--no-progress"],
