@@ -14,10 +14,10 @@ threads and processes of the step, user + system: RLIMIT_CPU), address space, an
 | language | steps (in the program's folder)                                              | run limits besides CPU    |
 |----------|------------------------------------------------------------------------------|---------------------------|
 | js       | node main.js                                                                 | 4 GiB address space       |
-| cpp      | g++ -std=c++17 -include <precompiled header> main.cpp -o main; ./main       | compile 30 s, 2 GiB       |
-| java     | javac -cp javatuples Problem.java; java -ea -cp .:javatuples Problem          | JVM: serial GC, 1 CPU     |
-| rs       | rustc --edition 2021 main.rs -o main; ./main                                  | compile 30 s              |
-| go       | go test -c -o main.test main_test.go; ./main.test                             | compile 60 s, own caches  |
+| cpp      | g++ -std=c++17 -include <precompiled header> main.cpp -o main; ./main        | compile 30 s, 2 GiB       |
+| java     | javac -cp javatuples Problem.java; java -ea -cp .:javatuples Problem         | JVM: serial GC, 1 CPU     |
+| rs       | rustc --edition 2021 main.rs -o main; ./main                                 | compile 30 s              |
+| go       | go test -c -o main.test main_test.go; ./main.test                            | compile 60 s, own caches  |
 | php      | php main.php                                                                 |                           |
 
 Cached across samples, never shared between them: C++'s precompiled header of the two includes every MultiPL-E C++
@@ -59,7 +59,6 @@ class Toolchain:
     run_memory: int = 4 * GiB  # RLIMIT_AS of the run step
     compile_memory: int = 4 * GiB
     compile_cpu: float = COMPILE_CPU
-    run_forks: bool = False  # the run step may start processes (none does)
     env: tuple[tuple[str, str], ...] = ()  # added to the sandbox's minimal one; "./x" is x in the program's folder
     read_paths: tuple[str, ...] = ()  # outside the sandbox's allowlist: bound into its view, allowed by Landlock
 
@@ -68,7 +67,7 @@ class Toolchain:
         steps = []
         if self.compile:
             steps.append(_step("compile", self.compile, self.compile_cpu, self.compile_memory, True))
-        steps.append(_step("run", self.run, run_cpu, self.run_memory, self.run_forks))
+        steps.append(_step("run", self.run, run_cpu, self.run_memory, False))  # the program never forks
         return {"file": self.file, "steps": steps, "env": dict(self.env)}
 
     def cpu(self, run_cpu: float) -> float:
