@@ -18,8 +18,10 @@ from .base import PROMPT_STYLES, SAMPLE_FIELDS, Benchmark, Problem, Work
 from .ds1000 import DS1000
 from .humaneval import HumanEval, HumanEvalPlus
 from .mbpp import Mbpp, MbppPlus
+from .multipl_e import LANGUAGES as MULTIPL_E
 
-BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000)}
+BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000,
+                                                                *MULTIPL_E)}
 TASKS = tuple(BENCHMARKS)
 
 

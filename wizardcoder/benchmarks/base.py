@@ -58,6 +58,7 @@ class Benchmark:
     required: ClassVar[tuple[str, ...]]  # fields every upstream record has
     timeout: ClassVar[float | None] = 3.0  # default CPU seconds per program (None: per problem, see PlusBenchmark)
     preload: ClassVar[tuple[str, ...]] = ()  # modules the sandbox worker imports up front (checks or contexts use them)
+    read_paths: ClassVar[tuple[str, ...]] = ()  # folders outside the sandbox's allowlist its programs read (compilers)
     parts: ClassVar[tuple[str, ...]] = ("script",)  # the jobs of one sample; the sample passes when all pass
     id_prefix: ClassVar[str] = ""  # "HumanEval/": bare numbers get it; "": ids lose any "Name/" prefix
     continues_prompt: ClassVar[bool] = True  # a completion is appended to the code prompt
@@ -116,6 +117,10 @@ class Benchmark:
     def qualified_id(self, problem: Problem) -> str:
         """The task id with its benchmark's prefix ("HumanEval/0", "Mbpp/11"), the same for a task's two releases."""
         return problem.task_id
+
+    def unavailable(self) -> str | None:
+        """Why this machine cannot score the task (a compiler it lacks): it is then skipped, never scored 0%."""
+        return None
 
     def statement(self, problem: Problem) -> str:
         """The problem as posed to a person: MBPP's text, else the code prompt with its docstring (what evolve's
