@@ -26,6 +26,7 @@ class ModelConfig(Protocol):
     n_head: int
     n_kv_head: int  # K/V heads (the cache's width: 1 for MQA, fewer than n_head for GQA)
     head_dim: int
+    ffn_dim: int  # the MLP's width (StarCoder's n_inner, Llama's SwiGLU intermediate_size)
     n_positions: int
 
     def num_params(self, embeddings: bool = True) -> int: ...
