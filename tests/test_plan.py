@@ -1,6 +1,7 @@
-"""`wizardcoder plan`: per-GPU bytes from the meta device. The static part (parameters, gradients, optimizer state)
-equals what a real run holds after its first step (one process here, 2 ranks in test_train_distributed.py); the
-levers move the figures the way they should; bad input is one sentence."""
+"""`wizardcoder plan`: per-GPU bytes from the meta device, for either family. The static part (parameters, gradients,
+optimizer state) equals what a real run holds after its first step (one process here, 2 ranks in
+test_train_distributed.py); the per-block activations equal what autograd saves; the levers move the figures the way
+they should; bad input is one sentence."""
 import json
 import subprocess
 import sys
@@ -130,6 +131,9 @@ def test_llama_presets_hub_ids_and_folders_resolve_through_the_family(tmp_path, 
     out = json.loads(r.stdout)
     n = LlamaConfig.from_preset("wizardcoder-python-34b").num_params()
     assert r.returncode == 0 and out["per_gpu"]["params"] == pytest.approx(4 * n / 8, rel=0.001)
+    assert (out["fits"], out["advice"]) == (False, "pull --optimizer adamw8bit")  # the README's table
+    out = json.loads(_plan(capsys, "--recipe", "wizardcoder-33b-v1.1", "--optimizer", "adamw8bit", "--json").stdout)
+    assert out["fits"] and out["model"] == "deepseek-ai/deepseek-coder-33b-base"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
     r = _plan(capsys, "--model", str(tmp_path))
     assert r.returncode == 2 and "model_type 'mistral'" in r.stderr and r.stderr.count("\n") == 1
