@@ -151,8 +151,9 @@ def _saved_bytes(model, T: int) -> int:
             kept[s.data_ptr()] = s.nbytes()
         return t
 
-    ids = torch.randint(0, model.config.vocab_size, (1, T))
-    cu = torch.tensor([0, T // 3, T], dtype=torch.int32)
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, T), device=device)
+    cu = torch.tensor([0, T // 3, T], dtype=torch.int32, device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.hidden_states(ids, cu_seqlens=cu, max_seqlen=T - T // 3)
     return sum(kept.values())
@@ -161,7 +162,7 @@ def _saved_bytes(model, T: int) -> int:
 @pytest.mark.parametrize("family", ["starcoder", "llama"])
 def test_activation_estimate_equals_what_autograd_keeps(family):
     """The plan's per-block activations (ModelConfig.block_activation_bytes) are exactly the bytes the fused-kernel
-    path (Triton kernels, here in the interpreter; fp32) saves for backward: the difference between a 4-layer and a
+    path (Triton kernels: on CUDA, else in the interpreter; fp32) saves for backward: the difference between a 4-layer and a
     2-layer model's saved tensors, measured by autograd's saved-tensor hooks. Llama: GQA 4:2 and an odd SwiGLU width,
     so a count with multi-head K/V or StarCoder's two MLP tensors would be off."""
     from wizardcoder.config import StarCoderConfig
@@ -177,7 +178,8 @@ def test_activation_estimate_equals_what_autograd_keeps(family):
     measured = {}
     for L in (2, 4):
         cfg = make(L)
-        measured[L] = _saved_bytes(class_for(cfg.model_type).from_config(cfg, seed=0), T)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        measured[L] = _saved_bytes(class_for(cfg.model_type).from_config(cfg, seed=0, device=device), T)
     per_block = (measured[4] - measured[2]) // 2
     assert per_block == T * cfg.block_activation_bytes(4)
     plan = plan_memory(cfg, Config(model=family, seq_len=T, micro_batch_packs=1, dtype="float32",
