@@ -1,12 +1,14 @@
 """Registers, spills and shared memory of every training-path Triton kernel, compiled for Hopper (sm_90a) and Ampere
 (sm_80) without a GPU: Triton's compiler down to PTX, then its bundled ptxas with -v.
 
-    python -m bench.compile_report [--json] [--defaults] [--arch 90 80] [--model starcoderbase-1b starcoder-15b]
+    python -m bench.compile_report [--json] [--defaults] [--arch 90 80] [--model starcoderbase-1b codellama-34b]
 
 One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, spill_bytes, shared_bytes, default
-(the config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. Each kernel is compiled with
-the arguments of a real training launch at StarCoder's shapes (1 pack of 2048 tokens per micro-batch, bf16, MQA with
-head dim 128), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
+(the config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. `--model` takes presets of
+either family (default: StarCoderBase-1B, StarCoder-15B, CodeLlama-7B, CodeLlama-34B). Each kernel is compiled with
+the arguments of a real training launch at the model's shapes (1 pack of 2048 tokens per micro-batch, bf16; MQA or
+GQA with head dim 128; StarCoder's add+LayerNorm and bias-GELU, Llama's add+RMSNorm, RoPE on q and on k, and
+SwiGLU), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
 and of integer arguments that are multiples of 16, and integer arguments equal to 1 specialised away. The attention
 kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with the one
 config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
@@ -24,7 +26,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
-MODELS = ("starcoderbase-1b", "starcoder-15b")
+MODELS = ("starcoderbase-1b", "starcoder-15b", "codellama-7b", "codellama-34b")
 TOKENS = 2048  # one pack per micro-batch, as the recipe trains
 H100_SMS = 132
 
@@ -68,27 +70,30 @@ def _jit(kernel):
 
 
 def launches(model: str, arch: int = 90, dtype: str = "bf16") -> list[Launch]:
-    """Every training-path kernel launch of one micro-batch of `model` (forward and backward) on `arch` (90 or 80:
-    the attention kernels' tile lists differ)."""
-    from wizardcoder.config import PRESETS
+    """Every training-path kernel launch of one micro-batch of `model` (a preset of either family; forward and
+    backward) on `arch` (90 or 80: the attention kernels' tile lists differ): attention and the loss, which both
+    families share, and the block's own kernels (`BLOCK_KERNELS` by the config's family)."""
+    import torch
+
+    from wizardcoder.families import class_for
     from wizardcoder.kernels import cross_entropy as ce
     from wizardcoder.kernels import flash_attention as fa
-    from wizardcoder.kernels import gelu as gl
-    from wizardcoder.kernels import layernorm as ln
+    from wizardcoder.plan import resolve_config
 
-    cfg = PRESETS[model]
-    T, Hq, D, E = TOKENS, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.n_embd
-    Hkv = 1 if cfg.multi_query else Hq
+    cfg = resolve_config(model)
+    with torch.device("meta"):
+        V = class_for(cfg.model_type)(cfg).lm_head_weight().shape[0]  # the LM head's rows (StarCoder's padded)
+    T, Hq, Hkv, D, E = TOKENS, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_embd
     group = Hq // Hkv
     BD = max(16, 1 << (D - 1).bit_length())
     ptr, f32, i32 = "*" + dtype, "*fp32", "*i32"
-    qkv_t = (Hq + 2 * Hkv) * D  # q, k, v are views of the fused c_attn output: one row per token
+    q_t, kv_t = QKV_STRIDES[cfg.model_type](Hq, Hkv, D)
     n_docs = 7  # any count; not a multiple of 16, as in general
     bucket = fa._seq_bucket(T)
     prec = None if dtype != "fp32" else "ieee"
     attn = dict(Q=ptr, K=ptr, V=ptr, O=ptr, DO=ptr, DQ=ptr, LSE=f32, DELTA=f32, cu_q=i32, cu_k=i32, QBLOCKS=i32,
-                KBLOCKS=i32, sm_scale=D ** -0.5, stride_qt=qkv_t, stride_qh=D, stride_kt=qkv_t, stride_kh=D,
-                stride_vt=qkv_t, stride_vh=D, stride_ot=Hq * D, stride_oh=D, stride_dot=Hq * D, stride_doh=D,
+                KBLOCKS=i32, sm_scale=D ** -0.5, stride_qt=q_t, stride_qh=D, stride_kt=kv_t, stride_kh=D,
+                stride_vt=kv_t, stride_vh=D, stride_ot=Hq * D, stride_oh=D, stride_dot=Hq * D, stride_doh=D,
                 stride_dqt=Hq * D, stride_dqh=D, stride_lse_h=T, n_docs=n_docs, group=group, SEQ_BUCKET=bucket)
     common = dict(D=D, CAUSAL=True, BLOCK_D=BD, PREC=prec)
     out = []
@@ -110,28 +115,73 @@ def launches(model: str, arch: int = 90, dtype: str = "bf16") -> list[Launch]:
     out.append(Launch("attn_bwd_preprocess", fa._bwd_preprocess,
                       dict(O=ptr, DO=ptr, DELTA=f32, stride_ot=Hq * D, stride_oh=D, stride_dot=Hq * D, stride_doh=D,
                            stride_delta_h=T, T=T), dict(D=D, BLOCK_M=64, BLOCK_D=BD), 4, 3, "64"))
-
-    BN = 1 << (E - 1).bit_length()
-    rows = dict(X=ptr, RES=ptr, W=f32, B=f32, Y=ptr, R=ptr, MEAN=f32, RSTD=f32, DY=ptr, DR=ptr, DX=ptr, DW=f32,
-                DB=f32, stride_x=E, stride_res=E, stride_y=E, stride_r=E, stride_dy=E, stride_dr=E, stride_dx=E,
-                M=T, N=E, eps=cfg.layer_norm_epsilon, rows_per_program=T // (4 * H100_SMS) + 1)
-    out.append(Launch("layernorm_fwd", ln._ln_fwd_kernel, rows,
-                      dict(HAS_RES=True, BLOCK_M=ln._rows_per_block(BN), BLOCK_N=BN), ln._warps(BN), 3, str(BN)))
-    out.append(Launch("layernorm_bwd", ln._ln_bwd_kernel, rows,
-                      dict(HAS_DR=True, BLOCK_M=ln._rows_per_block(BN), BLOCK_N=BN), ln._warps(BN), 3, str(BN)))
-    F = cfg.ffn_dim
-    elem = dict(X=ptr, B=ptr, Y=ptr, DY=ptr, DX=ptr, numel=T * F, N=F)
-    out.append(Launch("gelu_fwd", gl._gelu_fwd_kernel, elem, dict(APPROX=cfg.gelu_tanh, BLOCK=gl.BLOCK), 4, 3,
-                      str(gl.BLOCK)))
-    out.append(Launch("gelu_bwd", gl._gelu_bwd_kernel, elem, dict(APPROX=cfg.gelu_tanh, BLOCK=gl.BLOCK), 4, 3,
-                      str(gl.BLOCK)))
-    V = -(-cfg.vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
+    out += BLOCK_KERNELS[cfg.model_type](cfg, ptr)
     out.append(Launch("cross_entropy", ce._ce_kernel,
                       dict(LOGITS=ptr, TARGETS="*i64", LOSS=f32, SCALE=f32, stride_l=V, V=cfg.vocab_size,
                            ignore_index=-100), dict(BLOCK_V=4096), 16, 3, "4096"))
     out.append(Launch("cross_entropy_scale", ce._scale_kernel, dict(X=ptr, SCALE=f32, numel=V * E),
                       dict(BLOCK=1024), 4, 3, "1024"))
     return out
+
+
+def _row_launches(cfg, ptr: str, fwd, bwd, name: str, extra: dict) -> list[Launch]:
+    """The fused residual-add + norm forward and backward over T rows of n_embd, as their launchers tile them."""
+    from wizardcoder.kernels import layernorm as ln
+
+    E, f32 = cfg.n_embd, "*fp32"
+    BN = 1 << (E - 1).bit_length()
+    rows = dict(X=ptr, RES=ptr, W=f32, B=f32, Y=ptr, R=ptr, MEAN=f32, RSTD=f32, DY=ptr, DR=ptr, DX=ptr, DW=f32,
+                DB=f32, stride_x=E, stride_res=E, stride_y=E, stride_r=E, stride_dy=E, stride_dr=E, stride_dx=E,
+                M=TOKENS, N=E, rows_per_program=TOKENS // (4 * H100_SMS) + 1, **extra)
+    return [Launch(f"{name}_fwd", fwd, rows, dict(HAS_RES=True, BLOCK_M=ln._rows_per_block(BN), BLOCK_N=BN),
+                   ln._warps(BN), 3, str(BN)),
+            Launch(f"{name}_bwd", bwd, rows, dict(HAS_DR=True, BLOCK_M=ln._rows_per_block(BN), BLOCK_N=BN),
+                   ln._warps(BN), 3, str(BN))]
+
+
+def _starcoder_block(cfg, ptr: str) -> list[Launch]:
+    """add+LayerNorm and bias-GELU."""
+    from wizardcoder.kernels import gelu as gl
+    from wizardcoder.kernels import layernorm as ln
+
+    F = cfg.ffn_dim
+    elem = dict(X=ptr, B=ptr, Y=ptr, DY=ptr, DX=ptr, numel=TOKENS * F, N=F)
+    return _row_launches(cfg, ptr, ln._ln_fwd_kernel, ln._ln_bwd_kernel, "layernorm",
+                         dict(eps=cfg.layer_norm_epsilon)) + [
+        Launch("gelu_fwd", gl._gelu_fwd_kernel, elem, dict(APPROX=cfg.gelu_tanh, BLOCK=gl.BLOCK), 4, 3,
+               str(gl.BLOCK)),
+        Launch("gelu_bwd", gl._gelu_bwd_kernel, elem, dict(APPROX=cfg.gelu_tanh, BLOCK=gl.BLOCK), 4, 3,
+               str(gl.BLOCK))]
+
+
+def _llama_block(cfg, ptr: str) -> list[Launch]:
+    """add+RMSNorm, RoPE on q and on k (forward in place, backward into new tensors) and SwiGLU."""
+    from wizardcoder.kernels import rmsnorm as rn
+    from wizardcoder.kernels import rope as rp
+    from wizardcoder.kernels import swiglu as sg
+
+    out = _row_launches(cfg, ptr, rn._rms_fwd_kernel, rn._rms_bwd_kernel, "rmsnorm", dict(eps=cfg.rms_norm_eps))
+    D, BD = cfg.head_dim, 1 << (cfg.head_dim // 2 - 1).bit_length()
+    for which, H in (("q", cfg.n_head), ("k", cfg.n_kv_head)):
+        args = dict(X=ptr, OUT=ptr, POS="*i64", INV_FREQ="*fp32", stride_t=H * D, stride_h=D, stride_ot=H * D,
+                    stride_oh=D, H=H, HALF=D // 2)
+        BH = 1 << (H - 1).bit_length()
+        for backward in (False, True):
+            out.append(Launch(f"rope_{'bwd' if backward else 'fwd'}_{which}", rp._rope_kernel, args,
+                              dict(BACKWARD=backward, BLOCK_H=BH, BLOCK_D=BD), rp._warps(BH, BD), 3, f"{BH}x{BD}"))
+    F = TOKENS * cfg.ffn_dim
+    out.append(Launch("swiglu_fwd", sg._swiglu_fwd_kernel, dict(G=ptr, U=ptr, H=ptr, numel=F),
+                      dict(BLOCK=sg.BLOCK), 4, 3, str(sg.BLOCK)))
+    out.append(Launch("swiglu_bwd", sg._swiglu_bwd_kernel, dict(DH=ptr, G=ptr, U=ptr, DG=ptr, DU=ptr, numel=F),
+                      dict(BLOCK=sg.BLOCK), 4, 3, str(sg.BLOCK)))
+    return out
+
+
+# Per family (config.json's model_type): the kernels of its block, and the token strides of q and of k/v as its
+# attention hands them over (StarCoder: views of the fused c_attn output; Llama: separate projections).
+BLOCK_KERNELS = {"gpt_bigcode": _starcoder_block, "llama": _llama_block}
+QKV_STRIDES = {"gpt_bigcode": lambda Hq, Hkv, D: ((Hq + 2 * Hkv) * D,) * 2,
+               "llama": lambda Hq, Hkv, D: (Hq * D, Hkv * D)}
 
 
 def _signature(fn, args: dict, consts: dict) -> tuple[dict, dict, dict]:

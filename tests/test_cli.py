@@ -18,6 +18,20 @@ def test_info_preset_json():
     assert d["params"] == 1_137_207_296 and d["kv_heads"] == 1
 
 
+def test_info_of_a_llama_preset_and_folder_through_the_protocol(tmp_path):
+    from wizardcoder.llama_config import LlamaConfig
+
+    d = json.loads(wc("info", "wizardcoder-python-34b", "--json").stdout)
+    assert (d["family"], d["layers"], d["d_model"], d["heads"], d["kv_heads"], d["ffn"], d["vocab"]) == \
+        ("llama", 48, 8192, 64, 8, 22016, 32001)
+    assert d["params"] == 33_743_986_688 and d["kv_cache_bytes_per_token_bf16"] == 2 * 2 * 48 * 8 * 128
+    cfg = LlamaConfig.from_preset("deepseek-coder-33b")
+    cfg.save_json(str(tmp_path))
+    d = json.loads(wc("info", str(tmp_path), "--json", "--seq-len", "4096").stdout)
+    assert (d["family"], d["kv_heads"], d["positions"], d["params"]) == ("llama", 8, 16384, cfg.num_params())
+    assert d["train_flops_per_token"] == cfg.flops_per_token(4096)
+
+
 def test_unknown_preset_is_one_sentence_and_exit_2():
     out = wc("info", "starcoder-99b")
     assert out.returncode == 2

@@ -218,25 +218,30 @@ def test_joint_boundary_is_wizardcoders_preprocess(small_data, starcoder_tokeniz
 
 
 def test_sentencepiece_tokenizer(small_data, llama2_tokenizer_model, tmp_path):
+    """Llama 2's tokenizer.model (CodeLlama's pieces; sentencepiece's own encoder as the reference): BOS first (a
+    bare tokenizer.model is read as LlamaTokenizer's default, add_bos_token), the joined text by default, and the
+    prompt with its BOS masked."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=llama2_tokenizer_model)
     out = str(tmp_path / "llama")
     meta = pack_dataset(small_data, llama2_tokenizer_model, SEQ, out, progress=False)
-    assert meta["tokenizer"]["eos_id"] == 2 and meta["pad_token_id"] == 2
+    assert meta["tokenizer"]["eos_id"] == 2 and meta["pad_token_id"] == 2 and meta["tokenizer"]["bos_id"] == 1
+    assert meta["options"]["boundary"] == "joint"
     examples = read_examples(small_data)
     for src, tokens, mask in PackedShards(out).documents():
         ex = examples[src]
         prompt = WITH_INPUT.format(ex.instruction, ex.input) if ex.input else NO_INPUT.format(ex.instruction)
-        p, r = sp.encode(prompt), sp.encode(ex.output)
-        assert tokens.tolist() == (p + r + [2])[:SEQ]
-        assert int(mask.sum()) == min(len(p) + len(r) + 1, SEQ) - len(p)
+        p, joined = [1] + sp.encode(prompt), [1] + sp.encode(prompt + ex.output)
+        assert tokens.tolist() == (joined + [2])[:SEQ]
+        assert int(mask.sum()) == min(len(joined) + 1, SEQ) - len(p)
 
 
 def test_large_vocabulary_stores_int32(tmp_path):
     class BigVocab:
         """A stand-in tokenizer with ids above 65535: one id per character, offset."""
         eos_id, pad_id, name, fingerprint, vocab_size = 100_000, None, "big", "f" * 64, 200_000
+        bos_id, add_bos_token, kind = None, False, "chars"
 
         def encode_batch(self, texts):
             return [[70_000 + ord(c) for c in t] for t in texts]

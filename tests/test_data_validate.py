@@ -15,6 +15,7 @@ VOCAB = 300
 class CharTokenizer:
     """One id per byte (+1), EOS = 0: an independent, exactly predictable tokenizer."""
     eos_id, pad_id, name, fingerprint, vocab_size = 0, None, "chars", "c" * 64, VOCAB
+    bos_id, add_bos_token, kind = None, False, "chars"
 
     def encode_batch(self, texts):
         return [[b + 1 for b in t.encode()] for t in texts]

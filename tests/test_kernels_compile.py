@@ -9,8 +9,8 @@ attention forward for the IEEE-dot path), about a minute on 2 cores with a cold 
 and flag: `python tests/test_kernels_compile.py --all` (a few minutes).
 
 The default-tile tests go further, through `bench.compile_report`: the tile each training-path kernel launches with
-when autotuning is off, compiled with a real launch's arguments (alignment hints, StarCoder 1B and 15B shapes), must
-not spill registers and must fit the architecture's shared memory."""
+when autotuning is off, compiled with a real launch's arguments (alignment hints; StarCoder 1B and 15B, CodeLlama 7B
+and 34B shapes), must not spill registers and must fit the architecture's shared memory."""
 import os
 import subprocess
 import sys
@@ -123,7 +123,9 @@ def _assert_fits(rows: list[dict]) -> None:
 
     kernels = {r["kernel"] for r in rows}
     assert {"attn_fwd", "attn_dkdv", "attn_dq", "layernorm_fwd", "layernorm_bwd", "gelu_fwd", "gelu_bwd",
-            "cross_entropy"} <= kernels
+            "cross_entropy", "rmsnorm_fwd", "rmsnorm_bwd", "rope_fwd_q", "rope_bwd_q", "rope_fwd_k", "rope_bwd_k",
+            "swiglu_fwd", "swiglu_bwd"} <= kernels
+    assert {r["model"] for r in rows} == {"starcoderbase-1b", "starcoder-15b", "codellama-7b", "codellama-34b"}
     bad = [r for r in rows if r["spill_bytes"] or r["shared_bytes"] > SHARED_LIMIT[int(r["arch"][3:5])]]
     assert not bad, bad
 
@@ -131,8 +133,9 @@ def _assert_fits(rows: list[dict]) -> None:
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CUDA machine: the other tests compile the kernels")
 def test_default_tiles_do_not_spill_on_hopper():
     """The tile every training-path kernel uses with autotuning off, compiled for sm_90a with the arguments of a
-    StarCoderBase-1B and a StarCoder-15B training launch (alignment hints included): no register spills, and shared
-    memory within Hopper's 227 KB."""
+    StarCoderBase-1B, a StarCoder-15B, a CodeLlama-7B and a CodeLlama-34B training launch (alignment hints included;
+    the Llama rows add RMSNorm, RoPE on q and k, SwiGLU and GQA attention): no register spills, and shared memory
+    within Hopper's 227 KB."""
     pytest.importorskip("triton.backends.nvidia.compiler")
     _assert_fits(_defaults("90"))
 

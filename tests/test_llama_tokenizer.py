@@ -219,3 +219,71 @@ def test_deepseek_style_tokenizer_json_encodes_as_transformers(deepseek_style_di
 
 def test_starcoder_tokenizer_has_no_bos(starcoder_tokenizer_dir):
     assert not Tokenizer.from_pretrained(starcoder_tokenizer_dir).add_bos_token
+
+
+# ------------------------------------------------------------------------------------- packing (wizardcoder pack)
+PACK_RECORDS = [
+    {"instruction": "Write a function that adds two numbers.", "output": "def add(a, b):\n    return a + b"},
+    {"instruction": "Square the items.", "input": "xs = [1, 2, 3]", "output": "    [x ** 2 for x in xs]\n"},
+    {"instruction": "Explain this loop.", "output": "It sums a: for (int i = 0; i < n; ++i) { s += a[i]; }"},
+]
+NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+              "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+              "### Input:\n{input}\n\n### Response:")
+
+
+def _pack(tmp_path, tokenizer_dir, name, **options):
+    from wizardcoder.data import PackedShards, pack_dataset
+
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PACK_RECORDS))
+    meta = pack_dataset(str(data), tokenizer_dir, 256, str(tmp_path / name), progress=False, **options)
+    docs = sorted(PackedShards(str(tmp_path / name)).documents(), key=lambda d: d[0])
+    return meta, [(tokens.tolist(), mask.tolist()) for _, tokens, mask in docs]
+
+
+def _prompt(r):
+    return WITH_INPUT.format_map(r) if r.get("input") else NO_INPUT.format_map(r)
+
+
+def test_pack_with_sentencepiece_is_wizardcoders_preprocess_with_bos(trained_sp_dir, tmp_path):
+    """`pack` with a CodeLlama-style tokenizer (sentencepiece, add_bos_token) reproduces WizardCoder's `preprocess`
+    as its HF tokenizer runs it, re-done with transformers' conversion of the same model: tokenizer(prompt + output +
+    eos_token) starts with <s>, and the first len(tokenizer(prompt)) tokens (<s> included) carry no loss. The default
+    boundary is the joint one here; a separately encoded response would start with the dummy-prefix piece."""
+    os.makedirs(tmp_path / "ref", exist_ok=True)
+    with open(os.path.join(trained_sp_dir, "tokenizer.model"), "rb") as fi, \
+            open(tmp_path / "ref" / "tokenizer.model", "wb") as fo:
+        fo.write(fi.read())
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ref"))
+    enc = lambda text: ref(text, add_special_tokens=False).input_ids  # noqa: E731
+    meta, docs = _pack(tmp_path, trained_sp_dir, "joint")
+    assert meta["options"]["boundary"] == "joint" and meta["tokenizer"]["bos_id"] == 1
+    for r, (tokens, mask) in zip(PACK_RECORDS, docs):
+        prompt = [1] + enc(_prompt(r))
+        assert tokens == [1] + enc(_prompt(r) + r["output"]) + [2]
+        assert mask == [0] * len(prompt) + [1] * (len(tokens) - len(prompt))
+    ours = Tokenizer.from_pretrained(trained_sp_dir)
+    for r, (tokens, mask) in zip(PACK_RECORDS, docs):  # the response decodes exactly after its prompt
+        n = mask.index(1)
+        assert ours.decode_after(tokens[:n], tokens[n:-1]) == r["output"]
+    _, separate = _pack(tmp_path, trained_sp_dir, "separate", boundary="separate")
+    dummy = ours.token_to_id("▁")
+    for r, (tokens, mask) in zip(PACK_RECORDS, separate):
+        n = mask.index(1)
+        assert tokens[:n] == [1] + enc(_prompt(r)) and tokens[n:] == enc(r["output"]) + [2]
+    assert any(tokens[mask.index(1)] == dummy for tokens, mask in separate)  # what joint avoids
+
+
+def test_pack_with_a_deepseek_style_tokenizer_puts_bos_first(deepseek_style_dir, tmp_path):
+    """Byte-level BPE (no dummy prefix): the default boundary stays separate; BOS first, no loss on it."""
+    ref = transformers.PreTrainedTokenizerFast.from_pretrained(deepseek_style_dir)
+    enc = lambda text: ref(text, add_special_tokens=False).input_ids  # noqa: E731
+    meta, docs = _pack(tmp_path, deepseek_style_dir, "ds")
+    assert meta["options"]["boundary"] == "separate" and meta["tokenizer"]["bos_id"] == 0
+    for r, (tokens, mask) in zip(PACK_RECORDS, docs):
+        prompt = ref(_prompt(r)).input_ids  # the release's own encoding: BOS first
+        assert prompt[0] == 0 and tokens == prompt + enc(r["output"]) + [1]
+        assert mask == [0] * len(prompt) + [1] * (len(tokens) - len(prompt))

@@ -1,6 +1,7 @@
-"""`wizardcoder plan`: per-GPU bytes from the meta device. The static part (parameters, gradients, optimizer state)
-equals what a real run holds after its first step (one process here, 2 ranks in test_train_distributed.py); the
-levers move the figures the way they should; bad input is one sentence."""
+"""`wizardcoder plan`: per-GPU bytes from the meta device, for either family. The static part (parameters, gradients,
+optimizer state) equals what a real run holds after its first step (one process here, 2 ranks in
+test_train_distributed.py); the per-block activations equal what autograd saves; the levers move the figures the way
+they should; bad input is one sentence."""
 import json
 import subprocess
 import sys
@@ -115,3 +116,73 @@ def test_every_recipe_setting_plan_knows_is_one_it_takes_from_the_recipe():
     planned = {f.name for f in dataclasses.fields(Config)}
     assert {k for r in RECIPES.values() for k in r} & planned == set(RECIPE_FIELDS)
     assert Config() == Config(**RECIPE_FIELDS)
+
+
+# ------------------------------------------------------------------------------------------------ both families
+def test_llama_presets_hub_ids_and_folders_resolve_through_the_family(tmp_path, capsys):
+    from wizardcoder.llama_config import LlamaConfig
+
+    assert resolve_config("WizardLMTeam/WizardCoder-Python-34B-V1.0") == LlamaConfig.from_preset("wizardcoder-python-34b")
+    assert resolve_config("deepseek-coder-33b", vocab_size=32300).vocab_size == 32300
+    cfg = LlamaConfig.from_preset("llama-tiny", rope_scaling={"type": "linear", "factor": 4.0})
+    cfg.save_json(str(tmp_path))
+    assert resolve_config(str(tmp_path)) == cfg
+    r = _plan(capsys, "--recipe", "wizardcoder-python-34b", "--world-size", "8", "--json")
+    out = json.loads(r.stdout)
+    n = LlamaConfig.from_preset("wizardcoder-python-34b").num_params()
+    assert r.returncode == 0 and out["per_gpu"]["params"] == pytest.approx(4 * n / 8, rel=0.001)
+    assert (out["fits"], out["advice"]) == (False, "pull --optimizer adamw8bit")  # the README's table
+    out = json.loads(_plan(capsys, "--recipe", "wizardcoder-33b-v1.1", "--optimizer", "adamw8bit", "--json").stdout)
+    assert out["fits"] and out["model"] == "deepseek-ai/deepseek-coder-33b-base"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    r = _plan(capsys, "--model", str(tmp_path))
+    assert r.returncode == 2 and "model_type 'mistral'" in r.stderr and r.stderr.count("\n") == 1
+
+
+def _saved_bytes(model, T: int) -> int:
+    """Bytes autograd keeps for backward over a packed forward of T tokens (every saved tensor's storage once, the
+    parameters' not): the measured activations."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, T), device=device)
+    cu = torch.tensor([0, T // 3, T], dtype=torch.int32, device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.hidden_states(ids, cu_seqlens=cu, max_seqlen=T - T // 3)
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("family", ["starcoder", "llama"])
+def test_activation_estimate_equals_what_autograd_keeps(family):
+    """The plan's per-block activations (ModelConfig.block_activation_bytes) are exactly the bytes the fused-kernel
+    path (Triton kernels: on CUDA, else in the interpreter; fp32) saves for backward: the difference between a 4-layer and a
+    2-layer model's saved tensors, measured by autograd's saved-tensor hooks. Llama: GQA 4:2 and an odd SwiGLU width,
+    so a count with multi-head K/V or StarCoder's two MLP tensors would be off."""
+    from wizardcoder.config import StarCoderConfig
+    from wizardcoder.families import class_for
+    from wizardcoder.llama_config import LlamaConfig
+
+    T = 48
+    kernels = dict(attn_backend="triton", kernel_backend="triton")
+    make = {"starcoder": lambda L: StarCoderConfig(vocab_size=101, n_embd=64, n_layer=L, n_head=4, n_positions=128,
+                                                   **kernels),
+            "llama": lambda L: LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=45, num_hidden_layers=L,
+                                           num_attention_heads=4, num_key_value_heads=2, **kernels)}[family]
+    measured = {}
+    for L in (2, 4):
+        cfg = make(L)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        measured[L] = _saved_bytes(class_for(cfg.model_type).from_config(cfg, seed=0, device=device), T)
+    per_block = (measured[4] - measured[2]) // 2
+    assert per_block == T * cfg.block_activation_bytes(4)
+    plan = plan_memory(cfg, Config(model=family, seq_len=T, micro_batch_packs=1, dtype="float32",
+                                   kernel_backend="triton"))["per_gpu"]
+    root = measured[4] - 4 * per_block  # the final norm's input and statistics, positions, cu_seqlens
+    assert 0 < root <= plan["activations"] - 4 * per_block

@@ -81,13 +81,12 @@ def test_two_ranks_load_their_rows_and_hold_what_plan_predicts(small, tmp_path):
     assert [r["step"] for r in metrics(run)] == [1, 2]
 
 
-def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(small, tmp_path):
+def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(small, tmp_path, capsys):
     """The same trainer, FSDP2 wrapping and plan for the Llama family (wizardcoder.protocol): a checkpoint made by
     transformers, sharded over 2 ranks (gloo), each rank's rows equal to the checkpoint's, the loss falls, and the
-    static bytes are the plan's."""
+    static bytes are what the `wizardcoder plan` verb prints for that folder."""
     pytest.importorskip("transformers")
-    from wizardcoder import LlamaConfig
-    from wizardcoder.plan import Config, plan_memory
+    from wizardcoder.cli import main
 
     _, shards, root = small
     ckpt = small_llama_checkpoint(str(root / "llama"), str(root / "tok"))
@@ -97,8 +96,9 @@ def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(s
     assert [r["mismatched"] for r in loads] == [[], []]
     losses = [r["loss"] for r in metrics(run)]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
-    mcfg = LlamaConfig.from_json_file(os.path.join(ckpt, "config.json"))
-    plan = plan_memory(mcfg, Config(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
+    capsys.readouterr()
+    assert main(["plan", "--model", ckpt, "--world-size", "2", "--seq-len", "128", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["per_gpu"]
     held = {r["rank"]: r for r in metrics(run, "memory")}
     for k in ("params", "grads", "optimizer"):
         assert held[0][k] == plan[k], (k, held[0][k], plan[k])

@@ -112,6 +112,14 @@ class StarCoderConfig(HFConfigFile):
         the PaLM appendix: 6 * N_matmul + 6 * n_layer * seq_len * n_embd (causal halves the 12 * L * S * d)."""
         return 6 * self.matmul_params() + 6 * self.n_layer * seq_len * self.n_head * self.head_dim
 
+    def block_activation_bytes(self, itemsize: int) -> int:
+        """Bytes one block keeps for backward per token, tensors in a dtype of `itemsize` bytes (wizardcoder plan):
+        the residual stream and the LayerNorm output at each of the two norms, the fused QKV, the attention output,
+        the MLP's pre- and post-GELU in that dtype; the two norms' mean and rstd and attention's log-sum-exp per
+        head in fp32. No RoPE: the learned position embedding is the root's."""
+        d, f, kv = self.n_embd, self.ffn_dim, self.n_kv_head * self.head_dim
+        return itemsize * (4 * d + (d + 2 * kv) + d + 2 * f) + 4 * (self.n_head + 4)
+
     # --- HF config.json ---
     @classmethod
     def from_hf_dict(cls, d: dict, source: str = "config.json", **overrides) -> "StarCoderConfig":

@@ -123,6 +123,16 @@ class LlamaConfig(HFConfigFile):
         style as StarCoderConfig counts them: 6 * N_matmul + 6 * n_layer * seq_len * (n_head * head_dim)."""
         return 6 * self.matmul_params() + 6 * self.num_hidden_layers * seq_len * self.num_attention_heads * self.head_dim
 
+    def block_activation_bytes(self, itemsize: int) -> int:
+        """Bytes one block keeps for backward per token, tensors in a dtype of `itemsize` bytes (wizardcoder plan):
+        the residual stream and the RMSNorm output at each of the two norms, q after RoPE (n_head * head_dim) and the
+        smaller GQA k and v (num_key_value_heads * head_dim each; RoPE is applied in place and keeps nothing per
+        token), the attention output, SwiGLU's gate, up and their product; the two norms' rstd and attention's
+        log-sum-exp per head in fp32."""
+        d, f = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return itemsize * (4 * d + (q + 2 * kv) + q + 3 * f) + 4 * (self.num_attention_heads + 2)
+
     # --- HF config.json ---
     @classmethod
     def from_hf_dict(cls, d: dict, source: str = "config.json", **overrides) -> "LlamaConfig":

@@ -7,10 +7,12 @@ dim 0 of every tensor as torch.chunk does, ceil(rows / world) rows first):
 - grads: their fp32 gradients (same size; FSDP2 reduce-scatters in fp32);
 - optimizer: AdamW's two fp32 moments and a 0-dim fp32 step per tensor; 8-bit AdamW's two uint8 moments, an fp32
   absmax per 256 values and two 256-entry fp32 quantile maps per tensor (tensors under 4096 values: 32-bit state);
-- activations: what backward keeps for one micro-batch of T = micro_batch_packs * seq_len tokens in the compute dtype
-  (per block: residual and two LayerNorm outputs, QKV, attention output, two LayerNorm inputs, the MLP's pre- and
-  post-GELU, LayerNorm statistics and attention's log-sum-exp in fp32); a checkpointed block keeps its two inputs,
-  and one block's activations exist again while it is recomputed;
+- activations: what backward keeps for one micro-batch of T = micro_batch_packs * seq_len tokens in the compute dtype:
+  per block the family's own count, `ModelConfig.block_activation_bytes` (StarCoder: residuals and LayerNorm
+  outputs, fused QKV, attention output, pre- and post-GELU; Llama: residuals and RMSNorm outputs, q and GQA's
+  smaller k/v after RoPE, attention output, SwiGLU's gate, up and product; norm statistics and attention's
+  log-sum-exp in fp32), plus the root's final-norm input, output and its gradient; a checkpointed block keeps its
+  two inputs, and one block's activations exist again while it is recomputed;
 - transient: the largest short-lived buffers: the root's gathered embedding and two gathered blocks (FSDP2 prefetches
   one ahead; a world of one keeps every block's compute-dtype copy), one block's unsharded fp32 gradients before the
   reduce-scatter, and the loss (fused kernel: a logits chunk, the hidden state's gradient and an fp32 LM-head
@@ -98,21 +100,29 @@ class Config:
 
 
 def resolve_config(model: str, vocab_size: int | None = None):
-    """StarCoderConfig of a preset, a local checkpoint folder, a known hub id (offline) or any hub id (config.json)."""
-    from .config import HUB_PRESETS, PRESETS, StarCoderConfig
+    """The config (either family's, wizardcoder.protocol.ModelConfig) of a preset, a local checkpoint folder, a hub
+    id whose shapes are a preset (offline), or any hub id (its config.json alone is downloaded). The family comes
+    from wizardcoder.families: the preset's, else config.json's model_type."""
+    from .config import HUB_PRESETS
+    from .families import PRESET_FAMILIES, _read_config, class_for, model_class
+    from .llama_config import LLAMA_HUB_PRESETS
 
-    if model in PRESETS:
-        cfg = StarCoderConfig.from_preset(model)
-    elif os.path.isdir(model):
-        cfg = StarCoderConfig.from_json_file(os.path.join(model, "config.json"))
-    elif model in HUB_PRESETS:
-        cfg = StarCoderConfig.from_preset(HUB_PRESETS[model])
+    hub_presets = {**HUB_PRESETS, **LLAMA_HUB_PRESETS}
+    name = hub_presets.get(model, model)
+    if name in PRESET_FAMILIES:
+        cfg = class_for(PRESET_FAMILIES[name]).config_class.from_preset(name)
     else:
-        from .hub import download_files, is_hub_id
+        if os.path.isdir(model):
+            folder = model
+        else:
+            from .hub import download_files, is_hub_id
 
-        if not is_hub_id(model):
-            raise ConfigError(f"--model {model!r}: not a preset ({', '.join(PRESETS)}), a checkpoint folder or a hub id.")
-        cfg = StarCoderConfig.from_json_file(os.path.join(download_files(model, ["config.json"]), "config.json"))
+            if not is_hub_id(model):
+                raise ConfigError(f"--model {model!r}: not a preset ({', '.join(PRESET_FAMILIES)}), a checkpoint "
+                                  "folder or a hub id.")
+            folder = download_files(model, ["config.json"])
+        config, path = _read_config(folder)
+        cfg = model_class(config, path).config_class.from_hf_dict(config, source=path)
     if vocab_size and vocab_size > cfg.vocab_size:
         cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
     return cfg
@@ -149,9 +159,9 @@ def plan_memory(mcfg, p: Config, dtype: torch.dtype | None = None) -> dict:
         optimizer += _optimizer_bytes(n, p.optimizer)
     grads = params
 
-    d, f, kv, H, L = mcfg.n_embd, mcfg.ffn_dim, mcfg.n_kv_head * mcfg.head_dim, mcfg.n_head, mcfg.n_layer
+    d, L = mcfg.n_embd, mcfg.n_layer
     T = p.micro_batch_packs * p.seq_len
-    full_block = T * (b * (6 * d + 2 * kv + 2 * f) + 4 * H + 16)
+    full_block = T * mcfg.block_activation_bytes(b)
     n_ckpt = len(checkpointed_blocks(L, p.activation_checkpointing, p.checkpoint_every))
     activations = (L - n_ckpt) * full_block + n_ckpt * 2 * T * d * b + (full_block if n_ckpt else 0) + 3 * T * d * b
 

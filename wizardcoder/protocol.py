@@ -26,11 +26,13 @@ class ModelConfig(Protocol):
     n_head: int
     n_kv_head: int  # K/V heads (the cache's width: 1 for MQA, fewer than n_head for GQA)
     head_dim: int
+    ffn_dim: int  # the MLP's width (StarCoder's n_inner, Llama's SwiGLU intermediate_size)
     n_positions: int
 
     def num_params(self, embeddings: bool = True) -> int: ...
     def matmul_params(self) -> int: ...  # weights in a matmul per token (MFU)
     def flops_per_token(self, seq_len: int) -> float: ...
+    def block_activation_bytes(self, itemsize: int) -> int: ...  # what one block keeps for backward per token (plan)
     def to_hf_dict(self) -> dict: ...
     def save_json(self, folder: str) -> None: ...
 

@@ -35,9 +35,10 @@ class Config:
     overlong: Literal["truncate", "drop"] = field(default="truncate", metadata={
         "help": "samples longer than --seq-len: keep their first N tokens (the recipe's behaviour) or drop them; "
                 "both are counted"})
-    boundary: Literal["separate", "joint"] = field(default="separate", metadata={
+    boundary: Literal["auto", "separate", "joint"] = field(default="auto", metadata={
         "help": "encode prompt and response separately (what the model sees at inference) or, as WizardCoder's "
-                "script does, encode the joined text and mask the prompt's token count"})
+                "script does, encode the joined text and mask the prompt's token count; auto: joint for a "
+                "sentencepiece tokenizer (no dummy-prefix space before the response), else separate"})
     skip_bad: bool = field(default=False, metadata={
         "help": "skip (and count) malformed lines and records with missing or non-string fields instead of stopping "
                 "at the first one"})

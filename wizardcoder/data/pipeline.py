@@ -16,7 +16,7 @@ from .readers import ReadStats, read_examples, resolve_data_files
 from ..io import atomic_dir, check_out_dir
 from .shards import gather_ranges, write_shards
 from .templates import Template, get_template
-from .tokenize import TokenizedSamples, tokenize_examples
+from .tokenize import TokenizedSamples, resolve_boundary, tokenize_examples
 
 
 @dataclass
@@ -68,7 +68,7 @@ def pack_dataset(
     batch_size: int = 2048,
     recipe_batch_size: int = 16,
     progress: bool = True,
-    boundary: str = "separate",
+    boundary: str = "auto",
 ) -> dict:
     """Turn instruction data into packed shards in `out`; returns the metadata written (its "summary" holds the
     counts). `tokenizer` is a `wizardcoder.Tokenizer` or anything `Tokenizer.from_pretrained` takes."""
@@ -96,6 +96,7 @@ def pack_dataset(
         raise DataError(f"no usable records in {data!r} ({stats.records} read, skipped {dict(stats.skipped)}).")
 
     t = time.perf_counter()
+    boundary = resolve_boundary(boundary, tokenizer)  # the metadata names the one used
     samples = tokenize_examples(examples, tokenizer, template, seq_len, overlong, batch_size, progress, boundary)
     seconds["tokenize"] = time.perf_counter() - t
     if not len(samples):
@@ -139,6 +140,7 @@ def pack_dataset(
         "tokenizer": {
             "name": tokenizer.name, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
             "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id,
+            "bos_id": tokenizer.bos_id if tokenizer.add_bos_token else None,  # first in every sample (null: none)
         },
         # Padding is filled with EOS: always inside the base model's vocabulary, and never trained on (label -100).
         "pad_token_id": tokenizer.eos_id,

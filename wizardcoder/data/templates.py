@@ -6,7 +6,9 @@ carry loss; every prompt token gets label -100.
 `ALPACA` is WizardCoder's template, copied from its training code (nlpxucan/WizardLM,
 WizardCoder/src/train_wizardcoder.py, `PROMPT_DICT`): the no-input variant for records without an `input` (or with an
 empty one) and the with-input variant otherwise, exactly as `train_tokenize_function` chooses. There is no newline
-or space after "### Response:"; whatever the response starts with follows the colon directly.
+or space after "### Response:"; whatever the response starts with follows the colon directly. The Llama-family
+releases (WizardCoder-Python-7B/13B/34B-V1.0 on CodeLlama-Python, WizardCoder-33B-V1.1 on DeepSeek-Coder) use the
+same prompt; what differs is their tokenizer's BOS before it (data/tokenize.py, docs/llama.md).
 
 Add a template with `register_template(Template(...))`, or write one as a JSON file
 `{"name": ..., "prompt_no_input": "...{instruction}...", "prompt_input": "...{instruction}...{input}..."}` and pass

@@ -13,8 +13,18 @@ a slightly different split. Appending the EOS id, not the text "<|endoftext|>", 
 inside a response from being read as end of text.)
 
 `boundary="joint"` reproduces WizardCoder's script instead: ids = encode(prompt + output) + [eos_id], with the first
-len(encode(prompt)) tokens masked. Use it to match the recipe exactly, or with SentencePiece tokenizers, which give a
-separately encoded response a leading "dummy prefix" space.
+len(encode(prompt)) tokens masked. `boundary="auto"` (the `pack` default) is "joint" for a sentencepiece tokenizer
+(CodeLlama's tokenizer.model) and "separate" for any other: sentencepiece gives a separately encoded response a
+leading "dummy prefix" space ("\ndef" alone is "▁", "<0x0A>", ...), a token the model never sees after the prompt
+at inference, where it continues the prompt's pieces; the joined text has no such piece.
+
+BOS: a tokenizer whose release puts BOS before every text (`tokenizer.add_bos_token`: CodeLlama, WizardCoder-Python,
+DeepSeek-Coder; not StarCoder) gets its BOS id first in every sample, as the HF tokenizer call of WizardCoder's
+script gives it (`tokenizer(prompt + output)` and `tokenizer(prompt)` both start with BOS): the BOS is part of the
+prompt (no loss), and the model sees at training what generation feeds it, [BOS] + encode(prompt).
+
+The tokenizer: a `wizardcoder.Tokenizer`, or any object with its `encode_batch(texts)`, `eos_id`, `bos_id`,
+`add_bos_token` and `kind` ("sentencepiece" or anything else).
 
 Over-long samples (more than `seq_len` tokens) follow `overlong`:
   "truncate" keeps the first seq_len tokens (the recipe's truncation: the response is cut and its EOS lost); a sample
@@ -61,6 +71,18 @@ class TokenizedSamples:
         return (pos >= np.repeat(self.prompt_lens, self.lengths)).astype(np.uint8) if n else np.zeros(0, np.uint8)
 
 
+BOUNDARIES = ("auto", "separate", "joint")
+
+
+def resolve_boundary(boundary: str, tokenizer) -> str:
+    """"separate" or "joint": `auto` is joint for a sentencepiece tokenizer, separate otherwise (module docstring)."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
+    if boundary == "auto":
+        return "joint" if tokenizer.kind == "sentencepiece" else "separate"
+    return boundary
+
+
 def tokenize_examples(
     examples: Sequence[Example],
     tokenizer,
@@ -69,16 +91,16 @@ def tokenize_examples(
     overlong: str = "truncate",
     batch_size: int = 2048,
     progress: bool = False,
-    boundary: str = "separate",
+    boundary: str = "auto",
 ) -> TokenizedSamples:
     """Encode every example through the tokenizer's parallel batch path (`tokenizer.encode_batch`)."""
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong must be 'truncate' or 'drop', not {overlong!r}")
-    if boundary not in ("separate", "joint"):
-        raise ValueError(f"boundary must be 'separate' or 'joint', not {boundary!r}")
+    boundary = resolve_boundary(boundary, tokenizer)
     eos = tokenizer.eos_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; the response must be closed by one")
+    bos = [tokenizer.bos_id] if tokenizer.add_bos_token and tokenizer.bos_id is not None else []
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -98,6 +120,8 @@ def tokenize_examples(
             joined = tokenizer.encode_batch([t + e.output for t, e in zip(texts, batch)])
             outputs = [ids[len(p):] for ids, p in zip(joined, prompts)]
             prompts = [ids[: len(p)] for ids, p in zip(joined, prompts)]
+        if bos:
+            prompts = [bos + p for p in prompts]
         batch_ids = []
         for j, (p, o) in enumerate(zip(prompts, outputs)):
             n = len(p) + len(o) + 1
