@@ -35,6 +35,7 @@ def canonical_stage(evaluate: Stage, out: str) -> Stage:
         write_jsonl(stage.section["samples"], [{"task_id": t, "solution": problems[t].canonical} for t in ids])
         yield
 
-    settings = {"verb": "evaluate", "section": {k: v for k, v in section.items() if k not in NOT_HASHED}, "after": evaluate.hash, "canonical": True}
+    settings = {"verb": "evaluate", "section": {k: v for k, v in section.items() if k not in NOT_HASHED},
+                "after": evaluate.hash, "canonical": True}
     return Stage("canonical", "evaluate", section, settings, os.path.join(out, "summary.json"),
                  inputs={"samples (the model's)": model_samples}, owned=out, hooks=[write_samples])

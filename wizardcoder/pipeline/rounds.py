@@ -54,7 +54,8 @@ def run_round_selection(run: Run, may_run: bool = True) -> dict[str, str]:
     "_hash" (the best train stage's hash, which chains into the test stages)."""
     sel_path = os.path.join(run.out, "rounds", "selection.json")
     dev = _dev_settings(run)
-    max_rounds = run.config.get("evolve", {}).get("rounds") or settings.settings(verb_config("evolve"))["rounds"].default
+    max_rounds = (run.config.get("evolve", {}).get("rounds")
+                  or settings.settings(verb_config("evolve"))["rounds"].default)
     evolve_out = run.config.get("evolve", {}).get("out") or os.path.join(run.out, "evolve")
     rounds, prev, best = [], "", None
     for r in range(1, max_rounds + 1):
@@ -76,7 +77,8 @@ def run_round_selection(run: Run, may_run: bool = True) -> dict[str, str]:
         products["train"] = tr.product
         scoring = {"task": dev["task"], "data": dev["data"], "k": [1], "out": os.path.join(rdir, "dev_eval")}
         ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
-                         extra={**dev, "out": os.path.join(rdir, "dev", "samples.jsonl")}, wire_from={"model": tr.product})
+                         extra={**dev, "out": os.path.join(rdir, "dev", "samples.jsonl")},
+                         wire_from={"model": tr.product})
         products["generate"] = ge.product
         ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", extra=scoring,
                          wire_from={"samples": ge.product})

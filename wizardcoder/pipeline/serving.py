@@ -69,7 +69,8 @@ def attach_server(run: Run) -> None:
     if "serve" not in run.config:
         return
     if run.config.get("evolve", {}).get("llm_base_url"):
-        raise ConfigError(f"{run.source}: [evolve] llm_base_url and a [serve] section both name evolve's LLM; keep one.")
+        raise ConfigError(f"{run.source}: [evolve] llm_base_url and a [serve] section both name evolve's LLM; "
+                          "keep one.")
     section = {k: expand(v, run.names({}), f"{run.source} [serve] {k}") for k, v in run.config["serve"].items()}
     run.attach("evolve", lambda stage: _server(dict(section), stage, run.state_dir, run.opts.serve_timeout_s),
                {"serve": {k: v for k, v in section.items() if k not in ("host", "port")}})
