@@ -89,8 +89,8 @@ def plain_stages(run: Run, products: dict[str, str], verbs: tuple[str, ...] = ST
             continue
         wire = {k: products[src] for k, src in WIRING[verb].items() if src in products}
         extra = {}
-        if verb == "evaluate":
-            gen = run.config.get("generate", {})
+        if verb == "evaluate" and stages and stages[-1].verb == "generate":  # score what generate made, as it did
+            gen = stages[-1].section
             extra = {k: gen[k] for k in ("task", "data") if k in gen and k not in run.config.get(verb, {})}
         out = os.path.join(run.out, "generate", "samples.jsonl") if verb == "generate" else None
         stage = run.resolve(verb, products, prev, out=out, extra=extra, wire_from=wire)
