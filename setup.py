@@ -54,7 +54,9 @@ setup(
         "safetensors",
         "huggingface_hub",
         "tqdm",
-        "aiohttp>=3.9",
+        "aiohttp>=3.9",  # `wizardcoder serve`
+        "openai>=3",  # evolve's LLM client (retries, backoff, Retry-After); httpx2 is its HTTP layer
+        "httpx2",  # evolve raises httpx2's transport error for an unusable 200 so that openai retries it
         "datasketch",  # MinHash LSH near-duplicate removal in `evolve`
         "matplotlib",  # the plots beside every report (loss, throughput, funnel, pass@k)
     ],
@@ -71,7 +73,6 @@ setup(
             "evalplus",
             "datasketch",
             "bitsandbytes>=0.45",  # 8-bit AdamW (runs on CPU since 0.45)
-            "openai",  # the official client, against a real `wizardcoder serve` in tests
         ],
     },
     entry_points={"console_scripts": ["wizardcoder=wizardcoder.cli:main"]},

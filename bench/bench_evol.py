@@ -48,8 +48,8 @@ def _engine_rows(quick: bool) -> list[dict]:
                      "pairs": s["total"]["attempted"], "requests": s["total"]["requests"], "seconds": round(dt, 3),
                      "pairs_per_s": round(rate, 1), "speedup": round(rate / base, 2),
                      "ceiling_pairs_per_s": round(conc / (3 * latency), 1)})
-    # one answer in five a malformed HTTP 200 (cut off, HTML, wrong schema, dropped): retried with the default
-    # backoff (uniform(0, 1 s) for the first retry); the peer is the clean run at the same concurrency above
+    # one answer in five a malformed HTTP 200 (cut off, HTML, wrong schema, dropped): retried on the openai client's
+    # schedule (0.375-0.5 s before a first retry); the peer is the clean run at the same concurrency above
     clean = rows[1]
     with StubLLM(delay=latency, malformed_every=5) as stub, tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()

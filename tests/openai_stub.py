@@ -8,9 +8,10 @@ Fault injection: `faults` is a list consumed one per completion request, in arri
 ...), (status, retry_after_header), or the name of a malformed HTTP 200 answer (MALFORMED: a body cut off mid-JSON,
 an HTML page, JSON without choices, a connection dropped mid-body). `malformed_every=N` makes every N-th completion
 request (N, 2N, ...) a malformed 200 answer, cycling through MALFORMED; those requests are recorded with the status
-"malformed:<kind>". `api_key` makes every route demand `Authorization: Bearer <key>` (401 otherwise,
-with OpenAI's error body). `delay` sleeps before each answer. `answer_style` ("chat" or "completion") shapes every
-answer that way whatever the route, as a server of the other style would.
+"malformed:<kind>". `api_key` makes every route demand `Authorization: Bearer <key>` (401 otherwise, with OpenAI's
+error body); `authorization` collects the Authorization headers seen. `delay` sleeps before each answer.
+`answer_style` ("chat" or "completion") shapes every answer that way whatever the route, as a server of the other
+style would.
 
     with StubLLM() as stub:
         base_url = stub.base_url     # http://127.0.0.1:<port>/v1
@@ -76,6 +77,7 @@ class StubLLM:
         self.delay = delay
         self.models = list(models)
         self.requests: list[tuple[str, dict, int]] = []
+        self.authorization: set[str | None] = set()  # the Authorization headers seen (None: a request without one)
         self._lock = threading.Lock()
         self._loop = None
         self._thread = None
@@ -83,6 +85,7 @@ class StubLLM:
 
     # -- handlers
     def _authorized(self, request) -> bool:
+        self.authorization.add(request.headers.get("Authorization"))
         return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
     @staticmethod

@@ -93,3 +93,25 @@ def test_run_into_a_folder_it_cannot_write_is_one_sentence(tmp_path):
         out_dir = str(tmp_path / "ro" / "run")
     err = one_sentence(wc("run", str(cfg), "--out", out_dir))
     assert f"--out {out_dir}: cannot write the run folder there" in err and "give a folder you can write to" in err
+
+
+def test_bench_runs_as_a_verb_and_standalone_with_one_set_of_flags():
+    from _util import REPO
+
+    err = one_sentence(wc("bench", "--only", "nope"))
+    assert "--only 'nope' is not a benchmark; choose from data, eval," in err
+    standalone = subprocess.run([sys.executable, "-m", "bench.run_all", "--only", "nope"], capture_output=True,
+                                text=True, env=repo_env(), cwd=REPO)
+    assert one_sentence(standalone) == err
+    help_ = subprocess.run([sys.executable, "-m", "bench.run_all", "--help"], capture_output=True, text=True,
+                           env=repo_env(), cwd=REPO)
+    assert help_.returncode == 0 and "--quick" in help_.stdout and "--only" in help_.stdout
+
+
+def test_info_and_plan_flags_come_from_their_config():
+    err = one_sentence(wc("info", "tiny", "--seq-len", "0"))
+    assert "--seq-len 0: must be at least 1" in err
+    out = wc("info", "tiny", "--seq-len", "16")
+    assert out.returncode == 0 and "train_flops_per_token" in out.stdout
+    err = one_sentence(wc("plan", "--model", "tiny", "--dtype", "int8"))
+    assert "--dtype 'int8' is not a dtype" in err

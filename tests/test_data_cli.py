@@ -86,3 +86,36 @@ def test_bad_packs_per_shard_and_unwritable_out(starcoder_tokenizer_dir, tmp_pat
     err = capsys.readouterr().err
     assert "cannot create a folder in" in err and "choose a writable --out" in err and "Traceback" not in err
     assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_missing_settings_and_bad_fields_are_one_sentence(starcoder_tokenizer_dir, tmp_path, capsys):
+    assert main(["pack", "--data", ASSET, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: pack needs --tokenizer, --seq-len, e.g.") and err.count("\n") == 1
+    args = ["pack", "--data", ASSET, "--tokenizer", starcoder_tokenizer_dir, "--seq-len", "64", "--out",
+            str(tmp_path / "o")]
+    for bad in ("output", "outptu=response", "output="):
+        assert main(args + ["--fields", bad]) == 2
+        assert f"--fields takes ours=theirs pairs for instruction/input/output, e.g. output=response; got {bad!r}." \
+            in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_section_renames_fields_and_turns_progress_off(starcoder_tokenizer_dir, tmp_path, capsys):
+    """[pack] keys are the flags' names (`progress = false` is --no-progress); `fields` may be a TOML table."""
+    data = tmp_path / "renamed.jsonl"
+    with open(ASSET) as f, open(data, "w") as g:
+        for line in f:
+            r = json.loads(line)
+            g.write(json.dumps({"prompt": r["instruction"], "input": r["input"], "answer": r["output"]}) + "\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[pack]\ndata = ["{data}"]\ntokenizer = "{starcoder_tokenizer_dir}"\nseq_len = 256\n'
+                   f'out = "{tmp_path / "s"}"\nprogress = false\n'
+                   'fields = {instruction = "prompt", output = "answer"}\n')
+    assert main(["pack", "--config", str(cfg), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["samples_kept"] == 30 and "tokenize" not in out.err
+    assert PackedShards(str(tmp_path / "s")).num_docs == 30
+    cfg.write_text(cfg.read_text().replace('output = "answer"', 'response = "answer"'))
+    assert main(["pack", "--config", str(cfg)]) == 2
+    assert "--fields takes ours=theirs pairs" in capsys.readouterr().err

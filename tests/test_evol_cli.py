@@ -172,7 +172,8 @@ def test_filter_only_on_public_round(tmp_path, shared_data):
         else:
             assert why in R.RULES
     # nothing kept trips a rule
-    cfg = R.RuleConfig(copy_markers=COPY_MARKERS)
+    cfg = R.RuleConfig()
+    assert cfg.copy_markers == COPY_MARKERS
     assert all(R.check_pair(c["instruction"], c["output"], cfg) is None for c in clean)
     assert rep["files"]["evol-codealpaca-2k-1.json.gz"]["eliminated"]["copied"] == sum(
         any(m in re.sub(r"given test cases?\b", "", (x["instruction"] or "").lower()) for m in COPY_MARKERS)
@@ -213,7 +214,7 @@ def test_bad_seed_files_are_one_sentence_before_any_work(tmp_path, capsys, make,
     ("--top-p", "0", r"--top-p 0\.0: must be in \(0, 1\]"),
     ("--temperature", "nan", r"--temperature nan: must be 0 or more"),
     ("--concurrency", "0", r"--concurrency 0: must be at least 1"),
-    ("--max-new-tokens", "0", r"--max-new-tokens 0: must be at least 1"),
+    ("--llm-max-tokens", "0", r"--llm-max-tokens 0: must be at least 1"),
     ("--timeout", "-1", r"--timeout -1\.0: must be more than 0 seconds"),
     ("--rounds", "0", r"--rounds 0: must be at least 1"),
     ("--disable-rule", "sorrow", r"--disable-rule 'sorrow': no such rule"),
@@ -247,12 +248,12 @@ def test_seed_is_a_number_and_out_must_be_a_folder(tmp_path, capsys, seed_file):
 
 
 def test_config_file_keys_are_the_flag_dests(tmp_path, seed_file):
-    """An [evolve] section with the dests (llm_base_url, seed, data, max_new_tokens, decontaminate_against) runs
-    the same as the flags."""
+    """An [evolve] section with the config keys (llm_base_url, seed, data, llm_max_tokens, hygiene, disable_rule)
+    runs the same as the flags."""
     with StubLLM() as stub:
         cfg = tmp_path / "run.toml"
         cfg.write_text(f'[evolve]\ndata = ["{seed_file}"]\nllm_base_url = "{stub.base_url}"\nllm_model = "m"\n'
-                       'seed = 7\nrounds = 1\nmax_new_tokens = 99\nno_hygiene = true\nllm_api_key_env = ""\n'
+                       'seed = 7\nrounds = 1\nllm_max_tokens = 99\nhygiene = false\nllm_api_key_env = ""\n'
                        'disable_rule = ["sorry"]\n')
         p = cli("--config", str(cfg), "--out", str(tmp_path / "o"))
         _, err = p.communicate(timeout=60)
@@ -275,3 +276,35 @@ def test_an_edited_journal_is_one_sentence(tmp_path, capsys, seed_file):
         journal.write_text("".join(lines[:4]) + json.dumps(rec) + "\n" + "".join(lines[5:]))
         code, err = _in_process(capsys, *args)
     assert code == 2 and "round_1.jsonl: record 5 is not a round-1 journal record" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], r"evolve needs --out DIR"),
+    (["--out", "o", "--filter-only"], r"evolve --filter-only needs --data FILE \[FILE \.\.\.\]"),
+    (["--out", "o", "--data", "a.json", "b.json", "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m"],
+     r"evolve reads one seed file, got 2 --data files; merge them first"),
+])
+def test_missing_or_extra_inputs_are_one_sentence_before_any_work(tmp_path, monkeypatch, capsys, args, says):
+    monkeypatch.chdir(tmp_path)
+    code, err = _in_process(capsys, *args)
+    assert code == 2 and re.search(says, err) and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_config_keys_are_the_settings_and_the_old_names_are_refused():
+    """The [evolve] keys come from Config's fields (renamed ones by their `key`); a key evolve no longer has is one
+    sentence listing the valid ones."""
+    from wizardcoder import settings
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.evol.cli import Config
+
+    cfg = settings.build(Config, {"out": "o", "data": ["s.json"], "llm_base_url": "http://h:1", "llm_model": "m",
+                                  "llm_max_tokens": 7, "timeout": 5, "hygiene": False, "progress": False,
+                                  "disable_rule": ["sorry"], "decontaminate_against": ["HumanEval.jsonl"]})
+    assert (cfg.llm.base_url, cfg.llm.max_tokens, cfg.llm.timeout_s) == ("http://h:1/v1", 7, 5.0)
+    assert (cfg.hygiene, cfg.progress, cfg.evol.rules.disabled, cfg.hyg.benchmarks) == \
+        (False, False, ("sorry",), ["HumanEval.jsonl"])
+    assert cfg.evol.rules.copy_markers == cfg.evol.templates.copy_markers
+    for old in ("max_new_tokens", "no_hygiene", "no_progress", "backoff_s", "rules", "copy_markers", "extra_body"):
+        with pytest.raises(ConfigError, match=rf"unknown field '{old}'; valid fields are .*llm_max_tokens"):
+            settings.build(Config, {"out": "o", old: 1})

@@ -14,7 +14,7 @@ from wizardcoder.evol.client import LLMError
 
 
 def cfg(stub, **kw):
-    return LLMConfig(base_url=stub.base_url, model="stub-model", api_key_env=None, backoff_s=0.01, **kw)
+    return LLMConfig(base_url=stub.base_url, model="stub-model", api_key_env=None, **kw)
 
 
 def generate(config, prompt="hello"):

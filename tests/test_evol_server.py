@@ -18,7 +18,6 @@ CHI2_DF4_P001 = 18.467
 
 
 def llm(stub, **kw):
-    kw.setdefault("backoff_s", 0.01)
     kw.setdefault("api_key_env", None)
     return LLMConfig(base_url=stub.base_url, model="stub-model", **kw)
 
@@ -122,7 +121,7 @@ def test_retry_after_is_honoured():
     import asyncio
 
     async def go(stub):
-        async with LLMClient(llm(stub, backoff_s=0.001)) as c:
+        async with LLMClient(llm(stub)) as c:
             t0 = time.perf_counter()
             out = await c.generate("hello")
             return out, time.perf_counter() - t0
@@ -131,6 +130,20 @@ def test_retry_after_is_honoured():
         out, dt = asyncio.run(go(stub))
     assert out.retries == 1 and out.text == default_answer("answer", "hello")
     assert dt >= 0.6
+
+
+def test_a_request_over_the_timeout_is_retried_then_named():
+    import asyncio
+
+    async def go(stub):
+        async with LLMClient(llm(stub, timeout_s=0.2, max_retries=1)) as c:
+            await c.generate("hello")
+
+    with StubLLM(delay=1.0) as stub:
+        t0 = time.perf_counter()
+        with pytest.raises(LLMUnreachableError, match=r"gave up after 2 tries \(ReadTimeout.*run the same command again"):
+            asyncio.run(go(stub))
+        assert time.perf_counter() - t0 < 3
 
 
 def test_retries_run_out_with_a_clear_error(tmp_path):
@@ -151,12 +164,24 @@ def test_wrong_api_key_is_a_clear_error(tmp_path, monkeypatch):
     assert s["complete"] and s["total"]["accepted"] == 2
 
 
+def test_a_key_is_sent_only_when_its_variable_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "not-ours")  # the client must not fall back to it
+    monkeypatch.delenv("EVOL_TEST_KEY", raising=False)
+    with StubLLM() as stub:
+        evolve(seeds(1), str(tmp_path / "none"), llm(stub, api_key_env="EVOL_TEST_KEY"), EvolConfig(rounds=1))
+        evolve(seeds(1), str(tmp_path / "off"), llm(stub, api_key_env=None), EvolConfig(rounds=1))
+        assert stub.authorization == {None}
+        monkeypatch.setenv("EVOL_TEST_KEY", "k1")
+        evolve(seeds(1), str(tmp_path / "k1"), llm(stub, api_key_env="EVOL_TEST_KEY"), EvolConfig(rounds=1))
+        assert stub.authorization == {None, "Bearer k1"}
+
+
 def test_unreachable_endpoint_is_a_clear_error(tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    cfg = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=None, backoff_s=0.01)
+    cfg = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=None)
     t0 = time.perf_counter()
     with pytest.raises(LLMUnreachableError, match=rf"cannot reach the LLM endpoint http://127.0.0.1:{port}/v1"):
         evolve(seeds(2), str(tmp_path), cfg, EvolConfig(rounds=1))
@@ -182,7 +207,7 @@ def test_against_wizardcoder_serve(tmp_path):
     """The local option: the project's own OpenAI-compatible server over a tiny random checkpoint, through the
     Python API (chat) and the `wizardcoder evolve` command (completion style). Its answers are random text, so the
     protocol and the bookkeeping are checked: every request answered, token counts the server's, and answers cut at
-    --max-new-tokens reported with finish_reason "length", so the too-long rule fires on them."""
+    --llm-max-tokens reported with finish_reason "length", so the too-long rule fires on them."""
     import subprocess
 
     from _serve import save_tiny_checkpoint, serve
@@ -193,7 +218,7 @@ def test_against_wizardcoder_serve(tmp_path):
     seed_file.write_text("".join(json.dumps(r) + "\n" for r in seeds(3)))
     with serve("--model", ckpt, "--max-len", "512") as (base, _):
         cfg = LLMConfig(base_url=base + "/v1", model="tiny-evol", api_key_env=None, style="chat", max_tokens=16,
-                        concurrency=2, backoff_s=0.01)
+                        concurrency=2)
         s = evolve(seeds(3), str(tmp_path / "chat"), cfg, EvolConfig(rounds=1, equality_check=False))
         assert s["complete"] and s["total"]["attempted"] == 3 and s["total"]["retries"] == 0
         assert s["total"]["requests"] >= 3 and s["total"]["completion_tokens"] > 0
@@ -202,7 +227,7 @@ def test_against_wizardcoder_serve(tmp_path):
         r = subprocess.run([PYTHON, "-m", "wizardcoder", "evolve", "--data", str(seed_file), "--out",
                             str(tmp_path / "cli"), "--rounds", "1", "--no-equality-check", "--no-hygiene",
                             "--no-progress", "--llm-base-url", base + "/v1", "--llm-model", "tiny-evol",
-                            "--llm-api-key-env", "", "--llm-style", "completion", "--max-new-tokens", "16",
+                            "--llm-api-key-env", "", "--llm-style", "completion", "--llm-max-tokens", "16",
                             "--concurrency", "2"], cwd=REPO, env=repo_env(), capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]

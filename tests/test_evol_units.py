@@ -84,7 +84,7 @@ def test_prompts_file_adds_or_replaces_methods(tmp_path):
     ("Sort a list.", "?!;:", "stopwords"),
 ])
 def test_each_rule_fires(instruction, answer, rule):
-    cfg = R.RuleConfig(copy_markers=EvolPrompts().copy_markers)
+    cfg = R.RuleConfig()
     assert R.check_pair(instruction, answer, cfg)[0] == rule
     other = R.check_pair(instruction, answer, dataclasses.replace(cfg, disabled=(rule,)))
     assert other is None or other[0] != rule  # switched off, the rule no longer fires
@@ -98,7 +98,7 @@ def test_each_rule_fires(instruction, answer, rule):
     ("Which is smaller?", "A"),  # a one-letter answer that is not a stop word ("A" is, see below)
 ])
 def test_rules_leave_good_pairs(instruction, answer):
-    cfg = R.RuleConfig(copy_markers=EvolPrompts().copy_markers)
+    cfg = R.RuleConfig()
     got = R.check_pair(instruction, answer, cfg)
     if answer == "A":
         assert got[0] == "stopwords"  # WizardLM's rule is literal: "a" is a stop word

@@ -10,6 +10,7 @@ from _util import REPO
 
 from wizardcoder.errors import DataError, UserError
 from wizardcoder.io import MARKER, atomic_dir, check_out_dir, read_records
+from wizardcoder.resume import Marker
 
 
 def _write(folder, name, text="x"):
@@ -25,8 +26,8 @@ def test_atomic_dir_writes_marker_and_replaces_its_own_folder(tmp_path):
         assert not out.exists()  # nothing visible until the end
         _write(tmp, "a.txt", "one")
         _write(tmp, "sub/b.txt", "two")
-    marker = json.loads((out / MARKER).read_text())
-    assert marker == {"made_by": "pack", "files": ["a.txt", "sub/b.txt"]}
+    marker = Marker(str(out / MARKER))  # the one marker format (wizardcoder.resume): settings, hash, state, files
+    assert marker.matches({"made_by": "pack"}) and marker.read()["files"] == ["a.txt", "sub/b.txt"]
     with pytest.raises(UserError, match="already exists; choose another --out or pass --overwrite"):
         with atomic_dir(str(out), "pack"):
             pass
@@ -58,6 +59,30 @@ def test_overwrite_refuses_a_folder_with_files_added_by_hand(tmp_path):
         (out / "notes" / "mine.txt").unlink()
         check_out_dir(str(out), "train", overwrite=True)
     check_out_dir(str(out), "pack", overwrite=True)  # an empty subfolder left behind is no file of the user's
+
+
+def test_a_folder_marked_before_the_resume_marker_is_still_accepted(tmp_path):
+    """Folders made by earlier versions carry {"made_by": ..., "files": [...]} without a hash: same guarantees."""
+    out = tmp_path / "old-shards"
+    _write(str(out), "a.txt")
+    (out / MARKER).write_text(json.dumps({"made_by": "pack", "files": ["a.txt"]}))
+    with pytest.raises(UserError, match="made by `pack`, not by `train`"):
+        check_out_dir(str(out), "train", overwrite=True)
+    _write(str(out), "mine.txt")
+    with pytest.raises(UserError, match=r"holds 1 file\(s\) that pack did not write \(e\.g\. mine\.txt\)"):
+        check_out_dir(str(out), "pack", overwrite=True)
+    (out / "mine.txt").unlink()
+    with atomic_dir(str(out), "pack", overwrite=True) as tmp:
+        _write(tmp, "b.txt")
+    assert sorted(os.listdir(out)) == [MARKER, "b.txt"] and Marker(str(out / MARKER)).matches({"made_by": "pack"})
+    from wizardcoder.io import claim_out_dir
+
+    run = tmp_path / "old-run"  # claim_out_dir's marker of an earlier version: its own run, resumed
+    _write(str(run), "round_1.jsonl", "{}\n")
+    (run / MARKER).write_text(json.dumps({"made_by": "evolve"}))
+    claim_out_dir(str(run), "evolve")
+    with pytest.raises(UserError, match=r"holds files and is made by `evolve`, not a `pack` run"):
+        claim_out_dir(str(run), "pack")
 
 
 def test_empty_folder_is_replaced_without_overwrite_and_a_file_is_refused(tmp_path):
@@ -170,6 +195,7 @@ def test_claim_out_dir_takes_only_its_own_or_an_empty_folder(tmp_path):
 
     run = tmp_path / "run"
     claim_out_dir(str(run), "evolve")
+    assert Marker(str(run / MARKER)).matches({"made_by": "evolve"})
     (run / "round_1.jsonl").write_text("{}\n")
     claim_out_dir(str(run), "evolve")  # a resume: its own folder
     with pytest.raises(UserError, match=r"holds files and is made by `evolve`, not a `evolve --filter-only` run"):

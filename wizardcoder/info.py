@@ -1,18 +1,26 @@
 """`wizardcoder info`: shapes, parameter count, FLOPs per token and memory of a preset or checkpoint."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from dataclasses import dataclass, field
 
 from .config import PRESETS, StarCoderConfig
 from .errors import ConfigError
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint folder with config.json")
-    p.add_argument("--seq-len", type=int, default=2048, help="sequence length for the FLOPs figure (default 2048)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+@dataclass
+class Config:
+    model: str = field(default="", metadata={
+        "positional": True, "help": f"a preset ({', '.join(PRESETS)}) or a checkpoint folder with config.json"})
+    seq_len: int = 2048  # sequence length for the FLOPs figure
+    json: bool = False  # print JSON instead of a table
+
+    def __post_init__(self):
+        if not self.model:
+            raise ConfigError(f"info needs a model: a preset ({', '.join(PRESETS)}) or a checkpoint folder.")
+        if self.seq_len < 1:
+            raise ConfigError(f"--seq-len {self.seq_len}: must be at least 1.")
 
 
 def describe(cfg: StarCoderConfig, seq_len: int) -> dict:
@@ -47,10 +55,9 @@ def _config_of(model: str) -> StarCoderConfig:
     return StarCoderConfig.from_preset(model)  # its error names the unknown preset and the valid ones
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = _config_of(args.model)
-    d = describe(cfg, args.seq_len)
-    if args.json:
+def run(cfg: Config) -> int:
+    d = describe(_config_of(cfg.model), cfg.seq_len)
+    if cfg.json:
         print(json.dumps(d, indent=2))
     else:
         for k, v in d.items():

@@ -247,8 +247,30 @@ def _truncate_torn_tail(path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- output folders
-# Written into every folder the program makes: {"made_by": "pack"} and, from atomic_dir, "files": [every file in it]
+# Written into every folder the program makes, as a resume.Marker of the settings {"made_by": VERB} with, from
+# atomic_dir, "files": [every file in it]. Folders made before carry {"made_by": VERB, "files": [...]}: still read.
 MARKER = ".wizardcoder"
+
+
+def _marker(folder: str):
+    from .resume import Marker  # resume writes through this module's atomic_write_json
+
+    return Marker(os.path.join(folder, MARKER))
+
+
+def _write_marker(folder: str, made_by: str, **files) -> None:
+    _marker(folder).write({"made_by": made_by}, **files)
+
+
+def _read_marker(folder: str) -> dict | None:
+    """The folder's marker as {"made_by": VERB, "files": [...]}, from a resume.Marker (its settings and files) or an
+    older marker (its own fields); None when there is none."""
+    data = _marker(folder).read()
+    settings = data.get("settings") if data is not None and "hash" in data else data
+    if not isinstance(settings, dict):
+        return None
+    return {"made_by": settings.get("made_by"), "files": data.get("files", [])}
+
 
 def make_out_dir(path: str, flag: str = "--out", error: type[UserError] = UserError) -> str:
     """Create the output folder `path` (and its parents) if needed, for a stage that writes into it file by file
@@ -280,7 +302,7 @@ def claim_out_dir(path: str, made_by: str, flag: str = "--out", error: type[User
     if entries:
         owner = f"made by `{marker.get('made_by')}`" if marker else "not made by wizardcoder"
         raise error(f"{flag} {path}: holds files and is {owner}, not a `{made_by}` run; choose a new or empty {flag}.")
-    atomic_write_json(os.path.join(path, MARKER), {"made_by": made_by})
+    _write_marker(path, made_by)
     return path
 
 
@@ -327,15 +349,6 @@ def _check_can_create(out: str, error: type[UserError], flag: str) -> None:
         "Permission denied" if not os.access(parent, os.W_OK | os.X_OK) else None)
     if why:
         raise error(f"{flag} {out}: cannot create a folder in {parent} ({why}); choose a writable {flag}.")
-
-
-def _read_marker(folder: str) -> dict | None:
-    try:
-        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
-            marker = json.load(f)
-        return marker if isinstance(marker, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def _list_files(folder: str) -> list[str]:
@@ -402,7 +415,7 @@ class AtomicDir:
     def commit(self) -> None:
         assert self.path is not None, "begin() first"
         files = sorted(_list_files(self.path))
-        atomic_write_json(os.path.join(self.path, MARKER), {"made_by": self.made_by, "files": files})
+        _write_marker(self.path, self.made_by, files=files)
         for root, dirs, names in os.walk(self.path):
             for n in names:
                 _fsync_path(os.path.join(root, n))

@@ -21,53 +21,83 @@ With `--offload` the first three live in host memory (`host_per_rank`), not on t
 fit, `advice` names the first lever (in the order selective, then full checkpointing, micro-batch 1, 8-bit AdamW,
 offload, twice the GPUs) whose plan fits. The trainer checks the static part (params, grads, optimizer) against the
 tensors a run holds after its first step; the activation estimate is checked on a GPU by bench/bench_train.py.
+
+The compute dtype is `--dtype` as resolved for `--device` (wizardcoder.dtypes: auto is bfloat16 on cuda, the
+default, and float32 on cpu). A training run passes the dtype it resolved itself (`plan_memory(..., dtype=)`), so
+its plan counts the bytes of the tensors it makes.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
+from .dtypes import dtype_name, resolve_dtype
 from .errors import ConfigError
+from .train.config import RECIPES  # the training settings only: nothing of the trainer is imported
 
 HEADROOM = 0.9  # the fraction of --gpu-memory-gb the plan may fill
+# The fields a training recipe sets, and their values without --recipe (a None field takes the recipe's value).
+RECIPE_FIELDS = {"model": "starcoder-15b", "micro_batch_packs": 1, "activation_checkpointing": "none"}
 
 
 @dataclass
-class PlanConfig:
-    model: str = "starcoder-15b"  # preset name, checkpoint folder or hub id (config.json only)
+class Config:
+    """A training run to plan, and how to print the plan. `--recipe` is a base under the flags: a field left None
+    (model, micro_batch_packs, activation_checkpointing) takes the recipe's value, else RECIPE_FIELDS'; a value given
+    on the command line or in the config file wins (done in __post_init__, so every way of building a Config agrees)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "preset, checkpoint folder or hub id (config.json only); default: the recipe's, else starcoder-15b"})
+    recipe: str | None = field(default=None, metadata={
+        "help": "take model, micro-batch and checkpointing from a training recipe (wizardcoder train --recipe); "
+                "flags override"})
     world_size: int = 8  # GPUs (FSDP2 ranks)
     gpu_memory_gb: float = 80.0  # memory of one GPU in GB (1e9 bytes)
     seq_len: int = 2048  # tokens per pack
-    micro_batch_packs: int = 1  # packs per micro-batch per rank
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    micro_batch_packs: int | None = None  # packs per micro-batch per rank; default: the recipe's, else 1
+    activation_checkpointing: Literal["none", "full", "selective"] | None = field(default=None, metadata={
+        "help": "recompute blocks in backward; default: the recipe's, else none"})
     checkpoint_every: int = 2  # with selective checkpointing: every k-th block
     offload: bool = False  # FSDP2 CPU offload of parameters, gradients and optimizer state
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"
-    dtype: str = "bfloat16"  # compute dtype
+    dtype: str = "auto"  # compute dtype (auto: bfloat16 on cuda, float32 on cpu; see --device)
+    device: Literal["cuda", "cpu"] = "cuda"  # the device the plan is for: it decides what --dtype auto means
     kernel_backend: Literal["auto", "torch", "triton"] = "auto"  # auto: the fused loss kernel (as on CUDA)
     vocab_size: int | None = None  # grow the vocabulary to this (a tokenizer with added tokens)
+    json: bool = False  # print JSON (bytes) instead of a table
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe {self.recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
+        recipe = RECIPES[self.recipe] if self.recipe else {}
+        for name, default in RECIPE_FIELDS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, recipe.get(name, default))
         for name in ("world_size", "seq_len", "micro_batch_packs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1.")
         if not (math.isfinite(self.gpu_memory_gb) and self.gpu_memory_gb > 0):
             raise ConfigError(f"--gpu-memory-gb {self.gpu_memory_gb}: must be a positive number of GB.")
+        resolve_dtype(self.dtype)  # raises naming --dtype
 
     @classmethod
-    def from_train(cls, cfg, world_size: int, seq_len: int) -> "PlanConfig":
-        import torch
-
+    def from_train(cls, cfg, world_size: int, seq_len: int) -> "Config":
+        """The plan of a training run (a TrainConfig) on this machine's first GPU (80 GB without one). Its dtype
+        is the run's setting; the run passes the dtype it resolved to `plan_memory`."""
         gb = torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else 80.0
         return cls(model=cfg.model, world_size=world_size, gpu_memory_gb=gb, seq_len=seq_len,
                    micro_batch_packs=cfg.micro_batch_packs, activation_checkpointing=cfg.activation_checkpointing,
                    checkpoint_every=cfg.checkpoint_every, offload=cfg.offload, optimizer=cfg.optimizer,
                    dtype=cfg.dtype, kernel_backend=cfg.kernel_backend)
+
+
+PlanConfig = Config  # TRANSITIONAL: train/loop.py's name for it, until the train verb's conversion imports Config
 
 
 def resolve_config(model: str, vocab_size: int | None = None):
@@ -104,17 +134,16 @@ def _optimizer_bytes(n: int, optimizer: str) -> int:
     return 2 * n + 2 * 4 * math.ceil(n / 256) + 2 * 256 * 4
 
 
-def plan_memory(mcfg, p: PlanConfig) -> dict:
-    """Per-GPU bytes of training `mcfg` under `p` (see the module docstring); no memory is allocated."""
-    import torch
-
-    from .dtypes import resolve_dtype
+def plan_memory(mcfg, p: Config, dtype: torch.dtype | None = None) -> dict:
+    """Per-GPU bytes of training `mcfg` under `p` (see the module docstring); no memory is allocated. `dtype` is the
+    compute dtype: a training run passes the one it resolved; None resolves `p.dtype` for `p.device`."""
     from .model import StarCoder
     from .parallel import checkpointed_blocks
 
+    dtype = resolve_dtype(p.dtype, p.device) if dtype is None else dtype
     with torch.device("meta"):
         model = StarCoder(mcfg)
-    W, b = p.world_size, resolve_dtype(p.dtype, "cuda").itemsize
+    W, b = p.world_size, dtype.itemsize
     params = optimizer = 0
     for t in model.parameters():
         n = _shard_rows(t.shape[0], W) * math.prod(t.shape[1:])
@@ -145,8 +174,8 @@ def plan_memory(mcfg, p: PlanConfig) -> dict:
                "transient": transient}
     per_gpu["total"] = sum(per_gpu.values())
     fits = per_gpu["total"] <= HEADROOM * p.gpu_memory_gb * 1e9
-    return {"model": p.model, "world_size": W, "gpu_memory_gb": p.gpu_memory_gb, "tokens_per_micro_batch": T,
-            "per_gpu": per_gpu, "host_per_rank": host, "fits": fits}
+    return {"model": p.model, "world_size": W, "gpu_memory_gb": p.gpu_memory_gb, "dtype": dtype_name(dtype),
+            "tokens_per_micro_batch": T, "per_gpu": per_gpu, "host_per_rank": host, "fits": fits}
 
 
 LEVERS = [  # (what to say, the change)
@@ -158,7 +187,7 @@ LEVERS = [  # (what to say, the change)
 ]
 
 
-def advise(mcfg, p: PlanConfig) -> str | None:
+def advise(mcfg, p: Config) -> str | None:
     """The first lever (cumulative, in LEVERS' order, then more GPUs) under which the plan fits; None if it fits."""
     if plan_memory(mcfg, p)["fits"]:
         return None
@@ -191,37 +220,17 @@ def format_side_by_side(plan: dict, measured: dict, device: str) -> str:
     return "\n".join(rows)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli_args import add_dataclass_arguments
-
-    p.add_argument("--recipe", default=argparse.SUPPRESS, help="take model and levers from a training recipe "
-                   "(wizardcoder train --recipe); flags override")
-    add_dataclass_arguments(p, PlanConfig)
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (bytes) instead of a table")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .cli_args import dataclass_from_args
-
-    base = None
-    recipe = getattr(args, "recipe", None)
-    if recipe is not None:
-        from .train.config import RECIPES
-
-        if recipe not in RECIPES:
-            raise ConfigError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
-        names = {f.name for f in dataclasses.fields(PlanConfig)}
-        base = PlanConfig(**{k: v for k, v in RECIPES[recipe].items() if k in names})
-    p = dataclass_from_args(PlanConfig, args, base=base)
-    mcfg = resolve_config(p.model, p.vocab_size)
-    out = plan_memory(mcfg, p)
-    out["advice"] = advise(mcfg, p)
-    if getattr(args, "json", False):
+def run(cfg: Config) -> int:
+    mcfg = resolve_config(cfg.model, cfg.vocab_size)
+    out = plan_memory(mcfg, cfg)
+    out["advice"] = advise(mcfg, cfg)
+    if cfg.json:
         print(json.dumps(out, indent=2))
         return 0
     g = out["per_gpu"]
-    print(f"{p.model} on {p.world_size} GPU(s) of {p.gpu_memory_gb:g} GB, {out['tokens_per_micro_batch']} tokens per "
-          f"micro-batch, checkpointing {p.activation_checkpointing}, {p.optimizer}{', offload' if p.offload else ''}:")
+    print(f"{cfg.model} on {cfg.world_size} GPU(s) of {cfg.gpu_memory_gb:g} GB, {out['dtype']}, "
+          f"{out['tokens_per_micro_batch']} tokens per micro-batch, checkpointing {cfg.activation_checkpointing}, "
+          f"{cfg.optimizer}{', offload' if cfg.offload else ''}:")
     for k, v in g.items():
         print(f"  {k:<12}{v / 1e9:>9.2f} GB")
     if out["host_per_rank"]:

@@ -119,7 +119,8 @@ def settings(cls, _path: tuple[str, ...] = (), _title: str | None = None) -> dic
             key = f.metadata.get("key", f.name)
             default = _default(f)
             help_ = f.metadata.get("help") or comments.get(f.name, "")
-            help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
+            if default not in ("", None, []):  # an empty default says nothing (a required setting, or "none")
+                help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
             sub = {key: Setting(key, (*_path, f.name), tp, optional, default,
                                 tuple(f.metadata.get("flags", (flag_name(key),))), help_, _title,
                                 bool(f.metadata.get("positional")), f.metadata.get("parse"))}
@@ -269,6 +270,8 @@ def _construct(cls, tree: dict):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         if f.name not in tree:
             tp, _ = _unwrap_optional(hints[f.name])
             if dataclasses.is_dataclass(tp) and f.default is dataclasses.MISSING \

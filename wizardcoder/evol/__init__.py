@@ -8,8 +8,9 @@ answer them, eliminate failed evolutions, merge seed + rounds with provenance, a
     from wizardcoder.evol import filter_files, HygieneConfig
     report = filter_files(["evol-round1.json"], "runs/clean", hyg_cfg=HygieneConfig(benchmarks=["HumanEval.jsonl"]))
 
-Modules: prompts (template, methods, the seeded draw), rules (elimination), client (async OpenAI-compatible client),
-engine (rounds, journals, merge), hygiene (dedup, decontamination, paraphrase measure), filter (--filter-only), cli.
+Modules: prompts (template, methods, the seeded draw), rules (elimination), client (the official openai client, plus
+retries of malformed answers, counting and clear errors), engine (rounds, journals, merge), hygiene (dedup,
+decontamination, paraphrase measure), filter (--filter-only), cli (the verb's Config and run).
 """
 from .client import LLMAuthError, LLMClient, LLMConfig, LLMError, LLMUnreachableError
 from .engine import EvolConfig, Evolver, evolve, load_seed

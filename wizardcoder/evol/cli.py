@@ -6,71 +6,56 @@ over existing data.
     wizardcoder evolve --filter-only --data round0.json round1.json --out runs/filter \\
         --decontaminate-against HumanEval.jsonl mbpp.jsonl
 
-The flags come from the config dataclasses (LLMConfig, EvolConfig, RuleConfig, HygieneConfig) through
-`wizardcoder.cli_args`: one flag per field, help from the field's comment. A few fields have a flag (and config key)
-other than their name, listed in `DESTS`; the field they fill is the same.
+`Config` is every setting (wizardcoder.settings makes the flags and the `[evolve]` config keys from it): the input and
+output, and the groups EvolConfig (with its RuleConfig), LLMConfig and HygieneConfig. A few fields have a flag and key
+other than their name, set on the field (`metadata={"key": ...}`): the LLM's say whose they are (`llm_base_url`,
+`llm_model`, `llm_api_key_env`, `llm_style`, `llm_max_tokens`), and `timeout`, `disable_rule`, `decontaminate_against`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 
-from ..cli_args import add_dataclass_arguments, dataclass_from_args, flag_name
-from ..errors import UserError
+from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, check_input_file, claim_out_dir, read_jsonl, write_jsonl
 from . import hygiene as H
-from . import rules as R
 from .client import LLMConfig
 from .engine import EvolConfig
 
-# field -> argparse dest (= config key; the flag is its dashed form) where the two differ: the LLM's flags say
-# whose they are, and the verbs share --timeout and --max-new-tokens.
-DESTS: dict[type, dict[str, str]] = {
-    LLMConfig: {"base_url": "llm_base_url", "model": "llm_model", "api_key_env": "llm_api_key_env",
-                "style": "llm_style", "timeout_s": "timeout", "max_tokens": "max_new_tokens"},
-    R.RuleConfig: {"disabled": "disable_rule"},
-    H.HygieneConfig: {"benchmarks": "decontaminate_against"},
-}
-METAVARS = {"llm_base_url": "URL", "llm_model": "NAME", "llm_api_key_env": "VAR", "timeout": "SECONDS",
-            "disable_rule": "RULE", "decontaminate_against": "FILE"}
-EXCLUDE: dict[type, tuple[str, ...]] = {LLMConfig: ("extra_body",), EvolConfig: ("rules",),
-                                        R.RuleConfig: ("copy_markers",), H.HygieneConfig: ()}
 
+@dataclasses.dataclass
+class Config:
+    """`wizardcoder evolve`'s settings, checked here before any work."""
 
-def _add_config(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    group = parser.add_argument_group(title)
-    dests = DESTS.get(cls, {})
-    add_dataclass_arguments(group, cls, exclude=EXCLUDE[cls], rename={f: flag_name(d) for f, d in dests.items()})
-    for action in group._group_actions:
-        if action.dest in dests:
-            action.dest = dests[action.dest]
-            action.metavar = METAVARS.get(action.dest, action.metavar)
+    data: list[str] = dataclasses.field(default_factory=list, metadata={"help": (
+        "seed instructions, a JSON array or JSONL of {instruction, output} (one file); with --filter-only, the "
+        "instruction files to clean")})
+    out: str | None = None  # output folder; a killed run resumes in the same one
+    filter_only: bool = False  # no LLM: run the LLM-free elimination rules and hygiene over the --data files
+    hygiene: bool = True  # evolve: clean merged.jsonl into clean.jsonl (--no-hygiene stops at merged.jsonl)
+    progress: bool = True  # progress bar (on a terminal)
+    evol: EvolConfig = dataclasses.field(default_factory=EvolConfig, metadata={"title": "evolution"})
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig,
+                                       metadata={"title": "LLM endpoint (OpenAI-compatible)"})
+    hyg: H.HygieneConfig = dataclasses.field(default_factory=H.HygieneConfig, metadata={
+        "title": "hygiene (after the merge, or alone with --filter-only)"})
 
-
-def _config(cls, args: argparse.Namespace, **overrides):
-    """`cls` built from the flags (and config keys) given, mapped back from their dests to the fields."""
-    dests = DESTS.get(cls, {})
-    given = {f.name: getattr(args, dests.get(f.name, f.name)) for f in dataclasses.fields(cls)
-             if hasattr(args, dests.get(f.name, f.name))}
-    return dataclass_from_args(cls, argparse.Namespace(**given), **overrides)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("input and output")
-    g.add_argument("--data", nargs="+", metavar="FILE",
-                   help="seed instructions, a JSON array or JSONL of {instruction, output} (one file); with "
-                        "--filter-only, the instruction files to clean")
-    g.add_argument("--out", metavar="DIR", required=True, help="output folder; a killed run resumes in the same one")
-    g.add_argument("--filter-only", action="store_true",
-                   help="no LLM: run the LLM-free elimination rules and hygiene over the --data files")
-    g.add_argument("--no-hygiene", action="store_true", help="evolve only: stop at merged.jsonl")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config(p, EvolConfig, "evolution")
-    _add_config(p, R.RuleConfig, "elimination rules")
-    _add_config(p, LLMConfig, "LLM endpoint (OpenAI-compatible)")
-    _add_config(p, H.HygieneConfig, "hygiene (after the merge, or alone with --filter-only)")
+    def __post_init__(self):
+        if not self.out:
+            raise ConfigError("evolve needs --out DIR, the output folder.")
+        if self.filter_only:
+            if not self.data:
+                raise ConfigError("evolve --filter-only needs --data FILE [FILE ...], the instruction files to clean.")
+            return
+        missing = [flag for flag, value in (("--data", self.data), ("--llm-base-url", self.llm.base_url),
+                                            ("--llm-model", self.llm.model)) if not value]
+        if missing:
+            raise ConfigError(f"evolve needs {', '.join(missing)} (or --filter-only --data FILES to clean existing "
+                              "data).")
+        if len(self.data) != 1:
+            raise ConfigError(f"evolve reads one seed file, got {len(self.data)} --data files; merge them first (or "
+                              "pass --filter-only to clean several).")
 
 
 def _hygiene_line(rep: dict) -> str:
@@ -89,60 +74,48 @@ def _benchmarks(hyg: H.HygieneConfig | None) -> list[H.Problem] | None:
     return H.load_benchmarks(hyg.benchmarks)
 
 
-def run_filter(args, rules: R.RuleConfig, hyg: H.HygieneConfig) -> int:
+def run_filter(cfg: Config) -> int:
     from .filter import filter_files
 
-    rep = filter_files(args.data, args.out, rules, hyg, _benchmarks(hyg))
+    rep = filter_files(cfg.data, cfg.out, cfg.evol.rules, cfg.hyg, _benchmarks(cfg.hyg))
     for name, f in rep["files"].items():
         elim = {k: v for k, v in f["eliminated"].items() if v}
         print(f"{name}: {f['records']} records, eliminated {elim or 'none'}, hygiene removed "
               f"{f.get('hygiene_removed', 'none')}")
     print(_hygiene_line(rep["hygiene"]))
-    print(f"wrote {os.path.join(args.out, 'clean.jsonl')} ({rep['kept']} samples), removed.jsonl, report.json, "
+    print(f"wrote {os.path.join(cfg.out, 'clean.jsonl')} ({rep['kept']} samples), removed.jsonl, report.json, "
           "report.md")
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    rules = _config(R.RuleConfig, args)
-    hyg = _config(H.HygieneConfig, args)
-    if args.filter_only:
-        if not args.data:
-            raise UserError("evolve --filter-only needs --data FILE [FILE ...], the instruction files to clean.")
-        return run_filter(args, rules, hyg)
-    missing = [flag for flag, dest in (("--data", "data"), ("--llm-base-url", "llm_base_url"),
-                                       ("--llm-model", "llm_model")) if not getattr(args, dest, None)]
-    if missing:
-        raise UserError(f"evolve needs {', '.join(missing)} (or --filter-only --data FILES to clean existing data).")
-    if len(args.data) != 1:
-        raise UserError(f"evolve reads one seed file, got {len(args.data)} --data files; merge them first (or pass "
-                        "--filter-only to clean several).")
+def run(cfg: Config) -> int:
+    if cfg.filter_only:
+        return run_filter(cfg)
     from .engine import evolve, format_summary, load_seed
 
-    # Inputs first, in order of cost: flags, the seed file, the output folder, the benchmarks; then the LLM.
-    llm = _config(LLMConfig, args)
-    cfg = _config(EvolConfig, args, rules=rules)
-    seed_file = args.data[0]
+    # Inputs first, in order of cost: the settings (checked already), the seed file, the output folder, the
+    # benchmarks; then the LLM.
+    seed_file = cfg.data[0]
     check_input_file(seed_file, "seed file")
     seeds = load_seed(seed_file)
-    claim_out_dir(args.out, "evolve", legacy_file="config.json")
-    hyg = None if args.no_hygiene else hyg
+    claim_out_dir(cfg.out, "evolve", legacy_file="config.json")
+    hyg = cfg.hyg if cfg.hygiene else None
     problems = _benchmarks(hyg)
-    summary = evolve(seeds, args.out, llm, cfg, progress=not args.no_progress and sys.stderr.isatty(),
+    summary = evolve(seeds, cfg.out, cfg.llm, cfg.evol, progress=cfg.progress and sys.stderr.isatty(),
                      seed_source=seed_file)
     print(format_summary(summary))
     if hyg is None:
-        print(f"dataset: {os.path.join(args.out, 'merged.jsonl')} ({summary.get('merged', 0)} samples)")
+        print(f"dataset: {os.path.join(cfg.out, 'merged.jsonl')} ({summary.get('merged', 0)} samples)")
         return 0
-    merged = list(read_jsonl(os.path.join(args.out, "merged.jsonl")))
+    merged = list(read_jsonl(os.path.join(cfg.out, "merged.jsonl")))
     kept, removed, rep = H.clean(merged, hyg, problems)
-    write_jsonl(os.path.join(args.out, "clean.jsonl"), kept)
-    write_jsonl(os.path.join(args.out, "removed.jsonl"), removed)
-    atomic_write_json(os.path.join(args.out, "hygiene.json"), rep)
+    write_jsonl(os.path.join(cfg.out, "clean.jsonl"), kept)
+    write_jsonl(os.path.join(cfg.out, "removed.jsonl"), removed)
+    atomic_write_json(os.path.join(cfg.out, "hygiene.json"), rep)
     from .filter import format_report
 
-    atomic_write_text(os.path.join(args.out, "hygiene.md"),
+    atomic_write_text(os.path.join(cfg.out, "hygiene.md"),
                       format_report({"files": {}, "hygiene": rep}).replace("# filter report", "# hygiene report"))
     print(_hygiene_line(rep))
-    print(f"dataset: {os.path.join(args.out, 'clean.jsonl')} ({len(kept)} samples)")
+    print(f"dataset: {os.path.join(cfg.out, 'clean.jsonl')} ({len(kept)} samples)")
     return 0

