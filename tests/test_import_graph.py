@@ -11,6 +11,7 @@ PACKAGE = "wizardcoder"
 # each a strongly connected set of modules (every one reaches every other through imports)
 KNOWN_CIRCLES: set[frozenset[str]] = {
     frozenset({"wizardcoder.model", "wizardcoder.checkpoint"}),  # loading and saving checkpoints lives in the model
+    frozenset({"wizardcoder.io", "wizardcoder.resume"}),  # io's folder marker is a resume.Marker; resume writes via io
 }
 
 
