@@ -121,7 +121,6 @@ def decode_step_point(cfg, B: int, C: int, N: int) -> dict:
     (T(N new tokens) - T(1 new token)) / (N - 1), which leaves the prefill out."""
     from wizardcoder import StarCoder
     from wizardcoder.engine import Engine, SamplingParams
-    from wizardcoder.flops import matmul_params
 
     model = StarCoder.from_config(cfg, seed=0).to(device=DEV, dtype=DTYPE).eval()
     prompts = torch.randint(0, cfg.vocab_size, (B, C - 1)).tolist()
@@ -137,7 +136,7 @@ def decode_step_point(cfg, B: int, C: int, N: int) -> dict:
     e = torch.finfo(DTYPE).bits // 8
     hd = cfg.n_embd // cfg.n_head
     ctx = C + N // 2  # the mean context over the N steps
-    flops = B * (2 * matmul_params(cfg) + 4 * cfg.n_layer * cfg.n_embd * ctx)
+    flops = B * (2 * cfg.matmul_params() + 4 * cfg.n_layer * cfg.n_embd * ctx)
     kv = B * ctx * 2 * cfg.n_layer * hd * e  # MQA: one K/V head per layer
     weights = sum(p.numel() for p in model.parameters()) * e
     del model, engine

@@ -126,7 +126,7 @@ def test_corrupt_safetensors(ours, tmp_path):
 
 def test_unsupported_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ConfigError, match="model_type 'llama'.*not supported.*GPTBigCode"):
+    with pytest.raises(ConfigError, match="model_type 'llama'.*is not a GPTBigCode"):
         StarCoder.from_pretrained(str(tmp_path))
 
 

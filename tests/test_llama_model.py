@@ -203,7 +203,7 @@ def test_row_reader_loading_grows_the_vocabulary_like_resize(pair, tmp_path):
     in both the embedding and the untied head, as resize_token_embeddings makes them."""
     import dataclasses
 
-    from wizardcoder.llama import load_sharded_
+    from wizardcoder.checkpoint import load_sharded_
 
     ours, _ = pair
     ours.save_pretrained(str(tmp_path))

@@ -7,7 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from wizardcoder import StarCoder, StarCoderConfig  # noqa: E402
-from wizardcoder.model import positions_from_cu_seqlens, shift_labels  # noqa: E402
+from wizardcoder.layout import positions_from_cu_seqlens, shift_labels  # noqa: E402
 
 CONFIGS = {
     "mqa-tanh": StarCoderConfig(vocab_size=301, n_positions=64, n_embd=48, n_layer=2, n_head=4),
@@ -168,3 +168,27 @@ def test_key_bias_gets_no_gradient():
     g = model.transformer.h[0].attn.c_attn.bias.grad
     key = g[cfg.n_embd : cfg.n_embd + cfg.head_dim]
     assert key.abs().max() < 1e-6 * g[: cfg.n_embd].abs().max()
+
+
+@pytest.mark.parametrize("family", ["starcoder", "llama"])
+def test_model_protocol_of_both_families(family):
+    """What the trainer, FSDP2 wrapping, MFU and the optimizer ask of a model (wizardcoder.protocol), checked against
+    the modules themselves: the blocks are the repeated layers; matmul_params() is the weight count of every Linear
+    plus the LM head (tied: the embedding's vocab_size rows); the decay groups split the parameters into matrices and
+    the rest, each parameter once."""
+    from wizardcoder import Llama, LlamaConfig
+
+    if family == "starcoder":
+        model = StarCoder.from_config(CONFIGS["mqa-odd-inner"], seed=0)
+        layers, head = model.transformer.h, model.config.vocab_size * model.config.n_embd
+    else:
+        model = Llama.from_config(LlamaConfig(vocab_size=211, hidden_size=64, intermediate_size=173,
+                                              num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2), seed=0)
+        layers, head = model.model.layers, 0  # the untied head is a Linear
+    assert [id(b) for b in model.blocks()] == [id(b) for b in layers]
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert model.config.matmul_params() == linear + head
+    decay, rest = (g["params"] for g in model.parameter_groups(0.1))
+    assert {id(p) for p in decay} | {id(p) for p in rest} == {id(p) for p in model.parameters()}
+    assert all(p.dim() == 2 for p in decay) and all(p.dim() == 1 for p in rest)
+    assert [g["weight_decay"] for g in model.parameter_groups(0.1)] == [0.1, 0.0]

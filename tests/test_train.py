@@ -125,3 +125,41 @@ def test_bad_config_is_one_sentence(tmp_path):
     assert r.returncode == 2 and "unknown field 'learning_rate'" in r.stderr
     r = subprocess.run([sys.executable, "-m", "wizardcoder", "train", "--data", str(tmp_path / "nope")], env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_llama_trains_and_exports_what_transformers_loads(tmp_path):
+    """`wizardcoder train --model <Llama folder>` (a checkpoint made by transformers): the same trainer through the
+    model protocol; the loss falls and final/ loads in transformers.LlamaForCausalLM with the logits of ours."""
+    transformers = pytest.importorskip("transformers")
+    from train_util import metrics, pack, small_llama_checkpoint, small_tokenizer
+
+    from wizardcoder import Llama, Tokenizer, load_pretrained
+    from wizardcoder.cli import main
+
+    tok = small_tokenizer(str(tmp_path / "tok"))
+    ckpt = small_llama_checkpoint(str(tmp_path / "ckpt"), tok)
+    shards = pack(str(tmp_path / "shards"), tok)
+    run = str(tmp_path / "run")
+    assert main(["train", "--model", ckpt, "--data", shards, "--out", run, "--max-steps", "12", "--lr", "3e-3",
+                 "--warmup-steps", "1", "--no-progress"]) == 0
+    losses = [m["loss"] for m in metrics(run)]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    final = os.path.join(run, "final")
+    hf = transformers.LlamaForCausalLM.from_pretrained(final).eval()
+    ours = load_pretrained(final).eval()
+    start = Llama.from_pretrained(ckpt)
+    assert isinstance(ours, Llama) and not torch.equal(ours.lm_head.weight, start.lm_head.weight)  # it trained
+    ids = torch.tensor([Tokenizer.from_pretrained(final).encode("def f(x):\n    return x + 1")])
+    with torch.no_grad():
+        assert (hf(ids).logits - ours(ids)).abs().max() <= 1e-4
+
+
+def test_llama_preset_trains_from_random_init(tmp_path, shards):
+    """`--model llama-tiny`: a Llama preset, built sharded and initialised rank by rank (init_sharded_ through the
+    protocol's init), its vocabulary grown to the tokenizer's."""
+    from wizardcoder import LlamaConfig
+
+    run = _train(str(tmp_path), shards, "llama", model="llama-tiny", max_steps=2)
+    assert [m["step"] for m in _metrics(run)] == [1, 2]
+    cfg = LlamaConfig.from_json_file(os.path.join(run, "final", "config.json"))
+    assert cfg.num_key_value_heads == 2 and cfg.vocab_size == 49153  # the bundled tokenizer's vocabulary

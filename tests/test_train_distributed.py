@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from train_util import metrics, pack, small_checkpoint, small_tokenizer, torchrun, train_here
+from train_util import metrics, pack, small_checkpoint, small_llama_checkpoint, small_tokenizer, torchrun, train_here
 
 LOAD_CHECK = textwrap.dedent("""
     # torchrun: build the model sharded from CKPT, compare every rank's rows with the checkpoint, then train.
@@ -21,9 +21,9 @@ LOAD_CHECK = textwrap.dedent("""
     ckpt, out, train_args = sys.argv[1], sys.argv[2], sys.argv[3:]
     d = init_distributed(world_of_one=True)
     cfg = TrainConfig(model=ckpt, data="-", seed=0)
-    mcfg, folder = model_config(cfg, 0)
+    cls, mcfg, folder = model_config(cfg, 0)
     start = peak_memory_bytes(d.device)
-    model = build_model(mcfg, folder, cfg, d, torch.float32)
+    model = build_model(cls, mcfg, folder, cfg, d, torch.float32)
     peak = peak_memory_bytes(d.device)
     mismatched, rows = [], 0
     with safe_open(f"{ckpt}/model.safetensors", "pt") as f:
@@ -63,7 +63,7 @@ def _load_check(root, ckpt, out, *train_args):
 
 
 def test_two_ranks_load_their_rows_and_hold_what_plan_predicts(small, tmp_path):
-    from wizardcoder.plan import PlanConfig, plan_memory, resolve_config
+    from wizardcoder.plan import Config, plan_memory, resolve_config
 
     ckpt, shards, root = small
     run = str(tmp_path / "run")
@@ -73,12 +73,36 @@ def test_two_ranks_load_their_rows_and_hold_what_plan_predicts(small, tmp_path):
     first_rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))][:2]
     assert sorted(r["rank"] for r in first_rows) == [0, 1] and all(r["event"] == "loaded" for r in first_rows)
     assert all(r["peak_bytes"] > 0 for r in first_rows)
-    plan = plan_memory(resolve_config(ckpt), PlanConfig(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
+    plan = plan_memory(resolve_config(ckpt), Config(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
     held = {r["rank"]: r for r in metrics(run, "memory")}
     for k in ("params", "grads", "optimizer"):
         assert held[0][k] == plan[k], (k, held[0][k], plan[k])  # rank 0 holds the larger shards
         assert held[1][k] <= plan[k]
     assert [r["step"] for r in metrics(run)] == [1, 2]
+
+
+def test_llama_on_two_ranks_loads_its_rows_learns_and_holds_what_plan_predicts(small, tmp_path):
+    """The same trainer, FSDP2 wrapping and plan for the Llama family (wizardcoder.protocol): a checkpoint made by
+    transformers, sharded over 2 ranks (gloo), each rank's rows equal to the checkpoint's, the loss falls, and the
+    static bytes are the plan's."""
+    pytest.importorskip("transformers")
+    from wizardcoder import LlamaConfig
+    from wizardcoder.plan import Config, plan_memory
+
+    _, shards, root = small
+    ckpt = small_llama_checkpoint(str(root / "llama"), str(root / "tok"))
+    run = str(tmp_path / "run")
+    loads = _load_check(str(root), ckpt, str(tmp_path / "chk"), "--model", ckpt, "--data", shards, "--out", run,
+                        "--max-steps", "12", "--lr", "3e-3", "--warmup-steps", "1", "--no-progress")
+    assert [r["mismatched"] for r in loads] == [[], []]
+    losses = [r["loss"] for r in metrics(run)]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    mcfg = LlamaConfig.from_json_file(os.path.join(ckpt, "config.json"))
+    plan = plan_memory(mcfg, Config(model=ckpt, world_size=2, seq_len=128))["per_gpu"]
+    held = {r["rank"]: r for r in metrics(run, "memory")}
+    for k in ("params", "grads", "optimizer"):
+        assert held[0][k] == plan[k], (k, held[0][k], plan[k])
+        assert held[1][k] <= plan[k]
 
 
 def test_8bit_adamw_in_one_process_learns_with_a_quarter_of_the_state(small, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from _util import repo_env
 from train_util import metrics, pack, small_checkpoint, small_tokenizer, train_here
 
-from wizardcoder.errors import CheckpointError, ConfigError, DataError
+from wizardcoder.errors import ConfigError, DataError
 from wizardcoder.train import TrainConfig
 from wizardcoder.train.config import grad_accum_for
 
@@ -42,29 +42,55 @@ def test_cli_bad_value_is_one_sentence_exit_2(capsys):
     assert err.startswith("error: --lr nan") and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_every_field_is_a_flag():
-    from wizardcoder.cli import verb_parser
-
-    _, parser = verb_parser("train")
-    dests = {a.dest for a in parser._actions}
-    assert {"beta1", "beta2", "eps", "log_every", "optimizer", "offload", "recipe", "global_batch_tokens"} <= dests
+def test_every_field_is_a_flag_and_a_key():
     import dataclasses
 
-    assert {f.name for f in dataclasses.fields(TrainConfig)} <= dests
+    from wizardcoder import settings
+    from wizardcoder.train import Config
+
+    assert Config is TrainConfig
+    known = settings.settings(Config)
+    assert {"beta1", "beta2", "eps", "log_every", "optimizer", "offload", "recipe", "global_batch_tokens"} <= set(known)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == set(known)
+    parser = settings.parser_for(Config, "wizardcoder train")
+    assert {a.dest for a in parser._actions} >= set(known)
 
 
-def test_recipe_then_flags():
-    from wizardcoder.cli import verb_parser
+def test_recipe_then_config_then_flags(tmp_path):
+    from wizardcoder import settings
 
-    _, parser = verb_parser("train")
-    cfg = TrainConfig.from_args(parser.parse_args(["--recipe", "wizardcoder-15b", "--lr", "1e-5"]))
+    cfg = settings.parse(TrainConfig, ["--recipe", "wizardcoder-15b", "--lr", "1e-5"])
     assert (cfg.model, cfg.lr, cfg.warmup_steps, cfg.epochs, cfg.beta2, cfg.weight_decay) == \
         ("bigcode/starcoder", 1e-5, 30, 3.0, 0.999, 0.0)
     assert grad_accum_for(cfg, 8, 2048) == 64  # 512 x 2048 tokens = 8 ranks x 1 pack x 2048 x 64
     with pytest.raises(ConfigError, match="--global-batch-tokens 1048576 does not divide over 3 rank"):
         grad_accum_for(cfg, 3, 2048)
-    cfg = TrainConfig.from_args(parser.parse_args(["--recipe", "wizardcoder-15b", "--grad-accum", "4"]))
+    cfg = settings.parse(TrainConfig, ["--recipe", "wizardcoder-15b", "--grad-accum", "4"])
     assert cfg.global_batch_tokens is None and grad_accum_for(cfg, 8, 2048) == 4
+    # an explicit value equal to the dataclass default still wins over the recipe's
+    cfg = settings.parse(TrainConfig, ["--activation-checkpointing", "none"], {"recipe": "wizardcoder-15b"})
+    assert cfg.activation_checkpointing == "none" and cfg.model == "bigcode/starcoder"
+    # the config section's values lie over the recipe, the flags over both
+    cfg = settings.parse(TrainConfig, ["--lr", "3e-5"], {"recipe": "wizardcoder-python-34b", "lr": 1e-5, "warmup_steps": 5})
+    assert (cfg.model, cfg.lr, cfg.warmup_steps, cfg.global_batch_tokens) == \
+        ("codellama/CodeLlama-34b-Python-hf", 3e-5, 5, 512 * 2048)
+    assert settings.values_of(settings.replace(cfg, seed=3))["lr"] == 3e-5  # a rebuilt config keeps what it holds
+
+
+def test_llama_recipes_name_their_base_models():
+    from wizardcoder.train import RECIPES
+
+    assert {"wizardcoder-python-7b", "wizardcoder-python-13b", "wizardcoder-python-34b",
+            "wizardcoder-33b-v1.1"} <= set(RECIPES)
+    for name in ("wizardcoder-python-7b", "wizardcoder-33b-v1.1"):
+        cfg = TrainConfig(recipe=name)
+        assert (cfg.lr, cfg.epochs, cfg.warmup_steps, cfg.global_batch_tokens) == (2e-5, 3.0, 30, 512 * 2048)
+
+
+def test_importing_the_verb_imports_no_torch():
+    code = "import sys, wizardcoder.train, wizardcoder.train.config; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], env=repo_env(), capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr[-2000:]
 
 
 def test_out_that_is_a_file_or_unwritable(small, tmp_path):
@@ -156,5 +182,6 @@ def test_resume_truncates_metrics_and_refuses_another_model(small, tmp_path):
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
     assert len(metrics(out, "memory")) == 1  # the replaced run's memory row went with its steps
     other = small_checkpoint(str(root / "wide"), tok, n_embd=96)
-    with pytest.raises(CheckpointError, match="--out .*another model"):
+    with pytest.raises(ConfigError, match="--out .*step_0000004 holds output made with other settings "
+                                          r"\(n_embd: 64 -> 96; head_dim: 16 -> 24; ffn_dim: 256 -> 384\); resume with the same model"):
         train_here(model=other, data=shards, out=out, max_steps=6)

@@ -45,6 +45,29 @@ def small_checkpoint(folder: str, tokenizer_dir: str, seed: int = 0, **shape) ->
     return folder
 
 
+def small_llama_checkpoint(folder: str, tokenizer_dir: str, seed: int = 0) -> str:
+    """A random Llama checkpoint of the small vocabulary made by transformers (the independent reference): GQA 4:2,
+    CodeLlama's rope theta 1e6, an odd SwiGLU width, an untied head, non-trivial RMSNorm gains; with its tokenizer."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=173, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    hf = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if "norm" in n:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    hf.save_pretrained(folder)
+    for f in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, f), folder)
+    return folder
+
+
 def pack(out: str, tokenizer_dir: str, seq_len: int = 128) -> str:
     from wizardcoder.data import pack_dataset
 
@@ -53,10 +76,12 @@ def pack(out: str, tokenizer_dir: str, seq_len: int = 128) -> str:
 
 
 def train_here(**fields) -> dict:
-    """`wizardcoder train` in this process (a world of one); returns the last metrics row."""
-    from wizardcoder.train import TrainConfig, train
+    """`wizardcoder train` in this process (a world of one), its settings built as a config section is; returns the
+    last metrics row."""
+    from wizardcoder import settings
+    from wizardcoder.train import Config, train
 
-    return train(TrainConfig(**{"progress": False, "warmup_steps": 1, **fields}))
+    return train(settings.build(Config, {"progress": False, "warmup_steps": 1, **fields}))
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,7 +1,9 @@
-"""wizardcoder: Evol-Instruct for code, StarCoder fine-tuning, batched sampling and sandboxed pass@k.
+"""wizardcoder: Evol-Instruct for code, fine-tuning of StarCoder and Llama-family code models, batched sampling and
+sandboxed pass@k.
 
-    from wizardcoder import StarCoder, StarCoderConfig, Tokenizer
+    from wizardcoder import StarCoder, Tokenizer, load_pretrained
     model = StarCoder.from_pretrained("bigcode/starcoderbase-1b", dtype=torch.bfloat16, device="cuda")
+    model = load_pretrained("codellama/CodeLlama-7b-Python-hf", dtype=torch.bfloat16, device="cuda")  # by config.json
     tok = Tokenizer.from_pretrained("bigcode/starcoderbase-1b")
 
 Names are imported lazily so that `wizardcoder evaluate` and friends start without importing torch.

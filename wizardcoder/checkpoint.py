@@ -1,9 +1,13 @@
-"""HF GPTBigCode checkpoints in and out.
+"""HF checkpoints in and out, for every model family (one loading path: wizardcoder.protocol says what differs).
 
 Loading builds the model on the meta device and assigns each tensor straight into place (read through safetensors'
-mmap, cast once), so a 15B checkpoint is never held twice. Our parameter names are HF's; the only changes are the
-tied `lm_head.weight` (not stored by us; dropped on load) and the embedding's padding rows (added on load, removed on
-save). Formats: `model.safetensors`, `model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index.
+mmap, cast once), so a 15B checkpoint is never held twice; `load_sharded_` fills an FSDP2-sharded model with only its
+local rows. Our parameter names are HF's; the only differences are what the model says it does not store
+(`stores(name)`: a tied `lm_head.weight`, buffers some checkpoints carry) and rows of the `vocab_rows()` matrices
+(StarCoder's embedding is padded: rows added on load, removed on save; rows past a checkpoint's vocabulary, for a
+tokenizer with added tokens, start at the mean row when training). Formats: `model.safetensors`,
+`model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index. Nothing here imports a model: the model
+class (or instance) is an argument.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .config import StarCoderConfig
 from .errors import CheckpointError
 from .io import atomic_write_json
 
@@ -25,9 +28,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
-# Buffers some older GPTBigCode checkpoints carry; not parameters.
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-
 
 def resolve_folder(path_or_hub_id: str) -> str:
     path = os.path.expanduser(path_or_hub_id)
@@ -85,31 +85,43 @@ def iter_tensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def load_pretrained(cls, path_or_hub_id: str, dtype: torch.dtype | None = None, device=None, **config_overrides):
+    """A model of class `cls` (a wizardcoder.protocol.CausalLM) from a checkpoint folder or hub id."""
     folder = resolve_folder(path_or_hub_id)
-    cfg = StarCoderConfig.from_json_file(os.path.join(folder, "config.json"), **config_overrides)
+    cfg = cls.config_class.from_json_file(os.path.join(folder, "config.json"), **config_overrides)
     device = torch.device(device or "cpu")
     with torch.device("meta"):
         model = cls(cfg)
     expected = dict(model.state_dict())
+    vocab_rows = model.vocab_rows()
     state: dict[str, torch.Tensor] = {}
     for name, t in iter_tensors(weight_files(folder)):
-        if name == "lm_head.weight" or name.endswith(IGNORED_SUFFIXES):
-            continue  # tied to wte / a buffer we compute
-        if name not in expected:
-            raise CheckpointError(f"{folder}: unexpected tensor {name!r}; is this a GPTBigCode checkpoint of this config?")
+        if not model.stores(name):
+            continue
+        _check_name(model, expected, name, folder)
         want = expected[name].shape
-        if name == "transformer.wte.weight":
-            if t.shape != (cfg.vocab_size, cfg.n_embd):
-                raise CheckpointError(f"{folder}: {name} has shape {tuple(t.shape)}, config.json says ({cfg.vocab_size}, {cfg.n_embd}).")
+        if name in vocab_rows:
+            if tuple(t.shape) != (cfg.vocab_size, *want[1:]):
+                raise CheckpointError(f"{folder}: {name} has shape {tuple(t.shape)}, config.json says "
+                                      f"({cfg.vocab_size}, {', '.join(map(str, want[1:]))}).")
             t = _pad_rows(t, want[0])
         elif t.shape != want:
             raise CheckpointError(f"{folder}: {name} has shape {tuple(t.shape)}, config.json implies {tuple(want)}.")
         state[name] = t.to(device=device, dtype=dtype or t.dtype)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
+    _check_complete(expected, state, folder)
     model.load_state_dict(state, assign=True, strict=True)
     return model
+
+
+def _check_name(model, expected, name: str, folder: str) -> None:
+    if name not in expected:
+        raise CheckpointError(f"{folder}: unexpected tensor {name!r}; is this a {model.config.model_type} checkpoint "
+                              "of this config?")
+
+
+def _check_complete(expected, have, folder: str) -> None:
+    missing = sorted(set(expected) - set(have))
+    if missing:
+        raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -119,24 +131,26 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def export_state_dict(model) -> dict[str, torch.Tensor]:
-    """HF-layout state dict: the embedding without padding rows; contiguous CPU tensors."""
-    return dict(hf_tensors(model.state_dict().items(), model.config.vocab_size))
+    """HF-layout state dict: the vocabulary matrices without padding rows; contiguous CPU tensors."""
+    return dict(hf_tensors(model, model.state_dict().items()))
 
 
-def hf_tensors(named: Iterable[tuple[str, torch.Tensor]], vocab_size: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) in HF layout: contiguous CPU tensors, the embedding cut to `vocab_size` rows."""
+def hf_tensors(model, named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """`named` (a state dict's items, or tensors gathered one at a time from shards) in HF layout: contiguous CPU
+    tensors, the model's vocabulary matrices cut to `config.vocab_size` rows."""
+    vocab_rows, vocab = model.vocab_rows(), model.config.vocab_size
     for name, t in named:
-        if name == "transformer.wte.weight":
-            t = t[:vocab_size]
+        if name in vocab_rows:
+            t = t[:vocab]
         yield name, t.detach().to("cpu").contiguous()
 
 
 def save_pretrained(model, folder: str, max_shard_bytes: int = 5 * 2**30) -> None:
     """safetensors (sharded with an index above `max_shard_bytes`) + config.json + generation_config.json."""
-    save_tensors(hf_tensors(model.state_dict().items(), model.config.vocab_size), model.config, folder, max_shard_bytes)
+    save_tensors(hf_tensors(model, model.state_dict().items()), model.config, folder, max_shard_bytes)
 
 
-def save_tensors(named: Iterable[tuple[str, torch.Tensor]], config: StarCoderConfig, folder: str,
+def save_tensors(named: Iterable[tuple[str, torch.Tensor]], config, folder: str,
                  max_shard_bytes: int = 5 * 2**30) -> None:
     """Write HF-layout tensors as they arrive (one shard of at most `max_shard_bytes` held at a time, so a sharded
     model can be gathered tensor by tensor) + config.json + generation_config.json. Every file is written
@@ -252,38 +266,38 @@ class RowReader:
 
 def load_sharded_(model, folder: str) -> None:
     """Fill each (FSDP2-sharded or plain) parameter of `model` with its rows of the checkpoint in `folder`, reading
-    only the local shard's rows. Embedding rows past the checkpoint's vocabulary (a tokenizer with added tokens)
-    start at the mean of the checkpoint's rows, as WizardCoder's script initialises them; padding rows are zero."""
+    only the local shard's rows. Rows of the vocabulary matrices past the checkpoint's vocabulary (a tokenizer with
+    added tokens: WizardCoder's [PAD]) start at the mean of the checkpoint's rows, as WizardCoder's script initialises
+    them; padding rows past `config.vocab_size` are zero."""
     from .parallel import local_shard
 
     cfg = model.config
     reader = RowReader(weight_files(folder))
     params = dict(model.named_parameters())
-    for name in reader.names():
-        if name != "lm_head.weight" and not name.endswith(IGNORED_SUFFIXES) and name not in params:
-            raise CheckpointError(f"{folder}: unexpected tensor {name!r}; is this a GPTBigCode checkpoint of this config?")
-    missing = sorted(set(params) - set(reader.names()))
-    if missing:
-        raise CheckpointError(f"{folder}: missing {len(missing)} tensors (first {missing[0]!r}); the checkpoint is incomplete.")
+    stored = [n for n in reader.names() if model.stores(n)]
+    for name in stored:
+        _check_name(model, params, name, folder)
+    _check_complete(params, stored, folder)
+    vocab_rows = model.vocab_rows()
     with torch.no_grad():
         for name, p in params.items():
             local, row0 = local_shard(p)
             have = reader.shape(name)
-            if name != "transformer.wte.weight":
+            if name not in vocab_rows:
                 if have != tuple(p.shape):
                     raise CheckpointError(f"{folder}: {name} has shape {have}, config.json implies {tuple(p.shape)}.")
                 reader.read_rows(name, row0, local)
                 continue
-            stored = have[0]  # the checkpoint's vocabulary; rows stored .. vocab_size are new tokens
-            if have[1:] != tuple(p.shape[1:]) or stored > cfg.vocab_size:
+            rows = have[0]  # the checkpoint's vocabulary; rows `rows` .. vocab_size are new tokens
+            if have[1:] != tuple(p.shape[1:]) or rows > cfg.vocab_size:
                 raise CheckpointError(f"{folder}: {name} has shape {have}, the model needs at most ({cfg.vocab_size}, {p.shape[1]}).")
             local.zero_()
-            n_read = max(0, min(row0 + local.shape[0], stored) - row0)
+            n_read = max(0, min(row0 + local.shape[0], rows) - row0)
             if n_read:
                 reader.read_rows(name, row0, local[:n_read])
-            lo, hi = max(row0, stored), min(row0 + local.shape[0], cfg.vocab_size)
+            lo, hi = max(row0, rows), min(row0 + local.shape[0], cfg.vocab_size)
             if hi > lo:
-                local[lo - row0 : hi - row0] = _mean_row(reader, name, stored).to(local.dtype)
+                local[lo - row0 : hi - row0] = _mean_row(reader, name, rows).to(local.dtype)
 
 
 def _mean_row(reader: RowReader, name: str, rows: int) -> torch.Tensor:
@@ -300,14 +314,13 @@ def _mean_row(reader: RowReader, name: str, rows: int) -> torch.Tensor:
 
 def init_sharded_(model, seed: int) -> None:
     """Random init of a (sharded) model: each full tensor drawn in turn from one CPU generator, the local rows kept,
-    so every world size gets the same weights (`StarCoder.from_config(cfg, seed=...)`'s on CPU)."""
-    from .model import init_parameter_
+    so every world size gets the same weights (`from_config(cfg, seed=...)`'s on CPU)."""
     from .parallel import local_shard
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             full = torch.empty(p.shape, dtype=torch.float32)
-            init_parameter_(name, full, model.config, gen)
+            model.init_parameter_(name, full, gen)
             local, row0 = local_shard(p)
             local.copy_(full[row0 : row0 + local.shape[0]])

@@ -1,10 +1,11 @@
-"""StarCoder (GPTBigCode) configuration: a typed dataclass, named presets, and conversion to and from HF config.json."""
+"""StarCoder (GPTBigCode) configuration: a typed dataclass, named presets, and conversion to and from HF config.json
+(the file I/O shared with LlamaConfig: `HFConfigFile`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import ConfigError
 
@@ -14,10 +15,32 @@ ATTN_BACKENDS = ("auto", "torch", "triton", "flash")
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 
 
+class HFConfigFile:
+    """config.json in and out for a family's config dataclass (which defines `from_hf_dict` and `to_hf_dict`)."""
+
+    @classmethod
+    def from_json_file(cls, path: str, **overrides):
+        from .io import read_json
+
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.")
+        d = read_json(path, "config.json", ConfigError, "fix the file")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object; fix the file.")
+        return cls.from_hf_dict(d, source=path, **overrides)
+
+    def save_json(self, folder: str) -> None:
+        from .io import atomic_write_json
+
+        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
+
+
 @dataclass
-class StarCoderConfig:
+class StarCoderConfig(HFConfigFile):
     """Shapes and numerics of a GPTBigCode model. Field names follow HF's config.json, so a checkpoint's config maps
     one to one; the fields after `eos_token_id` are ours and never written to config.json."""
+
+    model_type: ClassVar[str] = "gpt_bigcode"
 
     vocab_size: int = 49152
     n_positions: int = 8192
@@ -79,12 +102,15 @@ class StarCoderConfig:
             n += self.vocab_size * d + self.n_positions * d
         return n
 
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token (the LM head included, position embeddings not)."""
+        d, f, kv = self.n_embd, self.ffn_dim, self.n_kv_head * self.head_dim
+        return self.n_layer * (d * (d + 2 * kv) + d * d + 2 * d * f) + d * self.vocab_size
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), counting matmuls and causal attention, as in
         the PaLM appendix: 6 * N_matmul + 6 * n_layer * seq_len * n_embd (causal halves the 12 * L * S * d)."""
-        d, f, kv = self.n_embd, self.ffn_dim, self.n_kv_head * self.head_dim
-        matmul = self.n_layer * (d * (d + 2 * kv) + d * d + 2 * d * f) + d * self.vocab_size
-        return 6 * matmul + 6 * self.n_layer * seq_len * d
+        return 6 * self.matmul_params() + 6 * self.n_layer * seq_len * self.n_head * self.head_dim
 
     # --- HF config.json ---
     @classmethod
@@ -93,8 +119,8 @@ class StarCoderConfig:
         archs = d.get("architectures") or []
         if model_type != "gpt_bigcode" and "GPTBigCodeForCausalLM" not in archs:
             raise ConfigError(
-                f"{source}: model_type {model_type!r} (architectures {archs}) is not supported; "
-                "wizardcoder loads GPTBigCode (StarCoder) checkpoints only."
+                f"{source}: model_type {model_type!r} (architectures {archs}) is not a GPTBigCode (StarCoder) "
+                "checkpoint."
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names and k not in ("attn_backend", "kernel_backend", "vocab_multiple")}
@@ -106,7 +132,7 @@ class StarCoderConfig:
         for ours in ("attn_backend", "kernel_backend", "vocab_multiple"):
             d.pop(ours)
         d.update(
-            model_type="gpt_bigcode",
+            model_type=self.model_type,
             architectures=["GPTBigCodeForCausalLM"],
             attention_softmax_in_fp32=True,
             scale_attention_softmax_in_fp32=True,
@@ -117,22 +143,6 @@ class StarCoderConfig:
             tie_word_embeddings=True,
         )
         return d
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides) -> "StarCoderConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from None
-        return cls.from_hf_dict(d, source=path, **overrides)
-
-    def save_json(self, folder: str) -> None:
-        from .io import atomic_write_json
-
-        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "StarCoderConfig":

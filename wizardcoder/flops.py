@@ -3,10 +3,11 @@
 MFU = useful model FLOPs per second per device / the device's peak. Useful FLOPs count the real (non-padding)
 tokens only, and attention over each document's own length (a packed stream never attends across documents):
 
-    6 * N_matmul * real_tokens  +  6 * n_layer * n_embd * sum(L_doc ** 2)
+    6 * N_matmul * real_tokens  +  6 * n_layer * (n_head * head_dim) * sum(L_doc ** 2)
 
 (forward + backward = 3x forward; causal attention does half of the L x L score and value products; recomputation
-under activation checkpointing is not useful work and is not counted, as in the PaLM paper's MFU).
+under activation checkpointing is not useful work and is not counted, as in the PaLM paper's MFU). N_matmul is the
+model config's `matmul_params()` (wizardcoder.protocol.ModelConfig), so every family is counted by its own shapes.
 """
 from __future__ import annotations
 
@@ -47,16 +48,11 @@ def peak_tflops(device: torch.device, override: float | None = None) -> float | 
     return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
 
 
-def matmul_params(cfg) -> int:
-    """Weights that take part in a matmul per token (the LM head included, position embeddings not)."""
-    d, f, kv = cfg.n_embd, cfg.ffn_dim, cfg.n_kv_head * cfg.head_dim
-    return cfg.n_layer * (d * (d + 2 * kv) + d * d + 2 * d * f) + d * cfg.vocab_size
-
-
 def train_flops(cfg, real_tokens: int, sum_sq_doc_lengths: int) -> float:
     """Useful FLOPs of forward + backward over `real_tokens` tokens in documents whose squared lengths sum to
-    `sum_sq_doc_lengths`."""
-    return 6.0 * matmul_params(cfg) * real_tokens + 6.0 * cfg.n_layer * cfg.n_embd * sum_sq_doc_lengths
+    `sum_sq_doc_lengths`, for any family's config (wizardcoder.protocol.ModelConfig)."""
+    return (6.0 * cfg.matmul_params() * real_tokens
+            + 6.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * sum_sq_doc_lengths)
 
 
 def doc_sum_sq(cu_seqlens: torch.Tensor, labels: torch.Tensor) -> int:

@@ -10,10 +10,10 @@ DeepSeek-Coder use nothing else); others are refused by name.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
+from typing import ClassVar
 
-from .config import ATTN_BACKENDS, KERNEL_BACKENDS
+from .config import ATTN_BACKENDS, KERNEL_BACKENDS, HFConfigFile
 from .errors import ConfigError
 
 ROPE_TYPES = ("default", "linear")
@@ -21,9 +21,11 @@ _OURS = ("attn_backend", "kernel_backend")
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(HFConfigFile):
     """Shapes and numerics of a Llama-architecture model. The fields after `tie_word_embeddings` are ours and never
     written to config.json."""
+
+    model_type: ClassVar[str] = "llama"
 
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -92,6 +94,10 @@ class LlamaConfig:
         return self.max_position_embeddings
 
     @property
+    def ffn_dim(self) -> int:
+        return self.intermediate_size
+
+    @property
     def rope_scale(self) -> float:
         """Linear position scaling: positions are divided by this (1.0 without scaling)."""
         return self.rope_scaling["factor"] if self.rope_scaling else 1.0
@@ -106,13 +112,16 @@ class LlamaConfig:
             n += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return n
 
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token (the LM head included, the embedding lookup not)."""
+        d, f = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return self.num_hidden_layers * (d * (q + 2 * kv) + q * d + 3 * d * f) + d * self.vocab_size
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), matmuls and causal attention, PaLM appendix
         style as StarCoderConfig counts them: 6 * N_matmul + 6 * n_layer * seq_len * (n_head * head_dim)."""
-        d, f = self.hidden_size, self.intermediate_size
-        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        matmul = self.num_hidden_layers * (d * (q + 2 * kv) + q * d + 3 * d * f) + d * self.vocab_size
-        return 6 * matmul + 6 * self.num_hidden_layers * seq_len * q
+        return 6 * self.matmul_params() + 6 * self.num_hidden_layers * seq_len * self.num_attention_heads * self.head_dim
 
     # --- HF config.json ---
     @classmethod
@@ -140,25 +149,9 @@ class LlamaConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for ours in _OURS:
             d.pop(ours)
-        d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu", attention_bias=False,
+        d.update(model_type=self.model_type, architectures=["LlamaForCausalLM"], hidden_act="silu", attention_bias=False,
                  mlp_bias=False, attention_dropout=0.0, pretraining_tp=1, use_cache=True)
         return d
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides) -> "LlamaConfig":
-        from .io import read_json
-
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such file; a checkpoint folder needs a config.json.")
-        d = read_json(path, "config.json", ConfigError, "fix the file")
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object; fix the file.")
-        return cls.from_hf_dict(d, source=path, **overrides)
-
-    def save_json(self, folder: str) -> None:
-        from .io import atomic_write_json
-
-        atomic_write_json(os.path.join(folder, "config.json"), self.to_hf_dict())
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LlamaConfig":

@@ -12,8 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from .protocol import CausalLM
 
 
 @dataclass
@@ -78,12 +83,13 @@ def _checkpoint_forward(block: torch.nn.Module) -> None:
     block.forward = checkpointed
 
 
-def parallelize(model, d: Dist, param_dtype: torch.dtype | None, activation_checkpointing: str = "none",
+def parallelize(model: CausalLM, d: Dist, param_dtype: torch.dtype | None, activation_checkpointing: str = "none",
                 checkpoint_every: int = 2, compile: bool = False, offload: bool = False):
     """Wrap `model` in place for training and return it. `param_dtype` is the compute dtype (None or float32: compute
     in fp32); `offload` keeps sharded parameters, gradients and optimizer state in host memory (FSDP2
-    CPUOffloadPolicy; the optimizer then steps on the CPU). Needs a process group (`init_distributed`)."""
-    blocks = model.transformer.h
+    CPUOffloadPolicy; the optimizer then steps on the CPU). The units are the model's `blocks()` (any family, see
+    wizardcoder.protocol), then the root. Needs a process group (`init_distributed`)."""
+    blocks = model.blocks()
     for i in checkpointed_blocks(len(blocks), activation_checkpointing, checkpoint_every):
         _checkpoint_forward(blocks[i])
     if compile:

@@ -97,9 +97,6 @@ class Config:
                    dtype=cfg.dtype, kernel_backend=cfg.kernel_backend)
 
 
-PlanConfig = Config  # TRANSITIONAL: train/loop.py's name for it, until the train verb's conversion imports Config
-
-
 def resolve_config(model: str, vocab_size: int | None = None):
     """StarCoderConfig of a preset, a local checkpoint folder, a known hub id (offline) or any hub id (config.json)."""
     from .config import HUB_PRESETS, PRESETS, StarCoderConfig
@@ -135,14 +132,15 @@ def _optimizer_bytes(n: int, optimizer: str) -> int:
 
 
 def plan_memory(mcfg, p: Config, dtype: torch.dtype | None = None) -> dict:
-    """Per-GPU bytes of training `mcfg` under `p` (see the module docstring); no memory is allocated. `dtype` is the
-    compute dtype: a training run passes the one it resolved; None resolves `p.dtype` for `p.device`."""
-    from .model import StarCoder
+    """Per-GPU bytes of training `mcfg` (any family's config: the model is built through wizardcoder.families and
+    its `blocks()` counted) under `p` (see the module docstring); no memory is allocated. `dtype` is the compute
+    dtype: a training run passes the one it resolved; None resolves `p.dtype` for `p.device`."""
+    from .families import class_for
     from .parallel import checkpointed_blocks
 
     dtype = resolve_dtype(p.dtype, p.device) if dtype is None else dtype
     with torch.device("meta"):
-        model = StarCoder(mcfg)
+        model = class_for(mcfg.model_type)(mcfg)
     W, b = p.world_size, dtype.itemsize
     params = optimizer = 0
     for t in model.parameters():
@@ -157,8 +155,8 @@ def plan_memory(mcfg, p: Config, dtype: torch.dtype | None = None) -> dict:
     n_ckpt = len(checkpointed_blocks(L, p.activation_checkpointing, p.checkpoint_every))
     activations = (L - n_ckpt) * full_block + n_ckpt * 2 * T * d * b + (full_block if n_ckpt else 0) + 3 * T * d * b
 
-    block_params = sum(t.numel() for t in model.transformer.h[0].parameters())
-    root_params = sum(t.numel() for n, t in model.named_parameters() if not n.startswith("transformer.h."))
+    block_params = sum(t.numel() for t in model.blocks()[0].parameters())
+    root_params = sum(t.numel() for t in model.parameters()) - L * block_params
     gathered = (root_params + (L if W == 1 and not p.offload else 2) * block_params) * b
     V = mcfg.vocab_size
     if p.kernel_backend == "torch":

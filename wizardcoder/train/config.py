@@ -1,30 +1,33 @@
-"""`TrainConfig`: every training setting, one flag each (derived by `wizardcoder.cli_args`), and the named recipes.
+"""`TrainConfig`: every training setting (one flag and one `[train]` key each, through wizardcoder.settings), the
+named recipes and the learning-rate schedule. Imports nothing heavy (no torch): `plan` reads it without the trainer.
 
-A recipe (`--recipe wizardcoder-15b`) is a set of field values laid under the command line: the precedence is
-dataclass defaults < recipe < `--config FILE` < flags.
+A recipe (`--recipe wizardcoder-15b`) is a set of field values laid under the settings given explicitly: the
+precedence is dataclass defaults < recipe < `--config FILE` < flags (an explicit value wins even where it equals the
+default; an explicit `--grad-accum` also drops the recipe's `global_batch_tokens`).
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..dtypes import resolve_dtype
 from ..errors import ConfigError
 from ..profiling import ProfileConfig
 
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+# wizardcoder.dtypes' spellings (resolved, on the run's device, by the trainer alone)
+DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig(ProfileConfig):
     """Every training setting (the --profile flags from ProfileConfig: traces under OUT/profile/). Validated on construction: a bad value raises a ConfigError naming its flag."""
 
-    model: str = "tiny"  # preset name (random init) or checkpoint folder / hub id
+    model: str = "tiny"  # preset name (random init) or checkpoint folder / hub id, StarCoder or Llama family
     data: str = ""  # packed shard folder (`wizardcoder pack`)
     out: str = "runs/train"  # run folder: checkpoints/, final/, metrics.jsonl, loss.png
-    recipe: str | None = None  # the paper's recipe on a model: wizardcoder-15b, -7b, -3b or -1b; flags override it
+    recipe: str | None = None  # a released recipe (base values under the other settings): see RECIPES, docs/train.md
     tokenizer: str | None = None  # default: the checkpoint's own, else the bundled one
     micro_batch_packs: int = 1  # packs per micro-batch per rank
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -40,7 +43,7 @@ class TrainConfig(ProfileConfig):
     eps: float = 1e-8  # Adam's epsilon
     grad_clip: float = 1.0  # max gradient norm (0: no clipping)
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"  # 8-bit variants need bitsandbytes
-    dtype: str = "auto"  # compute dtype (auto: bfloat16 on CUDA, float32 on CPU; float16 adds loss scaling)
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "auto"  # compute dtype (auto: bfloat16 on CUDA, float32 on CPU; float16 adds loss scaling)
     seed: int = 0
     activation_checkpointing: Literal["none", "full", "selective"] = "none"  # recompute blocks in backward
     checkpoint_every: int = 2  # with selective checkpointing: every k-th block
@@ -71,30 +74,34 @@ class TrainConfig(ProfileConfig):
                 raise ConfigError(f"--{name} {v}: must be in [0, 1).")
         if self.min_lr > self.lr:
             raise ConfigError(f"--min-lr {self.min_lr} is above --lr {self.lr}; the schedule decays from --lr to --min-lr.")
-        resolve_dtype(self.dtype)  # raises naming --dtype
+        _choice(self, "dtype", DTYPES)
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "activation_checkpointing", ("none", "full", "selective"))
         _choice(self, "attn_backend", ("auto", "torch", "triton", "flash"))
         _choice(self, "kernel_backend", ("auto", "torch", "triton"))
-        if self.recipe is not None and self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe {self.recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
         if self.peak_tflops is not None:
             _positive(self, "peak_tflops")
         self.check_profile()
 
-    @classmethod
-    def from_args(cls, args) -> "TrainConfig":
-        """The recipe named by `--recipe` (if any), overridden by every field given on the command line / config."""
-        from ..cli_args import dataclass_from_args
 
-        recipe = getattr(args, "recipe", None)
-        if recipe is not None and recipe not in RECIPES:
-            raise ConfigError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
-        base = cls(**RECIPES[recipe]) if recipe else None
-        given = vars(args)
-        if base is not None and "grad_accum" in given and "global_batch_tokens" not in given:
-            base = dataclasses.replace(base, global_batch_tokens=None)  # an explicit --grad-accum wins over the recipe
-        return dataclass_from_args(cls, args, base=base)
+def _recipe_under(init):
+    """TrainConfig's constructor with `recipe=R`: R's values (RECIPES) under the explicitly given ones. Every way to
+    a TrainConfig (settings.build from a config section and flags, tests, dataclasses.replace) goes through it."""
+    @functools.wraps(init)
+    def __init__(self, **given):
+        recipe = given.get("recipe")
+        base = {}
+        if recipe is not None:
+            if recipe not in RECIPES:
+                raise ConfigError(f"--recipe {recipe!r} is unknown; choose one of {', '.join(RECIPES)}.")
+            base = dict(RECIPES[recipe])
+            if "grad_accum" in given and "global_batch_tokens" not in given:
+                base.pop("global_batch_tokens", None)  # an explicit --grad-accum wins over the recipe's batch
+        init(self, **{**base, **given})
+    return __init__
+
+
+TrainConfig.__init__ = _recipe_under(TrainConfig.__init__)
 
 
 def _flag(name: str) -> str:
@@ -124,7 +131,10 @@ def _choice(cfg, name, choices):
 # WizardCoder's fine-tuning recipe (paper section 4.1 and the authors' training command): the HF Trainer under
 # DeepSpeed with AdamW at HF's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0, max grad norm 1.0), lr 2e-5,
 # 30 warmup steps then cosine, 3 epochs, global batch 512 sequences of at most 2048 tokens. Packed, a global batch is
-# counted in tokens: 512 x 2048 = 1,048,576 (see docs/train.md for how the step count compares).
+# counted in tokens: 512 x 2048 = 1,048,576 (see docs/train.md for how the step count compares). The Llama-family
+# releases: WizardCoder-Python-7B/13B/34B-V1.0 (on CodeLlama-Python) were published with the same lr, batch, epochs,
+# length, warmup and schedule; for WizardCoder-33B-V1.1 (on DeepSeek-Coder-33B) no hyperparameters were published
+# and the same values are assumed (docs/train.md says which values are published and which assumed).
 _WIZARDCODER = dict(lr=2e-5, min_lr=0.0, warmup_steps=30, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8,
                     grad_clip=1.0, epochs=3.0, global_batch_tokens=512 * 2048)
 RECIPES: dict[str, dict] = {
@@ -135,6 +145,14 @@ RECIPES: dict[str, dict] = {
     "wizardcoder-3b": dict(model="bigcode/starcoderbase-3b", micro_batch_packs=2, activation_checkpointing="selective",
                            **_WIZARDCODER),
     "wizardcoder-1b": dict(model="bigcode/starcoderbase-1b", micro_batch_packs=4, **_WIZARDCODER),
+    "wizardcoder-python-7b": dict(model="codellama/CodeLlama-7b-Python-hf", micro_batch_packs=1,
+                                  activation_checkpointing="full", **_WIZARDCODER),
+    "wizardcoder-python-13b": dict(model="codellama/CodeLlama-13b-Python-hf", micro_batch_packs=1,
+                                   activation_checkpointing="full", **_WIZARDCODER),
+    "wizardcoder-python-34b": dict(model="codellama/CodeLlama-34b-Python-hf", micro_batch_packs=1,
+                                   activation_checkpointing="full", **_WIZARDCODER),
+    "wizardcoder-33b-v1.1": dict(model="deepseek-ai/deepseek-coder-33b-base", micro_batch_packs=1,
+                                 activation_checkpointing="full", **_WIZARDCODER),
 }
 
 

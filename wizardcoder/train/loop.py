@@ -47,31 +47,25 @@ def prepare_out(out: str) -> None:
 
 
 def model_config(cfg: TrainConfig, vocab_needed: int):
-    """The model's StarCoderConfig (and its checkpoint folder, None for a preset), without building it. The
-    vocabulary grows to the tokenizer's (e.g. WizardCoder's [PAD] on top of StarCoder's)."""
-    from ..checkpoint import resolve_folder
-    from ..config import PRESETS, StarCoderConfig
+    """`(model class, its config, checkpoint folder or None for a preset)` of `--model`, of any family
+    (wizardcoder.families), without building it. The vocabulary grows to the tokenizer's (e.g. WizardCoder's [PAD]
+    on top of StarCoder's or CodeLlama's)."""
+    from ..families import resolve_model
 
-    overrides = dict(attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend)
-    if cfg.model in PRESETS:
-        mcfg, folder = StarCoderConfig.from_preset(cfg.model, **overrides), None
-    else:
-        folder = resolve_folder(cfg.model)
-        mcfg = StarCoderConfig.from_json_file(os.path.join(folder, "config.json"), **overrides)
+    cls, mcfg, folder = resolve_model(cfg.model, attn_backend=cfg.attn_backend, kernel_backend=cfg.kernel_backend)
     if mcfg.vocab_size < vocab_needed:
         mcfg = dataclasses.replace(mcfg, vocab_size=vocab_needed)
-    return mcfg, folder
+    return cls, mcfg, folder
 
 
-def build_model(mcfg, folder: str | None, cfg: TrainConfig, d, param_dtype):
+def build_model(cls, mcfg, folder: str | None, cfg: TrainConfig, d, param_dtype):
     """Meta device -> activation checkpointing / compile / fully_shard -> allocate the local shards -> load (or init)
     only this rank's rows."""
     from ..checkpoint import init_sharded_, load_sharded_
-    from ..model import StarCoder
     from ..parallel import parallelize
 
     with torch.device("meta"):
-        model = StarCoder(mcfg)
+        model = cls(mcfg)
     parallelize(model, d, param_dtype, cfg.activation_checkpointing, cfg.checkpoint_every, cfg.compile, cfg.offload)
     model.to_empty(device="cpu" if cfg.offload else d.device)
     if folder is None:
@@ -100,6 +94,7 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     from ..data.shards import validate
+    from ..dtypes import resolve_dtype
     from ..parallel import init_distributed
     from ..tokenizer import Tokenizer
 
@@ -112,7 +107,7 @@ def train(cfg: TrainConfig) -> dict:
     prepare_out(cfg.out)
     tok_src = cfg.tokenizer or (cfg.model if os.path.isdir(cfg.model) else None)
     tokenizer = Tokenizer.from_pretrained(tok_src) if tok_src else Tokenizer.bundled()
-    mcfg, folder = model_config(cfg, tokenizer.vocab_size)
+    cls, mcfg, folder = model_config(cfg, tokenizer.vocab_size)
     shards = validate(cfg.data, vocab_size=mcfg.vocab_size, max_positions=mcfg.n_positions)
     shards.check_tokenizer(tokenizer)
 
@@ -120,7 +115,7 @@ def train(cfg: TrainConfig) -> dict:
     # FSDP2 warns for every block because nn.Linear on a 3-D input returns a view; no block output is modified in place.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     try:
-        return _train(cfg, d, tokenizer, mcfg, folder, shards)
+        return _train(cfg, d, resolve_dtype(cfg.dtype, d.device), tokenizer, cls, mcfg, folder, shards)
     finally:
         import torch.distributed as dist
 
@@ -128,34 +123,34 @@ def train(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
+def _train(cfg: TrainConfig, d, dtype: torch.dtype, tokenizer, cls, mcfg, folder, shards) -> dict:
+    """The run itself, in `dtype` (the compute dtype, resolved once on this run's device)."""
     from ..data import PackedLoader
-    from ..dtypes import resolve_dtype
+    from ..dtypes import dtype_name
     from ..flops import doc_sum_sq, peak_tflops, train_flops
     from ..io import JsonlAppender, atomic_write_json, read_jsonl
     from ..parallel import all_reduce_host, barrier, peak_memory_bytes
-    from ..plan import PlanConfig, format_side_by_side, plan_memory
+    from ..plan import Config as PlanConfig, format_side_by_side, plan_memory
     from ..profiling import Profile, StepTimer, plot_breakdown, time_fsdp_waits
     from .optim import LossScaler, build_optimizer, state_bytes
     from .state import TrainState, export_hf, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
 
-    dtype = resolve_dtype(cfg.dtype, d.device)
     grad_accum = grad_accum_for(cfg, d.world_size, shards.seq_len)
-    plan = plan_memory(mcfg, PlanConfig.from_train(cfg, d.world_size, shards.seq_len))
+    plan = plan_memory(mcfg, PlanConfig.from_train(cfg, d.world_size, shards.seq_len), dtype=dtype)
     torch.manual_seed(cfg.seed)
     rss_start = peak_memory_bytes(d.device)
-    model = build_model(mcfg, folder, cfg, d, dtype)
+    model = build_model(cls, mcfg, folder, cfg, d, dtype)
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     loaded = {"event": "loaded", "rank": d.rank, "peak_bytes": peak_memory_bytes(d.device), "start_bytes": rss_start}
 
-    optimizer = build_optimizer(model.parameters(), cfg, d.device)
+    optimizer = build_optimizer(model.parameter_groups(cfg.weight_decay), cfg, d.device)
     scaler = LossScaler(dtype == torch.float16)
     loader = PackedLoader(shards, cfg.micro_batch_packs, d.rank, d.world_size, seed=cfg.seed,
                           pin_memory=d.device.type == "cuda")  # so the non_blocking copies overlap
     steps_per_epoch = max(1, loader.steps_per_epoch // grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     state = TrainState(model, optimizer, loader, scaler)
-    identity = run_identity(model, d.world_size, cfg.optimizer)
+    identity = run_identity(mcfg, d.world_size, cfg.optimizer)
     resumed = latest_checkpoint(cfg.out)
     if resumed:
         load_checkpoint(state, resumed, d, identity, cfg.out)
@@ -167,7 +162,7 @@ def _train(cfg: TrainConfig, d, tokenizer, mcfg, folder, shards) -> dict:
     barrier(d)
     log.write(loaded)
     if d.is_main:
-        print(f"training {cfg.model} ({mcfg.num_params():,} params, {str(dtype).removeprefix('torch.')} compute, "
+        print(f"training {cfg.model} ({mcfg.num_params():,} params, {dtype_name(dtype)} compute, "
               f"fp32 master weights) on {shards.num_packs} packs of {shards.seq_len} tokens; {d.world_size} rank(s) x "
               f"{cfg.micro_batch_packs} packs x {grad_accum} accumulation = "
               f"{d.world_size * cfg.micro_batch_packs * grad_accum} packs/step; {total} steps"

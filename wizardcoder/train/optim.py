@@ -18,32 +18,35 @@ import torch
 from ..errors import ConfigError
 
 
-def build_optimizer(params, cfg, device: torch.device):
-    params = list(params)
+def build_optimizer(groups: list[dict], cfg, device: torch.device):
+    """The optimizer `cfg` names over parameter groups (the model's `parameter_groups`: each with its weight decay)."""
     if cfg.optimizer == "adamw":
         fused = device.type == "cuda" and not cfg.offload
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, fused=fused or None, foreach=None if fused else True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                 fused=fused or None, foreach=None if fused else True)
     try:
         import bitsandbytes as bnb
     except ImportError:
         raise ConfigError(f"--optimizer {cfg.optimizer} needs bitsandbytes, which is not installed; "
                           "`pip install bitsandbytes` or use --optimizer adamw.") from None
     cls = {"adamw8bit": bnb.optim.AdamW8bit, "paged_adamw8bit": bnb.optim.PagedAdamW8bit}[cfg.optimizer]
-    return LocalShardOptimizer(params, lambda local: cls(local, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                                          weight_decay=cfg.weight_decay))
+    return LocalShardOptimizer(groups, lambda local: cls(local, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps))
 
 
 class LocalShardOptimizer:
-    """An optimizer that only understands plain tensors, run on the local shards of (DTensor) parameters."""
+    """An optimizer that only understands plain tensors, run on the local shards of (DTensor) parameters (in the
+    same groups)."""
 
-    def __init__(self, params, make):
+    def __init__(self, groups: list[dict], make):
         from torch.distributed.tensor import DTensor
 
-        self.params = params
-        self.locals = [torch.nn.Parameter(p.to_local().detach() if isinstance(p, DTensor) else p.detach())
-                       for p in params]  # same storage as the parameters' shards
-        self.inner = make(self.locals)
+        def local(p):  # same storage as the parameter's shard
+            return torch.nn.Parameter(p.to_local().detach() if isinstance(p, DTensor) else p.detach())
+
+        local_groups = [{**g, "params": [local(p) for p in g["params"]]} for g in groups]
+        self.params = [p for g in groups for p in g["params"]]
+        self.locals = [p for g in local_groups for p in g["params"]]
+        self.inner = make(local_groups)
 
     @property
     def param_groups(self):

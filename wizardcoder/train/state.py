@@ -1,14 +1,14 @@
 """Training checkpoints (torch.distributed.checkpoint folders) and the HF export.
 
 `OUT/checkpoints/step_N` holds model, optimizer, step, data position, RNG and loss scale through DCP's Stateful
-protocol, plus `run.json` (the model's shape, checked on resume) and, for the 8-bit optimizers whose state is per local
+protocol, plus `run.json` (the run's identity: the model's family and shapes, as a wizardcoder.resume.Marker, checked
+on resume) and, for the 8-bit optimizers whose state is per local
 shard, `optim-rank{R}.pt`; `OUT/checkpoints/latest` names the newest complete one. Folders are written through
 `io.AtomicDir`: rank 0 makes the temporary folder, every rank writes into it, rank 0 renames it into place.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import warnings
@@ -18,6 +18,7 @@ import torch
 from ..errors import CheckpointError
 from ..io import AtomicDir, atomic_write_text
 from ..parallel import Dist, barrier, broadcast_object
+from ..resume import Marker
 from .optim import LocalShardOptimizer
 
 
@@ -68,14 +69,19 @@ def latest_checkpoint(out: str) -> str | None:
     return path if os.path.isdir(path) else None
 
 
-def run_identity(model, world_size: int, optimizer: str) -> dict:
-    """What a checkpoint must match to be resumed: the model's shapes (and, for per-shard 8-bit state, the ranks)."""
-    cfg = model.config
-    ident = {"model": {k: getattr(cfg, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
-                                                     "n_inner", "multi_query")}, "optimizer": optimizer}
+def run_identity(mcfg, world_size: int, optimizer: str) -> dict:
+    """What a checkpoint must match to be resumed: the model's family and shapes (wizardcoder.protocol.ModelConfig)
+    and the optimizer (and, for per-shard 8-bit state, the number of ranks)."""
+    ident = {"model_type": mcfg.model_type, **{k: getattr(mcfg, k) for k in (
+        "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head", "head_dim", "ffn_dim")},
+        "optimizer": optimizer}
     if optimizer != "adamw":
         ident["world_size"] = world_size
     return ident
+
+
+def _marker(checkpoint: str) -> Marker:
+    return Marker(os.path.join(checkpoint, "run.json"))
 
 
 @contextlib.contextmanager
@@ -98,8 +104,7 @@ def save_checkpoint(state: TrainState, out: str, d: Dist, keep: int, identity: d
         torch.save(state.optimizer.state_dict(), os.path.join(tmp, f"optim-rank{d.rank}.pt"))
     barrier(d)
     if d.is_main:
-        with open(os.path.join(tmp, "run.json"), "w", encoding="utf-8") as f:
-            json.dump(identity, f)
+        _marker(tmp).write(identity)
         folder.commit()
         atomic_write_text(os.path.join(root, "latest"), name + "\n")
         done = sorted(n for n in os.listdir(root) if n.startswith("step_"))
@@ -112,16 +117,8 @@ def save_checkpoint(state: TrainState, out: str, d: Dist, keep: int, identity: d
 def load_checkpoint(state: TrainState, path: str, d: Dist, identity: dict, out: str) -> None:
     import torch.distributed.checkpoint as dcp
 
-    try:
-        with open(os.path.join(path, "run.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = None
-    if saved is not None and saved != identity:
-        diff = next(k for k in identity if saved.get(k) != identity[k])
-        raise CheckpointError(
-            f"--out {out}: its checkpoint {os.path.basename(path)} was made with another {diff.replace('_', ' ')} "
-            f"({saved.get(diff)} vs now {identity[diff]}); resume with the same settings or choose a new --out.")
+    _marker(path).check(identity, f"--out {out}: its checkpoint {os.path.basename(path)}",
+                        "resume with the same model and optimizer or choose a new --out")
     try:
         with _dcp_quiet():
             dcp.load({"train": state}, checkpoint_id=path)
@@ -155,7 +152,7 @@ def export_hf(model, tokenizer, folder: str, d: Dist, max_shard_bytes: int = 5 *
     tmp = target.begin() if d.is_main else None
     try:
         if d.is_main:
-            save_tensors(hf_tensors(gathered(), cfg.vocab_size), cfg, tmp, max_shard_bytes)
+            save_tensors(hf_tensors(model, gathered()), cfg, tmp, max_shard_bytes)
             tokenizer.save(tmp)
             target.commit()
         else:
