@@ -339,13 +339,18 @@ temperature = 0.0
 
 @pytest.mark.slow
 def test_train_under_torchrun(tmp_path):
-    """`[run] launcher = "torchrun"`: train runs as torchrun ... -m wizardcoder train --config (2 CPU ranks, gloo)."""
+    """`[run] launcher = "torchrun"`: train runs as torchrun ... -m wizardcoder train FLAGS (2 CPU ranks, gloo)."""
     cfg = write_config(tmp_path / "t.toml", tmp_path / "run", until="train", train_steps=2)
     text = open(cfg).read().replace("report = false", 'report = false\nlauncher = "torchrun"\nnproc_per_node = 2')
     open(cfg, "w").write(text)
     proc = wc("run", cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "torch.distributed.run --nproc_per_node=2 -m wizardcoder train --data" in proc.stdout
+    # the resolved [train] section as the verb's flags, the wired data and out included
+    run = tmp_path / "run"
+    launch = "torch.distributed.run --nproc_per_node=2 -m wizardcoder train"
+    line = next(x for x in proc.stdout.splitlines() if launch in x)
+    for flags in ("--model tiny", "--max-steps 2", "--no-progress", f"--data {run / 'pack'}", f"--out {run / 'train'}"):
+        assert f" {flags}" in line, (flags, line)
     assert "2 rank(s)" in proc.stdout and os.path.exists(tmp_path / "run" / "train" / "final" / "model.safetensors")
 
 
