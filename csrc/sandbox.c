@@ -14,6 +14,10 @@
  *                            to an unprivileged id, then inheritable/permitted/effective emptied and checked. With
  *                            keep_read (a fallback when the filesystem view could not be built) exactly one
  *                            capability stays, CAP_DAC_READ_SEARCH, which Landlock's read rules then confine.
+ *   ambient_read()           CAP_DAC_READ_SEARCH into the inheritable and ambient sets, so a process holding it
+ *                            (drop_to's keep_read) keeps it across execve: the compile and run steps of another
+ *                            language then read the toolchain as the Python program would, under the same
+ *                            Landlock read rules.
  *   caps()                   (permitted, effective, inheritable, bounding set) of the calling thread, as bit masks.
  *   subreaper()              prctl(PR_SET_CHILD_SUBREAPER): orphans of our children are reparented to us, so the
  *                            worker can reap (and count) everything a program left behind.
@@ -152,6 +156,17 @@ static PyObject *sb_drop_to(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "capabilities or ids survived drop_to");
         return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sb_ambient_read(PyObject *self, PyObject *noargs) {
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    if (capget2(data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    data[0].inheritable |= 1u << CAP_DAC_READ_SEARCH;
+    if (syscall(SYS_capset, &hdr, data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -679,6 +694,8 @@ static PyMethodDef methods[] = {
     {"drop_to", sb_drop_to, METH_VARARGS,
      "drop_to(uid, gid, keep_read): become uid/gid for good with no capability in any set (keep_read: "
      "CAP_DAC_READ_SEARCH only)."},
+    {"ambient_read", sb_ambient_read, METH_NOARGS,
+     "ambient_read(): keep CAP_DAC_READ_SEARCH (held) across execve (inheritable + ambient)."},
     {"caps", sb_caps, METH_NOARGS, "caps() -> (permitted, effective, inheritable, bounding) bit masks."},
     {"subreaper", sb_subreaper, METH_NOARGS, "prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants come back to us."},
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},

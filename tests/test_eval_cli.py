@@ -10,7 +10,7 @@ import pytest
 from _util import REPO
 
 from wizardcoder.cli import main
-from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.benchmarks import get_benchmark
 
 
 @pytest.fixture()
@@ -179,7 +179,7 @@ def test_cli_needs_task_out_and_one_source(he_subset, tmp_path, capsys):
     assert main(["evaluate", "--task", "humaneval", "--samples", s, "--model", "x", "--out", str(tmp_path / "o")]) == 2
     assert "exactly one of --samples" in capsys.readouterr().err
     assert main(["evaluate", "--task", "humaneval", "--samples", s, "--out", str(tmp_path / "o"), "--n", "20"]) == 2
-    assert "--n only applies with --model" in capsys.readouterr().err
+    assert "--num-samples only applies with --model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -234,4 +234,4 @@ def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder
     # another seed: generated again
     assert main([*argv, "--seed", "7"]) == 0
     assert "reusing" not in capsys.readouterr().err
-    assert json.load(open(out / "generation.json"))["seed"] == 7
+    assert json.load(open(out / "generation.json"))["settings"]["seed"] == 7

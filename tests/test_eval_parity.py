@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool, evaluate
-from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.benchmarks import get_benchmark
 
 MUTATIONS = [(" < ", " <= "), (" > ", " >= "), (" <= ", " < "), ("+ 1", "+ 2"), ("- 1", "- 2"), (" == ", " != "),
              ("True", "False"), ("[1:]", "[2:]"), (" and ", " or "), ("sorted(", "list(")]

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from wizardcoder.eval.benchmarks.mbpp import mbppplus_instruction
+from wizardcoder.benchmarks.mbpp import mbppplus_instruction
 from wizardcoder.eval.postprocessing import ds1000, longest_parsable_prefix, sanitize
-from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.benchmarks import get_benchmark
 
 HUMANEVAL, MBPP, MBPPPLUS, DS1000 = (get_benchmark(t) for t in ("humaneval", "mbpp", "mbpp+", "ds1000"))
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from wizardcoder.eval import SandboxConfig, SandboxPool, evaluate
-from wizardcoder.eval.benchmarks import get_benchmark
+from wizardcoder.benchmarks import get_benchmark
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 
@@ -224,7 +224,7 @@ def test_download_once_then_found_in_the_cache(shared_data, tmp_path, monkeypatc
     from _util import free_port
 
     from wizardcoder.errors import DataError
-    from wizardcoder.eval.benchmarks.sources import Source, locate
+    from wizardcoder.benchmarks.sources import Source, locate
 
     monkeypatch.setenv("WIZARDCODER_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -278,23 +278,65 @@ def test_wrong_dataset_file_is_a_clear_error(shared_data):
         get_benchmark("apps")
 
 
+def test_a_file_names_its_benchmark(shared_data, tmp_path):
+    """`recognize` reads a dataset file's first record (what evolve's decontamination is given)."""
+    from wizardcoder.benchmarks import recognize
+    from wizardcoder.errors import DataError
+
+    files = {"humaneval": os.path.join(shared_data, "humaneval", "HumanEval.jsonl"),
+             "humaneval+": os.path.join(shared_data, "humanevalplus", "HumanEvalPlus-Mini.jsonl.gz"),
+             "mbpp": get_benchmark("mbpp").locate(),
+             "mbpp+": os.path.join(shared_data, "mbppplus", "MbppPlus.jsonl.gz"),
+             "ds1000": os.path.join(FIXTURES, "ds1000_mini.jsonl")}
+    assert {task: recognize(path).name for task, path in files.items()} == {task: task for task in files}
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    with pytest.raises(DataError, match="neither HumanEval, HumanEval\\+, MBPP, MBPP\\+ nor DS-1000"):
+        recognize(str(other))
+
+
+def test_the_benchmark_reads_its_headline_from_a_summary():
+    """Two samples of one HumanEval+ problem: one passes the base tests only, one passes base and plus. pass@1 over
+    all tests is 1/2, on the base tests alone 2/2; a one-part task has no base figures."""
+    from wizardcoder.eval.scoring import summarize
+
+    def row(base, plus):
+        return {"task_id": "HumanEval/0", "passed": base and plus, "status": "passed" if base and plus else "failed",
+                "error": "" if base and plus else "plus test 0: wrong output", "base_status": "passed" if base
+                else "failed", "plus_status": "passed" if plus else "failed"}
+
+    bench = get_benchmark("humaneval+")
+    s = summarize(bench, [row(True, False), row(True, True)], {"HumanEval/0": None}, [1], {})
+    assert bench.has_plus and list(bench.part_scores(s)) == ["base", "plus"]
+    assert bench.headline(s) == ("HumanEval+ pass@1", 0.5)
+    assert bench.scores(s) == {"pass@1": 0.5} and bench.base_scores(s) == {"pass@1": 1.0}
+    one = get_benchmark("humaneval")
+    s = summarize(one, [{**row(True, True), "status": "passed"}], {"HumanEval/0": None}, [1], {})
+    assert not one.has_plus and one.part_scores(s) == {} and one.base_scores(s) == {}
+    assert one.headline(s) == ("HumanEval pass@1", 1.0)
+
+
 def test_no_dispatch_on_task_names_outside_the_benchmarks():
-    """Every task difference is an attribute or method of a Benchmark: nothing else in wizardcoder/eval compares
-    task names. And the Alpaca prompt is not copied anywhere in wizardcoder/eval (it lives in data/templates.py)."""
+    """Every task difference is an attribute or method of a Benchmark: nothing outside wizardcoder/benchmarks
+    compares task names or reads the + tasks' `plus`/`base` figures itself. And the Alpaca prompt is not copied
+    anywhere in wizardcoder/eval (it lives in data/templates.py)."""
     from _util import REPO
 
-    root = os.path.join(REPO, "wizardcoder", "eval")
+    package = os.path.join(REPO, "wizardcoder")
     names = r"""["'](humaneval|mbpp|ds1000)\+?["']"""
-    pattern = re.compile(rf"""task\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}""")
+    pattern = re.compile(rf"""\btask\s*(==|!=|in\s*\()|endswith\(["']\+["']\)|{names}\s*(==|!=|in)|(==|!=)\s*{names}"""
+                         r"""|startswith\(["'](humaneval|mbpp|ds1000)|["'](plus|base)["']\s+(not\s+)?in\b"""
+                         r"""|\[["'](plus|base)["']\]""")
     hits = []
-    for folder, _, files in os.walk(root):
-        if os.path.basename(folder) == "benchmarks":
+    for folder, _, files in os.walk(package):
+        if os.path.relpath(folder, package).split(os.sep)[0] == "benchmarks":
             continue
         for name in files:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     hits += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if pattern.search(line)]
     assert not hits
+    root = os.path.join(package, "eval")
     for folder, _, files in os.walk(root):
         for name in files:
             if name.endswith(".py"):

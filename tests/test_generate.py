@@ -11,8 +11,9 @@ import pytest
 
 from _util import REPO, repo_env
 from test_engine import one_thread  # noqa: F401  (autouse fixture: one intra-op thread for tiny tensors)
+from wizardcoder import settings
 from wizardcoder.cli import main
-from wizardcoder.generate import GenerateConfig, generate_samples
+from wizardcoder.generate import Config, generate_samples
 
 ARGS = ["--model", "tiny", "--task", "humaneval", "--limit", "4", "--temperature", "0.8", "--top-p", "0.95",
         "--max-new-tokens", "12", "--seed", "7", "--no-progress"]
@@ -27,15 +28,16 @@ def humaneval(shared_data):
 def reference(humaneval, tmp_path_factory):
     """One process, three slots: the file every other way of running must reproduce byte for byte."""
     out = str(tmp_path_factory.mktemp("ref") / "samples.jsonl")
-    cfg = GenerateConfig(model="tiny", task="humaneval", data=humaneval, limit=4, n=2, temperature=0.8, top_p=0.95,
-                         max_new_tokens=12, seed=7, batch_slots=3, progress=False, out=out)
+    cfg = settings.build(Config, {"model": "tiny", "task": "humaneval", "data": humaneval, "limit": 4, "n": 2,
+                                  "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 12, "seed": 7, "batch_slots": 3,
+                                  "progress": False, "out": out})
     assert generate_samples(cfg) == out
     with open(out, "rb") as f:
         return f.read()
 
 
 def test_samples_file_is_what_evaluate_reads(reference, humaneval, tmp_path):
-    from wizardcoder.eval.benchmarks import get_benchmark
+    from wizardcoder.benchmarks import get_benchmark
     from wizardcoder.eval.scoring import read_samples
 
     path = tmp_path / "s.jsonl"
@@ -46,6 +48,20 @@ def test_samples_file_is_what_evaluate_reads(reference, humaneval, tmp_path):
     assert [r["task_id"] for r in rows] == [t for t in list(problems)[:4] for _ in range(2)]
     assert all(isinstance(r["response"], str) and r["finish_reason"] in ("stop", "length") for r in rows)
     assert len({r["response"] for r in rows}) == 8  # sampled: every answer differs
+
+
+def test_the_samples_flag_is_spelled_so_that_torchrun_accepts_it():
+    """torchrun's own parser reads `--n` after the module name as an ambiguous abbreviation of its options and exits;
+    `--num-samples` passes through to us, and our help shows it first (`--n` stays an alias)."""
+    from torch.distributed.run import get_args_parser
+
+    torchrun = get_args_parser()
+    with pytest.raises(SystemExit):
+        torchrun.parse_args(["--nproc_per_node", "2", "-m", "wizardcoder.generate", "--n", "200"])
+    ns = torchrun.parse_args(["--nproc_per_node", "2", "-m", "wizardcoder.generate", "--num-samples", "200"])
+    assert settings.parse(Config, ["--model", "tiny", "--task", "mbpp", *ns.training_script_args]).generation.n == 200
+    assert settings.parse(Config, ["--model", "tiny", "--task", "mbpp", "--n", "7"]).generation.n == 7
+    assert "--num-samples INT, --n INT" in settings.parser_for(Config, "wizardcoder generate").format_help()
 
 
 def test_two_torchrun_ranks_write_the_same_file(reference, humaneval, tmp_path):
@@ -100,6 +116,16 @@ def test_prompts_file_and_user_errors(tmp_path, capsys):
         json.dump({"version": 1, "seed": 123}, f)
     assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+    # a journal of the same prompts with another seed: the one sentence names what changed
+    from wizardcoder.generate import JOURNAL_VERSION, GenerationSettings
+    from wizardcoder.resume import Marker
+
+    other = {"version": JOURNAL_VERSION, "model": "tiny", "prompts": str(prompts),
+             **GenerationSettings(seed=123).identity()}
+    Marker(str(out) + ".journal/settings.json").write(other, state="running")
+    assert main(["generate", "--model", "tiny", "--prompts", str(prompts), "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed: 123 -> 0" in err and "max_new_tokens" not in err
 
 
 # ------------------------------------------------------------------------------- bad input: one sentence each

@@ -172,11 +172,25 @@ def test_port_taken_is_one_sentence_and_exit_2():
 
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
     from wizardcoder.errors import UserError
-    from wizardcoder.serve import ServeConfig, load_model
+    from wizardcoder.serve import Config, load_model
 
     ckpt = save_tiny_checkpoint(str(tmp_path / "small"), vocab_size=1000)  # the bundled tokenizer has 49153 tokens
     with pytest.raises(UserError, match=r"has 49153 tokens but the model's vocabulary has 1000; serve the checkpoint"):
-        load_model(ServeConfig(model=ckpt))
+        load_model(Config(model=ckpt))
+
+
+def test_max_new_tokens_is_one_flag_with_one_default_in_serve_generate_and_evaluate():
+    """serve's default completion length is the same setting as generate's and evaluate's: one key, one flag, one
+    default (the request's OpenAI field stays `max_tokens`)."""
+    from wizardcoder import settings
+    from wizardcoder.eval.cli import Config as EvaluateConfig
+    from wizardcoder.generate import Config as GenerateConfig
+    from wizardcoder.serve import Config as ServeConfig
+
+    found = {cls.__module__: settings.settings(cls)["max_new_tokens"] for cls in (ServeConfig, GenerateConfig,
+                                                                                  EvaluateConfig)}
+    assert {(s.flags, s.default) for s in found.values()} == {(("--max-new-tokens",), 512)}
+    assert settings.parse(ServeConfig, ["--model", "tiny", "--max-new-tokens", "7"]).max_new_tokens == 7
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -184,6 +198,7 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused_at_start(tmp_path):
     (["--dtype", "float8"], "--dtype 'float8' is not a dtype"),
     (["--max-n", "64", "--max-queued-samples", "8"], "--max-n (64) is larger than --max-queued-samples (8)"),
     (["--max-len", "1"], "--max-len must be at least 2"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--device", "banana"], "--device 'banana' is not a device"),
     (["--template", "nope"], "unknown template 'nope'"),
     (["--api-key-env", "WC_UNSET_VAR"], "--api-key-env WC_UNSET_VAR: that environment variable is not set"),

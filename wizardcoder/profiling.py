@@ -4,7 +4,7 @@ memory snapshot, and the per-step time breakdown that training writes to metrics
     --profile [--profile-wait 1 --profile-warmup 1 --profile-active 3]
 
 What each part is:
-- `ProfileConfig`: the flags, a dataclass the verbs' configs inherit (`TrainConfig`, `GenerateConfig`).
+- `ProfileConfig`: the flags, a dataclass the verbs' configs inherit (`TrainConfig`, generate's `GenerationSettings`, serve's `Config`).
 - `Profile`: torchtitan's scheme. A `torch.profiler.schedule(wait, warmup, active)` over steps (training steps, or
   the engine's `step()` calls); when the active window closes, each rank writes `rank{R}.step{S}.trace.json.gz` (a
   Chrome trace: Perfetto and chrome://tracing open it as is). On CUDA it also records the allocator's history from the start and dumps

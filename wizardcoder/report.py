@@ -23,6 +23,7 @@ import os
 import platform
 from collections import Counter
 
+from .benchmarks import get_benchmark
 from .errors import UserError
 from .io import atomic_write_text, read_jsonl
 
@@ -367,11 +368,11 @@ def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
         return ""
     rows, bars = [], []
     for name, s in evals:
-        figures = s["plus"] if "plus" in s else s
-        ks = sorted((k for k in figures if k.startswith("pass@")), key=lambda k: int(k[5:]))
+        bench = get_benchmark(s["task"])
+        figures, base = bench.scores(s), bench.base_scores(s)
+        ks = sorted(figures, key=lambda k: int(k[5:]))
         for k in ks:
-            rows.append([name, s.get("task"), s.get("n_samples"), k, figures[k]]
-                        + ([s["base"].get(k)] if "base" in s else [""]))
+            rows.append([name, s.get("task"), s.get("n_samples"), k, figures[k], base.get(k) if base else ""])
             bars.append((f"{name}\n{k}", figures[k]))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(bars)), 3.5))

@@ -10,18 +10,17 @@
     bench = get_benchmark("mbpp")                                        # one object per task
     problems = bench.load(); prompt = bench.prompt(problems["11"]); stop = bench.stop
 
-Modules: benchmarks (one Benchmark per task: datasets, task ids, prompts, post-processing rules, sandbox jobs, time
-limits), postprocessing (answers -> code, sanitizer), jobs (Job, Result, IsolationReport), sandbox + worker (the
+Modules: postprocessing (answers -> code, sanitizer), jobs (Job, Result, IsolationReport), sandbox + worker (the
 isolated executor), pool (workers from the evaluator's side), checks (what runs inside the sandbox), passk (the
 estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 """
 # Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
 # fork per program slower.
 _LAZY = {
-    "evaluate": "scoring", "summarize": "scoring", "pass_at_k": "passk", "VERDICTS": "jobs", "Job": "jobs",
-    "Result": "jobs", "IsolationReport": "jobs", "SandboxPool": "pool", "sanitize": "postprocessing",
-    "SandboxConfig": "sandbox", "TASKS": "benchmarks", "get_benchmark": "benchmarks", "Benchmark": "benchmarks",
-    "Problem": "benchmarks",
+    "evaluate": ".scoring", "summarize": ".scoring", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
+    "Result": ".jobs", "IsolationReport": ".jobs", "SandboxPool": ".pool", "sanitize": ".postprocessing",
+    "SandboxConfig": ".sandbox", "TASKS": "..benchmarks", "get_benchmark": "..benchmarks",
+    "Benchmark": "..benchmarks", "Problem": "..benchmarks",
 }
 __all__ = list(_LAZY)
 
@@ -30,5 +29,5 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

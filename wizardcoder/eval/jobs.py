@@ -48,7 +48,7 @@ def check_workers(workers, flag: str = "--workers") -> None:
                           "process may use); each worker is a process holding its programs' memory.")
 
 
-KINDS = ("script", "plus", "record")
+KINDS = ("script", "plus", "record", "command")
 VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
 SPLITS = ("base", "plus")
 
@@ -58,10 +58,12 @@ class Job:
     """One program to run in the sandbox."""
 
     id: Hashable  # the caller's key, handed back on the Result (e.g. (sample index, "base"))
-    kind: str  # "script": run `code` to the end; "plus": evalplus differential test; "record": canonical outputs
+    kind: str  # "script": run `code` to the end; "plus": evalplus differential test; "record": canonical outputs;
+    # "command": `code` in another language, built and run by the steps its task data names (languages.py)
     code: str  # the whole program (script) or the solution whose entry point is called (plus, record)
     timeout: float | None = None  # CPU seconds; None: the pool's SandboxConfig.timeout
-    task_key: str | None = None  # plus/record: the data sent once with pool.add_task (inputs, expected outputs)
+    task_key: str | None = None  # plus/record/command: the data sent once with pool.add_task (inputs, expected
+    # outputs; a command job's toolchain steps)
     split: str | None = None  # plus: which input set, "base" or "plus"
 
     def __post_init__(self):

@@ -7,6 +7,9 @@
                                              unprivileged uid with no capabilities (when root), PDEATHSIG,
                                              no_new_privs, Landlock (reads and writes), seccomp, then runs the job
                                              (wizardcoder/eval/checks.py)
+                                             command jobs (other languages): the child runs only checks.py, and
+                                             each compile or run step it starts takes Landlock and seccomp itself
+                                             before it execs (its own pid in the filter, its own /proc/self)
 
 Each layer is used when this machine permits it, probed once per worker and reported as an `IsolationReport`
 (jobs.py): one `Layer` per name below, `active=False` with the fallback named when the machine refused it. The threat
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import gc
 import json
 import math
@@ -87,6 +91,7 @@ class SandboxConfig:
     scratch: int = 512 << 20  # size of the worker's private tmpfs holding the temp folders (when permitted)
     tmp_root: str | None = None  # where private temp folders go (default: the system temp dir)
     preload: tuple = ()  # modules to import in the worker besides PRELOAD (e.g. numpy for the + tasks)
+    read_paths: tuple = ()  # folders outside the allowlist programs may read (a compiled task's toolchain, view.py)
 
 
 def _why(e: BaseException) -> str:
@@ -169,6 +174,9 @@ class Worker:
         if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
             os._exit(1)
         self.pydirs = view.python_dirs()
+        # what the view binds and Landlock allows besides the system folders: Python, and a task's toolchain
+        self.allowed = self.pydirs + [p for p in c.read_paths if os.path.exists(p)]
+        self.tools = "the task's toolchain folders, " if len(self.allowed) > len(self.pydirs) else ""  # for the report
         if self.root and self._probe_uid(check_read=False) == "no-setuid":
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
@@ -183,13 +191,13 @@ class Worker:
         if self.root:
             self.keep_read = self._probe_uid(check_read=True) == "unreadable"
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
-        self.read_paths = view.read_paths(self.pydirs, in_view=has_view)
+        self.read_paths = view.read_paths(self.allowed, in_view=has_view)
 
         layers.append(self._user_layer())
         if has_view:
             layers.append(Layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
-                                              "Python installation, /usr, /lib*, /bin, six /etc files, harmless "
-                                              "devices, CPU info and the scratch tmpfs; proc with "
+                                              f"Python installation, {self.tools}/usr, /lib*, /bin, six /etc files, "
+                                              "harmless devices, CPU info and the scratch tmpfs; proc with "
                                               "hidepid=invisible; own IPC namespace"))
         else:
             layers.append(Layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
@@ -236,7 +244,7 @@ class Worker:
         try:
             _sandbox.unshare(_sandbox.CLONE_NEWNS | _sandbox.CLONE_NEWIPC)
             try:  # the view's root is mounted on our temp folder; the scratch sits at the same path inside it
-                view.build_view(self.tmp_root, self.tmp_root, self.config.scratch, self.pydirs)
+                view.build_view(self.tmp_root, self.tmp_root, self.config.scratch, self.allowed)
                 has_view = True
             except OSError as e:
                 why["view"] = _why(e)
@@ -292,8 +300,9 @@ class Worker:
                          "NOTHING beyond the private working folder: the program can read and write what the "
                          "evaluating user can")
         return Layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
-                                         "installation, system library folders, a few /etc files, harmless devices "
-                                         "and its own folder; writes only beneath its own folder (and /dev/null)")
+                                         f"installation, {self.tools}system library folders, a few /etc files, "
+                                         "harmless devices and its own folder; writes only beneath its own folder "
+                                         "(and /dev/null)")
 
     def _network_layer(self, netns: bool, why: str) -> Layer:
         if self.config.network:
@@ -344,7 +353,7 @@ class Worker:
             except BaseException:  # noqa: BLE001
                 os._exit(2)
             try:
-                for p in self.pydirs if check_read else ():
+                for p in self.allowed if check_read else ():
                     os.listdir(p)
                 os._exit(0)
             except BaseException:  # noqa: BLE001
@@ -414,7 +423,7 @@ class Worker:
             reply = self._watch(pid, r, t0, timeout, cpu, big=not judged)
         finally:
             os.close(r)
-            self._cleanup(pid, jobdir)
+            self._cleanup(pid, jobdir, forks=job["kind"] == "command")
         if judged and "raw" in reply:
             raw = reply.pop("raw")
             if raw[:NONCE_LEN] == nonce:
@@ -464,11 +473,14 @@ class Worker:
             if os.getppid() != self.pid:  # the worker died before that: nothing would kill us
                 os._exit(1)
             _sandbox.no_new_privs()
-            if self.landlock_abi:
-                # /dev/null is written by torch and others; /proc/self opened here is this process's own folder
-                _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
-            _sandbox.seccomp(os.getpid(), not c.allow_fork, not c.network)
         kind = job["kind"]
+        if kind == "command":  # this process runs no program: each step confines itself (checks.command_job)
+            if self.keep_read and _sandbox is not None:  # the steps read the toolchain as Python would (see view)
+                _sandbox.ambient_read()
+            run, describe = checks.command_job(job, self.tasks[job["task_key"]],
+                                               functools.partial(self._confine, jobdir))
+        else:
+            self._confine(jobdir, not c.allow_fork)
         if kind == "record":  # trusted code: its outputs come back as pickle
             try:
                 _write_all(3, pickle.dumps(checks.run_record(job, self.tasks[job["task_key"]])))
@@ -477,10 +489,21 @@ class Worker:
             os._exit(0)
         if kind == "script":
             run, describe = checks.script_job(job)
-        else:
+        elif kind == "plus":
             run, describe = checks.plus_job(job, self.tasks[job["task_key"]],
                                             _sandbox.plain if _sandbox is not None else None)
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
+
+    def _confine(self, jobdir: str, block_fork: bool) -> None:
+        """Landlock and seccomp for the calling process: a Python program's child, or one step of a command job
+        (after its fork: /proc/self and the pid its signals are limited to are its own)."""
+        if _sandbox is None:
+            return
+        c = self.config
+        if self.landlock_abi:
+            # /dev/null is written by torch and others; /proc/self opened here is this process's own folder
+            _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
+        _sandbox.seccomp(os.getpid(), block_fork, not c.network)
 
     def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool) -> dict:
         """Collect the child's result until it exits, its user CPU time reaches the limit (polled: the kernel's
@@ -545,9 +568,11 @@ class Worker:
             return {"status": "crashed", "error": f"exited with status {code} before reporting a result"}
         return {"raw": data}
 
-    def _cleanup(self, pid: int, jobdir: str) -> None:
+    def _cleanup(self, pid: int, jobdir: str, forks: bool = False) -> None:
+        """Kill what the job left (`forks`: a command job, whose steps run in process groups of their own) and
+        remove its folder."""
         _killpg(pid)
-        if self.config.allow_fork and self.root:
+        if forks or (self.config.allow_fork and self.root):
             self._sweep(ours=True)  # processes that left the group (setsid) still carry the sandbox uid
         self._reap()
         try:  # the usual case: the program left only its output file
@@ -562,7 +587,12 @@ class Worker:
         subreaper, so whatever it left is, or becomes, our child), and our own children list says when the sweep
         is done; otherwise (leftovers of another worker) /proc is searched for the uid."""
         for _ in range(rounds):
-            self._kill_uid()
+            if self.root:
+                self._kill_uid()
+            else:  # no uid of its own: what is left of the program is reparented to us (the subreaper)
+                for child in self._children_left():
+                    _killpg(child)
+                    _kill(child)
             self._reap()
             left = self._children_left() if ours else processes_of(self.uid)
             if not left:
@@ -570,13 +600,13 @@ class Worker:
             time.sleep(0.002)
 
     def _children_left(self) -> list[int]:
-        """Our children other than the watchdog (/proc/<pid>/task/<pid>/children; a scan of /proc where the
-        kernel lacks that file)."""
+        """Our children other than the watchdog (/proc/<pid>/task/<pid>/children; where the kernel lacks that
+        file, a scan of /proc for the sandbox uid when it is ours alone, else nothing: the uid is the evaluator's)."""
         try:
             with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
                 return [int(p) for p in f.read().split() if int(p) != self.watchdog_pid]
         except OSError:
-            return processes_of(self.uid)
+            return processes_of(self.uid) if self.root else []
 
     def _kill_uid(self) -> None:
         """kill(-1, SIGKILL) as the sandbox uid (in a throw-away child: we stay root)."""
@@ -687,6 +717,13 @@ def _cpu_secs(cpu: float) -> int:
 def _killpg(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 

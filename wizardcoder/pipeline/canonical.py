@@ -26,7 +26,7 @@ def canonical_stage(evaluate: Stage, out: str) -> Stage:
 
     @contextlib.contextmanager
     def write_samples(stage: Stage) -> Iterator[None]:
-        from ..eval.benchmarks import get_benchmark
+        from ..benchmarks import get_benchmark
 
         bench = get_benchmark(task)
         problems = bench.load(data)

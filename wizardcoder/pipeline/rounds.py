@@ -18,6 +18,7 @@ import shutil
 from typing import Iterator
 
 from .. import settings
+from ..benchmarks import get_benchmark
 from ..cli import verb_config
 from ..errors import ConfigError, UserError
 from ..io import atomic_open, atomic_write_json, read_json
@@ -46,7 +47,7 @@ def _snapshot(src: str):
 
 def pass_at_1(summary_path: str) -> float:
     s = read_json(summary_path, "evaluation summary")
-    return float(s["plus"]["pass@1"] if "plus" in s else s["pass@1"])
+    return get_benchmark(s["task"]).headline(s)[1]
 
 
 def run_round_selection(run: Run, may_run: bool = True) -> dict[str, str]:

@@ -4,26 +4,19 @@
 
 `/v1/completions` and `/v1/chat/completions` (chat rendered with WizardCoder's Alpaca template), with `n`, `stop`,
 `seed`, `top_p`, `top_k`, `stream: true` (server-sent events), real finish reasons and counted usage; `/v1/models`.
-Layout: `config.py` the flags, `protocol.py` the wire format and request checks, `worker.py` the engine's thread,
+Layout: `config.py` the settings (`Config`), `protocol.py` the wire format and request checks, `worker.py` the engine's thread,
 `app.py` the aiohttp routes. docs/serve.md describes the behaviour and the limits.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import socket
 
-from ..cli_args import add_dataclass_arguments, dataclass_from_args
 from ..errors import ConfigError, UserError
-from .config import ServeConfig
+from .config import Config
 
-__all__ = ["ServeConfig", "add_arguments", "run", "load_model", "bind_socket", "resolve_device", "max_token_chars"]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(p, ServeConfig)
-
+__all__ = ["Config", "run", "load_model", "bind_socket", "resolve_device", "max_token_chars"]
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or one sentence saying why not (checked before the model loads)."""
@@ -67,7 +60,7 @@ def resolve_device(name: str | None):
     return device
 
 
-def load_model(cfg: ServeConfig):
+def load_model(cfg: Config):
     """(model, tokenizer, served name). A preset name gives random weights and the bundled tokenizer; anything else
     is a checkpoint whose tokenizer is stored beside it (or given by --tokenizer)."""
     from ..engine import load
@@ -85,8 +78,7 @@ def max_token_chars(tok) -> int:
     return max(len(tok.decode([i]).encode("utf-8", "surrogatepass")) for i in range(tok.vocab_size))
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(ServeConfig, args)
+def run(cfg: Config) -> int:
     sock = bind_socket(cfg.host, cfg.port)  # a taken port fails now, before torch is imported or the model loads
     try:
         from aiohttp import web
@@ -103,14 +95,11 @@ def run(args: argparse.Namespace) -> int:
         if cfg.api_key_env and not api_key:
             raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         model, tok, name = load_model(cfg)
-        positions = model.config.n_positions
-        if cfg.max_len is not None and cfg.max_len > positions:
-            raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
-        max_len = cfg.max_len or positions
-        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
+        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=cfg.max_len, deterministic=cfg.deterministic)
+        max_len = engine.max_len  # --max-len, checked against the model's positions by the engine; none: all of them
         engine.step = Profile.from_config(cfg, "profile", 0, engine.device).around_steps(engine.step)  # --profile
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
-                        default_max_tokens=cfg.default_max_new_tokens, template=template,
+                        default_max_tokens=cfg.max_new_tokens, template=template,
                         encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),
                         max_prompts=cfg.max_queued_samples)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,

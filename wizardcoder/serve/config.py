@@ -1,6 +1,7 @@
-"""`ServeConfig`: every option of `wizardcoder serve` (one flag per field, via wizardcoder.cli_args).
+"""`Config`: every setting of `wizardcoder serve` (one flag and one `[serve]` key per field, via wizardcoder.settings).
 
-Importing it does not import torch, so a taken port is reported at once; --dtype is checked when the model loads."""
+Importing it does not import torch, so a taken port is reported at once; --dtype is resolved (wizardcoder.dtypes) once,
+when the model loads, and --max-len is checked against the model's positions by the engine it sizes."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from ..profiling import ProfileConfig
 
 
 @dataclass
-class ServeConfig(ProfileConfig):  # --profile: a trace of engine steps wait+warmup+1 .. in --profile-dir
+class Config(ProfileConfig):  # --profile: a trace of engine steps wait+warmup+1 .. in --profile-dir
     model: str = ""  # checkpoint folder, hub id, or preset name (random weights, the bundled tokenizer)
     tokenizer: str | None = None  # tokenizer folder, file or hub id; none: the one stored with --model
     served_model_name: str | None = None  # the model id clients send; none: the checkpoint folder's name
@@ -24,7 +25,7 @@ class ServeConfig(ProfileConfig):  # --profile: a trace of engine steps wait+war
     max_len: int | None = None  # tokens per sequence, prompt + completion; none: the model's positions
     max_n: int = 128  # largest `n` a request may ask for
     max_queued_samples: int = 1024  # samples (prompts x n) accepted and not yet answered; more is refused with 429
-    default_max_new_tokens: int = 256  # completion length when a request gives no max_tokens (capped by max_len)
+    max_new_tokens: int = 512  # completion length when a request gives no max_tokens (capped by max_len)
     request_timeout: float = 600.0  # seconds without a finished sample (streaming: a step) before a request gets 503
     max_body_mb: float = 8.0  # largest request body accepted, in MiB
     header_timeout: float = 10.0  # seconds a connection has to send a request's headers (also the idle keep-alive)
@@ -39,7 +40,7 @@ class ServeConfig(ProfileConfig):  # --profile: a trace of engine steps wait+war
             raise ConfigError(f"--port {self.port} is not a TCP port; use 1..65535.")
         for flag, value in (("--max-slots", self.max_slots), ("--max-n", self.max_n),
                             ("--max-queued-samples", self.max_queued_samples),
-                            ("--default-max-new-tokens", self.default_max_new_tokens)):
+                            ("--max-new-tokens", self.max_new_tokens)):
             if value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}.")
         if self.max_len is not None and self.max_len < 2:

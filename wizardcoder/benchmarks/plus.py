@@ -14,9 +14,9 @@ import os
 import pickle
 from typing import Iterable
 
-from ...errors import DataError
-from ...io import atomic_open
-from ..jobs import Job, Result
+from ..errors import DataError
+from ..io import atomic_open
+from ..eval.jobs import Job, Result
 from .base import Benchmark, Problem, Work
 from .sources import cache_dir
 

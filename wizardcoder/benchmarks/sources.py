@@ -19,12 +19,12 @@ import threading
 import urllib.parse
 import urllib.request
 
-from ...errors import DataError
-from ...io import atomic_open
+from ..errors import DataError
+from ..io import atomic_open
 
 CONNECT_TIMEOUT = 3.0  # seconds for the connectivity check (DNS included)
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download gives up
-PACKAGE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+PACKAGE_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval", "data")
 
 
 @dataclasses.dataclass(frozen=True)

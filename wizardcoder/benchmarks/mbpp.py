@@ -49,6 +49,13 @@ class Mbpp(Benchmark):
         return Problem(str(rec["task_id"]), "", None, rec["code"], text=rec["text"], tests=list(rec["test_list"]),
                        raw=rec)
 
+    def every_problem(self, path: str) -> dict[str, Problem]:
+        """All 974 problems, every split."""
+        return Mbpp(all_splits=True).read(path)
+
+    def qualified_id(self, problem: Problem) -> str:
+        return f"Mbpp/{problem.task_id}"  # as MBPP+ spells it
+
     def instruction(self, problem: Problem, instructions: dict | None = None) -> str:
         """mbpp_gen.py's input: newline, text, "Test examples:", one assert per line (task 493: the call only)."""
         text = f"\n{problem.text}\nTest examples:"

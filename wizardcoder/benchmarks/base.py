@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Iterable
 
-from ...data.templates import ALPACA
-from ...errors import ConfigError, DataError
-from ...io import read_records
-from .. import postprocessing
-from ..jobs import Job, Result
+from ..data.templates import ALPACA
+from ..errors import ConfigError, DataError
+from ..io import read_records
+from ..eval import postprocessing
+from ..eval.jobs import Job, Result
 from .sources import Source, locate
 
 PROMPT_STYLES = ("wizardcoder", "plain")  # instruction prompt (answers post-processed) / code completion
@@ -58,6 +58,7 @@ class Benchmark:
     required: ClassVar[tuple[str, ...]]  # fields every upstream record has
     timeout: ClassVar[float | None] = 3.0  # default CPU seconds per program (None: per problem, see PlusBenchmark)
     preload: ClassVar[tuple[str, ...]] = ()  # modules the sandbox worker imports up front (checks or contexts use them)
+    read_paths: ClassVar[tuple[str, ...]] = ()  # folders outside the sandbox's allowlist its programs read (compilers)
     parts: ClassVar[tuple[str, ...]] = ("script",)  # the jobs of one sample; the sample passes when all pass
     id_prefix: ClassVar[str] = ""  # "HumanEval/": bare numbers get it; "": ids lose any "Name/" prefix
     continues_prompt: ClassVar[bool] = True  # a completion is appended to the code prompt
@@ -68,6 +69,12 @@ class Benchmark:
         return f"<benchmark {self.name}>"
 
     # ------------------------------------------------------------------------------------------- data
+
+    @classmethod
+    def recognizes(cls, record: dict) -> bool:
+        """`record` (a dataset file's first) is in this task's upstream format: it has the task's fields and, where
+        the task has one, its task id prefix."""
+        return all(f in record for f in cls.required) and str(record.get("task_id", "")).startswith(cls.id_prefix)
 
     def locate(self, data: str | None = None) -> str:
         """The dataset file: `data`, else a package, a local cache or the network (see sources.py)."""
@@ -96,6 +103,10 @@ class Benchmark:
         return Problem(rec["task_id"], rec["prompt"], rec["entry_point"], rec["prompt"] + rec["canonical_solution"],
                        raw=rec)
 
+    def every_problem(self, path: str) -> dict[str, Problem]:
+        """Every problem the file holds, not only the scored ones (what evolve's decontamination compares with)."""
+        return self.read(path)
+
     def normalize_id(self, task_id) -> str:
         """Task ids as the dataset spells them; samples may give a bare number, or another "Name/" prefix."""
         s = str(task_id).strip()
@@ -103,10 +114,22 @@ class Benchmark:
             return self.id_prefix + s if s.isdigit() else s
         return s.rsplit("/", 1)[-1]
 
+    def qualified_id(self, problem: Problem) -> str:
+        """The task id with its benchmark's prefix ("HumanEval/0", "Mbpp/11"), the same for a task's two releases."""
+        return problem.task_id
+
+    def unavailable(self) -> str | None:
+        """Why this machine cannot score the task (a compiler it lacks): it is then skipped, never scored 0%."""
+        return None
+
     def statement(self, problem: Problem) -> str:
         """The problem as posed to a person: MBPP's text, else the code prompt with its docstring (what evolve's
         decontamination compares instructions with)."""
         return problem.text or problem.prompt
+
+    def reference_solution(self, problem: Problem) -> str:
+        """The canonical solution as the dataset gives it (HumanEval: the function body after the prompt)."""
+        return problem.raw.get("canonical_solution", problem.canonical)
 
     # ------------------------------------------------------------------------------------------- prompts
 
@@ -186,3 +209,29 @@ class Benchmark:
         """The verdict fields of one sample's results row, from its jobs' results ({part: result})."""
         r = parts["script"]
         return {"passed": r.passed, "status": r.status, "error": r.error, "seconds": r.seconds}
+
+    # ------------------------------------------------------------------------------------------- scores
+
+    @property
+    def has_plus(self) -> bool:
+        """A sample runs several test sets in turn (EvalPlus: `base`, then `plus`); summary.json then also gives
+        pass@k up to each part, under the part's name."""
+        return len(self.parts) > 1
+
+    def part_scores(self, summary: dict) -> dict[str, dict[str, float]]:
+        """{part: pass@k of the samples that passed it and every part before} ({} for a one-part task)."""
+        return {p: summary[p] for p in self.parts if isinstance(summary.get(p), dict)} if self.has_plus else {}
+
+    def scores(self, summary: dict) -> dict[str, float]:
+        """pass@k over all of a sample's tests (the + tasks: base + plus), as a summary.json gives it."""
+        parts = self.part_scores(summary)
+        return parts[self.parts[-1]] if self.parts[-1] in parts else {
+            k: v for k, v in summary.items() if k.startswith("pass@")}
+
+    def base_scores(self, summary: dict) -> dict[str, float]:
+        """pass@k on the first part's tests alone (HumanEval+'s base tests: HumanEval's); {} for a one-part task."""
+        return self.part_scores(summary).get(self.parts[0], {})
+
+    def headline(self, summary: dict, k: int = 1) -> tuple[str, float]:
+        """(label, value): the score this task is quoted by, pass@k over all of its tests."""
+        return f"{self.title} pass@{k}", float(self.scores(summary)[f"pass@{k}"])
