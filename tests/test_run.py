@@ -407,3 +407,16 @@ def test_a_section_as_flags_parses_back_to_the_same_config():
     for section in sections:
         argv = command_line(Verb, section)
         assert settings.parse(Verb, argv) == settings.build(Verb, section), argv
+
+
+def test_run_command_line():
+    """`--set` repeats (every one kept, in order); `--from` after `--until` is one sentence."""
+    from wizardcoder import settings
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.pipeline import run
+
+    cfg = settings.parse(run.Config, ["c.toml", "--set", "train.lr=1e-4", "--from", "pack", "--set", "pack.seed=2"])
+    assert (cfg.config, cfg.start, cfg.until, cfg.sets) == ("c.toml", "pack", None, ["train.lr=1e-4", "pack.seed=2"])
+    assert run.parse_set(cfg.sets) == [("train", "lr", 1e-4), ("pack", "seed", 2)]
+    with pytest.raises(ConfigError, match="--from train comes after --until pack"):
+        settings.parse(run.Config, ["c.toml", "--from", "train", "--until", "pack"])
