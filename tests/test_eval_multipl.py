@@ -242,6 +242,23 @@ def test_missing_toolchain_is_skipped(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
+def test_missing_toolchain_is_reported_skipped_by_the_verb(tmp_path, monkeypatch, capsys):
+    """Through `wizardcoder evaluate`: the report and the JSON line say skipped and why, with no pass@k."""
+    from wizardcoder.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": ADD, "completion": RIGHT["js"][ADD]}) + "\n")
+    assert main(["evaluate", "--task", "humaneval-js", "--samples", str(samples), "--out", str(tmp_path / "out"),
+                 "--data", os.path.join(DATA, "humaneval-js.jsonl"), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["skipped"].startswith("skipped: toolchain missing") and "node" in line["skipped"]
+    assert not any(k.startswith("pass@") for k in line)
+    assert "skipped: toolchain missing" in err and "pass@1" not in err
+
+
 def test_tasks_registered():
     """One task per language, with the record's stop tokens for completion models and the ids of the file."""
     for lang in RIGHT:

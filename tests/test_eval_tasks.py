@@ -287,11 +287,14 @@ def test_a_file_names_its_benchmark(shared_data, tmp_path):
              "humaneval+": os.path.join(shared_data, "humanevalplus", "HumanEvalPlus-Mini.jsonl.gz"),
              "mbpp": get_benchmark("mbpp").locate(),
              "mbpp+": os.path.join(shared_data, "mbppplus", "MbppPlus.jsonl.gz"),
-             "ds1000": os.path.join(FIXTURES, "ds1000_mini.jsonl")}
+             "ds1000": os.path.join(FIXTURES, "ds1000_mini.jsonl"),
+             **{f"humaneval-{lang}": os.path.join(FIXTURES, "..", "multipl-e", f"humaneval-{lang}.jsonl")
+                for lang in ("js", "cpp", "java", "rs", "go", "php")}}
     assert {task: recognize(path).name for task, path in files.items()} == {task: task for task in files}
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n")
-    with pytest.raises(DataError, match="neither HumanEval, HumanEval\\+, MBPP, MBPP\\+ nor DS-1000"):
+    with pytest.raises(DataError, match="neither HumanEval, HumanEval\\+, MBPP, MBPP\\+, DS-1000, .* nor "
+                                        "HumanEval-PHP \\(MultiPL-E\\)"):
         recognize(str(other))
 
 

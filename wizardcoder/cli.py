@@ -27,7 +27,7 @@ from .io import read_json
 VERBS: dict[str, tuple[str, str]] = {
     "evolve": ("wizardcoder.evol.cli", "evolve seed instructions with an LLM (Evol-Instruct for code)"),
     "pack": ("wizardcoder.data.cli", "tokenize instruction data and pack it into token-stream shards"),
-    "train": ("wizardcoder.train", "fine-tune StarCoder on packed shards (one process; torchrun for many)"),
+    "train": ("wizardcoder.train", "fine-tune StarCoder or a Llama-family model on packed shards (one process; torchrun for many)"),
     "generate": ("wizardcoder.generate", "sample completions for a benchmark's prompts"),
     "evaluate": ("wizardcoder.eval.cli", "score samples (or generate, then score) with pass@k"),
     "serve": ("wizardcoder.serve", "OpenAI-compatible HTTP server over a checkpoint"),

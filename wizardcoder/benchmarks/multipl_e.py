@@ -46,6 +46,11 @@ class MultiPLE(Benchmark):
     timeout = 5.0  # CPU seconds of the run step (the compile step has its own: languages.COMPILE_CPU)
     id_prefix = ""  # MultiPL-E's names have no "/" prefix
 
+    @classmethod
+    def recognizes(cls, record: dict) -> bool:
+        # one file per language; MultiPL-E's own key for Go is the test file's name, "go_test.go"
+        return super().recognizes(record) and str(record.get("language", "")).split("_")[0] == cls.language
+
     def problem(self, rec: dict, index: int) -> Problem:
         header = rec["prompt"].rstrip().rsplit("\n", 1)[-1]  # the signature line the completion continues
         m = re.search(r"(\w+)\s*\(", header)

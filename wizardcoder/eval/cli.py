@@ -75,6 +75,8 @@ def _is_int(v) -> bool:
 def format_report(bench: Benchmark, summary: dict) -> str:
     lines = [f"{summary['task']}: {summary['n_samples']} samples over {summary['n_tasks']} problems"
              + (f" ({summary['missing_tasks']} problems without samples)" if summary.get("missing_tasks") else "")]
+    if summary.get("skipped"):  # no toolchain for the language: not scored (never 0%)
+        return "\n".join([*lines, f"  {summary['skipped']}"])
     parts = bench.part_scores(summary)  # the + tasks: pass@k on the base tests, then on base + plus
     names = list(parts)
     rows = [(" + ".join(names[: j + 1]) + ": ", parts[p]) for j, p in enumerate(names)] or [("", bench.scores(summary))]
@@ -126,5 +128,6 @@ def run(cfg: Config) -> int:
     summary = evaluate(cfg.bench, samples, cfg.out, data=path, postprocess=cfg.postprocess, ks=cfg.k,
                        workers=cfg.workers, timeout=cfg.timeout, config=config, progress=cfg.progress)
     print(format_report(cfg.bench, summary), file=sys.stderr)
-    print(json.dumps({k: v for k, v in summary.items() if k.startswith("pass@") or k in ("task", "n_samples")}))
+    print(json.dumps({k: v for k, v in summary.items()
+                      if k.startswith("pass@") or k in ("task", "n_samples", "skipped")}))
     return 0
