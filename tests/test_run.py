@@ -349,7 +349,7 @@ def test_train_under_torchrun(tmp_path):
     run = tmp_path / "run"
     launch = "torch.distributed.run --nproc_per_node=2 -m wizardcoder train"
     line = next(x for x in proc.stdout.splitlines() if launch in x)
-    for flags in ("--model tiny", "--max-steps 2", "--no-progress", f"--data {run / 'pack'}", f"--out {run / 'train'}"):
+    for flags in ("--model=tiny", "--max-steps=2", "--no-progress", f"--data={run / 'pack'}", f"--out={run / 'train'}"):
         assert f" {flags}" in line, (flags, line)
     assert "2 rank(s)" in proc.stdout and os.path.exists(tmp_path / "run" / "train" / "final" / "model.safetensors")
 
@@ -402,7 +402,7 @@ def test_a_section_as_flags_parses_back_to_the_same_config():
         sampling: Group = field(default_factory=Group)
 
     sections = [{"model": "m", "data": ["a b.jsonl", "c"], "k": [1, 10], "progress": False, "dtype": "bf16",
-                 "max_steps": None, "note": "x=1,y", "seed": None, "top_p": 0.95},
+                 "max_steps": None, "note": "-x=1,y", "seed": None, "top_p": 0.95},
                 {"data": [], "model": "m", "progress": True, "top_p": 1e-4, "seed": 0, "note": None}]
     for section in sections:
         argv = command_line(Verb, section)

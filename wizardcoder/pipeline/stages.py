@@ -29,7 +29,7 @@ from ..resume import Marker, settings_hash
 STAGES = ("evolve", "pack", "train", "generate", "evaluate")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 # Keys that change how a stage looks, not what it makes: left out of the stage's hash.
-NOT_HASHED = {"progress", "quiet", "llm_base_url", "overwrite", "workers", "concurrency",
+NOT_HASHED = {"progress", "json", "llm_base_url", "overwrite", "workers", "concurrency",
               "profile", "profile_wait", "profile_warmup", "profile_active", "profile_dir"}  # profiling.ProfileConfig
 
 Hook = Callable[["Stage"], ContextManager[None]]
@@ -121,8 +121,10 @@ def command_line(cls, section: dict) -> list[str]:
         values = [str(v) for v in value] if s.many else ["none" if value is None else str(value)]
         if s.positional:
             positionals += values
-        else:
+        elif s.many:
             flags += [s.flags[0], *values]
+        else:
+            flags.append(f"{s.flags[0]}={values[0]}")  # `=`: a value that starts with "-" stays a value
     return positionals + flags
 
 
