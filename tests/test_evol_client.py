@@ -17,10 +17,10 @@ def cfg(stub, **kw):
     return LLMConfig(base_url=stub.base_url, model="stub-model", api_key_env=None, **kw)
 
 
-def generate(config, prompt="hello"):
+def complete(config, prompt="hello"):
     async def go():
         async with LLMClient(config) as c:
-            out = await c.generate(prompt)
+            out = await c.complete(prompt)
             return out, c.usage
     return asyncio.run(go())
 
@@ -28,7 +28,7 @@ def generate(config, prompt="hello"):
 @pytest.mark.parametrize("kind", MALFORMED)
 def test_a_malformed_200_is_retried_and_counted(kind):
     with StubLLM(faults=[kind, kind]) as stub:
-        out, usage = generate(cfg(stub))
+        out, usage = complete(cfg(stub))
         statuses = [st for _, _, st in stub.requests]
     assert statuses == [f"malformed:{kind}"] * 2 + [200]
     assert out.text == default_answer("answer", "hello") and out.retries == 2 and out.malformed == 2
@@ -42,7 +42,7 @@ def test_a_malformed_200_is_retried_and_counted(kind):
 def test_when_retries_run_out_the_message_says_what_came_back(kind, says):
     with StubLLM(faults=[kind] * 3) as stub:
         with pytest.raises(LLMError) as e:
-            generate(cfg(stub, max_retries=2))
+            complete(cfg(stub, max_retries=2))
         assert len(stub.requests) == 3
     msg = str(e.value)
     assert re.search(rf"gave up after 3 tries \(HTTP 200 with {says}", msg), msg
@@ -54,7 +54,7 @@ def test_when_retries_run_out_the_message_says_what_came_back(kind, says):
 def test_an_answer_in_the_other_style_fails_at_once_naming_the_flag(style, other, field):
     with StubLLM(answer_style=other) as stub:
         with pytest.raises(LLMError, match=rf"answers in {other} style \(choices\[0\]\.{field}\); pass --llm-style {other}"):
-            generate(cfg(stub, style=style))
+            complete(cfg(stub, style=style))
         assert len(stub.requests) == 1  # not retried: it would never change
 
 

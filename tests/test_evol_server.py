@@ -123,7 +123,7 @@ def test_retry_after_is_honoured():
     async def go(stub):
         async with LLMClient(llm(stub)) as c:
             t0 = time.perf_counter()
-            out = await c.generate("hello")
+            out = await c.complete("hello")
             return out, time.perf_counter() - t0
 
     with StubLLM(faults=[(429, "0.6")]) as stub:
@@ -137,7 +137,7 @@ def test_a_request_over_the_timeout_is_retried_then_named():
 
     async def go(stub):
         async with LLMClient(llm(stub, timeout_s=0.2, max_retries=1)) as c:
-            await c.generate("hello")
+            await c.complete("hello")
 
     with StubLLM(delay=1.0) as stub:
         t0 = time.perf_counter()

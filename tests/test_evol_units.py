@@ -11,7 +11,7 @@ import pytest
 from wizardcoder.errors import ConfigError, DataError
 from wizardcoder.evol import hygiene as H
 from wizardcoder.evol import rules as R
-from wizardcoder.evol.engine import load_seed
+from wizardcoder.evol.evolution import load_seed
 from wizardcoder.evol.prompts import CODE_METHODS, EvolPrompts, load_prompts
 
 CHI2_DF4_P001 = 18.467  # chi-square critical value, 4 degrees of freedom, p = 0.001

@@ -216,7 +216,7 @@ def test_the_engine_thread_fails_a_request_the_engine_refuses_alone():
     while the job queued before it completes, and both give their place in the queue back."""
     from wizardcoder import StarCoder, Tokenizer
     from wizardcoder.engine import Engine, SamplingParams
-    from wizardcoder.serve.protocol import ACCEPTED, ApiError, Job
+    from wizardcoder.serve.protocol import ACCEPTED, ApiError, ApiRequest
     from wizardcoder.serve.worker import EngineWorker
 
     tok = Tokenizer.bundled()
@@ -224,8 +224,9 @@ def test_the_engine_thread_fails_a_request_the_engine_refuses_alone():
     worker = EngineWorker(Engine(model, tok, max_slots=4, max_len=32), max_queued_samples=8)
 
     async def go():
-        good = Job("completion", [tok.encode("def f():")], SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
-        bad = Job("completion", [tok.encode("x = 1"), [5] * 40], SamplingParams(max_new_tokens=4))  # 40 + 4 > 32
+        good = ApiRequest("completion", [tok.encode("def f():")],
+                          SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
+        bad = ApiRequest("completion", [tok.encode("x = 1"), [5] * 40], SamplingParams(max_new_tokens=4))  # 40 + 4 > 32
         worker.submit(good)
         worker.submit(bad)
         assert worker.queued_samples == 4

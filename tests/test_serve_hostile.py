@@ -212,7 +212,7 @@ def test_an_error_inside_the_engine_fails_only_the_request_that_caused_it(tiny):
     on, and a request admitted in the same failing step is retried and completes, each with exactly the tokens it
     gets from the engine run alone."""
     from wizardcoder.engine import Engine, SamplingParams
-    from wizardcoder.serve.protocol import ACCEPTED, ApiError, Job
+    from wizardcoder.serve.protocol import ACCEPTED, ApiError, ApiRequest
     from wizardcoder.serve.worker import EngineWorker
 
     model, tok = tiny
@@ -235,14 +235,14 @@ def test_an_error_inside_the_engine_fails_only_the_request_that_caused_it(tiny):
         return [finals[i] for i in range(job.params.n)]
 
     async def go():
-        first = Job("completion", [prompts[0]], running, stream=True)
+        first = ApiRequest("completion", [prompts[0]], running, stream=True)
         worker.submit(first)
         assert await asyncio.wait_for(first.events.get(), 60) is ACCEPTED
         partial = await asyncio.wait_for(first.events.get(), 60)  # it is generating now
         assert not all(out.finished for _, out in partial)
-        bad = Job("completion", [tok.encode("x = 1")], SamplingParams(n=2, temperature=1.0, top_k=2**63,
+        bad = ApiRequest("completion", [tok.encode("x = 1")], SamplingParams(n=2, temperature=1.0, top_k=2**63,
                                                                          max_new_tokens=8))
-        joiner = Job("completion", [prompts[1]], joining)
+        joiner = ApiRequest("completion", [prompts[1]], joining)
         worker.submit(bad)
         worker.submit(joiner)
         rest = asyncio.ensure_future(collect(joiner))

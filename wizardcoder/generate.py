@@ -99,7 +99,7 @@ class Config:
 
 
 @dataclass
-class Job:
+class Prompt:
     """One prompt to sample."""
 
     task_id: str
@@ -114,15 +114,15 @@ def prompt_seed(seed: int, task_id: str) -> int:
     return derived_seed(seed, task_id)
 
 
-def benchmark_jobs(bench: Benchmark, path: str, g: GenerationSettings) -> tuple[list[Job], str]:
+def benchmark_prompts(bench: Benchmark, path: str, g: GenerationSettings) -> tuple[list[Prompt], str]:
     """The benchmark's prompts in dataset order (its dataset file at `path`), and the samples field answers go in."""
     problems = list(bench.read(path).values())[: g.limit]
     stop = bench.stop_words(g.prompt_style)
-    jobs = [Job(p.task_id, bench.prompt(p, g.prompt_style), list(stop)) for p in problems]
+    jobs = [Prompt(p.task_id, bench.prompt(p, g.prompt_style), list(stop)) for p in problems]
     return jobs, bench.answer_field(g.prompt_style)
 
 
-def file_jobs(path: str, g: GenerationSettings) -> tuple[list[Job], str]:
+def file_prompts(path: str, g: GenerationSettings) -> tuple[list[Prompt], str]:
     """The prompts of a --prompts file in order, and the samples field answers go in."""
     jobs, seen = [], set()
     for i, rec in enumerate(read_jsonl(path), 1):
@@ -134,7 +134,7 @@ def file_jobs(path: str, g: GenerationSettings) -> tuple[list[Job], str]:
         if str(tid) in seen:
             raise ConfigError(f"--prompts {path}: record {i}: task_id {tid!r} appears twice; ids must be unique.")
         seen.add(str(tid))
-        jobs.append(Job(str(tid), prompt, stop))
+        jobs.append(Prompt(str(tid), prompt, stop))
     if not jobs:
         raise ConfigError(f"--prompts {path}: no prompts in the file.")
     return jobs[: g.limit], "response" if g.prompt_style == "wizardcoder" else "completion"
@@ -170,15 +170,15 @@ def generate_samples(cfg: Config) -> str:
     """Sample every prompt of cfg.task (or cfg.prompts) into cfg.out; returns the path written."""
     if cfg.bench is not None:
         path = cfg.bench.locate(cfg.data)
-        jobs, answer_field = benchmark_jobs(cfg.bench, path, cfg.generation)
+        jobs, answer_field = benchmark_prompts(cfg.bench, path, cfg.generation)
         source = {"task": cfg.bench.name, "data": path}
     else:
-        jobs, answer_field = file_jobs(cfg.prompts, cfg.generation)
+        jobs, answer_field = file_prompts(cfg.prompts, cfg.generation)
         source = {"prompts": cfg.prompts}
     return sample(cfg.model, jobs, answer_field, cfg.generation, cfg.out, cfg.progress, source)
 
 
-def sample(model_name: str, jobs: list[Job], answer_field: str, g: GenerationSettings, out: str, progress: bool,
+def sample(model_name: str, jobs: list[Prompt], answer_field: str, g: GenerationSettings, out: str, progress: bool,
            source: dict) -> str:
     """Sample g.n completions for every job with the checkpoint `model_name` and write `out` (one line per sample,
     prompts in order); returns the path written. `source` names where the prompts came from (for the journal).

@@ -97,7 +97,7 @@ def generate_once(cfg: Config, path: str) -> str:
     """OUT/samples.jsonl from the checkpoint for cfg.bench's problems in the dataset file `path`; a rerun with the
     same generation settings (a killed or repeated evaluation) reuses the finished file (its marker,
     generation.json, records them), and one killed mid-generation resumes from generate's journal."""
-    from ..generate import benchmark_jobs, sample
+    from ..generate import benchmark_prompts, sample
     from ..resume import Marker
 
     out = os.path.join(cfg.out, "samples.jsonl")
@@ -108,7 +108,7 @@ def generate_once(cfg: Config, path: str) -> str:
         print(f"reusing {out} (generated with the same settings)", file=sys.stderr)
         return out
     marker.remove()  # the samples about to be written are not the ones it describes
-    jobs, answer_field = benchmark_jobs(cfg.bench, path, cfg.generation)
+    jobs, answer_field = benchmark_prompts(cfg.bench, path, cfg.generation)
     sample(cfg.model, jobs, answer_field, cfg.generation, out, cfg.progress, source)
     marker.write(made_by)
     return out

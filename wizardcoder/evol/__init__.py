@@ -13,7 +13,7 @@ retries of malformed answers, counting and clear errors), engine (rounds, journa
 decontamination, paraphrase measure), filter (--filter-only), cli (the verb's Config and run).
 """
 from .client import LLMAuthError, LLMClient, LLMConfig, LLMError, LLMUnreachableError
-from .engine import EvolConfig, Evolver, evolve, load_seed
+from .evolution import EvolConfig, Evolver, evolve, load_seed
 from .filter import filter_files
 from .hygiene import HygieneConfig, clean, load_benchmark, load_benchmarks
 from .prompts import CODE_METHODS, TEMPLATES, EvolPrompts, load_prompts

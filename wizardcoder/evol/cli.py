@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, check_input_file, claim_out_dir, read_jsonl, write_jsonl
 from . import hygiene as H
 from .client import LLMConfig
-from .engine import EvolConfig
+from .evolution import EvolConfig
 
 
 @dataclasses.dataclass
@@ -67,7 +67,7 @@ def _hygiene_line(rep: dict) -> str:
                                               if para else ""))
 
 
-def _benchmarks(hyg: H.HygieneConfig | None) -> list[H.Problem] | None:
+def _benchmarks(hyg: H.HygieneConfig | None) -> list[H.Reference] | None:
     """The benchmark problems hygiene needs, loaded before any other work (a missing file fails first)."""
     if hyg is None or not (hyg.decontaminate or hyg.measure_paraphrase):
         return None
@@ -91,7 +91,7 @@ def run_filter(cfg: Config) -> int:
 def run(cfg: Config) -> int:
     if cfg.filter_only:
         return run_filter(cfg)
-    from .engine import evolve, format_summary, load_seed
+    from .evolution import evolve, format_summary, load_seed
 
     # Inputs first, in order of cost: the settings (checked already), the seed file, the output folder, the
     # benchmarks; then the LLM.

@@ -92,7 +92,7 @@ class LLMConfig:
 
 
 @dataclasses.dataclass
-class Completion:
+class Reply:
     text: str
     finish_reason: str | None
     prompt_tokens: int = 0
@@ -112,7 +112,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def add(self, c: Completion) -> Completion:
+    def add(self, c: Reply) -> Reply:
         self.requests += 1
         self.retries += c.retries
         self.malformed += c.malformed
@@ -134,7 +134,7 @@ class _Malformed(httpx2.TransportError):
 
 @dataclasses.dataclass
 class _Tries:
-    """One `generate` call's HTTP tries, counted by the client's hooks (a context variable finds the call)."""
+    """One `complete` call's HTTP tries, counted by the client's hooks (a context variable finds the call)."""
 
     sent: int = 0
     malformed: int = 0
@@ -151,7 +151,7 @@ def _count(value) -> int:
         return 0
 
 
-def parse_answer(raw: bytes, style: str, base_url: str) -> Completion:
+def parse_answer(raw: bytes, style: str, base_url: str) -> Reply:
     """The answer in a 200 response's body. A body that is not JSON (cut off, an HTML error page from a proxy) or
     without a usable choices[0] raises _Malformed (retried); an answer in the other API style raises LLMError."""
     snippet = raw[:120].decode("utf-8", "replace").replace("\n", " ")
@@ -173,13 +173,13 @@ def parse_answer(raw: bytes, style: str, base_url: str) -> Completion:
     if text is not None and not isinstance(text, str):
         raise _Malformed(f"choices[0].{'message.content' if chat else 'text'} that is not a string: {snippet!r}")
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    return Completion(text=text or "", finish_reason=choice.get("finish_reason"),
+    return Reply(text=text or "", finish_reason=choice.get("finish_reason"),
                       prompt_tokens=_count(usage.get("prompt_tokens")),
                       completion_tokens=_count(usage.get("completion_tokens")))
 
 
 class LLMClient:
-    """Use as `async with LLMClient(cfg) as llm: c = await llm.generate(prompt)`."""
+    """Use as `async with LLMClient(cfg) as llm: c = await llm.complete(prompt)`."""
 
     def __init__(self, cfg: LLMConfig):
         if not cfg.base_url or not cfg.model:
@@ -205,7 +205,7 @@ class LLMClient:
     async def __aexit__(self, *exc) -> None:
         await self._openai.close()
 
-    # -- the hooks: every HTTP try of a `generate` call passes through them
+    # -- the hooks: every HTTP try of a `complete` call passes through them
     async def _on_request(self, request) -> None:
         tries = _TRIES.get()
         if tries is not None:
@@ -251,8 +251,8 @@ class LLMClient:
         return LLMAuthError(f"{self.cfg.base_url} refused the API key (HTTP {e.status_code}: {_message(e)}); "
                             f"{where}.")
 
-    async def generate(self, prompt: str, *, temperature: float | None = None,
-                       max_tokens: int | None = None) -> Completion:
+    async def complete(self, prompt: str, *, temperature: float | None = None,
+                       max_tokens: int | None = None) -> Reply:
         """One completion for `prompt` (chat: one user message). Transient failures are retried; raises
         LLMAuthError, LLMUnreachableError or LLMError otherwise."""
         cfg = self.cfg

@@ -40,7 +40,7 @@ def load_pairs(path: str) -> list[dict]:
 
 
 def filter_files(paths: list[str], out_dir: str, rule_cfg: R.RuleConfig | None = None,
-                 hyg_cfg: H.HygieneConfig | None = None, problems: list[H.Problem] | None = None) -> dict:
+                 hyg_cfg: H.HygieneConfig | None = None, problems: list[H.Reference] | None = None) -> dict:
     """Apply the LLM-free elimination rules and hygiene to `paths`; write clean/removed/report into `out_dir`."""
     claim_out_dir(out_dir, "evolve --filter-only", legacy_file="report.json")
     pairs_of = {path: load_pairs(path) for path in paths}  # every input read (and checked) before any work

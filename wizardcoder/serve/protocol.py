@@ -1,4 +1,4 @@
-"""The OpenAI wire format: request bodies checked field by field into a `Job`, and the JSON objects sent back.
+"""The OpenAI wire format: request bodies checked field by field into an `ApiRequest`, and the JSON objects sent back.
 
 Every check raises `ApiError` (status + OpenAI's error body), so a bad request is answered 400 alone and never
 reaches the engine. Checks follow the OpenAI API: `n` >= 1, `max_tokens` >= 1, `temperature` in [0, 2], `top_p` in
@@ -61,7 +61,7 @@ _job_ids = itertools.count()
 
 
 @dataclass
-class Job:
+class ApiRequest:
     """One HTTP request's work: `n` samples of each prompt, and the queue its outputs arrive on.
 
     `events` receives, from the engine thread: `ACCEPTED` once the engine took every prompt, then lists of
@@ -88,7 +88,7 @@ ACCEPTED = "accepted"
 
 @dataclass
 class Draft:
-    """A checked request whose prompts are not tokenized yet (`tokenize` turns it into a Job)."""
+    """A checked request whose prompts are not tokenized yet (`tokenize` turns it into an ApiRequest)."""
 
     kind: str
     prompts: list  # str (to encode) or list[int] (token ids, already checked)
@@ -308,9 +308,9 @@ def parse_request(body: Any, kind: str, limits: Limits) -> Draft:
                  include_usage=bool(opts and opts.get("include_usage")))
 
 
-def tokenize(draft: Draft, limits: Limits, sampling_params_cls) -> Job:
+def tokenize(draft: Draft, limits: Limits, sampling_params_cls) -> ApiRequest:
     """Encode the draft's text prompts (one batch call: work proportional to their size, so the server runs this
-    in a worker thread), check prompt + max_tokens against the context, and make the Job; raises ApiError."""
+    in a worker thread), check prompt + max_tokens against the context, and make the ApiRequest; raises ApiError."""
     texts = [i for i, p in enumerate(draft.prompts) if isinstance(p, str)]
     prompts = list(draft.prompts)
     for i, ids in zip(texts, limits.encode_batch([prompts[i] for i in texts]) if texts else []):
@@ -331,7 +331,7 @@ def tokenize(draft: Draft, limits: Limits, sampling_params_cls) -> Job:
         params = sampling_params_cls(max_new_tokens=max_tokens, **draft.settings)
     except ValueError as e:  # ConfigError is a ValueError: the engine's own range checks
         raise ApiError(400, str(e)) from None
-    return Job(kind=draft.kind, prompts=prompts, params=params, stream=draft.stream,
+    return ApiRequest(kind=draft.kind, prompts=prompts, params=params, stream=draft.stream,
                include_usage=draft.include_usage)
 
 
@@ -341,24 +341,24 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _head(job: Job, model: str, object_: str) -> dict:
+def _head(job: ApiRequest, model: str, object_: str) -> dict:
     prefix = "chatcmpl" if job.kind == "chat" else "cmpl"
     return {"id": f"{prefix}-{job.id}", "object": object_, "created": job.created, "model": model}
 
 
-def choice(job: Job, index: int, text: str, finish_reason: str | None) -> dict:
+def choice(job: ApiRequest, index: int, text: str, finish_reason: str | None) -> dict:
     if job.kind == "chat":
         return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None, "finish_reason": finish_reason}
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
-def response(job: Job, model: str, choices: list[dict], use: dict) -> dict:
+def response(job: ApiRequest, model: str, choices: list[dict], use: dict) -> dict:
     obj = "chat.completion" if job.kind == "chat" else "text_completion"
     return {**_head(job, model, obj), "choices": choices, "usage": use}
 
 
-def chunk(job: Job, model: str, choices: list[dict], use: dict | None = None) -> dict:
+def chunk(job: ApiRequest, model: str, choices: list[dict], use: dict | None = None) -> dict:
     """One server-sent event's object; `choices` from `delta_choice`. With include_usage every chunk carries
     `usage: null` and the last one (empty choices) the totals, as OpenAI sends them."""
     obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
@@ -368,7 +368,7 @@ def chunk(job: Job, model: str, choices: list[dict], use: dict | None = None) ->
     return c
 
 
-def delta_choice(job: Job, index: int, text: str | None, finish_reason: str | None, first: bool = False) -> dict:
+def delta_choice(job: ApiRequest, index: int, text: str | None, finish_reason: str | None, first: bool = False) -> dict:
     if job.kind == "chat":
         delta: dict = {}
         if first:

@@ -32,7 +32,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .protocol import ACCEPTED, ApiError, Job
+from .protocol import ACCEPTED, ApiError, ApiRequest
 
 IDLE_WAIT_S = 0.5  # how long the idle thread sleeps before looking at its stop flag again
 
@@ -41,7 +41,7 @@ IDLE_WAIT_S = 0.5  # how long the idle thread sleeps before looking at its stop 
 class _Route:
     """Where an engine request's outputs go: one prompt of a job, and how many of its n samples are unfinished."""
 
-    job: Job
+    job: ApiRequest
     prompt_index: int
     unfinished: int
     proven: bool = False  # it has produced output: it ran through a step, so it is not a suspect of a failed one
@@ -57,12 +57,12 @@ class EngineWorker:
         self.engine = engine
         self.max_queued_samples = max_queued_samples
         self.queued_samples = 0  # accepted and not yet released (event-loop thread only)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add" | "abort", Job)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("add" | "abort", ApiRequest)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._routes: dict[str, _Route] = {}  # engine request id -> its job; engine thread only
         self._retry: collections.deque[str] = collections.deque()  # suspects of a failed step, re-added one by one
-        self._held: list[Job] = []  # jobs that arrived while suspects are being retried
+        self._held: list[ApiRequest] = []  # jobs that arrived while suspects are being retried
         self._thread = threading.Thread(target=self._run, name="wizardcoder-engine", daemon=True)
         self.failure: str | None = None  # set when the thread died; the server then answers 503
 
@@ -90,7 +90,7 @@ class EngineWorker:
                            f"{self.max_queued_samples}); retry shortly.", type="rate_limit_error",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: ApiRequest) -> None:
         """Queue `job` or refuse it (`check_room`)."""
         self.check_room(job.n_samples)
         job.loop = asyncio.get_running_loop()
@@ -99,7 +99,7 @@ class EngineWorker:
         self._inbox.put(("add", job))
         self._wake.set()
 
-    def release(self, job: Job) -> None:
+    def release(self, job: ApiRequest) -> None:
         """The handler is done with `job` (answered, failed or its client went away): free its place in the
         queue and, if the engine is still working on it, abort it there."""
         self.queued_samples -= job.n_samples
@@ -153,7 +153,7 @@ class EngineWorker:
             else:
                 self._abort(job)
 
-    def _add(self, job: Job) -> None:
+    def _add(self, job: ApiRequest) -> None:
         ids = []
         try:
             for i, prompt in enumerate(job.prompts):
@@ -214,7 +214,7 @@ class EngineWorker:
         except Exception:  # the engine may be broken; the next failed step (with no suspect) says so
             traceback.print_exc(file=sys.stderr)
 
-    def _abort(self, job: Job) -> None:
+    def _abort(self, job: ApiRequest) -> None:
         if job in self._held:
             self._held.remove(job)
         for i in range(len(job.prompts)):
@@ -226,7 +226,7 @@ class EngineWorker:
             self.engine.abort(rid)
 
     def _deliver(self, outputs) -> None:
-        per_job: dict[int, tuple[Job, list]] = {}
+        per_job: dict[int, tuple[ApiRequest, list]] = {}
         for out in outputs:
             route = self._routes.get(out.request_id)
             if route is None:  # aborted meanwhile
@@ -258,7 +258,7 @@ class EngineWorker:
             self._post(job, ApiError(500, message, type="server_error", code="engine_error"))
 
     @staticmethod
-    def _post(job: Job, item) -> None:
+    def _post(job: ApiRequest, item) -> None:
         try:
             job.loop.call_soon_threadsafe(job.events.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the server is shutting down

@@ -181,18 +181,18 @@ class Evolver:
             rec["usage"] = usage.as_dict()
             return rec
 
-        evo = spend(await llm.generate(prompts.evolution_prompt(method, parent["instruction"])))
+        evo = spend(await llm.complete(prompts.evolution_prompt(method, parent["instruction"])))
         instruction = evo.text.strip()
         rec["instruction"] = instruction
         fail = R.check_instruction(instruction, parent["instruction"], rules, truncated=evo.finish_reason == "length")
         if fail:
             return eliminate(fail)
         if self.cfg.equality_check and rules.on("equal"):
-            verdict = spend(await llm.generate(prompts.equality_prompt(parent["instruction"], instruction),
+            verdict = spend(await llm.complete(prompts.equality_prompt(parent["instruction"], instruction),
                                                temperature=0.0, max_tokens=16))
             if R.is_equal_verdict(verdict.text):
                 return eliminate(("equal", f"LLM equality check said {verdict.text.strip()[:40]!r}"))
-        ans = spend(await llm.generate(instruction))
+        ans = spend(await llm.complete(instruction))
         rec["output"] = ans.text.strip()
         fail = R.check_answer(rec["output"], rules, truncated=ans.finish_reason == "length")
         if fail:
