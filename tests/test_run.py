@@ -189,9 +189,8 @@ def test_sigkill_in_train_then_rerun_gives_the_same_outputs_and_redoes_nothing_c
     """Killed after train's first checkpoint: the rerun skips pack, resumes train, and ends bit for bit where an
     uninterrupted run ends."""
     ref_run, run = str(tmp_path / "ref"), str(tmp_path / "killed")  # pack and train (the other stages: slow tests)
-    from wizardcoder.pipeline import run_pipeline
-
-    run_pipeline(write_config(tmp_path / "ref.toml", ref_run, until="train"))  # the uninterrupted run, in-process
+    # the uninterrupted run, in-process
+    assert wizardcoder_main(["run", write_config(tmp_path / "ref.toml", ref_run, until="train")]) == 0
 
     cfg = write_config(tmp_path / "k.toml", run, until="train")
     with open(tmp_path / "log1", "w") as log:
@@ -210,10 +209,10 @@ def test_sigkill_in_train_then_rerun_gives_the_same_outputs_and_redoes_nothing_c
 
     # a third run redoes nothing; a changed setting reruns its stage and the ones after, not the ones before
     capsys.readouterr()
-    run_pipeline(cfg)
+    assert wizardcoder_main(["run", cfg]) == 0
     third = capsys.readouterr().out
     assert "pack: complete, skipped" in third and "train: complete, skipped" in third
-    run_pipeline(cfg, sets=["train.max_steps=2"])
+    assert wizardcoder_main(["run", cfg, "--set", "train.max_steps=2"]) == 0
     changed = capsys.readouterr().out
     assert "pack: complete, skipped" in changed and "train: settings changed" in changed
     rows = [r for r in read_jsonl(os.path.join(run, "train", "metrics.jsonl")) if "loss" in r]
@@ -264,8 +263,6 @@ def test_round_selection_keeps_the_round_before_dev_pass_at_1_falls(tmp_path):
 
     import torch
     from openai_stub import StubLLM, question_of
-
-    from wizardcoder.pipeline import run_pipeline
 
     evolutions: dict[int, int] = {}
     ONES, ZEROS = "1" * 8, "0" * 8
@@ -327,7 +324,7 @@ max_new_tokens = 1
 temperature = 0.0
 ''')
         try:
-            run_pipeline(str(cfg), until="train")
+            assert wizardcoder_main(["run", str(cfg), "--until", "train"]) == 0
         finally:
             torch.set_num_threads(threads)
     sel = json.load(open(run / "rounds" / "selection.json"))
@@ -342,13 +339,18 @@ temperature = 0.0
 
 @pytest.mark.slow
 def test_train_under_torchrun(tmp_path):
-    """`[run] launcher = "torchrun"`: train runs as torchrun ... -m wizardcoder train --config (2 CPU ranks, gloo)."""
+    """`[run] launcher = "torchrun"`: train runs as torchrun ... -m wizardcoder train FLAGS (2 CPU ranks, gloo)."""
     cfg = write_config(tmp_path / "t.toml", tmp_path / "run", until="train", train_steps=2)
     text = open(cfg).read().replace("report = false", 'report = false\nlauncher = "torchrun"\nnproc_per_node = 2')
     open(cfg, "w").write(text)
     proc = wc("run", cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "torch.distributed.run --nproc_per_node=2 -m wizardcoder train --config" in proc.stdout
+    # the resolved [train] section as the verb's flags, the wired data and out included
+    run = tmp_path / "run"
+    launch = "torch.distributed.run --nproc_per_node=2 -m wizardcoder train"
+    line = next(x for x in proc.stdout.splitlines() if launch in x)
+    for flags in ("--model=tiny", "--max-steps=2", "--no-progress", f"--data={run / 'pack'}", f"--out={run / 'train'}"):
+        assert f" {flags}" in line, (flags, line)
     assert "2 rank(s)" in proc.stdout and os.path.exists(tmp_path / "run" / "train" / "final" / "model.safetensors")
 
 
@@ -372,3 +374,49 @@ def test_ctrl_c_says_which_stage_stopped_and_how_to_resume(tmp_path):
     err = open(tmp_path / "log").read().strip().splitlines()[-1]
     assert err == ("interrupted: stopped during stage train; run the same command again to resume: finished stages "
                    "are skipped and the interrupted one resumes from what it saved."), err
+
+
+def test_a_section_as_flags_parses_back_to_the_same_config():
+    """The command line a child verb gets (train under torchrun, the [serve] server) is read back by the verb's own
+    parser into the Config that `settings.build` makes from the section: every kind of setting."""
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from wizardcoder import settings
+    from wizardcoder.pipeline.stages import command_line
+
+    @dataclass
+    class Group:
+        seed: int | None = 3
+        top_p: float = 1.0
+
+    @dataclass
+    class Verb:
+        model: str = field(metadata={"positional": True})
+        data: list[str] = field(default_factory=list)
+        k: list[int] = field(default_factory=lambda: [1])
+        progress: bool = True
+        dtype: Literal["fp32", "bf16"] = "fp32"
+        max_steps: int | None = 10
+        note: str | None = None
+        sampling: Group = field(default_factory=Group)
+
+    sections = [{"model": "m", "data": ["a b.jsonl", "c"], "k": [1, 10], "progress": False, "dtype": "bf16",
+                 "max_steps": None, "note": "-x=1,y", "seed": None, "top_p": 0.95},
+                {"data": [], "model": "m", "progress": True, "top_p": 1e-4, "seed": 0, "note": None}]
+    for section in sections:
+        argv = command_line(Verb, section)
+        assert settings.parse(Verb, argv) == settings.build(Verb, section), argv
+
+
+def test_run_command_line():
+    """`--set` repeats (every one kept, in order); `--from` after `--until` is one sentence."""
+    from wizardcoder import settings
+    from wizardcoder.errors import ConfigError
+    from wizardcoder.pipeline import run
+
+    cfg = settings.parse(run.Config, ["c.toml", "--set", "train.lr=1e-4", "--from", "pack", "--set", "pack.seed=2"])
+    assert (cfg.config, cfg.start, cfg.until, cfg.sets) == ("c.toml", "pack", None, ["train.lr=1e-4", "pack.seed=2"])
+    assert run.parse_set(cfg.sets) == [("train", "lr", 1e-4), ("pack", "seed", 2)]
+    with pytest.raises(ConfigError, match="--from train comes after --until pack"):
+        settings.parse(run.Config, ["c.toml", "--from", "train", "--until", "pack"])

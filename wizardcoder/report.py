@@ -16,7 +16,6 @@ only when its data exists).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -25,6 +24,7 @@ import platform
 from collections import Counter
 
 from .benchmarks import get_benchmark
+from .errors import UserError
 from .io import atomic_write_text, read_jsonl
 
 
@@ -345,29 +345,20 @@ def _setup(markers: list[dict]) -> str:
 
 
 def _seeds(marker: dict) -> list[tuple[str, object]]:
-    """A stage's seed settings: the value its section gave, else the verb's default (flags made from a config
-    dataclass keep their default out of the parser, so it is read from the help text that states it)."""
-    import ast
-    import re
-
+    """A stage's seed settings: the value its section gave, else the verb's default."""
+    section = marker.get("section") or {}
     try:
-        from .cli import verb_parser
+        from . import settings
+        from .cli import verb_config
 
-        _, parser = verb_parser(marker["verb"])
-    except Exception:  # a verb this installation lacks: what the marker holds
-        return [(k, v) for k, v in sorted((marker.get("section") or {}).items()) if k.endswith("seed")]
+        known = settings.settings(verb_config(marker["verb"]))
+    except UserError:  # a verb this installation lacks: what the marker holds
+        return [(k, v) for k, v in sorted(section.items()) if k.endswith("seed")]
     out = []
-    for action in parser._actions:
-        if not action.dest.endswith("seed") or not action.option_strings:
-            continue
-        value = (marker.get("section") or {}).get(action.dest, action.default)
-        if value is argparse.SUPPRESS:
-            m = re.search(r"\(default: (.*)\)\s*$", action.help or "")
-            try:
-                value = ast.literal_eval(m.group(1)) if m else None
-            except (ValueError, SyntaxError):
-                value = m.group(1)
-        out.append((action.dest, "none (random)" if value is None else value))
+    for key, s in known.items():
+        if key.endswith("seed"):
+            value = section.get(key, s.default)
+            out.append((key, "none (random)" if value is None else value))
     return out
 
 

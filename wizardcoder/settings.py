@@ -166,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: Iterable[str] =
             kw.update(choices=choices, type=type(choices[0]))
         elif origin in (list, tuple):
             (item,) = typing.get_args(s.type)[:1] or (str,)
-            kw.update(nargs="*", type=item, metavar=s.key.upper())
+            kw.update(nargs="*", type=item, metavar=s.key.upper(), action="extend")  # `--x a --x b` keeps both
         elif s.type in (int, float, str):
             kw.update(type=_optional(s.type) if s.optional and s.type is not str else s.type,
                       metavar=s.key.upper() if s.type is str else s.type.__name__.upper())

@@ -1,5 +1,4 @@
-"""The pipeline as one job: `wizardcoder run CONFIG` (run.py), the round-selection loop (rounds.py), the evolve
-server a run starts (serving.py) and the evaluator check on canonical solutions (canonical.py)."""
-from .run import STAGES, Run, RunOptions, run_pipeline
-
-__all__ = ["STAGES", "Run", "RunOptions", "run_pipeline"]
+"""The pipeline as one job: `wizardcoder run CONFIG` (run.py: its Config and the order of the stages), the stages and
+the Run that executes them (stages.py), the round-selection loop (rounds.py), the evolve server a run starts
+(serving.py) and the evaluator check on canonical solutions (canonical.py). Imports go one way:
+run -> rounds, canonical, serving -> stages."""

@@ -3,34 +3,29 @@ through the same evaluate verb. A correct evaluator gives pass@1 = 1.0 here (the
 pass@k in the report)."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING
+from typing import Iterator
 
 from ..io import read_jsonl, write_jsonl
+from .stages import NOT_HASHED, Stage
 
-if TYPE_CHECKING:
-    from .run import Run, Stage
+# evaluate settings the check shares with the model's evaluation (how programs run, not what they are)
+_SHARED = ("timeout", "memory_mb", "workers", "progress")
 
 
-def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
-    """[] unless check_canonical is on and the run has an evaluate stage; else one more evaluate stage."""
-    evaluate = next((s for s in stages if s.name == "evaluate"), None)
-    if not run.opts.check_canonical or evaluate is None:
-        return []
+def canonical_stage(evaluate: Stage, out: str) -> Stage:
+    """One more evaluate stage, after `evaluate`, that scores the canonical solutions of the problems it scored;
+    its hook writes that samples file before evaluate runs."""
     task, data = evaluate.section["task"], evaluate.section.get("data")
-    out = os.path.join(run.out, "canonical")
-    section = {"task": task, "samples": os.path.join(out, "samples.jsonl"), "out": out, "k": [1]}
-    if data:
-        section["data"] = data
-    for key in ("timeout", "memory_mb", "workers", "no_progress"):
-        if key in evaluate.section:
-            section[key] = evaluate.section[key]
-    from .run import Stage, _hash
-
+    section = {"task": task, "samples": os.path.join(out, "samples.jsonl"), "out": out, "k": [1],
+               **({"data": data} if data else {}),
+               **{k: evaluate.section[k] for k in _SHARED if k in evaluate.section}}
     # the samples evaluate scored (evaluate --model writes its own into its folder)
     model_samples = evaluate.section.get("samples") or os.path.join(evaluate.section["out"], "samples.jsonl")
 
-    def write_samples(stage: "Stage") -> None:
+    @contextlib.contextmanager
+    def write_samples(stage: Stage) -> Iterator[None]:
         from ..benchmarks import get_benchmark
 
         bench = get_benchmark(task)
@@ -38,7 +33,9 @@ def canonical_stage(run: "Run", stages: list["Stage"]) -> list["Stage"]:
         ids = list(dict.fromkeys(bench.normalize_id(r["task_id"]) for r in read_jsonl(model_samples)))
         ids = [t for t in ids if t in problems] or list(problems)
         write_jsonl(stage.section["samples"], [{"task_id": t, "solution": problems[t].canonical} for t in ids])
+        yield
 
-    return [Stage("canonical", "evaluate", section, _hash(["canonical", section, evaluate.hash]),
-                  os.path.join(out, "summary.json"), inputs={"samples (the model's)": model_samples},
-                  prepare=write_samples)]
+    settings = {"verb": "evaluate", "section": {k: v for k, v in section.items() if k not in NOT_HASHED},
+                "after": evaluate.hash, "canonical": True}
+    return Stage("canonical", "evaluate", section, settings, os.path.join(out, "summary.json"),
+                 inputs={"samples (the model's)": model_samples}, owned=out, hooks=[write_samples])

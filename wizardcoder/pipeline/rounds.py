@@ -12,21 +12,20 @@ RUN/rounds/selection.json holds pass@1 per round, the best round and why the loo
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import Iterator
 
+from .. import settings
 from ..benchmarks import get_benchmark
-from ..cli import verb_available, verb_parser
+from ..cli import verb_config
 from ..errors import ConfigError, UserError
 from ..io import atomic_open, atomic_write_json, read_json
-
-if TYPE_CHECKING:
-    from .run import Run, Stage
+from .stages import Run, Stage
 
 
-def _dev_settings(run: "Run") -> dict:
+def _dev_settings(run: Run) -> dict:
     o = run.opts
     test_task = run.config.get("generate", {}).get("task") or run.config.get("evaluate", {}).get("task")
     test_data = run.config.get("generate", {}).get("data") or run.config.get("evaluate", {}).get("data")
@@ -36,10 +35,14 @@ def _dev_settings(run: "Run") -> dict:
     return {"task": o.dev_task, "data": o.dev_data, "limit": o.dev_limit}
 
 
-def _snapshot(src: str, stage: "Stage") -> None:
-    """Copy evolve's product (rewritten by every later round) to this round's own file, atomically."""
-    with open(src, "rb") as fi, atomic_open(stage.product, "wb") as fo:
-        shutil.copyfileobj(fi, fo)
+def _snapshot(src: str):
+    """A hook: after evolve, copy its product (rewritten by every later round) to this round's own file, atomically."""
+    @contextlib.contextmanager
+    def snapshot(stage: Stage) -> Iterator[None]:
+        yield
+        with open(src, "rb") as fi, atomic_open(stage.product, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+    return snapshot
 
 
 def pass_at_1(summary_path: str) -> float:
@@ -47,13 +50,13 @@ def pass_at_1(summary_path: str) -> float:
     return get_benchmark(s["task"]).headline(s)[1]
 
 
-def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
+def run_round_selection(run: Run, may_run: bool = True) -> dict[str, str]:
     """Run (or resume) the loop; return the products of the best round ({"evolve", "pack", "train"}) plus
     "_hash" (the best train stage's hash, which chains into the test stages)."""
     sel_path = os.path.join(run.out, "rounds", "selection.json")
     dev = _dev_settings(run)
-    _, parser = verb_parser("evolve")
-    max_rounds = int(run.config.get("evolve", {}).get("rounds") or parser.get_default("rounds") or 1)
+    max_rounds = (run.config.get("evolve", {}).get("rounds")
+                  or settings.settings(verb_config("evolve"))["rounds"].default)
     evolve_out = run.config.get("evolve", {}).get("out") or os.path.join(run.out, "evolve")
     rounds, prev, best = [], "", None
     for r in range(1, max_rounds + 1):
@@ -61,7 +64,7 @@ def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
         products: dict[str, str] = {}
         ev = run.resolve("evolve", products, prev, name=f"evolve@r{r}", extra={"rounds": r}, out=evolve_out)
         snapshot = os.path.join(rdir, "evolved.jsonl")
-        ev.finish = functools.partial(_snapshot, ev.product)
+        ev.hooks.append(_snapshot(ev.product))
         ev.product = snapshot
         if r > 1:
             ev.owned = snapshot  # a changed round r must not remove the folder rounds < r live in
@@ -74,19 +77,13 @@ def run_round_selection(run: "Run", may_run: bool = True) -> dict[str, str]:
                          wire_from={"data": pk.product})
         products["train"] = tr.product
         scoring = {"task": dev["task"], "data": dev["data"], "k": [1], "out": os.path.join(rdir, "dev_eval")}
-        if verb_available("generate"):
-            ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
-                             extra={**dev, "out": os.path.join(rdir, "dev", "samples.jsonl")},
-                             wire_from={"model": tr.product})
-            products["generate"] = ge.product
-            ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", extra=scoring,
-                             wire_from={"samples": ge.product})
-            stages = (ev, pk, tr, ge, ex)
-        else:  # evaluate generates itself
-            ex = run.resolve("evaluate", products, tr.hash, name=f"evaluate@r{r}",
-                             extra={**run.generation_in_evaluate(products, dev), **scoring})
-            stages = (ev, pk, tr, ex)
-        for stage in stages:
+        ge = run.resolve("generate", products, tr.hash, name=f"generate@r{r}",
+                         extra={**dev, "out": os.path.join(rdir, "dev", "samples.jsonl")},
+                         wire_from={"model": tr.product})
+        products["generate"] = ge.product
+        ex = run.resolve("evaluate", products, ge.hash, name=f"evaluate@r{r}", extra=scoring,
+                         wire_from={"samples": ge.product})
+        for stage in (ev, pk, tr, ge, ex):
             if not may_run and not run.is_done(stage):
                 raise UserError(f"round {r}'s {stage.verb} is not complete, so there is no selected round to go on "
                                 "from; run without --from (or with --from evolve/pack/train) first.")

@@ -1,35 +1,22 @@
-"""The `[serve]` section of a run: a `wizardcoder serve` child that evolve talks to, started before the evolve stage
-and stopped after it (also when the run dies: the child gets SIGTERM through PR_SET_PDEATHSIG)."""
+"""The `[serve]` section of a run: a `wizardcoder serve` child that evolve talks to, started before each evolve stage
+and stopped after it (also when the run dies: the child gets SIGTERM through PR_SET_PDEATHSIG). `attach_server` hands
+it to the Run as a hook of the evolve stages; the runner knows nothing of it."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-from ..errors import UserError
-from ..io import atomic_write_json
-
-if TYPE_CHECKING:
-    from .run import Run, Stage
-
-
-def die_with_parent() -> None:
-    """In a child, before exec: get SIGTERM when the parent dies (even by SIGKILL), so no server or rank outlives
-    the run. Linux only; elsewhere a no-op."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+from ..cli import verb_config
+from ..errors import ConfigError, UserError
+from .stages import Run, Stage, command_line, die_with_parent, expand
 
 
 def _free_port(host: str) -> int:
@@ -76,22 +63,27 @@ def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             proc.wait(grace_s)
 
 
-@contextlib.contextmanager
-def serve_for_evolve(run: "Run", stage: "Stage") -> Iterator[None]:
-    """Around the evolve stage when the config has [serve]: start the server on a free port (unless [serve] port
-    is set), point evolve's llm_base_url/llm_model at it, stop it afterwards."""
-    if stage.verb != "evolve" or "serve" not in run.config:
-        yield
+def attach_server(run: Run) -> None:
+    """When the config has [serve]: every evolve stage runs with the server up and evolve's llm_base_url/llm_model
+    pointing at it; the [serve] settings (less host and port) join the evolve stages' hashes."""
+    if "serve" not in run.config:
         return
-    from .run import _expand
+    if run.config.get("evolve", {}).get("llm_base_url"):
+        raise ConfigError(f"{run.source}: [evolve] llm_base_url and a [serve] section both name evolve's LLM; "
+                          "keep one.")
+    section = {k: expand(v, run.names({}), f"{run.source} [serve] {k}") for k, v in run.config["serve"].items()}
+    run.attach("evolve", lambda stage: _server(dict(section), stage, run.state_dir, run.opts.serve_timeout_s),
+               {"serve": {k: v for k, v in section.items() if k not in ("host", "port")}})
 
-    section = {k: _expand(v, run.names({}), f"{run.source} [serve] {k}") for k, v in run.config["serve"].items()}
+
+@contextlib.contextmanager
+def _server(section: dict, stage: Stage, state_dir: str, timeout_s: float) -> Iterator[None]:
+    """Start `wizardcoder serve` on a free port (unless [serve] port is set), point the stage's llm_base_url and
+    llm_model at it, and stop it afterwards, whatever happens in between."""
     host = section.setdefault("host", "127.0.0.1")
     section.setdefault("port", _free_port(host))
-    name = stage.name.replace("@", ".")
-    cfg, log = os.path.join(run.state_dir, f"{name}.serve.json"), os.path.join(run.state_dir, f"{name}.serve.log")
-    atomic_write_json(cfg, {"serve": section})
-    cmd = [sys.executable, "-m", "wizardcoder", "serve", "--config", cfg]
+    log = os.path.join(state_dir, f"{stage.name.replace('@', '.')}.serve.log")
+    cmd = [sys.executable, "-m", "wizardcoder", "serve", *command_line(verb_config("serve"), section)]
     print(f"[run] {stage.name}: starting `wizardcoder serve` ({section.get('model')}) on {host}:{section['port']}; "
           f"log {log}", flush=True)
     with open(log, "ab") as logf:
@@ -99,11 +91,10 @@ def serve_for_evolve(run: "Run", stage: "Stage") -> Iterator[None]:
                                 preexec_fn=die_with_parent)
     try:
         base = f"http://{host}:{section['port']}/v1"
-        models = wait_until_serving(base + "/models", proc, log, run.opts.serve_timeout_s)
+        models = wait_until_serving(base + "/models", proc, log, timeout_s)
         stage.section["llm_base_url"] = base
         stage.section.setdefault("llm_model", models[0] if models else section["model"])
         yield
     finally:
         stop(proc)
         print(f"[run] {stage.name}: server stopped", flush=True)
-
