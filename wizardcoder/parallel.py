@@ -12,13 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-
-if TYPE_CHECKING:
-    from .protocol import CausalLM
 
 
 @dataclass
@@ -83,7 +79,7 @@ def _checkpoint_forward(block: torch.nn.Module) -> None:
     block.forward = checkpointed
 
 
-def parallelize(model: CausalLM, d: Dist, param_dtype: torch.dtype | None, activation_checkpointing: str = "none",
+def parallelize(model: torch.nn.Module, d: Dist, param_dtype: torch.dtype | None, activation_checkpointing: str = "none",
                 checkpoint_every: int = 2, compile: bool = False, offload: bool = False):
     """Wrap `model` in place for training and return it. `param_dtype` is the compute dtype (None or float32: compute
     in fp32); `offload` keeps sharded parameters, gradients and optimizer state in host memory (FSDP2
