@@ -94,7 +94,7 @@ def _validate_rows(tmp: str, quick: bool) -> list[dict]:
     import hashlib
 
     from wizardcoder.data.shards import validate, write_shards
-    from wizardcoder.io import atomic_dir
+    from wizardcoder.outdir import atomic_dir
 
     rng = np.random.default_rng(0)
     n_tokens = 5_000_000 if quick else 40_000_000

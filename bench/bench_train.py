@@ -38,7 +38,7 @@ def write_synthetic_shards(folder: str, lengths: np.ndarray, vocab: int, seq_len
     from wizardcoder.data.pipeline import pack_samples
     from wizardcoder.data.shards import write_shards
     from wizardcoder.data.tokenize import TokenizedSamples
-    from wizardcoder.io import atomic_dir
+    from wizardcoder.outdir import atomic_dir
 
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

@@ -9,11 +9,7 @@ from _util import REPO
 
 PACKAGE = "wizardcoder"
 # each a strongly connected set of modules (every one reaches every other through imports)
-KNOWN_CIRCLES: set[frozenset[str]] = {
-    # protocol's load/save call checkpoint, checkpoint calls parallel, parallel names protocol's CausalLM (for typing)
-    frozenset({"wizardcoder.checkpoint", "wizardcoder.parallel", "wizardcoder.protocol"}),
-    frozenset({"wizardcoder.io", "wizardcoder.resume"}),  # io's folder marker is a resume.Marker; resume writes via io
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()
 
 
 def modules() -> dict[str, str]:

@@ -9,7 +9,8 @@ import pytest
 from _util import REPO
 
 from wizardcoder.errors import DataError, UserError
-from wizardcoder.io import MARKER, atomic_dir, check_out_dir, read_records
+from wizardcoder.io import read_records
+from wizardcoder.outdir import MARKER, atomic_dir, check_out_dir
 from wizardcoder.resume import Marker
 
 
@@ -75,7 +76,7 @@ def test_a_folder_marked_before_the_resume_marker_is_still_accepted(tmp_path):
     with atomic_dir(str(out), "pack", overwrite=True) as tmp:
         _write(tmp, "b.txt")
     assert sorted(os.listdir(out)) == [MARKER, "b.txt"] and Marker(str(out / MARKER)).matches({"made_by": "pack"})
-    from wizardcoder.io import claim_out_dir
+    from wizardcoder.outdir import claim_out_dir
 
     run = tmp_path / "old-run"  # claim_out_dir's marker of an earlier version: its own run, resumed
     _write(str(run), "round_1.jsonl", "{}\n")
@@ -135,7 +136,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_write(tmp_path):
     out = tmp_path / "out"
     code = (
         "import os, signal\n"
-        "from wizardcoder.io import atomic_dir\n"
+        "from wizardcoder.outdir import atomic_dir\n"
         f"with atomic_dir({str(out)!r}, 'pack') as tmp:\n"
         "    open(os.path.join(tmp, 'half'), 'w').write('x')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -191,7 +192,7 @@ def test_read_json_is_one_sentence_for_every_bad_file(tmp_path):
 
 
 def test_claim_out_dir_takes_only_its_own_or_an_empty_folder(tmp_path):
-    from wizardcoder.io import claim_out_dir
+    from wizardcoder.outdir import claim_out_dir
 
     run = tmp_path / "run"
     claim_out_dir(str(run), "evolve")

@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import DataError
 from .packing import MAX_CAPACITY as MAX_SEQ_LEN, best_fit_decreasing, packing_efficiency, padded_efficiency
 from .readers import ReadStats, read_examples, resolve_data_files
-from ..io import atomic_dir, check_out_dir
+from ..outdir import atomic_dir, check_out_dir
 from .shards import gather_ranges, write_shards
 from .templates import Template, get_template
 from .tokenize import TokenizedSamples, resolve_boundary, tokenize_examples

@@ -11,7 +11,7 @@ A shard folder holds, for each shard k (a run of whole packs):
 and `metadata.json` (format, version, seq_len, token dtype, tokenizer identity, template, seed, per-shard counts,
 totals and the pack summary). Packs are stored unpadded; the loader pads each to seq_len.
 
-Writing is atomic (`wizardcoder.io.atomic_dir`): everything goes into a hidden temporary folder beside the target,
+Writing is atomic (`wizardcoder.outdir.atomic_dir`): everything goes into a hidden temporary folder beside the target,
 metadata.json last, and the folder is renamed into place at the end. An interrupted pack leaves only that hidden
 folder (removed by the next pack into the same target), never a folder that `PackedShards` would open: it requires
 metadata.json with `complete: true` and checks every array against it.
@@ -49,7 +49,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 # ---------------------------------------------------------------------------------------------- writing
 def _save(path: str, arr: np.ndarray, digest) -> None:
-    with open(path, "wb") as f:  # (io.atomic_dir fsyncs every file before it renames the folder into place)
+    with open(path, "wb") as f:  # (outdir.atomic_dir fsyncs every file before it renames the folder into place)
         np.save(f, arr)
     digest.update(np.ascontiguousarray(arr).tobytes())
 
@@ -75,7 +75,7 @@ def write_shards(
     packs_per_shard: int = 65536,
     progress: bool = False,
 ) -> dict:
-    """Write packs into shard files inside `folder` (call it inside `io.atomic_dir`), metadata.json last.
+    """Write packs into shard files inside `folder` (call it inside `outdir.atomic_dir`), metadata.json last.
 
     The inputs hold the documents in storage order: pack p is documents pack_offsets[p]:pack_offsets[p+1], document
     d is tokens[doc_offsets[d]:doc_offsets[d+1]] (and loss_mask likewise), source[d] its input index. Returns the

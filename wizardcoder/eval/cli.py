@@ -115,7 +115,7 @@ def generate_once(cfg: Config, path: str) -> str:
 
 
 def run(cfg: Config) -> int:
-    from ..io import make_out_dir
+    from ..outdir import make_out_dir
     from .sandbox import SandboxConfig
     from .scoring import evaluate
 

@@ -22,7 +22,8 @@ from typing import Iterator, Sequence
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
-from ..io import JsonlAppender, atomic_write_json, make_out_dir, read_jsonl, write_jsonl
+from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+from ..outdir import make_out_dir
 from . import passk
 from ..benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
 from .jobs import VERDICTS, IsolationReport, Result, check_timeout, check_workers

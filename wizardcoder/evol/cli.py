@@ -18,7 +18,8 @@ import os
 import sys
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text, check_input_file, claim_out_dir, read_jsonl, write_jsonl
+from ..io import atomic_write_json, atomic_write_text, check_input_file, read_jsonl, write_jsonl
+from ..outdir import claim_out_dir
 from . import hygiene as H
 from .client import LLMConfig
 from .evolution import EvolConfig

@@ -30,8 +30,8 @@ import sys
 import time
 
 from ..errors import ConfigError, DataError, UserError
-from ..io import (JsonlAppender, atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, read_json,
-                  read_jsonl, write_jsonl)
+from ..io import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_values, read_json, read_jsonl, write_jsonl
+from ..outdir import claim_out_dir
 from . import rules as R
 from .client import USAGE_FIELDS, LLMClient, LLMConfig, Usage
 from .prompts import EvolPrompts, load_prompts

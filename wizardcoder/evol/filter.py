@@ -13,7 +13,8 @@ import collections
 import os
 
 from ..errors import DataError
-from ..io import atomic_write_json, atomic_write_text, claim_out_dir, iter_json_values, write_jsonl
+from ..io import atomic_write_json, atomic_write_text, iter_json_values, write_jsonl
+from ..outdir import claim_out_dir
 from . import hygiene as H
 from . import rules as R
 

@@ -4,7 +4,7 @@
 protocol, plus `run.json` (the run's identity: the model's family and shapes, as a wizardcoder.resume.Marker, checked
 on resume) and, for the 8-bit optimizers whose state is per local
 shard, `optim-rank{R}.pt`; `OUT/checkpoints/latest` names the newest complete one. Folders are written through
-`io.AtomicDir`: rank 0 makes the temporary folder, every rank writes into it, rank 0 renames it into place.
+`outdir.AtomicDir`: rank 0 makes the temporary folder, every rank writes into it, rank 0 renames it into place.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import warnings
 import torch
 
 from ..errors import CheckpointError
-from ..io import AtomicDir, atomic_write_text
+from ..io import atomic_write_text
+from ..outdir import AtomicDir
 from ..parallel import Dist, barrier, broadcast_object
 from ..resume import Marker
 from .optim import LocalShardOptimizer
