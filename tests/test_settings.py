@@ -103,3 +103,14 @@ def test_marker_records_settings_and_names_what_changed(tmp_path):
     m.remove()
     assert not (tmp_path / "made.json").exists()
     assert json.loads(json.dumps(settings_hash({"x": float("nan")})))  # any JSON-able value hashes
+
+
+def test_lists_extend_and_repeated_lists_leave_positionals_alone():
+    @dataclasses.dataclass
+    class Run:
+        config: str = dataclasses.field(default="", metadata={"positional": True})
+        sets: list[str] = dataclasses.field(default_factory=list, metadata={"flags": ("--set",), "repeat": True})
+        k: list[int] = dataclasses.field(default_factory=list)
+
+    cfg = settings.parse(Run, ["--set", "a=1", "--set", "b=2", "run.toml", "--k", "1", "10", "--k", "100"])
+    assert cfg == Run(config="run.toml", sets=["a=1", "b=2"], k=[1, 10, 100])

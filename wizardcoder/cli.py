@@ -96,18 +96,12 @@ def load_config(path: str) -> dict[str, dict]:
     return data
 
 
-def parse_verb(verb: str, argv: list[str], section: dict | None = None, where: str = "",
-               raising: bool = False) -> tuple[Any, Any]:
+def parse_verb(verb: str, argv: list[str], section: dict | None = None, where: str = "") -> tuple[Any, Any]:
     """(module, cfg): the verb's Config from a config section (defaults) and `argv` (overrides), built and checked
     once (settings.parse): the one path from a command line and a config file to a verb."""
     module = verb_module(verb)
-    if not hasattr(module, "Config"):  # TRANSITIONAL: a verb not yet converted (add_arguments + run(args))
-        parser = argparse.ArgumentParser(prog=f"wizardcoder {verb}")
-        module.add_arguments(parser)
-        parser.set_defaults(**(section or {}))
-        return module, parser.parse_args(argv)
     cfg = settings.parse(module.Config, argv, section, where or f"[{verb}]", prog=f"wizardcoder {verb}",
-                         description=VERBS[verb][1], raising=raising)
+                         description=VERBS[verb][1])
     return module, cfg
 
 
@@ -136,12 +130,7 @@ def _parse(argv: list[str]) -> tuple[Any, Any]:
     path, rest = _split_config_flag(argv[1:])
     section = load_config(path).get(verb, {}) if path else None
     if "-h" in rest or "--help" in rest:  # help lists --config too
-        module = verb_module(verb)
-        if hasattr(module, "Config"):
-            parser = settings.parser_for(module.Config, f"wizardcoder {verb}", VERBS[verb][1])
-        else:  # TRANSITIONAL
-            parser = argparse.ArgumentParser(prog=f"wizardcoder {verb}")
-            module.add_arguments(parser)
+        parser = settings.parser_for(verb_config(verb), f"wizardcoder {verb}", VERBS[verb][1])
         parser.add_argument("--config", metavar="FILE",
                             help=f"TOML or JSON file whose [{verb}] section sets defaults for these flags")
         parser.parse_args(rest)

@@ -25,8 +25,9 @@ class Config:
 
     out: str = "demo_out"  # folder for everything the demo writes
     sets: list[str] = field(default_factory=list, metadata={
-        "flags": ("--set",), "help": "override values of the demo's config: SECTION.KEY=VALUE (see `wizardcoder run "
-                                     "--help`)"})
+        "flags": ("--set",), "repeat": True,
+        "help": "override values of the demo's config: SECTION.KEY=VALUE (see `wizardcoder run --help`); repeat "
+                "for more"})
 
 
 def run(cfg: Config) -> int:

@@ -16,7 +16,8 @@ and each field is, at once,
 A field whose type is itself a dataclass is a *group*: its fields are flags under the heading
 `metadata={"title": ...}` and keys of the same flat section, and the group object is built from them (evolve's LLM,
 rules and hygiene; evaluate's generation settings). `metadata={"positional": True}` makes a field a positional
-argument; `metadata={"parse": fn}` reads a string with `fn` (e.g. "a=b,c=d" into a dict).
+argument; `metadata={"parse": fn}` reads a string with `fn` (e.g. "a=b,c=d" into a dict); `metadata={"repeat": True}`
+makes a list take one value per flag (`--set a=1 --set b=2`), so it never swallows a positional after it.
 
 `parse(Config, argv, section)` is the one path from a command line and a config section to a Config: the section's
 values are the defaults, flags the user gave override them, and the object is built (and so checked) once. The
@@ -56,6 +57,7 @@ class Setting:
     title: str | None  # the group's heading (None: top level)
     positional: bool = False
     parse: Callable[[str], Any] | None = None
+    repeat: bool = False  # a list given one value per flag (metadata "repeat")
 
     @property
     def flag(self) -> str:
@@ -123,7 +125,8 @@ def settings(cls, _path: tuple[str, ...] = (), _title: str | None = None) -> dic
                 help_ = f"{help_} (default: {default!r})" if help_ else f"(default: {default!r})"
             sub = {key: Setting(key, (*_path, f.name), tp, optional, default,
                                 tuple(f.metadata.get("flags", (flag_name(key),))), help_, _title,
-                                bool(f.metadata.get("positional")), f.metadata.get("parse"))}
+                                bool(f.metadata.get("positional")), f.metadata.get("parse"),
+                                bool(f.metadata.get("repeat")))}
         for key in sub:
             if key in out:
                 raise TypeError(f"{cls.__name__}: two settings are called {key!r}")
@@ -166,7 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls, exclude: Iterable[str] =
             kw.update(choices=choices, type=type(choices[0]))
         elif origin in (list, tuple):
             (item,) = typing.get_args(s.type)[:1] or (str,)
-            kw.update(nargs="*", type=item, metavar=s.key.upper(), action="extend")  # `--x a --x b` keeps both
+            if s.repeat:  # one value per flag, the flag repeated: `--set a=1 --set b=2 FILE` leaves FILE alone
+                kw.update(type=item, metavar=s.key.upper(), action="append")
+            else:  # `--x a b` and `--x a --x b` alike
+                kw.update(nargs="*", type=item, metavar=s.key.upper(), action="extend")
         elif s.type in (int, float, str):
             kw.update(type=_optional(s.type) if s.optional and s.type is not str else s.type,
                       metavar=s.key.upper() if s.type is str else s.type.__name__.upper())

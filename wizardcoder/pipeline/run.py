@@ -51,7 +51,8 @@ class Config:
                                                                   "help": "first stage to run"})
     until: Literal[STAGES] | None = None  # last stage to run
     sets: list[str] = field(default_factory=list, metadata={
-        "flags": ("--set",), "help": "override config values: SECTION.KEY=VALUE (a TOML literal, else a string)"})
+        "flags": ("--set",), "repeat": True,
+        "help": "override config values: SECTION.KEY=VALUE (a TOML literal, else a string); repeat for more"})
     out: str | None = None  # the run folder (overrides [run] out)
 
     def __post_init__(self):
