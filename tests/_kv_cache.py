@@ -3,7 +3,7 @@ buffers and plain masked SDPA, a second path the engine's slot cache is checked 
 import torch
 import torch.nn.functional as F
 
-from wizardcoder.config import StarCoderConfig
+from wizardcoder.starcoder_config import StarCoderConfig
 
 
 class KVCache:

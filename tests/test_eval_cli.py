@@ -206,7 +206,7 @@ def test_cli_generates_with_a_model_then_scores(he_subset, tmp_path, wizardcoder
     sampling = pytest.importorskip("wizardcoder.sampling")
     assert hasattr(sampling, "generate")
     from wizardcoder import StarCoder
-    from wizardcoder.config import PRESETS
+    from wizardcoder.starcoder_config import PRESETS
 
     data, probs = he_subset
     ckpt = tmp_path / "ckpt"

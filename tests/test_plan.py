@@ -165,7 +165,7 @@ def test_activation_estimate_equals_what_autograd_keeps(family):
     path (Triton kernels: on CUDA, else in the interpreter; fp32) saves for backward: the difference between a 4-layer and a
     2-layer model's saved tensors, measured by autograd's saved-tensor hooks. Llama: GQA 4:2 and an odd SwiGLU width,
     so a count with multi-head K/V or StarCoder's two MLP tensors would be off."""
-    from wizardcoder.config import StarCoderConfig
+    from wizardcoder.starcoder_config import StarCoderConfig
     from wizardcoder.families import class_for
     from wizardcoder.llama_config import LlamaConfig
 

@@ -178,7 +178,7 @@ ACCUM_CHECK = textwrap.dedent("""
     import json, sys, torch
     from torch.distributed._tools.mem_tracker import MemTracker
     from wizardcoder.checkpoint import init_sharded_
-    from wizardcoder.config import StarCoderConfig
+    from wizardcoder.starcoder_config import StarCoderConfig
     from wizardcoder.model import StarCoder
     from wizardcoder.parallel import init_distributed, local_shard, parallelize
 

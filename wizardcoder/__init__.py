@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "StarCoder": "wizardcoder.model",
-    "StarCoderConfig": "wizardcoder.config",
+    "StarCoderConfig": "wizardcoder.starcoder_config",
     "Llama": "wizardcoder.llama",
     "LlamaConfig": "wizardcoder.llama_config",
     "load_pretrained": "wizardcoder.families",
-    "PRESETS": "wizardcoder.config",
+    "PRESETS": "wizardcoder.starcoder_config",
     "Tokenizer": "wizardcoder.tokenizer",
     "UserError": "wizardcoder.errors",
 }

@@ -5,7 +5,7 @@
 
 | config.json `model_type` / `architectures`        | class                       | presets                        |
 |---------------------------------------------------|-----------------------------|--------------------------------|
-| `gpt_bigcode` / `GPTBigCodeForCausalLM`           | `wizardcoder.StarCoder`     | `wizardcoder.config.PRESETS`   |
+| `gpt_bigcode` / `GPTBigCodeForCausalLM`           | `wizardcoder.StarCoder`     | `wizardcoder.starcoder_config.PRESETS`   |
 | `llama` / `LlamaForCausalLM`                      | `wizardcoder.Llama`         | `llama_config.LLAMA_PRESETS`   |
 
 Every class implements wizardcoder.protocol.CausalLM; this module imports none of them until one is asked for.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .config import PRESETS
+from .starcoder_config import PRESETS
 from .errors import CheckpointError
 from .llama_config import LLAMA_PRESETS
 

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .config import HUB_PRESETS
+from .starcoder_config import HUB_PRESETS
 from .errors import ConfigError
 from .families import PRESET_FAMILIES
 from .llama_config import LLAMA_HUB_PRESETS

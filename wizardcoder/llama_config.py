@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .config import ATTN_BACKENDS, KERNEL_BACKENDS, HFConfigFile
+from .starcoder_config import ATTN_BACKENDS, KERNEL_BACKENDS, HFConfigFile
 from .errors import ConfigError
 
 ROPE_TYPES = ("default", "linear")

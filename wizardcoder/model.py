@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import ops
-from .config import StarCoderConfig
+from .starcoder_config import StarCoderConfig
 from .layout import SeqInfo, seq_layout
 from .protocol import CausalLMBase
 

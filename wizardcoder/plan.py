@@ -103,7 +103,7 @@ def resolve_config(model: str, vocab_size: int | None = None):
     """The config (either family's, wizardcoder.protocol.ModelConfig) of a preset, a local checkpoint folder, a hub
     id whose shapes are a preset (offline), or any hub id (its config.json alone is downloaded). The family comes
     from wizardcoder.families: the preset's, else config.json's model_type."""
-    from .config import HUB_PRESETS
+    from .starcoder_config import HUB_PRESETS
     from .families import PRESET_FAMILIES, _read_config, class_for, model_class
     from .llama_config import LLAMA_HUB_PRESETS
 

@@ -13,7 +13,7 @@ def load(model: str, *, tokenizer: str | None = None, dtype: str = "auto", devic
     """(model in eval mode, tokenizer) for `model`: a checkpoint folder or hub id (its tokenizer stored beside it,
     or `tokenizer`), or a preset name (random weights, the bundled tokenizer). `verb` names what the caller does
     with it, for the one-sentence errors ("serve", "sample from")."""
-    from ..config import PRESETS
+    from ..starcoder_config import PRESETS
     from ..dtypes import resolve_dtype
     from ..model import StarCoder
     from ..tokenizer import Tokenizer
