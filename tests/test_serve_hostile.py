@@ -130,7 +130,7 @@ def _app(tiny, encode_batch=None, max_queued=MAX_QUEUED):
 
     model, tok = tiny
     limits = Limits(model_name="tiny", vocab_size=tok.vocab_size, max_len=MAX_LEN, max_n=MAX_N,
-                    default_max_tokens=8, template=ALPACA, encode_batch=encode_batch or tok.encode_batch,
+                    max_new_tokens=8, template=ALPACA, encode_batch=encode_batch or tok.encode_batch,
                     max_token_chars=max_token_chars(tok), max_prompts=max_queued)
     worker = EngineWorker(Engine(model, tok, max_slots=8, max_len=MAX_LEN), max_queued)
     return build_app(worker, limits, SamplingParams)

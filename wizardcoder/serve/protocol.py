@@ -49,7 +49,7 @@ class Limits:
     vocab_size: int  # ids a prompt may contain: [0, vocab_size)
     max_len: int  # prompt + completion tokens per sequence
     max_n: int
-    default_max_tokens: int
+    max_new_tokens: int  # new tokens of a request that gives no max_tokens (capped by the room left)
     template: Template
     encode_batch: Any  # list[str] -> list[list[int]]; called off the event loop (it may take seconds)
     max_token_chars: int = 256  # the most characters one token can stand for (a prompt longer than max_len of them
@@ -321,7 +321,7 @@ def tokenize(draft: Draft, limits: Limits, sampling_params_cls) -> ApiRequest:
     room = limits.max_len - longest
     max_tokens = draft.max_tokens
     if max_tokens is None:
-        max_tokens = max(1, min(limits.default_max_tokens, room))
+        max_tokens = max(1, min(limits.max_new_tokens, room))
     if longest + max_tokens > limits.max_len:
         raise ApiError(400, f"This model's maximum context length is {limits.max_len} tokens, however you requested "
                        f"{longest + max_tokens} tokens ({longest} in the {draft.param}, {max_tokens} for the "
