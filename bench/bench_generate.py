@@ -110,7 +110,7 @@ def run_deterministic_cost(samples: int = 20, new: int = 64) -> list[dict]:
 
 
 def run_op_count() -> list[dict]:
-    """Aten ops dispatched by one decode step on CPU (the engine's `_decode_step`, 8 rows sharing one prompt, top-p),
+    """Aten ops dispatched by one decode step on CPU (the runner's `decode_step`, 8 rows sharing one prompt, top-p),
     counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
     embedding, LM head, sampler and state update."""
     from collections import Counter
@@ -134,7 +134,7 @@ def run_op_count() -> list[dict]:
             eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
             eng.step()  # admit + prefill + one step; the next step is a plain decode step
             with Count() as c:
-                eng._decode_step()
+                eng.runner.decode_step()
         totals[layers] = c.ops
     per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
     rest = sum(totals[2].values()) - 2 * per_layer

@@ -9,7 +9,8 @@ from wizardcoder import StarCoder, StarCoderConfig
 from wizardcoder.engine import Engine, SamplingParams
 from wizardcoder.engine.attention import decode_attention_full, row_attention, shared_prefix_decode_attention
 from wizardcoder.errors import ConfigError
-from wizardcoder.sampling import sample_key, sample_rows
+from wizardcoder.engine.params import sample_key
+from wizardcoder.engine.sampler import sample_rows
 
 CFG = StarCoderConfig(vocab_size=211, n_positions=128, n_embd=48, n_layer=2, n_head=4)
 PROMPTS = [[5, 9, 13, 2, 7, 1, 8], [3], [100, 200, 44, 17], [7, 19, 23, 99, 4, 61, 62, 63, 64, 65, 66]]
@@ -181,7 +182,7 @@ def test_a_bad_request_fails_alone_and_abort_frees_its_slots(model):
     while engine.has_unfinished():
         finished += [o for o in engine.step() if o.finished]
     assert [(o.request_id, len(o.token_ids)) for o in finished] == [(good, 5)]
-    assert engine.num_waiting() == 0 and engine._free_prompt_slots  # the aborted request's prompt slot is back
+    assert engine.num_waiting() == 0 and engine.scheduler.free_prompt_slots  # the aborted request's prompt slot is back
 
 
 @pytest.mark.gpu
@@ -195,9 +196,9 @@ def test_cuda_graph_steps_match_eager_steps():
               SamplingParams(n=2, max_new_tokens=40), SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
     graphs = Engine(cuda_model, max_slots=4, sync_every=4)
     eager = Engine(cuda_model, max_slots=4, sync_every=4, compile="off")
-    assert graphs._graphs_on and not eager._graphs_on
+    assert graphs.runner.graphs_on and not eager.runner.graphs_on
     a, b = graphs.generate(PROMPTS, params), eager.generate(PROMPTS, params)
-    assert tokens(a) == tokens(b) and graphs._graphs  # graphs were captured and replayed
+    assert tokens(a) == tokens(b) and graphs.runner.graphs  # graphs were captured and replayed
     cpu = Engine(cpu_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)
     assert tokens(Engine(cuda_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)) == tokens(cpu)
 

@@ -160,6 +160,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
     import torch.distributed as dist
 
     from .engine import Engine, SamplingParams, load
+    from .engine.params import check_context
     from .parallel import barrier, init_distributed
 
     jobs, answer_field = load_jobs(cfg)
@@ -186,10 +187,7 @@ def generate_samples(cfg: GenerateConfig) -> str:
         ids = [tok.encode(j.prompt) for j in todo]
         longest = max(range(len(todo)), key=lambda i: len(ids[i]))
         max_len = len(ids[longest]) + cfg.max_new_tokens
-        if max_len > model.config.n_positions:
-            raise ConfigError(f"prompt {todo[longest].task_id} ({len(ids[longest])} tokens) + --max-new-tokens "
-                              f"{cfg.max_new_tokens} is over the model's {model.config.n_positions} positions; "
-                              "lower --max-new-tokens.")
+        check_context(len(ids[longest]), cfg.max_new_tokens, model.config.n_positions, f"prompt {todo[longest].task_id}")
         mine = todo[d.rank :: d.world_size]
         params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                  max_new_tokens=cfg.max_new_tokens, stop=j.stop, seed=prompt_seed(cfg.seed, j.task_id))

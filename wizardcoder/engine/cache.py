@@ -37,7 +37,7 @@ class SlotCache:
         self.max_len = max_len
         self.mode = "decode"
         self.invariant = False  # decode attention over full-width, per-row key layouts (Engine(deterministic=True))
-        self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = 1
+        self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = self.group_width = 1
         self._targets: list[tuple[str, int, int, int]] = []
 
     # ------------------------------------------------------------------------------------------- mode switches
@@ -55,11 +55,12 @@ class SlotCache:
         self._positions = torch.cat([torch.arange(e - s, device=device) for *_, s, e in bounds])[None]
         self.mode = "prefill"
 
-    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int) -> None:
+    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int, groups, own) -> None:
         """Next forwards are decode steps of the first `n_rows` rows, attending to the first `prefix_width` keys of
-        the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row (the host picks sizes
-        that cover every live row for the coming steps)."""
+        the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row
+        (the host picks sizes that cover every live row for the coming steps); `groups[p]`: the rows of slot p."""
         self.mode = "decode"
+        self.group_width = max((len(g) for g in groups), default=0)
         self.prefix_slots, self.prefix_width, self.row_width, self.n_rows = prefix_slots, prefix_width, row_width, n_rows
 
     # ------------------------------------------------------------------------------------ the model's protocol

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..data.templates import get_template
         from ..engine import Engine, SamplingParams
+        from ..engine.params import context_limit
         from ..profiling import Profile
         from .app import build_app
         from .protocol import Limits
@@ -103,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.api_key_env and not api_key:
             raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         model, tok, name = load_model(cfg)
-        positions = model.config.n_positions
-        if cfg.max_len is not None and cfg.max_len > positions:
-            raise ConfigError(f"--max-len {cfg.max_len} is beyond the model's {positions} positions; lower it.")
-        max_len = cfg.max_len or positions
+        max_len = context_limit(model.config.n_positions, cfg.max_len)
         engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
         engine.step = Profile.from_config(cfg, "profile", 0, engine.device).around_steps(engine.step)  # --profile
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
