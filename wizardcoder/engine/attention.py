@@ -11,8 +11,9 @@ The prompt part is ONE attention call over the rows sharing each slot: the queri
 host, `groups [P, Gm]`) against slot p's keys alone, so the cost is rows x prompt width (not rows x all slots' widths)
 and each prompt's K/V is read once per layer whatever the number of samples, with no copy. With multi-query attention
 that is one [Gm * Hq, D] x [D, Lp] product per slot. The suffix part is per row. On CPU each part is one fused
-attention call that also returns the log-sum-exp; on CUDA the Triton kernel (kernels/decode_attention.py) does both
-parts and the merge in one launch, and elsewhere a plain-torch math path stands in.
+attention call that also returns the log-sum-exp (the kernel SDPA runs); elsewhere a plain-torch math path. The
+one-launch Triton version of both parts and the merge is kernels/decode_attention.py (tested in the interpreter; not
+yet the engine's CUDA path: it is unmeasured on a GPU).
 """
 from __future__ import annotations
 
