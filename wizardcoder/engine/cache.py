@@ -60,7 +60,7 @@ class SlotCache:
         self._positions = torch.cat([torch.arange(e - s, device=device) for *_, s, e in bounds])[None]
         self.mode = "prefill"
 
-    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int, groups, own) -> None:
+    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int, groups) -> None:
         """Next forwards are decode steps of the first `n_rows` rows, attending to the first `prefix_width` keys of
         the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row
         (the host picks sizes that cover every live row for the coming steps); `groups[p]`: the rows of slot p."""

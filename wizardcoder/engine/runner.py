@@ -109,7 +109,7 @@ class ModelRunner:
 
     def decode(self, rnd) -> None:
         """Launch a round of `rnd.steps` decode steps (no host sync: on CUDA the host returns at once)."""
-        self.cache.set_decode(rnd.prefix_slots, rnd.prefix_width, rnd.row_width, rnd.n_rows, rnd.groups, rnd.own)
+        self.cache.set_decode(rnd.prefix_slots, rnd.prefix_width, rnd.row_width, rnd.n_rows, rnd.groups)
         key = (rnd.prefix_slots, rnd.prefix_width, rnd.row_width, rnd.n_rows, self.cache.group_width, *self.flags)
         for _ in range(rnd.steps):
             self._run_decode(key)

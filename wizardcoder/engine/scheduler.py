@@ -40,7 +40,7 @@ class Row:
 class Round:
     """The next round of decode steps: `steps` steps over the first `n_rows` rows, attending to the first
     `prefix_width` keys of the first `prefix_slots` prompt slots and the first `row_width` keys of each row;
-    `groups[p]` = the rows whose prompt is in slot p, `own` = the rows that hold their prompt themselves."""
+    `groups[p]` = the rows whose prompt is in slot p (rows that hold their prompt themselves are in none)."""
 
     live: list[tuple[int, Row]]
     steps: int
@@ -49,7 +49,6 @@ class Round:
     row_width: int
     n_rows: int
     groups: list[list[int]]
-    own: list[int]
 
 
 class Scheduler:
@@ -119,10 +118,10 @@ class Scheduler:
         n = live[-1][0] + 1  # exactly the used rows; on CUDA the next power of two (fewer graphs)
         nb = n if not self.pow2_rows else min(self.B, 1 << (n - 1).bit_length())
         groups: list[list[int]] = [[] for _ in range(slots)]
-        own = []
         for b, r in live:
-            (own if r.req.prompt_slot is None else groups[r.req.prompt_slot]).append(b)
-        return Round(live, k, slots, prefix_w, row_w, nb, groups, own)
+            if r.req.prompt_slot is not None:
+                groups[r.req.prompt_slot].append(b)
+        return Round(live, k, slots, prefix_w, row_w, nb, groups)
 
     def _bucket(self, n: int) -> int:
         g = self.width_step
