@@ -48,6 +48,16 @@ def _clock(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds of each fn, run in turns (a, b, a, b, ...) in this process, so a shared machine's load falls on
+    every side alike."""
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(_clock(fn))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def _hf_generate(hf, prompts: torch.Tensor, new: int, sample: bool):
     kw = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=0) if sample else dict(do_sample=False)
     return hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
@@ -63,8 +73,9 @@ def _copy_bandwidth(device) -> float:
     return 2 * x.numel() * x.element_size() / t
 
 
-def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
-    """The pass@k workload alone (see the module docstring); both sides draw samples x new tokens."""
+def run_passk(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
+    """The pass@k workload alone (see the module docstring); both sides draw samples x new tokens; medians of `reps`
+    interleaved runs."""
     from bench.bench_model import _hf_from_ours
 
     cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
@@ -76,12 +87,13 @@ def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
     with torch.inference_mode():
         eng.generate([prompt[0].tolist()], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))
         _hf_generate(hf, prompt, 2, sample=True)  # warm-up both
-        out = []
-        t_ours = _clock(lambda: out.append(eng.generate([prompt[0].tolist()], params)))
-        assert sum(len(c.token_ids) for c in out[0][0]) == samples * new
-        res = []
-        t_hf = _clock(lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1), new, sample=True)))
-        assert res[0].shape == (samples, 256 + new)
+        out, res = [], []
+        t = _interleaved({"ours": lambda: out.append(eng.generate([prompt[0].tolist()], params)),
+                          "hf": lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1), new, sample=True))},
+                         reps)
+        t_ours, t_hf = t["ours"], t["hf"]
+        assert all(sum(len(c.token_ids) for c in o[0]) == samples * new for o in out)
+        assert all(r.shape == (samples, 256 + new) for r in res)
     case = f"pass@k: n={samples} of one 256-token prompt, {new} new, top-p 0.95 T 0.8, V 49152, 4 x d512"
     return [{"bench": "generate", "case": case, "impl": "HF transformers generate", "tok_per_s": samples * new / t_hf,
              "seconds": t_hf, "vs_HF": 1.0},
@@ -89,28 +101,27 @@ def run_passk(samples: int = 20, new: int = 64) -> list[dict]:
              "seconds": t_ours, "vs_HF": t_hf / t_ours}]
 
 
-def run_deterministic_cost(samples: int = 20, new: int = 64) -> list[dict]:
-    """The pass@k workload (as `run_passk`) through the engine as is and with `deterministic=True`, same run."""
+def run_deterministic_cost(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
+    """The pass@k workload (as `run_passk`) through the engine as is and with `deterministic=True`, same run,
+    medians of `reps` interleaved runs."""
     cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
     model = StarCoder.from_config(cfg, seed=0).eval()
     prompt = torch.randint(0, cfg.vocab_size, (256,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=1)
-    rows, base = [], None
-    for det in (False, True):
-        eng = Engine(model, max_slots=samples, max_len=256 + new, deterministic=det)
+    engines = {det: Engine(model, max_slots=samples, max_len=256 + new, deterministic=det) for det in (False, True)}
+    outs = {det: [] for det in engines}
+    for det, eng in engines.items():
         eng.generate([prompt], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))  # warm-up
-        out = []
-        t = _clock(lambda: out.append(eng.generate([prompt], params)))
-        assert sum(len(c.token_ids) for c in out[0][0]) == samples * new
-        base = base or t
-        rows.append({"bench": "generate", "case": f"pass@k workload (n={samples}, {new} new, V 49152, 4 x d512)",
-                     "impl": f"engine, deterministic={det}", "tok_per_s": samples * new / t, "seconds": t,
-                     "vs_default": base / t})
-    return rows
+    t = _interleaved({det: (lambda e=eng, o=outs[det]: o.append(e.generate([prompt], params)))
+                      for det, eng in engines.items()}, reps)
+    assert all(sum(len(c.token_ids) for c in o[0]) == samples * new for v in outs.values() for o in v)
+    return [{"bench": "generate", "case": f"pass@k workload (n={samples}, {new} new, V 49152, 4 x d512)",
+             "impl": f"engine, deterministic={det}", "tok_per_s": samples * new / t[det], "seconds": t[det],
+             "vs_default": t[False] / t[det]} for det in engines]
 
 
 def run_op_count() -> list[dict]:
-    """Aten ops dispatched by one decode step on CPU (the engine's `_decode_step`, 8 rows sharing one prompt, top-p),
+    """Aten ops dispatched by one decode step on CPU (the runner's `decode_step`, 8 rows sharing one prompt, top-p),
     counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
     embedding, LM head, sampler and state update."""
     from collections import Counter
@@ -134,7 +145,7 @@ def run_op_count() -> list[dict]:
             eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
             eng.step()  # admit + prefill + one step; the next step is a plain decode step
             with Count() as c:
-                eng._decode_step()
+                eng.runner.decode_step()
         totals[layers] = c.ops
     per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
     rest = sum(totals[2].values()) - 2 * per_layer
@@ -203,8 +214,6 @@ def run(quick: bool = False) -> list[dict]:
         out = []
         # warm-up: on CUDA the whole workload once (each decode shape is captured as a graph on its second use)
         eng.generate([prompt[0].tolist()], params if cuda else SamplingParams(n=8, max_new_tokens=n_new))
-        t_ours = _clock(lambda: out.append(eng.generate([prompt[0].tolist()], params)))
-        assert sum(len(c.token_ids) for c in out[0][0]) == n * n_new
 
         def hf_n():
             done = 0
@@ -215,7 +224,10 @@ def run(quick: bool = False) -> list[dict]:
                 done += bs
 
         _hf_generate(hf, prompt.to(device), 2, sample=True)  # warm-up
-        t_hf = _clock(hf_n)
+        t = _interleaved({"ours": lambda: out.append(eng.generate([prompt[0].tolist()], params)), "hf": hf_n},
+                         1 if quick else 3)
+        t_ours, t_hf = t["ours"], t["hf"]
+        assert all(sum(len(c.token_ids) for c in o[0]) == n * n_new for o in out)
         case = f"n={n} of one 256-token prompt, {n_new} new, top-p (HF batch {hf_batch}, ours {slots} slots)"
         row(case, "HF transformers generate", tok_per_s=n * n_new / t_hf, seconds=t_hf, vs_HF=1.0)
         row(case, "wizardcoder engine", tok_per_s=n * n_new / t_ours, seconds=t_ours, vs_HF=t_hf / t_ours)

@@ -7,9 +7,10 @@ import torch
 
 from wizardcoder import StarCoder, StarCoderConfig
 from wizardcoder.engine import Engine, SamplingParams
-from wizardcoder.engine.attention import decode_attention_full, row_attention, shared_prefix_decode_attention
+from wizardcoder.engine.attention import cascade_decode_attention, decode_attention_full, row_attention
 from wizardcoder.errors import ConfigError
-from wizardcoder.sampling import sample_key, sample_rows
+from wizardcoder.engine.params import sample_key
+from wizardcoder.engine.sampler import sample_rows
 
 CFG = StarCoderConfig(vocab_size=211, n_positions=128, n_embd=48, n_layer=2, n_head=4)
 PROMPTS = [[5, 9, 13, 2, 7, 1, 8], [3], [100, 200, 44, 17], [7, 19, 23, 99, 4, 61, 62, 63, 64, 65, 66]]
@@ -47,25 +48,40 @@ def test_greedy_matches_transformers_generate(model, tmp_path):
         assert all(c.token_ids == ref and c.finish_reason == "length" for c in per_prompt)
 
 
+def cascade_inputs(q, pk, prefix_len, row_prefix, row_len, Lr):
+    """What the cache hands cascade_decode_attention: biases, the rows of each slot and each row's place there."""
+    P, Lp = pk.shape[0], pk.shape[2]
+    groups = [[b for b, p in enumerate(row_prefix.tolist()) if p == s] for s in range(P)]
+    Gm = max(len(g) for g in groups)
+    flat = torch.tensor([g[i] if i < len(g) else 0 for g in groups for i in range(Gm)]).view(P, Gm)
+    pos = torch.tensor([next((p * Gm + g.index(b) for p, g in enumerate(groups) if b in g), -1)
+                        for b in range(len(row_prefix))])
+    inf = float("-inf")
+    prefix_bias = torch.where(torch.arange(Lp)[None] < prefix_len[:, None], 0.0, inf)[:, None, None]
+    row_bias = torch.where(torch.arange(Lr)[None] < row_len[:, None], 0.0, inf)[:, None, None]
+    return prefix_bias, flat, pos.clamp(min=0), torch.where(pos >= 0, 0.0, inf)[:, None, None], row_bias
+
+
 @pytest.mark.parametrize("n_kv", [1, 2])
-def test_shared_prefix_attention_matches_sdpa_over_the_concatenation(n_kv):
+def test_cascade_attention_matches_sdpa_over_the_concatenation(n_kv):
+    """Each row against its own prompt slot and its own keys only, merged by log-sum-exp: SDPA over the
+    concatenation, for rows sharing a slot, alone in one, with their prompt in their own keys, and an empty slot."""
     g = torch.Generator().manual_seed(0)
     B, Hq, D, P, Lp, Lr = 5, 4, 16, 3, 9, 6
     q = torch.randn(B, Hq, D, generator=g)
-    pk, pv = torch.randn(P, Lp, n_kv, D, generator=g), torch.randn(P, Lp, n_kv, D, generator=g)
-    rk, rv = torch.randn(B, Lr, n_kv, D, generator=g), torch.randn(B, Lr, n_kv, D, generator=g)
+    pk, pv = torch.randn(P, n_kv, Lp, D, generator=g), torch.randn(P, n_kv, Lp, D, generator=g)
+    rk, rv = torch.randn(B, n_kv, Lr, D, generator=g), torch.randn(B, n_kv, Lr, D, generator=g)
     prefix_len = torch.tensor([9, 4, 0])
-    row_prefix = torch.tensor([0, 1, 0, -1, 2])  # row 3 has its prompt in its own keys; slot 2 is empty
+    row_prefix = torch.tensor([0, 1, 0, -1, 0])  # row 3 has its prompt in its own keys; slot 2 is empty
     row_len = torch.tensor([1, 3, 6, 5, 2])
-    slot, pos = torch.arange(P).repeat_interleave(Lp), torch.arange(Lp).repeat(P)
-    pmask = (row_prefix[:, None] == slot[None]) & (pos[None] < prefix_len[slot][None])
-    rmask = torch.arange(Lr)[None] < row_len[:, None]
-    out = shared_prefix_decode_attention(q, pk, pv, pmask, rk, rv, rmask, scale=0.3)
+    args = cascade_inputs(q, pk, prefix_len, row_prefix, row_len, Lr)
+    out = cascade_decode_attention(q[:, None], pk, pv, args[0], args[1], args[2], args[3], rk, rv, args[4], 0.3)[:, 0]
     for b in range(B):
         p = int(row_prefix[b])
         n = int(prefix_len[p]) if p >= 0 else 0
         ref = decode_attention_full(q[b], pk[max(p, 0)], pv[max(p, 0)], n, rk[b], rv[b], int(row_len[b]), 0.3)
         torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+    rmask = torch.arange(Lr)[None] < row_len[:, None]
     own = row_attention(q[:, None], rk, rv, rmask, scale=0.3)[:, 0]  # no prompt slot: the row's keys alone
     for b in range(B):
         ref = decode_attention_full(q[b], pk[0], pv[0], 0, rk[b], rv[b], int(row_len[b]), 0.3)
@@ -181,7 +197,7 @@ def test_a_bad_request_fails_alone_and_abort_frees_its_slots(model):
     while engine.has_unfinished():
         finished += [o for o in engine.step() if o.finished]
     assert [(o.request_id, len(o.token_ids)) for o in finished] == [(good, 5)]
-    assert engine.num_waiting() == 0 and engine._free_prompt_slots  # the aborted request's prompt slot is back
+    assert engine.num_waiting() == 0 and engine.scheduler.free_prompt_slots  # the aborted request's prompt slot is back
 
 
 @pytest.mark.gpu
@@ -195,9 +211,9 @@ def test_cuda_graph_steps_match_eager_steps():
               SamplingParams(n=2, max_new_tokens=40), SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
     graphs = Engine(cuda_model, max_slots=4, sync_every=4)
     eager = Engine(cuda_model, max_slots=4, sync_every=4, compile="off")
-    assert graphs._graphs_on and not eager._graphs_on
+    assert graphs.runner.graphs_on and not eager.runner.graphs_on
     a, b = graphs.generate(PROMPTS, params), eager.generate(PROMPTS, params)
-    assert tokens(a) == tokens(b) and graphs._graphs  # graphs were captured and replayed
+    assert tokens(a) == tokens(b) and graphs.runner.graphs  # graphs were captured and replayed
     cpu = Engine(cpu_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)
     assert tokens(Engine(cuda_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)) == tokens(cpu)
 

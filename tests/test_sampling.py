@@ -1,11 +1,13 @@
-"""Sampling settings, the counter-based noise, the simple left-padded KV cache, and the text `generate` API."""
+"""Sampling settings, the counter-based noise, the simple left-padded KV cache, and text in, text out through the\nengine."""
 import pytest
 import torch
 
 from wizardcoder import StarCoder, StarCoderConfig
 from _kv_cache import KVCache
 from wizardcoder.errors import ConfigError
-from wizardcoder.sampling import SamplingParams, fmix32, sample_key, truncate_at_stop, uniform_noise
+from wizardcoder.engine import Engine
+from wizardcoder.engine.params import SamplingParams, fmix32, sample_key
+from wizardcoder.engine.sampler import truncate_at_stop, uniform_noise
 
 from test_engine import one_thread  # noqa: F401  (autouse fixture: one intra-op thread for tiny tensors)
 
@@ -84,10 +86,12 @@ def test_truncate_at_stop():
 
 def test_text_generate_n_per_prompt_and_stop(starcoder_tokenizer_dir):
     from wizardcoder import Tokenizer
-    from wizardcoder.sampling import generate
-
     tok = Tokenizer.from_pretrained(starcoder_tokenizer_dir)
     m = StarCoder.from_preset("tiny", seed=0, vocab_size=tok.vocab_size).eval()
+
+    def generate(model, tok, prompts, params, batch_size=32):
+        """Text for text through the engine: the texts of each prompt's samples."""
+        return [[c.text for c in per] for per in Engine(model, tok, max_slots=batch_size).generate(prompts, params)]
     prompts = ["def add(a, b):\n", "# sort a list\nimport"]
     out = generate(m, tok, prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=20, seed=0), batch_size=4)
     assert [len(o) for o in out] == [3, 3] and len(set(out[0])) > 1
@@ -123,7 +127,7 @@ def test_sort_free_sets_equal_the_sorting_reference(ties):
     """Every row at once, each with its own top-k / top-p, V = 49152 (the radix select's three passes all matter);
     with `ties`, logits take 6 values only, so the nucleus boundary falls inside a run of equal weights and the
     tie rule (lower token id first) decides."""
-    from wizardcoder.sampling import keep_top_k_top_p
+    from wizardcoder.engine.sampler import keep_top_k_top_p
 
     g = torch.Generator().manual_seed(3)
     B, V = 12, 49152
@@ -143,7 +147,7 @@ def test_sort_free_sets_equal_the_sorting_reference(ties):
 def test_sort_free_draws_follow_the_sorting_samplers_distribution():
     """Same logits, same settings: the sort-free sampler and the sorting one draw each token equally often (the
     kept sets agree, so differences are sampling noise only: a two-sample chi-square over the kept tokens)."""
-    from wizardcoder.sampling import sample_rows, sample_rows_sorted
+    from wizardcoder.engine.sampler import sample_rows, sample_rows_sorted
 
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(64, generator=g) * 2
@@ -165,7 +169,7 @@ def test_triton_sampler_keeps_the_same_sets_and_draws_the_same_tokens():
     temperature / top-k / top-p, V not a multiple of the block, and tied logits."""
     pytest.importorskip("triton")
     from wizardcoder.kernels.sampling import sample_rows_triton
-    from wizardcoder.sampling import keep_top_k_top_p, sample_rows
+    from wizardcoder.engine.sampler import keep_top_k_top_p, sample_rows
 
     g = torch.Generator().manual_seed(9)
     B, V = 16, 300

@@ -186,6 +186,7 @@ def sample(model_name: str, jobs: list[Prompt], answer_field: str, g: Generation
     import torch.distributed as dist
 
     from .engine import Engine, SamplingParams, load
+    from .engine.params import check_context
     from .parallel import barrier, init_distributed
 
     d = init_distributed(g.device)
@@ -211,10 +212,8 @@ def sample(model_name: str, jobs: list[Prompt], answer_field: str, g: Generation
         ids = [tok.encode(j.prompt) for j in todo]
         longest = max(range(len(todo)), key=lambda i: len(ids[i]))
         max_len = len(ids[longest]) + g.max_new_tokens
-        if max_len > model.config.n_positions:
-            raise ConfigError(f"prompt {todo[longest].task_id} ({len(ids[longest])} tokens) + --max-new-tokens "
-                              f"{g.max_new_tokens} is over the model's {model.config.n_positions} positions; "
-                              "lower --max-new-tokens.")
+        check_context(len(ids[longest]), g.max_new_tokens, model.config.n_positions,
+                      f"prompt {todo[longest].task_id}")
         mine = todo[d.rank :: d.world_size]
         params = [SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                                  max_new_tokens=g.max_new_tokens, stop=j.stop, seed=prompt_seed(g.seed, j.task_id))

@@ -6,19 +6,21 @@ modes the engine switches between:
   (a prompt slot, or a row for a prompt that is not shared) and attention is the model's causal varlen attention
   (flash-attn / Triton on CUDA, SDPA on CPU);
 - decode: one token for each of the first n_rows rows `[n_rows, 1]`; its K/V is appended to the row, and attention
-  is the shared-prefix decode attention over (prompt slot, own row) of wizardcoder/engine/attention.py, sliced to
-  the sizes the host chose (static shapes per size, so each step can be captured as a CUDA graph).
+  is the cascade attention over (own prompt slot, own row) of wizardcoder/engine/attention.py, sliced to the sizes
+  the host chose for the round (static shapes per size, so each step can be captured as a CUDA graph).
 
-Buffers (L = n_layer, P = prompt slots, B = rows, Hkv = K/V heads (1 for MQA), D = head_dim):
-  prefix_k/v `[L, P, Lp, Hkv, D]`, prefix_len `[P]`;  row_k/v `[L, B, Lr, Hkv, D]`, row_len `[B]` (tokens a row
-  holds), row_prefix `[B]` (its prompt slot, -1 when its prompt lives in the row itself).
+Buffers (L = n_layer, P = prompt slots, B = rows, Hkv = K/V heads (1 for MQA), D = head_dim), head-major so that a
+slot's or a row's keys of one head are contiguous: prefix_k/v `[L, P, Hkv, Lp, D]`, prefix_len `[P]`;
+row_k/v `[L, B, Hkv, Lr, D]`, row_len `[B]` (tokens a row holds), row_prefix `[B]` (its prompt slot, -1 when its
+prompt lives in the row itself); group_rows (the rows of each slot, `[P, Gm]` flattened) and row_pos `[B]` (a row's
+place there, -1: none), written by the host once per round.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import ops
-from .attention import row_attention, shared_prefix_decode_attention
+from .attention import cascade_decode_attention, row_attention
 from .invariant import row_attention_invariant
 
 
@@ -26,18 +28,21 @@ class SlotCache:
     def __init__(self, cfg, max_slots: int, max_prompts: int, max_len: int, dtype, device):
         self.cfg = cfg
         L, Hkv, D = cfg.n_layer, cfg.n_kv_head, cfg.head_dim
-        self.prefix_k = torch.zeros(L, max_prompts, max_len, Hkv, D, dtype=dtype, device=device)
+        self.prefix_k = torch.zeros(L, max_prompts, Hkv, max_len, D, dtype=dtype, device=device)
         self.prefix_v = torch.zeros_like(self.prefix_k)
-        self.row_k = torch.zeros(L, max_slots, max_len, Hkv, D, dtype=dtype, device=device)
+        self.row_k = torch.zeros(L, max_slots, Hkv, max_len, D, dtype=dtype, device=device)
         self.row_v = torch.zeros_like(self.row_k)
         self.prefix_len = torch.zeros(max_prompts, dtype=torch.long, device=device)
         self.row_len = torch.zeros(max_slots, dtype=torch.long, device=device)
         self.row_prefix = torch.full((max_slots,), -1, dtype=torch.long, device=device)
         self.rows = torch.arange(max_slots, device=device)
+        self.heads = torch.arange(Hkv, device=device)[None, None]
+        self.group_rows = torch.zeros(max_prompts * max_slots, dtype=torch.long, device=device)
+        self.row_pos = torch.full((max_slots,), -1, dtype=torch.long, device=device)
         self.max_len = max_len
         self.mode = "decode"
         self.invariant = False  # decode attention over full-width, per-row key layouts (Engine(deterministic=True))
-        self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = 1
+        self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = self.group_width = 1
         self._targets: list[tuple[str, int, int, int]] = []
 
     # ------------------------------------------------------------------------------------------- mode switches
@@ -55,54 +60,71 @@ class SlotCache:
         self._positions = torch.cat([torch.arange(e - s, device=device) for *_, s, e in bounds])[None]
         self.mode = "prefill"
 
-    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int) -> None:
+    def set_decode(self, prefix_slots: int, prefix_width: int, row_width: int, n_rows: int, groups) -> None:
         """Next forwards are decode steps of the first `n_rows` rows, attending to the first `prefix_width` keys of
-        the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row (the host picks sizes
-        that cover every live row for the coming steps)."""
+        the first `prefix_slots` prompt slots (0: no prompt is shared) and the first `row_width` keys of every row
+        (the host picks sizes that cover every live row for the coming steps); `groups[p]`: the rows of slot p."""
         self.mode = "decode"
         self.prefix_slots, self.prefix_width, self.row_width, self.n_rows = prefix_slots, prefix_width, row_width, n_rows
+        Gm = self.group_width = max((len(g) for g in groups), default=1)
+        if prefix_slots:  # where each row's query goes in the prompt part (one small host-to-device copy a round)
+            flat = [g[i] if i < len(g) else 0 for g in groups for i in range(Gm)]
+            pos = [-1] * n_rows
+            for p, g in enumerate(groups):
+                for i, b in enumerate(g):
+                    pos[b] = p * Gm + i
+            dev = self.row_len.device
+            self.group_rows[: len(flat)].copy_(torch.tensor(flat, device=dev))
+            self.row_pos[:n_rows].copy_(torch.tensor(pos, device=dev))
+        # this round's per-layer views of the buffers (views of static storage: the same for every step)
+        P, Wp, Wr, nb = prefix_slots, prefix_width, row_width, n_rows
+        self._views = [(self.row_k[i], self.row_v[i], self.prefix_k[i, :P, :, :Wp], self.prefix_v[i, :P, :, :Wp],
+                        self.row_k[i, :nb, :, :Wr], self.row_v[i, :nb, :, :Wr]) for i in range(self.cfg.n_layer)]
 
     # ------------------------------------------------------------------------------------ the model's protocol
     def begin(self, new_mask: torch.Tensor) -> torch.Tensor:
-        """Position ids of this forward's tokens; in decode mode also this step's key masks (shared by layers)."""
+        """Position ids of this forward's tokens; in decode mode also this step's masks and write positions (shared
+        by the layers)."""
         if self.mode == "prefill":
             return self._positions
-        nb = self.n_rows
+        nb, P, Wp, Wr = self.n_rows, self.prefix_slots, self.prefix_width, self.row_width
         row_prefix, row_len = self.row_prefix[:nb], self.row_len[:nb]
         plen = torch.where(row_prefix >= 0, self.prefix_len[row_prefix.clamp(min=0)], torch.zeros_like(row_len))
-        P, W = self.prefix_slots, self.prefix_width
-        self._row_mask = torch.arange(self.row_width, device=plen.device)[None] <= row_len[:, None]  # (nb, Wr)
-        if P == 0:
-            return (plen + row_len)[:, None]
-        key = torch.arange(P * W, device=plen.device)  # (P*W,); not repeat_interleave, which syncs on CUDA
-        slot_of_key, key_in_slot = key // W, key % W
-        self._prefix_mask = (row_prefix[:, None] == slot_of_key[None]) & (
-            key_in_slot[None] < self.prefix_len[:P][slot_of_key][None])  # (nb, P*W)
+        self._write = (self.rows[:nb, None, None], self.heads, row_len[:, None, None])  # -> [nb, 1, Hkv] like k
+        dev = plen.device
+        self._row_mask = torch.arange(Wr, device=dev)[None] <= row_len[:, None]  # (nb, Wr): its keys and this step's
+        if P and not self.invariant:
+            self._row_bias = torch.where(self._row_mask, 0.0, float("-inf"))[:, None, None]
+            self._prefix_bias = torch.where(torch.arange(Wp, device=dev)[None] < self.prefix_len[:P, None], 0.0,
+                                            float("-inf"))[:, None, None]
+            pos = self.row_pos[:nb]
+            self._pos = pos.clamp(min=0)
+            self._no_prefix = torch.where(pos >= 0, 0.0, float("-inf"))[:, None, None]
+            self._groups = self.group_rows[: P * self.group_width].view(P, self.group_width)
         return (plen + row_len)[:, None]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if self.mode == "prefill":
             for kind, idx, s, e in self._targets:
                 kb, vb = (self.prefix_k, self.prefix_v) if kind == "prefix" else (self.row_k, self.row_v)
-                kb[layer, idx, : e - s] = k[0, s:e]
-                vb[layer, idx, : e - s] = v[0, s:e]
+                kb[layer, idx, :, : e - s] = k[0, s:e].transpose(0, 1)
+                vb[layer, idx, :, : e - s] = v[0, s:e].transpose(0, 1)
             return ops.attention(q[0], k[0], v[0], scale=scale, cu_seqlens=self._cu, max_seqlen=self._max_seqlen,
                                  backend=self.cfg.attn_backend)[None]
-        # decode: q (B, 1, Hq, D), k/v (B, 1, Hkv, D); a row's new key goes to slot row_len (rows that are done
-        # keep rewriting the same slot, which nothing reads)
-        nb, P, Wp, Wr = self.n_rows, self.prefix_slots, self.prefix_width, self.row_width
-        self.row_k[layer, self.rows[:nb], self.row_len[:nb]] = k[:, 0]
-        self.row_v[layer, self.rows[:nb], self.row_len[:nb]] = v[:, 0]
+        # decode: q (B, 1, Hq, D), k/v (B, 1, Hkv, D); a row's new key goes to position row_len (rows that are done
+        # keep rewriting the same position, which nothing reads)
+        row_k, row_v, pk, pv, rk, rv = self._views[layer]
+        row_k.index_put_(self._write, k)
+        row_v.index_put_(self._write, v)
+        nb = self.n_rows
         if self.invariant:
             return row_attention_invariant(q, self.prefix_k[layer], self.prefix_v[layer], self.prefix_len,
                                            self.row_prefix[:nb], self.row_k[layer, :nb], self.row_v[layer, :nb],
                                            self.row_len[:nb], scale)
-        if P == 0:  # no prompt is shared: each row attends to its own keys, one SDPA call
-            return row_attention(q, self.row_k[layer, :nb, :Wr], self.row_v[layer, :nb, :Wr], self._row_mask, scale)
-        y = shared_prefix_decode_attention(q[:, 0], self.prefix_k[layer, :P, :Wp], self.prefix_v[layer, :P, :Wp],
-                                           self._prefix_mask, self.row_k[layer, :nb, :Wr],
-                                           self.row_v[layer, :nb, :Wr], self._row_mask, scale)
-        return y[:, None]
+        if self.prefix_slots == 0:  # no prompt is shared: each row attends to its own keys, one call
+            return row_attention(q, rk, rv, self._row_mask, scale)
+        return cascade_decode_attention(q, pk, pv, self._prefix_bias, self._groups, self._pos, self._no_prefix, rk, rv,
+                                        self._row_bias, scale)
 
     def advance(self) -> None:
         """Lengths are the engine's to move (only rows still generating grow), so nothing happens here."""

@@ -47,14 +47,14 @@ def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def row_attention_invariant(q, prefix_k, prefix_v, prefix_len, row_prefix, row_k, row_v, row_len, scale):
-    """q `[B, 1, Hq, D]`; prefix_k/v `[P, W, Hkv, D]` (all prompt slots, full width), prefix_len `[P]`, row_prefix
-    `[B]` (-1: none); row_k/v `[B, W, Hkv, D]`, row_len `[B]` (keys before this step's). Each row's keys: its
+    """q `[B, 1, Hq, D]`; prefix_k/v `[P, Hkv, W, D]` (all prompt slots, full width), prefix_len `[P]`, row_prefix
+    `[B]` (-1: none); row_k/v `[B, Hkv, W, D]`, row_len `[B]` (keys before this step's). Each row's keys: its
     prompt's at [0, plen), its own at [W, W + row_len]."""
-    W = row_k.shape[1]
+    W = row_k.shape[2]
     slot = row_prefix.clamp(min=0)
     plen = torch.where(row_prefix >= 0, prefix_len[slot], torch.zeros_like(row_len))
-    k = torch.cat([prefix_k[slot], row_k], 1)
-    v = torch.cat([prefix_v[slot], row_v], 1)
+    k = torch.cat([prefix_k[slot], row_k], 2)
+    v = torch.cat([prefix_v[slot], row_v], 2)
     pos = torch.arange(W, device=q.device)[None]
     mask = torch.cat([pos < plen[:, None], pos <= row_len[:, None]], 1)
     return row_attention(q, k, v, mask, scale)

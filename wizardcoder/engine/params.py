@@ -88,3 +88,22 @@ def sample_key(seed: int, index: int) -> int:
 def derived_seed(seed: int, name: str) -> int:
     """The seed of item `name` (e.g. a task_id) of a run seeded with `seed`: a function of both alone."""
     return int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:8], "little") >> 1
+
+
+def context_limit(positions: int, max_len: int | None = None) -> int:
+    """Tokens one sample may hold, prompt + new (`max_len`: --max-len; None: the model's `positions`). The one check
+    of a context setting: generate, serve and the Engine all call it."""
+    limit = positions if max_len is None else int(max_len)
+    if not 2 <= limit <= positions:
+        raise ConfigError(f"--max-len {limit} is outside [2, {positions}] (one prompt token and one new token, at most "
+                          "the model's positions); change it.")
+    return limit
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, limit: int, what: str = "the prompt") -> None:
+    """Refuse, in one sentence, a prompt that leaves no room for its new tokens: the one context-length check of a
+    request (the Engine runs it on every request; generate runs it on its longest prompt before any work)."""
+    if prompt_tokens + max_new_tokens > limit:
+        raise ConfigError(f"{what} ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) is over the {limit} "
+                          "tokens a sample may hold (the model's positions, or --max-len); shorten the prompt or lower "
+                          "--max-new-tokens.")

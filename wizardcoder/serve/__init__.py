@@ -85,6 +85,7 @@ def run(cfg: Config) -> int:
 
         from ..data.templates import get_template
         from ..engine import Engine, SamplingParams
+        from ..engine.params import context_limit
         from ..profiling import Profile
         from .app import build_app
         from .protocol import Limits
@@ -95,8 +96,8 @@ def run(cfg: Config) -> int:
         if cfg.api_key_env and not api_key:
             raise UserError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set.")
         model, tok, name = load_model(cfg)
-        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=cfg.max_len, deterministic=cfg.deterministic)
-        max_len = engine.max_len  # --max-len, checked against the model's positions by the engine; none: all of them
+        max_len = context_limit(model.config.n_positions, cfg.max_len)
+        engine = Engine(model, tok, max_slots=cfg.max_slots, max_len=max_len, deterministic=cfg.deterministic)
         engine.step = Profile.from_config(cfg, "profile", 0, engine.device).around_steps(engine.step)  # --profile
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         max_new_tokens=cfg.max_new_tokens, template=template,
