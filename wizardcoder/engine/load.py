@@ -10,19 +10,19 @@ from ..errors import UserError
 
 
 def load(model: str, *, tokenizer: str | None = None, dtype: str = "auto", device=None, verb: str = "use"):
-    """(model in eval mode, tokenizer) for `model`: a checkpoint folder or hub id (its tokenizer stored beside it,
-    or `tokenizer`), or a preset name (random weights, the bundled tokenizer). `verb` names what the caller does
+    """(model in eval mode, tokenizer) for `model`: a checkpoint folder or hub id of either family (its tokenizer
+    stored beside it, or `tokenizer`), or a preset name (random weights, the bundled tokenizer). `verb` names what the caller does
     with it, for the one-sentence errors ("serve", "sample from")."""
-    from ..starcoder_config import PRESETS
     from ..dtypes import resolve_dtype
-    from ..model import StarCoder
+    from ..families import PRESET_FAMILIES, class_for, load_pretrained
     from ..tokenizer import Tokenizer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(dtype, device)
-    if model in PRESETS and not os.path.exists(model):
+    if model in PRESET_FAMILIES and not os.path.exists(model):  # either family's preset: random weights
         tok = Tokenizer.from_pretrained(tokenizer) if tokenizer else Tokenizer.bundled()
-        net = StarCoder.from_preset(model, seed=0, vocab_size=tok.vocab_size, device=device, dtype=dtype)
+        net = class_for(PRESET_FAMILIES[model]).from_preset(model, seed=0, vocab_size=tok.vocab_size, device=device,
+                                                             dtype=dtype)
     else:
         tok = None
         if tokenizer is None and os.path.isdir(model):  # a folder without one fails before the weights load
@@ -31,7 +31,7 @@ def load(model: str, *, tokenizer: str | None = None, dtype: str = "auto", devic
             except UserError:
                 raise UserError(f"{model}: no tokenizer is stored with this checkpoint; save its tokenizer beside "
                                 "it (serve also takes --tokenizer).") from None
-        net = StarCoder.from_pretrained(model, dtype=dtype, device=device)
+        net = load_pretrained(model, dtype=dtype, device=device)  # the family its config.json names
         tok = tok or Tokenizer.from_pretrained(tokenizer or model)
         check_weights(net, model)
     if tok.vocab_size != net.config.vocab_size:

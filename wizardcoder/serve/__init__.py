@@ -1,4 +1,4 @@
-"""`wizardcoder serve`: an OpenAI-compatible HTTP server over a StarCoder checkpoint, on the generation engine.
+"""`wizardcoder serve`: an OpenAI-compatible HTTP server over a checkpoint of either family (StarCoder, Llama), on the generation engine.
 
     wizardcoder serve --model runs/wc1b/final --port 8000 [--served-model-name wc1b] [--api-key-env MY_KEY]
 
