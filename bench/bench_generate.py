@@ -160,7 +160,7 @@ def run(quick: bool = False) -> list[dict]:
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     if cuda and not quick:
         cfg = StarCoderConfig.from_preset("starcoderbase-1b")
-        step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 256, 200, 256, 128, 32, 512
+        step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 64, 200, 128, 200, 16, 256
     elif cuda or not quick:
         cfg = StarCoderConfig(**CPU_SHAPE)
         step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 64, 200, 32, 200, 12, 96
@@ -168,7 +168,7 @@ def run(quick: bool = False) -> list[dict]:
         cfg = StarCoderConfig(**{**CPU_SHAPE, "n_layer": 2, "n_embd": 128})
         step_new, n, n_new, hf_batch, mixed_prompts, mixed_max = 16, 24, 8, 24, 4, 24
     slots = 200 if n == 200 else n
-    ours = StarCoder.from_config(cfg, seed=0).to(device=device, dtype=dtype).eval()
+    ours = StarCoder.from_config(cfg, seed=0, device=device).to(dtype=dtype).eval()  # initialised on the device
     hf = _hf_from_ours(ours).to(device=device, dtype=dtype).eval()
     g = torch.Generator().manual_seed(0)
     V = cfg.vocab_size

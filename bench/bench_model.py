@@ -22,7 +22,8 @@ def _hf_from_ours(model):
     from wizardcoder.checkpoint import export_state_dict
 
     d = {k: v for k, v in model.config.to_hf_dict().items() if k not in ("architectures", "model_type")}
-    hf = transformers.GPTBigCodeForCausalLM(transformers.GPTBigCodeConfig(**d))
+    with torch.device(next(model.parameters()).device):  # built where ours lives (a 1B init on a CPU is slow)
+        hf = transformers.GPTBigCodeForCausalLM(transformers.GPTBigCodeConfig(**d))
     hf.load_state_dict(export_state_dict(model), strict=False)
     hf.tie_weights()
     return hf
@@ -89,7 +90,8 @@ def run(quick: bool = False) -> list[dict]:
         cfg, B, S = StarCoderConfig.from_preset("tiny", n_layer=2), 2, 256
     else:
         cfg, B, S = StarCoderConfig.from_preset("starcoderbase-1b"), 4, 2048
-    return compare_train_step(lambda: StarCoder.from_config(cfg, seed=0), _hf_from_ours, cfg, B, S,
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # initialised where it runs (1B on a CPU takes long)
+    return compare_train_step(lambda: StarCoder.from_config(cfg, seed=0, device=device), _hf_from_ours, cfg, B, S,
                               "model_train_step", "1b" if S == 2048 else "tiny", quick)
 
 

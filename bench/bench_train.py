@@ -105,7 +105,7 @@ def run(quick: bool = False) -> list[dict]:
 
     cuda = torch.cuda.is_available() and not quick
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    preset, seq, n_samples, n_dense = ("starcoderbase-1b", 2048, 384, 32) if cuda else ("tiny", 256, 96, 16)
+    preset, seq, n_samples, n_dense = ("starcoderbase-1b", 2048, 128, 16) if cuda else ("tiny", 256, 96, 16)
     cfg = StarCoderConfig.from_preset(preset)
     lengths = sample_lengths(n_samples, max_len=seq)
     g = torch.Generator().manual_seed(0)
