@@ -316,3 +316,55 @@ def test_generate_verb_loads_a_llama_folder_and_decodes_like_transformers(tmp_pa
         if tok.eos_id in ref:  # the engine stops at EOS; transformers was told not to
             ref = ref[: ref.index(tok.eos_id)]
         assert got[task_id] == tok.decode(ref), task_id
+
+
+def test_the_whole_pipeline_runs_on_a_llama_folder(tmp_path):
+    """`wizardcoder run` with a Llama-family checkpoint folder in place of StarCoder: pack with its tokenizer, train
+    it (the trainer, FSDP2 and export through the model protocol), generate from the export, score in the sandbox."""
+    import shutil
+
+    import wizardcoder
+    from wizardcoder.cli import main
+    from wizardcoder.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=Tokenizer.bundled().vocab_size, hidden_size=32, intermediate_size=61,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, rope_parameters={"rope_type": "default",
+                                                                                 "rope_theta": 1e6})
+    folder = tmp_path / "llama"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    assets = os.path.join(os.path.dirname(wizardcoder.__file__), "assets")
+    for f in os.listdir(os.path.join(assets, "tokenizer")):
+        shutil.copy(os.path.join(assets, "tokenizer", f), folder / f)
+    run = tmp_path / "run"
+    (tmp_path / "run.toml").write_text(f'''
+[run]
+out = "{run}"
+report = false
+[pack]
+data = ["{assets}/demo_seed.jsonl"]
+tokenizer = "{folder}"
+seq_len = 128
+[train]
+model = "{folder}"
+max_steps = 4
+lr = 3e-3
+warmup_steps = 1
+progress = false
+[generate]
+task = "humaneval"
+limit = 2
+max_new_tokens = 8
+[evaluate]
+k = [1]
+''')
+    assert main(["run", str(tmp_path / "run.toml")]) == 0
+    with open(run / "train" / "final" / "config.json") as f:
+        assert json.load(f)["model_type"] == "llama"
+    back = load_pretrained(str(run / "train" / "final"))
+    assert isinstance(back, Llama)
+    samples = [json.loads(line) for line in (run / "generate" / "samples.jsonl").read_text().splitlines()]
+    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    summary = json.loads((run / "evaluate" / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and 0.0 <= summary["pass@1"] <= 1.0

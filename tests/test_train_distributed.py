@@ -200,6 +200,9 @@ ACCUM_CHECK = textwrap.dedent("""
         base = mt.get_tracker_snapshot()[torch.device("cpu")]["Total"]
         for i in range(K):
             model(ids[i], labels=ids[i], reduction="sum").backward()
+            # read once this rank's collectives are done: gloo runs them on threads of its own, and a snapshot taken
+            # while a finished reduce-scatter's buffer awaits release counted a second block now and then under load
+            torch.distributed.barrier()
             held.append(mt.get_tracker_snapshot()[torch.device("cpu")]["Total"] - base)
             mt.reset_mod_stats()
     accumulated = [local_shard(p.grad)[0].clone() for p in model.parameters()]
