@@ -287,3 +287,25 @@ def test_pack_with_a_deepseek_style_tokenizer_puts_bos_first(deepseek_style_dir,
         prompt = ref(_prompt(r)).input_ids  # the release's own encoding: BOS first
         assert prompt[0] == 0 and tokens == prompt + enc(r["output"]) + [1]
         assert mask == [0] * len(prompt) + [1] * (len(tokens) - len(prompt))
+
+
+def test_engine_texts_keep_the_continuation_space_and_prompts_start_with_bos(llama2_dir):
+    """A sample's text is what its tokens add after the prompt (the whole sequence decoded, minus the prompt's
+    text): the engine decodes after the prompt's last tokens, where decoding the new ids alone would drop the leading
+    space of a first "▁" piece (an indent, in code). Prompts are encoded the release's way: BOS first."""
+    from wizardcoder import Llama
+    from wizardcoder.engine import Engine, SamplingParams
+
+    tok = Tokenizer.from_pretrained(llama2_dir)
+    (p_ids,) = tok.encode_prompts(["def f(x):\n"])
+    assert p_ids[0] == tok.bos_id and p_ids[1:] == tok.encode("def f(x):\n")
+    model = Llama.from_preset("llama-tiny", seed=0, vocab_size=tok.vocab_size).eval()
+    [samples] = Engine(model, tok, max_slots=8, max_len=64).generate(
+        [p_ids], SamplingParams(n=8, temperature=1.0, max_new_tokens=6, seed=3))
+    head = tok.decode(p_ids)
+    discriminating = 0
+    for c in samples:
+        want = tok.decode(p_ids + c.token_ids)[len(head):]
+        assert c.text == want
+        discriminating += tok.decode(c.token_ids) != want
+    assert discriminating  # some sample starts with a "▁" piece, whose space decoding alone would have lost

@@ -209,7 +209,7 @@ def sample(model_name: str, jobs: list[Prompt], answer_field: str, g: Generation
     if todo:
         model, tok = load(model_name, dtype=g.dtype, device=device, verb="sample from")
         # Every rank checks every remaining prompt, so a bad one stops all ranks alike (none waits forever).
-        ids = [tok.encode(j.prompt) for j in todo]
+        ids = tok.encode_prompts([j.prompt for j in todo])  # BOS first where the release adds one
         longest = max(range(len(todo)), key=lambda i: len(ids[i]))
         max_len = len(ids[longest]) + g.max_new_tokens
         check_context(len(ids[longest]), g.max_new_tokens, model.config.n_positions,

@@ -133,6 +133,11 @@ class Tokenizer:
             ids = ids + [self.eos_id]
         return ids
 
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+        """Prompts as the model's release encodes them for generation: BOS first when it adds one (CodeLlama,
+        DeepSeek-Coder), the text alone otherwise (StarCoder)."""
+        return self.encode_batch(texts, add_bos=self.add_bos_token)
+
     def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
         out = self._b.encode_batch(list(texts))
         if (add_bos and self.bos_id is not None) or (add_eos and self.eos_id is not None):

@@ -18,6 +18,7 @@ invariant.py). The engine is not thread-safe: drive it from one thread.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 
@@ -29,6 +30,9 @@ from .outputs import Completion, EngineStats, RequestOutput, find_stop
 from .params import SamplingParams, check_context, context_limit
 from .runner import ModelRunner
 from .scheduler import Request, Row, Scheduler
+
+
+DECODE_CONTEXT = 8  # prompt tokens a sample's text is decoded after
 
 
 class Engine:
@@ -66,7 +70,7 @@ class Engine:
         cuda = self.device.type == "cuda"
         self.scheduler = Scheduler(max_slots, P, self.max_len, share_prompts, sync_every, 256 if cuda else 16,
                                    pow2_rows=self.runner.graphs_on)
-        self._decode = tokenizer.decode if tokenizer is not None else None
+        self._tokenizer = tokenizer
         self._unchecked: list[tuple[int, Row]] = []  # running rows whose newest tokens await the stop-string check
         self._ids = itertools.count()
         self.stats = EngineStats()
@@ -176,7 +180,7 @@ class Engine:
         for b, row in self._unchecked:
             if self.scheduler.rows[b] is not row:  # aborted meanwhile
                 continue
-            text = find_stop(row, self._decode)
+            text = find_stop(row, self._decoder(row))
             if text is not None:
                 stopped.append(b)
                 outputs.append(self._finish(b, row, [], "stop", text))
@@ -196,7 +200,7 @@ class Engine:
             stop_text = None
             if row.req.params.stop:
                 if done:
-                    stop_text = find_stop(row, self._decode)
+                    stop_text = find_stop(row, self._decoder(row))
                 elif new:
                     self._unchecked.append((b, row))
             if stop_text is not None or done:
@@ -204,12 +208,20 @@ class Engine:
                 outputs.append(self._finish(b, row, row.tokens[before:], reason, stop_text))
             else:
                 outputs.append(RequestOutput(row.req.id, row.index, new, row.tokens, False, None, len(row.req.prompt),
-                                             None, self._decode))
+                                             None, self._decoder(row)))
         return outputs
 
+    def _decoder(self, row: Row):
+        """ids -> the text they add after the row's prompt. Decoded after the prompt's last tokens, not alone: a
+        sentencepiece tokenizer drops the leading space of a text's first piece, so "    return" after a function's
+        signature would lose an indent (byte-level BPE gives the same text either way)."""
+        if self._tokenizer is None:
+            return None
+        return functools.partial(self._tokenizer.decode_after, row.req.prompt[-DECODE_CONTEXT:])
+
     def _finish(self, b: int, row: Row, new: list[int], reason: str, text: str | None) -> RequestOutput:
-        if text is None and self._decode is not None:
-            text = self._decode(row.tokens)
+        decode = self._decoder(row)
+        if text is None and decode is not None:
+            text = decode(row.tokens)
         self.scheduler.free_row(b)
-        return RequestOutput(row.req.id, row.index, new, row.tokens, True, reason, len(row.req.prompt), text,
-                             self._decode)
+        return RequestOutput(row.req.id, row.index, new, row.tokens, True, reason, len(row.req.prompt), text, decode)

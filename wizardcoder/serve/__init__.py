@@ -101,7 +101,7 @@ def run(cfg: Config) -> int:
         engine.step = Profile.from_config(cfg, "profile", 0, engine.device).around_steps(engine.step)  # --profile
         limits = Limits(model_name=name, vocab_size=tok.vocab_size, max_len=max_len, max_n=cfg.max_n,
                         max_new_tokens=cfg.max_new_tokens, template=template,
-                        encode_batch=tok.encode_batch, max_token_chars=max_token_chars(tok),
+                        encode_batch=tok.encode_prompts, max_token_chars=max_token_chars(tok),
                         max_prompts=cfg.max_queued_samples)
         app = build_app(EngineWorker(engine, cfg.max_queued_samples), limits, SamplingParams, api_key=api_key,
                         request_timeout_s=cfg.request_timeout, max_body_bytes=int(cfg.max_body_mb * 2**20))
