@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .starcoder_config import ATTN_BACKENDS, KERNEL_BACKENDS, HFConfigFile
+from .starcoder_config import HFConfigFile
 from .errors import ConfigError
 
 ROPE_TYPES = ("default", "linear")
@@ -67,10 +67,7 @@ class LlamaConfig(HFConfigFile):
             if kind == "linear" and not (isinstance(factor, (int, float)) and factor > 0):
                 raise ConfigError(f"rope_scaling factor {factor!r} must be a positive number.")
             self.rope_scaling = None if kind == "default" else {"type": "linear", "factor": float(factor)}
-        if self.attn_backend not in ATTN_BACKENDS:
-            raise ConfigError(f"attn_backend {self.attn_backend!r} is unknown; use one of {ATTN_BACKENDS}.")
-        if self.kernel_backend not in KERNEL_BACKENDS:
-            raise ConfigError(f"kernel_backend {self.kernel_backend!r} is unknown; use one of {KERNEL_BACKENDS}.")
+        self.check_backends()
 
     # Names the rest of the package reads off any model's config (StarCoderConfig spells them so).
     @property

@@ -310,9 +310,8 @@ def parse(cls: type[T], argv: list[str], section: dict | None = None, where: str
     """The Config from a config section (defaults) and a command line (overrides): one parse, one build, one check.
     `where` names the section in errors, e.g. "run.toml [train]"."""
     parser = parser_for(cls, prog or cls.__name__, description, raising)
-    base = check_section(cls, section or {}, where) if section else {}
     given = vars(parser.parse_args(argv))
-    return build(cls, {**base, **given}, where)
+    return build(cls, {**(section or {}), **given}, where)  # build checks the section's keys and values once
 
 
 def dumps(cfg) -> str:

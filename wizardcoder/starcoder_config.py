@@ -29,6 +29,13 @@ class HFConfigFile:
             raise ConfigError(f"{path}: expected a JSON object; fix the file.")
         return cls.from_hf_dict(d, source=path, **overrides)
 
+    def check_backends(self) -> None:
+        """The backend settings every family's config has (ops.py reads them)."""
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ConfigError(f"attn_backend {self.attn_backend!r} is unknown; use one of {ATTN_BACKENDS}.")
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ConfigError(f"kernel_backend {self.kernel_backend!r} is unknown; use one of {KERNEL_BACKENDS}.")
+
     def save_json(self, folder: str) -> None:
         from .io import atomic_write_json
 
@@ -67,10 +74,7 @@ class StarCoderConfig(HFConfigFile):
             )
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}).")
-        if self.attn_backend not in ATTN_BACKENDS:
-            raise ConfigError(f"attn_backend {self.attn_backend!r} is unknown; use one of {ATTN_BACKENDS}.")
-        if self.kernel_backend not in KERNEL_BACKENDS:
-            raise ConfigError(f"kernel_backend {self.kernel_backend!r} is unknown; use one of {KERNEL_BACKENDS}.")
+        self.check_backends()
 
     @property
     def head_dim(self) -> int:
