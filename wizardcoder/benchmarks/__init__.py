@@ -15,13 +15,13 @@ from __future__ import annotations
 from ..errors import ConfigError, DataError
 from ..io import read_records
 from .base import PROMPT_STYLES, SAMPLE_FIELDS, Benchmark, Problem, Work
-from .ds1000 import DS1000
+from .ds1000 import DS1000, DS1000Insertion
 from .humaneval import HumanEval, HumanEvalPlus
 from .mbpp import Mbpp, MbppPlus
 from .multipl_e import LANGUAGES as MULTIPL_E
 
 BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000,
-                                                                *MULTIPL_E)}
+                                                                DS1000Insertion, *MULTIPL_E)}
 TASKS = tuple(BENCHMARKS)
 
 

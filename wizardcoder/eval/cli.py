@@ -83,6 +83,14 @@ def format_report(bench: Benchmark, summary: dict) -> str:
     width = max(len(label) for label, _ in rows)
     for label, figures in rows:
         lines.append("  " + label.ljust(width) + "  ".join(f"{k} {100 * v:.2f}" for k, v in figures.items()))
+    for group, f in summary.get("groups", {}).items():  # DS-1000: pass@k per library
+        said = [f"{f['n_tasks']} problems  " + "  ".join(f"{k} {100 * v:.2f}" for k, v in f.items()
+                                                         if k.startswith("pass@"))] if f["n_tasks"] else []
+        if "skipped" in f:
+            said.append(f"{f['skipped']['n_tasks']} problems skipped: {f['skipped']['reason']}")
+        lines.append(f"  {bench.group_name} {group}: " + "; ".join(said))
+    if summary.get("skipped_tasks"):
+        lines.append(f"  skipped (not run here): {len(summary['skipped_tasks'])} problems")
     lines.append("  verdicts: " + ", ".join(f"{v} {c}" for v, c in summary["verdicts"].items() if c))
     if summary["failures"]:
         lines.append("  failures by kind:")
