@@ -136,10 +136,11 @@ def _ds1000(files, answers, program, code, cases, string_test):
     if string_test:
         assert test_code.stringTest("\\n".join(l for l in code.split("\\n") if "print" not in l)), "stringTest failed"
     for i in range(1, cases + 1):
-        if not os.path.exists(f"result/result_{i}.pkl"):
-            raise AssertionError(f"test case {i}: no result ({errors.get(i, 'the program wrote none')})")
-        with open(f"result/result_{i}.pkl", "rb") as f:
-            result = pickle.load(f)
+        try:
+            with open(f"result/result_{i}.pkl", "rb") as f:
+                result = pickle.load(f)
+        except Exception as e:  # none, or half written: the program's own error says why
+            raise AssertionError(f"test case {i}: no result ({errors.get(i) or f'{type(e).__name__}: {e}'})") from None
         ans = None
         if os.path.exists(f"ans/ans{i}.pkl"):
             with open(f"ans/ans{i}.pkl", "rb") as f:

@@ -225,7 +225,7 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     skipped_tasks = {t: why for t in dict.fromkeys(s["task_id"] for s in rows_in)
                      if (why := bench.problem_unavailable(problems[t]))}
     for why, n in Counter(skipped_tasks.values()).items():
-        print(f"warning: {bench.name}: {n} problems skipped: {why}", file=sys.stderr)
+        print(f"warning: {bench.name}: {n} problem{'s' * (n != 1)} skipped: {why}", file=sys.stderr)
     for i, s in enumerate(rows_in):
         tid = s["task_id"]
         if tid in skipped_tasks:  # a library this machine lacks: not run, never scored as a failure
