@@ -189,3 +189,16 @@ def test_wrong_2022_data_is_one_sentence(tmp_path, monkeypatch):
     (q / ".cfg").write_text("[library]\nlib = Numpy\n")
     with pytest.raises(DataError, match=r"q0/\.cfg: .*test_case_cnt"):
         bench.load(str(tmp_path / "d"))
+
+
+def test_the_2022_folder_names_its_benchmark():
+    """`recognize` (what evolve's decontamination is given) knows the release folder; its problems are references."""
+    from wizardcoder.benchmarks import recognize
+    from wizardcoder.evol.hygiene import load_benchmark
+
+    assert recognize(RELEASE_2022).name == "ds1000-insertion"
+    refs = load_benchmark(RELEASE_2022)
+    assert [r.task_id for r in refs] == ["Pandas/q0", "Pandas/q1", "Numpy/q291", "Scipy/q711"]
+    assert refs[2].solution == "result = a ** 2\n" and "[insert]" in refs[2].prompt
+    with pytest.raises(DataError, match="a folder, but no benchmark's dataset folder"):
+        recognize(FIXTURES)

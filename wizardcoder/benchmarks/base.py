@@ -77,6 +77,11 @@ class Benchmark:
         the task has one, its task id prefix."""
         return all(f in record for f in cls.required) and str(record.get("task_id", "")).startswith(cls.id_prefix)
 
+    @classmethod
+    def recognizes_folder(cls, path: str) -> bool:
+        """The folder at `path` is this task's dataset (a release of one folder a problem)."""
+        return False
+
     def locate(self, data: str | None = None) -> str:
         """The dataset file: `data`, else a package, a local cache or the network (see sources.py)."""
         return locate(self.source, self.title, data)

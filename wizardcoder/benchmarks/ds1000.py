@@ -160,6 +160,10 @@ class DS1000Insertion(_DS1000):
     def recognizes(cls, record: dict) -> bool:
         return False  # a folder, not a file of records
 
+    @classmethod
+    def recognizes_folder(cls, path: str) -> bool:
+        return any(os.path.isdir(os.path.join(path, lib, cls.mode)) for lib in LIBRARIES)
+
     def locate(self, data: str | None = None) -> str:
         """The `ds1000_data` folder: `data`, else ours in the local cache; never fetched (the release is a zip)."""
         if data is None:
