@@ -12,16 +12,18 @@ The package sits below `eval` (scoring), `generate` and `evol` (decontamination)
 """
 from __future__ import annotations
 
+import os
+
 from ..errors import ConfigError, DataError
 from ..io import read_records
 from .base import PROMPT_STYLES, SAMPLE_FIELDS, Benchmark, Problem, Work
-from .ds1000 import DS1000
+from .ds1000 import DS1000, DS1000Insertion
 from .humaneval import HumanEval, HumanEvalPlus
 from .mbpp import Mbpp, MbppPlus
 from .multipl_e import LANGUAGES as MULTIPL_E
 
 BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000,
-                                                                *MULTIPL_E)}
+                                                                DS1000Insertion, *MULTIPL_E)}
 TASKS = tuple(BENCHMARKS)
 
 
@@ -37,7 +39,14 @@ def get_benchmark(name: str | Benchmark, **options) -> Benchmark:
 
 
 def recognize(path: str) -> Benchmark:
-    """The benchmark whose upstream format the file at `path` is in (from its first record)."""
+    """The benchmark whose upstream format the file at `path` is in (from its first record), or whose dataset the
+    folder at `path` is."""
+    if os.path.isdir(path):
+        found = [cls for cls in BENCHMARKS.values() if cls.recognizes_folder(path)]
+        if found:
+            return found[0]()
+        raise DataError(f"{path}: a folder, but no benchmark's dataset folder (the one such release is DS-1000's "
+                        "2022 ds1000_data, holding <Library>/Insertion/q<N>/); give a dataset in its upstream format.")
     first = next(iter(read_records(path)), None)
     for cls in BENCHMARKS.values():
         if isinstance(first, dict) and cls.recognizes(first):

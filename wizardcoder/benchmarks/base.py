@@ -60,6 +60,7 @@ class Benchmark:
     preload: ClassVar[tuple[str, ...]] = ()  # modules the sandbox worker imports up front (checks or contexts use them)
     read_paths: ClassVar[tuple[str, ...]] = ()  # folders outside the sandbox's allowlist its programs read (compilers)
     parts: ClassVar[tuple[str, ...]] = ("script",)  # the jobs of one sample; the sample passes when all pass
+    group_name: ClassVar[str] = "group"  # what `group` names (DS-1000: "library"), for reports
     id_prefix: ClassVar[str] = ""  # "HumanEval/": bare numbers get it; "": ids lose any "Name/" prefix
     continues_prompt: ClassVar[bool] = True  # a completion is appended to the code prompt
     fence_close: ClassVar[str] = "```"  # WizardCoder's closing fence for this task's answers
@@ -75,6 +76,11 @@ class Benchmark:
         """`record` (a dataset file's first) is in this task's upstream format: it has the task's fields and, where
         the task has one, its task id prefix."""
         return all(f in record for f in cls.required) and str(record.get("task_id", "")).startswith(cls.id_prefix)
+
+    @classmethod
+    def recognizes_folder(cls, path: str) -> bool:
+        """The folder at `path` is this task's dataset (a release of one folder a problem)."""
+        return False
 
     def locate(self, data: str | None = None) -> str:
         """The dataset file: `data`, else a package, a local cache or the network (see sources.py)."""
@@ -120,6 +126,11 @@ class Benchmark:
 
     def unavailable(self) -> str | None:
         """Why this machine cannot score the task (a compiler it lacks): it is then skipped, never scored 0%."""
+        return None
+
+    def problem_unavailable(self, problem: Problem) -> str | None:
+        """Why this machine cannot run this one problem (a library it lacks): its samples are skipped, never
+        failed."""
         return None
 
     def statement(self, problem: Problem) -> str:
@@ -231,6 +242,10 @@ class Benchmark:
     def base_scores(self, summary: dict) -> dict[str, float]:
         """pass@k on the first part's tests alone (HumanEval+'s base tests: HumanEval's); {} for a one-part task."""
         return self.part_scores(summary).get(self.parts[0], {})
+
+    def group(self, problem: Problem) -> str | None:
+        """The group whose pass@k a problem also counts in (DS-1000: its library); None: no groups."""
+        return None
 
     def headline(self, summary: dict, k: int = 1) -> tuple[str, float]:
         """(label, value): the score this task is quoted by, pass@k over all of its tests."""

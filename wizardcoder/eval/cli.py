@@ -72,6 +72,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _problems(n: int) -> str:
+    return f"{n} problem" + "s" * (n != 1)
+
+
 def format_report(bench: Benchmark, summary: dict) -> str:
     lines = [f"{summary['task']}: {summary['n_samples']} samples over {summary['n_tasks']} problems"
              + (f" ({summary['missing_tasks']} problems without samples)" if summary.get("missing_tasks") else "")]
@@ -83,6 +87,14 @@ def format_report(bench: Benchmark, summary: dict) -> str:
     width = max(len(label) for label, _ in rows)
     for label, figures in rows:
         lines.append("  " + label.ljust(width) + "  ".join(f"{k} {100 * v:.2f}" for k, v in figures.items()))
+    for group, f in summary.get("groups", {}).items():  # DS-1000: pass@k per library
+        said = [_problems(f["n_tasks"]) + "  " + "  ".join(f"{k} {100 * v:.2f}" for k, v in f.items()
+                                                         if k.startswith("pass@"))] if f["n_tasks"] else []
+        if "skipped" in f:
+            said.append(f"{_problems(f['skipped']['n_tasks'])} skipped: {f['skipped']['reason']}")
+        lines.append(f"  {bench.group_name} {group}: " + "; ".join(said))
+    if summary.get("skipped_tasks"):
+        lines.append(f"  skipped (not run here): {_problems(len(summary['skipped_tasks']))}")
     lines.append("  verdicts: " + ", ".join(f"{v} {c}" for v, c in summary["verdicts"].items() if c))
     if summary["failures"]:
         lines.append("  failures by kind:")

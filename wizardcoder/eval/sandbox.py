@@ -69,6 +69,10 @@ NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge'
 
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
            "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json")
+# One thread for every threaded library a program may load (BLAS, OpenMP, numexpr, torch, tensorflow): the pool runs
+# one program per worker. Set before the preloads too: OpenBLAS sizes its thread pool when numpy is imported.
+THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                            "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
 
 
 @dataclasses.dataclass
@@ -217,6 +221,7 @@ class Worker:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
         layers.append(Layer("limits", True, ", ".join(lim)))
 
+        os.environ.update(THREADS)
         for name in PRELOAD + tuple(c.preload):
             try:
                 __import__(name)
@@ -224,8 +229,7 @@ class Worker:
                 pass
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
         os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-                           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS})
         # A fork server's heap must stay shared: without this the child's first garbage collection walks (and so
         # copies on write) every object the worker holds, several ms per program.
         gc.collect()

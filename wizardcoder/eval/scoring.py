@@ -92,16 +92,24 @@ def valid_row(row, bench: Benchmark) -> bool:
 
 
 def summarize(bench: Benchmark, rows: list[dict], problems: dict[str, Problem], ks: Sequence[int],
-              isolation: dict, extra: dict | None = None) -> dict:
+              isolation: dict, extra: dict | None = None, skipped: dict[str, str] | None = None) -> dict:
     """summary.json: pass@k over tasks (and, for tasks with several parts, pass@k up to each part: HumanEval+'s
-    `base` and `plus`), verdict counts, failures by kind with an example, per-task figures, isolation."""
+    `base` and `plus`; for tasks with groups, pass@k per group: DS-1000's libraries), verdict counts, failures by
+    kind with an example, per-task figures, isolation. `skipped`: {task_id: why} of the problems this machine
+    cannot run, whose samples were not scored."""
+    skipped = skipped or {}
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_task[r["task_id"]].append(r)
     counts = {t: (len(rs), sum(r["passed"] for r in rs)) for t, rs in by_task.items()}
     summary: dict = {"task": bench.name, "n_samples": len(rows), "n_tasks": len(by_task),
-                     "missing_tasks": len(set(problems) - set(by_task))}
+                     "missing_tasks": len(set(problems) - set(by_task) - set(skipped))}
     summary.update(passk.overall(counts, ks))
+    if skipped:
+        summary["skipped_tasks"] = skipped
+    groups = group_scores(bench, problems, counts, skipped, ks)
+    if groups:
+        summary["groups"] = groups
     per_task = passk.per_task(counts, ks)
     if len(bench.parts) > 1:
         for j, part in enumerate(bench.parts):  # a sample passes up to `part` when it passed it and all before
@@ -123,6 +131,31 @@ def summarize(bench: Benchmark, rows: list[dict], problems: dict[str, Problem], 
     summary["isolation"] = isolation
     summary.update(extra or {})
     return summary
+
+
+def group_scores(bench: Benchmark, problems: dict[str, Problem], counts: dict[str, tuple[int, int]],
+                 skipped: dict[str, str], ks: Sequence[int]) -> dict[str, dict]:
+    """{group: {"n_tasks", pass@k over its scored problems, and "skipped": {"n_tasks", "reason"} when some of its
+    problems could not run}} in dataset order; {} for a task without groups."""
+    scored: dict[str, dict] = defaultdict(dict)
+    why: dict[str, list[str]] = defaultdict(list)
+    order: dict[str, None] = {}
+    for t, p in problems.items():
+        if t in counts or t in skipped:
+            g = bench.group(p)
+            if g is None:
+                continue
+            order[g] = None
+            if t in counts:
+                scored[g][t] = counts[t]
+            else:
+                why[g].append(skipped[t])
+    out = {}
+    for g in order:
+        out[g] = {"n_tasks": len(scored[g]), **passk.overall(scored[g], ks)}
+        if why[g]:
+            out[g]["skipped"] = {"n_tasks": len(why[g]), "reason": Counter(why[g]).most_common(1)[0][0]}
+    return out
 
 
 def run_work(pool: SandboxPool, work: Work) -> Iterator[Result]:
@@ -189,8 +222,14 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
         for r in read_jsonl(results_path, skip_bad=True):
             if valid_row(r, bench):
                 previous[r["sample"]] = r
+    skipped_tasks = {t: why for t in dict.fromkeys(s["task_id"] for s in rows_in)
+                     if (why := bench.problem_unavailable(problems[t]))}
+    for why, n in Counter(skipped_tasks.values()).items():
+        print(f"warning: {bench.name}: {n} problem{'s' * (n != 1)} skipped: {why}", file=sys.stderr)
     for i, s in enumerate(rows_in):
         tid = s["task_id"]
+        if tid in skipped_tasks:  # a library this machine lacks: not run, never scored as a failure
+            continue
         code = bench.solution(problems[tid], s, postprocess)
         meta = {"sample": i, "task_id": tid, "completion_id": per_task_seen[tid], "hash": _digest(tid, code)}
         per_task_seen[tid] += 1
@@ -230,6 +269,6 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     write_jsonl(results_path, rows)  # the appended rows, now in sample order
     summary = summarize(bench, rows, problems, ks, isolation,
                         {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
-                         "postprocess": postprocess})
+                         "postprocess": postprocess}, skipped_tasks)
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary
