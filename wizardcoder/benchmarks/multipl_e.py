@@ -13,9 +13,11 @@ Data: humaneval-<lang>.jsonl, MultiPL-E's "reworded" files as DeepSeek-Coder's e
 shipped gzipped in this package (wizardcoder/eval/data, 250 kB for the six), so evaluation and evolve's
 decontamination have them offline.
 A record: `name` (the task id, e.g. HumanEval_23_strlen), `prompt` (signature and doc comment), `tests`,
-`stop_tokens`. The program is prompt + completion + "\\n" + tests (MultiPL-E's); it passes when it compiles and every
-step exits 0 within its limits (languages.py runs it, in the same sandbox as Python: checks.command_job). A language
-whose toolchain this machine lacks is skipped (`unavailable`), never scored 0%.
+`stop_tokens`. The program is prompt + completion + "\\n" + tests (MultiPL-E's, made to print a per-program token when
+they end: languages.with_end_of_tests); it passes when it compiles, every step exits 0 within its limits and the
+token was printed (a program that exits 0 before its tests end fails; MultiPL-E's own harness passes it).
+languages.py runs it, in the same sandbox as Python (checks.command_job). A language whose toolchain this machine
+lacks is skipped (`unavailable`), never scored 0%.
 
 Licence: MultiPL-E is BSD 3-Clause with a machine-learning restriction: its files may not be used to train a model.
 They are evaluation data only, like HumanEval's.
@@ -116,7 +118,7 @@ class MultiPLE(Benchmark):
     # ------------------------------------------------------------------------------------------- jobs
 
     def program(self, problem: Problem, code: str) -> str:
-        return code + "\n" + problem.raw["tests"]
+        return code + "\n" + languages.with_end_of_tests(self.language, problem.raw["tests"])
 
     def sample_work(self, path: str, problems: dict[str, Problem], todo: list[tuple[int, str, str]],
                     timeout: float | None = None) -> Work:
