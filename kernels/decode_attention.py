@@ -23,76 +23,102 @@ from ._triton import tl, triton
 
 @triton.jit
 def _online(m_i, l_i, s):
-    """One block of the online softmax: scores s `[M, N]` (-inf: masked), returns the new (max, sum, acc scale, p)."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    """One block of the online softmax: scores s `[ROWS, GP, N]` (-inf: masked), returns the new (max, sum, acc
+    scale, p). A query with every key so far masked keeps max -inf and adds nothing (no NaN)."""
+    m_new = tl.maximum(m_i, tl.max(s, 2))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m_i - m_safe)
-    p = tl.exp(s - m_safe[:, None])
-    return m_new, l_i * alpha + tl.sum(p, 1), alpha, p
+    p = tl.exp(s - m_safe[:, :, None])
+    return m_new, l_i * alpha + tl.sum(p, 2), alpha, p
 
 
 @triton.jit
 def _cascade_kernel(q_ptr, pk_ptr, pv_ptr, plen_ptr, groups_ptr, gslot_ptr, rk_ptr, rv_ptr, rlen_ptr, out_ptr,
-                    sq_b, sq_h, sp_p, sp_h, sp_l, sr_b, sr_h, sr_l, so_b, so_h,
-                    Gm, Lp, Lr, scale, G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr):
+                    sq_b, sq_h, sp_p, sp_h, sp_l, sr_b, sr_h, sr_l, so_b, so_h, W, scale, G: tl.constexpr,
+                    GP: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_R: tl.constexpr, PREC: tl.constexpr):
     grp, tile, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    j = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    r, hh = j // G, j % G
-    row = tl.load(groups_ptr + grp * Gm + r, mask=r < Gm, other=-1)
+    r = tile * ROWS + tl.arange(0, ROWS)
+    row = tl.load(groups_ptr + grp * W + r, mask=r < W, other=-1)  # (ROWS,) -1: padding
     valid = row >= 0
     row = tl.where(valid, row, 0)
-    head = h * G + hh
+    g = tl.arange(0, GP)
+    head = h * G + g  # (GP,) the query heads of K/V head h (GP >= G: padding heads are masked)
     d = tl.arange(0, D)
-    n = tl.arange(0, BLOCK_N)
-    q = tl.load(q_ptr + row[:, None] * sq_b + head[:, None] * sq_h + d[None], mask=valid[:, None], other=0.0)
-    q = q.to(tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    qmask = valid[:, None, None] & (g < G)[None, :, None]
+    q = tl.load(q_ptr + row[:, None, None] * sq_b + head[None, :, None] * sq_h + d[None, None], mask=qmask,
+                other=0.0)  # (ROWS, GP, D) in the model's dtype
+    m_i = tl.full([ROWS, GP], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS, GP], tl.float32)
+    acc = tl.zeros([ROWS, GP, D], tl.float32)
+    # prompt part: every query of the program against the slot's keys (none for slot -1 or a tile of padding),
+    # one matrix product per block: the block's K/V is read once for ROWS rows x G heads
     slot = tl.load(gslot_ptr + grp)
-    plen = tl.where(slot >= 0, tl.load(plen_ptr + tl.maximum(slot, 0)), 0)
+    plen = tl.load(plen_ptr + tl.maximum(slot, 0)).to(tl.int32)
+    plen = tl.where((slot >= 0) & (tl.max(valid.to(tl.int32), 0) > 0), plen, 0)
     base = tl.maximum(slot, 0).to(tl.int64) * sp_p + h * sp_h
-    # prompt part: every query of the program against the slot's keys, one matrix product per block
-    for n0 in range(0, Lp, BLOCK_N):
+    q2 = tl.reshape(q, [ROWS * GP, D])
+    n = tl.arange(0, BLOCK_N)
+    for n0 in range(0, plen, BLOCK_N):
         keep = n0 + n < plen
-        k = tl.load(pk_ptr + base + (n0 + n)[:, None] * sp_l + d[None], mask=keep[:, None], other=0.0).to(tl.float32)
-        v = tl.load(pv_ptr + base + (n0 + n)[:, None] * sp_l + d[None], mask=keep[:, None], other=0.0).to(tl.float32)
-        s = tl.where(keep[None], tl.dot(q, tl.trans(k), input_precision="ieee") * scale, float("-inf"))
+        off = base + (n0 + n)[:, None] * sp_l + d[None]
+        k = tl.load(pk_ptr + off, mask=keep[:, None], other=0.0)
+        v = tl.load(pv_ptr + off, mask=keep[:, None], other=0.0)
+        s = tl.dot(q2, tl.trans(k), input_precision=PREC) * scale  # (ROWS * GP, BLOCK_N)
+        s = tl.reshape(tl.where(keep[None], s, float("-inf")), [ROWS, GP, BLOCK_N])
         m_i, l_i, alpha, p = _online(m_i, l_i, s)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-    # suffix part: each query against its own row's keys
-    rlen = tl.load(rlen_ptr + row, mask=valid, other=0)
+        pv = tl.dot(tl.reshape(p, [ROWS * GP, BLOCK_N]).to(v.dtype), v, input_precision=PREC)
+        acc = acc * alpha[:, :, None] + tl.reshape(pv, [ROWS, GP, D])
+    # suffix part: each row's G heads against its own keys (a batched product over the rows)
+    rlen = tl.load(rlen_ptr + row, mask=valid, other=0).to(tl.int32)  # (ROWS,)
     rbase = row.to(tl.int64) * sr_b + h * sr_h
-    for n0 in range(0, Lr, BLOCK_N):
-        keep = (n0 + n)[None] < rlen[:, None]  # (M, N)
-        off = rbase[:, None, None] + (n0 + n)[None, :, None] * sr_l + d[None, None]
-        k = tl.load(rk_ptr + off, mask=keep[:, :, None], other=0.0).to(tl.float32)
-        v = tl.load(rv_ptr + off, mask=keep[:, :, None], other=0.0).to(tl.float32)
-        s = tl.where(keep, tl.sum(q[:, None, :] * k, 2) * scale, float("-inf"))
+    nr = tl.arange(0, BLOCK_R)
+    for n0 in range(0, tl.max(rlen, 0), BLOCK_R):
+        keep = (n0 + nr)[None] < rlen[:, None]  # (ROWS, BLOCK_R)
+        off = rbase[:, None, None] + (n0 + nr)[None, :, None] * sr_l + d[None, None]
+        k = tl.load(rk_ptr + off, mask=keep[:, :, None], other=0.0)  # (ROWS, BLOCK_R, D)
+        v = tl.load(rv_ptr + off, mask=keep[:, :, None], other=0.0)
+        s = tl.dot(q, tl.trans(k, 0, 2, 1), input_precision=PREC) * scale  # (ROWS, GP, BLOCK_R)
+        s = tl.where(keep[:, None, :], s, float("-inf"))
         m_i, l_i, alpha, p = _online(m_i, l_i, s)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
-    out = acc / tl.maximum(l_i, 1e-30)[:, None]
-    tl.store(out_ptr + row[:, None] * so_b + head[:, None] * so_h + d[None], out.to(out_ptr.dtype.element_ty),
-             mask=valid[:, None])
+        acc = acc * alpha[:, :, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    out = acc / tl.maximum(l_i, 1e-30)[:, :, None]
+    tl.store(out_ptr + row[:, None, None] * so_b + head[None, :, None] * so_h + d[None, None],
+             out.to(out_ptr.dtype.element_ty), mask=qmask)
+
+
+def supported(head_dim: int) -> bool:
+    """Whether the kernel takes this head dim (tl.arange and tl.dot need a power of two >= 16)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def tiles(group: int, head_dim: int) -> dict:
+    """The launch's tile for `group` query heads per K/V head: GP (the heads padded to a power of two >= 16, tl.dot's
+    smallest side), ROWS (rows per program: ROWS x GP = 32 queries), the prompt block BLOCK_N, the suffix block
+    BLOCK_R, warps. Registers and spills at these tiles: see the module docstring."""
+    gp = max(16, triton.next_power_of_2(group))
+    return dict(GP=gp, ROWS=max(1, 32 // gp), BLOCK_N=64 if head_dim <= 128 else 32, BLOCK_R=16, num_warps=4, num_stages=2)
 
 
 def cascade_decode_attention_triton(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len,
-                                    scale: float, block_m: int = 16, block_n: int = 16) -> torch.Tensor:
-    """q `[B, Hq, D]`; prefix_k/v `[P, Hkv, Lp, D]`, prefix_len `[P]`; groups `[NG, Gm]` (row ids, -1: padding; every
+                                    scale: float) -> torch.Tensor:
+    """q `[B, Hq, D]`; prefix_k/v `[P, Hkv, Lp, D]`, prefix_len `[P]`; groups `[NG, W]` (row ids, -1: padding; every
     row that needs an output in exactly one group), group_slot `[NG]` (the group's prompt slot, -1: none); row_k/v
-    `[B, Hkv, Lr, D]` (each last dim contiguous), row_len `[B]` (keys row b attends to, this step's included).
-    Returns `[B, Hq, D]` in q's dtype (rows in no group: zeros)."""
+    `[B, Hkv, Lr, D]`, row_len `[B]` (keys row b attends to, this step's included). Each tensor's last dim is
+    contiguous; any other strides (views of the engine's cache, q a view of the fused QKV projection) are taken as
+    they are. Returns `[B, Hq, D]` in q's dtype (rows in no group: unwritten)."""
     B, Hq, D = q.shape
-    Hkv, Lp, Lr = prefix_k.shape[1], prefix_k.shape[2], row_k.shape[2]
-    G = Hq // Hkv
-    NG, Gm = groups.shape
-    out = torch.zeros_like(q)
-    grid = (NG, triton.cdiv(Gm * G, block_m), Hkv)
+    Hkv = prefix_k.shape[1]
+    NG, W = groups.shape
+    t = tiles(Hq // Hkv, D)
+    out = torch.empty_like(q)
+    grid = (NG, triton.cdiv(W, t["ROWS"]), Hkv)
     _cascade_kernel[grid](q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len, out,
                           q.stride(0), q.stride(1), prefix_k.stride(0), prefix_k.stride(1), prefix_k.stride(2),
-                          row_k.stride(0), row_k.stride(1), row_k.stride(2), out.stride(0), out.stride(1),
-                          Gm, Lp, Lr, scale, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n)
+                          row_k.stride(0), row_k.stride(1), row_k.stride(2), out.stride(0), out.stride(1), W, scale,
+                          G=Hq // Hkv, GP=t["GP"], D=D, ROWS=t["ROWS"], BLOCK_N=t["BLOCK_N"], BLOCK_R=t["BLOCK_R"],
+                          PREC="ieee" if q.dtype == torch.float32 else None, num_warps=t["num_warps"],
+                          num_stages=t["num_stages"])
     return out
 
 
