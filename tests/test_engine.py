@@ -1,6 +1,7 @@
 """The engine against transformers' generate (greedy), plain SDPA (shared-prefix attention), reference sampling
 distributions, and itself (seeded samples do not depend on what shares the batch); continuous batching by counts."""
 import math
+import os
 
 import pytest
 import torch
@@ -46,6 +47,38 @@ def test_greedy_matches_transformers_generate(model, tmp_path):
     out = Engine(ours, max_slots=3, sync_every=3).generate(PROMPTS, params)
     for ref, per_prompt in zip(refs, out):
         assert all(c.token_ids == ref and c.finish_reason == "length" for c in per_prompt)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton decode path runs on CUDA, or on CPU in the interpreter (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_triton_decode_path_matches_the_torch_path_and_transformers(tmp_path, multi_query):
+    """The engine end to end on the Triton cascade kernel (attn_backend="triton"; on CPU in the interpreter): the
+    same greedy tokens as its torch path and as HF transformers, for a shared prompt with several samples (a slot
+    group wider than a kernel program's rows), prompts of mixed lengths, rows holding their prompt themselves (n=1,
+    and a one-token prompt, which is never shared), and rows refilled mid-way (more samples than slots, different
+    lengths). MQA (4 query heads per K/V head) and MHA (1); head_dim 16."""
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(vocab_size=211, n_positions=128, n_embd=64, n_layer=2, n_head=4, multi_query=multi_query,
+               initializer_range=0.2)  # large weights: greedy tokens that vary, so attention errors would show
+    ours = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).eval() for b in ("triton", "torch")}
+    ours["torch"].save_pretrained(str(tmp_path))
+    hf = transformers.GPTBigCodeForCausalLM.from_pretrained(str(tmp_path)).eval()
+    prompts = PROMPTS + [[3, 1], [9] * 20]
+    news = [14, 9, 20, 6, 11, 17]
+    refs = [hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=k,
+                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+            for p, k in zip(prompts, news)]
+    assert len({t for r in refs for t in r}) > 10
+    params = [SamplingParams(n=n, max_new_tokens=k) for n, k in zip([5, 2, 1, 3, 1, 2], news)]
+    out = {}
+    for backend, model in ours.items():
+        engine = Engine(model, max_slots=4, max_prompts=2, sync_every=3)
+        assert engine.runner.cache.decode_backend == backend
+        out[backend] = tokens(engine.generate(prompts, params))
+    assert out["triton"] == out["torch"]
+    for ref, per_prompt in zip(refs, out["triton"]):
+        assert per_prompt == [ref] * len(per_prompt)
 
 
 def cascade_inputs(q, pk, prefix_len, row_prefix, row_len, Lr):
