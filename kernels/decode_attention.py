@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _common  # noqa: F401  (the Triton interpreter fix the CPU tests need)
+from ._common import custom_op
 from ._triton import tl, triton
 
 
@@ -97,16 +97,13 @@ def tiles(group: int, head_dim: int) -> dict:
     smallest side), ROWS (rows per program: ROWS x GP = 32 queries), the prompt block BLOCK_N, the suffix block
     BLOCK_R, warps. Registers and spills at these tiles: see the module docstring."""
     gp = max(16, triton.next_power_of_2(group))
-    return dict(GP=gp, ROWS=max(1, 32 // gp), BLOCK_N=64 if head_dim <= 128 else 32, BLOCK_R=16, num_warps=4, num_stages=2)
+    return dict(GP=gp, ROWS=max(1, 32 // gp), BLOCK_N=64 if head_dim <= 128 else 32, BLOCK_R=16, num_warps=4,
+                num_stages=2)
 
 
-def cascade_decode_attention_triton(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len,
-                                    scale: float) -> torch.Tensor:
-    """q `[B, Hq, D]`; prefix_k/v `[P, Hkv, Lp, D]`, prefix_len `[P]`; groups `[NG, W]` (row ids, -1: padding; every
-    row that needs an output in exactly one group), group_slot `[NG]` (the group's prompt slot, -1: none); row_k/v
-    `[B, Hkv, Lr, D]`, row_len `[B]` (keys row b attends to, this step's included). Each tensor's last dim is
-    contiguous; any other strides (views of the engine's cache, q a view of the fused QKV projection) are taken as
-    they are. Returns `[B, Hq, D]` in q's dtype (rows in no group: unwritten)."""
+def _launch(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_len: torch.Tensor,
+            groups: torch.Tensor, group_slot: torch.Tensor, row_k: torch.Tensor, row_v: torch.Tensor,
+            row_len: torch.Tensor, scale: float) -> torch.Tensor:
     B, Hq, D = q.shape
     Hkv = prefix_k.shape[1]
     NG, W = groups.shape
@@ -120,6 +117,24 @@ def cascade_decode_attention_triton(q, prefix_k, prefix_v, prefix_len, groups, g
                           PREC="ieee" if q.dtype == torch.float32 else None, num_warps=t["num_warps"],
                           num_stages=t["num_stages"])
     return out
+
+
+def _fake(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len, scale):
+    return torch.empty_like(q)
+
+
+_op = custom_op("cascade_decode_attention", _launch, _fake)
+
+
+def cascade_decode_attention_triton(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len,
+                                    scale: float) -> torch.Tensor:
+    """q `[B, Hq, D]`; prefix_k/v `[P, Hkv, Lp, D]`, prefix_len `[P]`; groups `[NG, W]` (row ids, -1: padding; every
+    row that needs an output in exactly one group), group_slot `[NG]` (the group's prompt slot, -1: none); row_k/v
+    `[B, Hkv, Lr, D]`, row_len `[B]` (keys row b attends to, this step's included). Each tensor's last dim is
+    contiguous; any other strides (views of the engine's cache, q a view of the fused QKV projection) are taken as
+    they are. Returns `[B, Hq, D]` in q's dtype (rows in no group: unwritten). One custom op
+    (`wizardcoder::cascade_decode_attention`), so torch.compile and the op counts see one call."""
+    return _op(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len, scale)
 
 
 def cascade_decode_attention_reference(q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len,

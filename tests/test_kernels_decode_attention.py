@@ -2,7 +2,7 @@
 a prompt slot, a row alone in one, rows holding their prompt themselves, padding in the groups (and a group of
 padding only), MQA, GQA and MHA (1 to 16 query heads per K/V head), lengths that are not multiples of the blocks, q
 a strided view (as the fused QKV projection hands it over) and K/V views of wider buffers (as the engine's cache
-holds them). On CPU the kernel runs in the Triton interpreter (fp32, fp16).
+holds them). On CPU the kernel runs in the Triton interpreter (fp32, fp16); on CUDA also bf16.
 
 Tolerance rule (flash-attn's): the kernel's max error against a float64 reference is at most 2x the error of the
 same computation done by torch in the tested dtype, plus a small floor."""
@@ -15,10 +15,11 @@ from wizardcoder.kernels.decode_attention import (  # noqa: E402
     cascade_decode_attention_reference, cascade_decode_attention_triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3}
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])  # numpy has no bf16
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Hq,Hkv,D", [(4, 1, 16), (4, 2, 16), (2, 2, 32), (16, 1, 16)])
 def test_cascade_kernel_matches_the_reference(dtype, Hq, Hkv, D):
     g = torch.Generator().manual_seed(0)
