@@ -36,10 +36,11 @@ def decode_backend(cfg, like: torch.Tensor) -> str:
     `cfg.attn_backend`: "torch" is torch; "triton" is the kernel on any device; "auto" and "flash" (flash-attn has no
     cascade) are the kernel where Triton runs it (CUDA) and torch elsewhere. A head dim the kernel does not take
     falls back to torch."""
-    from ..kernels.decode_attention import supported
+    if ops.resolve("auto" if cfg.attn_backend == "flash" else cfg.attn_backend, like) != "triton":
+        return "torch"
+    from ..kernels.decode_attention import supported  # imports Triton: only where it may run
 
-    backend = ops.resolve("auto" if cfg.attn_backend == "flash" else cfg.attn_backend, like)
-    return "triton" if backend == "triton" and supported(cfg.head_dim) else "torch"
+    return "triton" if supported(cfg.head_dim) else "torch"
 
 
 

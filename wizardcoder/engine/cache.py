@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..kernels.decode_attention import cascade_decode_attention_triton, tiles
 from .attention import cascade_decode_attention, decode_backend, row_attention
 from .invariant import row_attention_invariant
 
@@ -46,8 +45,14 @@ class SlotCache:
         self.group_rows = torch.zeros(max_prompts * max_slots, dtype=torch.long, device=device)
         self.row_pos = torch.full((max_slots,), -1, dtype=torch.long, device=device)
         self.decode_backend = decode_backend(cfg, self.row_len)  # "triton" | "torch" (engine/attention.py)
-        # rows per kernel program: a group narrower than this is padded to it (see set_decode)
-        self.tile_rows = tiles(cfg.n_head // Hkv, D)["ROWS"] if self.decode_backend == "triton" else 1
+        self.tile_rows = 1  # rows per kernel program: a group narrower than this is padded to it (set_decode)
+        if self.decode_backend == "triton":
+            from ..kernels import decode_attention
+
+            self._kernel = decode_attention.cascade_decode_attention_triton
+            self.tile_rows = decode_attention.tiles(cfg.n_head // Hkv, D)["ROWS"]
+            # each layer's whole buffers, as the kernel reads them (static views, made once)
+            self._layers = [(self.prefix_k[i], self.prefix_v[i], self.row_k[i], self.row_v[i]) for i in range(L)]
         W = max(max_slots, self.tile_rows)
         self.kernel_groups = torch.full(((max_prompts + 1) * W + max_slots,), -1, dtype=torch.long, device=device)
         self.group_slot = torch.full((max_prompts + max_slots,), -1, dtype=torch.long, device=device)
@@ -56,6 +61,11 @@ class SlotCache:
         self.invariant = False  # decode attention over full-width, per-row key layouts (Engine(deterministic=True))
         self.prefix_slots = self.prefix_width = self.row_width = self.n_rows = self.group_width = 1
         self._targets: list[tuple[str, int, int, int]] = []
+
+    @property
+    def fused(self) -> bool:
+        """Decode steps run the one-launch Triton kernel (the batch-invariant mode keeps its own attention)."""
+        return self.decode_backend == "triton" and not self.invariant
 
     # ------------------------------------------------------------------------------------------- mode switches
     def set_prefill(self, targets: list[tuple[str, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +89,10 @@ class SlotCache:
         self.mode = "decode"
         self.prefix_slots, self.prefix_width, self.row_width, self.n_rows = prefix_slots, prefix_width, row_width, n_rows
         Gm = self.group_width = max((len(g) for g in groups), default=1)
-        if self.decode_backend == "triton" and not self.invariant:
+        if self.fused:
             self._set_kernel_groups(groups, n_rows)
-        elif prefix_slots:  # where each row's query goes in the prompt part (one small host-to-device copy a round)
+            return
+        if prefix_slots:  # where each row's query goes in the prompt part (one small host-to-device copy a round)
             flat = [g[i] if i < len(g) else 0 for g in groups for i in range(Gm)]
             pos = [-1] * n_rows
             for p, g in enumerate(groups):
@@ -90,7 +101,7 @@ class SlotCache:
             dev = self.row_len.device
             self.group_rows[: len(flat)].copy_(torch.tensor(flat, device=dev))
             self.row_pos[:n_rows].copy_(torch.tensor(pos, device=dev))
-        # this round's per-layer views of the buffers (the torch path's) (views of static storage: the same for every step)
+        # this round's per-layer views of the buffers (views of static storage: the same for every step)
         P, Wp, Wr, nb = prefix_slots, prefix_width, row_width, n_rows
         self._views = [(self.row_k[i], self.row_v[i], self.prefix_k[i, :P, :, :Wp], self.prefix_v[i, :P, :, :Wp],
                         self.row_k[i, :nb, :, :Wr], self.row_v[i, :nb, :, :Wr]) for i in range(self.cfg.n_layer)]
@@ -123,7 +134,7 @@ class SlotCache:
         row_prefix, row_len = self.row_prefix[:nb], self.row_len[:nb]
         plen = torch.where(row_prefix >= 0, self.prefix_len[row_prefix.clamp(min=0)], torch.zeros_like(row_len))
         self._write = (self.rows[:nb, None, None], self.heads, row_len[:, None, None])  # -> [nb, 1, Hkv] like k
-        if self.decode_backend == "triton" and not self.invariant:
+        if self.fused:
             self._keys = row_len + 1  # the keys each row attends to: its own and this step's
             return (plen + row_len)[:, None]
         dev = plen.device
@@ -148,14 +159,16 @@ class SlotCache:
                                  backend=self.cfg.attn_backend)[None]
         # decode: q (B, 1, Hq, D), k/v (B, 1, Hkv, D); a row's new key goes to position row_len (rows that are done
         # keep rewriting the same position, which nothing reads)
+        if self.fused:  # one launch over the whole buffers, read in place
+            pk, pv, rk, rv = self._layers[layer]
+            rk.index_put_(self._write, k)
+            rv.index_put_(self._write, v)
+            return self._kernel(q[:, 0], pk, pv, self.prefix_len, self._kgroups, self._gslot, rk, rv, self._keys,
+                                scale)[:, None]
         row_k, row_v, pk, pv, rk, rv = self._views[layer]
         row_k.index_put_(self._write, k)
         row_v.index_put_(self._write, v)
         nb = self.n_rows
-        if self.decode_backend == "triton" and not self.invariant:  # one launch; reads the whole buffers in place
-            return cascade_decode_attention_triton(q[:, 0], self.prefix_k[layer], self.prefix_v[layer],
-                                                   self.prefix_len, self._kgroups, self._gslot, self.row_k[layer],
-                                                   self.row_v[layer], self._keys, scale)[:, None]
         if self.invariant:
             return row_attention_invariant(q, self.prefix_k[layer], self.prefix_v[layer], self.prefix_len,
                                            self.row_prefix[:nb], self.row_k[layer, :nb], self.row_v[layer, :nb],
