@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m bench.bench_generate            # CPU proxy (small model) or, with CUDA, the 1B shape
     PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
     PYTHONPATH=. python -m bench.bench_generate --case passk   # the pass@k workload alone
-    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops dispatched by one decode step (CPU)
+    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops of one decode step, torch and Triton paths
     PYTHONPATH=. python -m bench.bench_generate --case deterministic   # the cost of Engine(deterministic=True)
 
 Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
@@ -121,12 +121,18 @@ def run_deterministic_cost(samples: int = 20, new: int = 64, reps: int = 3) -> l
 
 
 def run_op_count() -> list[dict]:
-    """Aten ops dispatched by one decode step on CPU (the runner's `decode_step`, 8 rows sharing one prompt, top-p),
-    counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
-    embedding, LM head, sampler and state update."""
+    """Aten ops dispatched by one decode step (the runner's `decode_step`, 8 rows sharing one prompt, top-p), counted
+    with a TorchDispatchMode, on each decode attention path: the torch cascade (attn_backend torch) and the Triton
+    kernel (attn_backend triton; on CPU in the interpreter, where the launch is one custom op and the interpreter's
+    own work is not counted). Per layer = (ops at 4 layers - ops at 2 layers) / 2, with the ops named; the rest is
+    the step's embedding, LM head, sampler and state update."""
+    import os
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not torch.cuda.is_available():  # before the kernel file is first imported (Triton reads it at decoration)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -137,20 +143,26 @@ def run_op_count() -> list[dict]:
             self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    totals = {}
-    for layers in (2, 4):
-        model = StarCoder.from_config(StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers}), seed=0).eval()
-        eng = Engine(model, max_slots=8, max_len=128, sync_every=1)
-        with torch.inference_mode():
-            eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
-            eng.step()  # admit + prefill + one step; the next step is a plain decode step
-            with Count() as c:
-                eng.runner.decode_step()
-        totals[layers] = c.ops
-    per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
-    rest = sum(totals[2].values()) - 2 * per_layer
-    return [{"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
-             "impl": "wizardcoder engine", "ops_per_layer": per_layer, "ops_outside_layers": rest}]
+    rows = []
+    for backend, impl in (("torch", "torch cascade"), ("triton", "Triton cascade kernel")):
+        totals = {}
+        for layers in (2, 4):
+            cfg = StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers, "attn_backend": backend})
+            eng = Engine(StarCoder.from_config(cfg, seed=0).eval(), max_slots=8, max_len=128, sync_every=1)
+            assert eng.runner.cache.decode_backend == backend
+            with torch.inference_mode():
+                eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
+                eng.step()  # admit + prefill + one step; the next step is a plain decode step
+                with Count() as c:
+                    eng.runner.decode_step()
+            totals[layers] = c.ops
+        per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
+        named = {op: (totals[4][op] - totals[2][op]) // 2 for op in totals[4]}
+        rows.append({"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
+                     "impl": f"wizardcoder engine, {impl}", "ops_per_layer": per_layer,
+                     "ops_outside_layers": sum(totals[2].values()) - 2 * per_layer,
+                     "layer_ops": ", ".join(f"{op.split('.')[-1]} {n}" for op, n in sorted(named.items()) if n)})
+    return rows
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -283,5 +295,5 @@ if __name__ == "__main__":
          else run_deterministic_cost() if "deterministic" in sys.argv
          else run(quick="--quick" in sys.argv))
     print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor", "ops_per_layer",
-                    "ops_outside_layers", "vs_default"])
+                    "ops_outside_layers", "layer_ops", "vs_default"])
     save_rows(r, "generate")
