@@ -1,17 +1,34 @@
 """Cascade decode attention in Triton: one new token per sample row against its prompt (held once, in a shared prompt
-slot) and its own suffix, in one launch (Hydragen, arXiv 2402.05099; FlashInfer's cascade attention).
+slot) and its own suffix, in one launch (Hydragen, arXiv 2402.05099; FlashInfer's cascade attention). The engine's
+decode attention on CUDA (wizardcoder/engine/cache.py, `decode_backend` in wizardcoder/engine/attention.py).
 
-Algorithm: the host groups the rows by prompt slot (`groups [NG, Gm]`, `group_slot [NG]`, -1 for a group of rows
-that hold their prompt themselves). One program takes BLOCK_M queries of one group and one K/V head (the G query
-heads of a K/V head of Gm rows: Gm * G queries, which with multi-query attention is all Hq heads of every row) and
-runs an online softmax first over the slot's prompt keys, BLOCK_N at a time, as a matrix product shared by all its
-queries (`tl.dot`: the prompt's K/V is read once per program, not once per row), then over each query's own row
-keys (a per-row product). An online softmax over the two parts in turn is exactly their log-sum-exp merge. fp32
-accumulation; masked keys never produce NaN (an empty part leaves the running max at -inf and adds nothing).
+Algorithm: the host groups the rows by prompt slot (`groups [NG, W]`, -1 padding; `group_slot [NG]`, -1 for a group
+of rows that hold their prompt themselves). One program takes ROWS rows of one group and GP query heads of one K/V
+head (ROWS x GP queries; with multi-query attention GP = 16 heads of one K/V head, more heads take more programs)
+and runs an online softmax first over the slot's prompt keys, BLOCK_N at a time, as one matrix product for all its
+queries (`tl.dot`: a block of the prompt's K/V is read once for ROWS rows x GP heads), then over each row's own keys
+(a batched `tl.dot` over the rows: a row's GP heads share its keys). An online softmax over the two parts in turn
+is exactly their log-sum-exp merge. Both loops stop at the lengths (a slot's prompt, a tile's longest row), so the
+whole cache buffers are passed as they are and keys past a length are never read. Inputs in the model's dtype
+into the dots (fp32: IEEE dots), fp32 accumulation; masked keys never produce NaN (an empty part leaves the running
+max at -inf and adds nothing).
 
-Limits: head_dim a power of two >= 16. Tested: tests/test_kernels_decode_attention.py (CPU interpreter, fp32 and fp16)
-against `cascade_decode_attention_reference` below (and the engine's torch path against SDPA in tests/test_engine.py).
-GPU speed: unmeasured this session.
+Tile (`tiles`): GP 16, ROWS 2, BLOCK_N 64, BLOCK_R 16, 4 warps, 1 stage. Compiled for sm_90a and sm_80 on a CPU
+machine with Triton 3.6's ptxas (bench/compile_report.py, bf16, head_dim 128, the cache of 200 rows of one prompt;
+2026-12-04): registers / spill bytes / shared bytes per program
+    StarCoderBase-1B (16 heads, MQA)   sm_90a 163 / 0 / 36864    sm_80 168 / 0 / 36864
+    StarCoder-15B (48 heads, MQA)      sm_90a 168 / 0 / 36864    sm_80 168 / 0 / 36864
+    CodeLlama-7B (32 heads, MHA)       sm_90a 164 / 0 / 36864    sm_80 168 / 0 / 36864
+    CodeLlama-34B (64 heads, GQA 8)    sm_90a 163 / 0 / 36864    sm_80 168 / 0 / 36864
+and for the pass@k bench's 4 x d512 (head_dim 64, 8 heads, MQA): sm_90a 109 / 0 / 20480, sm_80 128 / 0 / 20480.
+Tried and dropped: one program per row-tile over all heads at once (StarCoder-15B's 48 heads padded to 64: 255
+registers, 1.3 KB spilled even with 8 warps); 2 stages (4 bytes spilled for CodeLlama-7B); the first version's
+per-query [M, N, D] products for the suffix (255 registers, 252 B to 28 KB spilled at head_dim 128).
+
+Limits: head_dim a power of two >= 16 (`supported`; the engine takes its torch path otherwise). Tested:
+tests/test_kernels_decode_attention.py (CPU interpreter, fp32 and fp16; on CUDA also bf16) against
+`cascade_decode_attention_reference` below, and the engine end to end against its torch path and HF transformers
+(tests/test_engine.py). GPU speed: unmeasured (no GPU lent while it was written); bench/gpu_check.py measures it.
 """
 from __future__ import annotations
 
@@ -37,13 +54,14 @@ def _cascade_kernel(q_ptr, pk_ptr, pv_ptr, plen_ptr, groups_ptr, gslot_ptr, rk_p
                     sq_b, sq_h, sp_p, sp_h, sp_l, sr_b, sr_h, sr_l, so_b, so_h, W, scale, G: tl.constexpr,
                     GP: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_R: tl.constexpr, PREC: tl.constexpr):
-    grp, tile, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    grp, tile, hc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    h, g0 = hc // tl.cdiv(G, GP), (hc % tl.cdiv(G, GP)) * GP  # K/V head h, its query heads g0 .. g0 + GP - 1
     r = tile * ROWS + tl.arange(0, ROWS)
     row = tl.load(groups_ptr + grp * W + r, mask=r < W, other=-1)  # (ROWS,) -1: padding
     valid = row >= 0
     row = tl.where(valid, row, 0)
-    g = tl.arange(0, GP)
-    head = h * G + g  # (GP,) the query heads of K/V head h (GP >= G: padding heads are masked)
+    g = g0 + tl.arange(0, GP)
+    head = h * G + g  # (GP,) query heads of K/V head h (past G: padding, masked)
     d = tl.arange(0, D)
     qmask = valid[:, None, None] & (g < G)[None, :, None]
     q = tl.load(q_ptr + row[:, None, None] * sq_b + head[None, :, None] * sq_h + d[None, None], mask=qmask,
@@ -93,12 +111,11 @@ def supported(head_dim: int) -> bool:
 
 
 def tiles(group: int, head_dim: int) -> dict:
-    """The launch's tile for `group` query heads per K/V head: GP (the heads padded to a power of two >= 16, tl.dot's
-    smallest side), ROWS (rows per program: ROWS x GP = 32 queries), the prompt block BLOCK_N, the suffix block
-    BLOCK_R, warps. Registers and spills at these tiles: see the module docstring."""
-    gp = max(16, triton.next_power_of_2(group))
-    return dict(GP=gp, ROWS=max(1, 32 // gp), BLOCK_N=64 if head_dim <= 128 else 32, BLOCK_R=16, num_warps=4,
-                num_stages=2)
+    """The launch's tile: GP = 16 query heads of one K/V head per program (tl.dot's smallest side; fewer heads are
+    padded, more take several programs: 16 x 3 for StarCoder-15B's 48), ROWS = 2 rows per program (32 queries), the
+    prompt block BLOCK_N, the suffix block BLOCK_R, warps, stages. Registers and spills at this tile: module
+    docstring. (One program over all 48 heads of StarCoder-15B spills 1.3 KB even with 8 warps.)"""
+    return dict(GP=16, ROWS=2, BLOCK_N=64, BLOCK_R=16, num_warps=4, num_stages=1)
 
 
 def _launch(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_len: torch.Tensor,
@@ -109,7 +126,7 @@ def _launch(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, pre
     NG, W = groups.shape
     t = tiles(Hq // Hkv, D)
     out = torch.empty_like(q)
-    grid = (NG, triton.cdiv(W, t["ROWS"]), Hkv)
+    grid = (NG, triton.cdiv(W, t["ROWS"]), Hkv * triton.cdiv(Hq // Hkv, t["GP"]))
     _cascade_kernel[grid](q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len, out,
                           q.stride(0), q.stride(1), prefix_k.stride(0), prefix_k.stride(1), prefix_k.stride(2),
                           row_k.stride(0), row_k.stride(1), row_k.stride(2), out.stride(0), out.stride(1), W, scale,

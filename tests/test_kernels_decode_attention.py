@@ -20,7 +20,7 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("Hq,Hkv,D", [(4, 1, 16), (4, 2, 16), (2, 2, 32), (16, 1, 16)])
+@pytest.mark.parametrize("Hq,Hkv,D", [(4, 1, 16), (4, 2, 16), (2, 2, 32), (16, 1, 16), (48, 1, 16)])
 def test_cascade_kernel_matches_the_reference(dtype, Hq, Hkv, D):
     g = torch.Generator().manual_seed(0)
     B, P, Lp, Lr = 7, 3, 80, 40
