@@ -108,14 +108,15 @@ def run_passk(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
             eng.generate([prompt[0].tolist()], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))
         _hf_generate(hf, prompt.to(device), 2, sample=True)
         out, res = [], []
-        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params))) for name, eng in engines.items()}
+        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params)))
+               for name, eng in engines.items()}
         fns["hf"] = lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1).to(device), new, sample=True))
         t = _interleaved(fns, reps)
         assert all(sum(len(c.token_ids) for c in o[0]) == samples * new for o in out)
         assert all(r.shape == (samples, 256 + new) for r in res)
     case = f"pass@k: n={samples} of one 256-token prompt, {new} new, top-p 0.95 T 0.8, V 49152, 4 x d512"
-    return [{"bench": "generate", "case": case, "impl": "HF transformers generate", "tok_per_s": samples * new / t["hf"],
-             "seconds": t["hf"], "vs_HF": 1.0}] + [
+    return [{"bench": "generate", "case": case, "impl": "HF transformers generate",
+             "tok_per_s": samples * new / t["hf"], "seconds": t["hf"], "vs_HF": 1.0}] + [
         {"bench": "generate", "case": case, "impl": _impl(eng), "tok_per_s": samples * new / t[name],
          "seconds": t[name], "vs_HF": t["hf"] / t[name]} for name, eng in engines.items()]
 
@@ -256,7 +257,8 @@ def run(quick: bool = False) -> list[dict]:
                 done += bs
 
         _hf_generate(hf, prompt.to(device), 2, sample=True)  # warm-up
-        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params))) for name, eng in engines.items()}
+        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params)))
+               for name, eng in engines.items()}
         t = _interleaved({**fns, "hf": hf_n}, 1 if quick else 3)
         t_hf = t["hf"]
         assert all(sum(len(c.token_ids) for c in o[0]) == n * n_new for o in out)

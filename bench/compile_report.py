@@ -4,16 +4,16 @@ ptxas with -v.
 
     python -m bench.compile_report [--json] [--defaults] [--arch 90 80] [--model starcoderbase-1b codellama-34b]
 
-One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, spill_bytes, shared_bytes, default
-(the config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. `--model` takes presets of
-either family (default: StarCoderBase-1B, StarCoder-15B, CodeLlama-7B, CodeLlama-34B). Each kernel is compiled with
-the arguments of a real training launch at the model's shapes (1 pack of 2048 tokens per micro-batch, bf16; MQA or
-GQA with head dim 128; StarCoder's add+LayerNorm and bias-GELU, Llama's add+RMSNorm, RoPE on q and on k, and
-SwiGLU; and the engine's cascade decode attention at its launch tile, `decode_attention.tiles`, over 200 sample rows
-of one prompt in the cache's layout), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
+One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, spill_bytes, shared_bytes, default (the
+config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. `--model` takes presets of either
+family (default: StarCoderBase-1B, StarCoder-15B, CodeLlama-7B, CodeLlama-34B). Each kernel is compiled with the
+arguments of a real training launch at the model's shapes (1 pack of 2048 tokens per micro-batch, bf16; MQA or GQA with
+head dim 128; StarCoder's add+LayerNorm and bias-GELU, Llama's add+RMSNorm, RoPE on q and on k, and SwiGLU; and the
+engine's cascade decode attention at its launch tile, `decode_attention.tiles`, over 200 sample rows of one prompt in
+the cache's layout), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
 and of integer arguments that are multiples of 16, and integer arguments equal to 1 specialised away. The attention
-kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with the one
-config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
+kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with
+the one config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
 shared memory per program (Hopper allows 227 KB, Ampere 163 KB).
 """
 from __future__ import annotations

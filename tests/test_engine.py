@@ -59,7 +59,8 @@ def test_triton_decode_path_matches_the_torch_path_and_transformers(tmp_path, mu
     transformers = pytest.importorskip("transformers")
     cfg = dict(vocab_size=211, n_positions=128, n_embd=64, n_layer=2, n_head=4, multi_query=multi_query,
                initializer_range=0.2)  # large weights: greedy tokens that vary, so attention errors would show
-    ours = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).eval() for b in ("triton", "torch")}
+    ours = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).eval()
+            for b in ("triton", "torch")}
     ours["torch"].save_pretrained(str(tmp_path))
     hf = transformers.GPTBigCodeForCausalLM.from_pretrained(str(tmp_path)).eval()
     prompts = PROMPTS + [[3, 1], [9] * 20]
@@ -259,8 +260,9 @@ def test_triton_decode_path_matches_the_torch_path_on_cuda(n_embd):
     cfg = dict(vocab_size=211, n_positions=128, n_embd=n_embd, n_layer=2, n_head=4, initializer_range=0.2)
     models = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).to("cuda").eval()
               for b in ("auto", "torch")}
-    params = [SamplingParams(n=3, temperature=0.9, top_p=0.9, max_new_tokens=30, seed=1), SamplingParams(max_new_tokens=25),
-              SamplingParams(n=5, max_new_tokens=40), SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
+    params = [SamplingParams(n=3, temperature=0.9, top_p=0.9, max_new_tokens=30, seed=1),
+              SamplingParams(max_new_tokens=25), SamplingParams(n=5, max_new_tokens=40),
+              SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
     out = {}
     for b, model in models.items():
         engine = Engine(model, max_slots=6, max_prompts=2, sync_every=4)

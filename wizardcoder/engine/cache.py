@@ -53,9 +53,9 @@ class SlotCache:
             self.tile_rows = decode_attention.tiles(cfg.n_head // Hkv, D)["ROWS"]
             # each layer's whole buffers, as the kernel reads them (static views, made once)
             self._layers = [(self.prefix_k[i], self.prefix_v[i], self.row_k[i], self.row_v[i]) for i in range(L)]
-        W = max(max_slots, self.tile_rows)
-        self.kernel_groups = torch.full(((max_prompts + 1) * W + max_slots,), -1, dtype=torch.long, device=device)
-        self.group_slot = torch.full((max_prompts + max_slots,), -1, dtype=torch.long, device=device)
+            W = max(max_slots, self.tile_rows)  # the widest group; NG * W <= (P + 1) * W + B (set_decode)
+            self.kernel_groups = torch.full(((max_prompts + 1) * W + max_slots,), -1, dtype=torch.long, device=device)
+            self.group_slot = torch.full((max_prompts + max_slots,), -1, dtype=torch.long, device=device)
         self.max_len = max_len
         self.mode = "decode"
         self.invariant = False  # decode attention over full-width, per-row key layouts (Engine(deterministic=True))
@@ -115,13 +115,13 @@ class SlotCache:
         shared = {b for g in groups for b in g}
         own = [b for b in range(n_rows) if b not in shared]
         n_own = -(-n_rows // W)
-        rows = [g + [-1] * (W - len(g)) for g in groups]
-        rows += [own[i * W:(i + 1) * W] + [-1] * (W - len(own[i * W:(i + 1) * W])) for i in range(n_own)]
+        rows = list(groups) + [own[i * W:(i + 1) * W] for i in range(n_own)]
         NG = len(rows)
-        dev = self.row_len.device
-        flat = torch.tensor([b for g in rows for b in g] + list(range(len(groups))) + [-1] * n_own, device=dev)
-        self.kernel_groups[: NG * W].copy_(flat[: NG * W])
-        self.group_slot[:NG].copy_(flat[NG * W:])
+        ids = [b for g in rows for b in g + [-1] * (W - len(g))]
+        slots = list(range(len(groups))) + [-1] * n_own
+        both = torch.tensor(ids + slots, device=self.row_len.device)  # one copy for both
+        self.kernel_groups[: NG * W].copy_(both[: NG * W])
+        self.group_slot[:NG].copy_(both[NG * W:])
         self._kgroups, self._gslot = self.kernel_groups[: NG * W].view(NG, W), self.group_slot[:NG]
 
     # ------------------------------------------------------------------------------------ the model's protocol
