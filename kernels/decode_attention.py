@@ -13,8 +13,8 @@ whole cache buffers are passed as they are and keys past a length are never read
 into the dots (fp32: IEEE dots), fp32 accumulation; masked keys never produce NaN (an empty part leaves the running
 max at -inf and adds nothing).
 
-Tile (`tiles`): GP 16, ROWS 2, BLOCK_N 64, BLOCK_R 16, 4 warps, 1 stage. Compiled for sm_90a and sm_80 on a CPU
-machine with Triton 3.6's ptxas (bench/compile_report.py, bf16, head_dim 128, the cache of 200 rows of one prompt;
+Tile (`tiles`): GP 16, ROWS 2, BLOCK_N 64 (fp32: 32), BLOCK_R 16, 4 warps, 1 stage. Compiled for sm_90a and sm_80 on
+a CPU machine with Triton 3.6's ptxas (bench/compile_report.py, bf16, head_dim 128, the cache of 200 rows of one prompt;
 2026-12-04): registers / spill bytes / shared bytes per program
     StarCoderBase-1B (16 heads, MQA)   sm_90a 163 / 0 / 36864    sm_80 168 / 0 / 36864
     StarCoder-15B (48 heads, MQA)      sm_90a 168 / 0 / 36864    sm_80 168 / 0 / 36864
@@ -110,12 +110,13 @@ def supported(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
-def tiles(group: int, head_dim: int) -> dict:
+def tiles(group: int, head_dim: int, fp32: bool = False) -> dict:
     """The launch's tile: GP = 16 query heads of one K/V head per program (tl.dot's smallest side; fewer heads are
     padded, more take several programs: 16 x 3 for StarCoder-15B's 48), ROWS = 2 rows per program (32 queries), the
     prompt block BLOCK_N, the suffix block BLOCK_R, warps, stages. Registers and spills at this tile: module
-    docstring. (One program over all 48 heads of StarCoder-15B spills 1.3 KB even with 8 warps.)"""
-    return dict(GP=16, ROWS=2, BLOCK_N=64, BLOCK_R=16, num_warps=4, num_stages=1)
+    docstring. (One program over all 48 heads of StarCoder-15B spills 1.3 KB even with 8 warps.) fp32 inputs (a
+    correctness path: IEEE dots) take BLOCK_N 32, spill-free up to head_dim 64 (at 128 they spill ~1 KB)."""
+    return dict(GP=16, ROWS=2, BLOCK_N=32 if fp32 else 64, BLOCK_R=16, num_warps=4, num_stages=1)
 
 
 def _launch(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_len: torch.Tensor,
@@ -124,7 +125,7 @@ def _launch(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, pre
     B, Hq, D = q.shape
     Hkv = prefix_k.shape[1]
     NG, W = groups.shape
-    t = tiles(Hq // Hkv, D)
+    t = tiles(Hq // Hkv, D, q.dtype == torch.float32)
     out = torch.empty_like(q)
     grid = (NG, triton.cdiv(W, t["ROWS"]), Hkv * triton.cdiv(Hq // Hkv, t["GP"]))
     _cascade_kernel[grid](q, prefix_k, prefix_v, prefix_len, groups, group_slot, row_k, row_v, row_len, out,
