@@ -28,6 +28,18 @@ def download_files(repo_id: str, allow_patterns: list[str], what: str = "checkpo
         raise CheckpointError(f"{repo_id}: could not fetch the {what} from the hub ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
 
 
+def cached_files(repo_id: str, commit: str, repo_type: str = "model") -> list[str] | None:
+    """The file names of `repo_id` at `commit` as the hub client recorded them beside its cache when it listed the
+    repository (no request is made); None when it has no record (the hub was not reached)."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        return [f.path for f in get_cached_repo_tree(repo_id, repo_type=repo_type, revision=commit)]
+    except CachedRepoTreeNotFoundError:
+        return None
+
+
 def is_hub_id(s: str) -> bool:
     """True for `name` or `owner/name` that is not an existing local path and does not look like one."""
     if s.startswith((".", "/", "~")) or s.count("/") > 1:
