@@ -10,7 +10,8 @@ Each repository has one commit (`FakeHub.commit(repo_id)`), reachable as `main` 
 `GET /api/models/{repo}[/revision/{rev}]` (id, sha, siblings), `GET /api/models/{repo}/tree/{rev}` (the recursive
 listing, one page), `HEAD|GET /{repo}/resolve/{rev}/{file}` (X-Repo-Commit, ETag, Content-Length; no X-Xet-Hash, so
 the client takes the plain HTTP path). Unknown repositories, revisions and files get the hub's 404 with its
-X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound).
+X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). `down = True` answers every request 503 (the hub down);
+`stop()` closes the port (no network).
 
 huggingface_hub reads HF_ENDPOINT when it is imported, hence `env()` for a subprocess rather than a patched os.environ.
 """
@@ -28,6 +29,7 @@ class FakeHub:
     def __init__(self, repos: dict[str, str]):
         self.repos = {repo: _files(folder) for repo, folder in repos.items()}
         self.served: list[tuple[str, str]] = []
+        self.down = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -87,6 +89,8 @@ def _handler(hub: FakeHub):
         def _serve(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.served.append((self.command, path))
+            if hub.down:
+                return self._error(503, "", "Service unavailable")
             api = path.startswith("/api/models/")
             rest = path[len("/api/models/"):] if api else path[1:]
             repo = next((r for r in hub.repos if rest == r or rest.startswith(r + "/")), None)

@@ -18,14 +18,16 @@ from wizardcoder.checkpoint import export_state_dict
 CFG = StarCoderConfig(vocab_size=311, n_positions=64, n_embd=48, n_layer=2, n_head=4)
 TOKENIZER = os.path.join(REPO, "wizardcoder", "assets", "tokenizer")
 
-# Resolves each hub id given on the command line; prints {id: snapshot folder, or "ErrorType: message"} as JSON.
+# Resolves each hub id given on the command line (`tokenizer:ID`: the tokenizer alone); prints {id: snapshot folder
+# (a tokenizer's name), or "ErrorType: message"} as JSON.
 CLIENT = """
 import json, sys
+from wizardcoder import Tokenizer
 from wizardcoder.checkpoint import resolve_folder
 out = {}
 for repo in sys.argv[1:]:
     try:
-        out[repo] = resolve_folder(repo)
+        out[repo] = Tokenizer.from_pretrained(repo[10:]).name if repo.startswith("tokenizer:") else resolve_folder(repo)
     except Exception as e:
         out[repo] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
@@ -51,7 +53,8 @@ def _save_bin(sd: dict, folder, shards: int = 1) -> None:
 
 def _repos(model, root) -> dict[str, str]:
     """Four repositories of the same weights: both formats (+ tokenizer), .bin only, both sharded (+ a stray full
-    copy under another name, as some repositories carry), sharded .bin only."""
+    copy under another name, as some repositories carry), sharded .bin only; `org/partial`, the first again (only its
+    tokenizer is fetched), and `org/no-weights` (a config.json alone)."""
     sd = export_state_dict(model)
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied, as HF's .bin files store it
     folders = {name: os.path.join(root, name) for name in ("both", "bin-only", "sharded", "sharded-bin")}
@@ -72,7 +75,10 @@ def _repos(model, root) -> dict[str, str]:
     os.makedirs(folders["sharded-bin"])
     model.config.save_json(folders["sharded-bin"])
     _save_bin(sd, folders["sharded-bin"], shards=2)
-    return {f"org/{name}": folder for name, folder in folders.items()}
+    folders["no-weights"] = os.path.join(root, "no-weights")
+    os.makedirs(folders["no-weights"])
+    model.config.save_json(folders["no-weights"])
+    return {**{f"org/{name}": folder for name, folder in folders.items()}, "org/partial": both}
 
 
 def _resolve(env: dict, repos) -> dict[str, str]:
@@ -88,20 +94,25 @@ def ours():
 
 @pytest.fixture(scope="module")
 def runs(ours, tmp_path_factory):
-    """The same hub ids resolved online, then with HF_HUB_OFFLINE=1, then with the hub stopped; what was served."""
+    """The same hub ids resolved online, with HF_HUB_OFFLINE=1, with the hub down (503), with the hub stopped; what
+    was served."""
     root = tmp_path_factory.mktemp("hub")
     repos = _repos(ours, root / "repos")
-    ids = [*repos, "org/missing"]
+    ids = [*_expected(repos), "org/no-weights", "org/partial"]
     with FakeHub(repos) as hub:
         env = repo_env(**hub.env(root / "hf"))
-        online = _resolve(env, ids)
+        online = _resolve(env, [*ids[:-1], "tokenizer:org/partial", "org/missing"])
         n_online = len(hub.served)
-        offline = _resolve({**env, "HF_HUB_OFFLINE": "1"}, repos)
+        offline = _resolve({**env, "HF_HUB_OFFLINE": "1"}, ids)
         n_offline = len(hub.served) - n_online
+        hub.down = True
+        down = _resolve(env, ids)
+        requests_down = hub.served[n_online + n_offline:]
+        hub.down = False
         hub.stop()
-        unreachable = _resolve(env, repos)
-    return {"hub": hub, "repos": repos, "online": online, "offline": offline, "unreachable": unreachable,
-            "n_offline": n_offline}
+        unreachable = _resolve(env, ids)
+    return {"hub": hub, "repos": repos, "online": online, "offline": offline, "down": down, "unreachable": unreachable,
+            "n_offline": n_offline, "requests_down": requests_down}
 
 
 def _shards(folder, index: str) -> list[str]:
@@ -139,7 +150,7 @@ def test_downloaded_checkpoints_load_with_the_source_logits(runs, ours):
     ids = torch.randint(0, CFG.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = ours(ids)
-        for repo in runs["repos"]:
+        for repo in _expected(runs["repos"]):
             got = StarCoder.from_pretrained(runs["online"][repo]).eval()(ids)
             assert torch.equal(got, want), repo
     tok = Tokenizer.from_pretrained(runs["online"]["org/both"])
@@ -147,11 +158,24 @@ def test_downloaded_checkpoints_load_with_the_source_logits(runs, ours):
 
 
 def test_cache_answers_offline_and_without_the_hub(runs):
-    assert runs["offline"] == {repo: runs["online"][repo] for repo in runs["repos"]}
+    complete = list(_expected(runs["repos"]))
+    assert {r: runs["offline"][r] for r in complete} == {r: runs["online"][r] for r in complete}
     assert runs["n_offline"] == 0  # HF_HUB_OFFLINE=1: not one request
-    assert runs["unreachable"] == runs["offline"]
+    assert runs["down"] == runs["unreachable"] == runs["offline"]
+    # the hub down: one listing request per id, and no retried file requests (nothing waits on it)
+    assert runs["requests_down"] == [("GET", f"/api/models/{repo}") for repo in runs["offline"]]
 
 
-def test_unknown_repository_is_one_sentence(runs):
+def test_bad_repositories_are_one_sentence(runs):
     assert runs["online"]["org/missing"] == (
         "CheckpointError: org/missing: no such model repository on the hub (or it is private: set HF_TOKEN).")
+    no_weights = ("CheckpointError: org/no-weights: the hub repository has no model weights (expected one of "
+                  "model.safetensors.index.json, model.safetensors, pytorch_model.bin.index.json, pytorch_model.bin).")
+    assert runs["online"]["org/no-weights"] == runs["offline"]["org/no-weights"] == no_weights
+    # the listing is cached (the tokenizer was fetched) but the weights are not: offline, that is one sentence too
+    assert "models--org--partial/snapshots/" in runs["online"]["tokenizer:org/partial"]
+    assert runs["hub"].downloads("org/partial") == ["config.json", "generation_config.json", "tokenizer.json",
+                                                    "tokenizer_config.json"]
+    assert runs["offline"]["org/partial"] == (
+        "CheckpointError: org/partial: not a local path and not in the hub cache, and the hub cannot be reached "
+        "(offline or HF_HUB_OFFLINE=1); download the checkpoint once with network access or give a local folder.")

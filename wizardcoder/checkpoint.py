@@ -6,8 +6,8 @@ local rows. Our parameter names are HF's; the only differences are what the mode
 (`stores(name)`: a tied `lm_head.weight`, buffers some checkpoints carry) and rows of the `vocab_rows()` matrices
 (StarCoder's embedding is padded: rows added on load, removed on save; rows past a checkpoint's vocabulary, for a
 tokenizer with added tokens, start at the mean row when training). Formats: `model.safetensors`,
-`model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index. Nothing here imports a model: the model
-class (or instance) is an argument.
+`model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index; a hub id downloads one of them, the first
+the repository has (`_download`). Nothing here imports a model: the model class (or instance) is an argument.
 """
 from __future__ import annotations
 
@@ -45,21 +45,23 @@ def resolve_folder(path_or_hub_id: str) -> str:
 def _download(repo_id: str) -> str:
     """The snapshot folder of hub checkpoint `repo_id` with its JSON files, tokenizer files and ONE format's weights:
     the first of WEIGHT_FILES the repository has (safetensors before .bin, as transformers chooses; for an index, the
-    shards it lists), so a repository shipping both formats is not downloaded twice. The file list is the one the
-    hub client records beside the cache when the first call lists the repository (no extra request); without one (the
-    hub was not reached: offline or HF_HUB_OFFLINE=1), the cached snapshot is used as it is."""
-    from .hub import cached_files, download_files
+    shards it lists), so a repository shipping both formats is not downloaded twice. The file list is the hub's; when
+    the hub cannot be reached (no network, HF_HUB_OFFLINE=1, the hub down), the one huggingface_hub recorded beside the
+    cache at the last download, and without that the cached snapshot as it is; nothing then waits on the network."""
+    from .hub import cached_files, download_files, repo_listing
 
-    folder = download_files(repo_id, ["*.json", "tokenizer*"], what="checkpoint")
+    listing = repo_listing(repo_id)
+    offline = listing is None
+    folder = download_files(repo_id, ["*.json", "tokenizer*"], local_files_only=offline)
     commit = os.path.basename(folder)  # huggingface_hub's snapshots/<commit hash>
-    files = cached_files(repo_id, commit)
+    files = listing[1] if listing and listing[0] == commit else cached_files(repo_id, commit)
     if files is None:
         return folder
     name = next((n for n in WEIGHT_FILES if n in files), None)
     if name is None:
         raise CheckpointError(f"{repo_id}: the hub repository has no model weights (expected one of {', '.join(WEIGHT_FILES)}).")
     names = _index_shards(os.path.join(folder, name)) if name.endswith(".index.json") else [name]
-    return download_files(repo_id, names, what="checkpoint", revision=commit)
+    return download_files(repo_id, names, revision=commit, local_files_only=offline)
 
 
 def _index_shards(path: str) -> list[str]:
