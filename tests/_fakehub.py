@@ -10,8 +10,9 @@ Each repository has one commit (`FakeHub.commit(repo_id)`), reachable as `main` 
 `GET /api/models/{repo}[/revision/{rev}]` (id, sha, siblings), `GET /api/models/{repo}/tree/{rev}` (the recursive
 listing, one page), `HEAD|GET /{repo}/resolve/{rev}/{file}` (X-Repo-Commit, ETag, Content-Length; no X-Xet-Hash, so
 the client takes the plain HTTP path). Unknown repositories, revisions and files get the hub's 404 with its
-X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). `down = True` answers every request 503 (the hub down);
-`stop()` closes the port (no network).
+X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). `status = 503` answers every request with that status
+(503: the hub down; 401: every repository private, which the hub answers with X-Error-Code RepoNotFound to a
+client without a token); `stop()` closes the port (no network).
 
 huggingface_hub reads HF_ENDPOINT when it is imported, hence `env()` for a subprocess rather than a patched os.environ.
 """
@@ -29,7 +30,7 @@ class FakeHub:
     def __init__(self, repos: dict[str, str]):
         self.repos = {repo: _files(folder) for repo, folder in repos.items()}
         self.served: list[tuple[str, str]] = []
-        self.down = False
+        self.status: int | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -89,8 +90,8 @@ def _handler(hub: FakeHub):
         def _serve(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.served.append((self.command, path))
-            if hub.down:
-                return self._error(503, "", "Service unavailable")
+            if hub.status:
+                return self._error(hub.status, "RepoNotFound" if hub.status == 401 else "", "Refused")
             api = path.startswith("/api/models/")
             rest = path[len("/api/models/"):] if api else path[1:]
             repo = next((r for r in hub.repos if rest == r or rest.startswith(r + "/")), None)

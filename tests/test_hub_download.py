@@ -1,6 +1,7 @@
 """Hub ids through the real huggingface_hub client against a hub on 127.0.0.1 (tests/_fakehub.py): one weight format
 is downloaded (safetensors when the repository has it, else .bin; an index's shards only), the result loads with the
-source's logits, the cache then answers offline and with the hub gone, and an unknown repository is one sentence."""
+source's logits, the cache then answers with HF_HUB_OFFLINE=1, with the hub down and with it gone (asking nothing
+more of it), and an unknown repository, one without weights or weights not cached offline are one sentence each."""
 import gzip
 import json
 import os
@@ -94,8 +95,8 @@ def ours():
 
 @pytest.fixture(scope="module")
 def runs(ours, tmp_path_factory):
-    """The same hub ids resolved online, with HF_HUB_OFFLINE=1, with the hub down (503), with the hub stopped; what
-    was served."""
+    """The same hub ids resolved online, with HF_HUB_OFFLINE=1, with the hub down (503), with every repository
+    refused (401: private, without a token), with the hub stopped; what was served."""
     root = tmp_path_factory.mktemp("hub")
     repos = _repos(ours, root / "repos")
     ids = [*_expected(repos), "org/no-weights", "org/partial"]
@@ -105,14 +106,15 @@ def runs(ours, tmp_path_factory):
         n_online = len(hub.served)
         offline = _resolve({**env, "HF_HUB_OFFLINE": "1"}, ids)
         n_offline = len(hub.served) - n_online
-        hub.down = True
+        hub.status = 503
         down = _resolve(env, ids)
         requests_down = hub.served[n_online + n_offline:]
-        hub.down = False
+        hub.status = 401
+        refused = _resolve(env, [*ids, "org/missing"])
         hub.stop()
         unreachable = _resolve(env, ids)
-    return {"hub": hub, "repos": repos, "online": online, "offline": offline, "down": down, "unreachable": unreachable,
-            "n_offline": n_offline, "requests_down": requests_down}
+    return {"hub": hub, "repos": repos, "online": online, "offline": offline, "down": down, "refused": refused,
+            "unreachable": unreachable, "n_offline": n_offline, "requests_down": requests_down}
 
 
 def _shards(folder, index: str) -> list[str]:
@@ -179,3 +181,13 @@ def test_bad_repositories_are_one_sentence(runs):
     assert runs["offline"]["org/partial"] == (
         "CheckpointError: org/partial: not a local path and not in the hub cache, and the hub cannot be reached "
         "(offline or HF_HUB_OFFLINE=1); download the checkpoint once with network access or give a local folder.")
+
+
+def test_refused_repositories_resolve_from_the_cache(runs):
+    """401 for everything (private, no token): what is cached resolves as before, the rest is one sentence."""
+    refused = runs["refused"]
+    for repo in [*_expected(runs["repos"]), "org/no-weights"]:
+        assert refused[repo] == runs["offline"][repo], repo
+    for repo in ("org/partial", "org/missing"):
+        assert refused[repo] == (
+            f"CheckpointError: {repo}: no such model repository on the hub (or it is private: set HF_TOKEN).")

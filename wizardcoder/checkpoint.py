@@ -52,9 +52,10 @@ def _download(repo_id: str) -> str:
 
     listing = repo_listing(repo_id)
     offline = listing is None
+    listed_commit, listed = listing or (None, None)
     folder = download_files(repo_id, ["*.json", "tokenizer*"], local_files_only=offline)
     commit = os.path.basename(folder)  # huggingface_hub's snapshots/<commit hash>
-    files = listing[1] if listing and listing[0] == commit else cached_files(repo_id, commit)
+    files = listed if listed_commit == commit else cached_files(repo_id, commit)
     if files is None:
         return folder
     name = next((n for n in WEIGHT_FILES if n in files), None)

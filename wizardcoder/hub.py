@@ -21,9 +21,10 @@ def download_files(repo_id: str, allow_patterns: list[str], what: str = "checkpo
         raise _error(repo_id, e, what, repo_type) from None
 
 
-def repo_listing(repo_id: str, what: str = "checkpoint") -> tuple[str, list[str]] | None:
-    """(commit, file names) of model repository `repo_id`'s default branch, from the hub (one request); None when the
-    hub cannot be reached (HF_HUB_OFFLINE=1, no network, the hub down): the cache then answers alone."""
+def repo_listing(repo_id: str) -> tuple[str | None, list[str] | None] | None:
+    """(commit, file names) of model repository `repo_id`'s default branch, from the hub (one request); (None, None)
+    when the hub refuses (a missing, private or gated repository: snapshot_download then finds it in the cache or says
+    which); None when the hub cannot be reached (HF_HUB_OFFLINE=1, no network, the hub down): the cache answers alone."""
     import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -32,10 +33,10 @@ def repo_listing(repo_id: str, what: str = "checkpoint") -> tuple[str, list[str]
         info = HfApi().model_info(repo_id)
     except (OfflineModeIsEnabled, httpx2.TransportError):
         return None
+    except HfHubHTTPError as e:
+        return None if e.response is not None and e.response.status_code >= 500 else (None, None)
     except Exception as e:
-        if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code >= 500:
-            return None
-        raise _error(repo_id, e, what, "model") from None
+        raise _error(repo_id, e, "checkpoint", "model") from None
     return info.sha, [f.rfilename for f in info.siblings or []]
 
 
