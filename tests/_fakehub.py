@@ -10,7 +10,7 @@ Each repository has one commit (`FakeHub.commit(repo_id)`), reachable as `main` 
 `GET /api/models/{repo}[/revision/{rev}]` (id, sha, siblings), `GET /api/models/{repo}/tree/{rev}` (the recursive
 listing, one page), `HEAD|GET /{repo}/resolve/{rev}/{file}` (X-Repo-Commit, ETag, Content-Length; no X-Xet-Hash, so
 the client takes the plain HTTP path). Unknown repositories, revisions and files get the hub's 404 with its
-X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). `status = 503` answers every request with that status
+X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). Setting `status` answers every request with it
 (503: the hub down; 401: every repository private, which the hub answers with X-Error-Code RepoNotFound to a
 client without a token); `stop()` closes the port (no network).
 
@@ -43,9 +43,8 @@ class FakeHub:
     def env(self, hf_home) -> dict[str, str]:
         """Environment for a client process: this hub, a fresh HF_HOME, no token, no xet, online."""
         return {"HF_ENDPOINT": self.url, "HF_HOME": str(hf_home), "HF_HUB_CACHE": os.path.join(hf_home, "hub"),
-                "HF_HUB_DISABLE_XET": "1",
-                "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "0",
-                "HF_TOKEN": "", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+                "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
 
     def downloads(self, repo_id: str) -> list[str]:
         """The files of `repo_id` whose content was sent (GET .../resolve/...), sorted."""
