@@ -6,8 +6,8 @@ local rows. Our parameter names are HF's; the only differences are what the mode
 (`stores(name)`: a tied `lm_head.weight`, buffers some checkpoints carry) and rows of the `vocab_rows()` matrices
 (StarCoder's embedding is padded: rows added on load, removed on save; rows past a checkpoint's vocabulary, for a
 tokenizer with added tokens, start at the mean row when training). Formats: `model.safetensors`,
-`model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index. Nothing here imports a model: the model
-class (or instance) is an argument.
+`model.safetensors.index.json` (sharded), `pytorch_model.bin` and its index; a hub id downloads one of them, the first
+the repository has (`_download`). Nothing here imports a model: the model class (or instance) is an argument.
 """
 from __future__ import annotations
 
@@ -35,11 +35,43 @@ def resolve_folder(path_or_hub_id: str) -> str:
         return path
     if os.path.exists(path):
         raise CheckpointError(f"{path}: is a file; give the checkpoint folder (with config.json and the weights).")
-    from .hub import download_files, is_hub_id
+    from .hub import is_hub_id
 
     if not is_hub_id(path_or_hub_id):
         raise CheckpointError(f"{path_or_hub_id}: no such checkpoint folder; check the path.")
-    return download_files(path_or_hub_id, ["*.json", "*.safetensors", "*.bin", "tokenizer*"], what="checkpoint")
+    return _download(path_or_hub_id)
+
+
+def _download(repo_id: str) -> str:
+    """The snapshot folder of hub checkpoint `repo_id` with its JSON files, tokenizer files and ONE format's weights:
+    the first of WEIGHT_FILES the repository has (safetensors before .bin, as transformers chooses; for an index, the
+    shards it lists), so a repository shipping both formats is not downloaded twice. The file list is the hub's; when
+    the hub cannot be reached (no network, HF_HUB_OFFLINE=1, the hub down), the one huggingface_hub recorded beside the
+    cache at the last download, and without that the cached snapshot as it is; nothing then waits on the network."""
+    from .hub import cached_files, download_files, repo_listing
+
+    listing = repo_listing(repo_id)
+    offline = listing is None
+    listed_commit, listed = listing or (None, None)
+    folder = download_files(repo_id, ["*.json", "tokenizer*"], local_files_only=offline)
+    commit = os.path.basename(folder)  # huggingface_hub's snapshots/<commit hash>
+    files = listed if listed_commit == commit else cached_files(repo_id, commit)
+    if files is None:
+        return folder
+    name = next((n for n in WEIGHT_FILES if n in files), None)
+    if name is None:
+        raise CheckpointError(f"{repo_id}: the hub repository has no model weights (expected one of {', '.join(WEIGHT_FILES)}).")
+    names = _index_shards(os.path.join(folder, name)) if name.endswith(".index.json") else [name]
+    return download_files(repo_id, names, revision=commit, local_files_only=offline)
+
+
+def _index_shards(path: str) -> list[str]:
+    """The shard file names a `*.index.json` lists."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid shard index ({type(e).__name__}: {e}); re-save the checkpoint.") from None
 
 
 def weight_files(folder: str) -> list[str]:
@@ -48,12 +80,7 @@ def weight_files(folder: str) -> list[str]:
         if not os.path.isfile(p):
             continue
         if name.endswith(".index.json"):
-            try:
-                with open(p, encoding="utf-8") as f:
-                    index = json.load(f)
-                shards = sorted(set(index["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise CheckpointError(f"{p}: not a valid shard index ({type(e).__name__}: {e}); re-save the checkpoint.") from None
+            shards = _index_shards(p)
             missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
             if missing:
                 raise CheckpointError(f"{p}: lists shard {missing[0]} which is not in {folder}; the download is incomplete.")

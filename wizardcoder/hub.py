@@ -8,24 +8,64 @@ from .errors import CheckpointError
 
 
 def download_files(repo_id: str, allow_patterns: list[str], what: str = "checkpoint", repo_type: str = "model",
-                   revision: str | None = None) -> str:
+                   revision: str | None = None, local_files_only: bool = False) -> str:
     """snapshot_download the matching files of `repo_id`; returns the local snapshot folder."""
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover
         raise CheckpointError(f"{repo_id}: not a local path, and huggingface_hub is not installed to fetch it.") from None
     try:
-        return snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns)
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
+        return snapshot_download(repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
+                                 local_files_only=local_files_only)
+    except Exception as e:
+        raise _error(repo_id, e, what, repo_type) from None
+
+
+def repo_listing(repo_id: str) -> tuple[str | None, list[str] | None] | None:
+    """(commit, file names) of model repository `repo_id`'s default branch, from the hub (one request); (None, None)
+    when the hub refuses (a missing, private or gated repository: snapshot_download then finds it in the cache or says
+    which); None when the hub cannot be reached (HF_HUB_OFFLINE=1, no network, the hub down): the cache answers alone."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        info = HfApi().model_info(repo_id)
+    except (OfflineModeIsEnabled, httpx2.TransportError):
+        return None
+    except HfHubHTTPError as e:
+        return None if e.response is not None and e.response.status_code >= 500 else (None, None)
+    except Exception as e:
+        raise _error(repo_id, e, "checkpoint", "model") from None
+    return info.sha, [f.rfilename for f in info.siblings or []]
+
+
+def _error(repo_id: str, e: Exception, what: str, repo_type: str) -> CheckpointError:
+    """A huggingface_hub failure as one sentence."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, LocalEntryNotFoundError):
+        return CheckpointError(
             f"{repo_id}: not a local path and not in the hub cache, and the hub cannot be reached (offline or "
-            f"HF_HUB_OFFLINE=1); download the {what} once with network access or give a local folder."
-        ) from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no such {repo_type} repository on the hub (or it is private: set HF_TOKEN).") from None
-    except Exception as e:  # network errors, HTTP errors, bad ids
-        raise CheckpointError(f"{repo_id}: could not fetch the {what} from the hub ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+            f"HF_HUB_OFFLINE=1); download the {what} once with network access or give a local folder.")
+    if isinstance(e, RepositoryNotFoundError):
+        return CheckpointError(f"{repo_id}: no such {repo_type} repository on the hub (or it is private: set HF_TOKEN).")
+    # network errors, HTTP errors, bad ids
+    return CheckpointError(f"{repo_id}: could not fetch the {what} from the hub ({type(e).__name__}: {str(e).splitlines()[0]}).")
+
+
+def cached_files(repo_id: str, commit: str, repo_type: str = "model") -> list[str] | None:
+    """The file names of `repo_id` at `commit` as huggingface_hub recorded them beside its cache when a download
+    listed the repository (no request); None when it has no record (or is older than these records)."""
+    try:
+        from huggingface_hub import get_cached_repo_tree
+        from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return [f.path for f in get_cached_repo_tree(repo_id, repo_type=repo_type, revision=commit)]
+    except CachedRepoTreeNotFoundError:
+        return None
 
 
 def is_hub_id(s: str) -> bool:
