@@ -52,7 +52,7 @@ setup(
         "tokenizers>=0.15",
         "sentencepiece",
         "safetensors",
-        "huggingface_hub>=2.0",  # hub.py: get_cached_repo_tree, httpx2 transport errors
+        "huggingface_hub>=2.4",  # hub.py: get_cached_repo_tree, httpx2 transport errors
         "tqdm",
         "aiohttp>=3.9",  # `wizardcoder serve`
         "openai>=3",  # evolve's LLM client (retries, backoff, Retry-After); httpx2 is its HTTP layer
