@@ -49,7 +49,7 @@ import resource
 import select
 import signal
 import struct
-import tempfile
+import sys
 import time
 
 import _signal
@@ -63,12 +63,14 @@ try:
 except ImportError:  # the C extension was not built; the Python layers still apply
     _sandbox = None
 
-# Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
-# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it.
 NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
 
-PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
-           "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json")
+# Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
+# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it, and neither `random` nor
+# anything importing it (tempfile, statistics) is: random reseeds itself in every forked child (os.register_at_fork),
+# about 40 page faults per program, where the few tests that use random (4 of HumanEval's 164) import it themselves.
+PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "fractions",
+           "decimal", "hashlib", "copy", "operator", "datetime", "json")
 # One thread for every threaded library a program may load (BLAS, OpenMP, numexpr, torch, tensorflow): the pool runs
 # one program per worker. Set before the preloads too: OpenBLAS sizes its thread pool when numpy is imported.
 THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -160,8 +162,7 @@ class Worker:
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
         self.gid = self.uid if self.root else os.getgid()
-        self.tmp_root = tempfile.mkdtemp(prefix=f"wizardcoder-sandbox-{os.getpid()}-", dir=config.tmp_root)
-        os.chmod(self.tmp_root, 0o711)
+        self.tmp_root = _scratch_root(config.tmp_root)
         self.jobs = 0
         self.isolation = self._setup()
 
@@ -402,6 +403,11 @@ class Worker:
         cpu = float(self.config.cpu_timeout or job.get("timeout") or self.config.timeout)
         timeout = cpu * self.config.wall_factor + 1.0
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
+        # The program's HOME and TMPDIR (the rest of its environment was set once by _setup), set here rather than in
+        # the child: every page the child writes is a copy-on-write fault.
+        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
+        if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
+            sys.modules["tempfile"].tempdir = jobdir
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -462,8 +468,6 @@ class Worker:
         if c.memory:
             rl(resource.RLIMIT_AS, (c.memory, c.memory))
         os.chdir(jobdir)
-        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest was set once by the worker (_setup)
-        tempfile.tempdir = jobdir
         if self.root:
             rl(resource.RLIMIT_NPROC, (c.max_procs, c.max_procs))
             if _sandbox is not None:
@@ -644,6 +648,25 @@ class Worker:
 
 _RESET_SIGNALS = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU,
                                         signal.SIGALRM))
+
+
+def _scratch_root(root: str | None) -> str:
+    """A new folder wizardcoder-sandbox-<pid>-<random> (the name remove_stale_scratch reads) in `root`, mode 0711.
+    Not tempfile.mkdtemp: importing tempfile imports random, whose at-fork reseed every program would pay (PRELOAD).
+    The pool always passes its root; only a worker started by hand falls back to the system temp folder."""
+    if root is None:
+        import tempfile
+
+        root = tempfile.gettempdir()
+    for _ in range(100):
+        path = os.path.join(root, f"wizardcoder-sandbox-{os.getpid()}-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o711)
+        return path
+    raise FileExistsError(f"no free scratch folder name in {root}")
 
 
 def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
