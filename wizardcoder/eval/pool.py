@@ -163,11 +163,21 @@ class _WorkerHandle:
         self._start()
 
     def stop(self) -> None:
+        self.ask_exit()
+        self.finish()
+
+    def ask_exit(self) -> None:
         try:
             self.commands.send({"op": "exit"})
             self.commands.close()
+        except (OSError, ValueError):
+            pass  # gone already: finish() reaps it
+
+    def finish(self) -> None:
+        """Wait for the worker asked to exit (killed after 10 s), close its pipes, remove its scratch folder."""
+        try:
             self.proc.wait(timeout=10)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for conn in (self.commands, self.replies):
@@ -338,8 +348,10 @@ class SandboxPool:
             t.join()
 
     def close(self) -> None:
+        for h in self.handles:  # all at once: each worker's exit takes a while (the watchdog, the scratch)
+            h.ask_exit()
         for h in self.handles:
-            h.stop()
+            h.finish()
             h.release()
         self.handles = []
         self._spawner.shutdown(wait=False)

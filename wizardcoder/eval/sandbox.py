@@ -408,6 +408,7 @@ class Worker:
         os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
         if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
             sys.modules["tempfile"].tempdir = jobdir
+        limits = self._limits(cpu)
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -416,7 +417,7 @@ class Worker:
             try:
                 os.close(r)
                 os.close(nonce_w)
-                self._child(job, jobdir, w, nonce_r, cpu)
+                self._child(job, jobdir, w, nonce_r, limits)
             finally:
                 os._exit(101)
         os.close(w)
@@ -444,32 +445,27 @@ class Worker:
         reply["seconds"] = round(time.monotonic() - t0, 4)
         return reply
 
-    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, cpu: float) -> None:
+    def _limits(self, cpu: float) -> list[tuple[int, int, int]]:
+        """A program's (resource, soft, hard) limits (made before the fork: the child only applies them)."""
         c = self.config
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(os.path.join(jobdir, ".output"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if self.root:
-            os.fchown(out, self.uid, self.gid)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.dup2(w, 3)
-        os.dup2(nonce_r, 4)
-        os.closerange(5, 1 << 16)  # the command pipes and the watchdog's pipe among them
+        backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
+        limits = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_CPU, backstop, backstop + 1),
+                  (resource.RLIMIT_FSIZE, c.max_output, c.max_output), (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
+        if c.memory:
+            limits.append((resource.RLIMIT_AS, c.memory, c.memory))
+        if self.root:  # the sandbox uid is its own: count its processes
+            limits.append((resource.RLIMIT_NPROC, c.max_procs, c.max_procs))
+        return limits
+
+    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, limits: list) -> None:
+        c = self.config
+        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, no other (the command
+        # pipes and the watchdog's among them); limits; cwd
+        # in one C call where the extension has it: every Python-level call here costs copy-on-write faults
+        _enter(os.path.join(jobdir, ".output"), self.uid if self.root else -1, self.gid, w, nonce_r, limits, jobdir)
         for sig in _RESET_SIGNALS:  # the C function: signal.signal's enum wrapping costs ~0.2 ms per fork
             _signal.signal(sig, _signal.SIG_DFL)
-        rl = resource.setrlimit
-        rl(resource.RLIMIT_CORE, (0, 0))
-        backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
-        rl(resource.RLIMIT_CPU, (backstop, backstop + 1))
-        rl(resource.RLIMIT_FSIZE, (c.max_output, c.max_output))
-        rl(resource.RLIMIT_NOFILE, (c.max_files, c.max_files))
-        if c.memory:
-            rl(resource.RLIMIT_AS, (c.memory, c.memory))
-        os.chdir(jobdir)
         if self.root:
-            rl(resource.RLIMIT_NPROC, (c.max_procs, c.max_procs))
             if _sandbox is not None:
                 _sandbox.drop_to(self.uid, self.gid, self.keep_read)
             else:
@@ -667,6 +663,26 @@ def _scratch_root(root: str | None) -> str:
         os.chmod(path, 0o711)
         return path
     raise FileExistsError(f"no free scratch folder name in {root}")
+
+
+def _enter_reference(output: str, owner_uid: int, owner_gid: int, result_fd: int, nonce_fd: int, limits: list,
+                     folder: str) -> None:
+    """_sandbox.enter in Python, for a machine without the extension."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if owner_uid >= 0:
+        os.fchown(out, owner_uid, owner_gid)
+    for fd, target in ((null, 0), (out, 1), (out, 2), (result_fd, 3), (nonce_fd, 4)):
+        os.dup2(fd, target)
+    os.closerange(5, 1 << 16)
+    for which, soft, hard in limits:
+        resource.setrlimit(which, (soft, hard))
+    os.chdir(folder)
+
+
+# an extension built before `enter` existed still works (rebuild it: setup.py build_ext --inplace)
+_enter = getattr(_sandbox, "enter", None) or _enter_reference
 
 
 def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
