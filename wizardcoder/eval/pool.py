@@ -1,6 +1,6 @@
 """The evaluator's side of the sandbox: a pool of pre-started workers, one thread each, fed from one queue.
 
-    with SandboxPool(workers=os.cpu_count()) as pool:
+    with SandboxPool() as pool:                           # one worker per core, plus one
         pool.add_task("HumanEval+/0", task_data)          # sent once to each worker that needs it
         for result in pool.run(jobs):                       # results in completion order
             ...
@@ -27,7 +27,7 @@ import threading
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers
+from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
 from .sandbox import Channel, SandboxConfig
 from .scratch import remove_tree
 
@@ -244,12 +244,12 @@ def verdict_fields(raw: bytes) -> dict:
 
 
 class SandboxPool:
-    """`workers` pre-started sandbox workers (default: one per core this process may run on)."""
+    """`workers` pre-started sandbox workers (default: one per core this process may run on, plus one)."""
 
     def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
         check_workers(workers, "workers")
         self.config = config or SandboxConfig()
-        self.n = workers or len(os.sched_getaffinity(0))  # the cores we may run on
+        self.n = workers or default_workers()
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)
