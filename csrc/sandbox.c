@@ -23,6 +23,10 @@
  *                            worker can reap (and count) everything a program left behind.
  *   pdeathsig(sig)           prctl(PR_SET_PDEATHSIG): the kernel sends `sig` when the parent thread dies. A uid
  *                            change clears it, so the child sets it after drop_to.
+ *   enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder)
+ *                            a forked program's first steps in one call: setsid, its descriptors (0 /dev/null,
+ *                            1 and 2 a new output file, 3 and 4 the result and nonce pipes, nothing else open),
+ *                            its rlimits, its working folder.
  *   seccomp(pid, block_fork, block_net)
  *                            a seccomp-BPF filter: signals only to `pid` itself or its own process group (kill,
  *                            tgkill, rt_sigqueueinfo), no tkill / pidfd signals / pidfd_getfd / ptrace /
@@ -60,6 +64,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -188,6 +193,54 @@ static PyObject *sb_pdeathsig(PyObject *self, PyObject *args) {
     int sig;
     if (!PyArg_ParseTuple(args, "i", &sig)) return NULL;
     if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* The forked child's first steps in one call (each Python-level call in a fresh fork writes to pages shared with the
+ * worker, a copy-on-write fault each): its own session; fd 0 = /dev/null, fds 1 and 2 = a new output file (0600,
+ * chowned to owner_uid:owner_gid unless owner_uid < 0), 3 = result_fd, 4 = nonce_fd, every other descriptor closed;
+ * then each (resource, soft, hard) of `limits` in order, then chdir(folder). Parsed before anything changes. */
+#define SB_MAX_LIMITS 16
+static PyObject *sb_enter(PyObject *self, PyObject *args) {
+    const char *output, *folder;
+    int owner_uid, owner_gid, result_fd, nonce_fd;
+    PyObject *limits;
+    if (!PyArg_ParseTuple(args, "siiiiOs", &output, &owner_uid, &owner_gid, &result_fd, &nonce_fd, &limits, &folder))
+        return NULL;
+    int which[SB_MAX_LIMITS];
+    struct rlimit rl[SB_MAX_LIMITS];
+    Py_ssize_t n = PySequence_Length(limits);
+    if (n < 0) return NULL;
+    if (n > SB_MAX_LIMITS) {
+        PyErr_SetString(PyExc_ValueError, "too many limits");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_GetItem(limits, i);
+        if (item == NULL) return NULL;
+        unsigned long long soft, hard;
+        int ok = PyArg_ParseTuple(item, "iKK", &which[i], &soft, &hard);
+        Py_DECREF(item);
+        if (!ok) return NULL;
+        rl[i].rlim_cur = (rlim_t)soft;
+        rl[i].rlim_max = (rlim_t)hard;
+    }
+    if (setsid() < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (owner_uid >= 0 && fchown(out, (uid_t)owner_uid, (gid_t)owner_gid) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(result_fd, 3) < 0 || dup2(nonce_fd, 4) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (syscall(SYS_close_range, 5u, ~0u, 0u) != 0) { /* a kernel before 5.9: one by one */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (int fd = 5; fd < (max > 0 ? max : 1 << 16); fd++) close(fd);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (setrlimit(which[i], &rl[i]) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (chdir(folder) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -699,6 +752,9 @@ static PyMethodDef methods[] = {
     {"caps", sb_caps, METH_NOARGS, "caps() -> (permitted, effective, inheritable, bounding) bit masks."},
     {"subreaper", sb_subreaper, METH_NOARGS, "prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants come back to us."},
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},
+    {"enter", sb_enter, METH_VARARGS,
+     "enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder): a forked child's session, file "
+     "descriptors (0 /dev/null, 1-2 output, 3 result, 4 nonce, no other), [(resource, soft, hard)] limits and cwd."},
     {"seccomp", sb_seccomp, METH_VARARGS,
      "seccomp(pid, block_fork, block_net): install the sandbox's seccomp-BPF filter (needs no_new_privs or root)."},
     {"judge", sb_judge, METH_VARARGS,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Iterable
 
-from ..data.templates import ALPACA
 from ..errors import ConfigError, DataError
 from ..io import read_records
 from ..eval import postprocessing
@@ -156,6 +155,8 @@ class Benchmark:
     def prompt(self, problem: Problem, style: str = "wizardcoder", instructions: dict | None = None) -> str:
         """The text the model continues: WizardCoder's Alpaca prompt, or (`plain`) the code prompt itself."""
         if style == "wizardcoder":
+            from ..data.templates import ALPACA  # here: the data package imports numpy, which scoring never needs
+
             return ALPACA.prompt(self.instruction(problem, instructions))
         if style == "plain":
             return self.plain_prompt(problem)

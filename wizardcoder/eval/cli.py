@@ -36,7 +36,7 @@ class Config:
     out: str | None = None  # output folder: results.jsonl, summary.json (and samples.jsonl with --model) (required)
     k: list[int] = dataclasses.field(default_factory=lambda: [1, 10, 100])  # pass@k to report (those <= n)
     postprocess: Literal[POSTPROCESS] = "wizardcoder"  # how `response` samples become code
-    workers: int | None = None  # sandbox workers; none: one per CPU core
+    workers: int | None = None  # sandbox workers; none: one per CPU core, plus one
     timeout: float | None = dataclasses.field(default=None, metadata={"help": (
         "CPU seconds per program (not wall-clock), > 0; none: 3 HumanEval, 10 MBPP, 60 DS-1000 (the + tasks use "
         "evalplus's per-input limits)")})

@@ -1,6 +1,6 @@
 """The evaluator's side of the sandbox: a pool of pre-started workers, one thread each, fed from one queue.
 
-    with SandboxPool(workers=os.cpu_count()) as pool:
+    with SandboxPool() as pool:                           # one worker per core, plus one
         pool.add_task("HumanEval+/0", task_data)          # sent once to each worker that needs it
         for result in pool.run(jobs):                       # results in completion order
             ...
@@ -27,13 +27,14 @@ import threading
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers
+from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
 from .sandbox import Channel, SandboxConfig
 from .scratch import remove_tree
 
 __all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
 
 
+QUEUED = 1  # jobs a worker is sent beyond the one it runs (small ones only: _WorkerHandle.queueable)
 KEEP_TASKS = 8  # problems' data (inputs, expected outputs) a worker holds at once; some are hundreds of MB
 
 
@@ -96,8 +97,9 @@ class _WorkerHandle:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        config = dataclasses.replace(self.config, tmp_root=self.config.tmp_root or tempfile.gettempdir())
         argv = [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
-                json.dumps(dataclasses.asdict(self.config)), str(self.uid)]
+                json.dumps(dataclasses.asdict(config)), str(self.uid)]
         cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
         rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
         try:
@@ -111,6 +113,8 @@ class _WorkerHandle:
             os.close(cmd_r)
             os.close(rep_w)
         self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
+        # half the pipe: the job being read and the one queued behind it both fit
+        self.queue_bytes = fcntl.fcntl(cmd_w, fcntl.F_GETPIPE_SZ) // 2
 
     def _await_ready(self) -> None:
         try:
@@ -124,7 +128,8 @@ class _WorkerHandle:
         self.tmp_root = hello["tmp_root"]
         self.loaded = collections.OrderedDict()
 
-    def call(self, job: Job, tasks: dict) -> dict:
+    def send(self, job: Job, tasks: dict) -> None:
+        """Send a job (after its task's data, when this worker does not hold it yet); its reply comes in order."""
         key = job.task_key
         if key is not None:
             if key in self.loaded:
@@ -136,7 +141,21 @@ class _WorkerHandle:
                 data = tasks[key]
                 self.commands.send({"op": "task", "key": key, "data": data() if callable(data) else data})
                 self.loaded[key] = None
-        self.commands.send({"op": "job", "job": dict(vars(job))})  # checks.py reads a job as a dict
+        self.commands.send(self.message(job))
+
+    @staticmethod
+    def message(job: Job) -> dict:
+        return {"op": "job", "job": dict(vars(job))}  # checks.py reads a job as a dict
+
+    def queueable(self, job: Job) -> bool:
+        """Can this job be sent while another one runs? Only when its message is one small write (the worker's data
+        for it already there): then the pipe holds both without blocking, whatever the worker is doing, so a worker
+        blocked on a long reply can never be waiting for us while we wait for it."""
+        if job.task_key is not None and job.task_key not in self.loaded:
+            return False
+        return len(pickle.dumps(self.message(job), protocol=pickle.HIGHEST_PROTOCOL)) + 8 <= self.queue_bytes
+
+    def receive(self) -> dict:
         return self.replies.recv()  # EOFError when the worker died
 
     def restart(self) -> None:
@@ -144,11 +163,21 @@ class _WorkerHandle:
         self._start()
 
     def stop(self) -> None:
+        self.ask_exit()
+        self.finish()
+
+    def ask_exit(self) -> None:
         try:
             self.commands.send({"op": "exit"})
             self.commands.close()
+        except (OSError, ValueError):
+            pass  # gone already: finish() reaps it
+
+    def finish(self) -> None:
+        """Wait for the worker asked to exit (killed after 10 s), close its pipes, remove its scratch folder."""
+        try:
             self.proc.wait(timeout=10)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for conn in (self.commands, self.replies):
@@ -215,12 +244,12 @@ def verdict_fields(raw: bytes) -> dict:
 
 
 class SandboxPool:
-    """`workers` pre-started sandbox workers (default: one per core this process may run on)."""
+    """`workers` pre-started sandbox workers (default: one per core this process may run on, plus one)."""
 
     def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
         check_workers(workers, "workers")
         self.config = config or SandboxConfig()
-        self.n = workers or len(os.sched_getaffinity(0))  # the cores we may run on
+        self.n = workers or default_workers()
         self.tasks: dict[str, dict] = {}
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)
@@ -265,19 +294,45 @@ class SandboxPool:
             return
 
         def loop(h: _WorkerHandle) -> None:
+            # Up to QUEUED jobs sent ahead: the worker starts the next program as soon as one ends, without waiting
+            # for this thread to read the reply and send again (see _WorkerHandle.queueable). Only while there are
+            # jobs enough for every worker: a job queued behind a long program must not wait while a worker idles.
+            sent: collections.deque = collections.deque()
+            held = None  # a job that waits until the worker has nothing queued
             dead = False
             while True:
-                try:
-                    i, job = todo.get_nowait()
-                except queue.Empty:
-                    return
-                if dead:
-                    done.put((i, Result(job.id, "crashed", "sandbox worker could not restart")))
+                while len(sent) <= QUEUED:
+                    if held is None:
+                        if sent and todo.qsize() < len(self.handles):
+                            break
+                        try:
+                            held = todo.get_nowait()
+                        except queue.Empty:
+                            break
+                    i, job = held
+                    if dead:
+                        done.put((i, Result(job.id, "crashed", "sandbox worker could not restart")))
+                        held = None
+                        continue
+                    if sent and not h.queueable(job):
+                        break
+                    held = None
+                    sent.append((i, job))
+                    try:
+                        h.send(job, self.tasks)
+                    except OSError:  # the worker is gone: receive() below says so
+                        break
+                if not sent:
+                    if held is None:
+                        return
                     continue
+                i, job = sent.popleft()
                 try:
-                    done.put((i, decode(job, h.call(job, self.tasks))))
+                    done.put((i, decode(job, h.receive())))
                 except (EOFError, OSError, pickle.UnpicklingError) as e:
                     done.put((i, Result(job.id, "crashed", f"sandbox worker failed: {e or type(e).__name__}")))
+                    while sent:  # queued behind the one that was running: never started, so run them again
+                        todo.put(sent.pop())
                     try:
                         h.restart()
                     except Exception:  # noqa: BLE001
@@ -293,8 +348,10 @@ class SandboxPool:
             t.join()
 
     def close(self) -> None:
+        for h in self.handles:  # all at once: each worker's exit takes a while (the watchdog, the scratch)
+            h.ask_exit()
         for h in self.handles:
-            h.stop()
+            h.finish()
             h.release()
         self.handles = []
         self._spawner.shutdown(wait=False)

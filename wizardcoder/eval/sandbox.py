@@ -49,7 +49,7 @@ import resource
 import select
 import signal
 import struct
-import tempfile
+import sys
 import time
 
 import _signal
@@ -63,12 +63,14 @@ try:
 except ImportError:  # the C extension was not built; the Python layers still apply
     _sandbox = None
 
-# Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
-# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it.
 NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
 
-PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "random",
-           "statistics", "fractions", "decimal", "hashlib", "copy", "operator", "datetime", "json")
+# Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
+# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it, and neither `random` nor
+# anything importing it (tempfile, statistics) is: random reseeds itself in every forked child (os.register_at_fork),
+# about 40 page faults per program, where the few tests that use random (4 of HumanEval's 164) import it themselves.
+PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "fractions",
+           "decimal", "hashlib", "copy", "operator", "datetime", "json")
 # One thread for every threaded library a program may load (BLAS, OpenMP, numexpr, torch, tensorflow): the pool runs
 # one program per worker. Set before the preloads too: OpenBLAS sizes its thread pool when numpy is imported.
 THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -160,8 +162,7 @@ class Worker:
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
         self.gid = self.uid if self.root else os.getgid()
-        self.tmp_root = tempfile.mkdtemp(prefix=f"wizardcoder-sandbox-{os.getpid()}-", dir=config.tmp_root)
-        os.chmod(self.tmp_root, 0o711)
+        self.tmp_root = _scratch_root(config.tmp_root)
         self.jobs = 0
         self.isolation = self._setup()
 
@@ -402,6 +403,12 @@ class Worker:
         cpu = float(self.config.cpu_timeout or job.get("timeout") or self.config.timeout)
         timeout = cpu * self.config.wall_factor + 1.0
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
+        # The program's HOME and TMPDIR (the rest of its environment was set once by _setup), set here rather than in
+        # the child: every page the child writes is a copy-on-write fault.
+        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
+        if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
+            sys.modules["tempfile"].tempdir = jobdir
+        limits = self._limits(cpu)
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -410,7 +417,7 @@ class Worker:
             try:
                 os.close(r)
                 os.close(nonce_w)
-                self._child(job, jobdir, w, nonce_r, cpu)
+                self._child(job, jobdir, w, nonce_r, limits)
             finally:
                 os._exit(101)
         os.close(w)
@@ -438,34 +445,28 @@ class Worker:
         reply["seconds"] = round(time.monotonic() - t0, 4)
         return reply
 
-    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, cpu: float) -> None:
+    def _limits(self, cpu: float) -> list[tuple[int, int, int]]:
+        """A program's (resource, soft, hard) limits (made before the fork: the child only applies them)."""
         c = self.config
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(os.path.join(jobdir, ".output"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if self.root:
-            os.fchown(out, self.uid, self.gid)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.dup2(w, 3)
-        os.dup2(nonce_r, 4)
-        os.closerange(5, 1 << 16)  # the command pipes and the watchdog's pipe among them
+        backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
+        limits = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_CPU, backstop, backstop + 1),
+                  (resource.RLIMIT_FSIZE, c.max_output, c.max_output),
+                  (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
+        if c.memory:
+            limits.append((resource.RLIMIT_AS, c.memory, c.memory))
+        if self.root:  # the sandbox uid is its own: count its processes
+            limits.append((resource.RLIMIT_NPROC, c.max_procs, c.max_procs))
+        return limits
+
+    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, limits: list) -> None:
+        c = self.config
+        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, no other (the command
+        # pipes and the watchdog's among them); limits; cwd
+        # in one C call where the extension has it: every Python-level call here costs copy-on-write faults
+        _enter(os.path.join(jobdir, ".output"), self.uid if self.root else -1, self.gid, w, nonce_r, limits, jobdir)
         for sig in _RESET_SIGNALS:  # the C function: signal.signal's enum wrapping costs ~0.2 ms per fork
             _signal.signal(sig, _signal.SIG_DFL)
-        rl = resource.setrlimit
-        rl(resource.RLIMIT_CORE, (0, 0))
-        backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
-        rl(resource.RLIMIT_CPU, (backstop, backstop + 1))
-        rl(resource.RLIMIT_FSIZE, (c.max_output, c.max_output))
-        rl(resource.RLIMIT_NOFILE, (c.max_files, c.max_files))
-        if c.memory:
-            rl(resource.RLIMIT_AS, (c.memory, c.memory))
-        os.chdir(jobdir)
-        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir  # the rest was set once by the worker (_setup)
-        tempfile.tempdir = jobdir
         if self.root:
-            rl(resource.RLIMIT_NPROC, (c.max_procs, c.max_procs))
             if _sandbox is not None:
                 _sandbox.drop_to(self.uid, self.gid, self.keep_read)
             else:
@@ -644,6 +645,45 @@ class Worker:
 
 _RESET_SIGNALS = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU,
                                         signal.SIGALRM))
+
+
+def _scratch_root(root: str | None) -> str:
+    """A new folder wizardcoder-sandbox-<pid>-<random> (the name remove_stale_scratch reads) in `root`, mode 0711.
+    Not tempfile.mkdtemp: importing tempfile imports random, whose at-fork reseed every program would pay (PRELOAD).
+    The pool always passes its root; only a worker started by hand falls back to the system temp folder."""
+    if root is None:
+        import tempfile
+
+        root = tempfile.gettempdir()
+    for _ in range(100):
+        path = os.path.join(root, f"wizardcoder-sandbox-{os.getpid()}-{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o711)
+        return path
+    raise FileExistsError(f"no free scratch folder name in {root}")
+
+
+def _enter_reference(output: str, owner_uid: int, owner_gid: int, result_fd: int, nonce_fd: int, limits: list,
+                     folder: str) -> None:
+    """_sandbox.enter in Python, for a machine without the extension."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if owner_uid >= 0:
+        os.fchown(out, owner_uid, owner_gid)
+    for fd, target in ((null, 0), (out, 1), (out, 2), (result_fd, 3), (nonce_fd, 4)):
+        os.dup2(fd, target)
+    os.closerange(5, 1 << 16)
+    for which, soft, hard in limits:
+        resource.setrlimit(which, (soft, hard))
+    os.chdir(folder)
+
+
+# an extension built before `enter` existed still works (rebuild it: setup.py build_ext --inplace)
+_enter = getattr(_sandbox, "enter", None) or _enter_reference
 
 
 def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:

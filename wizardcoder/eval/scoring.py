@@ -11,6 +11,7 @@ samples whose rows are already in results.jsonl (matched by position and content
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import math
 import os
@@ -241,9 +242,12 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
             meta_of[i] = (meta, code)
 
     own_pool = pool is None
-    if own_pool:
-        pool = SandboxPool(workers, sandbox_config(bench, config, timeout))
+    # The problems and samples read above live to the end: kept out of the collector's passes while the jobs run
+    # (the + tasks' inputs are many objects, which every full collection walked again).
+    gc.freeze()
     try:
+        if own_pool:
+            pool = SandboxPool(workers, sandbox_config(bench, config, timeout))
         isolation = isolation_summary(pool)
         ref = bench.reference_work(path, problems, [tid for _, tid, _ in todo])
         if ref.jobs:
@@ -263,8 +267,9 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
                 done[i] = row
                 out.write(row)
     finally:
-        if own_pool:
+        if own_pool and pool is not None:
             pool.close()
+        gc.unfreeze()
     rows = [done[i] for i in sorted(done)]
     write_jsonl(results_path, rows)  # the appended rows, now in sample order
     summary = summarize(bench, rows, problems, ks, isolation,
