@@ -41,14 +41,15 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     if not random:
         return logits.argmax(-1)
     greedy = temperature <= 0
-    x = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
-    w = torch.exp(x - x.amax(-1, keepdim=True))
+    w = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    top, argmax = w.max(-1, keepdim=True)  # a greedy row's w is its logits: its argmax is the greedy token
+    w = w.sub_(top).exp_()  # in place: one [B, V] buffer
     if filtered:
-        w = w * keep_top_k_top_p(w, top_k, top_p, any_top_k)
-    cdf = w.cumsum(-1)
+        w = torch.where(keep_top_k_top_p(w, top_k, top_p, any_top_k), w, 0.0)
+    cdf = w.cumsum_(-1)
     u = uniform_noise(keys, steps)[:, None] * cdf[:, -1:]
     token = torch.searchsorted(cdf, u).clamp(max=w.shape[-1] - 1)[:, 0]  # first token with cdf >= u
-    return torch.where(greedy, logits.argmax(-1), token)
+    return torch.where(greedy, argmax[:, 0], token)
 
 
 def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True) -> torch.Tensor:
@@ -73,13 +74,51 @@ def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, 
 
 def _keep_prefix(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, by_count: bool) -> torch.Tensor:
     """Tokens of the shortest by-w-descending prefix whose `weight` (ones when `by_count`, else w itself) sums to
-    `target` `[B]` (inf: all tokens)."""
+    `target` `[B]` (inf: all tokens). On CUDA by the radix select (no host sync, so decode steps stay capturable as
+    CUDA graphs); elsewhere by one histogram and a sort of the boundary bucket (`_keep_prefix_bucket`)."""
+    if not w.is_cuda:
+        return _keep_prefix_bucket(w, weight, target)
     bits = w.view(torch.int32)  # w >= 0: the bit patterns order like the floats
     tau, above = _radix_select(bits, weight, target[:, None])
     tau_weight = 1.0 if by_count else tau.view(torch.float32)
     tie = bits == tau
     tie_rank = tie.cumsum(-1, dtype=torch.int32) - 1  # j: ties before this one, in token order
     return (bits > tau) | (tie & (above + tie_rank * tau_weight < target[:, None]))
+
+
+def _keep_prefix_bucket(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`_keep_prefix` for the CPU, where a host sync costs nothing: one histogram of `weight` over the top bits of
+    w's bit pattern (w <= 1: 7 exponent + 4 mantissa bits, buckets 1/16 of an octave wide) finds the bucket where
+    the mass from the top reaches the target; every token above it is kept, every token below it is not, and the
+    tokens of that bucket (a few hundred a row even when the nucleus is most of the vocabulary) are sorted, stably,
+    so ties keep token order, and kept while the mass before them is below the target."""
+    B, V = w.shape
+    n = 1 << 11
+    # each token's bucket, counted from the heaviest down (w <= 1: the top bits are at most 2032), in row b's
+    # stretch [b * n, (b + 1) * n) of one histogram, so that a plain cumsum is the mass at or above a bucket
+    idx = torch.arange(n - 1, B * n, n, dtype=torch.int32)[:, None] - (w.view(torch.int32) >> 19)
+    hist = torch.zeros(B * n, dtype=weight.dtype).index_add_(0, idx.view(-1), weight.view(-1)).view(B, n)
+    upto = hist.cumsum(-1)
+    first = (upto < target[:, None]).sum(-1, keepdim=True)  # the first bucket reaching the target; n: none does
+    at = first.clamp(max=n - 1)
+    above = upto.gather(-1, at) - hist.gather(-1, at)  # the mass of the buckets above it
+    edge = (first + torch.arange(0, B * n, n)[:, None]).int()  # as an idx (past the row's stretch: none)
+    keep = idx < edge
+    flat = (idx == edge).view(-1).nonzero()[:, 0]  # the bucket's tokens, row by row, in token order
+    if flat.numel():
+        rows = flat // V
+        count = torch.bincount(rows, minlength=B)
+        pos = torch.arange(flat.numel()) - (count.cumsum(0) - count)[rows]
+        pad = torch.full((B, int(count.max())), -1.0)  # sorts after every weight
+        pad[rows, pos] = w.view(-1)[flat]
+        at = torch.zeros(pad.shape, dtype=torch.long)
+        at[rows, pos] = flat
+        pad, order = pad.sort(dim=-1, descending=True, stable=True)
+        at = at.gather(-1, order)
+        real = pad >= 0
+        mass = torch.where(real, weight.view(-1)[at], 0).to(above.dtype)
+        keep.view(-1)[at[real & (above + mass.cumsum(-1) - mass < target[:, None])]] = True
+    return keep
 
 
 def _digits(V: int) -> list[tuple[int, int]]:
