@@ -122,11 +122,13 @@ def kept_set_sorted(logits, top_k, top_p):
     return out
 
 
+@pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("ties", [False, True])
-def test_sort_free_sets_equal_the_sorting_reference(ties):
-    """Every row at once, each with its own top-k / top-p, V = 49152 (the radix select's three passes all matter);
-    with `ties`, logits take 6 values only, so the nucleus boundary falls inside a run of equal weights and the
-    tie rule (lower token id first) decides."""
+def test_sort_free_sets_equal_the_sorting_reference(ties, radix):
+    """Every row at once, each with its own top-k / top-p, V = 49152, by both ways of finding the cut (the radix
+    select's three passes all matter; the CPU's histogram + sorted boundary bucket); with `ties`, logits take 6
+    values only, so the nucleus boundary falls inside a run of equal weights and the tie rule (lower token id first)
+    decides."""
     from wizardcoder.engine.sampler import keep_top_k_top_p
 
     g = torch.Generator().manual_seed(3)
@@ -137,7 +139,7 @@ def test_sort_free_sets_equal_the_sorting_reference(ties):
     top_k = torch.tensor([0, 0, 0, 1, 7, 50, 0, 1000, 0, 20000, 5, 0])
     top_p = torch.tensor([0.95, 0.5, 1.0, 1.0, 1.0, 0.9, 0.01, 0.7, 0.999, 0.8, 0.3, 0.123])
     w = torch.exp(logits - logits.amax(-1, keepdim=True))
-    kept = keep_top_k_top_p(w, top_k, top_p)
+    kept = keep_top_k_top_p(w, top_k, top_p, radix=radix)
     for b in range(B):
         ref = kept_set_sorted(logits[b], int(top_k[b]), float(top_p[b]))
         assert torch.equal(kept[b], ref), (b, int(kept[b].sum()), int(ref.sum()))

@@ -44,23 +44,32 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     w = logits / torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     top, argmax = w.max(-1, keepdim=True)  # a greedy row's w is its logits: its argmax is the greedy token
     w = w.sub_(top).exp_()  # in place: one [B, V] buffer
-    if filtered:
+    if filtered and w.is_cuda:  # no host sync: decode steps stay capturable as CUDA graphs
         w = torch.where(keep_top_k_top_p(w, top_k, top_p, any_top_k), w, 0.0)
+    elif filtered:
+        cut_top_k_top_p_(w, top_k, top_p, any_top_k)
     cdf = w.cumsum_(-1)
     u = uniform_noise(keys, steps)[:, None] * cdf[:, -1:]
     token = torch.searchsorted(cdf, u).clamp(max=w.shape[-1] - 1)[:, 0]  # first token with cdf >= u
     return torch.where(greedy, argmax[:, 0], token)
 
 
-def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True) -> torch.Tensor:
-    """Which tokens survive top-k then top-p, `[B, V]` bool, for non-negative weights w `[B, V]` (probabilities up
-    to a factor per row); top_k `[B]` (0: off), top_p `[B]` (1: off).
+def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True,
+                     radix: bool | None = None) -> torch.Tensor:
+    """Which tokens survive top-k then top-p, `[B, V]` bool, for weights w `[B, V]` in [0, 1] (softmax numerators
+    exp(x - max), or probabilities); top_k `[B]` (0: off), top_p `[B]` (1: off).
 
     Both are "the shortest prefix of the tokens sorted by weight (ties: lower token id first) whose size reaches k /
     whose mass reaches p", and such a prefix is fixed by its last token's weight tau plus how many of tau's ties it
-    takes. `_radix_select` finds tau without a sort; tie j (in token order) is kept iff what the prefix holds before
-    it, above + j * tau_weight, is below the target (the reference's `before < top_p`). Ties are ties of w in fp32
-    (two logits whose exp rounds to one float tie, where the reference, sorting logits / T, would order them)."""
+    takes: tie j (in token order) is kept iff what the prefix holds before it is below the target (the reference's
+    `before < top_p`). Ties are ties of w in fp32 (two logits whose exp rounds to one float tie, where the
+    reference, sorting logits / T, would order them). `radix` (default: on CUDA) finds tau by `_radix_select`,
+    with no host sync; otherwise `cut_top_k_top_p_` finds it (one host sync)."""
+    if not (w.is_cuda if radix is None else radix):
+        tau, drop = cut_top_k_top_p_(w.clone(), top_k, top_p, any_top_k)
+        keep = w.view(torch.int32) >= tau
+        keep.view(-1)[drop] = False
+        return keep
     inf = torch.full_like(top_p, float("inf"))
     keep = None
     if any_top_k:
@@ -74,10 +83,8 @@ def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, 
 
 def _keep_prefix(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, by_count: bool) -> torch.Tensor:
     """Tokens of the shortest by-w-descending prefix whose `weight` (ones when `by_count`, else w itself) sums to
-    `target` `[B]` (inf: all tokens). On CUDA by the radix select (no host sync, so decode steps stay capturable as
-    CUDA graphs); elsewhere by one histogram and a sort of the boundary bucket (`_keep_prefix_bucket`)."""
-    if not w.is_cuda:
-        return _keep_prefix_bucket(w, weight, target)
+    `target` `[B]` (inf: all tokens), by the radix select: tau, then tie j (in token order) is kept iff
+    above + j * tau_weight < target."""
     bits = w.view(torch.int32)  # w >= 0: the bit patterns order like the floats
     tau, above = _radix_select(bits, weight, target[:, None])
     tau_weight = 1.0 if by_count else tau.view(torch.float32)
@@ -86,39 +93,68 @@ def _keep_prefix(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, by
     return (bits > tau) | (tie & (above + tie_rank * tau_weight < target[:, None]))
 
 
-def _keep_prefix_bucket(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`_keep_prefix` for the CPU, where a host sync costs nothing: one histogram of `weight` over the top bits of
-    w's bit pattern (w <= 1: 7 exponent + 4 mantissa bits, buckets 1/16 of an octave wide) finds the bucket where
-    the mass from the top reaches the target; every token above it is kept, every token below it is not, and the
-    tokens of that bucket (a few hundred a row even when the nucleus is most of the vocabulary) are sorted, stably,
-    so ties keep token order, and kept while the mass before them is below the target."""
+def cut_top_k_top_p_(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True):
+    """Zero, in place, the weights w `[B, V]` (in [0, 1]) of the tokens outside top-k then top-p (the sets of
+    `keep_top_k_top_p`); returns the cut: the kept tokens are those with w's bit pattern >= tau `[B, 1]` int32,
+    less `drop` (flat indices into w of tau's ties past the prefix). With one host sync, so for the CPU."""
+    inf = torch.full_like(top_p, float("inf"), dtype=torch.float64)
+    tau, drop = torch.zeros(w.shape[0], 1, dtype=torch.int32), torch.zeros(0, dtype=torch.long)
+    if any_top_k:
+        tau, drop = _cut_prefix_(w, None, torch.where(top_k > 0, top_k.double(), inf))
+    # the nucleus of what top-k left, mass summed in fp64: over 49152 tokens fp32 sums drift by more than a
+    # boundary token's weight
+    tau_p, drop_p = _cut_prefix_(w, w.double(), torch.where(top_p < 1, top_p.double(), inf))
+    return torch.maximum(tau, tau_p), torch.cat([drop, drop_p])
+
+
+def _cut_prefix_(w: torch.Tensor, mass: torch.Tensor | None, limit: torch.Tensor):
+    """Zero, in place, the weights of the tokens past the shortest by-w-descending prefix holding `limit` `[B]`
+    fp64 tokens (`mass` None) or the share `limit` of the row's `mass` (inf: all tokens); returns (tau, drop) as
+    `cut_top_k_top_p_`.
+
+    One histogram over the top 12 bits of w's bit pattern (w <= 1: 7 exponent + 4 mantissa bits, buckets 1/16 of
+    an octave wide) finds the bucket where the count / mass from the top reaches the target. Every token above it is
+    kept and every token below it is not; the tokens of that bucket (a few hundred a row even when the nucleus is
+    most of the vocabulary) are sorted, stably, so ties keep token order, and kept while what comes before them is
+    below the target. Then the weights are cut by integer ops on their bit patterns, in place."""
     B, V = w.shape
     n = 1 << 11
-    # each token's bucket, counted from the heaviest down (w <= 1: the top bits are at most 2032), in row b's
-    # stretch [b * n, (b + 1) * n) of one histogram, so that a plain cumsum is the mass at or above a bucket
-    idx = torch.arange(n - 1, B * n, n, dtype=torch.int32)[:, None] - (w.view(torch.int32) >> 19)
-    hist = torch.zeros(B * n, dtype=weight.dtype).index_add_(0, idx.view(-1), weight.view(-1)).view(B, n)
+    bits = w.view(torch.int32)  # w >= 0: the bit patterns order like the floats
+    # each token's bucket, counted from the heaviest down (w <= 1: its top bits are at most 2032), in row b's
+    # stretch [b * n, (b + 1) * n) of one histogram, so that a plain cumsum is what lies at or above a bucket
+    idx = (bits >> 19).neg_().add_(torch.arange(n - 1, B * n, n, dtype=torch.int32)[:, None])
+    if mass is None:
+        hist = torch.bincount(idx.view(-1), minlength=B * n).view(B, n).double()
+    else:
+        hist = torch.zeros(B * n, dtype=mass.dtype).index_add_(0, idx.view(-1), mass.view(-1)).view(B, n)
     upto = hist.cumsum(-1)
+    target = limit if mass is None else limit * upto[:, -1]  # inf * total: inf
     first = (upto < target[:, None]).sum(-1, keepdim=True)  # the first bucket reaching the target; n: none does
     at = first.clamp(max=n - 1)
-    above = upto.gather(-1, at) - hist.gather(-1, at)  # the mass of the buckets above it
-    edge = (first + torch.arange(0, B * n, n)[:, None]).int()  # as an idx (past the row's stretch: none)
-    keep = idx < edge
+    above = upto.gather(-1, at) - hist.gather(-1, at)  # what the buckets above it hold
+    edge = (first + torch.arange(0, B * n, n)[:, None]).int()  # as an idx (n: past the row's stretch, no token)
     flat = (idx == edge).view(-1).nonzero()[:, 0]  # the bucket's tokens, row by row, in token order
+    tau, drop = torch.zeros(B, 1, dtype=torch.int32), flat[:0]
     if flat.numel():
         rows = flat // V
         count = torch.bincount(rows, minlength=B)
         pos = torch.arange(flat.numel()) - (count.cumsum(0) - count)[rows]
-        pad = torch.full((B, int(count.max())), -1.0)  # sorts after every weight
-        pad[rows, pos] = w.view(-1)[flat]
-        at = torch.zeros(pad.shape, dtype=torch.long)
-        at[rows, pos] = flat
+        pad = torch.full((B, int(count.max())), -1, dtype=torch.int32)  # sorts after every weight
+        pad[rows, pos] = bits.view(-1).index_select(0, flat)
+        ids = torch.zeros(pad.shape, dtype=torch.long)
+        ids[rows, pos] = flat
         pad, order = pad.sort(dim=-1, descending=True, stable=True)
-        at = at.gather(-1, order)
+        ids = ids.gather(-1, order)
         real = pad >= 0
-        mass = torch.where(real, weight.view(-1)[at], 0).to(above.dtype)
-        keep.view(-1)[at[real & (above + mass.cumsum(-1) - mass < target[:, None])]] = True
-    return keep
+        held = real.double() if mass is None else torch.where(real, mass.view(-1)[ids], 0.0)
+        take = real & (above + held.cumsum(-1) - held < target[:, None])  # a prefix of each row
+        last = pad.gather(-1, (take.sum(-1, keepdim=True) - 1).clamp(min=0))
+        tau = torch.where(count[:, None] > 0, last, 0)
+        drop = ids[real & ~take & (pad == tau)]
+    # w *= bits >= tau, as bits &= ~((bits - tau) >> 31) (all ones when kept, zero when not), reusing idx
+    bits.bitwise_and_(torch.sub(bits, tau, out=idx).bitwise_right_shift_(31).bitwise_not_())
+    w.view(-1).index_fill_(0, drop, 0.0)
+    return tau, drop
 
 
 def _digits(V: int) -> list[tuple[int, int]]:
