@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m bench.bench_generate            # CPU proxy (small model) or, with CUDA, the 1B shape
     PYTHONPATH=. python -m bench.bench_generate --quick    # a smoke run (seconds)
     PYTHONPATH=. python -m bench.bench_generate --case passk   # the pass@k workload alone
-    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops dispatched by one decode step (CPU)
+    PYTHONPATH=. python -m bench.bench_generate --case ops     # aten ops of one decode step, torch and Triton paths
     PYTHONPATH=. python -m bench.bench_generate --case deterministic   # the cost of Engine(deterministic=True)
 
 Cases (EOS disabled, so each sample's length is set by the workload and both sides generate the same tokens; the
@@ -12,6 +12,8 @@ counts are checked before any time is reported):
   so prefill is not counted. On CUDA also the weight-bandwidth floor: model bytes / measured device copy bandwidth.
 - `n=200`: 200 samples of one 256-token prompt, top-p sampling (T=0.8, p=0.95). Ours: the prompt prefilled once into
   a shared prompt slot, 200 slots. HF: the prompt repeated per sample, batches of `hf_batch` (200 on CPU, 128 on CUDA).
+  On CUDA ours runs twice, in turns with HF: its decode attention as the Triton cascade kernel (the default there)
+  and as the torch cascade (`_engines`: the same model, prefill and sampler).
 - `mixed`: prompts of 64-256 tokens with n=8 samples each whose lengths differ widely (per-request max_new_tokens,
   drawn from a long-tailed distribution), the case continuous batching is for. Ours: every sample has its own
   length and a finished slot is refilled at once. HF: static batches of the same size in the same order, each
@@ -19,7 +21,8 @@ counts are checked before any time is reported):
   useful tokens only (each sample's own length), the same total for both.
 - `pass@k` (`--case passk`, alone): the paper's evaluation workload, 20 samples of one 256-token prompt, top-p 0.95,
   T 0.8, 64 new tokens, on a 4-layer d512 model with StarCoder's 49152-token vocabulary (the LM head and the top-p
-  filter dominate). HF: one batch of 20.
+  filter dominate). HF: one batch of 20. On CUDA (bf16) it also ends the default run, with both decode attention
+  paths as in `n=200`.
 Correctness gate first: greedy tokens of ours and HF on one prompt must agree (fp32: exactly; half precision: the
 match length is reported).
 """
@@ -73,9 +76,23 @@ def _copy_bandwidth(device) -> float:
     return 2 * x.numel() * x.element_size() / t
 
 
+def _engines(model, **kw) -> dict:
+    """The engine as it runs (its decode attention: the Triton cascade kernel on CUDA) and, where that is the kernel,
+    a second one on the torch cascade path: the A/B of the decode attention alone (same model, prefill, sampler)."""
+    engines = {"ours": Engine(model, **kw)}
+    if engines["ours"].runner.cache.decode_backend == "triton":
+        engines["torch cascade"] = Engine(model, **kw)
+        engines["torch cascade"].runner.cache.decode_backend = "torch"
+    return engines
+
+
+def _impl(eng: Engine) -> str:
+    return f"wizardcoder engine ({eng.runner.cache.decode_backend} cascade)"
+
+
 def run_passk(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
-    """The pass@k workload alone (see the module docstring); both sides draw samples x new tokens; medians of `reps`
-    interleaved runs."""
+    """The pass@k workload alone (see the module docstring); every side draws samples x new tokens; medians of `reps`
+    interleaved runs. On CUDA the engine runs twice: Triton cascade kernel and torch cascade."""
     from bench.bench_model import _hf_from_ours
 
     cfg = StarCoderConfig(n_positions=1024, n_embd=512, n_layer=4, n_head=8, vocab_size=49152)
@@ -83,22 +100,25 @@ def run_passk(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
     hf = _hf_from_ours(ours).eval()
     prompt = torch.randint(0, cfg.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     params = SamplingParams(n=samples, temperature=0.8, top_p=0.95, max_new_tokens=new, seed=1)
-    eng = Engine(ours, max_slots=samples, max_len=256 + new)
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    ours, hf = ours.to(device, dtype), hf.to(device, dtype)
+    engines = _engines(ours, max_slots=samples, max_len=256 + new)
     with torch.inference_mode():
-        eng.generate([prompt[0].tolist()], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))
-        _hf_generate(hf, prompt, 2, sample=True)  # warm-up both
+        for eng in engines.values():  # warm-up every side
+            eng.generate([prompt[0].tolist()], SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=4))
+        _hf_generate(hf, prompt.to(device), 2, sample=True)
         out, res = [], []
-        t = _interleaved({"ours": lambda: out.append(eng.generate([prompt[0].tolist()], params)),
-                          "hf": lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1), new, sample=True))},
-                         reps)
-        t_ours, t_hf = t["ours"], t["hf"]
+        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params)))
+               for name, eng in engines.items()}
+        fns["hf"] = lambda: res.append(_hf_generate(hf, prompt.expand(samples, -1).to(device), new, sample=True))
+        t = _interleaved(fns, reps)
         assert all(sum(len(c.token_ids) for c in o[0]) == samples * new for o in out)
         assert all(r.shape == (samples, 256 + new) for r in res)
     case = f"pass@k: n={samples} of one 256-token prompt, {new} new, top-p 0.95 T 0.8, V 49152, 4 x d512"
-    return [{"bench": "generate", "case": case, "impl": "HF transformers generate", "tok_per_s": samples * new / t_hf,
-             "seconds": t_hf, "vs_HF": 1.0},
-            {"bench": "generate", "case": case, "impl": "wizardcoder engine", "tok_per_s": samples * new / t_ours,
-             "seconds": t_ours, "vs_HF": t_hf / t_ours}]
+    return [{"bench": "generate", "case": case, "impl": "HF transformers generate",
+             "tok_per_s": samples * new / t["hf"], "seconds": t["hf"], "vs_HF": 1.0}] + [
+        {"bench": "generate", "case": case, "impl": _impl(eng), "tok_per_s": samples * new / t[name],
+         "seconds": t[name], "vs_HF": t["hf"] / t[name]} for name, eng in engines.items()]
 
 
 def run_deterministic_cost(samples: int = 20, new: int = 64, reps: int = 3) -> list[dict]:
@@ -121,12 +141,18 @@ def run_deterministic_cost(samples: int = 20, new: int = 64, reps: int = 3) -> l
 
 
 def run_op_count() -> list[dict]:
-    """Aten ops dispatched by one decode step on CPU (the runner's `decode_step`, 8 rows sharing one prompt, top-p),
-    counted with a TorchDispatchMode; per layer = (ops at 4 layers - ops at 2 layers) / 2, the rest is the step's
-    embedding, LM head, sampler and state update."""
+    """Aten ops dispatched by one decode step (the runner's `decode_step`, 8 rows sharing one prompt, top-p), counted
+    with a TorchDispatchMode, on each decode attention path: the torch cascade (attn_backend torch) and the Triton
+    kernel (attn_backend triton; on CPU in the interpreter, where the launch is one custom op and the interpreter's
+    own work is not counted). Per layer = (ops at 4 layers - ops at 2 layers) / 2, with the ops named; the rest is
+    the step's embedding, LM head, sampler and state update."""
+    import os
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not torch.cuda.is_available():  # before the kernel file is first imported (Triton reads it at decoration)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -137,20 +163,26 @@ def run_op_count() -> list[dict]:
             self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    totals = {}
-    for layers in (2, 4):
-        model = StarCoder.from_config(StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers}), seed=0).eval()
-        eng = Engine(model, max_slots=8, max_len=128, sync_every=1)
-        with torch.inference_mode():
-            eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
-            eng.step()  # admit + prefill + one step; the next step is a plain decode step
-            with Count() as c:
-                eng.runner.decode_step()
-        totals[layers] = c.ops
-    per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
-    rest = sum(totals[2].values()) - 2 * per_layer
-    return [{"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
-             "impl": "wizardcoder engine", "ops_per_layer": per_layer, "ops_outside_layers": rest}]
+    rows = []
+    for backend, impl in (("torch", "torch cascade"), ("triton", "Triton cascade kernel")):
+        totals = {}
+        for layers in (2, 4):
+            cfg = StarCoderConfig(**{**CPU_SHAPE, "n_layer": layers, "attn_backend": backend})
+            eng = Engine(StarCoder.from_config(cfg, seed=0).eval(), max_slots=8, max_len=128, sync_every=1)
+            assert eng.runner.cache.decode_backend == backend
+            with torch.inference_mode():
+                eng.add_request(list(range(1, 40)), SamplingParams(n=8, temperature=0.8, top_p=0.95, max_new_tokens=20))
+                eng.step()  # admit + prefill + one step; the next step is a plain decode step
+                with Count() as c:
+                    eng.runner.decode_step()
+            totals[layers] = c.ops
+        per_layer = (sum(totals[4].values()) - sum(totals[2].values())) / 2
+        named = {op: (totals[4][op] - totals[2][op]) // 2 for op in totals[4]}
+        rows.append({"bench": "generate", "case": "aten ops of one decode step (8 rows, shared prompt, top-p)",
+                     "impl": f"wizardcoder engine, {impl}", "ops_per_layer": per_layer,
+                     "ops_outside_layers": sum(totals[2].values()) - 2 * per_layer,
+                     "layer_ops": ", ".join(f"{op.split('.')[-1]} {n}" for op, n in sorted(named.items()) if n)})
+    return rows
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -210,10 +242,11 @@ def run(quick: bool = False) -> list[dict]:
         # ---- n samples of one 256-token prompt
         prompt = torch.randint(0, V, (1, 256), generator=g)
         params = SamplingParams(n=n, temperature=0.8, top_p=0.95, max_new_tokens=n_new, seed=1)
-        eng = Engine(ours, max_slots=slots, max_len=256 + n_new)
+        engines = _engines(ours, max_slots=slots, max_len=256 + n_new)
         out = []
         # warm-up: on CUDA the whole workload once (each decode shape is captured as a graph on its second use)
-        eng.generate([prompt[0].tolist()], params if cuda else SamplingParams(n=8, max_new_tokens=n_new))
+        for eng in engines.values():
+            eng.generate([prompt[0].tolist()], params if cuda else SamplingParams(n=8, max_new_tokens=n_new))
 
         def hf_n():
             done = 0
@@ -224,13 +257,15 @@ def run(quick: bool = False) -> list[dict]:
                 done += bs
 
         _hf_generate(hf, prompt.to(device), 2, sample=True)  # warm-up
-        t = _interleaved({"ours": lambda: out.append(eng.generate([prompt[0].tolist()], params)), "hf": hf_n},
-                         1 if quick else 3)
-        t_ours, t_hf = t["ours"], t["hf"]
+        fns = {name: (lambda e=eng: out.append(e.generate([prompt[0].tolist()], params)))
+               for name, eng in engines.items()}
+        t = _interleaved({**fns, "hf": hf_n}, 1 if quick else 3)
+        t_hf = t["hf"]
         assert all(sum(len(c.token_ids) for c in o[0]) == n * n_new for o in out)
         case = f"n={n} of one 256-token prompt, {n_new} new, top-p (HF batch {hf_batch}, ours {slots} slots)"
         row(case, "HF transformers generate", tok_per_s=n * n_new / t_hf, seconds=t_hf, vs_HF=1.0)
-        row(case, "wizardcoder engine", tok_per_s=n * n_new / t_ours, seconds=t_ours, vs_HF=t_hf / t_ours)
+        for name, eng in engines.items():
+            row(case, _impl(eng), tok_per_s=n * n_new / t[name], seconds=t[name], vs_HF=t_hf / t[name])
 
         # ---- mixed lengths
         lengths = torch.randint(64, 257, (mixed_prompts,), generator=g).tolist()
@@ -269,6 +304,8 @@ def run(quick: bool = False) -> list[dict]:
                 f"batch {batch}")
         row(case, "HF transformers generate (static batches)", tok_per_s=useful / t_hf, seconds=t_hf, vs_HF=1.0)
         row(case, "wizardcoder engine", tok_per_s=useful / t_ours, seconds=t_ours, vs_HF=t_hf / t_ours)
+    if cuda and not quick:  # the pass@k workload too, so one GPU run has both decode attention paths on both
+        rows += run_passk()
     return rows
 
 
@@ -283,5 +320,5 @@ if __name__ == "__main__":
          else run_deterministic_cost() if "deterministic" in sys.argv
          else run(quick="--quick" in sys.argv))
     print_table(r, ["case", "impl", "ms_per_step", "tok_per_s", "seconds", "vs_HF", "ours_over_floor", "ops_per_layer",
-                    "ops_outside_layers", "vs_default"])
+                    "ops_outside_layers", "layer_ops", "vs_default"])
     save_rows(r, "generate")

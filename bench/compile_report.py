@@ -1,17 +1,19 @@
-"""Registers, spills and shared memory of every training-path Triton kernel, compiled for Hopper (sm_90a) and Ampere
-(sm_80) without a GPU: Triton's compiler down to PTX, then its bundled ptxas with -v.
+"""Registers, spills and shared memory of every training-path Triton kernel and of the engine's decode attention
+kernel, compiled for Hopper (sm_90a) and Ampere (sm_80) without a GPU: Triton's compiler down to PTX, then its bundled
+ptxas with -v.
 
     python -m bench.compile_report [--json] [--defaults] [--arch 90 80] [--model starcoderbase-1b codellama-34b]
 
-One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, spill_bytes, shared_bytes, default
-(the config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. `--model` takes presets of
-either family (default: StarCoderBase-1B, StarCoder-15B, CodeLlama-7B, CodeLlama-34B). Each kernel is compiled with
-the arguments of a real training launch at the model's shapes (1 pack of 2048 tokens per micro-batch, bf16; MQA or
-GQA with head dim 128; StarCoder's add+LayerNorm and bias-GELU, Llama's add+RMSNorm, RoPE on q and on k, and
-SwiGLU), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
+One row per compile: kernel, dtype, head_dim, num_warps, num_stages, registers, spill_bytes, shared_bytes, default (the
+config used with autotuning off, WIZARDCODER_AUTOTUNE=0), plus the model and arch. `--model` takes presets of either
+family (default: StarCoderBase-1B, StarCoder-15B, CodeLlama-7B, CodeLlama-34B). Each kernel is compiled with the
+arguments of a real training launch at the model's shapes (1 pack of 2048 tokens per micro-batch, bf16; MQA or GQA with
+head dim 128; StarCoder's add+LayerNorm and bias-GELU, Llama's add+RMSNorm, RoPE on q and on k, and SwiGLU; and the
+engine's cascade decode attention at its launch tile, `decode_attention.tiles`, over 200 sample rows of one prompt in
+the cache's layout), so the compiler sees what the launcher gives it: the 16-byte divisibility hints of aligned pointers
 and of integer arguments that are multiples of 16, and integer arguments equal to 1 specialised away. The attention
-kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with the one
-config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
+kernels are compiled once per config of the architecture's autotune list (`flash_attention.CUDA_TILES`), the others with
+the one config their launcher uses. Spill bytes are ptxas's spill stores (per thread); shared bytes are Triton's dynamic
 shared memory per program (Hopper allows 227 KB, Ampere 163 KB).
 """
 from __future__ import annotations
@@ -121,7 +123,25 @@ def launches(model: str, arch: int = 90, dtype: str = "bf16") -> list[Launch]:
                            ignore_index=-100), dict(BLOCK_V=4096), 16, 3, "4096"))
     out.append(Launch("cross_entropy_scale", ce._scale_kernel, dict(X=ptr, SCALE=f32, numel=V * E),
                       dict(BLOCK=1024), 4, 3, "1024"))
+    out.append(_decode_launch(cfg, ptr, q_t))
     return out
+
+
+def _decode_launch(cfg, ptr: str, q_stride: int, rows: int = 200) -> Launch:
+    """The engine's cascade decode attention (kernels/decode_attention.py) as the cache launches it: q a view of the
+    attention's q (row stride `q_stride`), K/V the cache's whole buffers (max_len = the model's positions), `rows`
+    samples of one prompt in one group."""
+    from wizardcoder.kernels import decode_attention as da
+
+    Hq, Hkv, D, L = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_positions
+    t = da.tiles(Hq // Hkv, D)
+    kv = dict(pk_ptr=ptr, pv_ptr=ptr, rk_ptr=ptr, rv_ptr=ptr, sp_p=Hkv * L * D, sp_h=L * D, sp_l=D, sr_b=Hkv * L * D,
+              sr_h=L * D, sr_l=D)
+    args = dict(q_ptr=ptr, plen_ptr="*i64", groups_ptr="*i64", gslot_ptr="*i64", rlen_ptr="*i64", out_ptr=ptr,
+                sq_b=q_stride, sq_h=D, so_b=Hq * D, so_h=D, W=rows, scale=D ** -0.5, **kv)
+    consts = dict(G=Hq // Hkv, GP=t["GP"], D=D, ROWS=t["ROWS"], BLOCK_N=t["BLOCK_N"], BLOCK_R=t["BLOCK_R"], PREC=None)
+    return Launch("decode_attention", da._cascade_kernel, args, consts, t["num_warps"], t["num_stages"],
+                  f"{t['ROWS']}x{t['GP']}, {t['BLOCK_N']}/{t['BLOCK_R']}")
 
 
 def _row_launches(cfg, ptr: str, fwd, bwd, name: str, extra: dict) -> list[Launch]:

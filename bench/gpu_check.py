@@ -59,10 +59,12 @@ PY = sys.executable
 # (the first of its list, spill-free by tests/test_kernels_compile.py), so a new test shape does not autotune again
 # and the benchmarks measure the tile the trainer uses when it does not autotune. The limits are those of the first
 # H200 run (2026-12-04): kernel tests 72 s, GPU tests 23-30 s, kernels 27 s; generate, train and model together 165 s
-# once each builds its 1B models on the device.
+# once each builds its 1B models on the device. Since then generate also runs the engine with its torch cascade decode
+# attention beside the Triton kernel (n=200) and the pass@k workload (about 13 s more, from the kernels bench's
+# slack), and the kernel tests compile the decode attention kernel at 4 shapes x 3 dtypes (2 s more).
 NO_TUNE = {"WIZARDCODER_AUTOTUNE": "0"}
 STEPS: list[Step] = [
-    Step("kernel-tests", _pytest("8") + ["--junitxml={out}/kernel-tests.xml", *KERNEL_TESTS], 80,
+    Step("kernel-tests", _pytest("8") + ["--junitxml={out}/kernel-tests.xml", *KERNEL_TESTS], 82,
          dry_cmd=_pytest("2") + ["--junitxml={out}/kernel-tests.xml", os.path.join("tests", "test_kernels_attention.py"),
                                  "-k", "documents_do_not or batched_torch"], env=NO_TUNE),
     # On CPU every GPU test is collected and skipped: the dry run checks the collection (optional deps included).
@@ -70,13 +72,13 @@ STEPS: list[Step] = [
          + [f"--ignore={t}" for t in KERNEL_TESTS], 40,
          dry_cmd=_pytest("0") + ["-m", "gpu", "--junitxml={out}/gpu-tests.xml", "tests"]
          + [f"--ignore={t}" for t in KERNEL_TESTS], env=NO_TUNE),
-    Step("kernels", [PY, "-m", "bench.bench_kernels"], 45, dry_cmd=[PY, "-m", "bench.bench_kernels", "--quick"],
+    Step("kernels", [PY, "-m", "bench.bench_kernels"], 35, dry_cmd=[PY, "-m", "bench.bench_kernels", "--quick"],
          env=NO_TUNE, bench="kernels"),
     Step("train", [PY, "-m", "bench.bench_train"], 80, dry_cmd=[PY, "-m", "bench.bench_train", "--quick"],
          env=NO_TUNE, bench="train"),
     Step("model", [PY, "-m", "bench.bench_model"], 60, dry_cmd=[PY, "-m", "bench.bench_model", "--quick"],
          env=NO_TUNE, bench="model"),
-    Step("generate", [PY, "-m", "bench.bench_generate"], 80, dry_cmd=[PY, "-m", "bench.bench_generate", "--quick"],
+    Step("generate", [PY, "-m", "bench.bench_generate"], 88, dry_cmd=[PY, "-m", "bench.bench_generate", "--quick"],
          bench="generate"),
     Step("roofline", [PY, "-m", "bench.roofline"], 25, dry_cmd=[PY, "-m", "bench.roofline", "--quick"],
          needs="bench.roofline", bench="roofline"),

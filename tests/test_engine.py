@@ -48,6 +48,39 @@ def test_greedy_matches_transformers_generate(model, tmp_path):
         assert all(c.token_ids == ref and c.finish_reason == "length" for c in per_prompt)
 
 
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_triton_decode_path_matches_the_torch_path_and_transformers(tmp_path, multi_query):
+    """The engine end to end on the Triton cascade kernel (attn_backend="triton"; on CPU in the interpreter): the
+    same greedy tokens as its torch path and as HF transformers, for a shared prompt with several samples (a slot
+    group wider than a kernel program's rows), prompts of mixed lengths, rows holding their prompt themselves (n=1,
+    and a one-token prompt, which is never shared), and rows refilled mid-way (more samples than slots, different
+    lengths), with free rows inside the step's rows. MQA (4 query heads per K/V head) and MHA (1); head_dim 16."""
+    pytest.importorskip("triton")
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(vocab_size=211, n_positions=128, n_embd=64, n_layer=2, n_head=4, multi_query=multi_query,
+               initializer_range=0.2)  # large weights: greedy tokens that vary, so attention errors would show
+    ours = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).eval()
+            for b in ("triton", "torch")}
+    ours["torch"].save_pretrained(str(tmp_path))
+    hf = transformers.GPTBigCodeForCausalLM.from_pretrained(str(tmp_path)).eval()
+    prompts = PROMPTS + [[3, 1], [9] * 20]
+    news = [14, 9, 20, 6, 11, 17]
+    refs = [hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=k,
+                        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+            for p, k in zip(prompts, news)]
+    assert len({t for r in refs for t in r}) > 10
+    params = [SamplingParams(n=n, max_new_tokens=k) for n, k in zip([5, 2, 1, 3, 1, 2], news)]
+    out = {}
+    for backend, model in ours.items():
+        engine = Engine(model, max_slots=4, max_prompts=2, sync_every=3)
+        assert engine.runner.cache.decode_backend == backend
+        engine.scheduler.pow2_rows = True  # as on CUDA: steps also cover free rows (rows in use, rounded up)
+        out[backend] = tokens(engine.generate(prompts, params))
+    assert out["triton"] == out["torch"]
+    for ref, per_prompt in zip(refs, out["triton"]):
+        assert per_prompt == [ref] * len(per_prompt)
+
+
 def cascade_inputs(q, pk, prefix_len, row_prefix, row_len, Lr):
     """What the cache hands cascade_decode_attention: biases, the rows of each slot and each row's place there."""
     P, Lp = pk.shape[0], pk.shape[2]
@@ -216,6 +249,31 @@ def test_cuda_graph_steps_match_eager_steps():
     assert tokens(a) == tokens(b) and graphs.runner.graphs  # graphs were captured and replayed
     cpu = Engine(cpu_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)
     assert tokens(Engine(cuda_model, max_slots=4).generate(PROMPTS, [SamplingParams(max_new_tokens=25)] * 4)) == tokens(cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_embd", [64, 256])
+def test_triton_decode_path_matches_the_torch_path_on_cuda(n_embd):
+    """On CUDA the engine's decode attention is the Triton cascade kernel by default (attn_backend auto), each step a
+    captured graph: in fp32 the same greedy and seeded tokens as the torch cascade path (attn_backend="torch") and as
+    the CPU engine, for shared prompts, own-row prompts and rows refilled mid-way; head_dim 16 and 64."""
+    pytest.importorskip("triton")
+    cfg = dict(vocab_size=211, n_positions=128, n_embd=n_embd, n_layer=2, n_head=4, initializer_range=0.2)
+    models = {b: StarCoder.from_config(StarCoderConfig(**cfg, attn_backend=b), seed=11).to("cuda").eval()
+              for b in ("auto", "torch")}
+    params = [SamplingParams(n=3, temperature=0.9, top_p=0.9, max_new_tokens=30, seed=1),
+              SamplingParams(max_new_tokens=25), SamplingParams(n=5, max_new_tokens=40),
+              SamplingParams(n=4, temperature=1.2, top_k=20, max_new_tokens=9, seed=2)]
+    out = {}
+    for b, model in models.items():
+        engine = Engine(model, max_slots=6, max_prompts=2, sync_every=4)
+        assert engine.runner.cache.decode_backend == {"auto": "triton", "torch": "torch"}[b] and engine.runner.graphs_on
+        out[b] = tokens(engine.generate(PROMPTS, params))
+    assert out["auto"] == out["torch"]
+    greedy = [SamplingParams(n=2, max_new_tokens=25), SamplingParams(max_new_tokens=25)] * 2
+    cpu = StarCoder.from_config(StarCoderConfig(**cfg), seed=11).eval()
+    assert tokens(Engine(models["auto"], max_slots=4).generate(PROMPTS, greedy)) == \
+        tokens(Engine(cpu, max_slots=4).generate(PROMPTS, greedy))
 
 
 def test_deterministic_engine_tiles_rows_and_keeps_samples_whatever_shares_the_batch(model):

@@ -157,6 +157,14 @@ def test_report_and_cli_show_pass_at_1_per_library(tmp_path, capsys):
             "  library Scipy: 1 problem  pass@1 100.00\n") in err
     with open(out / "summary.json") as f:
         assert json.load(f)["groups"]["Pandas"] == {"n_tasks": 2, "pass@1": 0.75}
+    # the same scoring as a `run` stage: its report has the table per library
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[evaluate]\ntask = "ds1000-insertion"\ndata = "{RELEASE_2022}"\n'
+                   f'samples = "{tmp_path / "s.jsonl"}"\nk = [1]\nworkers = 2\nprogress = false\n')
+    assert main(["run", str(cfg)]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert ("### DS-1000 (insertion): pass@k per library\n\n| library | problems | pass@1 | not run |\n|---|---|---|---|\n"
+            "| Pandas | 2 | 0.75 |  |\n| Numpy | 1 | 1 |  |\n| Scipy | 1 | 1 |  |\n") in report, report
 
 
 def test_threads_are_limited_inside_the_sandbox(pool):

@@ -56,7 +56,21 @@ COMPILED = ("cpp", "java", "rs", "go")  # a compile error is `syntax_error`; nod
 def hostile(lang: str, port: int, outside: str) -> dict[str, dict]:
     """{name: sample} of attacks on strlen (PHP: add) whose program passes only if the attack succeeds."""
     task = ADD if lang == "php" else STRLEN
-    return {name: {"task_id": task, **sample} for name, sample in _attacks(lang, port, outside).items()}
+    attacks = {name: {"task_id": task, **sample} for name, sample in _attacks(lang, port, outside).items()}
+    early = EARLY_EXIT.get(lang) or {  # go: the prompt with "os" imported
+        "solution": PROMPTS[lang][STRLEN].replace("import (\n", 'import (\n    "os"\n', 1) + "    os.Exit(0)\n"
+                    + RIGHT[lang][STRLEN]}
+    return {**attacks, "early exit": {"task_id": task, **early}}
+
+
+# right answers that exit with status 0 before the tests run (MultiPL-E's own harness passes them)
+EARLY_EXIT = {
+    "js": {"completion": "  process.exit(0);\n" + RIGHT["js"][STRLEN]},
+    "cpp": {"completion": "    exit(0);\n" + RIGHT["cpp"][STRLEN]},
+    "java": {"completion": "        System.exit(0);\n" + RIGHT["java"][STRLEN]},
+    "rs": {"completion": "    std::process::exit(0);\n" + RIGHT["rs"][STRLEN]},  # the rest: a warning only
+    "php": {"completion": "    exit(0);\n" + RIGHT["php"][ADD]},
+}
 
 
 def _attacks(lang: str, port: int, outside: str) -> dict[str, dict]:
@@ -64,8 +78,9 @@ def _attacks(lang: str, port: int, outside: str) -> dict[str, dict]:
     if lang == "js":
         guard = "  try {{ {} }} catch (e) {{ return -1; }}\n"
         return {
+            # connected: the socket closes and node exits 0 after the tests; refused: exit status 3
             "connect": {"solution": f"function strlen(string){{\n{ok}\nconst s = require('net').connect("
-                                    f"{{host: '127.0.0.1', port: {port}}}); s.on('connect', () => process.exit(0));"
+                                    f"{{host: '127.0.0.1', port: {port}}}); s.on('connect', () => s.end());"
                                     " s.on('error', () => process.exit(3));\n"},
             "write": {"completion": guard.format(f"require('fs').writeFileSync({outside!r}, 'x');") + ok},
             "read": {"completion": guard.format("console.log(require('fs').readFileSync('/etc/shadow', 'utf8'));")
@@ -218,6 +233,9 @@ def test_language(lang, tmp_path):
         assert r["passed"] == right, (n, verdicts[n])
     assert rows["wrong"]["status"] == "failed", verdicts["wrong"]
     assert rows["broken"]["status"] == ("syntax_error" if lang in COMPILED else "failed"), verdicts["broken"]
+    early = verdicts["hostile early exit"]  # failed, and saying why
+    assert early[0] == "failed" and ("os.Exit(0)" in early[1] if lang == "go" else
+                                     "before the tests ended" in early[1]), early
     if "hostile include" in rows:
         assert rows["hostile include"]["status"] == "syntax_error", verdicts["hostile include"]
     assert listener.hits == 0

@@ -264,7 +264,8 @@ def test_benchmark_loader_rejects_other_files(tmp_path):
 
 def test_default_benchmarks_are_found_offline(shared_data, monkeypatch):
     """Decontamination's default benchmarks come from local packages through the evaluation stage's loaders: with
-    the hub switched off and no route out, all of HumanEval and all 974 MBPP problems load, equal to the files."""
+    the hub switched off and no route out, all of HumanEval, all 974 MBPP problems and MultiPL-E's six languages
+    load, equal to the files."""
     import json
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -273,8 +274,35 @@ def test_default_benchmarks_are_found_offline(shared_data, monkeypatch):
     problems = H.load_benchmarks([])
     he = [json.loads(line) for line in open(os.path.join(shared_data, "humaneval", "HumanEval.jsonl"))]
     mbpp = [json.loads(line) for line in open(os.path.join(shared_data, "mbpp", "mbpp.jsonl"))]
+    multi = {lang: [json.loads(line) for line in open(os.path.join(shared_data, "multipl-e", f"humaneval-{lang}.jsonl"))]
+             for lang in ("js", "cpp", "java", "rs", "go", "php")}
+    translated = [p for p in problems if "MultiPL-E" in p.benchmark]
+    assert len(translated) == sum(map(len, multi.values())) == 951
+    for lang, rows in multi.items():  # every record of every language, its prompt as the file has it
+        mine = {p.task_id: p.prompt for p in translated if p.benchmark.startswith(f"HumanEval-") and
+                p.task_id in {r["name"] for r in rows}}
+        assert all(r["prompt"] in {p.prompt for p in translated if p.task_id == r["name"]} for r in rows), lang
+        assert len(mine) == len(rows)
+    problems = [p for p in problems if "MultiPL-E" not in p.benchmark]
     got = {p.task_id: p for p in problems}
     assert len(problems) == len(he) + len(mbpp) == 164 + 974
     assert all(got[r["task_id"]].prompt == r["prompt"] for r in he)
     assert all(got[f"Mbpp/{r['task_id']}"].prompt == r["text"] and got[f"Mbpp/{r['task_id']}"].solution == r["code"]
                for r in mbpp)
+
+
+def test_default_decontamination_covers_the_translations(monkeypatch):
+    """MultiPL-E rewords HumanEval ("list" -> "array" in JavaScript): an instruction copied from the JavaScript
+    prompt shares no 13-gram with the Python one, and the default benchmarks still catch it."""
+    monkeypatch.setenv("WIZARDCODER_OFFLINE", "1")
+    copied = "Check if in given array of numbers, are any two numbers closer to each other"
+    recs = [{"id": "js", "instruction": copied, "output": "function f() {}"},
+            {"id": "clean", "instruction": "Reverse a linked list in place.", "output": "def rev(h): ..."}]
+    cfg = H.HygieneConfig(dedup=False, measure_paraphrase=False)
+    python_only = [p for p in H.load_benchmarks([]) if "MultiPL-E" not in p.benchmark]
+    _, removed, _ = H.clean(recs, cfg, python_only)
+    assert removed == []  # HumanEval and MBPP alone miss it
+    kept, removed, _ = H.clean(recs, cfg)
+    assert [r["id"] for r in removed] == ["js"] and [r["id"] for r in kept] == ["clean"]
+    detail = removed[0]["removed_detail"]
+    assert detail["task_id"] == "HumanEval_0_has_close_elements" and "array" in detail["ngram"]

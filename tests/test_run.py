@@ -132,6 +132,39 @@ def test_run_config_errors_are_one_sentence(tmp_path):
     assert "trian" in err and "valid sections" in err
 
 
+def test_also_evaluate_scores_more_benchmarks_and_reports_them_in_one_table(tmp_path):
+    """`[run] also_evaluate`: generate@TASK and evaluate@TASK per benchmark, with the same model and settings, each
+    on its own problems; the report has one pass@k row per benchmark, equal to each summary; a rerun redoes
+    nothing; an unknown task is one sentence."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "r.toml", run, train_steps=2)
+    text = open(cfg).read().replace("report = false", 'also_evaluate = ["humaneval-js", "mbpp"]')
+    open(cfg, "w").write(text)
+    assert wizardcoder_main(["run", cfg]) == 0
+    summaries = {}
+    for task, ids in (("humaneval", {"HumanEval/0", "HumanEval/1"}),
+                      ("humaneval-js", {"HumanEval_23_strlen", "HumanEval_89_encrypt"}),
+                      ("mbpp", {"11", "12"})):
+        folder = "" if task == "humaneval" else "-" + task
+        samples = list(read_jsonl(str(run / f"generate{folder}" / "samples.jsonl")))
+        assert {r["task_id"] for r in samples} == ids, task
+        summaries[task] = json.load(open(run / f"evaluate{folder}" / "summary.json"))
+        assert summaries[task]["task"] == task and summaries[task]["n_samples"] == 2
+        marker = _state(run, "evaluate" if task == "humaneval" else f"evaluate.{task}")
+        assert marker["state"] == "done"
+    report = open(run / "report.md").read()
+    table = report.split("### pass@k per benchmark\n\n")[1].split("\n\n")[0].splitlines()
+    assert table[0] == "| benchmark | task | problems | samples | pass@1 | note |"
+    assert [row.split(" | ")[1] for row in table[2:]] == ["humaneval", "humaneval-js", "mbpp"]
+    for row, (task, s) in zip(table[2:], summaries.items()):
+        assert float(row.split(" | ")[4]) == pytest.approx(s["pass@1"], abs=1e-4)
+    proc = wc("run", cfg)
+    assert proc.returncode == 0 and proc.stdout.count("complete, skipped") == 8, proc.stdout
+    open(cfg, "w").write(text.replace('"mbpp"]', '"mbpp", "humaneval-cobol"]'))
+    err = one_sentence_error(wc("run", cfg))
+    assert "also_evaluate" in err and "humaneval-cobol" in err and "humaneval-js" in err
+
+
 def test_missing_input_is_one_sentence(tmp_path):
     cfg = write_config(tmp_path / "r.toml", tmp_path / "run", until="train")
     err = one_sentence_error(wc("run", cfg, "--from", "train"))

@@ -144,8 +144,15 @@ def local_shard(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return local, int(offset[0]) if len(offset) else 0
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the CUDA allocator's peak afresh, so a run's peak is its own, not that of whatever ran before it in the
+    same process (another training run, a benchmark's peer). The resident-set peak on CPU cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
-    """The CUDA allocator's peak on GPU; the process's peak resident set on CPU."""
+    """The CUDA allocator's peak on GPU (since `reset_peak_memory`); the process's peak resident set on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     import resource

@@ -383,9 +383,10 @@ def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
     plt.close(fig)
     text = "## Scores\n\n![pass@k](passk.png)\n\n"
     text += _table(["stage", "task", "samples", "k", "pass@k", "base tests only"], rows) + "\n"
+    text += _by_benchmark([(n, s) for n, s in evals if n != "canonical"])
     for name, s in evals:
         if name != "canonical":
-            text += _problems(s)
+            text += _groups(s) + _problems(s)
     canon = dict(evals).get("canonical")
     if canon is not None:
         ok = canon.get("pass@1") == 1.0
@@ -393,6 +394,40 @@ def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
                  f"({'the evaluator accepts every reference solution' if ok else 'NOT 1.0: check the evaluator'}"
                  "); the model's samples were scored by executing them in the same sandbox.\n\n")
     return text
+
+
+def _by_benchmark(evals: list[tuple[str, dict]]) -> str:
+    """One row per benchmark the model was scored on (the main task and `[run] also_evaluate`'s, e.g. a language
+    each for MultiPL-E): problems, samples and pass@k side by side; a benchmark this machine could not run (no
+    toolchain) is said so, never shown as 0."""
+    if len(evals) < 2:
+        return ""
+    ks = sorted({k for _, s in evals for k in get_benchmark(s["task"]).scores(s)}, key=lambda k: int(k[5:]))
+    rows = []
+    for _, s in evals:
+        bench = get_benchmark(s["task"])
+        if s.get("skipped"):
+            rows.append([bench.title, s["task"], s.get("n_tasks", ""), s.get("n_samples", ""), *[""] * len(ks),
+                         s["skipped"]])
+            continue
+        figures = bench.scores(s)
+        rows.append([bench.title, s["task"], s.get("n_tasks", ""), s.get("n_samples", ""),
+                     *[round(figures[k], 4) if k in figures else "" for k in ks], ""])
+    return "### pass@k per benchmark\n\n" + _table(["benchmark", "task", "problems", "samples", *ks, "note"], rows) + "\n"
+
+
+def _groups(summary: dict) -> str:
+    """pass@k per group of one benchmark (DS-1000: per library), and what was skipped and why."""
+    groups = summary.get("groups") or {}
+    if not groups:
+        return ""
+    bench = get_benchmark(summary["task"])
+    ks = sorted({k for g in groups.values() for k in g if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    rows = [[name, g["n_tasks"], *[round(g[k], 4) if k in g else "" for k in ks],
+             f"{g['skipped']['n_tasks']} skipped: {g['skipped']['reason']}" if "skipped" in g else ""]
+            for name, g in groups.items()]
+    return (f"### {bench.title}: pass@k per {bench.group_name}\n\n"
+            + _table([bench.group_name, "problems", *ks, "not run"], rows) + "\n")
 
 
 def _rounds(selection: dict | None, folder: str) -> str:

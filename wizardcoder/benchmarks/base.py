@@ -124,6 +124,11 @@ class Benchmark:
         """The task id with its benchmark's prefix ("HumanEval/0", "Mbpp/11"), the same for a task's two releases."""
         return problem.task_id
 
+    def origin_id(self, problem: Problem) -> str:
+        """The problem this one is a version of: its own qualified id, or, for a translation (MultiPL-E), the
+        original's ("HumanEval/0"). Decontamination counts a text shared by a problem's versions as one problem's."""
+        return self.qualified_id(problem)
+
     def unavailable(self) -> str | None:
         """Why this machine cannot score the task (a compiler it lacks): it is then skipped, never scored 0%."""
         return None

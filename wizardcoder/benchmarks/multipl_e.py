@@ -9,11 +9,15 @@
 | humaneval-go   | 154     | go test -c, then the test binary                       |
 | humaneval-php  | 161     | php                                                    |
 
-Data: humaneval-<lang>.jsonl, MultiPL-E's "reworded" files as DeepSeek-Coder's evaluation ships them (byte for byte).
+Data: humaneval-<lang>.jsonl, MultiPL-E's "reworded" files as DeepSeek-Coder's evaluation ships them (byte for byte),
+shipped gzipped in this package (wizardcoder/eval/data, 250 kB for the six), so evaluation and evolve's
+decontamination have them offline.
 A record: `name` (the task id, e.g. HumanEval_23_strlen), `prompt` (signature and doc comment), `tests`,
-`stop_tokens`. The program is prompt + completion + "\\n" + tests (MultiPL-E's); it passes when it compiles and every
-step exits 0 within its limits (languages.py runs it, in the same sandbox as Python: checks.command_job). A language
-whose toolchain this machine lacks is skipped (`unavailable`), never scored 0%.
+`stop_tokens`. The program is prompt + completion + "\\n" + tests (MultiPL-E's, made to print a per-program token when
+they end: languages.with_end_of_tests); it passes when it compiles, every step exits 0 within its limits and the
+token was printed (a program that exits 0 before its tests end fails; MultiPL-E's own harness passes it).
+languages.py runs it, in the same sandbox as Python (checks.command_job). A language whose toolchain this machine
+lacks is skipped (`unavailable`), never scored 0%.
 
 Licence: MultiPL-E is BSD 3-Clause with a machine-learning restriction: its files may not be used to train a model.
 They are evaluation data only, like HumanEval's.
@@ -55,6 +59,9 @@ class MultiPLE(Benchmark):
         header = rec["prompt"].rstrip().rsplit("\n", 1)[-1]  # the signature line the completion continues
         m = re.search(r"(\w+)\s*\(", header)
         return Problem(rec["name"], rec["prompt"], m.group(1) if m else None, "", raw=rec)
+
+    def origin_id(self, problem: Problem) -> str:
+        return "HumanEval/" + problem.task_id.split("_")[1]  # HumanEval_23_strlen -> HumanEval/23
 
     @functools.cached_property
     def _toolchain(self) -> languages.Toolchain | languages.Missing:
@@ -111,7 +118,7 @@ class MultiPLE(Benchmark):
     # ------------------------------------------------------------------------------------------- jobs
 
     def program(self, problem: Problem, code: str) -> str:
-        return code + "\n" + problem.raw["tests"]
+        return code + "\n" + languages.with_end_of_tests(self.language, problem.raw["tests"])
 
     def sample_work(self, path: str, problems: dict[str, Problem], todo: list[tuple[int, str, str]],
                     timeout: float | None = None) -> Work:
@@ -130,7 +137,8 @@ def _language(key: str) -> type[MultiPLE]:
     filename = f"humaneval-{key}.jsonl"
     return type(f"HumanEval{key.capitalize()}", (MultiPLE,), {
         "__doc__": f"MultiPL-E's HumanEval in {title}.", "language": key, "name": f"humaneval-{key}",
-        "title": f"HumanEval-{title} (MultiPL-E)", "source": Source(filename, url=URL + filename)})
+        "title": f"HumanEval-{title} (MultiPL-E)",
+        "source": Source(filename, package=("wizardcoder.eval", f"data/{filename}.gz"), url=URL + filename)})
 
 
 LANGUAGES = tuple(_language(key) for key in languages.FINDERS)

@@ -7,18 +7,41 @@ concatenation splits exactly into the two parts, each with its log-sum-exp:
 
     out = out_s + sigmoid(lse_p - lse_s) * (out_p - out_s)      (= the exp(lse)-weighted mean of the two)
 
-The prompt part is ONE attention call over the rows sharing each slot: the queries of slot p's rows (grouped by the
-host, `groups [P, Gm]`) against slot p's keys alone, so the cost is rows x prompt width (not rows x all slots' widths)
-and each prompt's K/V is read once per layer whatever the number of samples, with no copy. With multi-query attention
-that is one [Gm * Hq, D] x [D, Lp] product per slot. The suffix part is per row. On CPU each part is one fused
-attention call that also returns the log-sum-exp (the kernel SDPA runs); elsewhere a plain-torch math path. The
-one-launch Triton version of both parts and the merge is kernels/decode_attention.py (tested in the interpreter; not
-yet the engine's CUDA path: it is unmeasured on a GPU).
+What runs where (`decode_backend`, from the model config's `attn_backend`, fixed when the cache is built):
+- `triton` (CUDA by default; anywhere with `attn_backend="triton"`, on CPU under TRITON_INTERPRET=1): ONE kernel
+  launch per layer, kernels/decode_attention.py. Each program takes a few rows of one group of rows sharing a prompt
+  slot (or holding their prompts themselves) and one K/V head, runs an online softmax over the slot's keys (one
+  matrix product per block, read once for all its rows' queries) and then over each row's own keys; the two parts'
+  merge is the online softmax itself. It reads the cache's buffers in place (no copy); its bookkeeping (the groups,
+  each group's slot, each row's key count) is made once per round on the host and once per step on the device, for
+  all layers. Needs head_dim a power of two >= 16; other head dims (and attn_backend="torch") take the torch path.
+- `torch` (CPU by default, and the fallback): `cascade_decode_attention` below. The prompt part is ONE attention call
+  over the rows sharing each slot: the queries of slot p's rows (grouped by the host, `groups [P, Gm]`) against slot
+  p's keys alone, so the cost is rows x prompt width and each prompt's K/V is read once per layer whatever the number
+  of samples, with no copy. With multi-query attention that is one [Gm * Hq, D] x [D, Lp] product per slot. The
+  suffix part is per row; then a gather back to rows and the sigmoid/lerp merge. On CPU each part is one fused
+  attention call that also returns the log-sum-exp (the kernel SDPA runs); elsewhere a plain-torch math path.
+Aten ops per layer of a decode step, both paths: bench/RESULTS.md (`python -m bench.bench_generate --case ops`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .. import ops
+
+
+def decode_backend(cfg, like: torch.Tensor) -> str:
+    """"triton" or "torch": who runs the decode attention for a model config `cfg` on `like`'s device. It follows
+    `cfg.attn_backend`: "torch" is torch; "triton" is the kernel on any device; "auto" and "flash" (flash-attn has no
+    cascade) are the kernel where Triton runs it (CUDA) and torch elsewhere. A head dim the kernel does not take
+    falls back to torch."""
+    if ops.resolve("auto" if cfg.attn_backend == "flash" else cfg.attn_backend, like) != "triton":
+        return "torch"
+    from ..kernels.decode_attention import supported  # imports Triton: only where it may run
+
+    return "triton" if supported(cfg.head_dim) else "torch"
+
 
 
 def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):

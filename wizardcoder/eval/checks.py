@@ -10,7 +10,9 @@
 - `command`: a program in another language (MultiPL-E): write its source into the folder, then run each step of
   its toolchain (compile, run; languages.py) as a process of its own, confined like a Python program before it
   execs (Landlock, seccomp: `confine`), with the step's CPU, wall-clock and address-space limits. Passed when every
-  step exits 0; a failing compile step is `syntax_error`. The child itself runs only this code, never the program.
+  step exits 0 and, when the program's tests end by printing END_OF_TESTS (languages.with_end_of_tests), the last
+  step printed it: the child swaps it for a random token first, so a program that exits 0 before its tests end
+  fails. A failing compile step is `syntax_error`. The child itself runs only this code, never the program.
 - `record`: run the (trusted) canonical solution on the inputs and return its outputs and per-input times (the
   expected outputs and time limits of the + tasks).
 
@@ -34,6 +36,7 @@ import time
 import traceback
 
 PROGRAM_FILENAME = "<program>"
+END_OF_TESTS = "WIZARDCODER_END_OF_TESTS"  # what a command job's tests print last; made a random token per program
 
 
 class TestTimeout(BaseException):
@@ -134,6 +137,11 @@ def command_job(job: dict, spec: dict, confine):
     folder = os.getcwd()
     env = dict(os.environ)
     env.update({k: os.path.join(folder, v[2:]) if v.startswith("./") else v for k, v in spec["env"].items()})
+    # the tests' own end line is the last occurrence (the tests follow the completion); unknown to the program
+    token, at = b"", source.rfind(END_OF_TESTS.encode())
+    if at >= 0:
+        token = f"{END_OF_TESTS}-{os.urandom(12).hex()}".encode()
+        source = source[:at] + token + source[at + len(END_OF_TESTS):]
 
     def run() -> None:
         fd = os.open(spec["file"], os.O_WRONLY | _NEW, 0o600)
@@ -145,6 +153,8 @@ def command_job(job: dict, spec: dict, confine):
             os.close(fd)
         for step in spec["steps"]:
             _run_step(step, env, confine, folder)
+        if token and not _printed(f".{spec['steps'][-1]['what']}.log", token):
+            raise StepFailed("failed", "exit status 0 before the tests ended (their last line never ran)")
 
     def describe(exc: BaseException) -> tuple[str, str, None]:
         if isinstance(exc, StepFailed):
@@ -199,6 +209,18 @@ def _run_step(step: dict, env: dict, confine, folder: str) -> None:
     if what == "compile":
         raise StepFailed("syntax_error", f"compile error ({how}): {text}")
     raise StepFailed("failed", f"{how}: {text}")
+
+
+def _printed(log: str, token: bytes) -> bool:
+    """Whether a step's output (at most RLIMIT_FSIZE bytes) holds `token` as a line of its own."""
+    fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return token + b"\n" in b"".join(chunks).replace(b"\r\n", b"\n")
 
 
 def _lower(which: int, soft: int, hard: int) -> None:

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 
 from ..errors import UserError
+from .checks import END_OF_TESTS
 
 COMPILE_CPU = 30.0  # CPU seconds of a compile step (bits/stdc++.h alone is ~1.5 s at -O0; a loaded machine)
 WALL_FACTOR = 3.0  # a step's wall clock: this times its CPU seconds, plus 1 s
@@ -73,6 +74,31 @@ class Toolchain:
     def cpu(self, run_cpu: float) -> float:
         """CPU seconds of the whole job (the worker's limits scale with it)."""
         return run_cpu + (self.compile_cpu if self.compile else 0.0)
+
+
+# the statement that prints END_OF_TESTS, and where it goes: after the tests' last line (js, php: top-level calls),
+# or before the closing brace of the tests' main (cpp, rs: the file's last brace; java: the one before the class's)
+END_LINES = {"js": ('console.log("{}");', 0), "php": ('echo "{}\\n";', 0), "cpp": ('std::puts("{}");', 1),
+             "rs": ('println!("{}");', 1), "java": ('System.out.println("{}");', 2)}
+
+
+def with_end_of_tests(language: str, tests: str) -> str:
+    """MultiPL-E's `tests` made to print END_OF_TESTS once every check has run, so a program that exits 0 before
+    its tests end (process.exit(0), exit(0), System.exit(0), std::process::exit(0)) fails (checks.command_job).
+    Go needs none: its test binary runs with -test.paniconexit0. Tests not shaped as MultiPL-E writes them are
+    returned unchanged (then the exit status alone decides, as in MultiPL-E's harness)."""
+    if language not in END_LINES:
+        return tests
+    line, braces = END_LINES[language]
+    line = line.format(END_OF_TESTS)
+    if braces == 0:
+        return tests.rstrip() + "\n" + line + "\n"
+    head, tail = tests.rstrip(), ""
+    for _ in range(braces):  # peel the closing braces after the tests' last statement
+        if not head.endswith("}"):
+            return tests
+        head, tail = head[:-1].rstrip(), "\n}" + tail
+    return head + "\n    " + line + tail + "\n"
 
 
 def _step(what: str, argv, cpu: float, memory: int, forks: bool) -> dict:
@@ -177,8 +203,9 @@ def _go(cache: str | None) -> Toolchain:
     env = (("GOCACHE", "./.gocache"), ("GOPATH", "./gopath"), ("GO111MODULE", "off"), ("GOTOOLCHAIN", "local"),
            ("GOTELEMETRY", "off"), ("GOPROXY", "off"), ("CGO_ENABLED", "0"))
     read = tuple(p for p in {os.path.realpath(root)} if not p.startswith("/usr/"))
+    # -test.paniconexit0 (what `go test` passes): os.Exit(0) inside a test is a failure, not a pass
     return Toolchain("go", "main_test.go", (go, "test", "-c", "-o", "main.test", "main_test.go"),
-                     ("./main.test",), compile_cpu=60.0, env=env, read_paths=read)
+                     ("./main.test", "-test.paniconexit0"), compile_cpu=60.0, env=env, read_paths=read)
 
 
 def _php(cache: str | None) -> Toolchain:

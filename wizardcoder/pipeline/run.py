@@ -20,7 +20,9 @@ and a hash of its resolved section chained with the hash of the stage before, so
 and every stage after it. A stage killed midway is started again in the same folder and resumes as the verb does
 (evolve's journals, train's checkpoints, evaluate's results); a stage whose recorded hash differs has its output
 removed first (only output that run itself recorded). With `[run] select_rounds = true` the paper's round-selection
-loop runs instead of the plain evolve..train stages (rounds.py).
+loop runs instead of the plain evolve..train stages (rounds.py). `[run] also_evaluate = ["humaneval-js", ...]` adds a
+generate@TASK and evaluate@TASK stage per benchmark, with the same model and settings; the report puts every
+benchmark's pass@k in one table.
 """
 from __future__ import annotations
 
@@ -101,6 +103,37 @@ def plain_stages(run: Run, products: dict[str, str], verbs: tuple[str, ...] = ST
     return stages
 
 
+def also_evaluate_stages(run: Run, stages: list[Stage], products: dict[str, str]) -> list[Stage]:
+    """`[run] also_evaluate`: the run's generate and evaluate settings on more benchmarks, one pair of stages per
+    task: generate@TASK (RUN/generate-TASK/samples.jsonl, from the same model) and evaluate@TASK (RUN/evaluate-TASK;
+beside the main stages' folders, not in them, so a rerun of the main stage removes nothing of theirs).
+    A task's dataset is its own (the sections' `data` is the main task's), found as `evaluate --task TASK` finds it."""
+    tasks = run.opts.also_evaluate
+    gen = next((s for s in stages if s.name == "generate"), None)
+    ev = next((s for s in stages if s.name == "evaluate"), None)
+    if not tasks:
+        return []
+    if gen is None and (ev is None or not ev.section.get("model")):
+        raise ConfigError(f"{run.source} [run] also_evaluate: nothing makes samples for the other benchmarks; add a "
+                          "[generate] section (or give [evaluate] model).")
+    main_task = (gen or ev).section.get("task")
+    if main_task in tasks:
+        raise ConfigError(f"{run.source} [run] also_evaluate names {main_task!r}, the run's own task; leave it out.")
+    out = []
+    for task in tasks:
+        prev = (gen or ev).settings["after"]
+        samples = {}
+        if gen is not None:
+            wire = {"model": products["train"]} if "train" in products else {}
+            g = run.resolve("generate", products, prev, name=f"generate@{task}", wire_from=wire, extra={
+                "task": task, "data": None, "out": os.path.join(run.out, f"generate-{task}", "samples.jsonl")})
+            out.append(g)
+            prev, samples = g.hash, {"samples": g.product}
+        out.append(run.resolve("evaluate", products, prev, name=f"evaluate@{task}", extra={
+            "task": task, "data": None, "out": os.path.join(run.out, f"evaluate-{task}"), **samples}))
+    return out
+
+
 def _in_range(verb: str, start: str | None, until: str | None) -> bool:
     i = STAGES.index(verb)
     return (start is None or STAGES.index(start) <= i) and (until is None or i <= STAGES.index(until))
@@ -142,6 +175,7 @@ def _run_stages(run: Run, start: str | None, until: str | None) -> None:
     evaluate = next((s for s in stages if s.name == "evaluate"), None)
     if run.opts.check_canonical and evaluate is not None:
         stages.append(canonical_stage(evaluate, os.path.join(run.out, "canonical")))
+    stages += also_evaluate_stages(run, stages, products)
     todo = [s for s in stages if _in_range(s.verb, start, until)]
     if not todo and not run.opts.select_rounds:  # (the round loop above has run its stages itself)
         raise ConfigError(f"--from {start or STAGES[0]} --until {until or STAGES[-1]} selects none of the stages "

@@ -50,12 +50,24 @@ class RunOptions:
     dev_data: str | None = None  # the dev set's file (upstream format of dev_task); default: the task's own source
     dev_limit: int | None = None  # only the first N dev problems
     report: bool = True  # write report.md and plots at the end
+    also_evaluate: list[str] = field(default_factory=list, metadata={"help": (
+        "more benchmarks (--task names, e.g. the MultiPL-E languages) to generate for and score with the same model "
+        "and [generate]/[evaluate] settings: stages generate@TASK and evaluate@TASK, one pass@k table for all")})
 
     def __post_init__(self):
         if self.nproc_per_node < 1:
             raise ConfigError(f"[run] nproc_per_node = {self.nproc_per_node}: must be at least 1.")
         if self.serve_timeout_s <= 0:
             raise ConfigError(f"[run] serve_timeout_s = {self.serve_timeout_s}: must be positive.")
+        from ..benchmarks import get_benchmark
+
+        for task in self.also_evaluate:
+            try:
+                get_benchmark(task)
+            except ConfigError as e:
+                raise ConfigError(f"[run] also_evaluate: {e}") from None
+        if len(set(self.also_evaluate)) != len(self.also_evaluate):
+            raise ConfigError(f"[run] also_evaluate = {self.also_evaluate}: names a task twice; give each once.")
 
 
 @dataclass

@@ -129,7 +129,7 @@ def _train(cfg: TrainConfig, d, dtype: torch.dtype, tokenizer, cls, mcfg, folder
     from ..dtypes import dtype_name
     from ..flops import doc_sum_sq, peak_tflops, train_flops
     from ..io import JsonlAppender, atomic_write_json, read_jsonl
-    from ..parallel import all_reduce_host, barrier, peak_memory_bytes
+    from ..parallel import all_reduce_host, barrier, peak_memory_bytes, reset_peak_memory
     from ..plan import Config as PlanConfig, format_side_by_side, plan_memory
     from ..profiling import Profile, StepTimer, plot_breakdown, time_fsdp_waits
     from .optim import LossScaler, build_optimizer, state_bytes
@@ -138,6 +138,7 @@ def _train(cfg: TrainConfig, d, dtype: torch.dtype, tokenizer, cls, mcfg, folder
     grad_accum = grad_accum_for(cfg, d.world_size, shards.seq_len)
     plan = plan_memory(mcfg, PlanConfig.from_train(cfg, d.world_size, shards.seq_len), dtype=dtype)
     torch.manual_seed(cfg.seed)
+    reset_peak_memory(d.device)  # the peak compared with the plan is this run's alone
     rss_start = peak_memory_bytes(d.device)
     model = build_model(cls, mcfg, folder, cfg, d, dtype)
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
