@@ -1,11 +1,14 @@
 """The per-row sampler the engine runs on the device (how to sample one request: params.py).
 
-`sample_rows` draws the next token for a whole batch whose rows may each have their own temperature / top-k / top-p / seed, all as tensors, with no host round-trip. Its noise is a
-pure function of (seed, sample index, step): a counter-based hash, not a stateful generator, so a sample's tokens do
-not depend on which other rows share the batch, on the row it sits in, or on how the work is split over processes.
-Top-k and top-p are found without sorting the vocabulary (a radix select over the weights' bits, every row at
-once; `sample_rows_sorted` is the sorting reference it is tested against), and drawing is by inverse CDF in token
-order: the first token whose cumulative weight (softmax(logits / T) restricted to the top-k / top-p set) reaches u.
+`sample_rows` draws the next token for a whole batch whose rows may each have their own temperature / top-k / top-p /
+seed, all as tensors. Its noise is a pure function of (seed, sample index, step): a counter-based hash, not a
+stateful generator, so a sample's tokens do not depend on which other rows share the batch, on the row it sits in,
+or on how the work is split over processes. Top-k and top-p are found without sorting the vocabulary
+(`sample_rows_sorted` is the sorting reference they are tested against): on the CPU by one histogram over the
+weights' top bits and a sort of the boundary bucket's few tokens (`cut_top_k_top_p`, one host sync, free there);
+on CUDA by a radix select over the weights' bits, every row at once, with no host sync (`keep_top_k_top_p`), so a
+decode step stays capturable as a CUDA graph. Drawing is by inverse CDF in token order: the first token whose
+cumulative weight (softmax(logits / T) restricted to the top-k / top-p set) reaches u.
 """
 from __future__ import annotations
 
@@ -29,14 +32,15 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     """Next token per row of `logits [B, V]`, each row with its own settings (all `[B]` tensors on the device),
     without sorting the vocabulary.
 
-    Weights w = exp(logits / T - max) (softmax up to its sum). With `filtered`, the top-k set and then the nucleus
-    of the renormalised rest are found by a radix select over w's bit patterns (`keep_top_k_top_p`): a few passes of
-    histograms instead of a sort, the same set as the sorting reference (`sample_rows_sorted`) including its tie
-    rule. The draw is by inverse CDF in token order over the kept weights, with one uniform per row from
-    (keys, steps): the same distribution as the reference, not the same token for the same u. Rows with
-    temperature 0 take the argmax. Every reduction runs within a row, so a row's draw does not depend on the other
-    rows. `filtered` False (no top-k / top-p), `any_top_k` False (no top-k) and `random` False (all greedy) skip work
-    no row needs. No host sync."""
+    Weights w = exp(logits / T - max) (softmax up to its sum), in one [B, V] buffer. With `filtered`, the top-k set
+    and then the nucleus of the renormalised rest (the same set as the sorting reference `sample_rows_sorted`,
+    including its tie rule) are cut from w: on the CPU by `cut_top_k_top_p`, on CUDA through the radix select's
+    mask (`keep_top_k_top_p`). The draw is by inverse CDF in token order over the kept weights, with one
+    uniform per row from (keys, steps): the same distribution as the reference, not the same token for the same u.
+    Rows with temperature 0 take the argmax. A row's draw does not depend on the other rows (every reduction runs
+    within a row; the CPU cut pads the rows' boundary buckets to the widest, which changes no row's sums).
+    `filtered` False (no top-k / top-p), `any_top_k` False (no top-k) and `random` False (all greedy) skip work no
+    row needs. No host sync on CUDA; one on the CPU with `filtered`."""
     logits = logits.float()
     if not random:
         return logits.argmax(-1)
@@ -47,7 +51,7 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
     if filtered and w.is_cuda:  # no host sync: decode steps stay capturable as CUDA graphs
         w = torch.where(keep_top_k_top_p(w, top_k, top_p, any_top_k), w, 0.0)
     elif filtered:
-        cut_top_k_top_p_(w, top_k, top_p, any_top_k)
+        w = cut_top_k_top_p(w, top_k, top_p, any_top_k)[0]
     cdf = w.cumsum_(-1)
     u = uniform_noise(keys, steps)[:, None] * cdf[:, -1:]
     token = torch.searchsorted(cdf, u).clamp(max=w.shape[-1] - 1)[:, 0]  # first token with cdf >= u
@@ -64,9 +68,9 @@ def keep_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, 
     takes: tie j (in token order) is kept iff what the prefix holds before it is below the target (the reference's
     `before < top_p`). Ties are ties of w in fp32 (two logits whose exp rounds to one float tie, where the
     reference, sorting logits / T, would order them). `radix` (default: on CUDA) finds tau by `_radix_select`,
-    with no host sync; otherwise `cut_top_k_top_p_` finds it (one host sync)."""
+    with no host sync; otherwise `cut_top_k_top_p` finds it (one host sync)."""
     if not (w.is_cuda if radix is None else radix):
-        tau, drop = cut_top_k_top_p_(w.clone(), top_k, top_p, any_top_k)
+        _, tau, drop = cut_top_k_top_p(w, top_k, top_p, any_top_k)
         keep = w.view(torch.int32) >= tau
         keep.view(-1)[drop] = False
         return keep
@@ -93,30 +97,31 @@ def _keep_prefix(w: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, by
     return (bits > tau) | (tie & (above + tie_rank * tau_weight < target[:, None]))
 
 
-def cut_top_k_top_p_(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True):
-    """Zero, in place, the weights w `[B, V]` (in [0, 1]) of the tokens outside top-k then top-p (the sets of
-    `keep_top_k_top_p`); returns the cut: the kept tokens are those with w's bit pattern >= tau `[B, 1]` int32,
-    less `drop` (flat indices into w of tau's ties past the prefix). With one host sync, so for the CPU."""
+def cut_top_k_top_p(w: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, any_top_k: bool = True):
+    """The weights w `[B, V]` (in [0, 1]) with those of the tokens outside top-k then top-p (the sets of
+    `keep_top_k_top_p`) zeroed, and the cut: the kept tokens are those whose w's bit pattern is >= tau `[B, 1]`
+    int32, less `drop` (flat indices into w of tau's ties past the prefix). With one host sync, so for the CPU."""
     inf = torch.full_like(top_p, float("inf"), dtype=torch.float64)
     tau, drop = torch.zeros(w.shape[0], 1, dtype=torch.int32), torch.zeros(0, dtype=torch.long)
     if any_top_k:
-        tau, drop = _cut_prefix_(w, None, torch.where(top_k > 0, top_k.double(), inf))
+        w, tau, drop = _cut_prefix(w, None, torch.where(top_k > 0, top_k.double(), inf))
     # the nucleus of what top-k left, mass summed in fp64: over 49152 tokens fp32 sums drift by more than a
     # boundary token's weight
-    tau_p, drop_p = _cut_prefix_(w, w.double(), torch.where(top_p < 1, top_p.double(), inf))
-    return torch.maximum(tau, tau_p), torch.cat([drop, drop_p])
+    w, tau_p, drop_p = _cut_prefix(w, w.double(), torch.where(top_p < 1, top_p.double(), inf))
+    return w, torch.maximum(tau, tau_p), torch.cat([drop, drop_p])
 
 
-def _cut_prefix_(w: torch.Tensor, mass: torch.Tensor | None, limit: torch.Tensor):
-    """Zero, in place, the weights of the tokens past the shortest by-w-descending prefix holding `limit` `[B]`
-    fp64 tokens (`mass` None) or the share `limit` of the row's `mass` (inf: all tokens); returns (tau, drop) as
-    `cut_top_k_top_p_`.
+def _cut_prefix(w: torch.Tensor, mass: torch.Tensor | None, limit: torch.Tensor):
+    """w with the weights of the tokens past the shortest by-w-descending prefix holding `limit` `[B]` fp64 tokens
+    (`mass` None) or the share `limit` of the row's `mass` (inf: all tokens) zeroed, tau and drop, as
+    `cut_top_k_top_p`.
 
     One histogram over the top 12 bits of w's bit pattern (w <= 1: 7 exponent + 4 mantissa bits, buckets 1/16 of
     an octave wide) finds the bucket where the count / mass from the top reaches the target. Every token above it is
     kept and every token below it is not; the tokens of that bucket (a few hundred a row even when the nucleus is
     most of the vocabulary) are sorted, stably, so ties keep token order, and kept while what comes before them is
-    below the target. Then the weights are cut by integer ops on their bit patterns, in place."""
+    below the target. Then the weights are cut by integer ops on their bit patterns, into the buffer of the
+    buckets' indices (no new [B, V] buffer; not in place, which torch.compile cannot take through a dtype view)."""
     B, V = w.shape
     n = 1 << 11
     bits = w.view(torch.int32)  # w >= 0: the bit patterns order like the floats
@@ -151,10 +156,10 @@ def _cut_prefix_(w: torch.Tensor, mass: torch.Tensor | None, limit: torch.Tensor
         last = pad.gather(-1, (take.sum(-1, keepdim=True) - 1).clamp(min=0))
         tau = torch.where(count[:, None] > 0, last, 0)
         drop = ids[real & ~take & (pad == tau)]
-    # w *= bits >= tau, as bits &= ~((bits - tau) >> 31) (all ones when kept, zero when not), reusing idx
-    bits.bitwise_and_(torch.sub(bits, tau, out=idx).bitwise_right_shift_(31).bitwise_not_())
-    w.view(-1).index_fill_(0, drop, 0.0)
-    return tau, drop
+    # w * (bits >= tau), as bits & ~((bits - tau) >> 31) (all ones when kept, zero when not), into idx
+    cut = torch.sub(bits, tau, out=idx).bitwise_right_shift_(31).bitwise_not_().bitwise_and_(bits)
+    cut.view(-1).index_fill_(0, drop, 0)  # the bit pattern of 0.0
+    return cut.view(torch.float32), tau, drop
 
 
 def _digits(V: int) -> list[tuple[int, int]]:
