@@ -122,11 +122,13 @@ def kept_set_sorted(logits, top_k, top_p):
     return out
 
 
+@pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("ties", [False, True])
-def test_sort_free_sets_equal_the_sorting_reference(ties):
-    """Every row at once, each with its own top-k / top-p, V = 49152 (the radix select's three passes all matter);
-    with `ties`, logits take 6 values only, so the nucleus boundary falls inside a run of equal weights and the
-    tie rule (lower token id first) decides."""
+def test_sort_free_sets_equal_the_sorting_reference(ties, radix):
+    """Every row at once, each with its own top-k / top-p, V = 49152, by both ways of finding the cut (the radix
+    select's three passes all matter; the CPU's histogram + sorted boundary bucket); with `ties`, logits take 6
+    values only, so the nucleus boundary falls inside a run of equal weights and the tie rule (lower token id first)
+    decides."""
     from wizardcoder.engine.sampler import keep_top_k_top_p
 
     g = torch.Generator().manual_seed(3)
@@ -137,11 +139,76 @@ def test_sort_free_sets_equal_the_sorting_reference(ties):
     top_k = torch.tensor([0, 0, 0, 1, 7, 50, 0, 1000, 0, 20000, 5, 0])
     top_p = torch.tensor([0.95, 0.5, 1.0, 1.0, 1.0, 0.9, 0.01, 0.7, 0.999, 0.8, 0.3, 0.123])
     w = torch.exp(logits - logits.amax(-1, keepdim=True))
-    kept = keep_top_k_top_p(w, top_k, top_p)
+    kept = keep_top_k_top_p(w, top_k, top_p, radix=radix)
     for b in range(B):
         ref = kept_set_sorted(logits[b], int(top_k[b]), float(top_p[b]))
         assert torch.equal(kept[b], ref), (b, int(kept[b].sum()), int(ref.sum()))
     assert 1 <= int(kept[6].sum()) < int(kept[0].sum()) < V  # the sets are neither trivial nor everything
+
+
+def kept_set_of_weights(w, top_k, top_p):
+    """The reference's kept set on fp32 weights `[V]` themselves (ties: equal floats, lower id first), for rows
+    whose logits are so close that distinct logits round to one weight."""
+    x, order = w.sort(descending=True, stable=True)
+    rank = torch.arange(x.shape[-1])
+    x = x.double().masked_fill((rank >= top_k) if top_k > 0 else torch.zeros_like(rank, dtype=torch.bool), 0.0)
+    before = (x.cumsum(-1) - x) / x.sum()
+    keep = ~((before >= top_p) & (rank > 0)) & ((rank < top_k) if top_k > 0 else True)
+    out = torch.zeros_like(keep)
+    out[order] = keep
+    return out
+
+
+@pytest.mark.parametrize("radix", [False, True])
+def test_cut_at_its_hard_cases(radix):
+    """V = 49152, the rows where a cut is hardest to find: nearly flat (logits within 0.001: the whole row in the
+    histogram's boundary bucket, weights tied by fp32 rounding), every logit equal (one run of V ties), top_k past V
+    and at V - 1, top_p 1 with and without top-k, top-k then a tiny top_p, a row of mostly underflowed weights."""
+    from wizardcoder.engine.sampler import keep_top_k_top_p
+
+    g = torch.Generator().manual_seed(13)
+    B, V = 10, 49152
+    logits = torch.randn(B, V, generator=g)
+    logits[0:2] *= 0.001
+    logits[2:4] = 0.5
+    logits[4] *= 0.001
+    logits[9] *= 60
+    top_k = torch.tensor([0, 0, 0, 3000, 60000, V - 1, 0, 100, 40, 0])
+    top_p = torch.tensor([0.95, 0.3, 0.5, 0.9, 0.95, 1.0, 1.0, 1.0, 0.001, 0.99])
+    w = torch.exp(logits - logits.amax(-1, keepdim=True))
+    kept = keep_top_k_top_p(w, top_k, top_p, radix=radix)
+    for b in range(B):
+        ref = kept_set_of_weights(w[b], int(top_k[b]), float(top_p[b]))
+        assert torch.equal(kept[b], ref), (b, int(kept[b].sum()), int(ref.sum()))
+    assert kept[2].sum() == V // 2 and kept[2, : V // 2].all()  # ties: the lower token ids first
+    assert kept[3].sum() == 2700 and kept[3, :2700].all()  # top-k 3000 of the ties, then 0.9 of those
+    assert kept[6].all() and kept[5].sum() == V - 1 and 0 < kept[8].sum() < 40
+
+
+def test_rows_drawn_alone_or_in_a_batch_and_as_the_radix_path_draws():
+    """The CPU sampler's work is shaped by the whole batch (its boundary buckets are padded to the widest row), yet
+    each row's token is the one it draws alone, and the one drawn over the radix select's set with the same
+    uniform (same set, same cumulative sums); greedy rows in between take the argmax."""
+    from wizardcoder.engine.sampler import keep_top_k_top_p, sample_rows
+
+    g = torch.Generator().manual_seed(17)
+    B, V = 12, 4096
+    logits = torch.randn(B, V, generator=g) * torch.tensor([0.3, 3.0, 0.01, 1.0] * 3)[:, None]
+    temperature = torch.tensor([0.8, 1.0, 0.0, 2.0, 0.7, 0.0, 1.5, 0.8, 1.0, 0.3, 0.0, 5.0])
+    top_k = torch.tensor([0, 50, 0, 0, 7, 0, 5000, 0, 1, 0, 0, 300])
+    top_p = torch.tensor([0.95, 1.0, 0.9, 0.5, 0.8, 1.0, 0.99, 0.999, 1.0, 0.9, 0.5, 0.95])
+    keys = torch.tensor([sample_key(5, i) for i in range(B)])
+    steps = torch.arange(B) * 3
+    tokens = sample_rows(logits, temperature, top_p, top_k, keys, steps)
+    alone = [int(sample_rows(logits[b : b + 1], temperature[b : b + 1], top_p[b : b + 1], top_k[b : b + 1],
+                             keys[b : b + 1], steps[b : b + 1])) for b in range(B)]
+    assert tokens.tolist() == alone
+    greedy = temperature == 0
+    x = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    w = torch.exp(x - x.amax(-1, keepdim=True))
+    cdf = torch.where(keep_top_k_top_p(w, top_k, top_p, radix=True), w, 0.0).cumsum(-1)
+    radix = torch.searchsorted(cdf, uniform_noise(keys, steps)[:, None] * cdf[:, -1:])[:, 0]
+    assert tokens.tolist() == torch.where(greedy, logits.argmax(-1), radix).tolist()
 
 
 def test_sort_free_draws_follow_the_sorting_samplers_distribution():
