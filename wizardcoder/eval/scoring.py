@@ -190,7 +190,7 @@ def isolation_summary(pool: SandboxPool) -> dict:
 
 def _progress(total: int, name: str, show: bool):
     """tqdm's bar on stderr, or None when not shown: tqdm is imported only then (with what it imports, logging and
-    importlib.metadata among them, it was about a third of the evaluator's start)."""
+    importlib.metadata among them, it was about a quarter of the evaluator's start)."""
     if not show:
         return contextlib.nullcontext()
     from tqdm import tqdm
