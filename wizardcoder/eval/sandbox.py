@@ -242,7 +242,7 @@ class Worker:
         """/dev/null (written by programs) and the Landlock read paths opened once as O_PATH descriptors, numbered
         lo..hi: () when Landlock or an extension that takes them is missing, or the numbers are not one range. Each
         child keeps them through `enter` and closes them once its rules are in force: a path lookup per rule per
-        program was about a third of Landlock's cost. A path the worker cannot open gets no rule (stays denied); one
+        program was about a quarter of Landlock's cost. A path the worker cannot open gets no rule (stays denied); one
         the program's uid may not reach stays unreachable (Landlock only narrows what its permissions allow)."""
         if not self.landlock_abi or not getattr(_sandbox, "FD_RULES", 0):
             return ()
@@ -482,8 +482,8 @@ class Worker:
 
     def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, limits: list) -> None:
         c = self.config
-        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, no other (the command
-        # pipes and the watchdog's among them); limits; cwd
+        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, the Landlock rule
+        # descriptors (closed by _confine), no other (the command pipes and the watchdog's among them); limits; cwd
         # in one C call where the extension has it: every Python-level call here costs copy-on-write faults
         _enter(os.path.join(jobdir, ".output"), self.uid if self.root else -1, self.gid, w, nonce_r, limits, jobdir,
                *self.rule_fds)
