@@ -195,6 +195,10 @@ def run_case(task: str, quick: bool, rounds: int, ours_repos: list[str]) -> list
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         env_peer = dict(os.environ, **({override: data} if override else {}))
+        # Ours with its bytecode, as the peers run (pip wrote theirs at install): where the environment sets
+        # PYTHONDONTWRITEBYTECODE, the evaluator and every worker compiled the package's modules from source in
+        # every run. Round 0 writes each checkout's __pycache__.
+        env_ours = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         sides = [*ours_repos, "peer"]
         runs: dict[str, list] = {side: [] for side in sides}
         same: dict[str, list] = {side: [] for side in ours_repos}
@@ -203,7 +207,7 @@ def run_case(task: str, quick: bool, rounds: int, ours_repos: list[str]) -> list
             loads.append(round(os.getloadavg()[0], 2))
             for j, repo in enumerate(ours_repos):
                 out = os.path.join(tmp, f"ours{k}-{j}")
-                w, c, stdout = timed(ours_cmd(task, samples, out, data), dict(os.environ, PYTHONPATH=repo), repo)
+                w, c, stdout = timed(ours_cmd(task, samples, out, data), dict(env_ours, PYTHONPATH=repo), repo)
                 runs[repo].append((w, c, verdicts_ours(task, out)))
                 iso[repo] = json.loads(stdout.strip().splitlines()[-1])
             if task != "humaneval":  # evalplus asks on stdin before it overwrites an earlier result

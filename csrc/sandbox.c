@@ -23,10 +23,11 @@
  *                            worker can reap (and count) everything a program left behind.
  *   pdeathsig(sig)           prctl(PR_SET_PDEATHSIG): the kernel sends `sig` when the parent thread dies. A uid
  *                            change clears it, so the child sets it after drop_to.
- *   enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder)
+ *   enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder[, keep_lo, keep_hi])
  *                            a forked program's first steps in one call: setsid, its descriptors (0 /dev/null,
- *                            1 and 2 a new output file, 3 and 4 the result and nonce pipes, nothing else open),
- *                            its rlimits, its working folder.
+ *                            1 and 2 a new output file, 3 and 4 the result and nonce pipes, keep_lo..keep_hi (the
+ *                            Landlock rule paths' descriptors, closed once the rules are in force), nothing else
+ *                            open), its rlimits, its working folder.
  *   seccomp(pid, block_fork, block_net)
  *                            a seccomp-BPF filter: signals only to `pid` itself or its own process group (kill,
  *                            tgkill, rt_sigqueueinfo), no tkill / pidfd signals / pidfd_getfd / ptrace /
@@ -42,6 +43,7 @@
  *                            write_paths; writes (create, remove, rename, truncate, write-open) only beneath
  *                            write_paths; with block_tcp (ABI >= 4) no TCP bind/connect; with scope (ABI >= 6) no
  *                            signals to, and no abstract-socket connections with, processes outside this domain.
+ *                            Paths may be given as O_PATH descriptors (ints) opened once by the worker.
  *                            Returns the ABI used.
  *
  * Tested on Linux 6.18 x86_64 (root and unprivileged). Syscall numbers come from <sys/syscall.h>, so aarch64 builds
@@ -61,6 +63,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -199,14 +202,33 @@ static PyObject *sb_pdeathsig(PyObject *self, PyObject *args) {
 /* The forked child's first steps in one call (each Python-level call in a fresh fork writes to pages shared with the
  * worker, a copy-on-write fault each): its own session; fd 0 = /dev/null, fds 1 and 2 = a new output file (0600,
  * chowned to owner_uid:owner_gid unless owner_uid < 0), 3 = result_fd, 4 = nonce_fd, every other descriptor closed;
- * then each (resource, soft, hard) of `limits` in order, then chdir(folder). Parsed before anything changes. */
+ * then each (resource, soft, hard) of `limits` in order, then chdir(folder). Parsed before anything changes. With
+ * keep_lo..keep_hi (optional, above 4) those descriptors stay open too: the worker's O_PATH descriptors of the Landlock
+ * rule paths, which the child closes once its rules are in force. */
 #define SB_MAX_LIMITS 16
+
+/* close descriptors lo..hi (hi < 0: all from lo) */
+static void close_from(int lo, int hi) {
+    if (hi >= 0 && hi < lo) return;
+    if (syscall(SYS_close_range, (unsigned)lo, hi < 0 ? ~0u : (unsigned)hi, 0u) != 0) { /* before 5.9: one by one */
+        long max = sysconf(_SC_OPEN_MAX);
+        int end = hi < 0 ? (max > 0 ? (int)max : 1 << 16) : hi + 1;
+        for (int fd = lo; fd < end; fd++) close(fd);
+    }
+}
+
 static PyObject *sb_enter(PyObject *self, PyObject *args) {
     const char *output, *folder;
     int owner_uid, owner_gid, result_fd, nonce_fd;
     PyObject *limits;
-    if (!PyArg_ParseTuple(args, "siiiiOs", &output, &owner_uid, &owner_gid, &result_fd, &nonce_fd, &limits, &folder))
+    int keep_lo = -1, keep_hi = -1;
+    if (!PyArg_ParseTuple(args, "siiiiOs|ii", &output, &owner_uid, &owner_gid, &result_fd, &nonce_fd, &limits, &folder,
+                          &keep_lo, &keep_hi))
         return NULL;
+    if (keep_lo >= 0 && (keep_lo < 5 || keep_hi < keep_lo)) {
+        PyErr_SetString(PyExc_ValueError, "the kept descriptors must be a range above 4");
+        return NULL;
+    }
     int which[SB_MAX_LIMITS];
     struct rlimit rl[SB_MAX_LIMITS];
     Py_ssize_t n = PySequence_Length(limits);
@@ -234,9 +256,10 @@ static PyObject *sb_enter(PyObject *self, PyObject *args) {
         return PyErr_SetFromErrno(PyExc_OSError);
     if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(result_fd, 3) < 0 || dup2(nonce_fd, 4) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    if (syscall(SYS_close_range, 5u, ~0u, 0u) != 0) { /* a kernel before 5.9: one by one */
-        long max = sysconf(_SC_OPEN_MAX);
-        for (int fd = 5; fd < (max > 0 ? max : 1 << 16); fd++) close(fd);
+    if (keep_lo < 0) close_from(5, -1);
+    else {
+        close_from(5, keep_lo - 1);
+        close_from(keep_hi + 1, -1);
     }
     for (Py_ssize_t i = 0; i < n; i++)
         if (setrlimit(which[i], &rl[i]) != 0) return PyErr_SetFromErrno(PyExc_OSError);
@@ -259,11 +282,28 @@ static PyObject *sb_enter(PyObject *self, PyObject *args) {
 #define SB_RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
 #define SB_ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
 
-#define SB_MAX_INSNS 256
+#define SB_MAX_INSNS 512
+#define SB_MAX_RULES 96
+#define SB_LEAF 4 /* rules tested one by one at a leaf of the search tree */
+
+/* One syscall the filter does not simply allow. The filter is a binary search over the sorted syscall numbers
+ * (JGE nodes, then up to SB_LEAF JEQ tests at a leaf), not a chain of tests: the kernel, when it installs a filter,
+ * runs it once per syscall number to find the ones it allows whatever their arguments (it then skips the filter for
+ * those), and a chain made that about 450 walks of the whole program per forked program; a tree takes a few steps. */
+enum { SB_DENY, SB_ARG0_IN, SB_ARG0_NOT, SB_THREAD_ONLY };
+struct rule {
+    uint32_t nr;
+    int kind;
+    uint32_t ret;     /* what a refused call returns */
+    uint32_t ok[3];   /* SB_ARG0_IN: the allowed low 32 bits of arg0; SB_ARG0_NOT: ok[0] is the refused one */
+    int n_ok;
+};
 
 struct prog {
     struct sock_filter f[SB_MAX_INSNS];
     int n;
+    struct rule rules[SB_MAX_RULES];
+    int n_rules;
 };
 
 static void emit(struct prog *p, struct sock_filter s) {
@@ -271,33 +311,75 @@ static void emit(struct prog *p, struct sock_filter s) {
     else p->n = SB_MAX_INSNS + 1; /* overflow: caught before install */
 }
 
-/* if nr == `nr` return `ret` (reloads nr afterwards is not needed: accumulator still holds nr on the false path) */
-static void deny_nr(struct prog *p, long nr, uint32_t ret) {
-    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)nr, 0, 1));
-    emit(p, (struct sock_filter)SB_RET(ret));
+static void rule(struct prog *p, long nr, int kind, uint32_t ret, const uint32_t *ok, int n_ok) {
+    if (p->n_rules >= SB_MAX_RULES) {
+        p->n = SB_MAX_INSNS + 1;
+        return;
+    }
+    struct rule *r = &p->rules[p->n_rules++];
+    *r = (struct rule){.nr = (uint32_t)nr, .kind = kind, .ret = ret, .n_ok = n_ok};
+    for (int i = 0; i < n_ok && i < 3; i++) r->ok[i] = ok[i];
 }
 
-/* if nr == `nr`: allow when the low 32 bits of arg0 equal one of `ok` (n_ok <= 3), else return `ret`. The accumulator
- * is reloaded with nr on the way out so the chain can go on. */
+static void deny_nr(struct prog *p, long nr, uint32_t ret) { rule(p, nr, SB_DENY, ret, NULL, 0); }
+
+/* allowed only when the low 32 bits of arg0 equal one of `ok` (n_ok <= 3), else `ret` */
 static void arg0_in(struct prog *p, long nr, const uint32_t *ok, int n_ok, uint32_t ret) {
-    /* jeq nr ? next : skip the whole block (2 + 2 * n_ok + 1 insns) */
-    int block = 1 + n_ok + 2;
-    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)nr, 0, block));
-    emit(p, (struct sock_filter)SB_LOAD_ARG0_LO);
-    for (int i = 0; i < n_ok; i++)
-        emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ok[i], (uint8_t)(n_ok - i), 0));
-    emit(p, (struct sock_filter)SB_RET(ret));
-    emit(p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
-    /* landing point of the skip: accumulator still holds nr because the block was not entered */
+    rule(p, nr, SB_ARG0_IN, ret, ok, n_ok);
 }
 
-/* if nr == `nr` and the low 32 bits of arg0 equal `bad`, return `ret`; otherwise go on (accumulator reloaded). */
-static void arg0_not(struct prog *p, long nr, uint32_t bad, uint32_t ret) {
-    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)nr, 0, 4));
+/* `ret` when the low 32 bits of arg0 equal `bad`, else allowed */
+static void arg0_not(struct prog *p, long nr, uint32_t bad, uint32_t ret) { rule(p, nr, SB_ARG0_NOT, ret, &bad, 1); }
+
+static int body_len(const struct rule *r) { return r->kind == SB_DENY ? 1 : r->kind == SB_ARG0_IN ? r->n_ok + 3 : 4; }
+
+/* the decision for one rule's syscall (the accumulator holds nr on entry; every path returns) */
+static void emit_body(struct prog *p, const struct rule *r) {
+    if (r->kind == SB_DENY) {
+        emit(p, (struct sock_filter)SB_RET(r->ret));
+        return;
+    }
     emit(p, (struct sock_filter)SB_LOAD_ARG0_LO);
-    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, bad, 0, 1));
-    emit(p, (struct sock_filter)SB_RET(ret));
-    emit(p, (struct sock_filter)SB_LOAD_NR);
+    if (r->kind == SB_ARG0_IN) {
+        for (int i = 0; i < r->n_ok; i++)
+            emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, r->ok[i], (uint8_t)(r->n_ok - i), 0));
+        emit(p, (struct sock_filter)SB_RET(r->ret));
+        emit(p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
+    } else if (r->kind == SB_ARG0_NOT) {
+        emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, r->ok[0], 0, 1));
+        emit(p, (struct sock_filter)SB_RET(r->ret));
+        emit(p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
+    } else { /* clone: a thread (CLONE_THREAD), not a process */
+        emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1));
+        emit(p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
+        emit(p, (struct sock_filter)SB_RET(r->ret));
+    }
+}
+
+/* rules[lo, hi) (sorted by nr): below the middle rule's nr the left half, else the right; a call no rule names is
+ * allowed. Jump offsets are 8 bits: a longer left half marks the program as overflowing. */
+static void emit_tree(struct prog *p, int lo, int hi) {
+    if (hi - lo <= SB_LEAF) {
+        for (int i = lo; i < hi; i++) {
+            emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, p->rules[i].nr, 0,
+                                                 (uint8_t)body_len(&p->rules[i])));
+            emit_body(p, &p->rules[i]);
+        }
+        emit(p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
+        return;
+    }
+    int mid = (lo + hi) / 2, at = p->n;
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, p->rules[mid].nr, 0, 0));
+    emit_tree(p, lo, mid);
+    int skip = p->n - at - 1;
+    if (skip > 255) p->n = SB_MAX_INSNS + 1;
+    else if (at < SB_MAX_INSNS) p->f[at].jt = (uint8_t)skip;
+    emit_tree(p, mid, hi);
+}
+
+static int by_nr(const void *a, const void *b) {
+    uint32_t x = ((const struct rule *)a)->nr, y = ((const struct rule *)b)->nr;
+    return (x > y) - (x < y);
 }
 
 static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
@@ -307,7 +389,8 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
         errno = ENOSYS;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    struct prog p = {.n = 0};
+    struct prog p;
+    p.n = p.n_rules = 0;
     emit(&p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
     emit(&p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SB_AUDIT_ARCH, 1, 0));
     emit(&p, (struct sock_filter)SB_RET(SECCOMP_RET_KILL_PROCESS));
@@ -394,11 +477,7 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
         deny_nr(&p, 435, SB_ERRNO(ENOSYS));
 #endif
         /* clone: allowed only with CLONE_THREAD (a thread, not a process) */
-        emit(&p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 4));
-        emit(&p, (struct sock_filter)SB_LOAD_ARG0_LO);
-        emit(&p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1));
-        emit(&p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
-        emit(&p, (struct sock_filter)SB_RET(SB_ERRNO(EAGAIN)));
+        rule(&p, SYS_clone, SB_THREAD_ONLY, SB_ERRNO(EAGAIN), NULL, 0);
     }
     if (block_net) {
         /* no socket of any family (AF_UNIX paths and abstract names, netlink, packet, raw, inet...); an unnamed
@@ -407,7 +486,13 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
         uint32_t unix_only[1] = {AF_UNIX};
         arg0_in(&p, SYS_socketpair, unix_only, 1, SB_ERRNO(EACCES));
     }
-    emit(&p, (struct sock_filter)SB_RET(SECCOMP_RET_ALLOW));
+    qsort(p.rules, (size_t)p.n_rules, sizeof(p.rules[0]), by_nr);
+    for (int i = 1; i < p.n_rules; i++)
+        if (p.rules[i].nr == p.rules[i - 1].nr) {
+            PyErr_SetString(PyExc_RuntimeError, "a syscall named twice in the seccomp rules");
+            return NULL;
+        }
+    emit_tree(&p, 0, p.n_rules);
     if (p.n > SB_MAX_INSNS) {
         PyErr_SetString(PyExc_RuntimeError, "seccomp program too long");
         return NULL;
@@ -469,15 +554,28 @@ static int ll_abi(void) {
 
 static PyObject *sb_landlock_abi(PyObject *self, PyObject *noargs) { return PyLong_FromLong(ll_abi()); }
 
-/* Add one path-beneath rule per path of `seq` with `rights` (only the file rights for a non-directory). A path this
- * process cannot reach (missing, or a parent it may not search) gets no rule: it stays denied. */
+/* Add one path-beneath rule per item of `seq` with `rights` (only the file rights for a non-directory): a path, or an
+ * int, an O_PATH descriptor the worker opened once for every program (not closed here; the path lookups were a third
+ * of the cost per program). A path this process cannot reach (missing, or a parent it may not search) gets no rule: it
+ * stays denied. */
 static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
     const uint64_t file_rights = SB_FS_EXECUTE | SB_FS_WRITE_FILE | SB_FS_READ_FILE | SB_FS_TRUNCATE;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        const char *path = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
-        if (!path) return -1;
-        int pfd = open(path, O_PATH | O_CLOEXEC);
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        int given = PyLong_Check(item), pfd = -1;
+        const char *path = "";
+        if (given) {
+            pfd = (int)PyLong_AsLong(item);
+            if (pfd < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a negative descriptor");
+                return -1;
+            }
+        } else {
+            path = PyUnicode_AsUTF8(item);
+            if (!path) return -1;
+            pfd = open(path, O_PATH | O_CLOEXEC);
+        }
         if (pfd < 0) {
             if (errno == ENOENT || errno == EACCES) continue; /* no rule: stays denied, the safe direction */
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
@@ -488,7 +586,7 @@ static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
         if (fstat(pfd, &st) == 0 && !S_ISDIR(st.st_mode)) rule.allowed_access = rights & file_rights;
         long r = syscall(SYS_landlock_add_rule, rfd, SB_LL_RULE_PATH_BENEATH, &rule, 0);
         int e = errno;
-        close(pfd);
+        if (!given) close(pfd);
         if (r != 0) {
             errno = e;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
@@ -522,9 +620,9 @@ static PyObject *sb_landlock(PyObject *self, PyObject *args) {
         attr_size = sizeof(attr);
         if (scope) attr.scoped = SB_SCOPE_SIGNAL | SB_SCOPE_ABSTRACT_UNIX_SOCKET;
     }
-    PyObject *rseq = PySequence_Fast(read_paths, "read_paths must be a sequence of str");
+    PyObject *rseq = PySequence_Fast(read_paths, "read_paths must be a sequence of str or int");
     if (!rseq) return NULL;
-    PyObject *wseq = PySequence_Fast(write_paths, "write_paths must be a sequence of str");
+    PyObject *wseq = PySequence_Fast(write_paths, "write_paths must be a sequence of str or int");
     if (!wseq) {
         Py_DECREF(rseq);
         return NULL;
@@ -753,8 +851,9 @@ static PyMethodDef methods[] = {
     {"subreaper", sb_subreaper, METH_NOARGS, "prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants come back to us."},
     {"pdeathsig", sb_pdeathsig, METH_VARARGS, "pdeathsig(sig): prctl(PR_SET_PDEATHSIG, sig)."},
     {"enter", sb_enter, METH_VARARGS,
-     "enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder): a forked child's session, file "
-     "descriptors (0 /dev/null, 1-2 output, 3 result, 4 nonce, no other), [(resource, soft, hard)] limits and cwd."},
+     "enter(output, owner_uid, owner_gid, result_fd, nonce_fd, limits, folder[, keep_lo, keep_hi]): a forked "
+     "child's session, file descriptors (0 /dev/null, 1-2 output, 3 result, 4 nonce, keep_lo..keep_hi, no other), "
+     "[(resource, soft, hard)] limits and cwd."},
     {"seccomp", sb_seccomp, METH_VARARGS,
      "seccomp(pid, block_fork, block_net): install the sandbox's seccomp-BPF filter (needs no_new_privs or root)."},
     {"judge", sb_judge, METH_VARARGS,
@@ -766,7 +865,7 @@ static PyMethodDef methods[] = {
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "
-     "writes only beneath write_paths (needs no_new_privs or root)."},
+     "writes only beneath write_paths (paths, or O_PATH descriptors as ints; needs no_new_privs or root)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -785,6 +884,7 @@ PyMODINIT_FUNC PyInit__sandbox(void) {
         {"MS_NOSUID", MS_NOSUID},       {"MS_NODEV", MS_NODEV},         {"MS_NOEXEC", MS_NOEXEC},
         {"MS_REMOUNT", MS_REMOUNT},     {"MS_BIND", MS_BIND},           {"MS_REC", MS_REC},
         {"MS_PRIVATE", MS_PRIVATE},     {"MNT_DETACH", MNT_DETACH},
+        {"FD_RULES", 1}, /* landlock takes O_PATH descriptors and enter keeps them: sandbox.py asks before using */
     };
     for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++)
         if (PyModule_AddObject(m, consts[i].name, PyLong_FromUnsignedLong(consts[i].value)) != 0) {

@@ -197,6 +197,7 @@ class Worker:
             self.keep_read = self._probe_uid(check_read=True) == "unreadable"
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
         self.read_paths = view.read_paths(self.allowed, in_view=has_view)
+        self.rule_fds = self._rule_fds()
 
         layers.append(self._user_layer())
         if has_view:
@@ -236,6 +237,27 @@ class Worker:
         gc.collect()
         gc.freeze()
         return layers
+
+    def _rule_fds(self) -> tuple[int, ...]:
+        """/dev/null (written by programs) and the Landlock read paths opened once as O_PATH descriptors, numbered
+        lo..hi: () when Landlock or an extension that takes them is missing, or the numbers are not one range. Each
+        child keeps them through `enter` and closes them once its rules are in force: a path lookup per rule per
+        program was about a quarter of Landlock's cost. A path the worker cannot open gets no rule (stays denied); one
+        the program's uid may not reach stays unreachable (Landlock only narrows what its permissions allow)."""
+        if not self.landlock_abi or not getattr(_sandbox, "FD_RULES", 0):
+            return ()
+        fds = []
+        for path in [os.devnull, *self.read_paths]:
+            try:
+                fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+            except OSError:
+                if path == os.devnull:
+                    return ()
+        if fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
+            for fd in fds:
+                os.close(fd)
+            return ()
+        return fds[0], fds[-1]
 
     def _namespaces(self) -> tuple[bool, bool, bool, dict[str, str]]:
         """Root only: own mount + IPC namespaces pivoted into the view (else just a tmpfs scratch), own network
@@ -460,10 +482,11 @@ class Worker:
 
     def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, limits: list) -> None:
         c = self.config
-        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, no other (the command
-        # pipes and the watchdog's among them); limits; cwd
+        # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, the Landlock rule
+        # descriptors (closed by _confine), no other (the command pipes and the watchdog's among them); limits; cwd
         # in one C call where the extension has it: every Python-level call here costs copy-on-write faults
-        _enter(os.path.join(jobdir, ".output"), self.uid if self.root else -1, self.gid, w, nonce_r, limits, jobdir)
+        _enter(os.path.join(jobdir, ".output"), self.uid if self.root else -1, self.gid, w, nonce_r, limits, jobdir,
+               *self.rule_fds)
         for sig in _RESET_SIGNALS:  # the C function: signal.signal's enum wrapping costs ~0.2 ms per fork
             _signal.signal(sig, _signal.SIG_DFL)
         if self.root:
@@ -507,7 +530,12 @@ class Worker:
         c = self.config
         if self.landlock_abi:
             # /dev/null is written by torch and others; /proc/self opened here is this process's own folder
-            _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
+            if self.rule_fds:
+                lo, hi = self.rule_fds
+                _sandbox.landlock([*range(lo + 1, hi + 1), "/proc/self"], [jobdir, lo], not c.network, True)
+                os.closerange(lo, hi + 1)
+            else:
+                _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
         _sandbox.seccomp(os.getpid(), block_fork, not c.network)
 
     def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool) -> dict:

@@ -10,6 +10,7 @@ samples whose rows are already in results.jsonl (matched by position and content
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -19,8 +20,6 @@ import re
 import sys
 from collections import Counter, defaultdict
 from typing import Iterator, Sequence
-
-from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
@@ -189,6 +188,16 @@ def isolation_summary(pool: SandboxPool) -> dict:
     return report.to_json()
 
 
+def _progress(total: int, name: str, show: bool):
+    """tqdm's bar on stderr, or None when not shown: tqdm is imported only then (with what it imports, logging and
+    importlib.metadata among them, it was about a quarter of the evaluator's start)."""
+    if not show:
+        return contextlib.nullcontext()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc=f"evaluate {name}", file=sys.stderr)
+
+
 def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None = None,
              postprocess: str = "wizardcoder", ks: Sequence[int] = (1, 10, 100), workers: int | None = None,
              timeout: float | None = None, config: SandboxConfig | None = None, progress: bool = True,
@@ -254,10 +263,10 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
             bench.store_reference(path, list(run_work(pool, ref)))
         work = bench.sample_work(path, problems, todo, timeout)
         parts_of: dict[int, dict[str, Result]] = defaultdict(dict)
-        with JsonlAppender(results_path) as out, tqdm(total=len(work.jobs), disable=not progress, unit="run",
-                                                       desc=f"evaluate {bench.name}", file=sys.stderr) as bar:
+        with JsonlAppender(results_path) as out, _progress(len(work.jobs), bench.name, progress) as bar:
             for res in run_work(pool, work):
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
                 i, part = res.id
                 parts_of[i][part] = res
                 if len(parts_of[i]) < len(bench.parts):
