@@ -138,10 +138,12 @@ def test_a_request_over_the_timeout_is_retried_then_named():
     import asyncio
 
     async def go(stub):
-        async with LLMClient(llm(stub, timeout_s=0.2, max_retries=1)) as c:
+        # 0.5 s: time enough to connect on a loaded machine (a loopback connect starved past 0.2 s under the full
+        # suite read as ConnectTimeout), still well under the reply's delay
+        async with LLMClient(llm(stub, timeout_s=0.5, max_retries=1)) as c:
             await c.complete("hello")
 
-    with StubLLM(delay=1.0) as stub:
+    with StubLLM(delay=2.0) as stub:
         t0 = time.perf_counter()
         with pytest.raises(LLMUnreachableError, match=r"gave up after 2 tries \(ReadTimeout.*run the same command again"):
             asyncio.run(go(stub))
