@@ -233,6 +233,17 @@ def test_a_bad_request_fails_alone_and_abort_frees_its_slots(model):
     assert engine.num_waiting() == 0 and engine.scheduler.free_prompt_slots  # the aborted request's prompt slot is back
 
 
+@pytest.mark.slow
+def test_compiled_steps_match_eager_steps_on_cpu(model):
+    """`compile="compile"` on CPU (inductor, one compile per decode shape): the same tokens as eager steps, greedy and
+    seeded with top-k / top-p (the sampler's CPU cut writes its buffers in ways compile must take)."""
+    params = [SamplingParams(n=3, temperature=0.9, top_p=0.9, max_new_tokens=20, seed=1), SamplingParams(max_new_tokens=16),
+              SamplingParams(n=2, temperature=1.2, top_k=20, top_p=0.95, max_new_tokens=24, seed=2)]
+    compiled = Engine(model, max_slots=4, sync_every=4, compile="compile").generate(PROMPTS[:3], params)
+    eager = Engine(model, max_slots=4, sync_every=4, compile="off").generate(PROMPTS[:3], params)
+    assert tokens(compiled) == tokens(eager)
+
+
 @pytest.mark.gpu
 def test_cuda_graph_steps_match_eager_steps():
     """On CUDA every decode step is a replayed graph: the same tokens as eager steps, greedy and seeded, shared and
