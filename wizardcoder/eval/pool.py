@@ -128,8 +128,9 @@ class _WorkerHandle:
         self.tmp_root = hello["tmp_root"]
         self.loaded = collections.OrderedDict()
 
-    def send(self, job: Job, tasks: dict) -> None:
-        """Send a job (after its task's data, when this worker does not hold it yet); its reply comes in order."""
+    def send(self, job: Job, tasks: dict, frame: bytes) -> None:
+        """Send a job, `frame` its message (`message`); first its task's data, when this worker does not hold it yet.
+        Its reply comes in order."""
         key = job.task_key
         if key is not None:
             if key in self.loaded:
@@ -141,19 +142,20 @@ class _WorkerHandle:
                 data = tasks[key]
                 self.commands.send({"op": "task", "key": key, "data": data() if callable(data) else data})
                 self.loaded[key] = None
-        self.commands.send(self.message(job))
+        self.commands.send_frame(frame)
 
     @staticmethod
-    def message(job: Job) -> dict:
-        return {"op": "job", "job": dict(vars(job))}  # checks.py reads a job as a dict
+    def message(job: Job) -> bytes:
+        """The job's message as it goes down the pipe (made once: `queueable` sizes it, `send` writes it)."""
+        return Channel.frame({"op": "job", "job": dict(vars(job))})  # checks.py reads a job as a dict
 
-    def queueable(self, job: Job) -> bool:
-        """Can this job be sent while another one runs? Only when its message is one small write (the worker's data
-        for it already there): then the pipe holds both without blocking, whatever the worker is doing, so a worker
-        blocked on a long reply can never be waiting for us while we wait for it."""
+    def queueable(self, job: Job, frame: bytes) -> bool:
+        """Can this job (its message `frame`) be sent while another one runs? Only when it is one small write (the
+        worker's data for it already there): then the pipe holds both without blocking, whatever the worker is
+        doing, so a worker blocked on a long reply can never be waiting for us while we wait for it."""
         if job.task_key is not None and job.task_key not in self.loaded:
             return False
-        return len(pickle.dumps(self.message(job), protocol=pickle.HIGHEST_PROTOCOL)) + 8 <= self.queue_bytes
+        return len(frame) <= self.queue_bytes
 
     def receive(self) -> dict:
         return self.replies.recv()  # EOFError when the worker died
@@ -314,12 +316,13 @@ class SandboxPool:
                         done.put((i, Result(job.id, "crashed", "sandbox worker could not restart")))
                         held = None
                         continue
-                    if sent and not h.queueable(job):
+                    frame = h.message(job)
+                    if sent and not h.queueable(job, frame):
                         break
                     held = None
                     sent.append((i, job))
                     try:
-                        h.send(job, self.tasks)
+                        h.send(job, self.tasks, frame)
                     except OSError:  # the worker is gone: receive() below says so
                         break
                 if not sent:

@@ -120,9 +120,17 @@ class Channel:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def send(self, obj) -> None:
+    @staticmethod
+    def frame(obj) -> bytes:
+        """`obj` as it goes down the pipe (what `send` writes)."""
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        _write_all(self.fd, struct.pack("<Q", len(data)) + data)
+        return struct.pack("<Q", len(data)) + data
+
+    def send(self, obj) -> None:
+        self.send_frame(self.frame(obj))
+
+    def send_frame(self, frame: bytes) -> None:
+        _write_all(self.fd, frame)
 
     def recv(self):
         """The next message; EOFError when the other side is gone."""
