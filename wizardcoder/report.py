@@ -62,6 +62,11 @@ def _table(head: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _passk_keys(keys) -> list[str]:
+    """The distinct "pass@k" keys among `keys`, by k."""
+    return sorted({k for k in keys if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+
+
 def _pyplot():
     import matplotlib
 
@@ -264,7 +269,7 @@ def _problems(summary: dict) -> str:
     text = (f"Problems ({len(ids)}"
             + (f"; {summary['missing_tasks']} of the benchmark's problems have no sample and are not counted"
                if summary.get("missing_tasks") else "") + f"): {shown}.\n\n")
-    ks = sorted({k for row in per_task.values() for k in row if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    ks = _passk_keys(k for row in per_task.values() for k in row)
     for k in ks:
         values = [row[k] for row in per_task.values() if k in row]
         lo, hi = passk_interval(values)
@@ -370,7 +375,7 @@ def _scores(evals: list[tuple[str, dict]], folder: str) -> str:
     for name, s in evals:
         bench = get_benchmark(s["task"])
         figures, base = bench.scores(s), bench.base_scores(s)
-        ks = sorted(figures, key=lambda k: int(k[5:]))
+        ks = _passk_keys(figures)
         for k in ks:
             rows.append([name, s.get("task"), s.get("n_samples"), k, figures[k], base.get(k) if base else ""])
             bars.append((f"{name}\n{k}", figures[k]))
@@ -402,10 +407,10 @@ def _by_benchmark(evals: list[tuple[str, dict]]) -> str:
     toolchain) is said so, never shown as 0."""
     if len(evals) < 2:
         return ""
-    ks = sorted({k for _, s in evals for k in get_benchmark(s["task"]).scores(s)}, key=lambda k: int(k[5:]))
+    benches = [get_benchmark(s["task"]) for _, s in evals]
+    ks = _passk_keys(k for (_, s), bench in zip(evals, benches) for k in bench.scores(s))
     rows = []
-    for _, s in evals:
-        bench = get_benchmark(s["task"])
+    for (_, s), bench in zip(evals, benches):
         if s.get("skipped"):
             rows.append([bench.title, s["task"], s.get("n_tasks", ""), s.get("n_samples", ""), *[""] * len(ks),
                          s["skipped"]])
@@ -422,7 +427,7 @@ def _groups(summary: dict) -> str:
     if not groups:
         return ""
     bench = get_benchmark(summary["task"])
-    ks = sorted({k for g in groups.values() for k in g if k.startswith("pass@")}, key=lambda k: int(k[5:]))
+    ks = _passk_keys(k for g in groups.values() for k in g)
     rows = [[name, g["n_tasks"], *[round(g[k], 4) if k in g else "" for k in ks],
              f"{g['skipped']['n_tasks']} skipped: {g['skipped']['reason']}" if "skipped" in g else ""]
             for name, g in groups.items()]

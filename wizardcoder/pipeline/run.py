@@ -106,23 +106,23 @@ def plain_stages(run: Run, products: dict[str, str], verbs: tuple[str, ...] = ST
 def also_evaluate_stages(run: Run, stages: list[Stage], products: dict[str, str]) -> list[Stage]:
     """`[run] also_evaluate`: the run's generate and evaluate settings on more benchmarks, one pair of stages per
     task: generate@TASK (RUN/generate-TASK/samples.jsonl, from the same model) and evaluate@TASK (RUN/evaluate-TASK;
-beside the main stages' folders, not in them, so a rerun of the main stage removes nothing of theirs).
+    beside the main stages' folders, not in them, so a rerun of the main stage removes nothing of theirs).
     A task's dataset is its own (the sections' `data` is the main task's), found as `evaluate --task TASK` finds it."""
     tasks = run.opts.also_evaluate
-    gen = next((s for s in stages if s.name == "generate"), None)
-    ev = next((s for s in stages if s.name == "evaluate"), None)
     if not tasks:
         return []
+    gen = next((s for s in stages if s.name == "generate"), None)
+    ev = next((s for s in stages if s.name == "evaluate"), None)
     if gen is None and (ev is None or not ev.section.get("model")):
         raise ConfigError(f"{run.source} [run] also_evaluate: nothing makes samples for the other benchmarks; add a "
                           "[generate] section (or give [evaluate] model).")
     main_task = (gen or ev).section.get("task")
     if main_task in tasks:
         raise ConfigError(f"{run.source} [run] also_evaluate names {main_task!r}, the run's own task; leave it out.")
+    first = (gen or ev).settings["after"]  # the hash the main stages chain from (the model's stage)
     out = []
     for task in tasks:
-        prev = (gen or ev).settings["after"]
-        samples = {}
+        prev, samples = first, {}
         if gen is not None:
             wire = {"model": products["train"]} if "train" in products else {}
             g = run.resolve("generate", products, prev, name=f"generate@{task}", wire_from=wire, extra={
