@@ -298,7 +298,21 @@ def test_exit_early_is_not_a_pass(pool):
                  "raise SystemExit(0)", "exit()"]:
         r = run1(pool, code)
         assert r["status"] in ("crashed", "failed"), (code, r)
+    # the worker runs without site (python -S) but gives programs what site would: exit() and quit() end them
+    for code in ["exit()", "quit()"]:
+        assert "SystemExit" in run1(pool, code)["error"], code
     still_healthy(pool)
+
+
+def test_a_pool_closed_unused_leaves_nothing(tmp_path):
+    """Workers are waited for when first needed: a pool closed before any run (or before its other workers
+    started) still removes every worker's scratch and ends every process."""
+    with SandboxPool(3, SandboxConfig(tmp_root=str(tmp_path))) as p:
+        pids = [h.proc.pid for h in p.handles]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert [n for n in os.listdir(tmp_path) if n.startswith("wizardcoder-sandbox-")] == []
 
 
 def test_closing_stdout_and_its_channels(pool):
@@ -307,7 +321,21 @@ def test_closing_stdout_and_its_channels(pool):
                  "import os\nos.write(3, b'garbage')\nos._exit(0)"]:
         r = run1(pool, code)
         assert r["status"] in ("crashed", "failed"), (code, r)
+    # the worker runs without site (python -S) but gives programs what site would: exit() and quit() end them
+    for code in ["exit()", "quit()"]:
+        assert "SystemExit" in run1(pool, code)["error"], code
     still_healthy(pool)
+
+
+def test_a_pool_closed_unused_leaves_nothing(tmp_path):
+    """Workers are waited for when first needed: a pool closed before any run (or before its other workers
+    started) still removes every worker's scratch and ends every process."""
+    with SandboxPool(3, SandboxConfig(tmp_root=str(tmp_path))) as p:
+        pids = [h.proc.pid for h in p.handles]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert [n for n in os.listdir(tmp_path) if n.startswith("wizardcoder-sandbox-")] == []
 
 
 def test_gigabytes_of_output(pool):

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 
 from ..errors import UserError
 from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
+from . import worker
 from .sandbox import Channel, SandboxConfig
 from .scratch import remove_tree
 
@@ -87,18 +88,22 @@ class _WorkerHandle:
         self.spawner = spawner
         self.uid, self.uid_lock = (_claim_uid(config.uid_base) if os.geteuid() == 0 else (os.getuid(), None))
         self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._launch()  # the pool waits for "ready" once all its workers are launched
+        self.ready_lock = threading.Lock()  # the pool's caller and the worker's dispatch thread may both wait
+        self._launch()  # "ready" is read when the worker is first needed (await_ready)
 
     def _start(self) -> None:
         self._launch()
-        self._await_ready()
+        self.await_ready()
 
     def _launch(self) -> None:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # -S: the worker does not run site again (its .pth files, an editable install's import hook: ~20 ms per
+        # worker); it takes this process's import path instead, which site already completed (worker.py)
+        env[worker.PATH_VARIABLE] = json.dumps([pkg_parent] + [p for p in sys.path[1:] if p])
         config = dataclasses.replace(self.config, tmp_root=self.config.tmp_root or tempfile.gettempdir())
-        argv = [sys.executable, "-m", "wizardcoder.eval.worker", str(self.index),
+        argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", str(self.index),
                 json.dumps(dataclasses.asdict(config)), str(self.uid)]
         cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
         rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
@@ -113,20 +118,26 @@ class _WorkerHandle:
             os.close(cmd_r)
             os.close(rep_w)
         self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
+        self.ready = False
         # half the pipe: the job being read and the one queued behind it both fit
         self.queue_bytes = fcntl.fcntl(cmd_w, fcntl.F_GETPIPE_SZ) // 2
 
-    def _await_ready(self) -> None:
-        try:
-            hello = self.replies.recv()
-        except (EOFError, OSError):
-            hello = None
-        if not isinstance(hello, dict) or hello.get("op") != "ready":
-            raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
-                            "to see why.")
-        self.isolation = IsolationReport(tuple(hello["isolation"]))
-        self.tmp_root = hello["tmp_root"]
-        self.loaded = collections.OrderedDict()
+    def await_ready(self) -> None:
+        """Read the worker's "ready" (its isolation report and scratch folder), once."""
+        with self.ready_lock:
+            if self.ready:
+                return
+            try:
+                hello = self.replies.recv()
+            except (EOFError, OSError):
+                hello = None
+            if not isinstance(hello, dict) or hello.get("op") != "ready":
+                raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
+                                "to see why.")
+            self.isolation = IsolationReport(tuple(hello["isolation"]))
+            self.tmp_root = hello["tmp_root"]
+            self.loaded = collections.OrderedDict()
+            self.ready = True
 
     def send(self, job: Job, tasks: dict, frame: bytes) -> None:
         """Send a job, `frame` its message (`message`); first its task's data, when this worker does not hold it yet.
@@ -177,6 +188,10 @@ class _WorkerHandle:
 
     def finish(self) -> None:
         """Wait for the worker asked to exit (killed after 10 s), close its pipes, remove its scratch folder."""
+        try:  # a worker never used still says where its scratch is (it reads "exit" after saying "ready")
+            self.await_ready()
+        except UserError:
+            pass  # it died starting: the next pool's remove_stale_scratch finds its folder
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -185,7 +200,8 @@ class _WorkerHandle:
         for conn in (self.commands, self.replies):
             if not conn.closed:
                 conn.close()
-        remove_tree(self.tmp_root)
+        if self.ready:
+            remove_tree(self.tmp_root)
 
     def release(self) -> None:
         if self.uid_lock is not None:
@@ -257,10 +273,11 @@ class SandboxPool:
         remove_stale_scratch(self.config.tmp_root)
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wizardcoder-sandbox-spawner")
         try:
-            for i in range(self.n):  # launch all, then wait: workers start in parallel
+            for i in range(self.n):  # launch all: workers start in parallel
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
-            for h in self.handles:
-                h._await_ready()
+            # The first one's start says whether this machine can run the sandbox at all; each other one takes
+            # jobs once it has started (run), so programs run while the rest are still starting.
+            self.handles[0].await_ready()
         except BaseException:
             self.close()
             raise
@@ -296,6 +313,10 @@ class SandboxPool:
             return
 
         def loop(h: _WorkerHandle) -> None:
+            try:
+                h.await_ready()
+            except UserError:  # the others take its share (the first one started: see __init__)
+                return
             # Up to QUEUED jobs sent ahead: the worker starts the next program as soon as one ends, without waiting
             # for this thread to read the reply and send again (see _WorkerHandle.queueable). Only while there are
             # jobs enough for every worker: a job queued behind a long program must not wait while a worker idles.

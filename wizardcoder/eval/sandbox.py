@@ -203,6 +203,8 @@ class Worker:
         self.keep_read = False
         if self.root:
             self.keep_read = self._probe_uid(check_read=True) == "unreadable"
+            if hasattr(_sandbox, "bound"):  # once here rather than ~40 credential commits in every child's drop_to
+                _sandbox.bound(self.keep_read)
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
         self.read_paths = view.read_paths(self.allowed, in_view=has_view)
         self.rule_fds = self._rule_fds()
@@ -445,6 +447,7 @@ class Worker:
         pid = os.fork()
         if pid == 0:  # ------------------------------------------------------------- child
             try:
+                gc.freeze()
                 os.close(r)
                 os.close(nonce_w)
                 self._child(job, jobdir, w, nonce_r, limits)
