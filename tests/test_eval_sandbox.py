@@ -304,6 +304,19 @@ def test_exit_early_is_not_a_pass(pool):
     still_healthy(pool)
 
 
+def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
+    """Workers start without site and take the evaluator's import path, but only what site gave it (site-packages,
+    PYTHONPATH): a folder the evaluating process put on sys.path while running is not importable (nor readable)."""
+    added = tmp_path / "added"
+    added.mkdir()
+    (added / "planted.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(added), *sys.path[1:]])  # as a test runner adds its folders
+    with SandboxPool(1) as p:
+        r = run1(p, f"import sys\nassert {str(added)!r} not in sys.path, sys.path\nimport numpy\n"
+                    "try:\n    import planted\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('planted')")
+    assert r["status"] == "passed", r
+
+
 def test_a_pool_closed_unused_leaves_nothing(tmp_path):
     """Workers are waited for when first needed: a pool closed before any run (or before its other workers
     started) still removes every worker's scratch and ends every process."""
@@ -325,6 +338,19 @@ def test_closing_stdout_and_its_channels(pool):
     for code in ["exit()", "quit()"]:
         assert "SystemExit" in run1(pool, code)["error"], code
     still_healthy(pool)
+
+
+def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
+    """Workers start without site and take the evaluator's import path, but only what site gave it (site-packages,
+    PYTHONPATH): a folder the evaluating process put on sys.path while running is not importable (nor readable)."""
+    added = tmp_path / "added"
+    added.mkdir()
+    (added / "planted.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(added), *sys.path[1:]])  # as a test runner adds its folders
+    with SandboxPool(1) as p:
+        r = run1(p, f"import sys\nassert {str(added)!r} not in sys.path, sys.path\nimport numpy\n"
+                    "try:\n    import planted\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('planted')")
+    assert r["status"] == "passed", r
 
 
 def test_a_pool_closed_unused_leaves_nothing(tmp_path):

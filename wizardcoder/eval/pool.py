@@ -20,6 +20,9 @@ import json
 import os
 import pickle
 import queue
+import select
+import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -27,8 +30,8 @@ import threading
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
 from . import worker
+from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
 from .sandbox import Channel, SandboxConfig
 from .scratch import remove_tree
 
@@ -77,10 +80,110 @@ def remove_stale_scratch(root: str | None = None) -> None:
         remove_tree(os.path.join(root, name))
 
 
+def _import_path(pkg_parent: str) -> list[str]:
+    """The import path a fresh interpreter would have, from this one's (site has run here): this package's folder,
+    PYTHONPATH, and the sys.path entries beneath the interpreter's prefixes (the standard library, site-packages and
+    what their .pth files add there) or in the user's site-packages; not what this process added while running (a
+    test runner's folders, a caller's sys.path.insert), which programs would then be allowed to read (view.py)."""
+    prefixes = [os.path.join(os.path.abspath(p), "") for p in
+                (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)]
+    given = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    path = [pkg_parent]
+    for p in sys.path:
+        if not p or p in path:
+            continue
+        a = os.path.abspath(p)
+        if a in given or a == user or any(os.path.join(a, "").startswith(pre) for pre in prefixes):
+            path.append(p)
+    return path
+
+
+def _worker_command(config: SandboxConfig, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a worker process (worker.py), started as `python -S`: it does not run site again
+    (its .pth files, an editable install's import hook: ~20 ms a process) but takes the import path site gave this
+    process (_import_path)."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[worker.PATH_VARIABLE] = json.dumps(_import_path(pkg_parent))
+    config = dataclasses.replace(config, tmp_root=config.tmp_root or tempfile.gettempdir())
+    argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", *args[:1], json.dumps(dataclasses.asdict(config)),
+            *args[1:]]
+    return argv, env
+
+
+class _Forked:
+    """A worker the fork server started: not our child, so waited for and killed through a pidfd (opened while the
+    fork server, which reaps it, still holds it)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd = os.pidfd_open(pid)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.fd >= 0:
+            if not select.select([self.fd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(f"sandbox worker {self.pid}", timeout)
+            os.close(self.fd)
+            self.fd = -1
+
+    def poll(self) -> int | None:
+        """None while it runs; -1 once it has exited (its status is its parent's, the fork server's)."""
+        return -1 if self.fd < 0 or select.select([self.fd], [], [], 0)[0] else None
+
+    def kill(self) -> None:
+        if self.fd >= 0:
+            signal.pidfd_send_signal(self.fd, signal.SIGKILL)
+
+
+def _fork_workers(handles: list[_WorkerHandle], config: SandboxConfig,
+                  spawner: concurrent.futures.ThreadPoolExecutor) -> subprocess.Popen:
+    """Start every worker at once through one fork server (worker.py --fork): it imports the sandbox and preloads
+    once, then forks a worker per handle on the handle's pipes, so a pool's start costs one interpreter start, not
+    one per worker. Returns the fork server (their parent, which outlives them)."""
+    ends, specs, mine = [], [], []
+    try:
+        for h in handles:
+            cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
+            rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
+            ends += [cmd_r, rep_w]
+            mine.append((cmd_w, rep_r))
+            specs.append([h.index, h.uid, cmd_r, rep_w])
+        pids_r, pids_w = os.pipe()
+        ends.append(pids_w)
+        argv, env = _worker_command(config, "--fork", json.dumps(specs))
+        server = spawner.submit(subprocess.Popen, argv, stdout=pids_w, env=env, cwd="/", pass_fds=ends).result()
+    except BaseException:
+        for fd in [*ends, *(fd for pair in mine for fd in pair)]:
+            os.close(fd)
+        raise
+    for fd in ends:
+        os.close(fd)
+    with os.fdopen(pids_r, "rb") as f:  # one line, once every worker is forked; nothing when the server failed
+        line = f.readline()
+    try:
+        pids = json.loads(line)
+        procs = [_Forked(pid) for pid in pids]
+    except (ValueError, TypeError, OSError):
+        pids = procs = None
+    if not isinstance(pids, list) or len(pids) != len(handles):
+        for cmd_w, rep_r in mine:
+            os.close(cmd_w)
+            os.close(rep_r)
+        server.kill()
+        server.wait()
+        raise UserError("the sandbox workers failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` to see "
+                        "why.")
+    for h, proc, (cmd_w, rep_r) in zip(handles, procs, mine):
+        h.attach(proc, cmd_w, rep_r)
+    return server
+
+
 class _WorkerHandle:
     """One worker process and the two pipes to it. Workers are started from the pool's one spawner thread: a worker
-    asks for PDEATHSIG, which the kernel ties to the *thread* that forked it, so starting one from a short-lived
-    dispatch thread would kill it when a `run` ends."""
+    (and the fork server that starts them together) asks for PDEATHSIG, which the kernel ties to the *thread* that
+    forked it, so starting one from a short-lived dispatch thread would kill it when a `run` ends."""
 
     def __init__(self, index: int, config: SandboxConfig, spawner: concurrent.futures.ThreadPoolExecutor):
         self.index = index
@@ -89,27 +192,17 @@ class _WorkerHandle:
         self.uid, self.uid_lock = (_claim_uid(config.uid_base) if os.geteuid() == 0 else (os.getuid(), None))
         self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.ready_lock = threading.Lock()  # the pool's caller and the worker's dispatch thread may both wait
-        self._launch()  # "ready" is read when the worker is first needed (await_ready)
+        self.ready = False  # "ready" is read when the worker is first needed (await_ready)
+        self.proc = None  # attach()
 
     def _start(self) -> None:
-        self._launch()
-        self.await_ready()
-
-    def _launch(self) -> None:
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # -S: the worker does not run site again (its .pth files, an editable install's import hook: ~20 ms per
-        # worker); it takes this process's import path instead, which site already completed (worker.py)
-        env[worker.PATH_VARIABLE] = json.dumps([pkg_parent] + [p for p in sys.path[1:] if p])
-        config = dataclasses.replace(self.config, tmp_root=self.config.tmp_root or tempfile.gettempdir())
-        argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", str(self.index),
-                json.dumps(dataclasses.asdict(config)), str(self.uid)]
-        cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
-        rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
+        """Start this worker alone (a restart): an interpreter of its own."""
+        cmd_r, cmd_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        argv, env = _worker_command(self.config, str(self.index), str(self.uid))
         try:
-            self.proc = self.spawner.submit(subprocess.Popen, argv, stdin=cmd_r, stdout=rep_w, env=env, cwd="/",
-                                            close_fds=True).result()
+            proc = self.spawner.submit(subprocess.Popen, argv, stdin=cmd_r, stdout=rep_w, env=env, cwd="/",
+                                       close_fds=True).result()
         except BaseException:
             os.close(cmd_w)
             os.close(rep_r)
@@ -117,6 +210,12 @@ class _WorkerHandle:
         finally:
             os.close(cmd_r)
             os.close(rep_w)
+        self.attach(proc, cmd_w, rep_r)
+        self.await_ready()
+
+    def attach(self, proc, cmd_w: int, rep_r: int) -> None:
+        """The worker process (a Popen, or _Forked) and our ends of its pipes."""
+        self.proc = proc
         self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
         self.ready = False
         # half the pipe: the job being read and the one queued behind it both fit
@@ -180,6 +279,8 @@ class _WorkerHandle:
         self.finish()
 
     def ask_exit(self) -> None:
+        if self.proc is None:
+            return
         try:
             self.commands.send({"op": "exit"})
             self.commands.close()
@@ -188,6 +289,8 @@ class _WorkerHandle:
 
     def finish(self) -> None:
         """Wait for the worker asked to exit (killed after 10 s), close its pipes, remove its scratch folder."""
+        if self.proc is None:
+            return
         try:  # a worker never used still says where its scratch is (it reads "exit" after saying "ready")
             self.await_ready()
         except UserError:
@@ -272,9 +375,11 @@ class SandboxPool:
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wizardcoder-sandbox-spawner")
+        self._server: subprocess.Popen | None = None
         try:
-            for i in range(self.n):  # launch all: workers start in parallel
+            for i in range(self.n):
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
+            self._server = _fork_workers(self.handles, self.config, self._spawner)
             # The first one's start says whether this machine can run the sandbox at all; each other one takes
             # jobs once it has started (run), so programs run while the rest are still starting.
             self.handles[0].await_ready()
@@ -378,6 +483,13 @@ class SandboxPool:
             h.finish()
             h.release()
         self.handles = []
+        if self._server is not None:  # it exits once the workers it forked are gone
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            self._server = None
         self._spawner.shutdown(wait=False)
 
     def __enter__(self) -> "SandboxPool":

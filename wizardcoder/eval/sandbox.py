@@ -233,12 +233,7 @@ class Worker:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
         layers.append(Layer("limits", True, ", ".join(lim)))
 
-        os.environ.update(THREADS)
-        for name in PRELOAD + tuple(c.preload):
-            try:
-                __import__(name)
-            except Exception:  # noqa: BLE001 - a preload is an optimisation only
-                pass
+        preload(c)
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS})
@@ -809,6 +804,57 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def preload(config: SandboxConfig) -> None:
+    """Import what programs commonly import (PRELOAD, config.preload), with one thread for every threaded library."""
+    os.environ.update(THREADS)
+    for name in PRELOAD + tuple(config.preload):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - a preload is an optimisation only
+            pass
+
+
+def fork_workers(config: SandboxConfig, specs: list) -> None:
+    """The pool's fork server: import and preload once, fork one worker per spec [index, uid, command fd, reply fd]
+    (each serves on its own pipes, as fds 0 and 1), say their pids on fd 1 (one JSON line), then stay their parent
+    until all are gone: a worker's PDEATHSIG fires when this process dies, and this process's when the evaluator's
+    spawner thread does."""
+    if _sandbox is not None:
+        _sandbox.pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
+        os._exit(1)
+    preload(config)
+    gc.collect()
+    gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
+    fds = [fd for spec in specs for fd in spec[2:]]
+    pids = []
+    for index, uid, cmd, rep in specs:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(cmd, 0)
+                os.dup2(rep, 1)
+                for fd in fds:  # no other worker's pipe: its death must read as EOF to the evaluator
+                    os.close(fd)
+                serve(index, config, uid)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for fd in fds:
+        os.close(fd)
+    _write_all(1, json.dumps(pids).encode() + b"\n")
+    os.close(1)
+    _signal.signal(signal.SIGINT, _signal.SIG_IGN)  # a Ctrl-C stops the workers (they see it), not their parent
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+    os._exit(0)
 
 
 def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:

@@ -1,9 +1,13 @@
-"""Entry point of a sandbox worker process: `python -m wizardcoder.eval.worker INDEX CONFIG_JSON [UID]`.
+"""Entry point of sandbox worker processes (sandbox.py).
+
+    python -m wizardcoder.eval.worker INDEX CONFIG_JSON [UID]       one worker: a restart, or by hand
+    python -m wizardcoder.eval.worker --fork CONFIG_JSON WORKERS    a pool's start: the fork server, WORKERS a JSON
+                                                                    list of [index, uid, command fd, reply fd]
 
 Started by `wizardcoder.eval.pool.SandboxPool` as a fresh interpreter (never forked from the evaluator, so it holds
-none of the evaluator's state); it then forks one isolated child per program (see sandbox.py). The pool starts it
-with `python -S` and its import path in PATH_VARIABLE: site's work (the .pth files, an editable install's import
-hook) is done once, by the evaluator, rather than once per worker."""
+none of the evaluator's state); a worker then forks one isolated child per program. The pool starts it with
+`python -S` and its import path in PATH_VARIABLE: site's work (the .pth files, an editable install's import hook) is
+done once, by the evaluator, rather than once per process."""
 import json
 import os
 import sys
@@ -20,7 +24,9 @@ if __name__ == "__main__":
 
             builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
             builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-    from .sandbox import SandboxConfig, serve
+    from .sandbox import SandboxConfig, fork_workers, serve
 
+    if sys.argv[1] == "--fork":
+        fork_workers(SandboxConfig(**json.loads(sys.argv[2])), json.loads(sys.argv[3]))
     serve(int(sys.argv[1]), SandboxConfig(**json.loads(sys.argv[2])), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     os._exit(0)  # nothing left to flush (replies go straight to the pipe): skip tearing down every module
