@@ -476,9 +476,14 @@ class SandboxPool:
         for t in threads:
             t.join()
 
-    def close(self) -> None:
-        for h in self.handles:  # all at once: each worker's exit takes a while (the watchdog, the scratch)
+    def stop_soon(self) -> None:
+        """Ask every worker to exit without waiting (close() then waits): their exit (the watchdog, the scratch) overlaps
+        whatever the caller does meanwhile. No job may be run after it."""
+        for h in self.handles:
             h.ask_exit()
+
+    def close(self) -> None:
+        self.stop_soon()  # all at once: each worker's exit takes a while
         for h in self.handles:
             h.finish()
             h.release()

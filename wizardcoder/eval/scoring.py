@@ -275,14 +275,16 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
                 row = {**meta, **bench.row(parts_of.pop(i)), "solution": code}
                 done[i] = row
                 out.write(row)
+        if own_pool:
+            pool.stop_soon()  # the workers exit while the results are written
+        rows = [done[i] for i in sorted(done)]
+        write_jsonl(results_path, rows)  # the appended rows, now in sample order
+        summary = summarize(bench, rows, problems, ks, isolation,
+                            {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
+                             "postprocess": postprocess}, skipped_tasks)
+        atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     finally:
         if own_pool and pool is not None:
             pool.close()
         gc.unfreeze()
-    rows = [done[i] for i in sorted(done)]
-    write_jsonl(results_path, rows)  # the appended rows, now in sample order
-    summary = summarize(bench, rows, problems, ks, isolation,
-                        {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
-                         "postprocess": postprocess}, skipped_tasks)
-    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary
