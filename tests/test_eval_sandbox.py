@@ -317,6 +317,15 @@ def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
     assert r["status"] == "passed", r
 
 
+def test_the_worker_holds_only_what_programs_use(pool):
+    """Every module a worker holds makes each program's fork and exit dearer (bench/RESULTS.md: the fork server's
+    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random) and no site."""
+    r = run1(pool, "import sys\nheavy = {'dataclasses', 'inspect', 'ast', 'dis', 'tempfile', 'random', 'site', "
+                   "'multiprocessing', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool'} & set(sys.modules)\n"
+                   "assert not heavy, sorted(heavy)\nassert {'typing', 're', 'math'} <= set(sys.modules)")
+    assert r["status"] == "passed", r
+
+
 def test_a_pool_closed_unused_leaves_nothing(tmp_path):
     """Workers are waited for when first needed: a pool closed before any run (or before its other workers
     started) still removes every worker's scratch and ends every process."""
@@ -350,6 +359,15 @@ def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
     with SandboxPool(1) as p:
         r = run1(p, f"import sys\nassert {str(added)!r} not in sys.path, sys.path\nimport numpy\n"
                     "try:\n    import planted\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('planted')")
+    assert r["status"] == "passed", r
+
+
+def test_the_worker_holds_only_what_programs_use(pool):
+    """Every module a worker holds makes each program's fork and exit dearer (bench/RESULTS.md: the fork server's
+    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random) and no site."""
+    r = run1(pool, "import sys\nheavy = {'dataclasses', 'inspect', 'ast', 'dis', 'tempfile', 'random', 'site', "
+                   "'multiprocessing', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool'} & set(sys.modules)\n"
+                   "assert not heavy, sorted(heavy)\nassert {'typing', 're', 'math'} <= set(sys.modules)")
     assert r["status"] == "passed", r
 
 

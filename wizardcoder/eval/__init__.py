@@ -19,7 +19,7 @@ estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 _LAZY = {
     "evaluate": ".scoring", "summarize": ".scoring", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
     "Result": ".jobs", "IsolationReport": ".jobs", "SandboxPool": ".pool", "sanitize": ".postprocessing",
-    "SandboxConfig": ".sandbox", "TASKS": "..benchmarks", "get_benchmark": "..benchmarks",
+    "SandboxConfig": ".jobs", "TASKS": "..benchmarks", "get_benchmark": "..benchmarks",
     "Benchmark": "..benchmarks", "Problem": "..benchmarks",
 }
 __all__ = list(_LAZY)

@@ -128,7 +128,7 @@ def generate_once(cfg: Config, path: str) -> str:
 
 def run(cfg: Config) -> int:
     from ..outdir import make_out_dir
-    from .sandbox import SandboxConfig
+    from .jobs import SandboxConfig
     from .scoring import evaluate
 
     path = cfg.bench.locate(cfg.data)

@@ -15,6 +15,7 @@ import os
 from typing import Any, Hashable, Iterable
 
 from ..errors import ConfigError
+from .checks import VERDICTS
 
 MAX_TIMEOUT = 3600.0  # CPU seconds one program may be given (an hour)
 WORKERS_PER_CORE = 4  # the most sandbox workers per CPU core this process may use
@@ -55,8 +56,30 @@ def check_workers(workers, flag: str = "--workers") -> None:
                           "process may use); each worker is a process holding its programs' memory.")
 
 
+@dataclasses.dataclass
+class SandboxConfig:
+    """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
+
+    # Time: a program gets `timeout` seconds of user CPU (rounded up to whole seconds) and wall_factor times
+    # that (plus 1 s) of wall clock, which catches programs that sleep or block. CPU time, unlike wall time, does not
+    # grow when the machine is busy, so a loaded machine does not turn slow-but-correct programs into timeouts.
+    timeout: float = 3.0  # per program (jobs may carry their own: the + tasks compute theirs from the task)
+    cpu_timeout: float | None = None  # overrides the CPU limit of every job
+    wall_factor: float = 3.0
+    memory: int = 4 << 30  # RLIMIT_AS
+    max_output: int = 16 << 20  # RLIMIT_FSIZE: stdout+stderr file and any file the program writes
+    max_files: int = 256  # RLIMIT_NOFILE
+    max_procs: int = 64  # RLIMIT_NPROC, when the program runs under a uid of its own
+    allow_fork: bool = False  # False: seccomp refuses new processes; True: only RLIMIT_NPROC bounds them
+    network: bool = False  # True disables every network layer (for programs that legitimately need it)
+    uid_base: int = 61000  # when root, each worker runs programs under the first free uid from here (flock-claimed)
+    scratch: int = 512 << 20  # size of the worker's private tmpfs holding the temp folders (when permitted)
+    tmp_root: str | None = None  # where private temp folders go (default: the system temp dir)
+    preload: tuple = ()  # modules to import in the worker besides PRELOAD (e.g. numpy for the + tasks)
+    read_paths: tuple = ()  # folders outside the allowlist programs may read (a compiled task's toolchain, view.py)
+
+
 KINDS = ("script", "plus", "record", "command")
-VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")
 SPLITS = ("base", "plus")
 
 

@@ -31,8 +31,8 @@ from typing import Iterable, Iterator
 
 from ..errors import UserError
 from . import worker
-from .jobs import VERDICTS, IsolationReport, Job, Result, check_workers, default_workers
-from .sandbox import Channel, SandboxConfig
+from .jobs import VERDICTS, IsolationReport, Job, Layer, Result, SandboxConfig, check_workers, default_workers
+from .sandbox import Channel
 from .scratch import remove_tree
 
 __all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
@@ -233,7 +233,7 @@ class _WorkerHandle:
             if not isinstance(hello, dict) or hello.get("op") != "ready":
                 raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
                                 "to see why.")
-            self.isolation = IsolationReport(tuple(hello["isolation"]))
+            self.isolation = IsolationReport(tuple(Layer(*layer) for layer in hello["isolation"]))
             self.tmp_root = hello["tmp_root"]
             self.loaded = collections.OrderedDict()
             self.ready = True

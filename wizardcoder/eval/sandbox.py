@@ -37,7 +37,6 @@ model, what each layer stops and what holds without root, is docs/sandbox.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import gc
@@ -55,8 +54,8 @@ import time
 import _signal
 
 from . import checks, view
+from .checks import VERDICTS
 from .scratch import remove_tree
-from .jobs import VERDICTS, Layer
 
 try:
     from .. import _sandbox
@@ -75,29 +74,6 @@ PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "hea
 # one program per worker. Set before the preloads too: OpenBLAS sizes its thread pool when numpy is imported.
 THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                             "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
-
-
-@dataclasses.dataclass
-class SandboxConfig:
-    """Limits and switches for every program a worker runs. Times in seconds, sizes in bytes."""
-
-    # Time: a program gets `timeout` seconds of user CPU (rounded up to whole seconds) and wall_factor times
-    # that (plus 1 s) of wall clock, which catches programs that sleep or block. CPU time, unlike wall time, does not
-    # grow when the machine is busy, so a loaded machine does not turn slow-but-correct programs into timeouts.
-    timeout: float = 3.0  # per program (jobs may carry their own: the + tasks compute theirs from the task)
-    cpu_timeout: float | None = None  # overrides the CPU limit of every job
-    wall_factor: float = 3.0
-    memory: int = 4 << 30  # RLIMIT_AS
-    max_output: int = 16 << 20  # RLIMIT_FSIZE: stdout+stderr file and any file the program writes
-    max_files: int = 256  # RLIMIT_NOFILE
-    max_procs: int = 64  # RLIMIT_NPROC, when the program runs under a uid of its own
-    allow_fork: bool = False  # False: seccomp refuses new processes; True: only RLIMIT_NPROC bounds them
-    network: bool = False  # True disables every network layer (for programs that legitimately need it)
-    uid_base: int = 61000  # when root, each worker runs programs under the first free uid from here (flock-claimed)
-    scratch: int = 512 << 20  # size of the worker's private tmpfs holding the temp folders (when permitted)
-    tmp_root: str | None = None  # where private temp folders go (default: the system temp dir)
-    preload: tuple = ()  # modules to import in the worker besides PRELOAD (e.g. numpy for the + tasks)
-    read_paths: tuple = ()  # folders outside the allowlist programs may read (a compiled task's toolchain, view.py)
 
 
 def _why(e: BaseException) -> str:
@@ -157,6 +133,12 @@ class Channel:
         return self.fd < 0
 
 
+
+def _layer(name: str, active: bool, detail: str, fallback: str | None = None) -> tuple:
+    """One isolation layer as the worker reports it: the fields of jobs.Layer, which the pool builds (the worker does
+    not import jobs.py: its dataclasses would grow every program's fork)."""
+    return name, active, detail, fallback
+
 # ------------------------------------------------------------------------------------------------ worker
 
 class Worker:
@@ -174,9 +156,9 @@ class Worker:
         self.jobs = 0
         self.isolation = self._setup()
 
-    def _setup(self) -> list[Layer]:
+    def _setup(self) -> list[tuple]:
         c = self.config
-        layers = [Layer("process", True, "fork per program from a pre-started worker; own session and process "
+        layers = [_layer("process", True, "fork per program from a pre-started worker; own session and process "
                                          "group; group SIGKILLed at the end and on timeout")]
         if _sandbox is not None:
             try:
@@ -211,18 +193,18 @@ class Worker:
 
         layers.append(self._user_layer())
         if has_view:
-            layers.append(Layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
+            layers.append(_layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
                                               f"Python installation, {self.tools}/usr, /lib*, /bin, six /etc files, "
                                               "harmless devices, CPU info and the scratch tmpfs; proc with "
                                               "hidepid=invisible; own IPC namespace"))
         else:
-            layers.append(Layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
+            layers.append(_layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
                                 "Landlock read rules and uid permissions decide what can be read"))
         scratch = f"private temp folder per program (cwd, HOME, TMPDIR) under {self.tmp_root}, removed after"
         if scratch_on_tmpfs:
-            layers.append(Layer("scratch", True, f"{scratch}, on a private {c.scratch >> 20} MiB tmpfs"))
+            layers.append(_layer("scratch", True, f"{scratch}, on a private {c.scratch >> 20} MiB tmpfs"))
         else:
-            layers.append(Layer("scratch", False, f"{scratch}, on disk (no private tmpfs: {why['view']})",
+            layers.append(_layer("scratch", False, f"{scratch}, on disk (no private tmpfs: {why['view']})",
                                 "RLIMIT_FSIZE bounds each file; the disk's free space bounds the total"))
         layers.append(self._filesystem_layer())
         layers.append(self._network_layer(netns, why.get("network", "")))
@@ -231,7 +213,7 @@ class Worker:
                f"{c.max_files} open files", "no core files", "CPU and wall-clock time"]
         if self.root:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
-        layers.append(Layer("limits", True, ", ".join(lim)))
+        layers.append(_layer("limits", True, ", ".join(lim)))
 
         preload(c)
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
@@ -294,51 +276,51 @@ class Worker:
 
     # -------------------------------------------------------------------------------------------- the report
 
-    def _lifetime_layer(self) -> Layer:
+    def _lifetime_layer(self) -> tuple:
         if _sandbox is None:
-            return Layer("lifetime", False, "no PDEATHSIG (wizardcoder._sandbox is not built)",
+            return _layer("lifetime", False, "no PDEATHSIG (wizardcoder._sandbox is not built)",
                          "the worker kills each program's process group; programs left running when the evaluator "
                          "is killed end only at their CPU limit")
         detail = "PDEATHSIG evaluator -> worker -> program"
         if self.watchdog is not None:
-            return Layer("lifetime", True, detail + f"; a watchdog kills every process of uid {self.uid} when the "
+            return _layer("lifetime", True, detail + f"; a watchdog kills every process of uid {self.uid} when the "
                                                     "worker is gone; the uid is swept when a worker starts")
         what = ("the program is one process (seccomp refuses forks)" if not self.config.allow_fork else
                 "with --allow-fork, a program's daemonized grandchildren can outlive the evaluator")
-        return Layer("lifetime", False, detail + f"; no uid of its own to sweep (not root): {what}",
+        return _layer("lifetime", False, detail + f"; no uid of its own to sweep (not root): {what}",
                      "PDEATHSIG and the process-group kill")
 
-    def _user_layer(self) -> Layer:
+    def _user_layer(self) -> tuple:
         if not self.root:
-            return Layer("user", False, f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch "
+            return _layer("user", False, f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch "
                                         "uid", "Landlock read/write rules and seccomp")
         if _sandbox is None:
-            return Layer("user", False, f"uid {self.uid} without no_new_privs or a capability check "
+            return _layer("user", False, f"uid {self.uid} without no_new_privs or a capability check "
                                         "(wizardcoder._sandbox is not built)",
                          "NOTHING: a setuid binary can regain root")
         if self.keep_read:
-            return Layer("user", False, f"uid {self.uid} gid {self.gid}, no groups, keeping CAP_DAC_READ_SEARCH "
+            return _layer("user", False, f"uid {self.uid} gid {self.gid}, no groups, keeping CAP_DAC_READ_SEARCH "
                                         "(the Python installation is not readable by other users and no view could "
                                         "be built)",
                          "Landlock read rules confine reads to the allowlist" if self.landlock_abi
                          else "NOTHING: the program can read every file")
-        return Layer("user", True, f"uid {self.uid} gid {self.gid} (unprivileged, one per worker), no groups, no "
+        return _layer("user", True, f"uid {self.uid} gid {self.gid} (unprivileged, one per worker), no groups, no "
                                    "capability in any set (bounding, ambient, inheritable, permitted, effective)")
 
-    def _filesystem_layer(self) -> Layer:
+    def _filesystem_layer(self) -> tuple:
         if not self.landlock_abi or _sandbox is None:
-            return Layer("filesystem", False, "no Landlock (kernel without it, or wizardcoder._sandbox not built)",
+            return _layer("filesystem", False, "no Landlock (kernel without it, or wizardcoder._sandbox not built)",
                          "the view and uid permissions" if self.root else
                          "NOTHING beyond the private working folder: the program can read and write what the "
                          "evaluating user can")
-        return Layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
+        return _layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
                                          f"installation, {self.tools}system library folders, a few /etc files, "
                                          "harmless devices and its own folder; writes only beneath its own folder "
                                          "(and /dev/null)")
 
-    def _network_layer(self, netns: bool, why: str) -> Layer:
+    def _network_layer(self, netns: bool, why: str) -> tuple:
         if self.config.network:
-            return Layer("network", False, "allowed (SandboxConfig.network=True)", "none: network on purpose")
+            return _layer("network", False, "allowed (SandboxConfig.network=True)", "none: network on purpose")
         parts = []
         if _sandbox is not None:
             parts.append("seccomp: no socket() of any address family, socketpair() AF_UNIX only")
@@ -347,16 +329,16 @@ class Worker:
         if self.landlock_abi >= 6:
             parts.append("Landlock scopes abstract Unix sockets")
         if netns:
-            return Layer("network", True, "network namespace without interfaces; " + "; ".join(parts))
-        return Layer("network", False, f"no network namespace ({why})", "; ".join(parts) or "NOTHING")
+            return _layer("network", True, "network namespace without interfaces; " + "; ".join(parts))
+        return _layer("network", False, f"no network namespace ({why})", "; ".join(parts) or "NOTHING")
 
-    def _syscalls_layer(self) -> Layer:
+    def _syscalls_layer(self) -> tuple:
         if _sandbox is None:
-            return Layer("syscalls", False, "no seccomp (wizardcoder._sandbox is not built)", "NOTHING")
+            return _layer("syscalls", False, "no seccomp (wizardcoder._sandbox is not built)", "NOTHING")
         detail = "seccomp: signals only to itself, no ptrace/unshare/mount/io_uring/bpf/keyrings/System V IPC"
         if not self.config.allow_fork:
             detail += ", no new processes"
-        return Layer("syscalls", True, detail)
+        return _layer("syscalls", True, detail)
 
     # -------------------------------------------------------------------------------------------- setup helpers
 
@@ -814,6 +796,7 @@ def preload(config: SandboxConfig) -> None:
             __import__(name)
         except Exception:  # noqa: BLE001 - a preload is an optimisation only
             pass
+    checks.warm_up()
 
 
 def fork_workers(config: SandboxConfig, specs: list) -> None:

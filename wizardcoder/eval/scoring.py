@@ -26,9 +26,8 @@ from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
 from ..outdir import make_out_dir
 from . import passk
 from ..benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
-from .jobs import VERDICTS, IsolationReport, Result, check_timeout, check_workers
+from .jobs import VERDICTS, IsolationReport, Result, SandboxConfig, check_timeout, check_workers
 from .pool import MAX_ERROR, SandboxPool
-from .sandbox import SandboxConfig
 
 
 def read_samples(path: str, bench: Benchmark, problems: dict[str, Problem]) -> list[dict]:

@@ -7,15 +7,18 @@
 Started by `wizardcoder.eval.pool.SandboxPool` as a fresh interpreter (never forked from the evaluator, so it holds
 none of the evaluator's state); a worker then forks one isolated child per program. The pool starts it with
 `python -S` and its import path in PATH_VARIABLE: site's work (the .pth files, an editable install's import hook) is
-done once, by the evaluator, rather than once per process."""
+done once, by the evaluator, rather than once per process. Every module a worker holds makes each program's fork and
+exit dearer, so it imports only sandbox.py's own (not jobs.py and its dataclasses)."""
 import json
 import os
 import sys
+import types
 
 PATH_VARIABLE = "WIZARDCODER_WORKER_PATH"
 
 if __name__ == "__main__":
-    if PATH_VARIABLE in os.environ:
+    by_pool = PATH_VARIABLE in os.environ
+    if by_pool:
         sys.path[:] = json.loads(os.environ.pop(PATH_VARIABLE))
         import builtins
 
@@ -24,9 +27,16 @@ if __name__ == "__main__":
 
             builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
             builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-    from .sandbox import SandboxConfig, fork_workers, serve
+    from .sandbox import fork_workers, serve
 
+    config = json.loads(sys.argv[2])
+    if by_pool:  # every field of SandboxConfig: read as attributes, without importing the dataclass's module (jobs.py)
+        config = types.SimpleNamespace(**config)
+    else:  # by hand: SandboxConfig's defaults for the fields not given
+        from .jobs import SandboxConfig
+
+        config = SandboxConfig(**config)
     if sys.argv[1] == "--fork":
-        fork_workers(SandboxConfig(**json.loads(sys.argv[2])), json.loads(sys.argv[3]))
-    serve(int(sys.argv[1]), SandboxConfig(**json.loads(sys.argv[2])), int(sys.argv[3]) if len(sys.argv) > 3 else None)
+        fork_workers(config, json.loads(sys.argv[3]))
+    serve(int(sys.argv[1]), config, int(sys.argv[3]) if len(sys.argv) > 3 else None)
     os._exit(0)  # nothing left to flush (replies go straight to the pipe): skip tearing down every module
