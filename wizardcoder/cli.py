@@ -21,6 +21,7 @@ from typing import Any
 
 from . import settings
 from .errors import ConfigError, UserError
+from .interrupts import stopping
 from .io import read_json
 
 # verb -> (module, one-line help). A verb appears once its module exists.
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # a verb may say what stopped and how to resume (`run` does)
+        stopping()  # first: a second Ctrl-C is ignored from here, and the exit is by status 130, not by the signal
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
 
