@@ -412,10 +412,11 @@ def test_ctrl_c_says_which_stage_stopped_and_how_to_resume(tmp_path):
 
 
 # `python -m interrupted WHEN run CONFIG`: `wizardcoder run` with a Ctrl-C (a SIGINT to itself) in the train stage.
-# WHEN "exec", "report", "exit": the stages are replaced by one Ctrl-C, "exec" sent from inside a string exec (as when
-# it lands while a dataclass is being made, e.g. while train imports torch.distributed), "report" with a second one
-# while the resume sentence is printed, "exit" with a second one from an atexit callback, while the process exits.
-# "checkpoint": the real stages, the Ctrl-C sent from inside the first checkpoint's write (torch.distributed.checkpoint).
+# WHEN "exec", "report", "exit", "unwind": the stages are replaced by one Ctrl-C, "exec" sent from inside a string
+# exec (as when it lands while a dataclass is being made, e.g. while train imports torch.distributed), "report" with
+# a second one while the resume sentence is printed, "exit" with a second one from an atexit callback, while the
+# process exits, "unwind" with a second one in a finally block that the first one runs.
+# "checkpoint": the real stages, the Ctrl-C sent from inside the first checkpoint's write (torch.distributed.checkpoint)
 INTERRUPTED = """
 import atexit, os, signal, sys, time
 
@@ -431,8 +432,13 @@ def ctrl_c():
 
 def stages(run, start, until):
     run.current = "train"
-    exec("ctrl_c()", {"ctrl_c": ctrl_c}) if when == "exec" else ctrl_c()
-    time.sleep(30)
+    try:
+        exec("ctrl_c()", {"ctrl_c": ctrl_c}) if when == "exec" else ctrl_c()
+        time.sleep(30)
+    finally:
+        if when == "unwind":
+            ctrl_c()
+            print("cleaned up")
 
 
 class Stderr:
@@ -470,12 +476,13 @@ sys.exit(main())
 """
 
 
-@pytest.mark.parametrize("when", ["exec", "report", "exit"])
+@pytest.mark.parametrize("when", ["exec", "report", "exit", "unwind"])
 def test_ctrl_c_exits_130_with_one_sentence_wherever_it_lands(tmp_path, when):
     """Ctrl-C exits with status 130 and the resume sentence alone on stderr, wherever it lands: a SIGINT raised
     inside a string exec made `python -m wizardcoder` end by the signal after printing the sentence (returncode -2;
     CPython marked the KeyboardInterrupt unhandled although main() caught it); a second one while the sentence was
-    printed escaped main() (a traceback, the signal again) and one during the exit printed "Exception ignored"."""
+    printed escaped main() (a traceback, the signal again), one during the exit printed "Exception ignored", and one
+    during the unwinding cut its cleanup short (in torch, a KeyboardInterrupt in a destructor aborts the process)."""
     (tmp_path / "interrupted.py").write_text(INTERRUPTED)
     cfg = write_config(tmp_path / "c.toml", tmp_path / "run", until="train")
     env = repo_env()
@@ -483,6 +490,7 @@ def test_ctrl_c_exits_130_with_one_sentence_wherever_it_lands(tmp_path, when):
     proc = subprocess.run([sys.executable, "-m", "interrupted", when, "run", cfg], capture_output=True, text=True,
                           env=env, timeout=60)
     assert (proc.returncode, proc.stderr.strip()) == (130, RESUME_SENTENCE), proc.stderr[-3000:]
+    assert ("cleaned up" in proc.stdout) == (when == "unwind")
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_lets_it_finish_then_exits_130_and_the_rerun_resumes_from_it(tmp_path):

@@ -1,15 +1,19 @@
 """Ctrl-C: one SIGINT stops a verb, which says what stopped and exits 130 (cli.main), by that exit status and never
 by the signal, and the interrupt is never turned into some other error on the way.
 
-- `stopping()`, where cli.main reports an interrupt: further SIGINTs are ignored, so a second Ctrl-C cannot cut the
-  report or the exit short, and CPython's mark of an unhandled KeyboardInterrupt is cleared. A KeyboardInterrupt that
-  leaves an `exec`/`eval` of a string sets that mark even when a caller catches the exception (dataclasses build
-  their methods so, and importing torch.distributed defines hundreds of them: the first seconds of `train`);
-  `python -m` checks it after finalizing and then kills itself with SIGINT instead of exiting with the status given
-  to `sys.exit` (a parent sees -2, not 130). Every string exec clears the mark when it starts, so an empty one does
-  (Python/pythonrun.c, run_eval_code_obj).
+- `handled()`, around a verb in cli.main: the first SIGINT raises KeyboardInterrupt and ignores any more, so a
+  second Ctrl-C cannot land in the unwinding (a finally block; a destructor in torch that calls back into Python,
+  where a KeyboardInterrupt aborts the process), the report or the exit.
+- `stopping()`, where cli.main reports an interrupt: SIGINT ignored from there on (also when the KeyboardInterrupt
+  came from elsewhere, e.g. asyncio's handler or a server's), and CPython's mark of an unhandled KeyboardInterrupt
+  cleared. A KeyboardInterrupt that leaves an `exec`/`eval` of a string sets that mark even when a caller catches
+  the exception (dataclasses build their methods so, and importing torch.distributed makes hundreds of them: the
+  first seconds of `train`); `python -m` checks it after finalizing and then kills itself with SIGINT instead of
+  exiting with the status given to `sys.exit` (a parent sees -2, not 130). Every string exec clears the mark when it
+  starts, so an empty one does (Python/pythonrun.c, run_eval_code_obj).
 - `deferred()`, around a block that an interrupt must not cut in half because a library inside it would turn the
-  KeyboardInterrupt into an error of its own (torch.distributed.checkpoint's save: a CheckpointException, exit 1).
+  KeyboardInterrupt into an error of its own: torch.distributed.checkpoint wraps whatever a rank raises in a
+  CheckpointException (a save would end the run with exit 1, a load with "cannot be resumed").
 """
 from __future__ import annotations
 
@@ -20,9 +24,29 @@ import threading
 from typing import Iterator
 
 
+def _stop(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before raising: no second KeyboardInterrupt from here on
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """SIGINT handled by `_stop` inside the block when it is Python's default handler now (on the main thread; left
+    alone otherwise). Python's handler is back after the block unless an interrupt came: the caller is exiting."""
+    own = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if own:
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        yield
+    finally:
+        if own and signal.getsignal(signal.SIGINT) is _stop:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def stopping() -> None:
     """Call first where a KeyboardInterrupt is reported for good, just before the process exits: see the module's
-    docstring. SIGINT stays ignored afterwards (the caller is exiting)."""
+    docstring. SIGINT stays ignored afterwards."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     exec("")  # clears the unhandled-KeyboardInterrupt mark, as every string exec does first
@@ -30,11 +54,11 @@ def stopping() -> None:
 
 @contextlib.contextmanager
 def deferred(note: str) -> Iterator[None]:
-    """Run the block whole: a SIGINT that arrives inside it prints `note` (once) and is raised as KeyboardInterrupt
-    when the block ends. Off the main thread, or when SIGINT is not Python's default handler (ignored, or someone
-    else's), the block just runs."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """Run the block whole: a SIGINT that arrives inside it prints `note` (once) and goes to the handler it was held
+    from when the block ends. Off the main thread, or when SIGINT has no Python handler (ignored, or the system's
+    default), the block just runs."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
     held = []
@@ -44,10 +68,10 @@ def deferred(note: str) -> Iterator[None]:
             print(note, file=sys.stderr, flush=True)
         held.append(signum)
 
-    previous = signal.signal(signal.SIGINT, hold)
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
     if held:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)

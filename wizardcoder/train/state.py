@@ -124,8 +124,8 @@ def load_checkpoint(state: TrainState, path: str, d: Dist, identity: dict, out: 
     _marker(path).check(identity, f"--out {out}: its checkpoint {os.path.basename(path)}",
                         "resume with the same model and optimizer or choose a new --out")
     try:
-        with _dcp_quiet():
-            dcp.load({"train": state}, checkpoint_id=path)
+        with _dcp_quiet(), deferred(f"Ctrl-C: stopping once checkpoint {os.path.basename(path)} is loaded"):
+            dcp.load({"train": state}, checkpoint_id=path)  # whole: DCP makes a Ctrl-C inside it a CheckpointException
     except Exception as e:  # DCP reports a mismatch deep inside its planner
         raise CheckpointError(f"{path}: cannot be resumed into this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); resume with the same settings or choose a new --out.") from None
