@@ -355,6 +355,20 @@ def test_worker_crash_is_survived(pool):
     still_healthy(pool)
 
 
+def test_a_pool_stopped_while_its_workers_start_raises_what_stopped_it(monkeypatch):
+    """A Ctrl-C while the pool waits for its workers to say they are ready (the first second of `evaluate`): the
+    workers are stopped and the KeyboardInterrupt goes on (cleaning up a worker that had not yet named its scratch
+    folder raised an AttributeError instead, and evaluate ended with exit 1 and a traceback, not 130)."""
+    from wizardcoder.eval import pool as pool_mod
+
+    def interrupted(handle):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool_mod._WorkerHandle, "_await_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SandboxPool(2, SandboxConfig(timeout=2.0))
+
+
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv to drop every capability")
 def test_without_privileges_the_next_layers_hold(tmp_path):
     """With no capabilities (no namespaces, no uid switch, no view, no tmpfs) the sandbox says so, and Landlock +

@@ -113,6 +113,7 @@ class _WorkerHandle:
             os.close(cmd_r)
             os.close(rep_w)
         self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
+        self.tmp_root: str | None = None  # its scratch folder, which it names when ready
         # half the pipe: the job being read and the one queued behind it both fit
         self.queue_bytes = fcntl.fcntl(cmd_w, fcntl.F_GETPIPE_SZ) // 2
 
@@ -185,7 +186,8 @@ class _WorkerHandle:
         for conn in (self.commands, self.replies):
             if not conn.closed:
                 conn.close()
-        remove_tree(self.tmp_root)
+        if self.tmp_root:  # (not ready: stopped while starting; the next pool removes what it left)
+            remove_tree(self.tmp_root)
 
     def release(self) -> None:
         if self.uid_lock is not None:
