@@ -412,14 +412,16 @@ def test_ctrl_c_says_which_stage_stopped_and_how_to_resume(tmp_path):
 
 
 # `python -m interrupted WHEN run CONFIG`: `wizardcoder run` with a Ctrl-C (a SIGINT to itself) in the train stage.
-# WHEN "exec", "report", "exit", "unwind": the stages are replaced by one Ctrl-C, "exec" sent from inside a string
-# exec (as when it lands while a dataclass is being made, e.g. while train imports torch.distributed), "report" with
-# a second one while the resume sentence is printed, "exit" with a second one from an atexit callback, while the
-# process exits, "unwind" with a second one in a finally block that the first one runs.
+# WHEN "exec", "report", "exit", "unwind", "swallowed": the stages are replaced by one Ctrl-C, "exec" sent from inside
+# a string exec (as when it lands while a dataclass is being made, e.g. while train imports torch.distributed),
+# "report" with a second one while the resume sentence is printed, "exit" with a second one from an atexit callback,
+# while the process exits, "unwind" with a second one in a finally block that the first one runs, "swallowed" after a
+# first one that a library swallowed (the stage going on): the second must stop it.
 # "checkpoint": the real stages, the Ctrl-C sent from inside the first checkpoint's write (torch.distributed.checkpoint)
 INTERRUPTED = """
 import atexit, os, signal, sys, time
 
+from wizardcoder import interrupts
 from wizardcoder.cli import main
 from wizardcoder.pipeline import run as pipeline
 
@@ -433,8 +435,14 @@ def ctrl_c():
 def stages(run, start, until):
     run.current = "train"
     try:
+        if when == "swallowed":
+            try:
+                ctrl_c()
+            except KeyboardInterrupt:
+                pass
+            time.sleep(getattr(interrupts, "IGNORE_S", 0) + 0.5)
         exec("ctrl_c()", {"ctrl_c": ctrl_c}) if when == "exec" else ctrl_c()
-        time.sleep(30)
+        time.sleep(10)
     finally:
         if when == "unwind":
             ctrl_c()
@@ -476,13 +484,14 @@ sys.exit(main())
 """
 
 
-@pytest.mark.parametrize("when", ["exec", "report", "exit", "unwind"])
+@pytest.mark.parametrize("when", ["exec", "report", "exit", "unwind", "swallowed"])
 def test_ctrl_c_exits_130_with_one_sentence_wherever_it_lands(tmp_path, when):
     """Ctrl-C exits with status 130 and the resume sentence alone on stderr, wherever it lands: a SIGINT raised
     inside a string exec made `python -m wizardcoder` end by the signal after printing the sentence (returncode -2;
     CPython marked the KeyboardInterrupt unhandled although main() caught it); a second one while the sentence was
     printed escaped main() (a traceback, the signal again), one during the exit printed "Exception ignored", and one
-    during the unwinding cut its cleanup short (in torch, a KeyboardInterrupt in a destructor aborts the process)."""
+    during the unwinding cut its cleanup short (in torch, a KeyboardInterrupt in a destructor aborts the process);
+    and when a library swallows the first Ctrl-C, a later one still stops the stage."""
     (tmp_path / "interrupted.py").write_text(INTERRUPTED)
     cfg = write_config(tmp_path / "c.toml", tmp_path / "run", until="train")
     env = repo_env()

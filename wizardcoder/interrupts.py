@@ -1,9 +1,11 @@
 """Ctrl-C: one SIGINT stops a verb, which says what stopped and exits 130 (cli.main), by that exit status and never
 by the signal, and the interrupt is never turned into some other error on the way.
 
-- `handled()`, around a verb in cli.main: the first SIGINT raises KeyboardInterrupt and ignores any more, so a
-  second Ctrl-C cannot land in the unwinding (a finally block; a destructor in torch that calls back into Python,
-  where a KeyboardInterrupt aborts the process), the report or the exit.
+- `handled()`, around a verb in cli.main: the first SIGINT raises KeyboardInterrupt and any more in the next
+  IGNORE_S seconds are ignored, so a double Ctrl-C cannot land in the unwinding (a finally block; a destructor in
+  torch that calls back into Python, where a KeyboardInterrupt aborts the process: returncode -6). Not for good: a
+  library may swallow the first one (torch's C++ clears a Python error it meets, e.g. while it imports numpy), and
+  the verb goes on; a Ctrl-C after that stops it.
 - `stopping()`, where cli.main reports an interrupt: SIGINT ignored from there on (also when the KeyboardInterrupt
   came from elsewhere, e.g. asyncio's handler or a server's), and CPython's mark of an unhandled KeyboardInterrupt
   cleared. A KeyboardInterrupt that leaves an `exec`/`eval` of a string sets that mark even when a caller catches
@@ -18,24 +20,34 @@ by the signal, and the interrupt is never turned into some other error on the wa
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
+import time
 from typing import Iterator
+
+IGNORE_S = 2.0  # after a Ctrl-C, more are ignored this long (a double press; the verb unwinding)
+_raised_at = -math.inf  # when `_stop` last raised KeyboardInterrupt
 
 
 def _stop(signum, frame):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before raising: no second KeyboardInterrupt from here on
+    global _raised_at
+    if time.monotonic() - _raised_at < IGNORE_S:
+        return  # the last Ctrl-C is still stopping the verb
+    _raised_at = time.monotonic()
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """SIGINT handled by `_stop` inside the block when it is Python's default handler now (on the main thread; left
-    alone otherwise). Python's handler is back after the block unless an interrupt came: the caller is exiting."""
+    alone otherwise); Python's handler is back after it, unless `stopping()` turned SIGINT off for the exit."""
     own = threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if own:
+        global _raised_at
+        _raised_at = -math.inf
         signal.signal(signal.SIGINT, _stop)
     try:
         yield
