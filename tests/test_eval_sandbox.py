@@ -391,6 +391,36 @@ def test_worker_crash_is_survived(pool):
     still_healthy(pool)
 
 
+def test_a_pool_stopped_while_its_workers_start_raises_what_stopped_it(monkeypatch):
+    """A Ctrl-C while the pool waits for its workers to say they are ready (the first second of `evaluate`): the
+    workers are stopped and the KeyboardInterrupt goes on (cleaning up a worker that had not yet named its scratch
+    folder raised an AttributeError instead, and evaluate ended with exit 1 and a traceback, not 130)."""
+    from wizardcoder.eval import pool as pool_mod
+
+    real, seen = pool_mod._WorkerHandle.await_ready, []
+
+    def interrupted(handle):  # the Ctrl-C lands in the pool's first wait; cleaning up waits for real
+        if not seen:
+            seen.append([h.proc.pid for h in handle_list])
+            raise KeyboardInterrupt
+        real(handle)
+
+    handle_list = []
+    real_init = pool_mod._WorkerHandle.__init__
+
+    def init(handle, *args):
+        real_init(handle, *args)
+        handle_list.append(handle)
+
+    monkeypatch.setattr(pool_mod._WorkerHandle, "__init__", init)
+    monkeypatch.setattr(pool_mod._WorkerHandle, "await_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SandboxPool(2, SandboxConfig(timeout=2.0))
+    for pid in seen[0]:  # every worker stopped and reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv to drop every capability")
 def test_without_privileges_the_next_layers_hold(tmp_path):
     """With no capabilities (no namespaces, no uid switch, no view, no tmpfs) the sandbox says so, and Landlock +

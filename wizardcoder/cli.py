@@ -21,6 +21,7 @@ from typing import Any
 
 from . import settings
 from .errors import ConfigError, UserError
+from .interrupts import handled, stopping
 from .io import read_json
 
 # verb -> (module, one-line help). A verb appears once its module exists.
@@ -149,15 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        module, cfg = _parse(argv)
-        return int(module.run(cfg) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # a verb may say what stopped and how to resume (`run` does)
-        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
-        return 130
+    with handled():  # Ctrl-C: the first stops the verb, any more are ignored
+        try:
+            module, cfg = _parse(argv)
+            return int(module.run(cfg) or 0)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:  # a verb may say what stopped and how to resume (`run` does)
+            stopping()  # first: the exit is then by status 130, not by the signal
+            print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from ..errors import CheckpointError
+from ..interrupts import deferred
 from ..io import atomic_write_text
 from ..outdir import AtomicDir
 from ..parallel import Dist, barrier, broadcast_object
@@ -98,20 +99,22 @@ def save_checkpoint(state: TrainState, out: str, d: Dist, keep: int, identity: d
     root = checkpoint_root(out)
     name = f"step_{state.step:07d}"
     folder = AtomicDir(os.path.join(root, name), made_by="train", overwrite=True, flag="--out")
-    tmp = broadcast_object(folder.begin() if d.is_main else None, d)
-    with _dcp_quiet():
-        dcp.save({"train": state}, checkpoint_id=tmp)
-    if not state._dcp_optimizer:
-        torch.save(state.optimizer.state_dict(), os.path.join(tmp, f"optim-rank{d.rank}.pt"))
-    barrier(d)
-    if d.is_main:
-        _marker(tmp).write(identity)
-        folder.commit()
-        atomic_write_text(os.path.join(root, "latest"), name + "\n")
-        done = sorted(n for n in os.listdir(root) if n.startswith("step_"))
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    barrier(d)
+    # written whole: DCP would turn a Ctrl-C inside its write into a CheckpointException (exit 1, not 130)
+    with deferred(f"Ctrl-C: stopping once checkpoint {name} is written"):
+        tmp = broadcast_object(folder.begin() if d.is_main else None, d)
+        with _dcp_quiet():
+            dcp.save({"train": state}, checkpoint_id=tmp)
+        if not state._dcp_optimizer:
+            torch.save(state.optimizer.state_dict(), os.path.join(tmp, f"optim-rank{d.rank}.pt"))
+        barrier(d)
+        if d.is_main:
+            _marker(tmp).write(identity)
+            folder.commit()
+            atomic_write_text(os.path.join(root, "latest"), name + "\n")
+            done = sorted(n for n in os.listdir(root) if n.startswith("step_"))
+            for old in done[:-keep] if keep > 0 else []:
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        barrier(d)
     return os.path.join(root, name)
 
 
@@ -121,8 +124,8 @@ def load_checkpoint(state: TrainState, path: str, d: Dist, identity: dict, out: 
     _marker(path).check(identity, f"--out {out}: its checkpoint {os.path.basename(path)}",
                         "resume with the same model and optimizer or choose a new --out")
     try:
-        with _dcp_quiet():
-            dcp.load({"train": state}, checkpoint_id=path)
+        with _dcp_quiet(), deferred(f"Ctrl-C: stopping once checkpoint {os.path.basename(path)} is loaded"):
+            dcp.load({"train": state}, checkpoint_id=path)  # whole: DCP makes a Ctrl-C inside it a CheckpointException
     except Exception as e:  # DCP reports a mismatch deep inside its planner
         raise CheckpointError(f"{path}: cannot be resumed into this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); resume with the same settings or choose a new --out.") from None
