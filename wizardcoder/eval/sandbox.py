@@ -55,7 +55,7 @@ import time
 import _signal
 
 from . import checks, values, view
-from .compare import Comparison
+from .compare import Comparison, HiddenOutputs
 from .scratch import remove_tree
 from .jobs import VERDICTS, Layer
 
@@ -428,15 +428,20 @@ class Worker:
     # -------------------------------------------------------------------------------------------- one job
 
     def add_task(self, key: str, data: dict) -> None:
-        """Keep a task's data for its jobs: a + task's expected outputs apart, where no job's child looks."""
-        self.expected[key] = {k: data.pop(k) for k in [k for k in data if k.endswith("_expected")]}
+        """Keep a task's data for its jobs: a + task's expected outputs apart, where no child can read them
+        (compare.HiddenOutputs; the objects they came in are freed here)."""
+        names = [k for k in data if k.endswith("_expected")]
+        if names and self.leaves is None:
+            self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
+        encode, decode = values.encoder(self.leaves or ()), values.decoder(self.leaves or ())
+        self.expected[key] = {k: HiddenOutputs(data.pop(k), encode, decode) for k in names}
         self.tasks[key] = data
 
     def _comparison(self, job: dict, nonce: bytes) -> Comparison:
         """The worker's half of a plus job (compare.py): its own inputs and expected outputs."""
         task, split = self.tasks[job["task_key"]], job["split"]
         return Comparison(split, task[f"{split}_input"], self.expected[job["task_key"]][f"{split}_expected"],
-                          task["oracle"], task["atol"], nonce, values.decoder(self.leaves))
+                          task["oracle"], task["atol"], nonce, values.decoder(self.leaves or ()))
 
     def run_job(self, job: dict) -> dict:
         self.jobs += 1
@@ -448,8 +453,6 @@ class Worker:
         timeout = cpu * self.config.wall_factor + 1.0
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
         plus = job["kind"] == "plus"
-        if plus and self.leaves is None:
-            self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
         # The program's HOME and TMPDIR (the rest of its environment was set once by _setup), set here rather than in
         # the child: every page the child writes is a copy-on-write fault.
         os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
@@ -546,7 +549,7 @@ class Worker:
         if kind == "script":
             run, describe = checks.script_job(job)
         elif kind == "plus":
-            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(self.leaves))
+            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(self.leaves or ()))
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:
