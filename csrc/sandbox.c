@@ -786,7 +786,8 @@ static PyObject *sb_judge(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------- exact values (plus jobs' outputs)
  *
- * encode(obj, max_items, leaves) -> bytes | None and decode(data, max_items, leaves) -> obj: the codec of
+ * encode(obj, max_items, leaves, counter[, sink]) -> bytes | None and decode(data, max_items, counter, leaf) -> obj: the
+ * codec of
  * wizardcoder/eval/values.py (its docstring has the format; encode_reference and decode_reference are the Python
  * references, held to the same bytes and values by tests). encode walks only exact types (no subclass, so no
  * overridden __eq__, __hash__ or __len__ runs) and calls no Python code but int.to_bytes on a big int and numpy's
@@ -803,7 +804,19 @@ struct enc {
     Py_ssize_t left;
     PyObject *leaves;  /* a tuple of numpy's scalar types allowed (index k: tag n, k) */
     PyObject *counter; /* collections.Counter (tag C), taken before the program ran */
+    PyObject *sink;    /* NULL, or a callable given the encoding in pieces of about SB_SINK_CHUNK bytes */
 };
+
+#define SB_SINK_CHUNK (1 << 20)
+
+static int enc_flush(struct enc *e) {
+    if (!e->n) return 0;
+    PyObject *r = PyObject_CallFunction(e->sink, "y#", e->b, (Py_ssize_t)e->n);
+    e->n = 0;
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
 
 static int enc_grow(struct enc *e, size_t k) {
     if (e->n + k <= e->cap) return 0;
@@ -839,6 +852,7 @@ static int enc_sized(struct enc *e, char tag, const void *p, size_t k) {
 /* 0: encoded; 1: not a value of the allowed types, or past the bounds; -1: a Python error (memory) */
 static int enc_value(struct enc *e, PyObject *o, int depth) {
     if (--e->left < 0 || depth > SB_MAX_DEPTH) return 1;
+    if (e->sink && e->n >= SB_SINK_CHUNK && enc_flush(e)) return -1;
     PyTypeObject *t = Py_TYPE(o);
     if (o == Py_None) return enc_put(e, 'N', NULL, 0);
     if (t == &PyBool_Type) return enc_put(e, o == Py_True ? 'T' : 'F', NULL, 0);
@@ -952,12 +966,16 @@ static int enc_value(struct enc *e, PyObject *o, int depth) {
 }
 
 static PyObject *sb_encode(PyObject *self, PyObject *args) {
-    PyObject *o, *leaves, *counter;
+    PyObject *o, *leaves, *counter, *sink = NULL;
     Py_ssize_t max_items;
-    if (!PyArg_ParseTuple(args, "OnO!O", &o, &max_items, &PyTuple_Type, &leaves, &counter)) return NULL;
-    struct enc e = {NULL, 0, 0, max_items, leaves, counter};
+    if (!PyArg_ParseTuple(args, "OnO!O|O", &o, &max_items, &PyTuple_Type, &leaves, &counter, &sink)) return NULL;
+    struct enc e = {NULL, 0, 0, max_items, leaves, counter, sink == Py_None ? NULL : sink};
     int r = enc_value(&e, o, 0);
-    PyObject *out = r < 0 ? NULL : r > 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize(e.b, (Py_ssize_t)e.n);
+    if (!r && e.sink) r = enc_flush(&e);
+    PyObject *out = r < 0   ? NULL
+                    : r > 0 ? Py_NewRef(Py_None)
+                    : e.sink ? Py_NewRef(Py_True)
+                             : PyBytes_FromStringAndSize(e.b, (Py_ssize_t)e.n);
     PyMem_Free(e.b);
     return out;
 }
@@ -1121,8 +1139,9 @@ static PyMethodDef methods[] = {
      "judge(result_fd, nonce_fd, run, describe): run the program and write its verdict behind the job's nonce; "
      "never returns."},
     {"encode", sb_encode, METH_VARARGS,
-     "encode(obj, max_items, leaves, counter) -> bytes, or None when obj is not built of exact builtin value types, "
-     "`leaves` or `counter` within max_items values and depth 100 (wizardcoder/eval/values.py)."},
+     "encode(obj, max_items, leaves, counter[, sink]) -> bytes, or None when obj is not built of exact builtin value "
+     "types, `leaves` or `counter` within max_items values and depth 100 (wizardcoder/eval/values.py); with sink, "
+     "the bytes go to sink(piece) as they are made and the answer is True."},
     {"decode", sb_decode, METH_VARARGS,
      "decode(data, max_items, counter, leaf) -> the value encode wrote; ValueError when malformed or past the "
      "bounds; leaf(k, raw) builds a numpy scalar."},

@@ -57,9 +57,10 @@ PLUS_TASK = {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[1], 
 FLOAT_TASK = {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[1.0], [2.0]],
               "base_expected": [0.5, 0.25], "base_limits": [1.0, 1.0]}
 CORRECT = "def f(x):\n    return x * 1000003 + 7"
-# Each of these gets the outputs wrong (or never computes them) and tries to be scored passed anyway. On the code before
-# the worker compared (the child ran the comparison and the judge wrote "passed" when it returned), the ones marked
-# True passed (tests/test_eval_verdicts.py at 9980ccf with these programs: see docs/sandbox.md, "Verdicts").
+# Each of these gets the outputs wrong (or never computes them) and tries to be scored passed anyway. Before the worker
+# compared (9980ccf: the child compared, and its judge wrote "passed" when that returned), four of them passed: the
+# __code__ swaps through a frame or gc, and reading the expected outputs through gc or frames; so did PATCH_ALLCLOSE
+# and FORGE_WITH_CTYPES below.
 PLUS_HOSTILE = {
     "always-equal object": "class Yes:\n    def __eq__(self, other):\n        return True\n"
                            "def f(x):\n    return Yes()",
@@ -82,7 +83,8 @@ PLUS_HOSTILE = {
     "read the expected outputs through gc":
         "import gc\ngc.unfreeze()\nfound = []\nfor o in gc.get_objects():\n"
         "    if type(o) is dict and 'base_expected' in o:\n        found.append(o['base_expected'])\n"
-        "calls = [0]\ndef f(x):\n    calls[0] += 1\n    return found[0][calls[0] - 1] if found else 0",
+        "calls = [0]\ndef f(x):\n    calls[0] += 1\n    e = found[0] if found else [0, 0]\n"
+        "    return e.get(calls[0] - 1)[1] if hasattr(e, 'get') else e[calls[0] - 1]",
     "read the expected outputs through the callers' frames":
         "import sys\nfound = []\nfr = sys._getframe(1)\nwhile fr is not None:\n"
         "    for v in list(fr.f_locals.values()):\n        for w in [v, *getattr(v, 'tasks', {}).values(),\n"
@@ -98,10 +100,6 @@ PLUS_HOSTILE = {
     "an output too deep": "def f(x):\n    v = x * 1000003 + 7\n    for _ in range(150):\n        v = [v]\n    return v",
     "a numpy array": "import numpy as np\ndef f(x):\n    return np.array([x * 1000003 + 7])",
 }
-PASSED_BEFORE = {"rebind check_output through sys.modules": False, "read the expected outputs through gc": True,
-                 "swap every check_output's __code__ found through gc": True,
-                 "swap check_output's __code__ found through the caller's frame": True,
-                 "read the expected outputs through the callers' frames": True}
 # The expected value is a float: the check goes through numpy.allclose, which the program patches.
 PATCH_ALLCLOSE = "import numpy\nnumpy.allclose = lambda *a, **k: True\ndef f(x):\n    return 99.0"
 # ctypes: read the judge's nonce out of its C buffer (static, in the extension's writable segment: the nonce, then
@@ -158,11 +156,11 @@ def test_plus_hostile_programs_do_not_pass(plus_pool):
     assert res["int subclass that lies"].error.startswith("base test 0: wrong output: a Int, not a value")
     assert "wrong output" in res["rebind check_output through sys.modules"].error
     # the worker's expected outputs are found, but read as zeros in the child (MADV_WIPEONFORK): no value decodes
-    assert "base test 0: ValueError: unknown tag" in res["read the expected outputs through gc"].error
+    assert "base test 0: ValueError: truncated value" in res["read the expected outputs through gc"].error
     assert res["write a malformed output frame on fd 3, then the right outputs"].status == "crashed"
     assert "malformed output" in res["write a malformed output frame on fd 3, then the right outputs"].error
     assert "more than 256 MiB" in res["announce a 1 TiB output frame on fd 3"].error
-    assert "more than 10,000,000 values" in res["an output too big"].error
+    assert res["an output too big"].error == "base test 0: wrong output"  # its digest: no expected one is that big
     assert res["an output too deep"].status == "failed" and res["a numpy array"].status == "failed"
 
 
@@ -258,6 +256,23 @@ def test_plus_values_of_every_builtin_type_and_counter(pool):
     assert res["tuple for list"].failed_test == 20 and res["nan"].failed_test == 0
 
 
+def test_plus_outputs_too_big_to_send_are_compared_by_digest(pool):
+    """An output of more than values.MAX_ITEMS values travels as the SHA-256 of its encoding: equal to an expected
+    one of the same values and types (kept the same way by the worker), and to nothing else."""
+    big = 10_000_001
+    pool.add_task("big", {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[1], [2]],
+                          "base_expected": [[7] * big, (1, [2] * big)], "base_limits": [5.0, 5.0]})
+    programs = {"right": ("def f(x):\n    return [7] * 10_000_001 if x == 1 else (1, [2] * 10_000_001)", True),
+                "one value off": ("def f(x):\n    v = [7] * 10_000_001\n    v[-1] = 8\n    return v", False),
+                "a tuple for the list": ("def f(x):\n    return (7,) * 10_000_001", False),
+                "floats for ints": ("def f(x):\n    return [7.0] * 10_000_001", False)}
+    res = {r.id: r for r in pool.run([Job(name, "plus", code, 10.0, "big", "base")
+                                      for name, (code, _) in programs.items()])}
+    for name, (_, passes) in programs.items():
+        assert res[name].passed == passes, (name, res[name])
+    assert res["right"].tests == 2 and res["one value off"].failed_test == 0
+
+
 def codec_values():
     import collections
     import math
@@ -287,10 +302,11 @@ def test_codec_matches_its_reference():
     leaves = values.numpy_scalar_types()
     encode, decode = values.encoder(leaves), values.decoder(leaves)
     assert encode is not values.encode_reference and hasattr(_sandbox, "decode")
-    sent = 0
+    sent, digest = 0, values.digester(leaves)
     for v in codec_values():
         data = encode(v)
         assert data == values.encode_reference(v, leaves=leaves), v
+        assert digest(v) == values.digest_reference(v, leaves), v
         if data is None:
             continue
         sent += 1

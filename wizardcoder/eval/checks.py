@@ -35,7 +35,7 @@ import struct
 import time
 import traceback
 
-from .values import MAX_DEPTH, MAX_ITEMS
+from .values import MAX_DEPTH
 
 PROGRAM_FILENAME = "<program>"
 END_OF_TESTS = "WIZARDCODER_END_OF_TESTS"  # what a command job's tests print last; made a random token per program
@@ -247,6 +247,7 @@ def _output(fd: int, head: bool) -> str:
 # ----------------------------------------------------------------------------------------------- plus jobs
 
 OUTPUT_FRAME = b"o"  # a plus job's frame on the result channel: b"o", <Q n>, n bytes of values.py's encoding
+DIGEST_FRAME = b"h"  # an output of more than values.MAX_ITEMS values: b"h", <Q 32>, the SHA-256 of its encoding
 
 
 def reported(oracle: str | None, out, inp):
@@ -265,12 +266,13 @@ def reported(oracle: str | None, out, inp):
     return out
 
 
-def plus_job(job: dict, task: dict, encode):
+def plus_job(job: dict, task: dict, encode, digest):
     """(run, describe) for the child's half of a differential test of `job["code"]` on one input set
     (`job["split"]`: base or plus) of `task`: run() calls the entry point on each input under its CPU limit and sends
-    each output to the worker on the result channel (fd 3) as an OUTPUT_FRAME; the worker compares (compare.py).
-    `task` holds no expected output (the worker keeps those). run() raises at the first input whose call fails or
-    whose output is not a value `encode` (values.encoder: exact builtin types, numpy scalars) can send."""
+    each output to the worker on the result channel (fd 3) as an OUTPUT_FRAME (or a DIGEST_FRAME: `digest`, when
+    `encode` finds it too big); the worker compares (compare.py). `task` holds no expected output (the worker keeps
+    those). run() raises at the first input whose call fails or whose output is not a value `encode` (values.encoder:
+    exact builtin types, numpy scalars) can send."""
     source = job["code"]
     split = job["split"]
     inputs, limits = task[f"{split}_input"], task[f"{split}_limits"]
@@ -292,13 +294,16 @@ def plus_job(job: dict, task: dict, encode):
             setitimer(prof, limits[i])
             try:
                 out = fn(*inp)
-                data = encode(report(oracle, out, inp))
+                value = report(oracle, out, inp)
+                data, frame = encode(value), OUTPUT_FRAME
+                if data is None:
+                    data, frame = digest(value), DIGEST_FRAME
             finally:
                 setitimer(prof, 0)
             if data is None:  # a subclass or a foreign object could answer == with True: builtin values only
-                raise AssertionError(f"a {type(out).__name__}, not a value of builtin types (or one of more than "
-                                     f"{MAX_ITEMS:,} values, or nested deeper than {MAX_DEPTH})")
-            view = memoryview(OUTPUT_FRAME + pack("<Q", len(data)) + data)
+                raise AssertionError(f"a {type(out).__name__}, not a value of builtin types (or one nested deeper "
+                                     f"than {MAX_DEPTH})")
+            view = memoryview(frame + pack("<Q", len(data)) + data)
             while view:
                 view = view[write(3, view):]
         return len(inputs)

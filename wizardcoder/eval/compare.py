@@ -16,7 +16,8 @@ import mmap
 import struct
 import sys
 
-from .checks import OUTPUT_FRAME
+from . import values
+from .checks import DIGEST_FRAME, OUTPUT_FRAME
 
 MAX_OUTPUT_BYTES = 256 << 20  # encoded size of one output (a bigger one fails the job)
 MAX_VERDICT_BYTES = 64 << 10  # the judge writes at most about 12 kB
@@ -83,23 +84,36 @@ def check_output(oracle: str | None, inp, out, exp, atol: float) -> None:
 
 
 MADV_WIPEONFORK = 18  # Linux >= 4.14 (asm-generic); Python's mmap module names it only when built against it
+VALUE, DIGEST, UNSENDABLE = 0, 1, 2  # how HiddenOutputs holds an expected output
 
 
 class HiddenOutputs:
     """A task's expected outputs of one input set, kept where a forked child cannot read them: encoded (values.py)
     in a private anonymous mapping marked MADV_WIPEONFORK (a child sees zeros there; MADV_DONTFORK where the kernel
-    lacks it: no mapping at all), decoded one at a time when compared. The Python objects they came in are freed
-    once encoded, so no object a program could reach through gc or frames holds them. `hidden` says whether the
-    kernel took the advice. An output that cannot be encoded (more than values.MAX_ITEMS values: no output that
-    matches it could be sent either) is kept as UNSENDABLE."""
+    lacks it: no mapping at all), with their offsets and kinds, and decoded one at a time when compared. The Python
+    objects they came in are freed once encoded, so nothing a program can reach through gc or frames holds them, nor
+    their sizes. An output of more than values.MAX_ITEMS values is kept as the SHA-256 of its encoding (DIGEST, what
+    the child sends of such an output); one that is not a value of those types at all is UNSENDABLE (nothing
+    matches it). `hidden` says whether the kernel took the advice."""
 
-    def __init__(self, outputs: list, encode, decode):
-        blobs = [encode(x) for x in outputs]
-        self.offsets = [0]
+    def __init__(self, outputs: list, leaves: tuple):
+        encode, digest = values.encoder(leaves), values.digester(leaves)
+        blobs, kinds = [], bytearray()
+        for x in outputs:
+            b, kind = encode(x), VALUE
+            if b is None:
+                b, kind = digest(x), DIGEST
+            if b is None:
+                b, kind = b"", UNSENDABLE
+            blobs.append(b)
+            kinds.append(kind)
+        self.n = n = len(blobs)
+        offsets = [0]
         for b in blobs:
-            self.offsets.append(self.offsets[-1] + (len(b) if b is not None else 0))
-        self.unsendable = {i for i, b in enumerate(blobs) if b is None}
-        self.map = mmap.mmap(-1, max(1, self.offsets[-1]), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            offsets.append(offsets[-1] + len(b))
+        table = struct.pack(f"<{n + 1}Q", *offsets) + bytes(kinds)
+        self.base = len(table)
+        self.map = mmap.mmap(-1, self.base + offsets[-1], flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.hidden = False
         for advice in (getattr(mmap, "MADV_WIPEONFORK", MADV_WIPEONFORK), getattr(mmap, "MADV_DONTFORK", None)):
             try:
@@ -108,21 +122,20 @@ class HiddenOutputs:
                 break
             except (TypeError, OSError):
                 continue
+        self.map[:self.base] = table
         for i, b in enumerate(blobs):
-            if b is not None:
-                self.map[self.offsets[i]:self.offsets[i + 1]] = b
-        self.decode = decode
+            self.map[self.base + offsets[i]:self.base + offsets[i + 1]] = b
+        self.decode = values.decoder(leaves)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self.n
 
-    def __getitem__(self, i: int):
-        if i in self.unsendable:
-            return UNSENDABLE
-        return self.decode(self.map[self.offsets[i]:self.offsets[i + 1]])
-
-
-UNSENDABLE = object()  # an expected output too big to encode (so never matched by an output)
+    def get(self, i: int) -> tuple[int, object]:
+        """(kind, the value or its digest) of expected output i."""
+        lo, hi = struct.unpack_from("<2Q", self.map, 8 * i)
+        kind = self.map[8 * (self.n + 1) + i]
+        data = self.map[self.base + lo:self.base + hi]
+        return kind, self.decode(data) if kind == VALUE else data
 
 
 class Comparison:
@@ -158,7 +171,8 @@ class Comparison:
                 return False  # perhaps the nonce, not all here yet
             if len(self.buf) < head:
                 return False
-            if self.buf[:len(OUTPUT_FRAME)] != OUTPUT_FRAME:
+            frame = bytes(self.buf[:len(OUTPUT_FRAME)])
+            if frame not in (OUTPUT_FRAME, DIGEST_FRAME):
                 return self._fail("crashed", "the program corrupted its result channel")
             (n,) = struct.unpack_from("<Q", self.buf, len(OUTPUT_FRAME))
             i = self.checked
@@ -171,7 +185,7 @@ class Comparison:
                 return False
             data = bytes(self.buf[head:head + n])
             del self.buf[:head + n]
-            if not self._check(i, data):
+            if not (self._check(i, data) if frame == OUTPUT_FRAME else self._check_digest(i, data)):
                 return True
         return False
 
@@ -188,10 +202,9 @@ class Comparison:
                 self._fail("crashed", f"{self.split} test {i}: a malformed output on the result channel", i)
                 return False
             out, inp = out
-        exp = self.expected[i]
-        if exp is UNSENDABLE:
-            self._fail("failed", f"{self.split} test {i}: wrong output (the expected one holds more values than an "
-                                 "output may)", i)
+        kind, exp = self.expected.get(i)
+        if kind != VALUE:  # more values than an output sent whole may hold: it cannot be equal
+            self._fail("failed", f"{self.split} test {i}: wrong output", i)
             return False
         try:
             check_output(self.oracle, inp, out, exp, self.atol)
@@ -202,6 +215,17 @@ class Comparison:
             return False
         self.checked += 1
         return True
+
+    def _check_digest(self, i: int, data: bytes) -> bool:
+        """Output i, too big to send whole, came as the SHA-256 of its encoding: it matches an expected output kept
+        the same way with the same digest (the same values of the same types in the same order), and nothing else
+        (a smaller expected output cannot be equal to it)."""
+        kind, exp = self.expected.get(i)
+        if kind == DIGEST and data == exp:
+            self.checked += 1
+            return True
+        self._fail("failed", f"{self.split} test {i}: wrong output", i)
+        return False
 
     def _fail(self, status: str, error: str, failed_test: int | None = None) -> bool:
         self.failure = {"status": status, "error": error}

@@ -433,8 +433,8 @@ class Worker:
         names = [k for k in data if k.endswith("_expected")]
         if names and self.leaves is None:
             self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
-        encode, decode = values.encoder(self.leaves or ()), values.decoder(self.leaves or ())
-        self.expected[key] = {k: HiddenOutputs(data.pop(k), encode, decode) for k in names}
+        leaves = self.leaves or ()
+        self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
 
     def _comparison(self, job: dict, nonce: bytes) -> Comparison:
@@ -549,7 +549,9 @@ class Worker:
         if kind == "script":
             run, describe = checks.script_job(job)
         elif kind == "plus":
-            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(self.leaves or ()))
+            leaves = self.leaves or ()
+            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(leaves),
+                                            values.digester(leaves))
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:

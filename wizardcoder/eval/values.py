@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import struct
 
 try:
@@ -30,7 +31,8 @@ except ImportError:  # the C extension was not built: the references below
     _sandbox = None
 
 MAX_DEPTH = 100  # nesting of lists/tuples/sets/dicts in one value
-MAX_ITEMS = 10_000_000  # values in one output (a bigger output fails: docs/eval.md)
+MAX_ITEMS = 10_000_000  # values in one output sent whole; a bigger one is sent as the SHA-256 of its encoding
+DIGEST_ITEMS = 1 << 40  # no bound but the program's time and memory limits
 
 _SEQ = {list: b"l", tuple: b"t", set: b"S", frozenset: b"z"}
 _MAP = {dict: b"d", collections.Counter: b"C"}
@@ -54,6 +56,24 @@ def encoder(leaves: tuple, max_items: int = MAX_ITEMS):
         encode, counter = _sandbox.encode, collections.Counter
         return lambda x: encode(x, max_items, leaves, counter)
     return functools.partial(encode_reference, max_items=max_items, leaves=leaves)
+
+
+def digester(leaves: tuple):
+    """x -> the SHA-256 of its encoding (without an item budget; made in pieces, never whole), or None when x is
+    not a value of the types above: how an output too big to send whole is compared."""
+    if _sandbox is not None and hasattr(_sandbox, "encode"):
+        encode, counter, sha256 = _sandbox.encode, collections.Counter, hashlib.sha256
+
+        def digest(x):
+            h = sha256()
+            return h.digest() if encode(x, DIGEST_ITEMS, leaves, counter, h.update) else None
+        return digest
+    return functools.partial(digest_reference, leaves=leaves)
+
+
+def digest_reference(x, leaves: tuple = ()) -> bytes | None:
+    data = encode_reference(x, DIGEST_ITEMS, leaves)
+    return None if data is None else hashlib.sha256(data).digest()
 
 
 def decoder(leaves: tuple, max_items: int = MAX_ITEMS):
