@@ -863,7 +863,7 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
                 break
             if msg["op"] == "task":
                 worker.add_task(msg["key"], msg["data"])
-                gc.freeze()  # the task's inputs and expected outputs too (see Worker._setup)
+                gc.freeze()  # the task's inputs too (see Worker._setup); its expected outputs are not objects
                 continue
             if msg["op"] == "drop":
                 worker.tasks.pop(msg["key"], None)
