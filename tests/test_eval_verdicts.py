@@ -170,8 +170,15 @@ def test_plus_forged_with_ctypes_is_not_a_pass(plus_pool):
     probe = plus_pool.run([Job("probe", "script", "import ctypes\nctypes.string_at(id(1), 8)")])
     if next(iter(probe)).status != "passed":
         pytest.skip("ctypes does not load in this sandbox")
-    res = next(iter(plus_pool.run([Job("forge", "plus", FORGE_WITH_CTYPES, 2.0, "t", "base")])))
-    assert res.status == "crashed" and "outputs ended before the last input" in res.error, res
+    garbage = FORGE_WITH_CTYPES.replace("""b'{"status": "passed", "tests": 2}'""", "b'o' + struct.pack('<Q', 1)")
+    jobs = [Job("forge", "plus", FORGE_WITH_CTYPES, 2.0, "t", "base"),
+            Job("forge after one right output", "plus", FORGE_WITH_CTYPES.replace("    forge()\n    return 0",
+                "    if x == 2:\n        forge()\n    return x * 1000003 + 7"), 2.0, "t", "base"),
+            Job("malformed behind the nonce", "plus", garbage, 2.0, "t", "base")]
+    res = {r.id: r for r in plus_pool.run(jobs)}
+    assert res["forge"].status == "crashed" and "outputs ended before the last input" in res["forge"].error
+    assert res["forge after one right output"].error == "base test 1: the outputs ended before the last input"
+    assert res["malformed behind the nonce"].status == "crashed", res["malformed behind the nonce"]
 
 
 # evalplus's oracles, each with a task whose expected outputs are its canonical solution's (run here, in the test)
