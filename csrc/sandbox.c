@@ -55,6 +55,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <math.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -805,6 +806,7 @@ struct enc {
     PyObject *leaves;  /* a tuple of numpy's scalar types allowed (index k: tag n, k) */
     PyObject *counter; /* collections.Counter (tag C), taken before the program ran */
     PyObject *sink;    /* NULL, or a callable given the encoding in pieces of about SB_SINK_CHUNK bytes */
+    int nan;           /* set when a NaN (float, complex, numpy float or complex) was encoded */
 };
 
 #define SB_SINK_CHUNK (1 << 20)
@@ -877,11 +879,13 @@ static int enc_value(struct enc *e, PyObject *o, int depth) {
     }
     if (t == &PyFloat_Type) {
         double d = PyFloat_AS_DOUBLE(o);
+        e->nan |= isnan(d);
         return enc_put(e, 'f', &d, 8);
     }
     if (t == &PyComplex_Type) {
         Py_complex c = PyComplex_AsCComplex(o);
         double d[2] = {c.real, c.imag};
+        e->nan |= isnan(c.real) || isnan(c.imag);
         return enc_put(e, 'c', d, 16);
     }
     if (t == &PyUnicode_Type || t == &PyBytes_Type) {
@@ -946,6 +950,12 @@ static int enc_value(struct enc *e, PyObject *o, int depth) {
             p = PyBytes_AS_STRING(raw);
             len = PyBytes_GET_SIZE(raw);
         } else {
+            /* a numpy float or complex: NaN is the one value not equal to itself (numpy's own comparison) */
+            PyObject *ne = PyObject_RichCompare(o, o, Py_NE);
+            int is_nan = ne ? PyObject_IsTrue(ne) : -1;
+            Py_XDECREF(ne);
+            if (is_nan < 0) return -1;
+            e->nan |= is_nan;
             if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE)) return -1;
             p = view.buf;
             len = view.len;
@@ -969,13 +979,27 @@ static PyObject *sb_encode(PyObject *self, PyObject *args) {
     PyObject *o, *leaves, *counter, *sink = NULL;
     Py_ssize_t max_items;
     if (!PyArg_ParseTuple(args, "OnO!O|O", &o, &max_items, &PyTuple_Type, &leaves, &counter, &sink)) return NULL;
-    struct enc e = {NULL, 0, 0, max_items, leaves, counter, sink == Py_None ? NULL : sink};
+    struct enc e = {NULL, 0, 0, max_items, leaves, counter, sink == Py_None ? NULL : sink, 0};
     int r = enc_value(&e, o, 0);
     if (!r && e.sink) r = enc_flush(&e);
     PyObject *out = r < 0   ? NULL
                     : r > 0 ? Py_NewRef(Py_None)
                     : e.sink ? Py_NewRef(Py_True)
                              : PyBytes_FromStringAndSize(e.b, (Py_ssize_t)e.n);
+    PyMem_Free(e.b);
+    return out;
+}
+
+/* encode_nan(obj, max_items, leaves, counter) -> (encode's answer, whether it holds a NaN) */
+static PyObject *sb_encode_nan(PyObject *self, PyObject *args) {
+    PyObject *o, *leaves, *counter;
+    Py_ssize_t max_items;
+    if (!PyArg_ParseTuple(args, "OnO!O", &o, &max_items, &PyTuple_Type, &leaves, &counter)) return NULL;
+    struct enc e = {NULL, 0, 0, max_items, leaves, counter, NULL, 0};
+    int r = enc_value(&e, o, 0);
+    PyObject *out = r < 0 ? NULL
+                    : r > 0 ? Py_BuildValue("(OO)", Py_None, Py_False)
+                            : Py_BuildValue("(y#O)", e.b, (Py_ssize_t)e.n, e.nan ? Py_True : Py_False);
     PyMem_Free(e.b);
     return out;
 }
@@ -1142,6 +1166,8 @@ static PyMethodDef methods[] = {
      "encode(obj, max_items, leaves, counter[, sink]) -> bytes, or None when obj is not built of exact builtin value "
      "types, `leaves` or `counter` within max_items values and depth 100 (wizardcoder/eval/values.py); with sink, "
      "the bytes go to sink(piece) as they are made and the answer is True."},
+    {"encode_nan", sb_encode_nan, METH_VARARGS,
+     "encode_nan(obj, max_items, leaves, counter) -> (encode's answer, whether the value holds a NaN)."},
     {"decode", sb_decode, METH_VARARGS,
      "decode(data, max_items, counter, leaf) -> the value encode wrote; ValueError when malformed or past the "
      "bounds; leaf(k, raw) builds a numpy scalar."},
