@@ -16,7 +16,6 @@ from typing import Iterable
 
 from ..errors import DataError
 from ..io import atomic_open
-from ..eval.compare import expected_frames
 from ..eval.jobs import Job, Result
 from .base import Benchmark, Problem, Work
 from .sources import cache_dir
@@ -38,14 +37,13 @@ class PlusBenchmark(Benchmark):
         return None
 
     def task_data(self, problem: Problem, expected: dict | None) -> dict:
-        """What a worker needs to run `plus` (with expected, kept by the worker as compare.expected_frames makes
-        them) or `record` (without) jobs for one problem."""
+        """What a worker needs to run `plus` (with expected) or `record` (without) jobs for one problem."""
         r = problem.raw
         data = {"entry_point": problem.entry_point, "oracle": self.oracle(problem), "atol": r["atol"],
                 "base_input": r["base_input"], "plus_input": r["plus_input"]}
         if expected is not None:
             for split in self.parts:
-                data[f"{split}_expected"] = expected_frames(expected[f"{split}_expected"])
+                data[f"{split}_expected"] = expected[f"{split}_expected"]
                 data[f"{split}_limits"] = plus_limits(expected, split)
         return data
 

@@ -91,40 +91,24 @@ EQUAL, NAN, DIGEST, UNSENDABLE = 0, 1, 2, 3
 NO_FRAME = b"x"  # the stored frame tag of an expected output no sent frame may match byte for byte
 
 
-def expected_frames(outputs: list) -> bytes:
-    """A + task's expected outputs of one input set as the worker keeps them (HiddenOutputs), made once by the
-    evaluator (PlusBenchmark.task_data) rather than by every worker: the frames an honest child sends of them
-    (checks.OUTPUT_FRAME or DIGEST_FRAME of values.py's encoding), one after the other, behind their count, offsets
-    and kinds. An output of more than values.MAX_ITEMS values is kept as the SHA-256 of its encoding (DIGEST, what
-    the child sends of such an output); one that is not a value of those types is UNSENDABLE (nothing matches it);
-    one that holds a NaN is NAN (not equal to itself: compared only decoded). The frames of those last two carry
-    NO_FRAME, so no frame a child sends equals them byte for byte. numpy is imported only for an output that needs
-    its scalar types."""
-    codecs: dict = {}
-
-    def codec(numpy: bool):
-        if numpy not in codecs:
-            leaves = values.numpy_scalar_types() if numpy else ()
-            codecs[numpy] = values.nan_encoder(leaves), values.digester(leaves)
-        return codecs[numpy]
-
-    frames, kinds = [], bytearray()
-    for x in outputs:
-        for numpy in (False, True):
-            encode, digest = codec(numpy)
-            (data, nan), tag, kind = encode(x), OUTPUT_FRAME, EQUAL
-            if data is None:
-                data, tag, kind = digest(x), DIGEST_FRAME, DIGEST
-            if data is not None:
-                break
+def expected_frames(outputs: list, leaves: tuple) -> bytes:
+    """A + task's expected outputs of one input set as HiddenOutputs keeps them: the frames an honest child sends of
+    them (checks.OUTPUT_FRAME or DIGEST_FRAME of values.py's encoding), one after the other, behind their count,
+    offsets and kinds. An output of more than values.MAX_ITEMS values is kept as the SHA-256 of its encoding (DIGEST,
+    what the child sends of such an output); one that is not a value of those types is UNSENDABLE (nothing matches
+    it); one that holds a NaN is NAN (not equal to itself: compared only decoded). The frames of those last two
+    carry NO_FRAME, so no frame a child sends equals them byte for byte."""
+    pack = struct.Struct("<Q").pack
+    frames, kinds = [], bytearray(len(outputs))  # EQUAL unless said otherwise below
+    for i, (data, nan) in enumerate(map(values.nan_encoder(leaves), outputs)):
+        if data is not None and not nan:  # the usual case
+            frames.append(OUTPUT_FRAME + pack(len(data)) + data)
+            continue
+        tag, kinds[i] = NO_FRAME, NAN
         if data is None:
-            data, kind = b"", UNSENDABLE
-        elif kind == EQUAL and nan:
-            kind = NAN
-        if kind in (NAN, UNSENDABLE):
-            tag = NO_FRAME
-        frames.append(tag + struct.pack("<Q", len(data)) + data)
-        kinds.append(kind)
+            data = values.digester(leaves)(outputs[i])
+            tag, kinds[i] = (DIGEST_FRAME, DIGEST) if data is not None else (NO_FRAME, UNSENDABLE)
+        frames.append(tag + pack(len(data or b"")) + (data or b""))
     offsets = [0]
     for f in frames:
         offsets.append(offsets[-1] + len(f))
@@ -132,14 +116,15 @@ def expected_frames(outputs: list) -> bytes:
 
 
 class HiddenOutputs:
-    """A task's expected outputs of one input set (`expected_frames`), kept where a forked child cannot read them:
+    """A task's expected outputs of one input set, kept where a forked child cannot read them: as `expected_frames`
     in a private anonymous mapping marked MADV_WIPEONFORK (a child sees zeros there; MADV_DONTFORK where the kernel
-    lacks it: no mapping at all), the task message's bytes they arrived in freed, so nothing a program can reach
-    through gc or frames holds them, nor their sizes. What the child sends is compared with them first as bytes,
-    many frames at once (`match`), and decoded only where the bytes differ. `hidden` says whether the kernel took
-    the advice."""
+    lacks it: no mapping at all). The worker makes it when the task arrives and the objects they came in are then
+    freed, so nothing a program can reach through gc or frames holds them, nor their sizes. What the child sends is
+    compared with them first as bytes, many frames at once (`match`), and decoded only where the bytes differ.
+    `hidden` says whether the kernel took the advice."""
 
-    def __init__(self, frames: bytes, leaves: tuple):
+    def __init__(self, outputs: list, leaves: tuple):
+        frames = expected_frames(outputs, leaves)
         (self.n,) = struct.unpack_from("<Q", frames)
         self.base = 8 * (self.n + 2) + self.n  # the frames start after the count, the offsets and the kinds
         self.map = mmap.mmap(-1, len(frames), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

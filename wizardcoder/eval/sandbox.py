@@ -428,8 +428,8 @@ class Worker:
     # -------------------------------------------------------------------------------------------- one job
 
     def add_task(self, key: str, data: dict) -> None:
-        """Keep a task's data for its jobs: a + task's expected outputs (compare.expected_frames) apart, where no
-        child can read them (compare.HiddenOutputs; the bytes they came in are freed here)."""
+        """Keep a task's data for its jobs: a + task's expected outputs apart, where no child can read them
+        (compare.HiddenOutputs; the objects they came in are freed here)."""
         names = [k for k in data if k.endswith("_expected")]
         if names and self.leaves is None:
             self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
