@@ -13,9 +13,11 @@ its own __eq__ or __hash__) reaches the worker's comparison, and decoding never 
 `leaves` is the worker's tuple of allowed numpy scalar types (`numpy_scalar_types`), in the same order in the
 child (a fork of the worker): evalplus compares `type(out) == type(exp)`, so an np.float64 must come back an
 np.float64. Bounds: at most `max_items` values in all and nesting depth MAX_DEPTH; past them the encoder answers
-None (the output fails) and the decoder raises ValueError (the sample is `crashed`).
+None and the decoder raises ValueError (the sample is `crashed`). An output of more than MAX_ITEMS values travels
+as the SHA-256 of its encoding instead (`digester`: made in pieces, never whole); one nested too deep, or holding
+any other type, fails.
 
-This module is the plain-Python reference of the C codec (_sandbox.encode, _sandbox.decode), used where the
+This module holds the plain-Python references of the C codec (_sandbox.encode, encode_nan, decode), used where the
 extension is not built; tests hold the two to the same bytes and values.
 """
 from __future__ import annotations
