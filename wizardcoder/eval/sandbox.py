@@ -437,11 +437,12 @@ class Worker:
         self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
 
-    def _comparison(self, job: dict, nonce: bytes) -> Comparison:
-        """The worker's half of a plus job (compare.py): its own inputs and expected outputs."""
+    def _comparison(self, job: dict) -> Comparison:
+        """The worker's half of a plus job (compare.py): its own inputs and expected outputs. Made before the fork
+        (its nonce after): what the worker allocates while the child lives costs copy-on-write faults."""
         task, split = self.tasks[job["task_key"]], job["split"]
         return Comparison(split, task[f"{split}_input"], self.expected[job["task_key"]][f"{split}_expected"],
-                          task["oracle"], task["atol"], nonce, values.decoder(self.leaves or ()))
+                          task["oracle"], task["atol"], b"", values.decoder(self.leaves or ()))
 
     def run_job(self, job: dict) -> dict:
         self.jobs += 1
@@ -459,6 +460,7 @@ class Worker:
         if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
             sys.modules["tempfile"].tempdir = jobdir
         limits = self._limits(cpu)
+        compare = self._comparison(job) if plus else None
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -480,7 +482,8 @@ class Worker:
         except OSError:
             pass  # the child is already gone
         os.close(nonce_w)
-        compare = self._comparison(job, nonce) if plus else None
+        if compare is not None:
+            compare.nonce = nonce
         try:
             reply = self._watch(pid, r, t0, timeout, cpu, big=not judged, feed=compare and compare.feed)
         finally:
