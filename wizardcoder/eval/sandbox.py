@@ -53,8 +53,9 @@ import time
 
 import _signal
 
-from . import checks, view
+from . import checks, values, view
 from .checks import VERDICTS
+from .compare import Comparison, HiddenOutputs
 from .scratch import remove_tree
 
 try:
@@ -147,7 +148,9 @@ class Worker:
     def __init__(self, index: int, config: SandboxConfig, uid: int | None = None):
         self.index = index
         self.config = config
-        self.tasks: dict[str, dict] = {}
+        self.tasks: dict[str, dict] = {}  # what a job's child may see: inputs, limits, toolchain steps
+        self.expected: dict[str, dict] = {}  # the + tasks' expected outputs, kept from the children (add_task)
+        self.leaves: tuple | None = None  # numpy's scalar types a plus job's outputs may hold (values.py)
         self.pid = os.getpid()
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
@@ -403,6 +406,23 @@ class Worker:
 
     # -------------------------------------------------------------------------------------------- one job
 
+    def add_task(self, key: str, data: dict) -> None:
+        """Keep a task's data for its jobs: a + task's expected outputs apart, where no child can read them
+        (compare.HiddenOutputs; the objects they came in are freed here)."""
+        names = [k for k in data if k.endswith("_expected")]
+        if names and self.leaves is None:
+            self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
+        leaves = self.leaves or ()
+        self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
+        self.tasks[key] = data
+
+    def _comparison(self, job: dict) -> Comparison:
+        """The worker's half of a plus job (compare.py): its own inputs and expected outputs. Made before the fork
+        (its nonce after): what the worker allocates while the child lives costs copy-on-write faults."""
+        task, split = self.tasks[job["task_key"]], job["split"]
+        return Comparison(split, task[f"{split}_input"], self.expected[job["task_key"]][f"{split}_expected"],
+                          task["oracle"], task["atol"], b"", values.decoder(self.leaves or ()))
+
     def run_job(self, job: dict) -> dict:
         self.jobs += 1
         jobdir = os.path.join(self.tmp_root, f"job{self.jobs}")
@@ -412,12 +432,14 @@ class Worker:
         cpu = float(self.config.cpu_timeout or job.get("timeout") or self.config.timeout)
         timeout = cpu * self.config.wall_factor + 1.0
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
+        plus = job["kind"] == "plus"
         # The program's HOME and TMPDIR (the rest of its environment was set once by _setup), set here rather than in
         # the child: every page the child writes is a copy-on-write fault.
         os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
         if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
             sys.modules["tempfile"].tempdir = jobdir
         limits = self._limits(cpu)
+        compare = self._comparison(job) if plus else None
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -440,12 +462,16 @@ class Worker:
         except OSError:
             pass  # the child is already gone
         os.close(nonce_w)
+        if compare is not None:
+            compare.nonce = nonce
         try:
-            reply = self._watch(pid, r, t0, timeout, cpu, big=not judged)
+            reply = self._watch(pid, r, t0, timeout, cpu, big=not judged, feed=compare and compare.feed)
         finally:
             os.close(r)
             self._cleanup(pid, jobdir, forks=job["kind"] == "command")
-        if judged and "raw" in reply:
+        if plus:
+            reply = compare.verdict(reply)
+        elif judged and "raw" in reply:
             raw = reply.pop("raw")
             if raw[:NONCE_LEN] == nonce:
                 reply["raw"] = raw[NONCE_LEN:]
@@ -506,8 +532,9 @@ class Worker:
         if kind == "script":
             run, describe = checks.script_job(job)
         elif kind == "plus":
-            run, describe = checks.plus_job(job, self.tasks[job["task_key"]],
-                                            _sandbox.plain if _sandbox is not None else None)
+            leaves = self.leaves or ()
+            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(leaves),
+                                            values.digester(leaves))
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:
@@ -526,10 +553,11 @@ class Worker:
                 _sandbox.landlock(self.read_paths + ["/proc/self"], [jobdir, os.devnull], not c.network, True)
         _sandbox.seccomp(os.getpid(), block_fork, not c.network)
 
-    def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool) -> dict:
+    def _watch(self, pid: int, r: int, t0: float, timeout: float, cpu: float, big: bool, feed=None) -> dict:
         """Collect the child's result until it exits, its user CPU time reaches the limit (polled: the kernel's
         RLIMIT_CPU counts system time too, and a memory-hungry program spends seconds of it having its pages zeroed,
-        more on a busy machine) or its wall time runs out."""
+        more on a busy machine) or its wall time runs out. `feed` (a plus job's Comparison.feed) takes the bytes
+        instead, as they come, and stops the child once it returns True (its verdict is known); {} then."""
         cap = (1 << 30) if big else (1 << 20)
         limit = _cpu_secs(cpu)
         chunks, got, status, why = [], 0, None, None
@@ -554,6 +582,13 @@ class Worker:
                     b = os.read(r, 1 << 20)
                     if not b:
                         fds = [pidfd]
+                    elif feed is not None:
+                        got += len(b)
+                        if feed(b):
+                            why = "verdict"
+                            _killpg(pid)
+                            status = os.waitpid(pid, 0)[1]
+                            break
                     elif got < cap:
                         chunks.append(b)
                         got += len(b)
@@ -564,15 +599,20 @@ class Worker:
         # drain what is still in the pipe (the child has exited; a grandchild could hold it open, so no blocking)
         os.set_blocking(r, False)
         try:
-            while got < cap:
+            while why != "verdict" and (got < cap or feed is not None):
                 b = os.read(r, 1 << 20)
                 if not b:
                     break
-                chunks.append(b)
                 got += len(b)
+                if feed is None:
+                    chunks.append(b)
+                elif feed(b):
+                    break
         except BlockingIOError:
             pass
         data = b"".join(chunks)
+        if why == "verdict":
+            return {}
         if why == "wall":
             return {"status": "timeout", "error": f"wall time limit {timeout:g}s"}
         if why == "cpu":
@@ -585,7 +625,7 @@ class Worker:
                 return {"status": "crashed", "error": f"output/file size limit {self.config.max_output >> 20} MiB"}
             return {"status": "crashed", "error": f"killed by {signal.Signals(sig).name}"}
         code = os.WEXITSTATUS(status)
-        if code != 0 or not data:
+        if code != 0 or not got:
             return {"status": "crashed", "error": f"exited with status {code} before reporting a result"}
         return {"raw": data}
 
@@ -857,11 +897,12 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
             if msg.get("op") == "exit":
                 break
             if msg["op"] == "task":
-                worker.tasks[msg["key"]] = msg["data"]
-                gc.freeze()  # the task's inputs and expected outputs too (see Worker._setup)
+                worker.add_task(msg["key"], msg["data"])
+                gc.freeze()  # the task's inputs too (see Worker._setup); its expected outputs are not objects
                 continue
             if msg["op"] == "drop":
                 worker.tasks.pop(msg["key"], None)
+                worker.expected.pop(msg["key"], None)
                 continue
             reply = worker.run_job(msg["job"])
             reply["id"] = msg["job"]["id"]
