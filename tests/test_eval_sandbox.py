@@ -313,7 +313,8 @@ def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [sys.path[0], str(added), *sys.path[1:]])  # as a test runner adds its folders
     with SandboxPool(1) as p:
         r = run1(p, f"import sys\nassert {str(added)!r} not in sys.path, sys.path\nimport numpy\n"
-                    "try:\n    import planted\nexcept ImportError:\n    pass\nelse:\n    raise AssertionError('planted')")
+                    "try:\n    import planted\nexcept ImportError:\n    pass\n"
+                    "else:\n    raise AssertionError('planted')")
     assert r["status"] == "passed", r
 
 

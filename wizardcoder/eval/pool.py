@@ -99,17 +99,16 @@ def _import_path(pkg_parent: str) -> list[str]:
     return path
 
 
-def _worker_command(config: SandboxConfig, *args: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of a worker process (worker.py), started as `python -S`: it does not run site again
-    (its .pth files, an editable install's import hook: ~20 ms a process) but takes the import path site gave this
-    process (_import_path)."""
+def _worker_command(config: SandboxConfig, first: str, last: str) -> tuple[list[str], dict[str, str]]:
+    """argv (`first` CONFIG `last`: worker.py's two forms) and environment of a worker process, started as `python
+    -S`: it does not run site again (its .pth files, an editable install's import hook: ~20 ms a process) but takes
+    the import path site gave this process (_import_path)."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[worker.PATH_VARIABLE] = json.dumps(_import_path(pkg_parent))
     config = dataclasses.replace(config, tmp_root=config.tmp_root or tempfile.gettempdir())
-    argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", *args[:1], json.dumps(dataclasses.asdict(config)),
-            *args[1:]]
+    argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", first, json.dumps(dataclasses.asdict(config)), last]
     return argv, env
 
 
@@ -477,8 +476,8 @@ class SandboxPool:
             t.join()
 
     def stop_soon(self) -> None:
-        """Ask every worker to exit without waiting (close() then waits): their exit (the watchdog, the scratch) overlaps
-        whatever the caller does meanwhile. No job may be run after it."""
+        """Ask every worker to exit without waiting (close() then waits): their exit (the watchdog, the scratch)
+        overlaps whatever the caller does meanwhile. No job may be run after it."""
         for h in self.handles:
             h.ask_exit()
 

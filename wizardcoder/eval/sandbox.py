@@ -134,11 +134,11 @@ class Channel:
         return self.fd < 0
 
 
-
 def _layer(name: str, active: bool, detail: str, fallback: str | None = None) -> tuple:
     """One isolation layer as the worker reports it: the fields of jobs.Layer, which the pool builds (the worker does
     not import jobs.py: its dataclasses would grow every program's fork)."""
     return name, active, detail, fallback
+
 
 # ------------------------------------------------------------------------------------------------ worker
 
@@ -162,7 +162,7 @@ class Worker:
     def _setup(self) -> list[tuple]:
         c = self.config
         layers = [_layer("process", True, "fork per program from a pre-started worker; own session and process "
-                                         "group; group SIGKILLed at the end and on timeout")]
+                                          "group; group SIGKILLed at the end and on timeout")]
         if _sandbox is not None:
             try:
                 _sandbox.subreaper()
@@ -197,18 +197,18 @@ class Worker:
         layers.append(self._user_layer())
         if has_view:
             layers.append(_layer("view", True, "own mount namespace pivoted into a read-only view holding only the "
-                                              f"Python installation, {self.tools}/usr, /lib*, /bin, six /etc files, "
-                                              "harmless devices, CPU info and the scratch tmpfs; proc with "
-                                              "hidepid=invisible; own IPC namespace"))
+                                               f"Python installation, {self.tools}/usr, /lib*, /bin, six /etc files, "
+                                               "harmless devices, CPU info and the scratch tmpfs; proc with "
+                                               "hidepid=invisible; own IPC namespace"))
         else:
             layers.append(_layer("view", False, f"the host's filesystem and IPC namespace ({why['view']})",
-                                "Landlock read rules and uid permissions decide what can be read"))
+                                 "Landlock read rules and uid permissions decide what can be read"))
         scratch = f"private temp folder per program (cwd, HOME, TMPDIR) under {self.tmp_root}, removed after"
         if scratch_on_tmpfs:
             layers.append(_layer("scratch", True, f"{scratch}, on a private {c.scratch >> 20} MiB tmpfs"))
         else:
             layers.append(_layer("scratch", False, f"{scratch}, on disk (no private tmpfs: {why['view']})",
-                                "RLIMIT_FSIZE bounds each file; the disk's free space bounds the total"))
+                                 "RLIMIT_FSIZE bounds each file; the disk's free space bounds the total"))
         layers.append(self._filesystem_layer())
         layers.append(self._network_layer(netns, why.get("network", "")))
         layers.append(self._syscalls_layer())
@@ -282,44 +282,44 @@ class Worker:
     def _lifetime_layer(self) -> tuple:
         if _sandbox is None:
             return _layer("lifetime", False, "no PDEATHSIG (wizardcoder._sandbox is not built)",
-                         "the worker kills each program's process group; programs left running when the evaluator "
-                         "is killed end only at their CPU limit")
+                          "the worker kills each program's process group; programs left running when the evaluator "
+                          "is killed end only at their CPU limit")
         detail = "PDEATHSIG evaluator -> worker -> program"
         if self.watchdog is not None:
             return _layer("lifetime", True, detail + f"; a watchdog kills every process of uid {self.uid} when the "
-                                                    "worker is gone; the uid is swept when a worker starts")
+                                                     "worker is gone; the uid is swept when a worker starts")
         what = ("the program is one process (seccomp refuses forks)" if not self.config.allow_fork else
                 "with --allow-fork, a program's daemonized grandchildren can outlive the evaluator")
         return _layer("lifetime", False, detail + f"; no uid of its own to sweep (not root): {what}",
-                     "PDEATHSIG and the process-group kill")
+                      "PDEATHSIG and the process-group kill")
 
     def _user_layer(self) -> tuple:
         if not self.root:
             return _layer("user", False, f"same uid as the evaluator ({self.uid}): not root, or not allowed to switch "
-                                        "uid", "Landlock read/write rules and seccomp")
+                                         "uid", "Landlock read/write rules and seccomp")
         if _sandbox is None:
             return _layer("user", False, f"uid {self.uid} without no_new_privs or a capability check "
-                                        "(wizardcoder._sandbox is not built)",
-                         "NOTHING: a setuid binary can regain root")
+                                         "(wizardcoder._sandbox is not built)",
+                          "NOTHING: a setuid binary can regain root")
         if self.keep_read:
             return _layer("user", False, f"uid {self.uid} gid {self.gid}, no groups, keeping CAP_DAC_READ_SEARCH "
-                                        "(the Python installation is not readable by other users and no view could "
-                                        "be built)",
-                         "Landlock read rules confine reads to the allowlist" if self.landlock_abi
-                         else "NOTHING: the program can read every file")
+                                         "(the Python installation is not readable by other users and no view could "
+                                         "be built)",
+                          "Landlock read rules confine reads to the allowlist" if self.landlock_abi
+                          else "NOTHING: the program can read every file")
         return _layer("user", True, f"uid {self.uid} gid {self.gid} (unprivileged, one per worker), no groups, no "
-                                   "capability in any set (bounding, ambient, inheritable, permitted, effective)")
+                                    "capability in any set (bounding, ambient, inheritable, permitted, effective)")
 
     def _filesystem_layer(self) -> tuple:
         if not self.landlock_abi or _sandbox is None:
             return _layer("filesystem", False, "no Landlock (kernel without it, or wizardcoder._sandbox not built)",
-                         "the view and uid permissions" if self.root else
-                         "NOTHING beyond the private working folder: the program can read and write what the "
-                         "evaluating user can")
+                          "the view and uid permissions" if self.root else
+                          "NOTHING beyond the private working folder: the program can read and write what the "
+                          "evaluating user can")
         return _layer("filesystem", True, f"Landlock ABI {self.landlock_abi}: reads only beneath the Python "
-                                         f"installation, {self.tools}system library folders, a few /etc files, "
-                                         "harmless devices and its own folder; writes only beneath its own folder "
-                                         "(and /dev/null)")
+                                          f"installation, {self.tools}system library folders, a few /etc files, "
+                                          "harmless devices and its own folder; writes only beneath its own folder "
+                                          "(and /dev/null)")
 
     def _network_layer(self, netns: bool, why: str) -> tuple:
         if self.config.network:

@@ -128,7 +128,8 @@ def load_checkpoint(state: TrainState, path: str, d: Dist, identity: dict, out: 
             dcp.load({"train": state}, checkpoint_id=path)  # whole: DCP makes a Ctrl-C inside it a CheckpointException
     except Exception as e:  # DCP reports a mismatch deep inside its planner
         raise CheckpointError(f"{path}: cannot be resumed into this run ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); resume with the same settings or choose a new --out.") from None
+                              f"{str(e).splitlines()[0][:200]}); resume with the same settings or choose a new "
+                              "--out.") from None
     if not state._dcp_optimizer:
         state.optimizer.load_state_dict(torch.load(os.path.join(path, f"optim-rank{d.rank}.pt"), weights_only=False))
 
