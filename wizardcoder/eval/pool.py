@@ -255,7 +255,10 @@ class _WorkerHandle:
 
     @staticmethod
     def message(job: Job) -> bytes:
-        """The job's message as it goes down the pipe (made once: `queueable` sizes it, `send` writes it)."""
+        """The job's message as it goes down the pipe (made once: `queueable` sizes it, `send` writes it). A script
+        job goes in the frame the worker's C loop reads (Channel.script_frame); the others as pickles."""
+        if job.kind == "script":
+            return Channel.script_frame(job.code, job.timeout)
         return Channel.frame({"op": "job", "job": dict(vars(job))})  # checks.py reads a job as a dict
 
     def queueable(self, job: Job, frame: bytes) -> bool:

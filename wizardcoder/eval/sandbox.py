@@ -63,6 +63,7 @@ try:
 except ImportError:  # the C extension was not built; the Python layers still apply
     _sandbox = None
 
+REFERENCE_VARIABLE = "WIZARDCODER_SANDBOX_REFERENCE"  # "1": every job through Worker.run_job (see Worker.receive)
 NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
 
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
@@ -103,6 +104,14 @@ class Channel:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         return struct.pack("<Q", len(data)) + data
 
+    @staticmethod
+    def script_frame(code: str, timeout: float | None) -> bytes:
+        """A script job's frame: not a pickle but what the worker's C loop reads (_sandbox.script_loop: 'S', the CPU
+        seconds, 0 for the worker's default, and the source), so the worker handles it without making a Python
+        object; `recv` gives it as the job dict a pickled one would be."""
+        data = b"S" + struct.pack("<d", timeout or 0.0) + code.encode("utf-8", "surrogatepass")
+        return struct.pack("<Q", len(data)) + data
+
     def send(self, obj) -> None:
         self.send_frame(self.frame(obj))
 
@@ -110,9 +119,21 @@ class Channel:
         _write_all(self.fd, frame)
 
     def recv(self):
-        """The next message; EOFError when the other side is gone."""
+        """The next message; EOFError when the other side is gone. A script job's frame (script_frame) and the C
+        loop's reply ('R', the seconds, then 0 and the program's verdict or 1, the index of the worker's own status in
+        VERDICTS and its error) are read as the dicts the pickled forms would be."""
         (n,) = struct.unpack("<Q", self._exact(8))
-        return pickle.loads(self._exact(n))
+        data = self._exact(n)
+        if data[:1] == b"S":
+            (timeout,) = struct.unpack_from("<d", data, 1)
+            code = data[9:].decode("utf-8", "surrogatepass")
+            return {"op": "job", "job": {"kind": "script", "code": code, "timeout": timeout or None}}
+        if data[:1] == b"R":
+            (seconds,) = struct.unpack_from("<d", data, 1)
+            if data[9] == 0:
+                return {"raw": data[10:], "seconds": round(seconds, 4)}
+            return {"status": VERDICTS[data[10]], "error": data[11:].decode(), "seconds": round(seconds, 4)}
+        return pickle.loads(data)
 
     def _exact(self, n: int) -> bytes:
         chunks, got = [], 0
@@ -156,8 +177,10 @@ class Worker:
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
         self.gid = self.uid if self.root else os.getgid()
         self.tmp_root = _scratch_root(config.tmp_root)
-        self.jobs = 0
+        self.folder = os.path.join(self.tmp_root, "job")  # each program's own, made and removed around it
+        reference = os.environ.get(REFERENCE_VARIABLE) == "1"  # read before _setup clears the environment
         self.isolation = self._setup()
+        self.in_c = hasattr(_sandbox, "script_loop") and not (config.allow_fork and self.root) and not reference
 
     def _setup(self) -> list[tuple]:
         c = self.config
@@ -221,7 +244,10 @@ class Worker:
         preload(c)
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
         os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS})
+        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS,
+                           "HOME": self.folder, "TMPDIR": self.folder})
+        if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
+            sys.modules["tempfile"].tempdir = self.folder
         # A fork server's heap must stay shared: without this the child's first garbage collection walks (and so
         # copies on write) every object the worker holds, several ms per program.
         gc.collect()
@@ -424,8 +450,8 @@ class Worker:
                           task["oracle"], task["atol"], b"", values.decoder(self.leaves or ()))
 
     def run_job(self, job: dict) -> dict:
-        self.jobs += 1
-        jobdir = os.path.join(self.tmp_root, f"job{self.jobs}")
+        """Run one job in a forked child; the reply (script jobs: what _sandbox.script_loop decides the same way)."""
+        jobdir = self.folder  # the program's cwd, HOME and TMPDIR (set once by _setup)
         os.mkdir(jobdir, 0o700)
         if self.root:
             os.chown(jobdir, self.uid, self.gid)
@@ -433,11 +459,6 @@ class Worker:
         timeout = cpu * self.config.wall_factor + 1.0
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
         plus = job["kind"] == "plus"
-        # The program's HOME and TMPDIR (the rest of its environment was set once by _setup), set here rather than in
-        # the child: every page the child writes is a copy-on-write fault.
-        os.environ["HOME"] = os.environ["TMPDIR"] = jobdir
-        if "tempfile" in sys.modules:  # a preload imported it: its cached folder is the program's too
-            sys.modules["tempfile"].tempdir = jobdir
         limits = self._limits(cpu)
         compare = self._comparison(job) if plus else None
         r, w = os.pipe()
@@ -449,7 +470,7 @@ class Worker:
                 gc.freeze()
                 os.close(r)
                 os.close(nonce_w)
-                self._child(job, jobdir, w, nonce_r, limits)
+                self._child(job, w, nonce_r, limits)
             finally:
                 os._exit(101)
         os.close(w)
@@ -468,7 +489,7 @@ class Worker:
             reply = self._watch(pid, r, t0, timeout, cpu, big=not judged, feed=compare and compare.feed)
         finally:
             os.close(r)
-            self._cleanup(pid, jobdir, forks=job["kind"] == "command")
+            self._cleanup(pid, forks=job["kind"] == "command")
         if plus:
             reply = compare.verdict(reply)
         elif judged and "raw" in reply:
@@ -494,8 +515,8 @@ class Worker:
             limits.append((resource.RLIMIT_NPROC, c.max_procs, c.max_procs))
         return limits
 
-    def _child(self, job: dict, jobdir: str, w: int, nonce_r: int, limits: list) -> None:
-        c = self.config
+    def _child(self, job: dict, w: int, nonce_r: int, limits: list) -> None:
+        c, jobdir = self.config, self.folder
         # own session; fds 0 /dev/null, 1-2 the output file, 3 the result pipe, 4 the nonce pipe, the Landlock rule
         # descriptors (closed by _confine), no other (the command pipes and the watchdog's among them); limits; cwd
         # in one C call where the extension has it: every Python-level call here costs copy-on-write faults
@@ -629,7 +650,7 @@ class Worker:
             return {"status": "crashed", "error": f"exited with status {code} before reporting a result"}
         return {"raw": data}
 
-    def _cleanup(self, pid: int, jobdir: str, forks: bool = False) -> None:
+    def _cleanup(self, pid: int, forks: bool = False) -> None:
         """Kill what the job left (`forks`: a command job, whose steps run in process groups of their own) and
         remove its folder."""
         _killpg(pid)
@@ -637,10 +658,47 @@ class Worker:
             self._sweep(ours=True)  # processes that left the group (setsid) still carry the sandbox uid
         self._reap()
         try:  # the usual case: the program left only its output file
-            os.unlink(os.path.join(jobdir, ".output"))
-            os.rmdir(jobdir)
+            os.unlink(os.path.join(self.folder, ".output"))
+            os.rmdir(self.folder)
         except OSError:
-            remove_tree(jobdir)
+            self.clear_folder()
+
+    def clear_folder(self) -> None:
+        """Remove what a program left in its folder; what cannot be removed is moved aside (the next program gets
+        the folder new)."""
+        remove_tree(self.folder)
+        if os.path.lexists(self.folder):
+            os.rename(self.folder, f"{self.folder}-left-{os.urandom(4).hex()}")
+
+    def receive(self, commands: Channel, replies: Channel) -> dict | None:
+        """The evaluator's next message for Python; None when it is gone. Script jobs are run by the C loop
+        (_sandbox.script_loop: no Python object is touched between their forks) until a message needs Python, and in
+        a script job's forked child this runs the program and never returns. The loop is not used with forks allowed
+        as root (their leftovers are swept by uid: run_job), nor with WIZARDCODER_SANDBOX_REFERENCE=1 (every job by
+        run_job, the reference the C loop is tested against)."""
+        if not self.in_c:
+            try:
+                return commands.recv()
+            except EOFError:
+                return None
+        c, owner = self.config, (self.uid, self.gid) if self.root else (-1, -1)
+        while True:
+            what, value = _sandbox.script_loop(commands.fd, replies.fd, self.folder,
+                                               os.path.join(self.folder, ".output"), *owner, float(c.timeout),
+                                               float(c.cpu_timeout or 0.0), float(c.wall_factor), int(c.max_output))
+            if what == "message":
+                return pickle.loads(value)
+            if what == "eof":
+                return None
+            if what == "leftover":
+                self.clear_folder()
+                continue
+            try:  # "child": the program's process
+                gc.freeze()
+                code, cpu, w, nonce_r = value
+                self._child({"kind": "script", "code": code}, w, nonce_r, self._limits(cpu))
+            finally:
+                os._exit(101)
 
     def _sweep(self, rounds: int = 200, ours: bool = False) -> None:
         """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
@@ -890,9 +948,8 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
     cmd_out.send({"op": "ready", "isolation": worker.isolation, "pid": os.getpid(), "tmp_root": worker.tmp_root})
     try:
         while True:
-            try:
-                msg = cmd_in.recv()
-            except EOFError:
+            msg = worker.receive(cmd_in, cmd_out)
+            if msg is None:
                 break
             if msg.get("op") == "exit":
                 break
@@ -904,8 +961,6 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
                 worker.tasks.pop(msg["key"], None)
                 worker.expected.pop(msg["key"], None)
                 continue
-            reply = worker.run_job(msg["job"])
-            reply["id"] = msg["job"]["id"]
-            cmd_out.send(reply)
+            cmd_out.send(worker.run_job(msg["job"]))
     finally:
         worker.close()
