@@ -34,7 +34,6 @@ import select
 import signal
 import struct
 import time
-import traceback
 
 from .values import MAX_DEPTH
 
@@ -53,18 +52,21 @@ def _alarm(signum, frame):
 
 
 def _describe(exc: BaseException, source: str) -> tuple[str, str]:
-    """(verdict, message) for an exception escaping the program: the failing line for an assert."""
+    """(verdict, message) for an exception escaping the program: the failing line for an assert (the innermost frame
+    of the program's own code). The traceback is walked here, not by the traceback module: its frame summaries and
+    code positions were ~50 copy-on-write faults and ~0.2 ms in every failing program's process (most samples fail)."""
     if isinstance(exc, MemoryError):
         return "memory", "MemoryError"
     if isinstance(exc, (TestTimeout,)):
         return "timeout", "per-test time limit"
     lines = source.splitlines()
     where = ""
-    # line numbers only: no source lookup (linecache would stat '<program>' in every sys.path folder)
-    for fs in reversed(traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__), lookup_lines=False)):
-        if fs.filename == PROGRAM_FILENAME and fs.lineno and 0 < fs.lineno <= len(lines):
-            where = f"line {fs.lineno}: {lines[fs.lineno - 1].strip()[:300]}"
-            break
+    tb = exc.__traceback__
+    while tb is not None:
+        line = tb.tb_lineno
+        if tb.tb_frame.f_code.co_filename == PROGRAM_FILENAME and line and 0 < line <= len(lines):
+            where = f"line {line}: {lines[line - 1].strip()[:300]}"
+        tb = tb.tb_next
     name = type(exc).__name__
     msg = str(exc)[:300]
     text = f"{name}: {msg}" if msg else name
