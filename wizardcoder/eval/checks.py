@@ -322,18 +322,24 @@ def plus_job(job: dict, task: dict, encode, digest):
             raise NameError(f"the program does not define {entry}")
         fn = env[entry]
         sent[0] = clock()
+        last = len(inputs) - 1
         try:
+            if inputs:
+                setitimer(prof, limits[0])
             for i, inp in enumerate(inputs):
                 at[0] = i
-                setitimer(prof, limits[i])
                 try:
                     out = fn(*inp)
                     value = out if oracle is None else report(oracle, out, inp)
                     data, frame = encode(value), OUTPUT_FRAME
                     if data is None:
                         data, frame = digest(value), DIGEST_FRAME
-                finally:
+                except BaseException:
                     setitimer(prof, 0)
+                    raise
+                # the next input's limit armed at once: one system call an input (this input's report counts against
+                # it: microseconds, where limits are >= 1 s)
+                setitimer(prof, limits[i + 1] if i < last else 0)
                 if data is None:  # a subclass or a foreign object could answer == with True: builtin values only
                     raise AssertionError(f"a {type(out).__name__}, not a value of builtin types (or one nested "
                                          f"deeper than {MAX_DEPTH})")
