@@ -74,14 +74,37 @@ def check_output(oracle: str | None, inp, out, exp, atol: float) -> None:
     if atol == 0 and _is_floats(exp):
         atol = 1e-6
     if not exact_match and atol != 0:
-        import numpy as np
-
         assert type(out) == type(exp)  # noqa: E721 - evalplus compares exact types
         if isinstance(exp, (list, tuple)):
             assert len(out) == len(exp)
-        assert np.allclose(out, exp, rtol=1e-07, atol=atol)
+        close = _allclose(out, exp, 1e-07, atol)
+        if close is None:
+            import numpy as np
+
+            close = np.allclose(out, exp, rtol=1e-07, atol=atol)
+        assert close
     else:
         assert exact_match
+
+
+def _exact_float(v) -> bool:
+    return type(v) is float or (type(v) is int and -(1 << 53) <= v <= 1 << 53)
+
+
+def _allclose(out, exp, rtol: float, atol: float) -> bool | None:
+    """np.allclose(out, exp, rtol, atol) as numpy 2.x computes it, in plain Python, for two numbers (numpy does Python
+    arithmetic on them) or two flat lists/tuples of floats and ints float64 holds exactly (numpy's float64 arithmetic):
+    isclose is |x - y| <= atol + rtol * |y| where y is finite, or x == y. None for anything else, left to numpy: a
+    worker that imports numpy makes every later program's fork dearer (~0.5 ms of CPU each)."""
+    if type(exp) in (list, tuple):
+        if not (all(map(_exact_float, out)) and all(map(_exact_float, exp))):
+            return None
+        pairs = zip(map(float, out), map(float, exp))
+    elif type(out) in (int, float, bool) and type(exp) in (int, float, bool):
+        pairs = ((out, float(exp) if isinstance(exp, int) else exp),)
+    else:
+        return None
+    return all((abs(x - y) <= atol + rtol * abs(y) and math.isfinite(y)) or x == y for x, y in pairs)
 
 
 MADV_WIPEONFORK = 18  # Linux >= 4.14 (asm-generic); Python's mmap module names it only when built against it
@@ -138,7 +161,7 @@ class HiddenOutputs:
                 continue
         self.map[:] = frames
         self.offsets = memoryview(self.map)[8:8 * (self.n + 2)].cast("Q")  # a view of the mapping, not a copy
-        self.decode = values.decoder(leaves)
+        self.decode = values.decoder(None)
 
     def __len__(self) -> int:
         return self.n

@@ -67,8 +67,8 @@ REFERENCE_VARIABLE = "WIZARDCODER_SANDBOX_REFERENCE"  # "1": every job through W
 NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
 
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
-# copy-on-write, teardown), so numpy is preloaded only for the tasks whose checks use it, and neither `random` nor
-# anything importing it (tempfile, statistics) is: random reseeds itself in every forked child (os.register_at_fork),
+# copy-on-write, teardown), so numpy is preloaded only for the tasks whose programs use it (DS-1000), and neither
+# `random` nor anything importing it (tempfile, statistics) is: random reseeds itself in every forked child (os.register_at_fork),
 # about 40 page faults per program, where the few tests that use random (4 of HumanEval's 164) import it themselves.
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "fractions",
            "decimal", "hashlib", "copy", "operator", "datetime", "json")
@@ -171,7 +171,6 @@ class Worker:
         self.config = config
         self.tasks: dict[str, dict] = {}  # what a job's child may see: inputs, limits, toolchain steps
         self.expected: dict[str, dict] = {}  # the + tasks' expected outputs, kept from the children (add_task)
-        self.leaves: tuple | None = None  # numpy's scalar types a plus job's outputs may hold (values.py)
         self.pid = os.getpid()
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
@@ -436,9 +435,7 @@ class Worker:
         """Keep a task's data for its jobs: a + task's expected outputs apart, where no child can read them
         (compare.HiddenOutputs; the objects they came in are freed here)."""
         names = [k for k in data if k.endswith("_expected")]
-        if names and self.leaves is None:
-            self.leaves = values.numpy_scalar_types()  # in the worker: numpy's own types, before any program ran
-        leaves = self.leaves or ()
+        leaves = values.loaded_leaves()  # numpy's types if unpickling the outputs imported it (values.py)
         self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
 
@@ -447,7 +444,7 @@ class Worker:
         (its nonce after): what the worker allocates while the child lives costs copy-on-write faults."""
         task, split = self.tasks[job["task_key"]], job["split"]
         return Comparison(split, task[f"{split}_input"], self.expected[job["task_key"]][f"{split}_expected"],
-                          task["oracle"], task["atol"], b"", values.decoder(self.leaves or ()))
+                          task["oracle"], task["atol"], b"", values.decoder(None))
 
     def run_job(self, job: dict) -> dict:
         """Run one job in a forked child; the reply (script jobs: what _sandbox.script_loop decides the same way)."""
@@ -553,9 +550,8 @@ class Worker:
         if kind == "script":
             run, describe = checks.script_job(job)
         elif kind == "plus":
-            leaves = self.leaves or ()
-            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(leaves),
-                                            values.digester(leaves))
+            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(None),
+                                            values.digester(None))
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:

@@ -10,9 +10,13 @@ its own __eq__ or __hash__) reaches the worker's comparison, and decoding never 
     dict, collections.Counter   n <B k> <I n> <n bytes> a numpy scalar of type leaves[k] (its raw bytes; a str_
     or bytes_ its text)
 
-`leaves` is the worker's tuple of allowed numpy scalar types (`numpy_scalar_types`), in the same order in the
-child (a fork of the worker): evalplus compares `type(out) == type(exp)`, so an np.float64 must come back an
-np.float64. Bounds: at most `max_items` values in all and nesting depth MAX_DEPTH; past them the encoder answers
+`leaves` is the tuple of numpy's scalar types (`numpy_scalar_types`, the same order in every process of one
+installation): evalplus compares `type(out) == type(exp)`, so an np.float64 must come back an np.float64. No process
+imports numpy for them: `loaded_leaves()` is () until something else imported it (a program, or the worker unpickling
+expected outputs that hold numpy scalars), and a decoder given leaves=None imports it only when a numpy scalar
+arrives. (A worker holding numpy makes every program's fork dearer: ~0.5 ms of CPU each.) The child encodes with the
+numpy its program imported, if any, looked up as each output is encoded: the worker decodes with its own, so a
+program that tampers with its numpy changes only what it claims its own outputs are. Bounds: at most `max_items` values in all and nesting depth MAX_DEPTH; past them the encoder answers
 None and the decoder raises ValueError (the sample is `crashed`). An output of more than MAX_ITEMS values travels
 as the SHA-256 of its encoding instead (`digester`: made in pieces, never whole); one nested too deep, or holding
 any other type, fails.
@@ -26,6 +30,7 @@ import collections
 import functools
 import hashlib
 import struct
+import sys
 
 try:
     from .. import _sandbox
@@ -41,9 +46,15 @@ _MAP = {dict: b"d", collections.Counter: b"C"}
 _NUMERIC = "biufc"  # numpy kinds sent as raw bytes; U and S (str_, bytes_) as their text
 
 
+def loaded_leaves() -> tuple:
+    """numpy_scalar_types() when this process has imported numpy, else () (numpy is not imported here)."""
+    return numpy_scalar_types() if "numpy" in sys.modules else ()
+
+
+@functools.lru_cache(maxsize=None)
 def numpy_scalar_types() -> tuple:
     """numpy's scalar types that travel (bool, integers, floats, complex, str_, bytes_), in a fixed order; () without
-    numpy. Taken before the program runs (the + tasks' workers preload numpy), so they are numpy's own types."""
+    numpy (numpy imported here: see loaded_leaves)."""
     try:
         import numpy as np
     except ImportError:
@@ -52,12 +63,14 @@ def numpy_scalar_types() -> tuple:
     return tuple(sorted({t for t in np.sctypeDict.values() if np.dtype(t).kind in kinds}, key=lambda t: t.__name__))
 
 
-def encoder(leaves: tuple, max_items: int = MAX_ITEMS):
-    """x -> bytes | None: _sandbox.encode (or encode_reference) with its types bound now, before a program runs."""
+def encoder(leaves: tuple | None, max_items: int = MAX_ITEMS):
+    """x -> bytes | None: _sandbox.encode (or encode_reference) with its functions bound now, before a program runs;
+    leaves=None: loaded_leaves() at each call (a program's outputs: the numpy it imported, if any)."""
+    pick = loaded_leaves if leaves is None else lambda: leaves
     if _sandbox is not None and hasattr(_sandbox, "encode"):
         encode, counter = _sandbox.encode, collections.Counter
-        return lambda x: encode(x, max_items, leaves, counter)
-    return functools.partial(encode_reference, max_items=max_items, leaves=leaves)
+        return lambda x: encode(x, max_items, pick(), counter)
+    return lambda x: encode_reference(x, max_items, pick())
 
 
 def nan_encoder(leaves: tuple, max_items: int = MAX_ITEMS):
@@ -74,17 +87,18 @@ def encode_nan_reference(x, max_items: int = MAX_ITEMS, leaves: tuple = ()) -> t
     return data, data is not None and decode_reference(data, max_items, leaves) != x
 
 
-def digester(leaves: tuple):
+def digester(leaves: tuple | None):
     """x -> the SHA-256 of its encoding (without an item budget; made in pieces, never whole), or None when x is
-    not a value of the types above: how an output too big to send whole is compared."""
+    not a value of the types above: how an output too big to send whole is compared. leaves=None as for encoder."""
+    pick = loaded_leaves if leaves is None else lambda: leaves
     if _sandbox is not None and hasattr(_sandbox, "encode"):
         encode, counter, sha256 = _sandbox.encode, collections.Counter, hashlib.sha256
 
         def digest(x):
             h = sha256()
-            return h.digest() if encode(x, DIGEST_ITEMS, leaves, counter, h.update) else None
+            return h.digest() if encode(x, DIGEST_ITEMS, pick(), counter, h.update) else None
         return digest
-    return functools.partial(digest_reference, leaves=leaves)
+    return lambda x: digest_reference(x, pick())
 
 
 def digest_reference(x, leaves: tuple = ()) -> bytes | None:
@@ -92,8 +106,9 @@ def digest_reference(x, leaves: tuple = ()) -> bytes | None:
     return None if data is None else hashlib.sha256(data).digest()
 
 
-def decoder(leaves: tuple, max_items: int = MAX_ITEMS):
-    """bytes -> value (ValueError when malformed): _sandbox.decode, or decode_reference."""
+def decoder(leaves: tuple | None, max_items: int = MAX_ITEMS):
+    """bytes -> value (ValueError when malformed): _sandbox.decode, or decode_reference. leaves=None: numpy's types,
+    numpy imported when the first numpy scalar arrives."""
     if _sandbox is not None and hasattr(_sandbox, "decode"):
         decode, counter, leaf = _sandbox.decode, collections.Counter, functools.partial(_leaf, leaves)
         return lambda data: decode(data, max_items, counter, leaf)
@@ -162,7 +177,7 @@ def _encode(x, out: list, left: list, leaves: tuple, depth: int) -> None:
         raise _Budget
 
 
-def decode_reference(data: bytes, max_items: int = MAX_ITEMS, leaves: tuple = ()):
+def decode_reference(data: bytes, max_items: int = MAX_ITEMS, leaves: tuple | None = ()):
     """The value `data` holds; ValueError when it is not exactly one well-formed value within the bounds."""
     r = _Reader(memoryview(data), max_items, leaves)
     x = r.value(0)
@@ -172,7 +187,7 @@ def decode_reference(data: bytes, max_items: int = MAX_ITEMS, leaves: tuple = ()
 
 
 class _Reader:
-    def __init__(self, data: memoryview, max_items: int, leaves: tuple):
+    def __init__(self, data: memoryview, max_items: int, leaves: tuple | None):
         self.data, self.pos, self.left, self.leaves = data, 0, max_items, leaves
 
     def take(self, n: int) -> bytes:
@@ -237,12 +252,15 @@ class _Reader:
         raise ValueError(f"unknown tag {tag!r}")
 
 
-def _leaf(leaves: tuple, k: int, data: bytes):
-    """A numpy scalar of exactly type leaves[k] from what the encoder sent (its raw bytes, or a str_/bytes_'s text)."""
-    import numpy as np
-
+def _leaf(leaves: tuple | None, k: int, data: bytes):
+    """A numpy scalar of exactly type leaves[k] from what the encoder sent (its raw bytes, or a str_/bytes_'s text);
+    leaves=None: numpy_scalar_types()."""
+    if leaves is None:
+        leaves = numpy_scalar_types()
     if k >= len(leaves):
         raise ValueError("an unknown numpy scalar type")
+    import numpy as np
+
     t = leaves[k]
     if issubclass(t, str):
         try:
