@@ -528,3 +528,21 @@ def test_allclose_without_numpy_is_numpys(out, exp, atol):
     simple = type(exp) in (int, float, bool) or (type(exp) in (list, tuple) and all(
         (type(v) is float or (type(v) is int and abs(v) <= 2 ** 53)) for v in [*out, *exp]))
     assert (ours is not None) == simple, (out, exp)
+
+
+def test_a_tasks_data_is_loaded_once_for_all_workers():
+    """Every worker running a problem's jobs needs its data: it is loaded and pickled once (pool._Tasks), not once per
+    worker (for the + tasks that was a third of the evaluator's CPU)."""
+    loads = []
+
+    def data():
+        loads.append(1)
+        return dict(PLUS_TASK)
+
+    with SandboxPool(3, SandboxConfig(timeout=2.0, memory=512 << 20)) as p:
+        p.add_task("t", data)
+        res = list(p.run([Job(i, "plus", "import time\ntime.sleep(0.2)\n" + CORRECT, 2.0, "t", "base")
+                          for i in range(6)]))
+        served = sum("t" in h.loaded for h in p.handles)
+    assert [r.status for r in res] == ["passed"] * 6
+    assert served >= 2 and len(loads) == 1, (served, len(loads))

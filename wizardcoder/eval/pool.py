@@ -179,6 +179,39 @@ def _fork_workers(handles: list[_WorkerHandle], config: SandboxConfig,
     return server
 
 
+class _Tasks(dict):
+    """The pool's tasks ({key: data, or a callable returning it}) and the messages carrying them to the workers: every
+    worker that runs a problem's jobs needs its data, so the message is made (data loaded, pickled) once and kept
+    while it is one of the last few used, not made again for each worker."""
+
+    KEEP, KEEP_BYTES = 3, 256 << 20  # messages kept; a bigger one is made again when another worker needs it
+
+    def __init__(self):
+        super().__init__()
+        self.messages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.lock = threading.Lock()
+
+    def message(self, key: str) -> bytes:
+        with self.lock:
+            frame = self.messages.get(key)
+            if frame is not None:
+                self.messages.move_to_end(key)
+                return frame
+        data = self[key]
+        frame = Channel.frame({"op": "task", "key": key, "data": data() if callable(data) else data})
+        if len(frame) <= self.KEEP_BYTES:
+            with self.lock:
+                self.messages[key] = frame
+                while len(self.messages) > self.KEEP:
+                    self.messages.popitem(last=False)
+        return frame
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            self.pop(key, None)
+            self.messages.pop(key, None)
+
+
 class _WorkerHandle:
     """One worker process and the two pipes to it. Workers are started from the pool's one spawner thread: a worker
     (and the fork server that starts them together) asks for PDEATHSIG, which the kernel ties to the *thread* that
@@ -237,7 +270,7 @@ class _WorkerHandle:
             self.loaded = collections.OrderedDict()
             self.ready = True
 
-    def send(self, job: Job, tasks: dict, frame: bytes) -> None:
+    def send(self, job: Job, tasks: "_Tasks", frame: bytes) -> None:
         """Send a job, `frame` its message (`message`); first its task's data, when this worker does not hold it yet.
         Its reply comes in order."""
         key = job.task_key
@@ -248,8 +281,7 @@ class _WorkerHandle:
                 while len(self.loaded) >= KEEP_TASKS:
                     old, _ = self.loaded.popitem(last=False)
                     self.commands.send({"op": "drop", "key": old})
-                data = tasks[key]
-                self.commands.send({"op": "task", "key": key, "data": data() if callable(data) else data})
+                self.commands.send_frame(tasks.message(key))
                 self.loaded[key] = None
         self.commands.send_frame(frame)
 
@@ -373,7 +405,7 @@ class SandboxPool:
         check_workers(workers, "workers")
         self.config = config or SandboxConfig()
         self.n = workers or default_workers()
-        self.tasks: dict[str, dict] = {}
+        self.tasks = _Tasks()
         self.handles: list[_WorkerHandle] = []
         remove_stale_scratch(self.config.tmp_root)
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wizardcoder-sandbox-spawner")
@@ -397,13 +429,14 @@ class SandboxPool:
     def add_task(self, key: str, data) -> None:
         """Data that jobs with this `task_key` need: a dict, or a callable returning it (called when a worker first
         needs it, so large data is only in memory while being sent)."""
+        self.tasks.forget(key)  # a message made of earlier data
         self.tasks[key] = data
         for h in self.handles:
             h.loaded.pop(key, None)
 
     def drop_task(self, key: str) -> None:
         """Forget a task's data here (workers drop it when they need room)."""
-        self.tasks.pop(key, None)
+        self.tasks.forget(key)
 
     def run(self, jobs: Iterable[Job | dict]) -> Iterator[Result | dict]:
         """Run jobs on all workers; yield results as they complete (a Result per Job, a dict per dict job)."""
