@@ -1162,25 +1162,30 @@ static PyObject *sb_decode(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------- module */
 
-/* ---------------------------------------------------------------- the worker's loop for script jobs
+/* ---------------------------------------------------------------- the worker's job loop
  *
  * A worker forks one child per program, and every fork write-protects all of the worker's memory: each page the
  * worker then touches costs a page fault (a copy while the child lives). Python touching its objects between two
- * forks (unpickling the job, the bookkeeping, pickling the reply) was ~170 faults and ~0.5 ms a program. For script
- * jobs, the common case, this loop does the worker's whole part in C, with no Python object made or touched between
- * forks: read the job's frame, fork, hand the child its nonce, watch it (pipe, exit, user CPU time, wall clock),
- * decide the worker's half of the verdict, clean its folder, reply. It mirrors Worker.run_job / _watch / _cleanup in
- * sandbox.py (the reference, which still runs every other kind of job), and tests hold the two to the same replies.
+ * forks (unpickling the job, the bookkeeping, pickling the reply) was ~170 faults and ~0.3 ms a program. This loop
+ * does the worker's part of script and plus jobs in C: read the job's frame, make the folder and pipes, fork, hand the
+ * child its nonce, watch it (pipe, exit, user CPU time, wall clock), decide the worker's half of the verdict, clean
+ * the folder. A script job's reply is written here too, with no Python object made or touched between forks; a plus
+ * job calls Python only for its comparison (compare.Comparison: made before the fork, fed the child's bytes as they
+ * come, its verdict then sent by Python). It mirrors Worker.run_job / _watch / _cleanup in sandbox.py (the reference,
+ * which runs every other kind of job), and tests hold the two to the same replies.
  *
  * Frames on both pipes are an 8-byte little-endian length and a payload. A script job's payload: 'S', the CPU
- * seconds as a little-endian double (0: the worker's default), the program's source in UTF-8 (surrogatepass). The
- * reply's: 'R', the wall seconds (double), then 0 and the judge's JSON verdict (the nonce checked and cut off), or
- * 1 + the index of the worker's status in VERDICTS + the error text. Any other payload (a pickle) goes to Python. */
+ * seconds as a little-endian double (0: the worker's default), the program's source in UTF-8 (surrogatepass). A plus
+ * job's: 'P', the CPU seconds, the split ('b' base, 'p' plus), the task key's length (2 bytes) and UTF-8, the source.
+ * A script job's reply: 'R', the wall seconds (double), then 0 and the judge's JSON verdict (the nonce checked and
+ * cut off), or 1 + the index of the worker's status in VERDICTS + the error text. Any other payload (a pickle) goes
+ * to Python. */
 
-#define SB_SCRIPT_CAP (1 << 20) /* bytes of a program's result channel kept (Worker._watch's cap) */
+#define SB_SCRIPT_CAP (1 << 20) /* bytes of a script job's result channel kept (Worker._watch's cap) */
 #define SB_CPU_POLL 0.05        /* seconds between reads of the program's user CPU time (sandbox.CPU_POLL) */
 #define SB_TIMEOUT 2            /* indices in VERDICTS (checks.py) */
 #define SB_CRASHED 5
+enum { SB_WHY_NONE, SB_WHY_WALL, SB_WHY_CPU, SB_WHY_VERDICT };
 
 struct loop_buf {
     char *b;
@@ -1243,55 +1248,83 @@ static double user_seconds(pid_t pid) {
     return (double)strtoull(p + 1, NULL, 10) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static void reap_all(void) {
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
-    }
-}
-
-struct script_policy {
+struct loop_policy {
     const char *folder, *output; /* the job's folder and its output file (the same path every job) */
     int owner_uid, owner_gid;    /* the folder's owner when root, else -1 */
     double timeout, cpu_timeout, wall_factor;
     long max_output;
+    PyObject *prepare; /* prepare(task_key, split) -> a plus job's compare.Comparison */
 };
 
-/* The worker's verdict on a finished child (Worker._watch): 'R' + seconds + 0 + the verdict, or 1 + status + error. */
-static void script_reply(struct loop_buf *rep, double seconds, int why, int status, long limit, double wall,
-                         const struct script_policy *pol, const unsigned char *nonce, const char *data, size_t got) {
-    char text[160];
-    int verdict = -1;
-    if (why == 1) {
-        verdict = SB_TIMEOUT;
-        snprintf(text, sizeof(text), "wall time limit %gs", wall);
-    } else if (why == 2) {
-        verdict = SB_TIMEOUT;
-        snprintf(text, sizeof(text), "CPU time limit %lds", limit);
-    } else if (WIFSIGNALED(status)) {
+/* One job as read from its frame. */
+struct loop_job {
+    char kind;        /* 'S' or 'P' */
+    double cpu;       /* CPU seconds (0: the worker's default) */
+    char split;       /* 'b' or 'p' (plus) */
+    const char *key;  /* the task key (plus), not terminated */
+    size_t key_n;
+    const char *code; /* the source */
+    size_t code_n;
+};
+
+static int parse_job(const char *p, size_t n, char kind, struct loop_job *j) {
+    j->kind = kind;
+    if (n < 8) goto bad;
+    memcpy(&j->cpu, p, 8);
+    p += 8, n -= 8;
+    j->key = NULL, j->key_n = 0, j->split = 0;
+    if (kind == 'P') {
+        uint16_t k;
+        if (n < 3) goto bad;
+        j->split = p[0];
+        memcpy(&k, p + 1, 2);
+        p += 3, n -= 3;
+        if (n < k || (j->split != 'b' && j->split != 'p')) goto bad;
+        j->key = p, j->key_n = k;
+        p += k, n -= k;
+    }
+    j->code = p, j->code_n = n;
+    return 0;
+bad:
+    PyErr_SetString(PyExc_ValueError, "a malformed job frame");
+    return -1;
+}
+
+/* The worker's own verdict on a finished child (Worker._watch): -1 when it has none (the child's verdict counts),
+ * else the index in VERDICTS, `text` its error. */
+static int worker_verdict(int why, int status, size_t got, long limit, double wall, long max_output, char *text,
+                          size_t size) {
+    if (why == SB_WHY_WALL) return snprintf(text, size, "wall time limit %gs", wall), SB_TIMEOUT;
+    if (why == SB_WHY_CPU) return snprintf(text, size, "CPU time limit %lds", limit), SB_TIMEOUT;
+    if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        if (sig == SIGXCPU) {
-            verdict = SB_TIMEOUT;
-            snprintf(text, sizeof(text), "CPU time limit %lds (user and system time)", limit);
-        } else if (sig == SIGXFSZ) {
-            verdict = SB_CRASHED;
-            snprintf(text, sizeof(text), "output/file size limit %ld MiB", pol->max_output >> 20);
-        } else {
-            const char *name = sigabbrev_np(sig);
-            verdict = SB_CRASHED;
-            if (name) snprintf(text, sizeof(text), "killed by SIG%s", name);
-            else snprintf(text, sizeof(text), "killed by signal %d", sig);
-        }
-    } else if (WEXITSTATUS(status) != 0 || got == 0) {
+        if (sig == SIGXCPU)
+            return snprintf(text, size, "CPU time limit %lds (user and system time)", limit), SB_TIMEOUT;
+        if (sig == SIGXFSZ) return snprintf(text, size, "output/file size limit %ld MiB", max_output >> 20), SB_CRASHED;
+        const char *name = sigabbrev_np(sig);
+        if (name) snprintf(text, size, "killed by SIG%s", name);
+        else snprintf(text, size, "killed by signal %d", sig);
+        return SB_CRASHED;
+    }
+    if (WEXITSTATUS(status) != 0 || got == 0) {
+        snprintf(text, size, "exited with status %d before reporting a result", WEXITSTATUS(status));
+        return SB_CRASHED;
+    }
+    return -1;
+}
+
+/* A script job's reply frame: 'R' + seconds + 0 + the verdict behind the nonce, or 1 + status + error. */
+static int script_reply(struct loop_buf *rep, double seconds, int verdict, const char *text,
+                        const unsigned char *nonce, const char *data, size_t got) {
+    if (verdict < 0 && (got < SB_NONCE_LEN || memcmp(data, nonce, SB_NONCE_LEN) != 0)) {
         verdict = SB_CRASHED;
-        snprintf(text, sizeof(text), "exited with status %d before reporting a result", WEXITSTATUS(status));
-    } else if (got < SB_NONCE_LEN || memcmp(data, nonce, SB_NONCE_LEN) != 0) {
-        verdict = SB_CRASHED;
-        snprintf(text, sizeof(text), "no verdict from the harness: the program wrote on its result channel or exited "
-                                     "before its tests ended");
+        text = "no verdict from the harness: the program wrote on its result channel or exited before its tests "
+               "ended";
     }
     size_t body = verdict < 0 ? got - SB_NONCE_LEN : strlen(text) + 1;
-    rep->n = 0;
-    if (lb_reserve(rep, 8 + 1 + 8 + 1 + body) != 0) return;
     uint64_t len = 1 + 8 + 1 + body;
+    rep->n = 0;
+    if (lb_reserve(rep, 8 + len) != 0) return -1;
     memcpy(rep->b, &len, 8);
     rep->b[8] = 'R';
     memcpy(rep->b + 9, &seconds, 8);
@@ -1304,33 +1337,48 @@ static void script_reply(struct loop_buf *rep, double seconds, int why, int stat
         memcpy(rep->b + 19, text, body - 1);
     }
     rep->n = 8 + len;
+    return 0;
 }
 
-/* Run one script job (its payload after the 'S'); returns 0 in the worker (the reply in `rep`, *leftover set when
- * the folder could not be removed), 1 in the child (*child set), -1 with a Python exception set. */
-static int script_job(const struct script_policy *pol, const char *job, size_t n, struct loop_buf *rep,
-                      int *leftover, PyObject **child) {
-    double cpu;
-    if (n < 8) {
-        PyErr_SetString(PyExc_ValueError, "a script frame without its CPU seconds");
-        return -1;
-    }
-    memcpy(&cpu, job, 8);
+/* A plus job's reply from the worker's side (what Worker._watch returns with a feed): {} when the comparison decided,
+ * a status and error, or {"raw": b""}; Comparison.verdict makes the job's verdict of it. */
+static PyObject *plus_reply(int why, int verdict, const char *text) {
+    if (why == SB_WHY_VERDICT) return PyDict_New();
+    if (verdict < 0) return Py_BuildValue("{s:y}", "raw", "");
+    return Py_BuildValue("{s:s,s:s}", "status", verdict == SB_TIMEOUT ? "timeout" : "crashed", "error", text);
+}
+
+/* Run one job; returns 0 in the worker (a script job's reply frame in `rep`; a plus job's (comparison, reply,
+ * seconds) in *out; *leftover set when the folder could not be removed), 1 in the child (*out its tuple for Python),
+ * -1 with a Python exception set. */
+static int run_job(const struct loop_policy *pol, const struct loop_job *j, struct loop_buf *rep, int *leftover,
+                   PyObject **out) {
+    double cpu = j->cpu;
     if (pol->cpu_timeout > 0) cpu = pol->cpu_timeout;
     else if (!(cpu > 0)) cpu = pol->timeout;
     double wall = cpu * pol->wall_factor + 1.0;
     long limit = (long)ceil(cpu);
     if (limit < 1) limit = 1;
-
+    PyObject *comp = NULL, *feed = NULL;
+    if (j->kind == 'P') { /* the comparison, made before the fork (what it allocates later is copied on write) */
+        comp = PyObject_CallFunction(pol->prepare, "s#C", j->key, (Py_ssize_t)j->key_n, (int)j->split);
+        if (!comp) return -1;
+        feed = PyObject_GetAttrString(comp, "feed");
+        if (!feed) {
+            Py_DECREF(comp);
+            return -1;
+        }
+    }
+    int res[2] = {-1, -1}, non[2] = {-1, -1};
     if (mkdir(pol->folder, 0700) != 0 ||
-        (pol->owner_uid >= 0 && chown(pol->folder, (uid_t)pol->owner_uid, (gid_t)pol->owner_gid) != 0))
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, pol->folder), -1;
-    int res[2], non[2];
-    if (pipe2(res, O_CLOEXEC) != 0) return PyErr_SetFromErrno(PyExc_OSError), -1;
-    if (pipe2(non, O_CLOEXEC) != 0) {
-        close(res[0]);
-        close(res[1]);
-        return PyErr_SetFromErrno(PyExc_OSError), -1;
+        (pol->owner_uid >= 0 && chown(pol->folder, (uid_t)pol->owner_uid, (gid_t)pol->owner_gid) != 0)) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, pol->folder);
+        goto fail;
+    }
+    if (pipe2(res, O_CLOEXEC) != 0 || pipe2(non, O_CLOEXEC) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        rmdir(pol->folder);
+        goto fail;
     }
     double t0 = mono();
     PyOS_BeforeFork();
@@ -1339,93 +1387,137 @@ static int script_job(const struct script_policy *pol, const char *job, size_t n
         PyOS_AfterFork_Child();
         close(res[0]);
         close(non[1]);
-        *child = Py_BuildValue("(Ndii)", PyUnicode_DecodeUTF8(job + 8, (Py_ssize_t)(n - 8), "surrogatepass"), cpu,
-                               res[1], non[0]);
-        return *child ? 1 : -1;
+        Py_XDECREF(feed);
+        Py_XDECREF(comp);
+        *out = Py_BuildValue("(CNdiiNC)", (int)j->kind,
+                             PyUnicode_DecodeUTF8(j->code, (Py_ssize_t)j->code_n, "surrogatepass"), cpu, res[1],
+                             non[0], j->key ? PyUnicode_DecodeUTF8(j->key, (Py_ssize_t)j->key_n, "strict")
+                                            : Py_NewRef(Py_None), j->split ? (int)j->split : ' ');
+        return *out ? 1 : -1;
     }
     PyOS_AfterFork_Parent();
     close(res[1]);
     close(non[0]);
     if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
         close(res[0]);
         close(non[1]);
         rmdir(pol->folder);
-        return PyErr_SetFromErrno(PyExc_OSError), -1;
+        res[0] = non[1] = -1;
+        goto fail;
     }
     /* the verdict's key, made after the fork: the child's copy of our memory never held it */
     unsigned char nonce[SB_NONCE_LEN];
     if (getrandom(nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce)) memset(nonce, 0, sizeof(nonce));
     (void)!write(non[1], nonce, sizeof(nonce)); /* 16 bytes into an empty pipe; the child may be gone already */
     close(non[1]);
+    int status = 0, why = SB_WHY_NONE, done = 0, failed = 0;
+    if (comp) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)nonce, SB_NONCE_LEN);
+        if (!b || PyObject_SetAttrString(comp, "nonce", b) != 0) failed = 1;
+        Py_XDECREF(b);
+    }
 
     static struct loop_buf data;
     static char sink[1 << 16];
     data.n = 0;
-    int status = 0, why = 0, done = 0, interrupted = 0; /* why: 1 wall clock, 2 user CPU */
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd < 0) { /* Linux < 5.3: os.pidfd_open would fail the same way in Worker._watch */
+    size_t got = 0;
+    int pidfd = failed ? -1 : (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0 && !failed) { /* Linux < 5.3: os.pidfd_open would fail the same way in Worker._watch */
         PyErr_SetFromErrno(PyExc_OSError);
-        interrupted = 1;
+        failed = 1;
     }
     struct pollfd fds[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = res[0], .events = POLLIN}};
     double next_poll = t0 + SB_CPU_POLL;
-    while (!done && !interrupted) {
+    while (!done && !failed) {
         double now = mono(), left = wall - (now - t0);
         if (now >= next_poll) {
             next_poll = now + SB_CPU_POLL;
-            if (user_seconds(pid) >= (double)limit) why = 2;
+            if (user_seconds(pid) >= (double)limit) why = SB_WHY_CPU;
         }
         if (left <= 0 || why) {
-            if (!why) why = 1;
+            if (!why) why = SB_WHY_WALL;
             break;
         }
         double wait = left < next_poll - now ? left : next_poll - now;
         int k = poll(fds, 2, (int)ceil(wait * 1000));
         if (k < 0) {
-            if (errno == EINTR && PyErr_CheckSignals() < 0) {
-                interrupted = 1;
-                break;
-            }
+            if (errno == EINTR && PyErr_CheckSignals() < 0) failed = 1;
             continue;
         }
         if (fds[1].fd >= 0 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
             char *into = sink;
             size_t room = sizeof(sink);
-            if (data.n < SB_SCRIPT_CAP && lb_reserve(&data, sizeof(sink)) == 0) {
+            if (!feed && data.n < SB_SCRIPT_CAP && lb_reserve(&data, sizeof(sink)) == 0) {
                 into = data.b + data.n;
                 room = SB_SCRIPT_CAP - data.n < sizeof(sink) ? SB_SCRIPT_CAP - data.n : sizeof(sink);
             }
             ssize_t r = read(res[0], into, room);
             if (r == 0) {
                 fds[1].fd = -1; /* poll skips it; the child's exit ends the wait */
-            } else if (r > 0 && into != sink) {
-                data.n += (size_t)r;
+            } else if (r > 0) {
+                got += (size_t)r;
+                if (into != sink) data.n += (size_t)r;
+                if (feed) { /* the comparison decides as the outputs come: True stops the child */
+                    PyObject *v = PyObject_CallFunction(feed, "y#", into, (Py_ssize_t)r);
+                    int stop = v ? PyObject_IsTrue(v) : -1;
+                    Py_XDECREF(v);
+                    if (stop < 0) failed = 1;
+                    else if (stop) why = SB_WHY_VERDICT, done = 1;
+                }
             }
         }
         if (fds[0].revents & POLLIN) done = 1;
     }
-    if (why || interrupted) killpg(pid, SIGKILL);
+    if (why || failed) killpg(pid, SIGKILL);
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (pidfd >= 0) close(pidfd);
     /* what is still in the pipe (a grandchild could hold it open: no blocking) */
     fcntl(res[0], F_SETFL, O_NONBLOCK);
-    while (!interrupted && data.n < SB_SCRIPT_CAP && lb_reserve(&data, sizeof(sink)) == 0) {
-        size_t room = SB_SCRIPT_CAP - data.n < sizeof(sink) ? SB_SCRIPT_CAP - data.n : sizeof(sink);
-        ssize_t r = read(res[0], data.b + data.n, room);
+    while (!failed && why != SB_WHY_VERDICT) {
+        char *into = sink;
+        size_t room = sizeof(sink);
+        if (!feed) {
+            if (data.n >= SB_SCRIPT_CAP || lb_reserve(&data, sizeof(sink)) != 0) break;
+            into = data.b + data.n;
+            room = SB_SCRIPT_CAP - data.n < sizeof(sink) ? SB_SCRIPT_CAP - data.n : sizeof(sink);
+        }
+        ssize_t r = read(res[0], into, room);
         if (r <= 0) break;
-        data.n += (size_t)r;
+        got += (size_t)r;
+        if (!feed) {
+            data.n += (size_t)r;
+            continue;
+        }
+        PyObject *v = PyObject_CallFunction(feed, "y#", into, (Py_ssize_t)r);
+        int stop = v ? PyObject_IsTrue(v) : -1;
+        Py_XDECREF(v);
+        if (stop < 0) failed = 1;
+        else if (stop) break;
     }
     close(res[0]);
     /* Worker._cleanup: the program's group killed, orphans reaped, its folder removed */
     killpg(pid, SIGKILL);
-    reap_all();
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
     *leftover = !((unlink(pol->output) == 0 || errno == ENOENT) && rmdir(pol->folder) == 0);
-    if (interrupted) return -1;
-    script_reply(rep, mono() - t0, why, status, limit, wall, pol, nonce, data.b, data.n);
-    memset(nonce, 0, sizeof(nonce));
-    if (!rep->n) return PyErr_NoMemory(), -1;
-    return 0;
+    double seconds = mono() - t0;
+    if (failed) goto fail;
+    char text[160];
+    int verdict = worker_verdict(why, status, got, limit, wall, pol->max_output, text, sizeof(text));
+    if (!comp) {
+        int r = script_reply(rep, seconds, verdict, text, nonce, data.b, data.n);
+        memset(nonce, 0, sizeof(nonce));
+        return r == 0 ? 0 : (PyErr_NoMemory(), -1);
+    }
+    Py_DECREF(feed);
+    *out = Py_BuildValue("(NNd)", comp, plus_reply(why, verdict, text), seconds);
+    return *out ? 0 : -1;
+fail:
+    Py_XDECREF(feed);
+    Py_XDECREF(comp);
+    return -1;
 }
 
 static int write_frame(int fd, const char *p, size_t n) {
@@ -1445,16 +1537,18 @@ static int write_frame(int fd, const char *p, size_t n) {
     return 0;
 }
 
-/* script_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor,
- *             max_output) -> ("message", payload) | ("eof", None) | ("leftover", None) | ("child", (code, cpu,
- *             result_fd, nonce_fd)): serves script jobs until something needs Python. */
-static PyObject *sb_script_loop(PyObject *self, PyObject *args) {
+/* job_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, max_output,
+ *          prepare) -> ("message", payload) | ("eof", None) | ("leftover", None) | ("plus", (comparison, reply,
+ *          seconds, leftover)) | in a forked child ("child", (kind, code, cpu, result_fd, nonce_fd, task_key,
+ *          split)): serves script jobs, and plus jobs up to their verdict, until something needs Python. */
+static PyObject *sb_job_loop(PyObject *self, PyObject *args) {
     int cmd, reply;
-    struct script_policy pol;
-    if (!PyArg_ParseTuple(args, "iissiidddl", &cmd, &reply, &pol.folder, &pol.output, &pol.owner_uid, &pol.owner_gid,
-                          &pol.timeout, &pol.cpu_timeout, &pol.wall_factor, &pol.max_output))
+    struct loop_policy pol;
+    if (!PyArg_ParseTuple(args, "iissiidddlO", &cmd, &reply, &pol.folder, &pol.output, &pol.owner_uid,
+                          &pol.owner_gid, &pol.timeout, &pol.cpu_timeout, &pol.wall_factor, &pol.max_output,
+                          &pol.prepare))
         return NULL;
-    static struct loop_buf job, rep;
+    static struct loop_buf frame, rep;
     for (;;) {
         uint64_t n;
         char tag;
@@ -1463,7 +1557,7 @@ static PyObject *sb_script_loop(PyObject *self, PyObject *args) {
         if (r == 0) r = read_exact(cmd, &tag, 1);
         if (r < 0) return NULL;
         if (r > 0) return Py_BuildValue("(sO)", "eof", Py_None);
-        if (tag != 'S') { /* a pickle for Python (task data may be hundreds of MB: read straight into the bytes) */
+        if (tag != 'S' && tag != 'P') { /* a pickle for Python (task data may be hundreds of MB: read into the bytes) */
             PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
             if (!b) return NULL;
             PyBytes_AS_STRING(b)[0] = tag;
@@ -1474,16 +1568,24 @@ static PyObject *sb_script_loop(PyObject *self, PyObject *args) {
             }
             return Py_BuildValue("(sN)", "message", b);
         }
-        job.n = 0;
-        if (lb_reserve(&job, n - 1) != 0) return PyErr_NoMemory();
-        r = read_exact(cmd, job.b, n - 1);
+        frame.n = 0;
+        if (lb_reserve(&frame, n - 1) != 0) return PyErr_NoMemory();
+        r = read_exact(cmd, frame.b, n - 1);
         if (r < 0) return NULL;
         if (r > 0) return Py_BuildValue("(sO)", "eof", Py_None);
+        struct loop_job job;
+        if (parse_job(frame.b, n - 1, tag, &job) != 0) return NULL;
         int leftover = 0;
-        PyObject *child = NULL;
-        r = script_job(&pol, job.b, n - 1, &rep, &leftover, &child);
-        if (r == 1) return Py_BuildValue("(sN)", "child", child);
+        PyObject *out = NULL;
+        r = run_job(&pol, &job, &rep, &leftover, &out);
+        if (r == 1) return Py_BuildValue("(sN)", "child", out);
         if (r < 0) return NULL;
+        if (out) { /* a plus job: its verdict and reply are Python's */
+            PyObject *t = Py_BuildValue("(s(OOOi))", "plus", PyTuple_GET_ITEM(out, 0), PyTuple_GET_ITEM(out, 1),
+                                        PyTuple_GET_ITEM(out, 2), leftover);
+            Py_DECREF(out);
+            return t;
+        }
         if (write_frame(reply, rep.b, rep.n) < 0) return NULL;
         if (leftover) return Py_BuildValue("(sO)", "leftover", Py_None);
     }
@@ -1523,11 +1625,12 @@ static PyMethodDef methods[] = {
     {"decode", sb_decode, METH_VARARGS,
      "decode(data, max_items, counter, leaf) -> the value encode wrote; ValueError when malformed or past the "
      "bounds; leaf(k, raw) builds a numpy scalar."},
-    {"script_loop", sb_script_loop, METH_VARARGS,
-     "script_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, "
-     "max_output) -> (what, value): serve script jobs in C until a message needs Python: ('message', payload), "
-     "('eof', None), ('leftover', None) (the job's folder was not emptied), or in a forked child ('child', (code, "
-     "cpu, result_fd, nonce_fd))."},
+    {"job_loop", sb_job_loop, METH_VARARGS,
+     "job_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, "
+     "max_output, prepare) -> (what, value): serve script jobs, and plus jobs up to their verdict, in C until "
+     "something needs Python: ('message', payload), ('eof', None), ('leftover', None) (the job's folder was not "
+     "emptied), ('plus', (comparison, reply, seconds, leftover)), or in a forked child ('child', (kind, code, cpu, "
+     "result_fd, nonce_fd, task_key, split))."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "

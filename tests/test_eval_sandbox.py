@@ -553,15 +553,21 @@ def test_the_c_loop_decides_as_the_python_reference(monkeypatch):
 
 
 def test_script_frames_carry_any_source(tmp_path):
-    """A script job's frame (Channel.script_frame, read by the C loop) round-trips any str, lone surrogates too."""
+    """A script or plus job's frame (Channel.job_frame, read by the C loop) round-trips any str, lone surrogates
+    too."""
     from wizardcoder.eval.sandbox import Channel
 
     r, w = os.pipe()
     try:
         for code, timeout in [("assert 1", None), ("s = '\udc80\u2603'", 2.5), ("", 0.5), ("x" * 50000, None)]:
-            frame = Channel.script_frame(code, timeout)
+            frame = Channel.job_frame("script", code, timeout)
             threading.Thread(target=os.write, args=(w, frame)).start()
             assert Channel(r).recv() == {"op": "job", "job": {"kind": "script", "code": code, "timeout": timeout}}
+            frame = Channel.job_frame("plus", code, timeout, "check:humaneval+:HumanEval/\u00e9", "plus")
+            threading.Thread(target=os.write, args=(w, frame)).start()
+            assert Channel(r).recv() == {"op": "job", "job": {"kind": "plus", "code": code, "timeout": timeout,
+                                                              "task_key": "check:humaneval+:HumanEval/\u00e9",
+                                                              "split": "plus"}}
     finally:
         os.close(r)
         os.close(w)

@@ -546,3 +546,29 @@ def test_a_tasks_data_is_loaded_once_for_all_workers():
         served = sum("t" in h.loaded for h in p.handles)
     assert [r.status for r in res] == ["passed"] * 6
     assert served >= 2 and len(loads) == 1, (served, len(loads))
+
+
+def test_plus_jobs_in_the_c_loop_decide_as_the_python_reference(monkeypatch):
+    """The worker's C loop (sandbox.Worker.receive) runs plus jobs up to their comparison's verdict: every program
+    here, hostile or honest, gets the same reply from it as from Worker.run_job (WIZARDCODER_SANDBOX_REFERENCE=1)."""
+    keys = {id(PLUS_TASK): "t", id(FLOAT_TASK): "floats"}
+    programs = {**{k: ("t", v) for k, v in PLUS_HOSTILE.items()},
+                **{k: (keys[id(task)], v) for k, (task, v) in HONEST.items()},
+                "forged with ctypes": ("t", FORGE_WITH_CTYPES), "patched allclose": ("floats", PATCH_ALLCLOSE),
+                "endless": ("t", "def f(x):\n    while True:\n        pass"),
+                "killed": ("t", "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGSEGV)")}
+
+    def replies(reference: bool) -> dict:
+        if reference:
+            monkeypatch.setenv("WIZARDCODER_SANDBOX_REFERENCE", "1")
+        else:
+            monkeypatch.delenv("WIZARDCODER_SANDBOX_REFERENCE", raising=False)
+        with SandboxPool(1, SandboxConfig(timeout=2.0, memory=512 << 20)) as p:
+            p.add_task("t", dict(PLUS_TASK))
+            p.add_task("floats", dict(FLOAT_TASK))
+            jobs = [Job(name, "plus", code, 3.0, key, "base") for name, (key, code) in programs.items()]
+            return {r.id: (r.status, r.error, r.failed_test, r.tests) for r in p.run(jobs)}
+
+    ours, reference = replies(False), replies(True)
+    assert ours == reference
+    assert {k for k, v in ours.items() if v[0] == "passed"} == set(HONEST), ours

@@ -288,9 +288,9 @@ class _WorkerHandle:
     @staticmethod
     def message(job: Job) -> bytes:
         """The job's message as it goes down the pipe (made once: `queueable` sizes it, `send` writes it). A script
-        job goes in the frame the worker's C loop reads (Channel.script_frame); the others as pickles."""
-        if job.kind == "script":
-            return Channel.script_frame(job.code, job.timeout)
+        or plus job goes in the frame the worker's C loop reads (Channel.job_frame); the others as pickles."""
+        if job.kind in ("script", "plus"):
+            return Channel.job_frame(job.kind, job.code, job.timeout, job.task_key, job.split)
         return Channel.frame({"op": "job", "job": dict(vars(job))})  # checks.py reads a job as a dict
 
     def queueable(self, job: Job, frame: bytes) -> bool:

@@ -64,6 +64,7 @@ except ImportError:  # the C extension was not built; the Python layers still ap
     _sandbox = None
 
 REFERENCE_VARIABLE = "WIZARDCODER_SANDBOX_REFERENCE"  # "1": every job through Worker.run_job (see Worker.receive)
+SPLITS = {b"b": "base", b"p": "plus"}  # a plus job's split as its frame names it (Channel.job_frame)
 NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge's SB_NONCE_LEN)
 
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
@@ -105,11 +106,16 @@ class Channel:
         return struct.pack("<Q", len(data)) + data
 
     @staticmethod
-    def script_frame(code: str, timeout: float | None) -> bytes:
-        """A script job's frame: not a pickle but what the worker's C loop reads (_sandbox.script_loop: 'S', the CPU
-        seconds, 0 for the worker's default, and the source), so the worker handles it without making a Python
-        object; `recv` gives it as the job dict a pickled one would be."""
-        data = b"S" + struct.pack("<d", timeout or 0.0) + code.encode("utf-8", "surrogatepass")
+    def job_frame(kind: str, code: str, timeout: float | None, task_key: str | None = None,
+                  split: str | None = None) -> bytes:
+        """A script or plus job's frame: not a pickle but what the worker's C loop reads (_sandbox.job_loop: 'S' or
+        'P', the CPU seconds (0: the worker's default), a plus job's split and task key, the source), so the worker
+        runs it without unpickling; `recv` gives it as the job dict a pickled one would be."""
+        data = (b"S" if kind == "script" else b"P") + struct.pack("<d", timeout or 0.0)
+        if kind == "plus":
+            key = task_key.encode()
+            data += split[:1].encode() + struct.pack("<H", len(key)) + key
+        data += code.encode("utf-8", "surrogatepass")
         return struct.pack("<Q", len(data)) + data
 
     def send(self, obj) -> None:
@@ -119,15 +125,20 @@ class Channel:
         _write_all(self.fd, frame)
 
     def recv(self):
-        """The next message; EOFError when the other side is gone. A script job's frame (script_frame) and the C
+        """The next message; EOFError when the other side is gone. A script or plus job's frame (job_frame) and the C
         loop's reply ('R', the seconds, then 0 and the program's verdict or 1, the index of the worker's own status in
         VERDICTS and its error) are read as the dicts the pickled forms would be."""
         (n,) = struct.unpack("<Q", self._exact(8))
         data = self._exact(n)
-        if data[:1] == b"S":
+        if data[:1] in (b"S", b"P"):
             (timeout,) = struct.unpack_from("<d", data, 1)
-            code = data[9:].decode("utf-8", "surrogatepass")
-            return {"op": "job", "job": {"kind": "script", "code": code, "timeout": timeout or None}}
+            job, at = {"kind": "script" if data[:1] == b"S" else "plus", "timeout": timeout or None}, 9
+            if job["kind"] == "plus":
+                (n,) = struct.unpack_from("<H", data, 10)
+                job.update(split=SPLITS[data[9:10]], task_key=data[12:12 + n].decode())
+                at = 12 + n
+            job["code"] = data[at:].decode("utf-8", "surrogatepass")
+            return {"op": "job", "job": job}
         if data[:1] == b"R":
             (seconds,) = struct.unpack_from("<d", data, 1)
             if data[9] == 0:
@@ -179,7 +190,7 @@ class Worker:
         self.folder = os.path.join(self.tmp_root, "job")  # each program's own, made and removed around it
         reference = os.environ.get(REFERENCE_VARIABLE) == "1"  # read before _setup clears the environment
         self.isolation = self._setup()
-        self.in_c = hasattr(_sandbox, "script_loop") and not (config.allow_fork and self.root) and not reference
+        self.in_c = hasattr(_sandbox, "job_loop") and not (config.allow_fork and self.root) and not reference
 
     def _setup(self) -> list[tuple]:
         c = self.config
@@ -667,11 +678,11 @@ class Worker:
             os.rename(self.folder, f"{self.folder}-left-{os.urandom(4).hex()}")
 
     def receive(self, commands: Channel, replies: Channel) -> dict | None:
-        """The evaluator's next message for Python; None when it is gone. Script jobs are run by the C loop
-        (_sandbox.script_loop: no Python object is touched between their forks) until a message needs Python, and in
-        a script job's forked child this runs the program and never returns. The loop is not used with forks allowed
-        as root (their leftovers are swept by uid: run_job), nor with WIZARDCODER_SANDBOX_REFERENCE=1 (every job by
-        run_job, the reference the C loop is tested against)."""
+        """The evaluator's next message for Python; None when it is gone. Script and plus jobs are run by the C loop
+        (_sandbox.job_loop: no Python object is touched between a script job's forks; a plus job calls Python for its
+        comparison) until a message needs Python, and in a job's forked child this runs the program and never
+        returns. The loop is not used with forks allowed as root (their leftovers are swept by uid: run_job), nor with
+        WIZARDCODER_SANDBOX_REFERENCE=1 (every job by run_job, the reference the C loop is tested against)."""
         if not self.in_c:
             try:
                 return commands.recv()
@@ -679,22 +690,36 @@ class Worker:
                 return None
         c, owner = self.config, (self.uid, self.gid) if self.root else (-1, -1)
         while True:
-            what, value = _sandbox.script_loop(commands.fd, replies.fd, self.folder,
-                                               os.path.join(self.folder, ".output"), *owner, float(c.timeout),
-                                               float(c.cpu_timeout or 0.0), float(c.wall_factor), int(c.max_output))
+            what, value = _sandbox.job_loop(commands.fd, replies.fd, self.folder, os.path.join(self.folder, ".output"),
+                                            *owner, float(c.timeout), float(c.cpu_timeout or 0.0),
+                                            float(c.wall_factor), int(c.max_output), self._prepare)
             if what == "message":
                 return pickle.loads(value)
             if what == "eof":
                 return None
+            if what == "plus":  # the child is gone: the comparison's verdict
+                compare, reply, seconds, leftover = value
+                reply = compare.verdict(reply)
+                reply["seconds"] = round(seconds, 4)
+                replies.send(reply)
+                if leftover:
+                    self.clear_folder()
+                continue
             if what == "leftover":
                 self.clear_folder()
                 continue
             try:  # "child": the program's process
                 gc.freeze()
-                code, cpu, w, nonce_r = value
-                self._child({"kind": "script", "code": code}, w, nonce_r, self._limits(cpu))
+                kind, code, cpu, w, nonce_r, key, split = value
+                job = {"kind": "script", "code": code} if kind == "S" else {
+                    "kind": "plus", "code": code, "task_key": key, "split": SPLITS[split.encode()]}
+                self._child(job, w, nonce_r, self._limits(cpu))
             finally:
                 os._exit(101)
+
+    def _prepare(self, key: str, split: str) -> Comparison:
+        """A plus job's comparison, for the C loop (its split as the frame names it)."""
+        return self._comparison({"task_key": key, "split": SPLITS[split.encode()]})
 
     def _sweep(self, rounds: int = 200, ours: bool = False) -> None:
         """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
