@@ -301,7 +301,7 @@ def test_a_file_names_its_benchmark(shared_data, tmp_path):
 def test_the_benchmark_reads_its_headline_from_a_summary():
     """Two samples of one HumanEval+ problem: one passes the base tests only, one passes base and plus. pass@1 over
     all tests is 1/2, on the base tests alone 2/2; a one-part task has no base figures."""
-    from wizardcoder.eval.scoring import summarize
+    from wizardcoder.eval.results import summarize
 
     def row(base, plus):
         return {"task_id": "HumanEval/0", "passed": base and plus, "status": "passed" if base and plus else "failed",

@@ -17,7 +17,7 @@ estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 # Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
 # fork per program slower.
 _LAZY = {
-    "evaluate": ".scoring", "summarize": ".scoring", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
+    "evaluate": ".scoring", "summarize": ".results", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
     "Result": ".jobs", "IsolationReport": ".jobs", "SandboxPool": ".pool", "sanitize": ".postprocessing",
     "SandboxConfig": ".jobs", "TASKS": "..benchmarks", "get_benchmark": "..benchmarks",
     "Benchmark": "..benchmarks", "Problem": "..benchmarks",

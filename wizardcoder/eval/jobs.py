@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Hashable, Iterable
 
 from ..errors import ConfigError
 from .checks import VERDICTS
 
 MAX_TIMEOUT = 3600.0  # CPU seconds one program may be given (an hour)
-WORKERS_PER_CORE = 4  # the most sandbox workers per CPU core this process may use
-
-
-def max_workers() -> int:
-    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
-
-
-def default_workers() -> int:
-    """One sandbox worker per core this process may use, plus one: a worker waits while its program starts and ends
-    (and for the evaluator), and with one per core a core then idles; one more scored HumanEval 25-30% faster on 2
-    cores (bench/RESULTS.md, 2026-12-04). Programs' limits are CPU time, so sharing cores changes no verdict."""
-    return len(os.sched_getaffinity(0)) + 1
 
 
 def check_timeout(timeout, flag: str = "--timeout") -> None:
@@ -43,17 +30,6 @@ def check_timeout(timeout, flag: str = "--timeout") -> None:
     if timeout > MAX_TIMEOUT:
         raise ConfigError(f"{flag} {timeout!r}: at most {MAX_TIMEOUT:g} CPU seconds per program; a program that "
                           "needs more is not a benchmark sample.")
-
-
-def check_workers(workers, flag: str = "--workers") -> None:
-    """Sandbox workers: a whole number in [1, max_workers()] (None: default_workers())."""
-    if workers is None:
-        return
-    if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
-        raise ConfigError(f"{flag} {workers}: give a whole number >= 1 (or leave it out for one per core plus one).")
-    if workers > max_workers():
-        raise ConfigError(f"{flag} {workers}: at most {max_workers()} here ({WORKERS_PER_CORE} per CPU core this "
-                          "process may use); each worker is a process holding its programs' memory.")
 
 
 @dataclasses.dataclass

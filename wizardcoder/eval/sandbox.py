@@ -175,19 +175,21 @@ class Worker:
         # what the view binds and Landlock allows besides the system folders: Python, and a task's toolchain
         self.allowed = self.pydirs + [p for p in c.read_paths if os.path.exists(p)]
         self.tools = "the task's toolchain folders, " if len(self.allowed) > len(self.pydirs) else ""  # for the report
-        if self.root and self._probe_uid(check_read=False) == "no-setuid":
+        # forked by the pool's fork server: it probed the uid switch and swept the uids once for all its workers
+        if self.root and (_probed or self._probe_uid(check_read=False)) == "no-setuid":
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
         self.watchdog = self.watchdog_pid = None
         if self.root:
-            self._sweep()  # leftovers of an evaluator whose watchdog did not finish
+            if _probed is None:
+                self._sweep()  # leftovers of an evaluator whose watchdog did not finish
             self.watchdog_pid, self.watchdog = self._start_watchdog()
         layers.append(self._lifetime_layer())
 
         has_view, scratch_on_tmpfs, netns, why = self._namespaces()
         self.keep_read = False
-        if self.root:
-            self.keep_read = self._probe_uid(check_read=True) == "unreadable"
+        if self.root:  # what the uid can list on the host it can in the view (whose own folders are 0755)
+            self.keep_read = _probed != "ok" and self._probe_uid(check_read=True) == "unreadable"
             if hasattr(_sandbox, "bound"):  # once here rather than ~40 credential commits in every child's drop_to
                 _sandbox.bound(self.keep_read)
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
@@ -218,7 +220,7 @@ class Worker:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
         layers.append(_layer("limits", True, ", ".join(lim)))
 
-        preload(c)
+        preload(c.preload)
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS})
@@ -356,27 +358,7 @@ class Worker:
         s.mount("tmpfs", self.tmp_root, "tmpfs", s.MS_NOSUID | s.MS_NODEV, f"size={self.config.scratch},mode=0711")
 
     def _probe_uid(self, check_read: bool) -> str:
-        """Can we switch to the sandbox uid ("no-setuid" if not), and (check_read) can that uid, with no
-        capability, list this interpreter's import directories ("ok" or "unreadable")?"""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                if _sandbox is not None:
-                    _sandbox.drop_to(self.uid, self.gid, False)
-                else:
-                    os.setgroups([])
-                    os.setgid(self.gid)
-                    os.setuid(self.uid)
-            except BaseException:  # noqa: BLE001
-                os._exit(2)
-            try:
-                for p in self.allowed if check_read else ():
-                    os.listdir(p)
-                os._exit(0)
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
+        return _probe_uid(self.uid, self.gid, self.allowed if check_read else ())
 
     def _start_watchdog(self) -> tuple[int, int]:
         """A process that outlives this worker by one task: when the worker is gone (the pipe's write end, which
@@ -670,15 +652,7 @@ class Worker:
             return processes_of(self.uid) if self.root else []
 
     def _kill_uid(self) -> None:
-        """kill(-1, SIGKILL) as the sandbox uid (in a throw-away child: we stay root)."""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setuid(self.uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        _kill_as(self.uid)
 
     @staticmethod
     def _reap() -> None:
@@ -773,8 +747,56 @@ def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
     os._exit(0)
 
 
-def processes_of(uid: int) -> list[int]:
-    """Live (not zombie) processes whose real uid is `uid`, from /proc. kill(-1)'s own answer cannot tell: it
+def _probe_uid(uid: int, gid: int, dirs) -> str:
+    """Can we switch to `uid` ("no-setuid" if not), and can that uid, with no capability, list `dirs` (this
+    interpreter's import directories: "ok", or "unreadable")? In a throw-away child: we stay root."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if _sandbox is not None:
+                _sandbox.drop_to(uid, gid, False)
+            else:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+        except BaseException:  # noqa: BLE001
+            os._exit(2)
+        try:
+            for p in dirs:
+                os.listdir(p)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
+
+
+def _kill_as(uid: int) -> None:
+    """kill(-1, SIGKILL) as `uid`: every process of that uid (in a throw-away child: we stay root)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _sweep_uids(uids: set[int], rounds: int = 200) -> None:
+    """Kill every process of these uids until none is left (a bomb may fork while we sweep); bounded. One /proc scan
+    a round for all of them, and no kill when none is left (the usual case)."""
+    for _ in range(rounds):
+        if not processes_of(*uids):
+            return
+        for uid in uids:
+            _kill_as(uid)
+        Worker._reap()
+        time.sleep(0.002)
+
+
+def processes_of(*uids: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is one of `uids`, from /proc. kill(-1)'s own answer cannot tell: it
     reports success whenever any other process exists, even one it may not signal."""
     found = []
     for name in os.listdir("/proc"):
@@ -791,7 +813,7 @@ def processes_of(uid: int) -> list[int]:
                         break
         except OSError:  # gone meanwhile
             continue
-        if uid_line is not None and int(uid_line.split()[1]) == uid and state not in (b"Z", b"X"):
+        if uid_line is not None and int(uid_line.split()[1]) in uids and state not in (b"Z", b"X"):
             found.append(int(name))
     return found
 
@@ -828,10 +850,10 @@ def _kill(pid: int) -> None:
         pass
 
 
-def preload(config: SandboxConfig) -> None:
-    """Import what programs commonly import (PRELOAD, config.preload), with one thread for every threaded library."""
+def preload(modules: tuple = ()) -> None:
+    """Import what programs commonly import (PRELOAD, `modules`), with one thread for every threaded library."""
     os.environ.update(THREADS)
-    for name in PRELOAD + tuple(config.preload):
+    for name in PRELOAD + tuple(modules):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - a preload is an optimisation only
@@ -839,21 +861,36 @@ def preload(config: SandboxConfig) -> None:
     checks.warm_up()
 
 
-def fork_workers(config: SandboxConfig, specs: list) -> None:
-    """The pool's fork server: import and preload once, fork one worker per spec [index, uid, command fd, reply fd]
-    (each serves on its own pipes, as fds 0 and 1), say their pids on fd 1 (one JSON line), then stay their parent
-    until all are gone: a worker's PDEATHSIG fires when this process dies, and this process's when the evaluator's
-    spawner thread does."""
+# The uid probe's answer ("ok", "unreadable", "no-setuid": see _probe_uid), when the fork server made it (and swept the
+# workers' uids) for all the workers it forks; None in a worker started alone, which does both itself.
+_probed: str | None = None
+
+
+def fork_workers(specs: list, configure) -> None:
+    """The pool's fork server, started before the evaluator knows the workers' config (launch.py): preload PRELOAD
+    meanwhile; then `configure()` -> (config, the workers' uids); preload the config's modules; do once what is the same
+    for every worker (when root: the uid probe and the sweep of the uids' leftover processes); fork one worker per spec
+    [index, command fd, reply fd] (each serves on its own pipes, as fds 0 and 1); say their pids on fd 1 (one JSON
+    line), then stay their parent until all are gone: a worker's PDEATHSIG fires when this process dies, and this
+    process's when the evaluator's thread that started it does."""
+    global _probed
     if _sandbox is not None:
         _sandbox.pdeathsig(signal.SIGKILL)
     if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
         os._exit(1)
-    preload(config)
+    preload()
+    config, uids = configure()
+    preload(config.preload)
+    if os.geteuid() == 0 and uids:
+        dirs = view.python_dirs() + [p for p in config.read_paths if os.path.exists(p)]  # Worker.allowed
+        _probed = _probe_uid(uids[0], uids[0], dirs)
+        if _probed != "no-setuid":
+            _sweep_uids(set(uids))  # leftovers of an evaluator whose watchdogs did not finish
     gc.collect()
     gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
-    fds = [fd for spec in specs for fd in spec[2:]]
+    fds = [fd for spec in specs for fd in spec[1:]]
     pids = []
-    for index, uid, cmd, rep in specs:
+    for (index, cmd, rep), uid in zip(specs, uids):
         pid = os.fork()
         if pid == 0:
             try:
