@@ -392,6 +392,60 @@ def test_worker_crash_is_survived(pool):
     still_healthy(pool)
 
 
+def test_a_worker_that_dies_starting_leaves_its_share_to_the_others():
+    """The pool waits for any worker, not the first: with worker 0 killed before it said it was ready, the report
+    comes from another one and every job runs on the others."""
+    from wizardcoder.eval.launch import ForkServer, Spawner
+
+    with SandboxPool(3, SandboxConfig(timeout=2.0), server=ForkServer(3, Spawner())) as p:
+        p._attach()
+        os.kill(p.handles[0].proc.pid, signal.SIGKILL)
+        assert "process" in p.isolation
+        res = list(p.run([{"id": i, "kind": "script", "code": f"assert {i} % 2"} for i in range(12)]))
+        assert {r["id"]: r["status"] for r in res} == {i: "passed" if i % 2 else "failed" for i in range(12)}
+        assert p.handles[0].dead and not p.handles[1].dead and not p.handles[2].dead
+
+
+def test_a_pool_none_of_whose_workers_starts_says_so():
+    from wizardcoder.errors import UserError
+    from wizardcoder.eval.launch import ForkServer, Spawner
+
+    with SandboxPool(2, SandboxConfig(timeout=2.0), server=ForkServer(2, Spawner())) as p:
+        p._attach()
+        for h in p.handles:
+            os.kill(h.proc.pid, signal.SIGKILL)
+        with pytest.raises(UserError, match="failed to start"):
+            list(p.run([{"id": 0, "kind": "script", "code": "pass"}]))
+
+
+def test_a_worker_killed_mid_run_fails_one_job_and_the_rest_run():
+    """A worker killed while it runs a program (another queued behind it): that program is `crashed`, the queued one
+    runs again elsewhere, the worker is restarted, and every job gets one result, in completion order."""
+    with SandboxPool(2, SandboxConfig(timeout=5.0)) as p:
+        victim = p.handles[1]
+        jobs = [{"id": i, "kind": "script", "code": "import time\ntime.sleep(0.1)"} for i in range(16)]
+        res, old = [], None
+        for r in p.run(jobs):
+            res.append(r)
+            if len(res) == 2:  # both workers are busy, each with a job queued
+                old = victim.proc.pid
+                os.kill(old, signal.SIGKILL)
+        assert sorted(r["id"] for r in res) == list(range(16))
+        statuses = [r["status"] for r in res]
+        assert statuses.count("crashed") == 1 and statuses.count("passed") == 15, statuses
+        assert victim.proc.pid != old
+        assert run1(p, "assert True")["status"] == "passed"
+
+
+def test_a_run_left_early_does_not_leak_its_replies_into_the_next():
+    with SandboxPool(2, SandboxConfig(timeout=2.0)) as p:
+        it = p.run([{"id": ("a", i), "kind": "script", "code": "pass"} for i in range(8)])
+        next(it)
+        it.close()  # the jobs sent ahead still run; their replies are skipped by the next run
+        res = list(p.run([{"id": ("b", i), "kind": "script", "code": f"assert {i} != 3"} for i in range(6)]))
+        assert {r["id"]: r["status"] for r in res} == {("b", i): "failed" if i == 3 else "passed" for i in range(6)}
+
+
 def test_a_pool_stopped_while_its_workers_start_raises_what_stopped_it(monkeypatch):
     """A Ctrl-C while the pool waits for its workers to say they are ready (the first second of `evaluate`): the
     workers are stopped and the KeyboardInterrupt goes on (cleaning up a worker that had not yet named its scratch
