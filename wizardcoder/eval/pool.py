@@ -177,7 +177,7 @@ class _WorkerHandle:
         self.finish()
 
     def ask_exit(self) -> None:
-        if self.proc is None:
+        if self.proc is None or self.commands.closed:
             return
         try:
             self.commands.send({"op": "exit"})
@@ -281,10 +281,10 @@ class SandboxPool:
         try:
             if server is None:
                 self._server = ForkServer(workers or default_workers(), self._spawner)
-            remove_stale_scratch(self.config.tmp_root)
             for i in range(self._server.n):
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
             self._server.configure(worker_config(self.config), [h.uid for h in self.handles])
+            remove_stale_scratch(self.config.tmp_root)  # while the server forks (the new workers' pids are alive)
             if server is None:
                 self._first_ready()
         except BaseException:

@@ -83,7 +83,8 @@ def _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, c
         todo, done, meta_of = [], {}, {}
         per_task_seen: Counter = Counter()
         previous = {}
-        if os.path.exists(results_path):
+        fresh = not os.path.exists(results_path) or os.path.getsize(results_path) == 0
+        if not fresh:
             for r in read_jsonl(results_path, skip_bad=True):
                 if valid_row(r, bench):
                     previous[r["sample"]] = r
@@ -115,6 +116,7 @@ def _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, c
             work = bench.sample_work(path, problems, todo, timeout)
             isolation = isolation_summary(pool)  # the first worker's start, waited for only now
             parts_of: dict[int, dict[str, Result]] = defaultdict(dict)
+            lines: dict[int, str] = {}  # the rows appended, in the order they were
             with JsonlAppender(results_path) as out, _progress(len(work.jobs), bench.name, progress) as bar:
                 for res in run_work(pool, work):
                     if bar is not None:
@@ -126,11 +128,13 @@ def _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, c
                     meta, code = meta_of[i]
                     row = {**meta, **bench.row(parts_of.pop(i)), "solution": code}
                     done[i] = row
-                    out.write(row)
+                    lines[i] = out.write(row)
             if own_pool:
                 pool.stop_soon()  # the workers exit while the results are written
-            rows = [done[i] for i in sorted(done)]
-            write_jsonl(results_path, rows)  # the appended rows, now in sample order
+            order = sorted(done)
+            if not fresh or list(lines) != order:  # the appended rows (each serialized once), now in sample order
+                write_jsonl(results_path, [lines.get(i) or done[i] for i in order])
+            rows = [done[i] for i in order]
             summary = summarize(bench, rows, problems, ks, isolation,
                                 {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
                                  "postprocess": postprocess}, skipped_tasks)
