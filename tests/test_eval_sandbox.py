@@ -446,6 +446,29 @@ def test_a_run_left_early_does_not_leak_its_replies_into_the_next():
         assert {r["id"]: r["status"] for r in res} == {("b", i): "failed" if i == 3 else "passed" for i in range(6)}
 
 
+@pytest.mark.skipif(not ROOT, reason="switching to a sandbox uid needs root")
+def test_the_uid_probe_sees_folders_as_the_view_will(tmp_path):
+    """The fork server probes once for all workers, before any view exists: a folder under a 0700 parent is unreadable
+    by path but readable as the view shows it (the view's folders above a bound one are 0755); one that is 0700
+    itself is unreadable either way."""
+    from wizardcoder.eval.sandbox import _probe_uid
+
+    hidden = tmp_path / "hidden"
+    (hidden / "open").mkdir(parents=True)
+    (hidden / "closed").mkdir()
+    hidden.chmod(0o700)
+    (hidden / "closed").chmod(0o700)
+    fds = {name: os.open(hidden / name, os.O_PATH) for name in ("open", "closed")}
+    try:
+        assert _probe_uid(61999, 61999, [str(hidden / "open")], [(fds["open"], ".")]) == \
+            {"setuid": True, "paths": False, "view": True}
+        assert _probe_uid(61999, 61999, [], [(fds["open"], "."), (fds["closed"], ".")])["view"] is False
+        assert _probe_uid(61999, 61999, ["/usr"]) == {"setuid": True, "paths": True, "view": True}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def test_a_pool_stopped_while_its_workers_start_raises_what_stopped_it(monkeypatch):
     """A Ctrl-C while the pool waits for its workers to say they are ready (the first second of `evaluate`): the
     workers are stopped and the KeyboardInterrupt goes on (cleaning up a worker that had not yet named its scratch

@@ -175,8 +175,8 @@ class Worker:
         # what the view binds and Landlock allows besides the system folders: Python, and a task's toolchain
         self.allowed = self.pydirs + [p for p in c.read_paths if os.path.exists(p)]
         self.tools = "the task's toolchain folders, " if len(self.allowed) > len(self.pydirs) else ""  # for the report
-        # forked by the pool's fork server: it probed the uid switch and swept the uids once for all its workers
-        if self.root and (_probed or self._probe_uid(check_read=False)) == "no-setuid":
+        # forked by the pool's fork server, which probed the uid and swept the uids once for all its workers (_probed)
+        if self.root and not (_probed or _probe_uid(self.uid, self.gid))["setuid"]:
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
         self.watchdog = self.watchdog_pid = None
@@ -188,8 +188,9 @@ class Worker:
 
         has_view, scratch_on_tmpfs, netns, why = self._namespaces()
         self.keep_read = False
-        if self.root:  # what the uid can list on the host it can in the view (whose own folders are 0755)
-            self.keep_read = _probed != "ok" and self._probe_uid(check_read=True) == "unreadable"
+        if self.root:  # can the uid, without capabilities, list the import folders in the filesystem it will see?
+            probed = _probed or _probe_uid(self.uid, self.gid, self.allowed)  # in our namespaces, by path
+            self.keep_read = not probed["view" if has_view and _probed else "paths"]
             if hasattr(_sandbox, "bound"):  # once here rather than ~40 credential commits in every child's drop_to
                 _sandbox.bound(self.keep_read)
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
@@ -356,9 +357,6 @@ class Worker:
             pass
         s.mount(None, "/", None, s.MS_REC | s.MS_PRIVATE, None)
         s.mount("tmpfs", self.tmp_root, "tmpfs", s.MS_NOSUID | s.MS_NODEV, f"size={self.config.scratch},mode=0711")
-
-    def _probe_uid(self, check_read: bool) -> str:
-        return _probe_uid(self.uid, self.gid, self.allowed if check_read else ())
 
     def _start_watchdog(self) -> tuple[int, int]:
         """A process that outlives this worker by one task: when the worker is gone (the pipe's write end, which
@@ -747,9 +745,12 @@ def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
     os._exit(0)
 
 
-def _probe_uid(uid: int, gid: int, dirs) -> str:
-    """Can we switch to `uid` ("no-setuid" if not), and can that uid, with no capability, list `dirs` (this
-    interpreter's import directories: "ok", or "unreadable")? In a throw-away child: we stay root."""
+def _probe_uid(uid: int, gid: int, dirs=(), view_dirs=()) -> dict[str, bool]:
+    """As `uid` with no capability (in a throw-away child: we stay root): can we switch to it at all ("setuid"); can
+    it list the folders `dirs` by path, as this process sees them ("paths"); can it list those `view_dirs` names, as
+    (O_PATH descriptor of the folder the view binds, the path beneath it), as the view will show them ("view"): their
+    own permissions and those of the folders between count, not those above (the view's own folders there are
+    0755). A folder readable but not searchable counts as unreadable there (Python cannot import from it anyway)."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -760,15 +761,21 @@ def _probe_uid(uid: int, gid: int, dirs) -> str:
                 os.setgid(gid)
                 os.setuid(uid)
         except BaseException:  # noqa: BLE001
-            os._exit(2)
+            os._exit(4)
+        code = 0
         try:
             for p in dirs:
                 os.listdir(p)
-            os._exit(0)
         except BaseException:  # noqa: BLE001
-            os._exit(1)
+            code |= 1
+        try:
+            for fd, rel in view_dirs:
+                os.close(os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
+        except BaseException:  # noqa: BLE001
+            code |= 2
+        os._exit(code)
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
+    return {"setuid": 0 <= code < 4, "paths": code == 0 or code == 2, "view": code == 0 or code == 1}
 
 
 def _kill_as(uid: int) -> None:
@@ -861,9 +868,9 @@ def preload(modules: tuple = ()) -> None:
     checks.warm_up()
 
 
-# The uid probe's answer ("ok", "unreadable", "no-setuid": see _probe_uid), when the fork server made it (and swept the
-# workers' uids) for all the workers it forks; None in a worker started alone, which does both itself.
-_probed: str | None = None
+# The uid probe's answers (_probe_uid), when the fork server made it (and swept the workers' uids) once for all the
+# workers it forks; None in a worker started alone, which does both itself.
+_probed: dict[str, bool] | None = None
 
 
 def fork_workers(specs: list, configure) -> None:
@@ -883,11 +890,20 @@ def fork_workers(specs: list, configure) -> None:
     preload(config.preload)
     if os.geteuid() == 0 and uids:
         dirs = view.python_dirs() + [p for p in config.read_paths if os.path.exists(p)]  # Worker.allowed
-        _probed = _probe_uid(uids[0], uids[0], dirs)
-        if _probed != "no-setuid":
+        roots = view.bound(dirs)
+        view_dirs = []
+        try:  # each folder as the view will show it: from the folder bound there (opened here, as root)
+            for d in dirs:
+                root = next(r for r in roots if d == r or d.startswith(r.rstrip("/") + "/"))
+                view_dirs.append((os.open(root, os.O_PATH | os.O_CLOEXEC), os.path.relpath(d, root)))
+            _probed = _probe_uid(uids[0], uids[0], dirs, view_dirs)
+        finally:
+            for fd, _ in view_dirs:
+                os.close(fd)
+        if _probed["setuid"]:
             _sweep_uids(set(uids))  # leftovers of an evaluator whose watchdogs did not finish
-    gc.collect()
-    gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
+    gc.freeze()  # shared with every worker: their collections do not walk (and copy) it (no collection first:
+    # what little garbage the imports left stays, which saves ~3 ms of every pool's start)
     fds = [fd for spec in specs for fd in spec[1:]]
     pids = []
     for (index, cmd, rep), uid in zip(specs, uids):
