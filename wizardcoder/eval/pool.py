@@ -429,6 +429,8 @@ class SandboxPool:
                     except (EOFError, OSError, pickle.UnpicklingError) as e:
                         res = Result(job.id, "crashed", f"sandbox worker failed: {e or type(e).__name__}")
                         replace(h)
+                    if h.ready and not h.dead:
+                        fill(h)  # before the caller sees the result: the worker is never kept waiting for it
                     if n is not None:
                         left -= 1
                         yield res.to_dict() if n in as_dict else res

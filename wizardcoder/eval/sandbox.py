@@ -902,8 +902,8 @@ def fork_workers(specs: list, configure) -> None:
                 os.close(fd)
         if _probed["setuid"]:
             _sweep_uids(set(uids))  # leftovers of an evaluator whose watchdogs did not finish
-    gc.freeze()  # shared with every worker: their collections do not walk (and copy) it (no collection first:
-    # what little garbage the imports left stays, which saves ~3 ms of every pool's start)
+    gc.collect()  # not skipped, though it is ~3 ms of the pool's start: garbage kept makes every program's fork dearer
+    gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
     fds = [fd for spec in specs for fd in spec[1:]]
     pids = []
     for (index, cmd, rep), uid in zip(specs, uids):
