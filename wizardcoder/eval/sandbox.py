@@ -11,7 +11,8 @@
                                              each compile or run step it starts takes Landlock and seccomp itself
                                              before it execs (its own pid in the filter, its own /proc/self)
 
-Each layer is used when this machine permits it, probed once per worker and reported as an `IsolationReport`
+Each layer is used when this machine permits it, probed by each worker (the uid probe once for all, by the fork
+server) and reported as an `IsolationReport`
 (jobs.py): one `Layer` per name below, `active=False` with the fallback named when the machine refused it. The threat
 model, what each layer stops and what holds without root, is docs/sandbox.md.
   process     every program in its own forked process and process group, never in the evaluator; the worker is a
@@ -19,7 +20,7 @@ model, what each layer stops and what holds without root, is docs/sandbox.md.
               when the program ends or runs out of time
   lifetime    nothing outlives the evaluator: PDEATHSIG evaluator -> worker -> program (set after the uid switch,
               which clears it); when root, a watchdog kills every process of the worker's own sandbox uid once the
-              worker is gone, and a starting worker sweeps its uid first
+              worker is gone, and the uids are swept before the workers start
   limits      RLIMIT_AS, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (own uid);
               the job's limit in user CPU seconds (polled by the worker; RLIMIT_CPU is a backstop at the wall-clock
               limit) and a wall-clock limit of wall_factor times that + 1 s
