@@ -105,8 +105,7 @@ class Result:
     @classmethod
     def from_reply(cls, job_id: Hashable, reply: dict) -> "Result":
         """From the worker's reply dict; unknown keys are dropped, a missing or unknown status is a crash."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"id"}
-        fields = {k: v for k, v in reply.items() if k in known}
+        fields = {k: v for k, v in reply.items() if k in _REPLY_FIELDS}
         if fields.get("status") not in VERDICTS:
             fields.update(status="crashed", error=fields.get("error") or "no verdict from the sandbox")
         return cls(id=job_id, **fields)
@@ -115,6 +114,9 @@ class Result:
         """The dict form (id, status, error, seconds, and whichever optional fields are set)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if v is not None or k in ("id", "status", "error", "seconds")}
+
+
+_REPLY_FIELDS = frozenset(f.name for f in dataclasses.fields(Result)) - {"id"}  # what from_reply keeps
 
 
 @dataclasses.dataclass(frozen=True)
