@@ -138,7 +138,7 @@ class ForkServer:
         self.mine: list[tuple[int, int]] = []  # our ends: (command write, reply read) per worker
         self.procs: list[Forked] | None = None  # workers()
         self.server = self._config_w = self._pids_r = None
-        ends, specs = [], []
+        ends, specs = [], []  # the server's ends: the workers' (passed at their numbers), its stdin and stdout
         try:
             for index in range(n):
                 cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
@@ -152,7 +152,7 @@ class ForkServer:
             ends.append(pids_w)
             argv, env = worker_command("--fork", json.dumps(specs))
             self.server = spawner(subprocess.Popen, argv, stdin=config_r, stdout=pids_w, env=env, cwd="/",
-                                  pass_fds=ends)
+                                  pass_fds=ends[:-2])
         except BaseException:
             self.close()
             raise
