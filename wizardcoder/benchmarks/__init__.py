@@ -66,5 +66,5 @@ def recognize(path: str) -> Benchmark:
                     "benchmark file in its upstream format.")
 
 
-__all__ = ["TASKS", "benchmark_class", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "get_benchmark",
-           "recognize"]
+__all__ = ["TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "benchmark_class",
+           "get_benchmark", "recognize"]

@@ -163,7 +163,8 @@ class ForkServer:
     def configure(self, config: dict, uids: list[int]) -> None:
         """Send the workers' config (every SandboxConfig field) and uids; they are forked once it arrives."""
         try:
-            os.write(self._config_w, json.dumps({"config": config, "uids": uids}).encode() + b"\n")  # blocks till all is in
+            # a blocking write: all of it, however long
+            os.write(self._config_w, json.dumps({"config": config, "uids": uids}).encode() + b"\n")
         except OSError:
             pass  # the server died: workers() says so
         os.close(self._config_w)

@@ -40,31 +40,21 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
     own_pool = pool is None
     server = ForkServer(workers or default_workers(), Spawner()) if own_pool else None
     try:
-        return _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, config, progress, pool,
-                         server)
-    finally:
-        if server is not None:  # closed by the pool that took it over; here when it never got one
-            server.close()
+        from ..benchmarks import get_benchmark
+        from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+        from ..outdir import make_out_dir
+        from .jobs import check_timeout
+        from .pool import SandboxPool
+        from .results import (_digest, _progress, isolation_summary, read_samples, run_work, sandbox_config,
+                              summarize, valid_row)
 
-
-def _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, config, progress, pool, server):
-    from ..benchmarks import get_benchmark
-    from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
-    from ..outdir import make_out_dir
-    from .jobs import check_timeout
-    from .pool import SandboxPool
-    from .results import (_digest, _progress, isolation_summary, read_samples, run_work, sandbox_config, summarize,
-                          valid_row)
-
-    check_timeout(timeout)
-    bench = get_benchmark(task)
-    if timeout is not None and bench.timeout is None:
-        print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
-              file=sys.stderr)
-    own_pool = pool is None
-    if own_pool:  # the workers start while the inputs are read
-        pool = SandboxPool(workers, sandbox_config(bench, config, timeout), server=server)
-    try:
+        check_timeout(timeout)
+        bench = get_benchmark(task)
+        if timeout is not None and bench.timeout is None:
+            print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
+                  file=sys.stderr)
+        if own_pool:  # the config follows as soon as the task is known; the workers start while the inputs are read
+            pool = SandboxPool(workers, sandbox_config(bench, config, timeout), server=server)
         path = bench.locate(data)
         problems = bench.read(path)
         rows_in = read_samples(samples, bench, problems)  # before anything is written: bad input leaves no trace
@@ -143,5 +133,7 @@ def _evaluate(task, samples, out_dir, data, postprocess, ks, workers, timeout, c
             gc.unfreeze()
     finally:
         if own_pool:
-            pool.close()
+            if pool is not None:
+                pool.close()
+            server.close()  # when no pool took it over (once one did, a no-op)
     return summary
