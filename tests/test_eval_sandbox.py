@@ -320,9 +320,11 @@ def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
 
 def test_the_worker_holds_only_what_programs_use(pool):
     """Every module a worker holds makes each program's fork and exit dearer (bench/RESULTS.md: the fork server's
-    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random) and no site."""
+    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random), no site, no runpy
+    (the workers start through `-c`, not `-m`)."""
     r = run1(pool, "import sys\nheavy = {'dataclasses', 'inspect', 'ast', 'dis', 'tempfile', 'random', 'site', "
-                   "'multiprocessing', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool'} & set(sys.modules)\n"
+                   "'multiprocessing', 'runpy', 'importlib.util', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool'} "
+                   "& set(sys.modules)\n"
                    "assert not heavy, sorted(heavy)\nassert {'typing', 're', 'math'} <= set(sys.modules)")
     assert r["status"] == "passed", r
 

@@ -67,14 +67,14 @@ def _import_path(pkg_parent: str) -> list[str]:
 
 
 def worker_command(*args: str) -> tuple[list[str], dict[str, str]]:
-    """argv (`python -S -m wizardcoder.eval.worker` and `args`: worker.py's two forms) and environment of a worker
-    process. `-S`: it does not run site again (its .pth files, an editable install's import hook: ~20 ms a process)
-    but takes the import path site gave this process (_import_path)."""
+    """argv (worker.py's `main` and `args`: its two forms) and environment of a worker process. `-S`: it does not run
+    site again (its .pth files, an editable install's import hook: ~20 ms a process) but takes the import path site
+    gave this process (_import_path)."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[worker.PATH_VARIABLE] = json.dumps(_import_path(pkg_parent))
-    return [sys.executable, "-S", "-m", "wizardcoder.eval.worker", *args], env
+    return [sys.executable, "-S", "-c", "from wizardcoder.eval.worker import main; main()", *args], env
 
 
 class Spawner:

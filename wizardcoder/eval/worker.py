@@ -8,8 +8,10 @@
 Started by `wizardcoder.eval.pool.SandboxPool` as a fresh interpreter (never forked from the evaluator, so it holds
 none of the evaluator's state); a worker then forks one isolated child per program. The pool starts it with
 `python -S` and its import path in PATH_VARIABLE: site's work (the .pth files, an editable install's import hook) is
-done once, by the evaluator, rather than once per process. Every module a worker holds makes each program's fork and
-exit dearer, so it imports only sandbox.py's own (not jobs.py and its dataclasses)."""
+done once, by the evaluator, rather than once per process, and `-c` calling `main` rather than `-m` (runpy, with
+importlib.util and importlib.machinery, would be ~3 ms of the start and live in every worker). Every module a worker
+holds makes each program's fork and exit dearer, so it imports only sandbox.py's own (not jobs.py and its
+dataclasses)."""
 import json
 import os
 import sys
@@ -17,7 +19,9 @@ import types
 
 PATH_VARIABLE = "WIZARDCODER_WORKER_PATH"
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """A worker or the fork server, as sys.argv says (the forms above)."""
     by_pool = PATH_VARIABLE in os.environ
     if by_pool:
         sys.path[:] = json.loads(os.environ.pop(PATH_VARIABLE))
@@ -48,3 +52,7 @@ if __name__ == "__main__":
         config = SandboxConfig(**config)
     serve(int(sys.argv[1]), config, int(sys.argv[3]) if len(sys.argv) > 3 else None)
     os._exit(0)  # nothing left to flush (replies go straight to the pipe): skip tearing down every module
+
+
+if __name__ == "__main__":
+    main()
