@@ -746,12 +746,13 @@ def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
     os._exit(0)
 
 
-def _probe_uid(uid: int, gid: int, dirs=(), view_dirs=()) -> dict[str, bool]:
+def _probe_uid(uid: int, gid: int, dirs=(), view_dirs=(), meanwhile=None) -> dict[str, bool]:
     """As `uid` with no capability (in a throw-away child: we stay root): can we switch to it at all ("setuid"); can
     it list the folders `dirs` by path, as this process sees them ("paths"); can it list those `view_dirs` names, as
     (O_PATH descriptor of the folder the view binds, the path beneath it), as the view will show them ("view"): their
     own permissions and those of the folders between count, not those above (the view's own folders there are
-    0755). A folder readable but not searchable counts as unreadable there (Python cannot import from it anyway)."""
+    0755). A folder readable but not searchable counts as unreadable there (Python cannot import from it anyway).
+    `meanwhile(child pid)`: called here while the child probes."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -775,6 +776,8 @@ def _probe_uid(uid: int, gid: int, dirs=(), view_dirs=()) -> dict[str, bool]:
         except BaseException:  # noqa: BLE001
             code |= 2
         os._exit(code)
+    if meanwhile is not None:
+        meanwhile(pid)
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return {"setuid": 0 <= code < 4, "paths": code == 0 or code == 2, "view": code == 0 or code == 1}
 
@@ -893,16 +896,18 @@ def fork_workers(specs: list, configure) -> None:
         dirs = view.python_dirs() + [p for p in config.read_paths if os.path.exists(p)]  # Worker.allowed
         roots = view.bound(dirs)
         view_dirs = []
+        left = []  # the uids' leftover processes (an evaluator whose watchdogs did not finish), found meanwhile
         try:  # each folder as the view will show it: from the folder bound there (opened here, as root)
             for d in dirs:
                 root = next(r for r in roots if d == r or d.startswith(r.rstrip("/") + "/"))
                 view_dirs.append((os.open(root, os.O_PATH | os.O_CLOEXEC), os.path.relpath(d, root)))
-            _probed = _probe_uid(uids[0], uids[0], dirs, view_dirs)
+            _probed = _probe_uid(uids[0], uids[0], dirs, view_dirs,
+                                 lambda child: left.extend(p for p in processes_of(*uids) if p != child))
         finally:
             for fd, _ in view_dirs:
                 os.close(fd)
-        if _probed["setuid"]:
-            _sweep_uids(set(uids))  # leftovers of an evaluator whose watchdogs did not finish
+        if _probed["setuid"] and left:
+            _sweep_uids(set(uids))
     gc.collect()  # not skipped, though it is ~3 ms of the pool's start: garbage kept makes every program's fork dearer
     gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
     fds = [fd for spec in specs for fd in spec[1:]]
