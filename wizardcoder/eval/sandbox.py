@@ -890,6 +890,8 @@ def fork_workers(specs: list, configure) -> None:
     if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
         os._exit(1)
     preload()
+    gc.collect()  # while the evaluator decides the config; the collection before the fork then skips all this
+    gc.freeze()
     config, uids = configure()
     preload(config.preload)
     if os.geteuid() == 0 and uids:
@@ -908,7 +910,7 @@ def fork_workers(specs: list, configure) -> None:
                 os.close(fd)
         if _probed["setuid"] and left:
             _sweep_uids(set(uids))
-    gc.collect()  # not skipped, though it is ~3 ms of the pool's start: garbage kept makes every program's fork dearer
+    gc.collect()  # not skipped: garbage kept makes every program's fork dearer
     gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
     fds = [fd for spec in specs for fd in spec[1:]]
     pids = []
