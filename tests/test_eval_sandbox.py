@@ -439,6 +439,19 @@ def test_a_worker_killed_mid_run_fails_one_job_and_the_rest_run():
         assert run1(p, "assert True")["status"] == "passed"
 
 
+def test_a_pool_started_in_a_thread_that_ended_still_runs():
+    """PDEATHSIG is tied to the thread that started a process: a pool started from a short-lived thread starts its
+    fork server (and any restart) from a thread of its own, so its workers outlive the caller's thread."""
+    made = []
+    t = threading.Thread(target=lambda: made.append(SandboxPool(2, SandboxConfig(timeout=2.0))))
+    t.start()
+    t.join()
+    with made[0] as p:
+        time.sleep(0.2)  # a worker killed with the thread would be gone by now
+        res = list(p.run([{"id": i, "kind": "script", "code": "pass"} for i in range(6)]))
+        assert [r["status"] for r in res] == ["passed"] * 6
+
+
 def test_a_run_left_early_does_not_leak_its_replies_into_the_next():
     with SandboxPool(2, SandboxConfig(timeout=2.0)) as p:
         it = p.run([{"id": ("a", i), "kind": "script", "code": "pass"} for i in range(8)])
