@@ -314,7 +314,10 @@ class SandboxPool:
                     starting.append(h)
             if not starting:
                 raise UserError(FAILED)
-            readable = select.select([h.replies.fd for h in starting], [], [])[0]
+            poll = select.poll()  # not select(): any descriptor number
+            for h in starting:
+                poll.register(h.replies.fd, select.POLLIN)
+            readable = {fd for fd, _ in poll.poll()}
             for h in starting:
                 if h.replies.fd in readable:
                     try:
