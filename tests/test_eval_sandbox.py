@@ -452,6 +452,28 @@ def test_a_pool_started_in_a_thread_that_ended_still_runs():
         assert [r["status"] for r in res] == ["passed"] * 6
 
 
+def test_a_worker_that_cannot_restart_leaves_its_jobs_crashed_when_none_is_left(monkeypatch):
+    """One worker, killed mid-run, and its restart fails: the job it ran and every job not yet run are `crashed`
+    (one result each); with other workers left they would have run there."""
+    from wizardcoder.eval import pool as pool_mod
+
+    with SandboxPool(1, SandboxConfig(timeout=5.0)) as p:
+        h = p.handles[0]
+
+        def no_start(handle):
+            raise OSError("no more processes")
+
+        monkeypatch.setattr(pool_mod._WorkerHandle, "_start", no_start)
+        res = []
+        for r in p.run([{"id": i, "kind": "script", "code": "import time\ntime.sleep(0.1)"} for i in range(5)]):
+            res.append(r)
+            if len(res) == 1:
+                os.kill(h.proc.pid, signal.SIGKILL)
+        assert sorted(r["id"] for r in res) == list(range(5))
+        assert [r["status"] for r in res] == ["passed"] + ["crashed"] * 4, res
+        assert "could not restart" in res[-1]["error"] and h.dead
+
+
 def test_a_run_left_early_does_not_leak_its_replies_into_the_next():
     with SandboxPool(2, SandboxConfig(timeout=2.0)) as p:
         it = p.run([{"id": ("a", i), "kind": "script", "code": "pass"} for i in range(8)])
