@@ -414,7 +414,7 @@ class SandboxPool:
                         fill(h)
                 for fd, _ in poll.poll():
                     h = by_fd.get(fd)
-                    if h is None:  # restarted meanwhile: its new pipe is another fd
+                    if h is None:  # no longer watched (it could not start or restart)
                         continue
                     if not h.ready:
                         try:
