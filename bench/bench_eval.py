@@ -95,7 +95,7 @@ def drop_endless(task: str, data: str, problems: dict, rows: list[dict]) -> list
     """Leave out samples still running after 1 s of CPU (endless loops made by the mutations)."""
     from wizardcoder.benchmarks import get_benchmark
     from wizardcoder.eval import SandboxConfig, SandboxPool
-    from wizardcoder.eval.scoring import run_work
+    from wizardcoder.eval.results import run_work
 
     bench = get_benchmark(task)
     todo = [(i, r["task_id"], bench.solution(problems[r["task_id"]], r)) for i, r in enumerate(rows)]

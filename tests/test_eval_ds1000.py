@@ -14,7 +14,7 @@ from wizardcoder.cli import main
 from wizardcoder.errors import DataError
 from wizardcoder.eval import SandboxPool, evaluate
 from wizardcoder.eval.jobs import Job
-from wizardcoder.eval.scoring import sandbox_config
+from wizardcoder.eval.results import sandbox_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 RELEASE_2024 = os.path.join(FIXTURES, "ds1000_libraries.jsonl")

@@ -320,11 +320,12 @@ def test_programs_get_a_fresh_interpreters_import_path(tmp_path, monkeypatch):
 
 def test_the_worker_holds_only_what_programs_use(pool):
     """Every module a worker holds makes each program's fork and exit dearer (bench/RESULTS.md: the fork server's
-    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random), no site, and not
-    the traceback module (a failing program's line is found by checks._describe itself)."""
+    CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random), no site, no runpy
+    (the workers start through `-c`, not `-m`), and not the traceback module (a failing program's line is found by
+    checks._describe itself)."""
     r = run1(pool, "import sys\nheavy = {'dataclasses', 'inspect', 'ast', 'dis', 'tempfile', 'random', 'site', "
-                   "'multiprocessing', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool', 'traceback', 'linecache', "
-                   "'tokenize'} & set(sys.modules)\n"
+                   "'multiprocessing', 'runpy', 'importlib.util', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool', "
+                   "'traceback', 'linecache', 'tokenize'} & set(sys.modules)\n"
                    "assert not heavy, sorted(heavy)\nassert {'typing', 're', 'math'} <= set(sys.modules)")
     assert r["status"] == "passed", r
 
@@ -392,6 +393,118 @@ def test_worker_crash_is_survived(pool):
     assert sum(r["status"] == "passed" for r in res) >= 4
     assert h.proc.pid != old
     still_healthy(pool)
+
+
+def test_a_worker_that_dies_starting_leaves_its_share_to_the_others():
+    """The pool waits for any worker, not the first: with worker 0 killed before it said it was ready, the report
+    comes from another one and every job runs on the others."""
+    from wizardcoder.eval.launch import ForkServer, Spawner
+
+    with SandboxPool(3, SandboxConfig(timeout=2.0), server=ForkServer(3, Spawner())) as p:
+        p._attach()
+        os.kill(p.handles[0].proc.pid, signal.SIGKILL)
+        assert "process" in p.isolation
+        res = list(p.run([{"id": i, "kind": "script", "code": f"assert {i} % 2"} for i in range(12)]))
+        assert {r["id"]: r["status"] for r in res} == {i: "passed" if i % 2 else "failed" for i in range(12)}
+        assert p.handles[0].dead and not p.handles[1].dead and not p.handles[2].dead
+
+
+def test_a_pool_none_of_whose_workers_starts_says_so():
+    from wizardcoder.errors import UserError
+    from wizardcoder.eval.launch import ForkServer, Spawner
+
+    with SandboxPool(2, SandboxConfig(timeout=2.0), server=ForkServer(2, Spawner())) as p:
+        p._attach()
+        for h in p.handles:
+            os.kill(h.proc.pid, signal.SIGKILL)
+        with pytest.raises(UserError, match="failed to start"):
+            list(p.run([{"id": 0, "kind": "script", "code": "pass"}]))
+
+
+def test_a_worker_killed_mid_run_fails_one_job_and_the_rest_run():
+    """A worker killed while it runs a program (another queued behind it): that program is `crashed`, the queued one
+    runs again elsewhere, the worker is restarted, and every job gets one result, in completion order."""
+    with SandboxPool(2, SandboxConfig(timeout=5.0)) as p:
+        victim = p.handles[1]
+        jobs = [{"id": i, "kind": "script", "code": "import time\ntime.sleep(0.1)"} for i in range(16)]
+        res, old = [], None
+        for r in p.run(jobs):
+            res.append(r)
+            if len(res) == 2:  # both workers are busy, each with a job queued
+                old = victim.proc.pid
+                os.kill(old, signal.SIGKILL)
+        assert sorted(r["id"] for r in res) == list(range(16))
+        statuses = [r["status"] for r in res]
+        assert statuses.count("crashed") == 1 and statuses.count("passed") == 15, statuses
+        assert victim.proc.pid != old
+        assert run1(p, "assert True")["status"] == "passed"
+
+
+def test_a_pool_started_in_a_thread_that_ended_still_runs():
+    """PDEATHSIG is tied to the thread that started a process: a pool started from a short-lived thread starts its
+    fork server (and any restart) from a thread of its own, so its workers outlive the caller's thread."""
+    made = []
+    t = threading.Thread(target=lambda: made.append(SandboxPool(2, SandboxConfig(timeout=2.0))))
+    t.start()
+    t.join()
+    with made[0] as p:
+        time.sleep(0.2)  # a worker killed with the thread would be gone by now
+        res = list(p.run([{"id": i, "kind": "script", "code": "pass"} for i in range(6)]))
+        assert [r["status"] for r in res] == ["passed"] * 6
+
+
+def test_a_worker_that_cannot_restart_leaves_its_jobs_crashed_when_none_is_left(monkeypatch):
+    """One worker, killed mid-run, and its restart fails: the job it ran and every job not yet run are `crashed`
+    (one result each); with other workers left they would have run there."""
+    from wizardcoder.eval import pool as pool_mod
+
+    with SandboxPool(1, SandboxConfig(timeout=5.0)) as p:
+        h = p.handles[0]
+
+        def no_start(handle):
+            raise OSError("no more processes")
+
+        monkeypatch.setattr(pool_mod._WorkerHandle, "_start", no_start)
+        res = []
+        for r in p.run([{"id": i, "kind": "script", "code": "import time\ntime.sleep(0.1)"} for i in range(5)]):
+            res.append(r)
+            if len(res) == 1:
+                os.kill(h.proc.pid, signal.SIGKILL)
+        assert sorted(r["id"] for r in res) == list(range(5))
+        assert [r["status"] for r in res] == ["passed"] + ["crashed"] * 4, res
+        assert "could not restart" in res[-1]["error"] and h.dead
+
+
+def test_a_run_left_early_does_not_leak_its_replies_into_the_next():
+    with SandboxPool(2, SandboxConfig(timeout=2.0)) as p:
+        it = p.run([{"id": ("a", i), "kind": "script", "code": "pass"} for i in range(8)])
+        next(it)
+        it.close()  # the jobs sent ahead still run; their replies are skipped by the next run
+        res = list(p.run([{"id": ("b", i), "kind": "script", "code": f"assert {i} != 3"} for i in range(6)]))
+        assert {r["id"]: r["status"] for r in res} == {("b", i): "failed" if i == 3 else "passed" for i in range(6)}
+
+
+@pytest.mark.skipif(not ROOT, reason="switching to a sandbox uid needs root")
+def test_the_uid_probe_sees_folders_as_the_view_will(tmp_path):
+    """The fork server probes once for all workers, before any view exists: a folder under a 0700 parent is unreadable
+    by path but readable as the view shows it (the view's folders above a bound one are 0755); one that is 0700
+    itself is unreadable either way."""
+    from wizardcoder.eval.sandbox import _probe_uid
+
+    hidden = tmp_path / "hidden"
+    (hidden / "open").mkdir(parents=True)
+    (hidden / "closed").mkdir()
+    hidden.chmod(0o700)
+    (hidden / "closed").chmod(0o700)
+    fds = {name: os.open(hidden / name, os.O_PATH) for name in ("open", "closed")}
+    try:
+        assert _probe_uid(61999, 61999, [str(hidden / "open")], [(fds["open"], ".")]) == \
+            {"setuid": True, "paths": False, "view": True}
+        assert _probe_uid(61999, 61999, [], [(fds["open"], "."), (fds["closed"], ".")])["view"] is False
+        assert _probe_uid(61999, 61999, ["/usr"]) == {"setuid": True, "paths": True, "view": True}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def test_a_pool_stopped_while_its_workers_start_raises_what_stopped_it(monkeypatch):

@@ -301,7 +301,7 @@ def test_a_file_names_its_benchmark(shared_data, tmp_path):
 def test_the_benchmark_reads_its_headline_from_a_summary():
     """Two samples of one HumanEval+ problem: one passes the base tests only, one passes base and plus. pass@1 over
     all tests is 1/2, on the base tests alone 2/2; a one-part task has no base figures."""
-    from wizardcoder.eval.scoring import summarize
+    from wizardcoder.eval.results import summarize
 
     def row(base, plus):
         return {"task_id": "HumanEval/0", "passed": base and plus, "status": "passed" if base and plus else "failed",
@@ -345,3 +345,31 @@ def test_no_dispatch_on_task_names_outside_the_benchmarks():
             if name.endswith(".py"):
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     assert "Below is an instruction" not in f.read(), name
+
+
+def test_the_task_registry_names_every_benchmark_and_imports_one_module_per_task():
+    """TASKS lists each task with the module holding its class (so finding one imports one module): every class
+    that names a task is listed, under its own name; and the evaluator's entry point imports none of them (it starts
+    the sandbox's fork server before importing anything heavy)."""
+    import subprocess
+    import sys
+
+    from wizardcoder.benchmarks import TASKS, Benchmark, benchmark_class
+    from wizardcoder.benchmarks import ds1000, humaneval, mbpp, multipl_e  # noqa: F401 - every class defined
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    named = {c.name for c in subclasses(Benchmark) if "name" in vars(c) and c.__module__.startswith("wizardcoder.")}
+    assert named == set(TASKS)
+    assert all(benchmark_class(t).name == t for t in TASKS)
+    code = ("import sys\nfrom wizardcoder.eval import evaluate\nlight = sorted(m for m in sys.modules if m.startswith("
+            "('wizardcoder.benchmarks', 'wizardcoder.eval.jobs', 'dataclasses')))\n"
+            "from wizardcoder.benchmarks import get_benchmark\nget_benchmark('humaneval')\n"
+            "print(light, sorted(m for m in sys.modules if m.startswith('wizardcoder.benchmarks.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("] ")
+    assert out[0] == "["
+    assert out[1].strip() == str(["wizardcoder.benchmarks.base", "wizardcoder.benchmarks.humaneval",
+                                  "wizardcoder.benchmarks.plus", "wizardcoder.benchmarks.sources"])

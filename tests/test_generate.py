@@ -38,7 +38,7 @@ def reference(humaneval, tmp_path_factory):
 
 def test_samples_file_is_what_evaluate_reads(reference, humaneval, tmp_path):
     from wizardcoder.benchmarks import get_benchmark
-    from wizardcoder.eval.scoring import read_samples
+    from wizardcoder.eval.results import read_samples
 
     path = tmp_path / "s.jsonl"
     path.write_bytes(reference)

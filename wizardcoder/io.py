@@ -199,11 +199,12 @@ def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def write_jsonl(path: str, records: Iterable[dict]) -> None:
-    """Write all records atomically (the file appears complete or not at all)."""
+def write_jsonl(path: str, records: Iterable[dict | str]) -> None:
+    """Write all records atomically (the file appears complete or not at all); a str is a record's line as
+    JsonlAppender.write returned it."""
     with atomic_open(path, "w") as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) + "\n")
 
 
 class JsonlAppender:
@@ -217,11 +218,14 @@ class JsonlAppender:
         _truncate_torn_tail(path)
         self._f = open(path, "a", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def write(self, record: dict) -> str:
+        """Append `record`; returns its line (what write_jsonl would write for it)."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._f.write(line)
         self._f.flush()
         if self.fsync:
             os.fsync(self._f.fileno())
+        return line
 
     def close(self) -> None:
         self._f.close()

@@ -12,19 +12,29 @@ The package sits below `eval` (scoring), `generate` and `evol` (decontamination)
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 from ..errors import ConfigError, DataError
 from ..io import read_records
 from .base import PROMPT_STYLES, SAMPLE_FIELDS, Benchmark, Problem, Work
-from .ds1000 import DS1000, DS1000Insertion
-from .humaneval import HumanEval, HumanEvalPlus
-from .mbpp import Mbpp, MbppPlus
-from .multipl_e import LANGUAGES as MULTIPL_E
 
-BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (HumanEval, HumanEvalPlus, Mbpp, MbppPlus, DS1000,
-                                                                DS1000Insertion, *MULTIPL_E)}
-TASKS = tuple(BENCHMARKS)
+# Every task (its --task name) and the module holding its class, imported when the task is first asked for: scoring
+# one task needs one module (all of them cost the evaluator's start ~10 ms: MultiPL-E's languages module with hashlib
+# and subprocess, DS-1000's configparser). The class is the module's attribute of that name, or for MultiPL-E one
+# of its LANGUAGES (tests/test_eval_tasks.py checks this list against the modules' classes).
+_MODULES = {"humaneval": ("humaneval", "HumanEval"), "humaneval+": ("humaneval", "HumanEvalPlus"),
+            "mbpp": ("mbpp", "Mbpp"), "mbpp+": ("mbpp", "MbppPlus"), "ds1000": ("ds1000", "DS1000"),
+            "ds1000-insertion": ("ds1000", "DS1000Insertion"),
+            **{f"humaneval-{key}": ("multipl_e", None) for key in ("js", "cpp", "java", "rs", "go", "php")}}
+TASKS = tuple(_MODULES)
+
+
+def benchmark_class(name: str) -> type[Benchmark]:
+    """The class of the task called `name` (KeyError for an unknown one)."""
+    module, attr = _MODULES[name]
+    m = importlib.import_module(f".{module}", __name__)
+    return getattr(m, attr) if attr else next(c for c in m.LANGUAGES if c.name == name)
 
 
 def get_benchmark(name: str | Benchmark, **options) -> Benchmark:
@@ -32,7 +42,7 @@ def get_benchmark(name: str | Benchmark, **options) -> Benchmark:
     if isinstance(name, Benchmark):
         return name
     try:
-        cls = BENCHMARKS[name]
+        cls = benchmark_class(name)
     except (KeyError, TypeError):
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.") from None
     return cls(**options)
@@ -42,19 +52,19 @@ def recognize(path: str) -> Benchmark:
     """The benchmark whose upstream format the file at `path` is in (from its first record), or whose dataset the
     folder at `path` is."""
     if os.path.isdir(path):
-        found = [cls for cls in BENCHMARKS.values() if cls.recognizes_folder(path)]
+        found = [cls for cls in map(benchmark_class, TASKS) if cls.recognizes_folder(path)]
         if found:
             return found[0]()
         raise DataError(f"{path}: a folder, but no benchmark's dataset folder (the one such release is DS-1000's "
                         "2022 ds1000_data, holding <Library>/Insertion/q<N>/); give a dataset in its upstream format.")
     first = next(iter(read_records(path)), None)
-    for cls in BENCHMARKS.values():
+    for cls in map(benchmark_class, TASKS):
         if isinstance(first, dict) and cls.recognizes(first):
             return cls()
-    *titles, last = (b.title for b in BENCHMARKS.values())
+    *titles, last = (benchmark_class(t).title for t in TASKS)
     raise DataError(f"{path}: neither {', '.join(titles)} nor {last} (by the fields of its first record); give the "
                     "benchmark file in its upstream format.")
 
 
-__all__ = ["BENCHMARKS", "TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "get_benchmark",
-           "recognize"]
+__all__ = ["TASKS", "PROMPT_STYLES", "SAMPLE_FIELDS", "Benchmark", "Problem", "Work", "benchmark_class",
+           "get_benchmark", "recognize"]

@@ -11,13 +11,14 @@
     problems = bench.load(); prompt = bench.prompt(problems["11"]); stop = bench.stop
 
 Modules: postprocessing (answers -> code, sanitizer), jobs (Job, Result, IsolationReport), sandbox + worker (the
-isolated executor), pool (workers from the evaluator's side), checks (what runs inside the sandbox), passk (the
-estimator), scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
+isolated executor), launch (the workers' fork server, started before its config is known), pool (workers from the
+evaluator's side), checks (what runs inside the sandbox), passk (the estimator), results (samples, rows, summary),
+scoring (the pipeline: `evaluate`), cli (`wizardcoder evaluate`).
 """
 # Names are imported on first use: the sandbox worker imports this package too, and every module it holds makes each
 # fork per program slower.
 _LAZY = {
-    "evaluate": ".scoring", "summarize": ".scoring", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
+    "evaluate": ".scoring", "summarize": ".results", "pass_at_k": ".passk", "VERDICTS": ".jobs", "Job": ".jobs",
     "Result": ".jobs", "IsolationReport": ".jobs", "SandboxPool": ".pool", "sanitize": ".postprocessing",
     "SandboxConfig": ".jobs", "TASKS": "..benchmarks", "get_benchmark": "..benchmarks",
     "Benchmark": "..benchmarks", "Problem": "..benchmarks",

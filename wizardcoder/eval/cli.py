@@ -21,7 +21,8 @@ from .. import settings
 from ..benchmarks import TASKS, Benchmark, get_benchmark
 from ..errors import ConfigError
 from ..generate import GenerationSettings
-from .jobs import IsolationReport, check_timeout, check_workers
+from .jobs import IsolationReport, check_timeout
+from .launch import check_workers
 from .postprocessing import STYLES as POSTPROCESS
 
 

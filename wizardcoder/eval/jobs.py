@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Hashable, Iterable
 
 from ..errors import ConfigError
 from .checks import VERDICTS
 
 MAX_TIMEOUT = 3600.0  # CPU seconds one program may be given (an hour)
-WORKERS_PER_CORE = 4  # the most sandbox workers per CPU core this process may use
-
-
-def max_workers() -> int:
-    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
-
-
-def default_workers() -> int:
-    """One sandbox worker per core this process may use, plus one: a worker waits while its program starts and ends
-    (and for the evaluator), and with one per core a core then idles; one more scored HumanEval 25-30% faster on 2
-    cores (bench/RESULTS.md, 2026-12-04). Programs' limits are CPU time, so sharing cores changes no verdict."""
-    return len(os.sched_getaffinity(0)) + 1
 
 
 def check_timeout(timeout, flag: str = "--timeout") -> None:
@@ -43,17 +30,6 @@ def check_timeout(timeout, flag: str = "--timeout") -> None:
     if timeout > MAX_TIMEOUT:
         raise ConfigError(f"{flag} {timeout!r}: at most {MAX_TIMEOUT:g} CPU seconds per program; a program that "
                           "needs more is not a benchmark sample.")
-
-
-def check_workers(workers, flag: str = "--workers") -> None:
-    """Sandbox workers: a whole number in [1, max_workers()] (None: default_workers())."""
-    if workers is None:
-        return
-    if not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1):
-        raise ConfigError(f"{flag} {workers}: give a whole number >= 1 (or leave it out for one per core plus one).")
-    if workers > max_workers():
-        raise ConfigError(f"{flag} {workers}: at most {max_workers()} here ({WORKERS_PER_CORE} per CPU core this "
-                          "process may use); each worker is a process holding its programs' memory.")
 
 
 @dataclasses.dataclass
@@ -129,8 +105,7 @@ class Result:
     @classmethod
     def from_reply(cls, job_id: Hashable, reply: dict) -> "Result":
         """From the worker's reply dict; unknown keys are dropped, a missing or unknown status is a crash."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"id"}
-        fields = {k: v for k, v in reply.items() if k in known}
+        fields = {k: v for k, v in reply.items() if k in _REPLY_FIELDS}
         if fields.get("status") not in VERDICTS:
             fields.update(status="crashed", error=fields.get("error") or "no verdict from the sandbox")
         return cls(id=job_id, **fields)
@@ -139,6 +114,9 @@ class Result:
         """The dict form (id, status, error, seconds, and whichever optional fields are set)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if v is not None or k in ("id", "status", "error", "seconds")}
+
+
+_REPLY_FIELDS = frozenset(f.name for f in dataclasses.fields(Result)) - {"id"}  # what from_reply keeps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The evaluator's side of the sandbox: a pool of pre-started workers, one thread each, fed from one queue.
+"""The evaluator's side of the sandbox: a pool of pre-started workers, fed jobs by one loop in the caller's thread.
 
     with SandboxPool() as pool:                           # one worker per core, plus one
         pool.add_task("HumanEval+/0", task_data)          # sent once to each worker that needs it
@@ -13,25 +13,19 @@ job gets a dict result (`Result.to_dict()`), so callers can move over one at a t
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import fcntl
 import json
 import os
 import pickle
-import queue
 import select
-import signal
-import site
 import subprocess
-import sys
 import tempfile
-import threading
 from typing import Iterable, Iterator
 
 from ..errors import UserError
-from . import worker
-from .jobs import VERDICTS, IsolationReport, Job, Layer, Result, SandboxConfig, check_workers, default_workers
+from .jobs import VERDICTS, IsolationReport, Job, Layer, Result, SandboxConfig
+from .launch import FAILED, ForkServer, Spawner, check_workers, default_workers, worker_command
 from .sandbox import Channel
 from .scratch import remove_tree
 
@@ -80,103 +74,9 @@ def remove_stale_scratch(root: str | None = None) -> None:
         remove_tree(os.path.join(root, name))
 
 
-def _import_path(pkg_parent: str) -> list[str]:
-    """The import path a fresh interpreter would have, from this one's (site has run here): this package's folder,
-    PYTHONPATH, and the sys.path entries beneath the interpreter's prefixes (the standard library, site-packages and
-    what their .pth files add there) or in the user's site-packages; not what this process added while running (a
-    test runner's folders, a caller's sys.path.insert), which programs would then be allowed to read (view.py)."""
-    prefixes = [os.path.join(os.path.abspath(p), "") for p in
-                (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)]
-    given = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
-    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
-    path = [pkg_parent]
-    for p in sys.path:
-        if not p or p in path:
-            continue
-        a = os.path.abspath(p)
-        if a in given or a == user or any(os.path.join(a, "").startswith(pre) for pre in prefixes):
-            path.append(p)
-    return path
-
-
-def _worker_command(config: SandboxConfig, first: str, last: str) -> tuple[list[str], dict[str, str]]:
-    """argv (`first` CONFIG `last`: worker.py's two forms) and environment of a worker process, started as `python
-    -S`: it does not run site again (its .pth files, an editable install's import hook: ~20 ms a process) but takes
-    the import path site gave this process (_import_path)."""
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env[worker.PATH_VARIABLE] = json.dumps(_import_path(pkg_parent))
-    config = dataclasses.replace(config, tmp_root=config.tmp_root or tempfile.gettempdir())
-    argv = [sys.executable, "-S", "-m", "wizardcoder.eval.worker", first, json.dumps(dataclasses.asdict(config)), last]
-    return argv, env
-
-
-class _Forked:
-    """A worker the fork server started: not our child, so waited for and killed through a pidfd (opened while the
-    fork server, which reaps it, still holds it)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.fd = os.pidfd_open(pid)
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self.fd >= 0:
-            if not select.select([self.fd], [], [], timeout)[0]:
-                raise subprocess.TimeoutExpired(f"sandbox worker {self.pid}", timeout)
-            os.close(self.fd)
-            self.fd = -1
-
-    def poll(self) -> int | None:
-        """None while it runs; -1 once it has exited (its status is its parent's, the fork server's)."""
-        return -1 if self.fd < 0 or select.select([self.fd], [], [], 0)[0] else None
-
-    def kill(self) -> None:
-        if self.fd >= 0:
-            signal.pidfd_send_signal(self.fd, signal.SIGKILL)
-
-
-def _fork_workers(handles: list[_WorkerHandle], config: SandboxConfig,
-                  spawner: concurrent.futures.ThreadPoolExecutor) -> subprocess.Popen:
-    """Start every worker at once through one fork server (worker.py --fork): it imports the sandbox and preloads
-    once, then forks a worker per handle on the handle's pipes, so a pool's start costs one interpreter start, not
-    one per worker. Returns the fork server (their parent, which outlives them)."""
-    ends, specs, mine = [], [], []
-    try:
-        for h in handles:
-            cmd_r, cmd_w = os.pipe()  # evaluator -> the worker's stdin
-            rep_r, rep_w = os.pipe()  # the worker's stdout -> evaluator
-            ends += [cmd_r, rep_w]
-            mine.append((cmd_w, rep_r))
-            specs.append([h.index, h.uid, cmd_r, rep_w])
-        pids_r, pids_w = os.pipe()
-        ends.append(pids_w)
-        argv, env = _worker_command(config, "--fork", json.dumps(specs))
-        server = spawner.submit(subprocess.Popen, argv, stdout=pids_w, env=env, cwd="/", pass_fds=ends).result()
-    except BaseException:
-        for fd in [*ends, *(fd for pair in mine for fd in pair)]:
-            os.close(fd)
-        raise
-    for fd in ends:
-        os.close(fd)
-    with os.fdopen(pids_r, "rb") as f:  # one line, once every worker is forked; nothing when the server failed
-        line = f.readline()
-    try:
-        pids = json.loads(line)
-        procs = [_Forked(pid) for pid in pids]
-    except (ValueError, TypeError, OSError):
-        pids = procs = None
-    if not isinstance(pids, list) or len(pids) != len(handles):
-        for cmd_w, rep_r in mine:
-            os.close(cmd_w)
-            os.close(rep_r)
-        server.kill()
-        server.wait()
-        raise UserError("the sandbox workers failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` to see "
-                        "why.")
-    for h, proc, (cmd_w, rep_r) in zip(handles, procs, mine):
-        h.attach(proc, cmd_w, rep_r)
-    return server
+def worker_config(config: SandboxConfig) -> dict:
+    """Every field of `config` as a worker reads it (JSON), its scratch root given."""
+    return dataclasses.asdict(dataclasses.replace(config, tmp_root=config.tmp_root or tempfile.gettempdir()))
 
 
 class _Tasks(dict):
@@ -189,52 +89,47 @@ class _Tasks(dict):
     def __init__(self):
         super().__init__()
         self.messages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self.lock = threading.Lock()
 
     def message(self, key: str) -> bytes:
-        with self.lock:
-            frame = self.messages.get(key)
-            if frame is not None:
-                self.messages.move_to_end(key)
-                return frame
+        frame = self.messages.get(key)
+        if frame is not None:
+            self.messages.move_to_end(key)
+            return frame
         data = self[key]
         frame = Channel.frame({"op": "task", "key": key, "data": data() if callable(data) else data})
         if len(frame) <= self.KEEP_BYTES:
-            with self.lock:
-                self.messages[key] = frame
-                while len(self.messages) > self.KEEP:
-                    self.messages.popitem(last=False)
+            self.messages[key] = frame
+            while len(self.messages) > self.KEEP:
+                self.messages.popitem(last=False)
         return frame
 
     def forget(self, key: str) -> None:
-        with self.lock:
-            self.pop(key, None)
-            self.messages.pop(key, None)
+        self.pop(key, None)
+        self.messages.pop(key, None)
 
 
 class _WorkerHandle:
-    """One worker process and the two pipes to it. Workers are started from the pool's one spawner thread: a worker
-    (and the fork server that starts them together) asks for PDEATHSIG, which the kernel ties to the *thread* that
-    forked it, so starting one from a short-lived dispatch thread would kill it when a `run` ends."""
+    """One worker process and the two pipes to it (attach), its uid, and the jobs sent to it whose replies are still
+    to come (`sent`: (the caller's index, or None once the `run` that sent it is over; the Job), in order)."""
 
-    def __init__(self, index: int, config: SandboxConfig, spawner: concurrent.futures.ThreadPoolExecutor):
+    def __init__(self, index: int, config: SandboxConfig, spawner: Spawner):
         self.index = index
         self.config = config
         self.spawner = spawner
         self.uid, self.uid_lock = (_claim_uid(config.uid_base) if os.geteuid() == 0 else (os.getuid(), None))
         self.loaded: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.ready_lock = threading.Lock()  # the pool's caller and the worker's dispatch thread may both wait
-        self.ready = False  # "ready" is read when the worker is first needed (await_ready)
+        self.sent: collections.deque = collections.deque()
+        self.ready = False  # "ready" is read when the worker has said it (SandboxPool._first_ready, run)
+        self.dead = False  # it failed to start, or to restart: no more jobs
         self.proc = None  # attach()
 
     def _start(self) -> None:
         """Start this worker alone (a restart): an interpreter of its own."""
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        argv, env = _worker_command(self.config, str(self.index), str(self.uid))
+        argv, env = worker_command(str(self.index), json.dumps(worker_config(self.config)), str(self.uid))
         try:
-            proc = self.spawner.submit(subprocess.Popen, argv, stdin=cmd_r, stdout=rep_w, env=env, cwd="/",
-                                       close_fds=True).result()
+            proc = self.spawner(subprocess.Popen, argv, stdin=cmd_r, stdout=rep_w, env=env, cwd="/", close_fds=True)
         except BaseException:
             os.close(cmd_w)
             os.close(rep_r)
@@ -246,29 +141,29 @@ class _WorkerHandle:
         self.await_ready()
 
     def attach(self, proc, cmd_w: int, rep_r: int) -> None:
-        """The worker process (a Popen, or _Forked) and our ends of its pipes."""
+        """The worker process (a Popen, or launch.Forked) and our ends of its pipes."""
         self.proc = proc
         self.commands, self.replies = Channel(cmd_w), Channel(rep_r)
         self.ready = False
+        self.sent.clear()
         # half the pipe: the job being read and the one queued behind it both fit
         self.queue_bytes = fcntl.fcntl(cmd_w, fcntl.F_GETPIPE_SZ) // 2
 
     def await_ready(self) -> None:
         """Read the worker's "ready" (its isolation report and scratch folder), once."""
-        with self.ready_lock:
-            if self.ready:
-                return
-            try:
-                hello = self.replies.recv()
-            except (EOFError, OSError):
-                hello = None
-            if not isinstance(hello, dict) or hello.get("op") != "ready":
-                raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
-                                "to see why.")
-            self.isolation = IsolationReport(tuple(Layer(*layer) for layer in hello["isolation"]))
-            self.tmp_root = hello["tmp_root"]
-            self.loaded = collections.OrderedDict()
-            self.ready = True
+        if self.ready:
+            return
+        try:
+            hello = self.replies.recv()
+        except (EOFError, OSError):
+            hello = None
+        if not isinstance(hello, dict) or hello.get("op") != "ready":
+            raise UserError("the sandbox worker failed to start; run `python -m wizardcoder.eval.worker 0 '{}'` "
+                            "to see why.")
+        self.isolation = IsolationReport(tuple(Layer(*layer) for layer in hello["isolation"]))
+        self.tmp_root = hello["tmp_root"]
+        self.loaded = collections.OrderedDict()
+        self.ready = True
 
     def send(self, job: Job, tasks: "_Tasks", frame: bytes) -> None:
         """Send a job, `frame` its message (`message`); first its task's data, when this worker does not hold it yet.
@@ -313,7 +208,7 @@ class _WorkerHandle:
         self.finish()
 
     def ask_exit(self) -> None:
-        if self.proc is None:
+        if self.proc is None or self.commands.closed:
             return
         try:
             self.commands.send({"op": "exit"})
@@ -399,32 +294,67 @@ def verdict_fields(raw: bytes) -> dict:
 
 
 class SandboxPool:
-    """`workers` pre-started sandbox workers (default: one per core this process may run on, plus one)."""
+    """`workers` pre-started sandbox workers (default: one per core this process may run on, plus one).
 
-    def __init__(self, workers: int | None = None, config: SandboxConfig | None = None):
+    `server`: a launch.ForkServer already started for it (evaluate starts one before it reads its inputs; `workers`
+    is then its size): the pool sends it the config and returns at once; the first worker's start is waited for
+    when the pool is first used. Without one, the pool starts its own and waits until a worker has started, so a
+    machine that cannot run the sandbox at all fails here."""
+
+    def __init__(self, workers: int | None = None, config: SandboxConfig | None = None,
+                 server: ForkServer | None = None):
         check_workers(workers, "workers")
         self.config = config or SandboxConfig()
-        self.n = workers or default_workers()
         self.tasks = _Tasks()
         self.handles: list[_WorkerHandle] = []
-        remove_stale_scratch(self.config.tmp_root)
-        self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wizardcoder-sandbox-spawner")
-        self._server: subprocess.Popen | None = None
+        self._spawner = server.spawner if server is not None else Spawner()
+        self._server = server
         try:
-            for i in range(self.n):
+            if server is None:
+                self._server = ForkServer(workers or default_workers(), self._spawner)
+            for i in range(self._server.n):
                 self.handles.append(_WorkerHandle(i, self.config, self._spawner))
-            self._server = _fork_workers(self.handles, self.config, self._spawner)
-            # The first one's start says whether this machine can run the sandbox at all; each other one takes
-            # jobs once it has started (run), so programs run while the rest are still starting.
-            self.handles[0].await_ready()
+            self._server.configure(worker_config(self.config), [h.uid for h in self.handles])
+            remove_stale_scratch(self.config.tmp_root)  # while the server forks (the new workers' pids are alive)
+            if server is None:
+                self._first_ready()
         except BaseException:
             self.close()
             raise
 
     @property
     def isolation(self) -> IsolationReport:
-        """What isolation is in force, as the first worker probed it (all workers run the same code)."""
-        return self.handles[0].isolation
+        """What isolation is in force, as the first worker to start probed it (all workers run the same code)."""
+        return self._first_ready().isolation
+
+    def _attach(self) -> None:
+        """Our ends of the forked workers' pipes, once the fork server has forked them (UserError if it failed)."""
+        if self._server is not None and self.handles and self.handles[0].proc is None:
+            for h, (proc, cmd_w, rep_r) in zip(self.handles, self._server.workers()):
+                h.attach(proc, cmd_w, rep_r)
+
+    def _first_ready(self) -> _WorkerHandle:
+        """A worker that has started (the first to say so); UserError when none could."""
+        self._attach()
+        while True:
+            starting = []
+            for h in self.handles:
+                if h.ready:
+                    return h
+                if not h.dead:
+                    starting.append(h)
+            if not starting:
+                raise UserError(FAILED)
+            poll = select.poll()  # not select(): any descriptor number
+            for h in starting:
+                poll.register(h.replies.fd, select.POLLIN)
+            readable = {fd for fd, _ in poll.poll()}
+            for h in starting:
+                if h.replies.fd in readable:
+                    try:
+                        h.await_ready()
+                    except UserError:
+                        h.dead = True
 
     def add_task(self, key: str, data) -> None:
         """Data that jobs with this `task_key` need: a dict, or a callable returning it (called when a worker first
@@ -439,81 +369,117 @@ class SandboxPool:
         self.tasks.forget(key)
 
     def run(self, jobs: Iterable[Job | dict]) -> Iterator[Result | dict]:
-        """Run jobs on all workers; yield results as they complete (a Result per Job, a dict per dict job)."""
-        todo: queue.Queue = queue.Queue()
-        done: queue.Queue = queue.Queue()
+        """Run jobs on all workers; yield results as they complete (a Result per Job, a dict per dict job).
+
+        One loop in the calling thread polls every worker's reply pipe: a worker that says it is ready is sent jobs,
+        a reply is a result and the worker is sent the next job. Up to QUEUED jobs are sent ahead (the worker starts
+        the next program as soon as one ends, without waiting for us; see _WorkerHandle.queueable), only while there
+        are jobs enough for every worker: a job queued behind a long program must not wait while a worker idles. A
+        worker that dies fails its running job (`crashed`), its queued ones run again, and it is restarted (this
+        loop waits for that); when no worker is left the remaining jobs are `crashed`."""
+        todo: collections.deque = collections.deque()
         as_dict: set[int] = set()
-        n = 0
-        for job in jobs:
+        for n, job in enumerate(jobs):
             if isinstance(job, dict):
                 as_dict.add(n)
-            todo.put((n, Job.coerce(job)))
-            n += 1
-        if n == 0:
+            todo.append((n, Job.coerce(job)))
+        left = len(todo)
+        if not left:
             return
+        self._attach()
+        frames: dict[int, bytes] = {}  # messages made while a job waited for a worker that could take it
+        poll, by_fd = select.poll(), {}
 
-        def loop(h: _WorkerHandle) -> None:
-            try:
-                h.await_ready()
-            except UserError:  # the others take its share (the first one started: see __init__)
-                return
-            # Up to QUEUED jobs sent ahead: the worker starts the next program as soon as one ends, without waiting
-            # for this thread to read the reply and send again (see _WorkerHandle.queueable). Only while there are
-            # jobs enough for every worker: a job queued behind a long program must not wait while a worker idles.
-            sent: collections.deque = collections.deque()
-            held = None  # a job that waits until the worker has nothing queued
-            dead = False
-            while True:
-                while len(sent) <= QUEUED:
-                    if held is None:
-                        if sent and todo.qsize() < len(self.handles):
-                            break
-                        try:
-                            held = todo.get_nowait()
-                        except queue.Empty:
-                            break
-                    i, job = held
-                    if dead:
-                        done.put((i, Result(job.id, "crashed", "sandbox worker could not restart")))
-                        held = None
-                        continue
-                    frame = h.message(job)
-                    if sent and not h.queueable(job, frame):
-                        break
-                    held = None
-                    sent.append((i, job))
-                    try:
-                        h.send(job, self.tasks, frame)
-                    except OSError:  # the worker is gone: receive() below says so
-                        break
-                if not sent:
-                    if held is None:
-                        return
-                    continue
-                i, job = sent.popleft()
+        def watch(h: _WorkerHandle) -> None:
+            by_fd[h.replies.fd] = h
+            poll.register(h.replies.fd, select.POLLIN)
+
+        def unwatch(h: _WorkerHandle) -> None:
+            poll.unregister(h.replies.fd)
+            del by_fd[h.replies.fd]
+
+        def fill(h: _WorkerHandle) -> None:
+            while todo and len(h.sent) <= QUEUED:
+                if h.sent and len(todo) < len(by_fd):
+                    return
+                n, job = todo[0]
+                frame = frames.pop(n, None) or _WorkerHandle.message(job)
+                if h.sent and not h.queueable(job, frame):
+                    frames[n] = frame
+                    return
+                todo.popleft()
+                h.sent.append((n, job))
                 try:
-                    done.put((i, decode(job, h.receive())))
-                except (EOFError, OSError, pickle.UnpicklingError) as e:
-                    done.put((i, Result(job.id, "crashed", f"sandbox worker failed: {e or type(e).__name__}")))
-                    while sent:  # queued behind the one that was running: never started, so run them again
-                        todo.put(sent.pop())
-                    try:
-                        h.restart()
-                    except Exception:  # noqa: BLE001
-                        dead = True
+                    h.send(job, self.tasks, frame)
+                except OSError:  # the worker is gone: its reply pipe says so
+                    return
 
-        threads = [threading.Thread(target=loop, args=(h,), daemon=True) for h in self.handles]
-        for t in threads:
-            t.start()
-        for _ in range(n):
-            i, res = done.get()
-            yield res.to_dict() if i in as_dict else res
-        for t in threads:
-            t.join()
+        def replace(h: _WorkerHandle) -> None:
+            """A worker died: its jobs still queued run again (never started), and it is restarted."""
+            while h.sent:
+                n, job = h.sent.pop()
+                if n is not None:
+                    todo.appendleft((n, job))
+            unwatch(h)
+            try:
+                h.restart()
+                watch(h)
+            except Exception:  # noqa: BLE001
+                h.dead = True
+
+        for h in self.handles:
+            if not h.dead:
+                watch(h)
+        try:
+            while left:
+                if not by_fd:  # no worker left
+                    if not any(h.ready for h in self.handles):
+                        raise UserError(FAILED)
+                    while todo:
+                        n, job = todo.popleft()
+                        left -= 1
+                        res = Result(job.id, "crashed", "sandbox worker could not restart")
+                        yield res.to_dict() if n in as_dict else res
+                    continue
+                for h in by_fd.values():
+                    if h.ready:
+                        fill(h)
+                for fd, _ in poll.poll():
+                    h = by_fd.get(fd)
+                    if h is None:  # no longer watched (it could not start or restart)
+                        continue
+                    if not h.ready:
+                        try:
+                            h.await_ready()
+                        except UserError:  # the others take its share
+                            unwatch(h)
+                            h.dead = True
+                        continue
+                    if not h.sent:  # it died idle (a worker says nothing unasked)
+                        replace(h)
+                        continue
+                    n, job = h.sent.popleft()
+                    try:
+                        res = decode(job, h.receive())
+                    except (EOFError, OSError, pickle.UnpicklingError) as e:
+                        res = Result(job.id, "crashed", f"sandbox worker failed: {e or type(e).__name__}")
+                        replace(h)
+                    if h.ready and not h.dead:
+                        fill(h)  # before the caller sees the result: the worker is never kept waiting for it
+                    if n is not None:
+                        left -= 1
+                        yield res.to_dict() if n in as_dict else res
+        finally:  # replies still to come (the caller stopped early) belong to no run: later runs skip them
+            for h in self.handles:
+                h.sent = collections.deque((None, job) for _, job in h.sent)
 
     def stop_soon(self) -> None:
         """Ask every worker to exit without waiting (close() then waits): their exit (the watchdog, the scratch)
         overlaps whatever the caller does meanwhile. No job may be run after it."""
+        try:
+            self._attach()
+        except UserError:
+            pass
         for h in self.handles:
             h.ask_exit()
 
@@ -524,13 +490,9 @@ class SandboxPool:
             h.release()
         self.handles = []
         if self._server is not None:  # it exits once the workers it forked are gone
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+            self._server.close()
             self._server = None
-        self._spawner.shutdown(wait=False)
+        self._spawner.shutdown()
 
     def __enter__(self) -> "SandboxPool":
         return self

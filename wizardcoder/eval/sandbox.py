@@ -11,7 +11,8 @@
                                              each compile or run step it starts takes Landlock and seccomp itself
                                              before it execs (its own pid in the filter, its own /proc/self)
 
-Each layer is used when this machine permits it, probed once per worker and reported as an `IsolationReport`
+Each layer is used when this machine permits it, probed by each worker (the uid probe once for all, by the fork
+server) and reported as an `IsolationReport`
 (jobs.py): one `Layer` per name below, `active=False` with the fallback named when the machine refused it. The threat
 model, what each layer stops and what holds without root, is docs/sandbox.md.
   process     every program in its own forked process and process group, never in the evaluator; the worker is a
@@ -19,7 +20,7 @@ model, what each layer stops and what holds without root, is docs/sandbox.md.
               when the program ends or runs out of time
   lifetime    nothing outlives the evaluator: PDEATHSIG evaluator -> worker -> program (set after the uid switch,
               which clears it); when root, a watchdog kills every process of the worker's own sandbox uid once the
-              worker is gone, and a starting worker sweeps its uid first
+              worker is gone, and the uids are swept before the workers start
   limits      RLIMIT_AS, RLIMIT_NOFILE, RLIMIT_FSIZE (output and files), RLIMIT_CORE=0, RLIMIT_NPROC (own uid);
               the job's limit in user CPU seconds (polled by the worker; RLIMIT_CPU is a backstop at the wall-clock
               limit) and a wall-clock limit of wall_factor times that + 1 s
@@ -208,19 +209,22 @@ class Worker:
         # what the view binds and Landlock allows besides the system folders: Python, and a task's toolchain
         self.allowed = self.pydirs + [p for p in c.read_paths if os.path.exists(p)]
         self.tools = "the task's toolchain folders, " if len(self.allowed) > len(self.pydirs) else ""  # for the report
-        if self.root and self._probe_uid(check_read=False) == "no-setuid":
+        # forked by the pool's fork server, which probed the uid and swept the uids once for all its workers (_probed)
+        if self.root and not (_probed or _probe_uid(self.uid, self.gid))["setuid"]:
             # uid 0 without CAP_SETUID (a capability-dropped container): stay as we are
             self.root, self.uid, self.gid = False, os.getuid(), os.getgid()
         self.watchdog = self.watchdog_pid = None
         if self.root:
-            self._sweep()  # leftovers of an evaluator whose watchdog did not finish
+            if _probed is None:
+                self._sweep()  # leftovers of an evaluator whose watchdog did not finish
             self.watchdog_pid, self.watchdog = self._start_watchdog()
         layers.append(self._lifetime_layer())
 
         has_view, scratch_on_tmpfs, netns, why = self._namespaces()
         self.keep_read = False
-        if self.root:
-            self.keep_read = self._probe_uid(check_read=True) == "unreadable"
+        if self.root:  # can the uid, without capabilities, list the import folders in the filesystem it will see?
+            probed = _probed or _probe_uid(self.uid, self.gid, self.allowed)  # in our namespaces, by path
+            self.keep_read = not probed["view" if has_view and _probed else "paths"]
             if hasattr(_sandbox, "bound"):  # once here rather than ~40 credential commits in every child's drop_to
                 _sandbox.bound(self.keep_read)
         self.landlock_abi = _sandbox.landlock_abi() if _sandbox is not None else 0
@@ -251,7 +255,7 @@ class Worker:
             lim.append(f"{c.max_procs} processes (RLIMIT_NPROC)")
         layers.append(_layer("limits", True, ", ".join(lim)))
 
-        preload(c)
+        preload(c.preload)
         # Programs see a minimal environment, none of the evaluator's (set once here; the child adds HOME, TMPDIR).
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MPLBACKEND": "Agg", **THREADS,
@@ -390,29 +394,6 @@ class Worker:
             pass
         s.mount(None, "/", None, s.MS_REC | s.MS_PRIVATE, None)
         s.mount("tmpfs", self.tmp_root, "tmpfs", s.MS_NOSUID | s.MS_NODEV, f"size={self.config.scratch},mode=0711")
-
-    def _probe_uid(self, check_read: bool) -> str:
-        """Can we switch to the sandbox uid ("no-setuid" if not), and (check_read) can that uid, with no
-        capability, list this interpreter's import directories ("ok" or "unreadable")?"""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                if _sandbox is not None:
-                    _sandbox.drop_to(self.uid, self.gid, False)
-                else:
-                    os.setgroups([])
-                    os.setgid(self.gid)
-                    os.setuid(self.uid)
-            except BaseException:  # noqa: BLE001
-                os._exit(2)
-            try:
-                for p in self.allowed if check_read else ():
-                    os.listdir(p)
-                os._exit(0)
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        return {0: "ok", 1: "unreadable"}.get(code, "no-setuid")
 
     def _start_watchdog(self) -> tuple[int, int]:
         """A process that outlives this worker by one task: when the worker is gone (the pipe's write end, which
@@ -749,15 +730,7 @@ class Worker:
             return processes_of(self.uid) if self.root else []
 
     def _kill_uid(self) -> None:
-        """kill(-1, SIGKILL) as the sandbox uid (in a throw-away child: we stay root)."""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setuid(self.uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+        _kill_as(self.uid)
 
     @staticmethod
     def _reap() -> None:
@@ -852,8 +825,68 @@ def _judge_reference(result_fd: int, nonce_fd: int, run, describe) -> None:
     os._exit(0)
 
 
-def processes_of(uid: int) -> list[int]:
-    """Live (not zombie) processes whose real uid is `uid`, from /proc. kill(-1)'s own answer cannot tell: it
+def _probe_uid(uid: int, gid: int, dirs=(), view_dirs=(), meanwhile=None) -> dict[str, bool]:
+    """As `uid` with no capability (in a throw-away child: we stay root): can we switch to it at all ("setuid"); can
+    it list the folders `dirs` by path, as this process sees them ("paths"); can it list those `view_dirs` names, as
+    (O_PATH descriptor of the folder the view binds, the path beneath it), as the view will show them ("view"): their
+    own permissions and those of the folders between count, not those above (the view's own folders there are
+    0755). A folder readable but not searchable counts as unreadable there (Python cannot import from it anyway).
+    `meanwhile(child pid)`: called here while the child probes."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if _sandbox is not None:
+                _sandbox.drop_to(uid, gid, False)
+            else:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+        except BaseException:  # noqa: BLE001
+            os._exit(4)
+        code = 0
+        try:
+            for p in dirs:
+                os.listdir(p)
+        except BaseException:  # noqa: BLE001
+            code |= 1
+        try:
+            for fd, rel in view_dirs:
+                os.close(os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd))
+        except BaseException:  # noqa: BLE001
+            code |= 2
+        os._exit(code)
+    if meanwhile is not None:
+        meanwhile(pid)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return {"setuid": 0 <= code < 4, "paths": code == 0 or code == 2, "view": code == 0 or code == 1}
+
+
+def _kill_as(uid: int) -> None:
+    """kill(-1, SIGKILL) as `uid`: every process of that uid (in a throw-away child: we stay root)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _sweep_uids(uids: set[int], rounds: int = 200) -> None:
+    """Kill every process of these uids until none is left (a bomb may fork while we sweep); bounded. One /proc scan
+    a round for all of them, and no kill when none is left (the usual case)."""
+    for _ in range(rounds):
+        if not processes_of(*uids):
+            return
+        for uid in uids:
+            _kill_as(uid)
+        Worker._reap()
+        time.sleep(0.002)
+
+
+def processes_of(*uids: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is one of `uids`, from /proc. kill(-1)'s own answer cannot tell: it
     reports success whenever any other process exists, even one it may not signal."""
     found = []
     for name in os.listdir("/proc"):
@@ -870,7 +903,7 @@ def processes_of(uid: int) -> list[int]:
                         break
         except OSError:  # gone meanwhile
             continue
-        if uid_line is not None and int(uid_line.split()[1]) == uid and state not in (b"Z", b"X"):
+        if uid_line is not None and int(uid_line.split()[1]) in uids and state not in (b"Z", b"X"):
             found.append(int(name))
     return found
 
@@ -907,10 +940,10 @@ def _kill(pid: int) -> None:
         pass
 
 
-def preload(config: SandboxConfig) -> None:
-    """Import what programs commonly import (PRELOAD, config.preload), with one thread for every threaded library."""
+def preload(modules: tuple = ()) -> None:
+    """Import what programs commonly import (PRELOAD, `modules`), with one thread for every threaded library."""
     os.environ.update(THREADS)
-    for name in PRELOAD + tuple(config.preload):
+    for name in PRELOAD + tuple(modules):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - a preload is an optimisation only
@@ -918,21 +951,49 @@ def preload(config: SandboxConfig) -> None:
     checks.warm_up()
 
 
-def fork_workers(config: SandboxConfig, specs: list) -> None:
-    """The pool's fork server: import and preload once, fork one worker per spec [index, uid, command fd, reply fd]
-    (each serves on its own pipes, as fds 0 and 1), say their pids on fd 1 (one JSON line), then stay their parent
-    until all are gone: a worker's PDEATHSIG fires when this process dies, and this process's when the evaluator's
-    spawner thread does."""
+# The uid probe's answers (_probe_uid), when the fork server made it (and swept the workers' uids) once for all the
+# workers it forks; None in a worker started alone, which does both itself.
+_probed: dict[str, bool] | None = None
+
+
+def fork_workers(specs: list, configure) -> None:
+    """The pool's fork server, started before the evaluator knows the workers' config (launch.py): preload PRELOAD
+    meanwhile; then `configure()` -> (config, the workers' uids); preload the config's modules; do once what is the same
+    for every worker (when root: the uid probe and the sweep of the uids' leftover processes); fork one worker per spec
+    [index, command fd, reply fd] (each serves on its own pipes, as fds 0 and 1); say their pids on fd 1 (one JSON
+    line), then stay their parent until all are gone: a worker's PDEATHSIG fires when this process dies, and this
+    process's when the evaluator's thread that started it does."""
+    global _probed
     if _sandbox is not None:
         _sandbox.pdeathsig(signal.SIGKILL)
     if os.getppid() == 1:  # the evaluator died before PDEATHSIG was set
         os._exit(1)
-    preload(config)
-    gc.collect()
+    preload()
+    gc.collect()  # while the evaluator decides the config; the collection before the fork then skips all this
+    gc.freeze()
+    config, uids = configure()
+    preload(config.preload)
+    if os.geteuid() == 0 and uids:
+        dirs = view.python_dirs() + [p for p in config.read_paths if os.path.exists(p)]  # Worker.allowed
+        roots = view.bound(dirs)
+        view_dirs = []
+        left = []  # the uids' leftover processes (an evaluator whose watchdogs did not finish), found meanwhile
+        try:  # each folder as the view will show it: from the folder bound there (opened here, as root)
+            for d in dirs:
+                root = next(r for r in roots if d == r or d.startswith(r.rstrip("/") + "/"))
+                view_dirs.append((os.open(root, os.O_PATH | os.O_CLOEXEC), os.path.relpath(d, root)))
+            _probed = _probe_uid(uids[0], uids[0], dirs, view_dirs,
+                                 lambda child: left.extend(p for p in processes_of(*uids) if p != child))
+        finally:
+            for fd, _ in view_dirs:
+                os.close(fd)
+        if _probed["setuid"] and left:
+            _sweep_uids(set(uids))
+    gc.collect()  # not skipped: garbage kept makes every program's fork dearer
     gc.freeze()  # shared with every worker: their collections do not walk (and copy) it
-    fds = [fd for spec in specs for fd in spec[2:]]
+    fds = [fd for spec in specs for fd in spec[1:]]
     pids = []
-    for index, uid, cmd, rep in specs:
+    for (index, cmd, rep), uid in zip(specs, uids):
         pid = os.fork()
         if pid == 0:
             try:

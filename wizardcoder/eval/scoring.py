@@ -10,191 +10,20 @@ samples whose rows are already in results.jsonl (matched by position and content
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import gc
-import hashlib
-import math
 import os
-import re
 import sys
 from collections import Counter, defaultdict
-from typing import Iterator, Sequence
 
-from ..errors import ConfigError, DataError
-from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
-from ..outdir import make_out_dir
-from . import passk
-from ..benchmarks import SAMPLE_FIELDS, Benchmark, Problem, Work, get_benchmark
-from .jobs import VERDICTS, IsolationReport, Result, SandboxConfig, check_timeout, check_workers
-from .pool import MAX_ERROR, SandboxPool
+from .launch import ForkServer, Spawner, check_workers, default_workers
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for the annotations only: this module stays light (see evaluate)
+    from typing import Sequence
 
-def read_samples(path: str, bench: Benchmark, problems: dict[str, Problem]) -> list[dict]:
-    """The samples of a JSONL file, task ids normalised; every sample names a task of `bench`."""
-    samples = []
-    for i, s in enumerate(read_jsonl(path)):
-        if "task_id" not in s:
-            raise DataError(f"{path}: sample {i + 1} has no task_id; every line needs task_id and one of "
-                            f"{', '.join(SAMPLE_FIELDS)}.")
-        field = next((f for f in SAMPLE_FIELDS if f in s), None)
-        if field is None or not isinstance(s[field], str):
-            raise DataError(f"{path}: sample {i + 1} ({s['task_id']}) needs a string completion, solution or "
-                            "response.")
-        tid = bench.normalize_id(s["task_id"])
-        if tid not in problems:
-            raise DataError(f"{path}: sample {i + 1} has task_id {s['task_id']!r}, which is not a {bench.name} task; "
-                            "check --task and --data.")
-        samples.append({**s, "task_id": tid})
-    if not samples:
-        raise DataError(f"{path}: no samples (the file is empty); give one JSON object per line with task_id and one "
-                        f"of {', '.join(SAMPLE_FIELDS)}.")
-    return samples
-
-
-def _digest(tid: str, code: str) -> str:
-    return hashlib.sha1(f"{tid}\0{code}".encode()).hexdigest()[:16]
-
-
-def _failure_kind(row: dict) -> str:
-    """`failed: <exception name>` (the name as a program's error starts with it; `other` when that is no name), or
-    the verdict."""
-    status = row["status"]
-    if status != "failed":
-        return status
-    err = row.get("error", "")
-    m = re.match(r"(?:base|plus) test \d+: (.*)", err, re.S)
-    if m:
-        err = m.group(1)
-    name = err.split(":", 1)[0].split(" (", 1)[0].strip()
-    if not name:
-        return "failed: unknown"
-    return f"failed: {name}" if _KIND_NAME.fullmatch(name) else "failed: other"
-
-
-_KIND_NAME = re.compile(r"[A-Za-z_][\w.]{0,79}|wrong output(?: type)?")
-
-
-def valid_row(row, bench: Benchmark) -> bool:
-    """A results.jsonl row this version wrote: the fields summarize reads, of the right types (a row from a run that
-    crashed, or from an older version that let a program's report through, is scored again)."""
-    def text(v):
-        return isinstance(v, str) and len(v) <= 4 * MAX_ERROR
-
-    ok = (isinstance(row, dict) and type(row.get("sample")) is int and isinstance(row.get("hash"), str)
-          and type(row.get("passed")) is bool and row.get("status") in VERDICTS and text(row.get("error"))
-          and isinstance(row.get("seconds"), (int, float)) and not isinstance(row.get("seconds"), bool)
-          and math.isfinite(row["seconds"]) and row["seconds"] >= 0)
-    if ok and len(bench.parts) > 1:
-        ok = all(row.get(f"{part}_status") in VERDICTS and text(row.get(f"{part}_error")) for part in bench.parts)
-    return ok
-
-
-def summarize(bench: Benchmark, rows: list[dict], problems: dict[str, Problem], ks: Sequence[int],
-              isolation: dict, extra: dict | None = None, skipped: dict[str, str] | None = None) -> dict:
-    """summary.json: pass@k over tasks (and, for tasks with several parts, pass@k up to each part: HumanEval+'s
-    `base` and `plus`; for tasks with groups, pass@k per group: DS-1000's libraries), verdict counts, failures by
-    kind with an example, per-task figures, isolation. `skipped`: {task_id: why} of the problems this machine
-    cannot run, whose samples were not scored."""
-    skipped = skipped or {}
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_task[r["task_id"]].append(r)
-    counts = {t: (len(rs), sum(r["passed"] for r in rs)) for t, rs in by_task.items()}
-    summary: dict = {"task": bench.name, "n_samples": len(rows), "n_tasks": len(by_task),
-                     "missing_tasks": len(set(problems) - set(by_task) - set(skipped))}
-    summary.update(passk.overall(counts, ks))
-    if skipped:
-        summary["skipped_tasks"] = skipped
-    groups = group_scores(bench, problems, counts, skipped, ks)
-    if groups:
-        summary["groups"] = groups
-    per_task = passk.per_task(counts, ks)
-    if len(bench.parts) > 1:
-        for j, part in enumerate(bench.parts):  # a sample passes up to `part` when it passed it and all before
-            upto = bench.parts[: j + 1]
-            c = {t: (len(rs), sum(all(r[f"{q}_status"] == "passed" for q in upto) for r in rs))
-                 for t, rs in by_task.items()}
-            summary[part] = passk.overall(c, ks)
-            if j < len(bench.parts) - 1:
-                for t, (_, n_pass) in c.items():
-                    per_task[t][f"{part}_c"] = n_pass
-    summary["verdicts"] = {v: sum(r["status"] == v for r in rows) for v in VERDICTS}
-    kinds = Counter(_failure_kind(r) for r in rows if not r["passed"])
-    examples: dict[str, str] = {}
-    for r in rows:
-        if not r["passed"]:
-            examples.setdefault(_failure_kind(r), r["task_id"])
-    summary["failures"] = {k: {"count": c, "example": examples[k]} for k, c in kinds.most_common()}
-    summary["per_task"] = per_task
-    summary["isolation"] = isolation
-    summary.update(extra or {})
-    return summary
-
-
-def group_scores(bench: Benchmark, problems: dict[str, Problem], counts: dict[str, tuple[int, int]],
-                 skipped: dict[str, str], ks: Sequence[int]) -> dict[str, dict]:
-    """{group: {"n_tasks", pass@k over its scored problems, and "skipped": {"n_tasks", "reason"} when some of its
-    problems could not run}} in dataset order; {} for a task without groups."""
-    scored: dict[str, dict] = defaultdict(dict)
-    why: dict[str, list[str]] = defaultdict(list)
-    order: dict[str, None] = {}
-    for t, p in problems.items():
-        if t in counts or t in skipped:
-            g = bench.group(p)
-            if g is None:
-                continue
-            order[g] = None
-            if t in counts:
-                scored[g][t] = counts[t]
-            else:
-                why[g].append(skipped[t])
-    out = {}
-    for g in order:
-        out[g] = {"n_tasks": len(scored[g]), **passk.overall(scored[g], ks)}
-        if why[g]:
-            out[g]["skipped"] = {"n_tasks": len(why[g]), "reason": Counter(why[g]).most_common(1)[0][0]}
-    return out
-
-
-def run_work(pool: SandboxPool, work: Work) -> Iterator[Result]:
-    """Hand `work`'s task data to the pool and yield its jobs' results as they complete."""
-    for key, data in work.tasks.items():
-        pool.add_task(key, data)
-    try:
-        yield from pool.run(work.jobs)
-    finally:
-        for key in work.tasks:
-            pool.drop_task(key)
-
-
-def sandbox_config(bench: Benchmark, config: SandboxConfig | None, timeout: float | None) -> SandboxConfig:
-    """The pool's config for `bench`: the caller's (never changed), its time limit and the modules it preloads."""
-    cfg = dataclasses.replace(config) if config else SandboxConfig()
-    if timeout is not None or bench.timeout is not None:
-        cfg.timeout = timeout or bench.timeout
-    cfg.preload = tuple(dict.fromkeys(tuple(cfg.preload) + bench.preload))
-    cfg.read_paths = tuple(dict.fromkeys(tuple(cfg.read_paths) + tuple(bench.read_paths)))
-    return cfg
-
-
-def isolation_summary(pool: SandboxPool) -> dict:
-    """The pool's isolation for summary.json; each layer this machine refused is said once on stderr."""
-    report: IsolationReport = pool.isolation
-    for layer in report.degraded():
-        print(f"warning: sandbox {layer.name} not in force ({layer.detail}); instead: {layer.fallback}",
-              file=sys.stderr)
-    return report.to_json()
-
-
-def _progress(total: int, name: str, show: bool):
-    """tqdm's bar on stderr, or None when not shown: tqdm is imported only then (with what it imports, logging and
-    importlib.metadata among them, it was about a quarter of the evaluator's start)."""
-    if not show:
-        return contextlib.nullcontext()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="run", desc=f"evaluate {name}", file=sys.stderr)
+    from ..benchmarks import Benchmark
+    from .jobs import Result, SandboxConfig
+    from .pool import SandboxPool
 
 
 def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None = None,
@@ -202,88 +31,109 @@ def evaluate(task: str | Benchmark, samples: str, out_dir: str, data: str | None
              timeout: float | None = None, config: SandboxConfig | None = None, progress: bool = True,
              pool: SandboxPool | None = None) -> dict:
     """Score `samples` (JSONL) on `task`; write `out_dir`/results.jsonl and summary.json; return the summary.
-    `timeout`: CPU seconds per program (None: the benchmark's own limits)."""
-    check_timeout(timeout)
+    `timeout`: CPU seconds per program (None: the benchmark's own limits).
+
+    The pool's fork server is started first: its interpreter imports the sandbox and preloads while this one
+    imports the rest of the evaluator (below, not when this module is imported) and reads its inputs; the config
+    follows as soon as the task is known, and the first worker's start is waited for only when jobs are ready."""
     check_workers(workers)
-    bench = get_benchmark(task)
-    if timeout is not None and bench.timeout is None:
-        print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
-              file=sys.stderr)
-    path = bench.locate(data)
-    problems = bench.read(path)
-    rows_in = read_samples(samples, bench, problems)  # before anything is written: bad input leaves no trace
-    make_out_dir(out_dir)
-    results_path = os.path.join(out_dir, "results.jsonl")
-    skipped = bench.unavailable()
-    if skipped:  # no toolchain: said so, never scored 0%
-        print(f"warning: {bench.name} {skipped}", file=sys.stderr)
-        summary = {"task": bench.name, "skipped": skipped, "n_samples": len(rows_in),
-                   "n_tasks": len({s["task_id"] for s in rows_in}), "verdicts": {}, "failures": {}, "per_task": {},
-                   "isolation": {}}
-        atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
-        return summary
-
-    # what each sample runs, and which rows a previous run already finished
-    todo, done, meta_of = [], {}, {}
-    per_task_seen: Counter = Counter()
-    previous = {}
-    if os.path.exists(results_path):
-        for r in read_jsonl(results_path, skip_bad=True):
-            if valid_row(r, bench):
-                previous[r["sample"]] = r
-    skipped_tasks = {t: why for t in dict.fromkeys(s["task_id"] for s in rows_in)
-                     if (why := bench.problem_unavailable(problems[t]))}
-    for why, n in Counter(skipped_tasks.values()).items():
-        print(f"warning: {bench.name}: {n} problem{'s' * (n != 1)} skipped: {why}", file=sys.stderr)
-    for i, s in enumerate(rows_in):
-        tid = s["task_id"]
-        if tid in skipped_tasks:  # a library this machine lacks: not run, never scored as a failure
-            continue
-        code = bench.solution(problems[tid], s, postprocess)
-        meta = {"sample": i, "task_id": tid, "completion_id": per_task_seen[tid], "hash": _digest(tid, code)}
-        per_task_seen[tid] += 1
-        old = previous.get(i)
-        if old is not None and old.get("hash") == meta["hash"]:
-            done[i] = old
-        else:
-            todo.append((i, tid, code))
-            meta_of[i] = (meta, code)
-
     own_pool = pool is None
-    # The problems and samples read above live to the end: kept out of the collector's passes while the jobs run
-    # (the + tasks' inputs are many objects, which every full collection walked again).
-    gc.freeze()
+    server = ForkServer(workers or default_workers(), Spawner()) if own_pool else None
     try:
-        if own_pool:
-            pool = SandboxPool(workers, sandbox_config(bench, config, timeout))
-        isolation = isolation_summary(pool)
-        ref = bench.reference_work(path, problems, [tid for _, tid, _ in todo])
-        if ref.jobs:
-            bench.store_reference(path, list(run_work(pool, ref)))
-        work = bench.sample_work(path, problems, todo, timeout)
-        parts_of: dict[int, dict[str, Result]] = defaultdict(dict)
-        with JsonlAppender(results_path) as out, _progress(len(work.jobs), bench.name, progress) as bar:
-            for res in run_work(pool, work):
-                if bar is not None:
-                    bar.update(1)
-                i, part = res.id
-                parts_of[i][part] = res
-                if len(parts_of[i]) < len(bench.parts):
-                    continue
-                meta, code = meta_of[i]
-                row = {**meta, **bench.row(parts_of.pop(i)), "solution": code}
-                done[i] = row
-                out.write(row)
-        if own_pool:
-            pool.stop_soon()  # the workers exit while the results are written
-        rows = [done[i] for i in sorted(done)]
-        write_jsonl(results_path, rows)  # the appended rows, now in sample order
-        summary = summarize(bench, rows, problems, ks, isolation,
-                            {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
-                             "postprocess": postprocess}, skipped_tasks)
-        atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+        from ..benchmarks import get_benchmark
+        from ..io import JsonlAppender, atomic_write_json, read_jsonl, write_jsonl
+        from ..outdir import make_out_dir
+        from .jobs import check_timeout
+        from .pool import SandboxPool
+        from .results import (_digest, _progress, isolation_summary, read_samples, run_work, sandbox_config,
+                              summarize, valid_row)
+
+        check_timeout(timeout)
+        bench = get_benchmark(task)
+        if timeout is not None and bench.timeout is None:
+            print(f"warning: --timeout does not apply to {bench.name}: its limits are per input (evalplus's)",
+                  file=sys.stderr)
+        if own_pool:  # the config follows as soon as the task is known; the workers start while the inputs are read
+            pool = SandboxPool(workers, sandbox_config(bench, config, timeout), server=server)
+        path = bench.locate(data)
+        problems = bench.read(path)
+        rows_in = read_samples(samples, bench, problems)  # before anything is written: bad input leaves no trace
+        make_out_dir(out_dir)
+        results_path = os.path.join(out_dir, "results.jsonl")
+        skipped = bench.unavailable()
+        if skipped:  # no toolchain: said so, never scored 0%
+            print(f"warning: {bench.name} {skipped}", file=sys.stderr)
+            summary = {"task": bench.name, "skipped": skipped, "n_samples": len(rows_in),
+                       "n_tasks": len({s["task_id"] for s in rows_in}), "verdicts": {}, "failures": {},
+                       "per_task": {}, "isolation": {}}
+            atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+            return summary
+
+        # what each sample runs, and which rows a previous run already finished
+        todo, done, meta_of = [], {}, {}
+        per_task_seen: Counter = Counter()
+        previous = {}
+        fresh = not os.path.exists(results_path) or os.path.getsize(results_path) == 0
+        if not fresh:
+            for r in read_jsonl(results_path, skip_bad=True):
+                if valid_row(r, bench):
+                    previous[r["sample"]] = r
+        skipped_tasks = {t: why for t in dict.fromkeys(s["task_id"] for s in rows_in)
+                         if (why := bench.problem_unavailable(problems[t]))}
+        for why, n in Counter(skipped_tasks.values()).items():
+            print(f"warning: {bench.name}: {n} problem{'s' * (n != 1)} skipped: {why}", file=sys.stderr)
+        for i, s in enumerate(rows_in):
+            tid = s["task_id"]
+            if tid in skipped_tasks:  # a library this machine lacks: not run, never scored as a failure
+                continue
+            code = bench.solution(problems[tid], s, postprocess)
+            meta = {"sample": i, "task_id": tid, "completion_id": per_task_seen[tid], "hash": _digest(tid, code)}
+            per_task_seen[tid] += 1
+            old = previous.get(i)
+            if old is not None and old.get("hash") == meta["hash"]:
+                done[i] = old
+            else:
+                todo.append((i, tid, code))
+                meta_of[i] = (meta, code)
+
+        # The problems and samples read above live to the end: kept out of the collector's passes while the jobs run
+        # (the + tasks' inputs are many objects, which every full collection walked again).
+        gc.freeze()
+        try:
+            ref = bench.reference_work(path, problems, [tid for _, tid, _ in todo])
+            if ref.jobs:
+                bench.store_reference(path, list(run_work(pool, ref)))
+            work = bench.sample_work(path, problems, todo, timeout)
+            isolation = isolation_summary(pool)  # the first worker's start, waited for only now
+            parts_of: dict[int, dict[str, Result]] = defaultdict(dict)
+            lines: dict[int, str] = {}  # the rows appended, in the order they were
+            with JsonlAppender(results_path) as out, _progress(len(work.jobs), bench.name, progress) as bar:
+                for res in run_work(pool, work):
+                    if bar is not None:
+                        bar.update(1)
+                    i, part = res.id
+                    parts_of[i][part] = res
+                    if len(parts_of[i]) < len(bench.parts):
+                        continue
+                    meta, code = meta_of[i]
+                    row = {**meta, **bench.row(parts_of.pop(i)), "solution": code}
+                    done[i] = row
+                    lines[i] = out.write(row)
+            if own_pool:
+                pool.stop_soon()  # the workers exit while the results are written
+            order = sorted(done)
+            if not fresh or list(lines) != order:  # the appended rows (each serialized once), now in sample order
+                write_jsonl(results_path, [lines.get(i) or done[i] for i in order])
+            rows = [done[i] for i in order]
+            summary = summarize(bench, rows, problems, ks, isolation,
+                                {"data": os.path.abspath(path), "samples": os.path.abspath(samples),
+                                 "postprocess": postprocess}, skipped_tasks)
+            atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+        finally:
+            gc.unfreeze()
     finally:
-        if own_pool and pool is not None:
-            pool.close()
-        gc.unfreeze()
+        if own_pool:
+            if pool is not None:
+                pool.close()
+            server.close()  # when no pool took it over (once one did, a no-op)
     return summary

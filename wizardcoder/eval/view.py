@@ -75,7 +75,7 @@ def build_view(new_root: str, scratch: str, scratch_size: int, pydirs: list[str]
             s.mount(path, target, None, s.MS_BIND | s.MS_REC, None)
             s.mount(None, target, None, ro if dev else ro | s.MS_NODEV, None)
 
-        for path in _outermost(p for p in (*pydirs, *SYSTEM_DIRS, *ETC_FILES, CPU_INFO[0]) if os.path.lexists(p)):
+        for path in bound(pydirs):
             bind(path)
         for dev in DEVICES:
             if os.path.exists(dev):
@@ -99,6 +99,11 @@ def build_view(new_root: str, scratch: str, scratch_size: int, pydirs: list[str]
     s.umount("/.old-root", s.MNT_DETACH)
     os.rmdir("/.old-root")
     s.mount(None, "/", None, s.MS_REMOUNT | s.MS_RDONLY | s.MS_NOSUID | s.MS_NODEV, None)
+
+
+def bound(pydirs: list[str]) -> list[str]:
+    """The host paths build_view binds, each with everything beneath it."""
+    return _outermost(p for p in (*pydirs, *SYSTEM_DIRS, *ETC_FILES, CPU_INFO[0]) if os.path.lexists(p))
 
 
 def _outermost(paths) -> list[str]:
