@@ -572,3 +572,16 @@ def test_plus_jobs_in_the_c_loop_decide_as_the_python_reference(monkeypatch):
     ours, reference = replies(False), replies(True)
     assert ours == reference
     assert {k for k, v in ours.items() if v[0] == "passed"} == set(HONEST), ours
+
+
+def test_each_tasks_jobs_go_to_about_one_worker():
+    """Jobs with task data go by task (SandboxPool.run): a worker takes the jobs of tasks it holds, then of a task no
+    other worker holds, so each problem's data is sent to and held by about one worker, not by every worker."""
+    with SandboxPool(3, SandboxConfig(timeout=2.0, memory=512 << 20)) as p:
+        for t in range(6):
+            p.add_task(f"t{t}", dict(PLUS_TASK))
+        res = list(p.run([Job((t, i), "plus", "import time\ntime.sleep(0.02)\n" + CORRECT, 2.0, f"t{t}", "base")
+                          for t in range(6) for i in range(8)]))
+        loads = sum(len(h.loaded) for h in p.handles)
+    assert all(r.passed for r in res) and len(res) == 48
+    assert loads <= 6 + 2, loads  # each task once, but for the last ones shared out at the end

@@ -33,6 +33,7 @@ __all__ = ["SandboxPool", "VERDICTS", "decode", "remove_stale_scratch"]
 
 
 QUEUED = 1  # jobs a worker is sent beyond the one it runs (small ones only: _WorkerHandle.queueable)
+AFFINITY = 64  # jobs looked at for one of a task the worker already holds (SandboxPool.run)
 KEEP_TASKS = 8  # problems' data (inputs, expected outputs) a worker holds at once; some are hundreds of MB
 
 
@@ -398,16 +399,34 @@ class SandboxPool:
             poll.unregister(h.replies.fd)
             del by_fd[h.replies.fd]
 
+        def next_for(h: _WorkerHandle) -> int:
+            """Where in `todo` h's next job is. Jobs with task data go by task: the first one (within AFFINITY jobs)
+            of a task h holds, else of a task no other worker holds, else the first; so each problem's data is sent
+            to, unpickled by and held in about one worker rather than every one (for the + tasks that was most of the
+            workers' own work). Other jobs go in order."""
+            if todo[0][1].task_key is None:
+                return 0
+            held = {key for other in by_fd.values() if other is not h for key in other.loaded}
+            free = None
+            for i in range(min(len(todo), AFFINITY)):
+                key = todo[i][1].task_key
+                if key in h.loaded:
+                    return i
+                if free is None and key not in held:
+                    free = i
+            return free or 0
+
         def fill(h: _WorkerHandle) -> None:
             while todo and len(h.sent) <= QUEUED:
                 if h.sent and len(todo) < len(by_fd):
                     return
-                n, job = todo[0]
+                i = next_for(h)
+                n, job = todo[i]
                 frame = frames.pop(n, None) or _WorkerHandle.message(job)
                 if h.sent and not h.queueable(job, frame):
                     frames[n] = frame
                     return
-                todo.popleft()
+                del todo[i]
                 h.sent.append((n, job))
                 try:
                     h.send(job, self.tasks, frame)
