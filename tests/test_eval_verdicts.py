@@ -585,3 +585,20 @@ def test_each_tasks_jobs_go_to_about_one_worker():
         loads = sum(len(h.loaded) for h in p.handles)
     assert all(r.passed for r in res) and len(res) == 48
     assert loads <= 6 + 2, loads  # each task once, but for the last ones shared out at the end
+
+
+def test_plus_limits_are_per_input():
+    """Each input has its own CPU limit (evalplus's per-input time limit, here in CPU seconds): inputs that each stay
+    under it pass however long they take together, and the first input over it fails the job as a timeout there."""
+    task = {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[0], [1], [2]], "base_expected": [0, 1, 2],
+            "base_limits": [1.0, 1.0, 1.0]}
+    spin = "import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < {}:\n        pass\n" \
+           "    return x\n"
+    with SandboxPool(1, SandboxConfig(timeout=10.0, memory=512 << 20)) as p:
+        p.add_task("slow", task)
+        under, over = (Job(name, "plus", code, 10.0, "slow", "base") for name, code in
+                       [("under", spin.format(0.6)), ("over", spin.format("(1.5 if x == 2 else 0.05)"))])
+        got = {r.id: r for r in p.run([under, over])}
+    assert got["under"].status == "passed", got["under"]
+    assert (got["over"].status, got["over"].failed_test) == ("timeout", 2), got["over"]
+    assert "per-test time limit" in got["over"].error
