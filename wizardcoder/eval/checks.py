@@ -270,7 +270,6 @@ DIGEST_FRAME = b"h"  # an output of more than values.MAX_ITEMS values: b"h", <Q 
 # Frames are written in batches (a write and a wake-up of the worker per input cost more than the comparison): when
 # 64 KiB are waiting, 20 ms after the last write, at the last input and when run() raises.
 BATCH_BYTES, BATCH_SECONDS = 64 << 10, 0.02
-REARM = 0.001  # seconds of wall time after which a plus job's per-input CPU timer is set again (plus_job)
 
 
 def reported(oracle: str | None, out, inp):
@@ -325,14 +324,12 @@ def plus_job(job: dict, task: dict, encode, digest):
             raise NameError(f"the program does not define {entry}")
         fn = env[entry]
         sent[0] = clock()
-        armed, armed_at = 0.0, 0.0  # the per-input limit the CPU timer was last set to, and when (wall clock)
+        last = len(inputs) - 1
         try:
+            if inputs:
+                setitimer(prof, limits[0])
             for i, inp in enumerate(inputs):
                 at[0] = i
-                now = clock()
-                if limits[i] != armed or now - armed_at > REARM:
-                    setitimer(prof, limits[i])
-                    armed, armed_at = limits[i], now
                 try:
                     out = fn(*inp)
                     value = out if oracle is None else report(oracle, out, inp)
@@ -342,24 +339,22 @@ def plus_job(job: dict, task: dict, encode, digest):
                 except BaseException:
                     setitimer(prof, 0)
                     raise
+                # the next input's limit armed at once: one system call an input (this input's report counts against
+                # it: microseconds, where limits are >= 1 s)
+                setitimer(prof, limits[i + 1] if i < last else 0)
                 if data is None:  # a subclass or a foreign object could answer == with True: builtin values only
-                    setitimer(prof, 0)
                     raise AssertionError(f"a {type(out).__name__}, not a value of builtin types (or one nested "
                                          f"deeper than {MAX_DEPTH})")
                 extend(frame + pack("<Q", len(data)))
                 extend(data)
                 if len(batch) >= BATCH_BYTES or clock() - sent[0] >= BATCH_SECONDS:
                     send()
-            setitimer(prof, 0)
         finally:
             send()  # the outputs before a failure are compared first, as evalplus checks them in order
         return len(inputs)
 
-    # Per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
-    # does not fail correct programs. The timer is set again only when an input's limit differs from the last one or
-    # REARM seconds of wall time have passed since it was set (not once an input: a system call each was about a
-    # tenth of a + program's CPU): an input then has at least its limit less REARM of CPU (the CPU time since the
-    # timer was set is at most the wall time, one thread running), never more than its limit.
+    # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
+    # does not fail correct programs
     _signal.signal(signal.SIGPROF, _alarm)  # the C function: signal.signal's enum wrapping touches ~40 pages of the
     # worker's memory (copy-on-write faults), ~0.1 ms a program
     return run, functools.partial(_verdict, source=source, describe=_describe, where=(split, at))
