@@ -665,7 +665,7 @@ def test_the_c_loop_decides_as_the_python_reference(monkeypatch):
     assert ours["forged"][1].startswith("no verdict from the harness")
 
 
-def test_script_frames_carry_any_source(tmp_path):
+def test_job_frames_carry_any_source(tmp_path):
     """A script or plus job's frame (Channel.job_frame, read by the C loop) round-trips any str, lone surrogates
     too."""
     from wizardcoder.eval.sandbox import Channel

@@ -592,8 +592,8 @@ def test_plus_limits_are_per_input():
     under it pass however long they take together, and the first input over it fails the job as a timeout there."""
     task = {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[0], [1], [2]], "base_expected": [0, 1, 2],
             "base_limits": [1.0, 1.0, 1.0]}
-    spin = "import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < {}:\n        pass\n" \
-           "    return x\n"
+    spin = ("import time\ndef f(x):\n    t = time.process_time()\n    while time.process_time() - t < {}:\n"
+            "        pass\n    return x\n")
     with SandboxPool(1, SandboxConfig(timeout=10.0, memory=512 << 20)) as p:
         p.add_task("slow", task)
         under, over = (Job(name, "plus", code, 10.0, "slow", "base") for name, code in

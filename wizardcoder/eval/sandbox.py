@@ -439,7 +439,8 @@ class Worker:
                           task["oracle"], task["atol"], b"", values.decoder(None))
 
     def run_job(self, job: dict) -> dict:
-        """Run one job in a forked child; the reply (script jobs: what _sandbox.script_loop decides the same way)."""
+        """Run one job in a forked child; the reply (script and plus jobs: what _sandbox.job_loop decides the same
+        way)."""
         jobdir = self.folder  # the program's cwd, HOME and TMPDIR (set once by _setup)
         os.mkdir(jobdir, 0o700)
         if self.root:
