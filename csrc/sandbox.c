@@ -1253,7 +1253,7 @@ struct loop_policy {
     int owner_uid, owner_gid;    /* the folder's owner when root, else -1 */
     double timeout, cpu_timeout, wall_factor;
     long max_output;
-    PyObject *prepare; /* prepare(task_key, split) -> a plus job's compare.Comparison */
+    PyObject *prepare; /* prepare(task_key, "base" or "plus") -> a plus job's compare.Comparison */
 };
 
 /* One job as read from its frame. */
@@ -1348,6 +1348,28 @@ static PyObject *plus_reply(int why, int verdict, const char *text) {
     return Py_BuildValue("{s:s,s:s}", "status", verdict == SB_TIMEOUT ? "timeout" : "crashed", "error", text);
 }
 
+/* One read of the child's result pipe: kept in `data` (a script job's, up to SB_SCRIPT_CAP; past it read and
+ * dropped, so the child never blocks) or given to `feed` (a plus job's comparison, which decides as the outputs come).
+ * Returns what read() did (0 at the end, < 0 when nothing could be read); *stop is 1 once the feed decided, -1 when
+ * it raised. */
+static ssize_t take(int fd, PyObject *feed, struct loop_buf *data, int *stop) {
+    static char sink[1 << 16];
+    char *into = sink;
+    size_t room = sizeof(sink);
+    if (!feed && data->n < SB_SCRIPT_CAP && lb_reserve(data, sizeof(sink)) == 0) {
+        into = data->b + data->n;
+        room = SB_SCRIPT_CAP - data->n < sizeof(sink) ? SB_SCRIPT_CAP - data->n : sizeof(sink);
+    }
+    ssize_t r = read(fd, into, room);
+    if (r > 0 && into != sink) data->n += (size_t)r;
+    if (r > 0 && feed) {
+        PyObject *v = PyObject_CallFunction(feed, "y#", into, (Py_ssize_t)r);
+        *stop = v ? PyObject_IsTrue(v) : -1;
+        Py_XDECREF(v);
+    }
+    return r;
+}
+
 /* Run one job; returns 0 in the worker (a script job's reply frame in `rep`; a plus job's (comparison, reply,
  * seconds) in *out; *leftover set when the folder could not be removed), 1 in the child (*out its tuple for Python),
  * -1 with a Python exception set. */
@@ -1361,7 +1383,8 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
     if (limit < 1) limit = 1;
     PyObject *comp = NULL, *feed = NULL;
     if (j->kind == 'P') { /* the comparison, made before the fork (what it allocates later is copied on write) */
-        comp = PyObject_CallFunction(pol->prepare, "s#C", j->key, (Py_ssize_t)j->key_n, (int)j->split);
+        const char *split = j->split == 'b' ? "base" : "plus";
+        comp = PyObject_CallFunction(pol->prepare, "s#s", j->key, (Py_ssize_t)j->key_n, split);
         if (!comp) return -1;
         feed = PyObject_GetAttrString(comp, "feed");
         if (!feed) {
@@ -1419,7 +1442,6 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
     }
 
     static struct loop_buf data;
-    static char sink[1 << 16];
     data.n = 0;
     size_t got = 0;
     int pidfd = failed ? -1 : (int)syscall(SYS_pidfd_open, pid, 0);
@@ -1446,26 +1468,12 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
             continue;
         }
         if (fds[1].fd >= 0 && (fds[1].revents & (POLLIN | POLLHUP | POLLERR))) {
-            char *into = sink;
-            size_t room = sizeof(sink);
-            if (!feed && data.n < SB_SCRIPT_CAP && lb_reserve(&data, sizeof(sink)) == 0) {
-                into = data.b + data.n;
-                room = SB_SCRIPT_CAP - data.n < sizeof(sink) ? SB_SCRIPT_CAP - data.n : sizeof(sink);
-            }
-            ssize_t r = read(res[0], into, room);
-            if (r == 0) {
-                fds[1].fd = -1; /* poll skips it; the child's exit ends the wait */
-            } else if (r > 0) {
-                got += (size_t)r;
-                if (into != sink) data.n += (size_t)r;
-                if (feed) { /* the comparison decides as the outputs come: True stops the child */
-                    PyObject *v = PyObject_CallFunction(feed, "y#", into, (Py_ssize_t)r);
-                    int stop = v ? PyObject_IsTrue(v) : -1;
-                    Py_XDECREF(v);
-                    if (stop < 0) failed = 1;
-                    else if (stop) why = SB_WHY_VERDICT, done = 1;
-                }
-            }
+            int stop = 0;
+            ssize_t r = take(res[0], feed, &data, &stop);
+            if (r == 0) fds[1].fd = -1; /* poll skips it; the child's exit ends the wait */
+            if (r > 0) got += (size_t)r;
+            if (stop < 0) failed = 1;
+            else if (stop) why = SB_WHY_VERDICT, done = 1; /* the comparison decided: the child is stopped */
         }
         if (fds[0].revents & POLLIN) done = 1;
     }
@@ -1475,26 +1483,11 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
     if (pidfd >= 0) close(pidfd);
     /* what is still in the pipe (a grandchild could hold it open: no blocking) */
     fcntl(res[0], F_SETFL, O_NONBLOCK);
-    while (!failed && why != SB_WHY_VERDICT) {
-        char *into = sink;
-        size_t room = sizeof(sink);
-        if (!feed) {
-            if (data.n >= SB_SCRIPT_CAP || lb_reserve(&data, sizeof(sink)) != 0) break;
-            into = data.b + data.n;
-            room = SB_SCRIPT_CAP - data.n < sizeof(sink) ? SB_SCRIPT_CAP - data.n : sizeof(sink);
-        }
-        ssize_t r = read(res[0], into, room);
+    for (int stop = 0; !failed && !stop && why != SB_WHY_VERDICT && (feed || data.n < SB_SCRIPT_CAP);) {
+        ssize_t r = take(res[0], feed, &data, &stop);
         if (r <= 0) break;
         got += (size_t)r;
-        if (!feed) {
-            data.n += (size_t)r;
-            continue;
-        }
-        PyObject *v = PyObject_CallFunction(feed, "y#", into, (Py_ssize_t)r);
-        int stop = v ? PyObject_IsTrue(v) : -1;
-        Py_XDECREF(v);
         if (stop < 0) failed = 1;
-        else if (stop) break;
     }
     close(res[0]);
     /* Worker._cleanup: the program's group killed, orphans reaped, its folder removed */
@@ -1518,23 +1511,6 @@ fail:
     Py_XDECREF(feed);
     Py_XDECREF(comp);
     return -1;
-}
-
-static int write_frame(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR) {
-                if (PyErr_CheckSignals() < 0) return -1;
-                continue;
-            }
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
 }
 
 /* job_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, max_output,
@@ -1586,7 +1562,8 @@ static PyObject *sb_job_loop(PyObject *self, PyObject *args) {
             Py_DECREF(out);
             return t;
         }
-        if (write_frame(reply, rep.b, rep.n) < 0) return NULL;
+        if (write_all(reply, rep.b, rep.n) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals() < 0) return NULL; /* a Ctrl-C during the write: write_all went on */
         if (leftover) return Py_BuildValue("(sO)", "leftover", Py_None);
     }
 }

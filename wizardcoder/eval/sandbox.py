@@ -431,12 +431,12 @@ class Worker:
         self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
 
-    def _comparison(self, job: dict) -> Comparison:
+    def _comparison(self, key: str, split: str) -> Comparison:
         """The worker's half of a plus job (compare.py): its own inputs and expected outputs. Made before the fork
         (its nonce after): what the worker allocates while the child lives costs copy-on-write faults."""
-        task, split = self.tasks[job["task_key"]], job["split"]
-        return Comparison(split, task[f"{split}_input"], self.expected[job["task_key"]][f"{split}_expected"],
-                          task["oracle"], task["atol"], b"", values.decoder(None))
+        task = self.tasks[key]
+        return Comparison(split, task[f"{split}_input"], self.expected[key][f"{split}_expected"], task["oracle"],
+                          task["atol"], b"", values.decoder(None))
 
     def run_job(self, job: dict) -> dict:
         """Run one job in a forked child; the reply (script and plus jobs: what _sandbox.job_loop decides the same
@@ -450,7 +450,7 @@ class Worker:
         judged = job["kind"] != "record"  # the canonical solutions' own outputs are trusted
         plus = job["kind"] == "plus"
         limits = self._limits(cpu)
-        compare = self._comparison(job) if plus else None
+        compare = self._comparison(job["task_key"], job["split"]) if plus else None
         r, w = os.pipe()
         nonce_r, nonce_w = os.pipe()
         t0 = time.monotonic()
@@ -674,7 +674,7 @@ class Worker:
         while True:
             what, value = _sandbox.job_loop(commands.fd, replies.fd, self.folder, os.path.join(self.folder, ".output"),
                                             *owner, float(c.timeout), float(c.cpu_timeout or 0.0),
-                                            float(c.wall_factor), int(c.max_output), self._prepare)
+                                            float(c.wall_factor), int(c.max_output), self._comparison)
             if what == "message":
                 return pickle.loads(value)
             if what == "eof":
@@ -698,10 +698,6 @@ class Worker:
                 self._child(job, w, nonce_r, self._limits(cpu))
             finally:
                 os._exit(101)
-
-    def _prepare(self, key: str, split: str) -> Comparison:
-        """A plus job's comparison, for the C loop (its split as the frame names it)."""
-        return self._comparison({"task_key": key, "split": SPLITS[split.encode()]})
 
     def _sweep(self, rounds: int = 200, ours: bool = False) -> None:
         """Kill every process of the sandbox uid until none is left (a bomb may fork while we sweep), reaping what
