@@ -161,30 +161,38 @@ static PyObject *sb_bound(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *sb_drop_to(PyObject *self, PyObject *args) {
-    int uid, gid, keep_read;
-    if (!PyArg_ParseTuple(args, "iip", &uid, &gid, &keep_read)) return NULL;
-    if (drop_bounding(keep_read) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    if (keep_read && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (setgroups(0, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (setresgid(gid, gid, gid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (setresuid(uid, uid, uid) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+/* drop_to's steps: 0; -1 with errno set; -2 when a capability or id survived them */
+static int drop_to_core(int uid, int gid, int keep_read) {
+    if (drop_bounding(keep_read) != 0) return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    if (keep_read && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return -1;
+    if (setgroups(0, NULL) != 0) return -1;
+    if (setresgid(gid, gid, gid) != 0) return -1;
+    if (setresuid(uid, uid, uid) != 0) return -1;
     /* A uid change clears permitted and effective (without KEEPCAPS) but not inheritable: set all three. */
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof(data));
     if (keep_read) data[0].effective = data[0].permitted = 1u << CAP_DAC_READ_SEARCH;
-    if (syscall(SYS_capset, &hdr, data) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (syscall(SYS_capset, &hdr, data) != 0) return -1;
     if (keep_read) prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
     /* check, rather than trust, that nothing is left */
     struct __user_cap_data_struct got[2];
-    if (capget2(got) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (capget2(got) != 0) return -1;
     uint32_t allowed = keep_read ? 1u << CAP_DAC_READ_SEARCH : 0;
     if ((got[0].permitted | got[0].effective | got[0].inheritable) & ~allowed ||
         got[1].permitted | got[1].effective | got[1].inheritable ||
-        (bounding_set() & ~(uint64_t)allowed) || getuid() != (uid_t)uid || geteuid() != (uid_t)uid) {
+        (bounding_set() & ~(uint64_t)allowed) || getuid() != (uid_t)uid || geteuid() != (uid_t)uid)
+        return -2;
+    return 0;
+}
+
+static PyObject *sb_drop_to(PyObject *self, PyObject *args) {
+    int uid, gid, keep_read;
+    if (!PyArg_ParseTuple(args, "iip", &uid, &gid, &keep_read)) return NULL;
+    int r = drop_to_core(uid, gid, keep_read);
+    if (r == -1) return PyErr_SetFromErrno(PyExc_OSError);
+    if (r == -2) {
         PyErr_SetString(PyExc_RuntimeError, "capabilities or ids survived drop_to");
         return NULL;
     }
@@ -230,6 +238,7 @@ static PyObject *sb_pdeathsig(PyObject *self, PyObject *args) {
  * keep_lo..keep_hi (optional, above 4) those descriptors stay open too: the worker's O_PATH descriptors of the Landlock
  * rule paths, which the child closes once its rules are in force. */
 #define SB_MAX_LIMITS 16
+#define SB_MAX_RULE_FDS 64 /* Landlock rule descriptors a child plan may keep */
 
 /* close descriptors lo..hi (hi < 0: all from lo) */
 static void close_from(int lo, int hi) {
@@ -239,6 +248,48 @@ static void close_from(int lo, int hi) {
         int end = hi < 0 ? (max > 0 ? (int)max : 1 << 16) : hi + 1;
         for (int fd = lo; fd < end; fd++) close(fd);
     }
+}
+
+/* enter's steps once parsed: 0, or -1 with errno set (nothing is undone: the caller is a child that then exits) */
+static int enter_core(const char *output, int owner_uid, int owner_gid, int result_fd, int nonce_fd, int n_limits,
+                      const int *which, const struct rlimit *rl, const char *folder, int keep_lo, int keep_hi) {
+    if (setsid() < 0) return -1;
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0) return -1;
+    int out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0) return -1;
+    if (owner_uid >= 0 && fchown(out, (uid_t)owner_uid, (gid_t)owner_gid) != 0) return -1;
+    if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(result_fd, 3) < 0 || dup2(nonce_fd, 4) < 0)
+        return -1;
+    if (keep_lo < 0) close_from(5, -1);
+    else {
+        close_from(5, keep_lo - 1);
+        close_from(keep_hi + 1, -1);
+    }
+    for (int i = 0; i < n_limits; i++)
+        if (setrlimit(which[i], &rl[i]) != 0) return -1;
+    return chdir(folder);
+}
+
+/* limits, a sequence of (resource, soft, hard), into which/rl: their number, or -1 with an exception set */
+static int parse_limits(PyObject *limits, int *which, struct rlimit *rl, int room) {
+    Py_ssize_t n = PySequence_Length(limits);
+    if (n < 0) return -1;
+    if (n > room) {
+        PyErr_SetString(PyExc_ValueError, "too many limits");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_GetItem(limits, i);
+        if (item == NULL) return -1;
+        unsigned long long soft, hard;
+        int ok = PyArg_ParseTuple(item, "iKK", &which[i], &soft, &hard);
+        Py_DECREF(item);
+        if (!ok) return -1;
+        rl[i].rlim_cur = (rlim_t)soft;
+        rl[i].rlim_max = (rlim_t)hard;
+    }
+    return (int)n;
 }
 
 static PyObject *sb_enter(PyObject *self, PyObject *args) {
@@ -255,39 +306,10 @@ static PyObject *sb_enter(PyObject *self, PyObject *args) {
     }
     int which[SB_MAX_LIMITS];
     struct rlimit rl[SB_MAX_LIMITS];
-    Py_ssize_t n = PySequence_Length(limits);
+    int n = parse_limits(limits, which, rl, SB_MAX_LIMITS);
     if (n < 0) return NULL;
-    if (n > SB_MAX_LIMITS) {
-        PyErr_SetString(PyExc_ValueError, "too many limits");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_GetItem(limits, i);
-        if (item == NULL) return NULL;
-        unsigned long long soft, hard;
-        int ok = PyArg_ParseTuple(item, "iKK", &which[i], &soft, &hard);
-        Py_DECREF(item);
-        if (!ok) return NULL;
-        rl[i].rlim_cur = (rlim_t)soft;
-        rl[i].rlim_max = (rlim_t)hard;
-    }
-    if (setsid() < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (null < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    int out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (out < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (owner_uid >= 0 && fchown(out, (uid_t)owner_uid, (gid_t)owner_gid) != 0)
+    if (enter_core(output, owner_uid, owner_gid, result_fd, nonce_fd, n, which, rl, folder, keep_lo, keep_hi) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(result_fd, 3) < 0 || dup2(nonce_fd, 4) < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    if (keep_lo < 0) close_from(5, -1);
-    else {
-        close_from(5, keep_lo - 1);
-        close_from(keep_hi + 1, -1);
-    }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (setrlimit(which[i], &rl[i]) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    if (chdir(folder) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -406,12 +428,11 @@ static int by_nr(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
-    int pid, block_fork, block_net;
-    if (!PyArg_ParseTuple(args, "ipp", &pid, &block_fork, &block_net)) return NULL;
+/* seccomp's filter built and installed: 0; -1 with errno set; -2 with *why (a fault in the rules themselves) */
+static int seccomp_core(int pid, int block_fork, int block_net, const char **why) {
     if (SB_AUDIT_ARCH == 0) {
         errno = ENOSYS;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     struct prog p;
     p.n = p.n_rules = 0;
@@ -513,16 +534,28 @@ static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
     qsort(p.rules, (size_t)p.n_rules, sizeof(p.rules[0]), by_nr);
     for (int i = 1; i < p.n_rules; i++)
         if (p.rules[i].nr == p.rules[i - 1].nr) {
-            PyErr_SetString(PyExc_RuntimeError, "a syscall named twice in the seccomp rules");
-            return NULL;
+            *why = "a syscall named twice in the seccomp rules";
+            return -2;
         }
     emit_tree(&p, 0, p.n_rules);
     if (p.n > SB_MAX_INSNS) {
-        PyErr_SetString(PyExc_RuntimeError, "seccomp program too long");
-        return NULL;
+        *why = "seccomp program too long";
+        return -2;
     }
     struct sock_fprog fprog = {.len = (unsigned short)p.n, .filter = p.f};
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0) != 0 ? -1 : 0;
+}
+
+static PyObject *sb_seccomp(PyObject *self, PyObject *args) {
+    int pid, block_fork, block_net;
+    if (!PyArg_ParseTuple(args, "ipp", &pid, &block_fork, &block_net)) return NULL;
+    const char *why = NULL;
+    int r = seccomp_core(pid, block_fork, block_net, &why);
+    if (r == -1) return PyErr_SetFromErrno(PyExc_OSError);
+    if (r == -2) {
+        PyErr_SetString(PyExc_RuntimeError, why);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -578,31 +611,23 @@ static int ll_abi(void) {
 
 static PyObject *sb_landlock_abi(PyObject *self, PyObject *noargs) { return PyLong_FromLong(ll_abi()); }
 
-/* Add one path-beneath rule per item of `seq` with `rights` (only the file rights for a non-directory): a path, or an
- * int, an O_PATH descriptor the worker opened once for every program (not closed here; the path lookups were a third
- * of the cost per program). A path this process cannot reach (missing, or a parent it may not search) gets no rule: it
- * stays denied. */
-static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
+/* A Landlock rule's path: fd >= 0, an O_PATH descriptor the worker opened once for every program (not closed here; the
+ * path lookups were a third of the cost per program), else `path`, opened here. */
+struct ll_item {
+    int fd;
+    const char *path;
+};
+
+/* One path-beneath rule per item with `rights` (only the file rights for a non-directory). A path this process cannot
+ * reach (missing, or a parent it may not search) gets no rule: it stays denied. 0, or -1 with errno set and *bad the
+ * path ("" for a descriptor). */
+static int add_rules(int rfd, const struct ll_item *items, int n, uint64_t rights, const char **bad) {
     const uint64_t file_rights = SB_FS_EXECUTE | SB_FS_WRITE_FILE | SB_FS_READ_FILE | SB_FS_TRUNCATE;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        int given = PyLong_Check(item), pfd = -1;
-        const char *path = "";
-        if (given) {
-            pfd = (int)PyLong_AsLong(item);
-            if (pfd < 0) {
-                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a negative descriptor");
-                return -1;
-            }
-        } else {
-            path = PyUnicode_AsUTF8(item);
-            if (!path) return -1;
-            pfd = open(path, O_PATH | O_CLOEXEC);
-        }
+    for (int i = 0; i < n; i++) {
+        int given = items[i].fd >= 0, pfd = given ? items[i].fd : open(items[i].path, O_PATH | O_CLOEXEC);
+        *bad = given ? "" : items[i].path;
         if (pfd < 0) {
             if (errno == ENOENT || errno == EACCES) continue; /* no rule: stays denied, the safe direction */
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
             return -1;
         }
         struct sb_path_beneath_attr rule = {.allowed_access = rights, .parent_fd = pfd};
@@ -613,21 +638,20 @@ static int add_rules(int rfd, PyObject *seq, uint64_t rights) {
         if (!given) close(pfd);
         if (r != 0) {
             errno = e;
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
             return -1;
         }
     }
     return 0;
 }
 
-static PyObject *sb_landlock(PyObject *self, PyObject *args) {
-    PyObject *read_paths, *write_paths;
-    int block_tcp, scope;
-    if (!PyArg_ParseTuple(args, "OOpp", &read_paths, &write_paths, &block_tcp, &scope)) return NULL;
+/* landlock's ruleset made and enforced: the ABI used, or -1 with errno set and *bad the path at fault ("" if none) */
+static int landlock_core(const struct ll_item *reads, int n_reads, const struct ll_item *writes, int n_writes,
+                         int block_tcp, int scope, const char **bad) {
+    *bad = "";
     int abi = ll_abi();
     if (abi <= 0) {
         errno = EOPNOTSUPP;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     uint64_t read_rights = SB_FS_EXECUTE | SB_FS_READ_FILE | SB_FS_READ_DIR;
     uint64_t write_rights = SB_FS_WRITE_FILE | SB_FS_REMOVE_DIR | SB_FS_REMOVE_FILE | SB_FS_MAKE_CHAR | SB_FS_MAKE_DIR |
@@ -644,32 +668,63 @@ static PyObject *sb_landlock(PyObject *self, PyObject *args) {
         attr_size = sizeof(attr);
         if (scope) attr.scoped = SB_SCOPE_SIGNAL | SB_SCOPE_ABSTRACT_UNIX_SOCKET;
     }
+    int rfd = (int)syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0);
+    if (rfd < 0) return -1;
+    int ok = add_rules(rfd, reads, n_reads, read_rights, bad) == 0 &&
+             add_rules(rfd, writes, n_writes, read_rights | write_rights, bad) == 0;
+    if (ok) {
+        *bad = "";
+        ok = syscall(SYS_landlock_restrict_self, rfd, 0) == 0;
+    }
+    int e = errno;
+    close(rfd);
+    errno = e;
+    return ok ? abi : -1;
+}
+
+/* the items of `seq` (str or int) into a new array (*out; its paths live as long as seq): their number, or -1 */
+static int ll_items(PyObject *seq, struct ll_item **out) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    *out = PyMem_Calloc(n ? (size_t)n : 1, sizeof(struct ll_item));
+    if (!*out) return PyErr_NoMemory(), -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (PyLong_Check(item)) {
+            long fd = PyLong_AsLong(item);
+            if (fd < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a negative descriptor");
+                return -1;
+            }
+            (*out)[i] = (struct ll_item){.fd = (int)fd, .path = ""};
+        } else {
+            const char *path = PyUnicode_AsUTF8(item);
+            if (!path) return -1;
+            (*out)[i] = (struct ll_item){.fd = -1, .path = path};
+        }
+    }
+    return (int)n;
+}
+
+static PyObject *sb_landlock(PyObject *self, PyObject *args) {
+    PyObject *read_paths, *write_paths, *result = NULL;
+    int block_tcp, scope;
+    if (!PyArg_ParseTuple(args, "OOpp", &read_paths, &write_paths, &block_tcp, &scope)) return NULL;
     PyObject *rseq = PySequence_Fast(read_paths, "read_paths must be a sequence of str or int");
     if (!rseq) return NULL;
     PyObject *wseq = PySequence_Fast(write_paths, "write_paths must be a sequence of str or int");
-    if (!wseq) {
-        Py_DECREF(rseq);
-        return NULL;
+    struct ll_item *reads = NULL, *writes = NULL;
+    int n_reads, n_writes;
+    const char *bad = "";
+    if (wseq && (n_reads = ll_items(rseq, &reads)) >= 0 && (n_writes = ll_items(wseq, &writes)) >= 0) {
+        int abi = landlock_core(reads, n_reads, writes, n_writes, block_tcp, scope, &bad);
+        result = abi < 0 ? (*bad ? PyErr_SetFromErrnoWithFilename(PyExc_OSError, bad) : PyErr_SetFromErrno(PyExc_OSError))
+                         : PyLong_FromLong(abi);
     }
-    int rfd = (int)syscall(SYS_landlock_create_ruleset, &attr, attr_size, 0);
-    if (rfd < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
-    }
-    if (add_rules(rfd, rseq, read_rights) != 0 || add_rules(rfd, wseq, read_rights | write_rights) != 0) goto fail;
-    if (syscall(SYS_landlock_restrict_self, rfd, 0) != 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto fail;
-    }
-    close(rfd);
+    PyMem_Free(reads);
+    PyMem_Free(writes);
     Py_DECREF(rseq);
-    Py_DECREF(wseq);
-    return PyLong_FromLong(abi);
-fail:
-    if (rfd >= 0) close(rfd);
-    Py_DECREF(rseq);
-    Py_DECREF(wseq);
-    return NULL;
+    Py_XDECREF(wseq);
+    return result;
 }
 
 /* ---------------------------------------------------------------- the verdict */
@@ -1373,8 +1428,79 @@ static ssize_t take(int fd, PyObject *feed, struct loop_buf *data, int *stop) {
 /* Run one job; returns 0 in the worker (a script job's reply frame in `rep`; a plus job's (comparison, reply,
  * seconds) in *out; *leftover set when the folder could not be removed), 1 in the child (*out its tuple for Python),
  * -1 with a Python exception set. */
+/* What a forked child does before its program, in C (Worker._child's steps for script and plus jobs, in its order):
+ * each Python-level step in a fresh fork writes to pages it shares with the worker, and the ~20 lines of Python
+ * between the fork and the program cost ~100 copy-on-write faults, a third of a trivial program's. Given to job_loop
+ * by Worker._child_plan when Landlock takes the worker's rule descriptors; without it the child returns to Python. */
+struct child_plan {
+    PyObject *program;        /* program(kind, code, task_key, split): makes the run and judges it; never returns */
+    PyObject *freeze;         /* gc.freeze: the collector never walks the worker's objects in the child */
+    PyObject *signal, *resets; /* _signal.signal and the (signal, SIG_DFL) pairs it is called with */
+    int n_limits;             /* which/rl[1..]: the limits but the CPU time, which is per job (rl[0]) */
+    int which[SB_MAX_LIMITS];
+    struct rlimit rl[SB_MAX_LIMITS];
+    int keep_lo, keep_hi;     /* the worker's O_PATH rule descriptors: keep_lo /dev/null (written), the rest read */
+    int root, uid, gid, keep_read;
+    int block_fork, block_net;
+};
+
+static int parse_plan(PyObject *t, struct child_plan *c) {
+    PyObject *limits;
+    if (!PyArg_ParseTuple(t, "OOOO!Oiipiippp", &c->program, &c->freeze, &c->signal, &PyTuple_Type, &c->resets,
+                          &limits, &c->keep_lo, &c->keep_hi, &c->root, &c->uid, &c->gid, &c->keep_read,
+                          &c->block_fork, &c->block_net))
+        return -1;
+    if (c->keep_lo < 5 || c->keep_hi < c->keep_lo || c->keep_hi - c->keep_lo > SB_MAX_RULE_FDS) {
+        PyErr_SetString(PyExc_ValueError, "the kept descriptors must be a range above 4, of at most 65");
+        return -1;
+    }
+    int n = parse_limits(limits, c->which + 1, c->rl + 1, SB_MAX_LIMITS - 1);
+    if (n < 0) return -1;
+    c->n_limits = n + 1;
+    c->which[0] = RLIMIT_CPU;
+    return 0;
+}
+
+/* The child's steps, then its program (never returns: a step that fails exits 101, as Worker._child's exceptions do).
+ * `backstop`: the kernel's CPU-time limit in seconds (the user-time limit is the worker's). */
+static void child_steps(struct child_plan *c, const struct loop_policy *pol, const struct loop_job *j, int res_w,
+                        int non_r, long backstop, pid_t worker) {
+    PyObject *r = PyObject_CallNoArgs(c->freeze);
+    if (!r) _exit(101);
+    Py_DECREF(r);
+    c->rl[0].rlim_cur = (rlim_t)backstop, c->rl[0].rlim_max = (rlim_t)backstop + 1;
+    if (enter_core(pol->output, pol->owner_uid, pol->owner_gid, res_w, non_r, c->n_limits, c->which, c->rl,
+                   pol->folder, c->keep_lo, c->keep_hi) != 0)
+        _exit(101);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(c->resets); i++) {
+        r = PyObject_Call(c->signal, PyTuple_GET_ITEM(c->resets, i), NULL);
+        if (!r) _exit(101);
+        Py_DECREF(r);
+    }
+    if (c->root && drop_to_core(c->uid, c->gid, c->keep_read) != 0) _exit(101);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(101); /* after the uid switch, which clears it */
+    if (getppid() != worker) _exit(1); /* the worker died before that: nothing would kill us */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) _exit(101);
+    /* Landlock (Worker._confine): reads beneath the rule descriptors and this process's /proc folder, writes in the
+     * job's folder and /dev/null; the descriptors closed once the rules are in force; then seccomp */
+    struct ll_item reads[SB_MAX_RULE_FDS + 1], writes[2] = {{.fd = -1, .path = pol->folder}, {.fd = c->keep_lo}};
+    int n_reads = 0;
+    for (int fd = c->keep_lo + 1; fd <= c->keep_hi; fd++)
+        reads[n_reads++] = (struct ll_item){.fd = fd, .path = ""};
+    reads[n_reads++] = (struct ll_item){.fd = -1, .path = "/proc/self"};
+    const char *why;
+    if (landlock_core(reads, n_reads, writes, 2, c->block_net, 1, &why) < 0) _exit(101);
+    close_from(c->keep_lo, c->keep_hi);
+    if (seccomp_core((int)getpid(), c->block_fork, c->block_net, &why) != 0) _exit(101);
+    r = PyObject_CallFunction(c->program, "CNNN", (int)j->kind,
+                              PyUnicode_DecodeUTF8(j->code, (Py_ssize_t)j->code_n, "surrogatepass"),
+                              j->key ? PyUnicode_DecodeUTF8(j->key, (Py_ssize_t)j->key_n, "strict") : Py_NewRef(Py_None),
+                              j->split ? PyUnicode_FromOrdinal(j->split) : Py_NewRef(Py_None));
+    _exit(101);
+}
+
 static int run_job(const struct loop_policy *pol, const struct loop_job *j, struct loop_buf *rep, int *leftover,
-                   PyObject **out) {
+                   PyObject **out, struct child_plan *plan) {
     double cpu = j->cpu;
     if (pol->cpu_timeout > 0) cpu = pol->cpu_timeout;
     else if (!(cpu > 0)) cpu = pol->timeout;
@@ -1404,6 +1530,7 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
         goto fail;
     }
     double t0 = mono();
+    pid_t worker = getpid();
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0) {
@@ -1412,6 +1539,10 @@ static int run_job(const struct loop_policy *pol, const struct loop_job *j, stru
         close(non[1]);
         Py_XDECREF(feed);
         Py_XDECREF(comp);
+        if (plan) {
+            long backstop = (long)ceil(wall);
+            child_steps(plan, pol, j, res[1], non[0], backstop < 1 ? 1 : backstop, worker);
+        }
         *out = Py_BuildValue("(CNdiiNC)", (int)j->kind,
                              PyUnicode_DecodeUTF8(j->code, (Py_ssize_t)j->code_n, "surrogatepass"), cpu, res[1],
                              non[0], j->key ? PyUnicode_DecodeUTF8(j->key, (Py_ssize_t)j->key_n, "strict")
@@ -1514,16 +1645,20 @@ fail:
 }
 
 /* job_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, max_output,
- *          prepare) -> ("message", payload) | ("eof", None) | ("leftover", None) | ("plus", (comparison, reply,
- *          seconds, leftover)) | in a forked child ("child", (kind, code, cpu, result_fd, nonce_fd, task_key,
- *          split)): serves script jobs, and plus jobs up to their verdict, until something needs Python. */
+ *          prepare[, plan]) -> ("message", payload) | ("eof", None) | ("leftover", None) | ("plus", (comparison,
+ *          reply, seconds, leftover)) | in a forked child without a plan ("child", (kind, code, cpu, result_fd,
+ *          nonce_fd, task_key, split)): serves script jobs, and plus jobs up to their verdict, until something needs
+ *          Python. plan (struct child_plan, parse_plan): a child takes its steps in C and calls the plan's program. */
 static PyObject *sb_job_loop(PyObject *self, PyObject *args) {
     int cmd, reply;
     struct loop_policy pol;
-    if (!PyArg_ParseTuple(args, "iissiidddlO", &cmd, &reply, &pol.folder, &pol.output, &pol.owner_uid,
+    PyObject *plan_args = Py_None;
+    if (!PyArg_ParseTuple(args, "iissiidddlO|O", &cmd, &reply, &pol.folder, &pol.output, &pol.owner_uid,
                           &pol.owner_gid, &pol.timeout, &pol.cpu_timeout, &pol.wall_factor, &pol.max_output,
-                          &pol.prepare))
+                          &pol.prepare, &plan_args))
         return NULL;
+    struct child_plan plan;
+    if (plan_args != Py_None && parse_plan(plan_args, &plan) != 0) return NULL;
     static struct loop_buf frame, rep;
     for (;;) {
         uint64_t n;
@@ -1553,7 +1688,7 @@ static PyObject *sb_job_loop(PyObject *self, PyObject *args) {
         if (parse_job(frame.b, n - 1, tag, &job) != 0) return NULL;
         int leftover = 0;
         PyObject *out = NULL;
-        r = run_job(&pol, &job, &rep, &leftover, &out);
+        r = run_job(&pol, &job, &rep, &leftover, &out, plan_args != Py_None ? &plan : NULL);
         if (r == 1) return Py_BuildValue("(sN)", "child", out);
         if (r < 0) return NULL;
         if (out) { /* a plus job: its verdict and reply are Python's */
@@ -1604,10 +1739,12 @@ static PyMethodDef methods[] = {
      "bounds; leaf(k, raw) builds a numpy scalar."},
     {"job_loop", sb_job_loop, METH_VARARGS,
      "job_loop(cmd_fd, reply_fd, folder, output, owner_uid, owner_gid, timeout, cpu_timeout, wall_factor, "
-     "max_output, prepare) -> (what, value): serve script jobs, and plus jobs up to their verdict, in C until "
-     "something needs Python: ('message', payload), ('eof', None), ('leftover', None) (the job's folder was not "
-     "emptied), ('plus', (comparison, reply, seconds, leftover)), or in a forked child ('child', (kind, code, cpu, "
-     "result_fd, nonce_fd, task_key, split))."},
+     "max_output, prepare[, plan]) -> (what, value): serve script jobs, and plus jobs up to their verdict, in C "
+     "until something needs Python: ('message', payload), ('eof', None), ('leftover', None) (the job's folder was "
+     "not emptied), ('plus', (comparison, reply, seconds, leftover)), or in a forked child without a plan ('child', "
+     "(kind, code, cpu, result_fd, nonce_fd, task_key, split)). With plan (program, gc.freeze, _signal.signal, "
+     "((signal, SIG_DFL), ...), limits but RLIMIT_CPU, keep_lo, keep_hi, root, uid, gid, keep_read, block_fork, "
+     "block_net) the child confines itself in C and calls program(kind, code, task_key, split)."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "

@@ -26,6 +26,12 @@ def pool():
         yield p
 
 
+def _landlock() -> bool:
+    from wizardcoder.eval.sandbox import _sandbox
+
+    return _sandbox is not None and _sandbox.landlock_abi() > 0
+
+
 def run1(pool, code, timeout=None):
     job = {"id": 0, "kind": "script", "code": code}
     if timeout:
@@ -643,6 +649,22 @@ LOOP_PROGRAMS = {
     "printing": "print('x' * 100000)\nimport sys\nprint('err', file=sys.stderr)",
     "home": "import os, tempfile\nassert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'], os.getcwd()\n"
             "assert os.listdir('.') == ['.output'], os.listdir('.')\nopen('mine', 'w').write('x')",
+    # the process a program runs in, as the child's steps left it (in C: job_loop's child plan; in Python: _child)
+    "state": "import os, resource, signal\n"
+             "st = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
+             "ids = [st[k].split()[0] for k in ('Uid', 'Gid')] + [st['Groups'].strip() or '-']\n"
+             "caps = [int(st[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')]\n"
+             "flags = [st[k] for k in ('NoNewPrivs', 'Seccomp', 'Seccomp_filters')]\n"
+             "sigs = [hex(int(st[k], 16)) for k in ('SigIgn', 'SigCgt', 'SigBlk')]\n"
+             "limits = [resource.getrlimit(getattr(resource, 'RLIMIT_' + n))[0] for n in "
+             "('CPU', 'CORE', 'FSIZE', 'NOFILE', 'AS', 'NPROC')]\n"
+             "handlers = [getattr(signal.getsignal(s), 'name', '?')[4:] for s in (signal.SIGINT, signal.SIGTERM, "
+             "signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGALRM)]\n"
+             "fds = ''.join(sorted(os.listdir('/proc/self/fd')))\n"
+             "try:\n    os.listdir('/var')\n    outside = 'listed'\nexcept OSError as e:\n    outside = type(e).__name__\n"
+             "session = os.getsid(0) == os.getpid() == os.getpgrp()\n"
+             "raise AssertionError(repr((ids, caps, flags, sigs, limits, handlers, fds, "
+             "os.path.basename(os.readlink('/proc/self/fd/1')), session, outside)))",
 }
 
 
@@ -665,7 +687,7 @@ def test_the_c_loop_decides_as_the_python_reference(monkeypatch):
     want = {"passes": "passed", "fails": "failed", "syntax": "syntax_error", "cpu": "timeout", "wall": "timeout",
             "segv": "crashed", "abort": "crashed", "exit0": "crashed", "exit3": "crashed", "forged": "crashed",
             "flood": "crashed", "too_big": "crashed", "memory": "memory", "files_left": "passed", "unicode": "passed",
-            "surrogate": "syntax_error", "printing": "passed", "home": "passed", "home0": "passed",
+            "surrogate": "syntax_error", "printing": "passed", "home": "passed", "state": "failed", "home0": "passed",
             "home1": "passed", "home2": "passed", "own_timeout": "timeout"}
     assert {k: v[0] for k, v in ours.items()} == want, ours
     assert ours["cpu"][1] == "CPU time limit 1s" and ours["own_timeout"][1] == "CPU time limit 2s"
@@ -674,6 +696,17 @@ def test_the_c_loop_decides_as_the_python_reference(monkeypatch):
     assert ours["exit3"][1] == "exited with status 3 before reporting a result"
     assert ours["too_big"][1] == "output/file size limit 4 MiB"
     assert ours["forged"][1].startswith("no verdict from the harness")
+    assert ours["state"][1].startswith("AssertionError: ([") and ".output', True" in ours["state"][1], ours["state"]
+
+
+@pytest.mark.skipif(not _landlock(), reason="Landlock is unavailable: the child's steps then run in Python")
+def test_a_programs_steps_before_it_run_in_c(pool):
+    """With Landlock, a worker's rule descriptors are one range (moved there when the fork server left gaps between
+    free descriptors), and job_loop's child takes every step up to the program in C (csrc/sandbox.c: child_steps):
+    the program is reached through Worker._program, not Worker._child (~70 copy-on-write faults less a program)."""
+    r = run1(pool, "import sys\nf, names = sys._getframe(), []\nwhile f:\n    names.append(f.f_code.co_name)\n"
+                   "    f = f.f_back\nassert names[1:4] == ['_judge', '_program', 'receive'], names")
+    assert r["status"] == "passed", r
 
 
 def test_job_frames_carry_any_source(tmp_path):

@@ -282,11 +282,22 @@ class Worker:
                 fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
             except OSError:
                 if path == os.devnull:
+                    for fd in fds:
+                        os.close(fd)
                     return ()
-        if fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
+        # Opened in the lowest free numbers, they are one range only when no other descriptor sat in between (the
+        # fork server's leave gaps): moved above everything, the lowest free numbers from there, until they are.
+        while fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
+            import fcntl  # only here: a module more in every worker otherwise
+            try:
+                moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(fds) + 1) for fd in fds]
+            except OSError:  # out of descriptors: the paths then go to Landlock by name
+                moved = []
             for fd in fds:
                 os.close(fd)
-            return ()
+            if not moved:
+                return ()
+            fds = moved
         return fds[0], fds[-1]
 
     def _namespaces(self) -> tuple[bool, bool, bool, dict[str, str]]:
@@ -493,10 +504,11 @@ class Worker:
         return reply
 
     def _limits(self, cpu: float) -> list[tuple[int, int, int]]:
-        """A program's (resource, soft, hard) limits (made before the fork: the child only applies them)."""
+        """A program's (resource, soft, hard) limits (made before the fork: the child only applies them). The CPU
+        time's comes first (job_loop's child plan sets it per job, the others as they are here)."""
         c = self.config
         backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
-        limits = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_CPU, backstop, backstop + 1),
+        limits = [(resource.RLIMIT_CPU, backstop, backstop + 1), (resource.RLIMIT_CORE, 0, 0),
                   (resource.RLIMIT_FSIZE, c.max_output, c.max_output),
                   (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
         if c.memory:
@@ -504,6 +516,21 @@ class Worker:
         if self.root:  # the sandbox uid is its own: count its processes
             limits.append((resource.RLIMIT_NPROC, c.max_procs, c.max_procs))
         return limits
+
+    def _child_plan(self) -> tuple | None:
+        """_child's steps for script and plus jobs as job_loop's child takes them in C (see child_plan in
+        csrc/sandbox.c), or None where _child runs them: without the Landlock rule descriptors (a path lookup per
+        rule) or with REFERENCE_VARIABLE's run_job. Same order and arguments as _child and _confine."""
+        if not (self.rule_fds and self.landlock_abi and hasattr(_sandbox, "job_loop")):
+            return None
+        lo, hi = self.rule_fds
+        resets = tuple((sig, _signal.SIG_DFL) for sig in _RESET_SIGNALS)
+        return (self._program, gc.freeze, _signal.signal, resets, self._limits(0.0)[1:], lo, hi, self.root, self.uid,
+                self.gid, self.keep_read, not self.config.allow_fork, not self.config.network)
+
+    def _program(self, kind: str, code: str, key: str | None, split: str | None) -> None:
+        """A script ('S') or plus ('P') job's program, judged, in a child that job_loop confined (never returns)."""
+        self._judge(_loop_job(kind, code, key, split))
 
     def _child(self, job: dict, w: int, nonce_r: int, limits: list) -> None:
         c, jobdir = self.config, self.folder
@@ -540,9 +567,15 @@ class Worker:
             except OSError:
                 os._exit(102)
             os._exit(0)
-        if kind == "script":
+        if kind != "command":
+            self._judge(job)
+        (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
+
+    def _judge(self, job: dict) -> None:
+        """A script or plus job's run and describe (checks.py), judged: never returns."""
+        if job["kind"] == "script":
             run, describe = checks.script_job(job)
-        elif kind == "plus":
+        else:
             run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(None),
                                             values.digester(None))
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
@@ -671,10 +704,11 @@ class Worker:
             except EOFError:
                 return None
         c, owner = self.config, (self.uid, self.gid) if self.root else (-1, -1)
+        plan = self._child_plan()
         while True:
             what, value = _sandbox.job_loop(commands.fd, replies.fd, self.folder, os.path.join(self.folder, ".output"),
                                             *owner, float(c.timeout), float(c.cpu_timeout or 0.0),
-                                            float(c.wall_factor), int(c.max_output), self._comparison)
+                                            float(c.wall_factor), int(c.max_output), self._comparison, plan)
             if what == "message":
                 return pickle.loads(value)
             if what == "eof":
@@ -693,9 +727,7 @@ class Worker:
             try:  # "child": the program's process
                 gc.freeze()
                 kind, code, cpu, w, nonce_r, key, split = value
-                job = {"kind": "script", "code": code} if kind == "S" else {
-                    "kind": "plus", "code": code, "task_key": key, "split": SPLITS[split.encode()]}
-                self._child(job, w, nonce_r, self._limits(cpu))
+                self._child(_loop_job(kind, code, key, split), w, nonce_r, self._limits(cpu))
             finally:
                 os._exit(101)
 
@@ -750,6 +782,13 @@ class Worker:
 
 _RESET_SIGNALS = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU,
                                         signal.SIGALRM))
+
+
+def _loop_job(kind: str, code: str, key: str | None, split: str | None) -> dict:
+    """The job dict of a job_loop frame's fields (Channel.job_frame's kind 'S' or 'P')."""
+    if kind == "S":
+        return {"kind": "script", "code": code}
+    return {"kind": "plus", "code": code, "task_key": key, "split": SPLITS[split.encode()]}
 
 
 def _scratch_root(root: str | None) -> str:
