@@ -1768,6 +1768,9 @@ PyMODINIT_FUNC PyInit__sandbox(void) {
         {"MS_REMOUNT", MS_REMOUNT},     {"MS_BIND", MS_BIND},           {"MS_REC", MS_REC},
         {"MS_PRIVATE", MS_PRIVATE},     {"MNT_DETACH", MNT_DETACH},
         {"FD_RULES", 1}, /* landlock takes O_PATH descriptors and enter keeps them: sandbox.py asks before using */
+        /* the limits enter applies, so a worker need not load the resource module (5 mappings more in every fork) */
+        {"RLIMIT_CPU", RLIMIT_CPU},     {"RLIMIT_CORE", RLIMIT_CORE},   {"RLIMIT_FSIZE", RLIMIT_FSIZE},
+        {"RLIMIT_NOFILE", RLIMIT_NOFILE}, {"RLIMIT_AS", RLIMIT_AS},     {"RLIMIT_NPROC", RLIMIT_NPROC},
     };
     for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++)
         if (PyModule_AddObject(m, consts[i].name, PyLong_FromUnsignedLong(consts[i].value)) != 0) {

@@ -328,10 +328,11 @@ def test_the_worker_holds_only_what_programs_use(pool):
     """Every module a worker holds makes each program's fork and exit dearer (bench/RESULTS.md: the fork server's
     CPU per program): none of the evaluator's (dataclasses and what it imports, tempfile, random), no site, no runpy
     (the workers start through `-c`, not `-m`), and not the traceback module (a failing program's line is found by
-    checks._describe itself)."""
+    checks._describe itself), nor modules only some jobs use (select, resource and fcntl: the Python reference and
+    command jobs; mmap: the + tasks' expected outputs): each C module is 5 mappings every fork copies."""
     r = run1(pool, "import sys\nheavy = {'dataclasses', 'inspect', 'ast', 'dis', 'tempfile', 'random', 'site', "
                    "'multiprocessing', 'runpy', 'importlib.util', 'wizardcoder.eval.jobs', 'wizardcoder.eval.pool', "
-                   "'traceback', 'linecache', 'tokenize'} & set(sys.modules)\n"
+                   "'traceback', 'linecache', 'tokenize', 'select', 'resource', 'fcntl', 'mmap'} & set(sys.modules)\n"
                    "assert not heavy, sorted(heavy)\nassert {'typing', 're', 'math'} <= set(sys.modules)")
     assert r["status"] == "passed", r
 

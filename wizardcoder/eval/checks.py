@@ -29,8 +29,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import resource
-import select
 import signal
 import struct
 import time
@@ -188,6 +186,9 @@ def command_job(job: dict, spec: dict, confine):
 def _run_step(step: dict, env: dict, confine, folder: str) -> None:
     """Run one step in its own process group, its output in a file of its own; raise StepFailed unless it exits 0
     (the error names files relative to the program's `folder`)."""
+    import resource  # here, in a command job's child: not modules of every worker (each is mappings a fork copies)
+    import select
+
     what, argv, cpu = step["what"], step["argv"], max(1, math.ceil(step["cpu"]))
     log = os.open(f".{what}.log", os.O_RDWR | _NEW, 0o600)
     try:
@@ -246,6 +247,8 @@ def _printed(log: str, token: bytes) -> bool:
 
 def _lower(which: int, soft: int, hard: int) -> None:
     """Set a limit no higher than the one in force (the sandbox's own limits stay the ceiling)."""
+    import resource
+
     cur = resource.getrlimit(which)[1]
     if cur != resource.RLIM_INFINITY:
         soft, hard = min(soft, cur), min(hard, cur)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import mmap
 import struct
 import sys
 
@@ -150,6 +149,8 @@ class HiddenOutputs:
         frames = expected_frames(outputs, leaves)
         (self.n,) = struct.unpack_from("<Q", frames)
         self.base = 8 * (self.n + 2) + self.n  # the frames start after the count, the offsets and the kinds
+        import mmap  # here: only the + tasks' workers hold it (every module is mappings each fork copies)
+
         self.map = mmap.mmap(-1, len(frames), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.hidden = False
         for advice in (getattr(mmap, "MADV_WIPEONFORK", MADV_WIPEONFORK), getattr(mmap, "MADV_DONTFORK", None)):

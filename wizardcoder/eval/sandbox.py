@@ -45,8 +45,6 @@ import json
 import math
 import os
 import pickle
-import resource
-import select
 import signal
 import struct
 import sys
@@ -286,12 +284,16 @@ class Worker:
                         os.close(fd)
                     return ()
         # Opened in the lowest free numbers, they are one range only when no other descriptor sat in between (the
-        # fork server's leave gaps): moved above everything, the lowest free numbers from there, until they are.
-        while fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
-            import fcntl  # only here: a module more in every worker otherwise
+        # fork server's leave gaps): then moved to the first free run of numbers above them (dup2 onto numbers
+        # checked free; not fcntl's F_DUPFD: its module would be 5 more mappings in every worker, each copied at
+        # every fork)
+        if fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
+            start = max(fds) + 1
+            while any(_open_fd(fd) for fd in range(start, start + len(fds))):
+                start += 1
             try:
-                moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(fds) + 1) for fd in fds]
-            except OSError:  # out of descriptors: the paths then go to Landlock by name
+                moved = [os.dup2(fd, start + i, inheritable=False) for i, fd in enumerate(fds)]
+            except OSError:  # past the descriptor limit: the paths then go to Landlock by name
                 moved = []
             for fd in fds:
                 os.close(fd)
@@ -506,15 +508,14 @@ class Worker:
     def _limits(self, cpu: float) -> list[tuple[int, int, int]]:
         """A program's (resource, soft, hard) limits (made before the fork: the child only applies them). The CPU
         time's comes first (job_loop's child plan sets it per job, the others as they are here)."""
-        c = self.config
+        c, r = self.config, _rlimits()
         backstop = _cpu_secs(cpu * c.wall_factor + 1.0)  # the user-time limit is the worker's (_watch)
-        limits = [(resource.RLIMIT_CPU, backstop, backstop + 1), (resource.RLIMIT_CORE, 0, 0),
-                  (resource.RLIMIT_FSIZE, c.max_output, c.max_output),
-                  (resource.RLIMIT_NOFILE, c.max_files, c.max_files)]
+        limits = [(r.RLIMIT_CPU, backstop, backstop + 1), (r.RLIMIT_CORE, 0, 0),
+                  (r.RLIMIT_FSIZE, c.max_output, c.max_output), (r.RLIMIT_NOFILE, c.max_files, c.max_files)]
         if c.memory:
-            limits.append((resource.RLIMIT_AS, c.memory, c.memory))
+            limits.append((r.RLIMIT_AS, c.memory, c.memory))
         if self.root:  # the sandbox uid is its own: count its processes
-            limits.append((resource.RLIMIT_NPROC, c.max_procs, c.max_procs))
+            limits.append((r.RLIMIT_NPROC, c.max_procs, c.max_procs))
         return limits
 
     def _child_plan(self) -> tuple | None:
@@ -601,6 +602,8 @@ class Worker:
         RLIMIT_CPU counts system time too, and a memory-hungry program spends seconds of it having its pages zeroed,
         more on a busy machine) or its wall time runs out. `feed` (a plus job's Comparison.feed) takes the bytes
         instead, as they come, and stops the child once it returns True (its verdict is known); {} then."""
+        import select  # here: the C loop watches script and plus jobs, and a module is mappings every fork copies
+
         cap = (1 << 30) if big else (1 << 20)
         limit = _cpu_secs(cpu)
         chunks, got, status, why = [], 0, None, None
@@ -784,6 +787,25 @@ _RESET_SIGNALS = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SI
                                         signal.SIGALRM))
 
 
+def _rlimits():
+    """Where the RLIMIT_* numbers come from: the extension, which exports those enter applies, so that a worker never
+    loads the resource module (every module's mappings are copied at every fork: ~3 us of fork and exit each), else
+    the resource module."""
+    if hasattr(_sandbox, "RLIMIT_CPU"):
+        return _sandbox
+    import resource
+
+    return resource
+
+
+def _open_fd(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _loop_job(kind: str, code: str, key: str | None, split: str | None) -> dict:
     """The job dict of a job_loop frame's fields (Channel.job_frame's kind 'S' or 'P')."""
     if kind == "S":
@@ -821,6 +843,8 @@ def _enter_reference(output: str, owner_uid: int, owner_gid: int, result_fd: int
     for fd, target in ((null, 0), (out, 1), (out, 2), (result_fd, 3), (nonce_fd, 4)):
         os.dup2(fd, target)
     os.closerange(5, 1 << 16)
+    import resource
+
     for which, soft, hard in limits:
         resource.setrlimit(which, (soft, hard))
     os.chdir(folder)
