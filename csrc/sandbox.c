@@ -423,9 +423,15 @@ static void emit_tree(struct prog *p, int lo, int hi) {
     emit_tree(p, mid, hi);
 }
 
-static int by_nr(const void *a, const void *b) {
-    uint32_t x = ((const struct rule *)a)->nr, y = ((const struct rule *)b)->nr;
-    return (x > y) - (x < y);
+/* rules sorted by nr in place: an insertion sort of ~60 rules, not qsort, whose merge sort mallocs (in a forked
+ * child every page malloc touches is a copy-on-write fault) */
+static void sort_rules(struct rule *r, int n) {
+    for (int i = 1; i < n; i++) {
+        struct rule x = r[i];
+        int j = i;
+        for (; j > 0 && r[j - 1].nr > x.nr; j--) r[j] = r[j - 1];
+        r[j] = x;
+    }
 }
 
 /* seccomp's filter built and installed: 0; -1 with errno set; -2 with *why (a fault in the rules themselves) */
@@ -531,7 +537,7 @@ static int seccomp_core(int pid, int block_fork, int block_net, const char **why
         uint32_t unix_only[1] = {AF_UNIX};
         arg0_in(&p, SYS_socketpair, unix_only, 1, SB_ERRNO(EACCES));
     }
-    qsort(p.rules, (size_t)p.n_rules, sizeof(p.rules[0]), by_nr);
+    sort_rules(p.rules, p.n_rules);
     for (int i = 1; i < p.n_rules; i++)
         if (p.rules[i].nr == p.rules[i - 1].nr) {
             *why = "a syscall named twice in the seccomp rules";
@@ -792,14 +798,7 @@ static int write_all(int fd, const char *p, size_t n) {
  * gives (status, error, failed_test) and any status but "passed" is kept. nonce + the JSON verdict go to result_fd,
  * then _exit(0). A nested call (the program calling judge itself) is refused, so the only way to a "passed" verdict
  * is run() returning; the worker accepts a verdict only behind the nonce, which no Python object holds. */
-static PyObject *sb_judge(PyObject *self, PyObject *args) {
-    int rfd, nfd;
-    PyObject *run, *describe;
-    if (!PyArg_ParseTuple(args, "iiOO", &rfd, &nfd, &run, &describe)) return NULL;
-    if (judging) {
-        PyErr_SetString(PyExc_RuntimeError, "a verdict is already being judged");
-        return NULL;
-    }
+static void judge_core(int rfd, int nfd, PyObject *run, PyObject *describe) {
     judging = 1;
     unsigned char nonce[SB_NONCE_LEN];
     size_t got = 0;
@@ -861,6 +860,18 @@ static PyObject *sb_judge(PyObject *self, PyObject *args) {
         put(&out, "}");
     }
     _exit(write_all(rfd, out.b, out.n) == 0 ? 0 : 102);
+}
+
+static PyObject *sb_judge(PyObject *self, PyObject *args) {
+    int rfd, nfd;
+    PyObject *run, *describe;
+    if (!PyArg_ParseTuple(args, "iiOO", &rfd, &nfd, &run, &describe)) return NULL;
+    if (judging) {
+        PyErr_SetString(PyExc_RuntimeError, "a verdict is already being judged");
+        return NULL;
+    }
+    judge_core(rfd, nfd, run, describe);
+    return NULL; /* not reached */
 }
 
 /* ---------------------------------------------------------------- exact values (plus jobs' outputs)
@@ -1433,7 +1444,7 @@ static ssize_t take(int fd, PyObject *feed, struct loop_buf *data, int *stop) {
  * between the fork and the program cost ~100 copy-on-write faults, a third of a trivial program's. Given to job_loop
  * by Worker._child_plan when Landlock takes the worker's rule descriptors; without it the child returns to Python. */
 struct child_plan {
-    PyObject *program;        /* program(kind, code, task_key, split): makes the run and judges it; never returns */
+    PyObject *script, *plus;  /* script(code) / plus(code, task_key, split) -> (run, describe), then judged here */
     PyObject *freeze;         /* gc.freeze: the collector never walks the worker's objects in the child */
     PyObject *signal, *resets; /* _signal.signal and the (signal, SIG_DFL) pairs it is called with */
     int n_limits;             /* which/rl[1..]: the limits but the CPU time, which is per job (rl[0]) */
@@ -1446,7 +1457,7 @@ struct child_plan {
 
 static int parse_plan(PyObject *t, struct child_plan *c) {
     PyObject *limits;
-    if (!PyArg_ParseTuple(t, "OOOO!Oiipiippp", &c->program, &c->freeze, &c->signal, &PyTuple_Type, &c->resets,
+    if (!PyArg_ParseTuple(t, "OOOOO!Oiipiippp", &c->script, &c->plus, &c->freeze, &c->signal, &PyTuple_Type, &c->resets,
                           &limits, &c->keep_lo, &c->keep_hi, &c->root, &c->uid, &c->gid, &c->keep_read,
                           &c->block_fork, &c->block_net))
         return -1;
@@ -1492,11 +1503,13 @@ static void child_steps(struct child_plan *c, const struct loop_policy *pol, con
     if (landlock_core(reads, n_reads, writes, 2, c->block_net, 1, &why) < 0) _exit(101);
     close_from(c->keep_lo, c->keep_hi);
     if (seccomp_core((int)getpid(), c->block_fork, c->block_net, &why) != 0) _exit(101);
-    r = PyObject_CallFunction(c->program, "CNNN", (int)j->kind,
-                              PyUnicode_DecodeUTF8(j->code, (Py_ssize_t)j->code_n, "surrogatepass"),
-                              j->key ? PyUnicode_DecodeUTF8(j->key, (Py_ssize_t)j->key_n, "strict") : Py_NewRef(Py_None),
-                              j->split ? PyUnicode_FromOrdinal(j->split) : Py_NewRef(Py_None));
-    _exit(101);
+    PyObject *code = PyUnicode_DecodeUTF8(j->code, (Py_ssize_t)j->code_n, "surrogatepass");
+    if (!code) _exit(101);
+    if (j->kind == 'S') r = PyObject_CallOneArg(c->script, code);
+    else r = PyObject_CallFunction(c->plus, "ONC", code, PyUnicode_DecodeUTF8(j->key, (Py_ssize_t)j->key_n, "strict"),
+                                   (int)j->split);
+    if (!r || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) _exit(101);
+    judge_core(3, 4, PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1));
 }
 
 static int run_job(const struct loop_policy *pol, const struct loop_job *j, struct loop_buf *rep, int *leftover,
@@ -1648,7 +1661,8 @@ fail:
  *          prepare[, plan]) -> ("message", payload) | ("eof", None) | ("leftover", None) | ("plus", (comparison,
  *          reply, seconds, leftover)) | in a forked child without a plan ("child", (kind, code, cpu, result_fd,
  *          nonce_fd, task_key, split)): serves script jobs, and plus jobs up to their verdict, until something needs
- *          Python. plan (struct child_plan, parse_plan): a child takes its steps in C and calls the plan's program. */
+ *          Python. plan (struct child_plan, parse_plan): a child takes its steps in C, asks the plan's script or plus
+ *          for its run and describe, and is judged (judge_core). */
 static PyObject *sb_job_loop(PyObject *self, PyObject *args) {
     int cmd, reply;
     struct loop_policy pol;
@@ -1742,9 +1756,10 @@ static PyMethodDef methods[] = {
      "max_output, prepare[, plan]) -> (what, value): serve script jobs, and plus jobs up to their verdict, in C "
      "until something needs Python: ('message', payload), ('eof', None), ('leftover', None) (the job's folder was "
      "not emptied), ('plus', (comparison, reply, seconds, leftover)), or in a forked child without a plan ('child', "
-     "(kind, code, cpu, result_fd, nonce_fd, task_key, split)). With plan (program, gc.freeze, _signal.signal, "
+     "(kind, code, cpu, result_fd, nonce_fd, task_key, split)). With plan (script, plus, gc.freeze, _signal.signal, "
      "((signal, SIG_DFL), ...), limits but RLIMIT_CPU, keep_lo, keep_hi, root, uid, gid, keep_read, block_fork, "
-     "block_net) the child confines itself in C and calls program(kind, code, task_key, split)."},
+     "block_net) the child confines itself in C, then script(code) or plus(code, task_key, split) gives its (run, "
+     "describe) and it is judged as by judge(3, 4, run, describe)."},
     {"landlock_abi", sb_landlock_abi, METH_NOARGS, "Landlock ABI version of the running kernel (0: unavailable)."},
     {"landlock", sb_landlock, METH_VARARGS,
      "landlock(read_paths, write_paths, block_tcp, scope) -> abi: reads only beneath read_paths + write_paths, "

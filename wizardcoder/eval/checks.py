@@ -99,9 +99,8 @@ def _compile(source: str):
     return fail
 
 
-def script_job(job: dict):
-    """(run, describe) for a script job: run() executes the whole program (solution and tests)."""
-    source = job["code"]
+def script_run(source: str):
+    """(run, describe) for a script job's program `source`: run() executes the whole program (solution and tests)."""
     code = _compile(source)
     run = code if callable(code) else functools.partial(exec, code, {})  # exec: a builtin, nothing to rebind
     return run, functools.partial(_verdict, source=source, describe=_describe, where=None)
@@ -112,7 +111,7 @@ def warm_up() -> None:
     own process, copying on write every page that touches: the compiler's AST types (made on the first compile() of
     an interpreter: ~160 page faults and ~1 ms per program when the worker had not compiled anything), and a failing
     program's verdict (its traceback read for the failing line)."""
-    run, describe = script_job({"code": "def f(x):\n    return x\n\nassert f(1) == 2\n"})
+    run, describe = script_run("def f(x):\n    return x\n\nassert f(1) == 2\n")
     try:
         run()
     except AssertionError as e:

@@ -526,12 +526,12 @@ class Worker:
             return None
         lo, hi = self.rule_fds
         resets = tuple((sig, _signal.SIG_DFL) for sig in _RESET_SIGNALS)
-        return (self._program, gc.freeze, _signal.signal, resets, self._limits(0.0)[1:], lo, hi, self.root, self.uid,
-                self.gid, self.keep_read, not self.config.allow_fork, not self.config.network)
+        return (checks.script_run, self._plus_run, gc.freeze, _signal.signal, resets, self._limits(0.0)[1:], lo, hi,
+                self.root, self.uid, self.gid, self.keep_read, not self.config.allow_fork, not self.config.network)
 
-    def _program(self, kind: str, code: str, key: str | None, split: str | None) -> None:
-        """A script ('S') or plus ('P') job's program, judged, in a child that job_loop confined (never returns)."""
-        self._judge(_loop_job(kind, code, key, split))
+    def _plus_run(self, code: str, key: str, split: str) -> tuple:
+        """A plus job's (run, describe), in a child that job_loop confined (it then judges them)."""
+        return self._runs(_loop_job("P", code, key, split))
 
     def _child(self, job: dict, w: int, nonce_r: int, limits: list) -> None:
         c, jobdir = self.config, self.folder
@@ -569,17 +569,14 @@ class Worker:
                 os._exit(102)
             os._exit(0)
         if kind != "command":
-            self._judge(job)
+            run, describe = self._runs(job)
         (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
 
-    def _judge(self, job: dict) -> None:
-        """A script or plus job's run and describe (checks.py), judged: never returns."""
+    def _runs(self, job: dict) -> tuple:
+        """A script or plus job's (run, describe) (checks.py)."""
         if job["kind"] == "script":
-            run, describe = checks.script_job(job)
-        else:
-            run, describe = checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(None),
-                                            values.digester(None))
-        (_sandbox.judge if _sandbox is not None else _judge_reference)(3, 4, run, describe)
+            return checks.script_run(job["code"])
+        return checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(None), values.digester(None))
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:
         """Landlock and seccomp for the calling process: a Python program's child, or one step of a command job
