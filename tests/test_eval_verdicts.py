@@ -574,6 +574,24 @@ def test_plus_jobs_in_the_c_loop_decide_as_the_python_reference(monkeypatch):
     assert {k for k, v in ours.items() if v[0] == "passed"} == set(HONEST), ours
 
 
+def test_a_plus_tasks_runner_is_each_programs_own():
+    """A + task's child half (checks.plus_runner: its inputs, the input it is at, its unsent outputs) is made once in
+    the worker and every program runs on its own copy: one that empties the inputs through the runner's frame, and
+    one that fails at its third input, leave the task's next programs as they were."""
+    task = {"entry_point": "f", "oracle": None, "atol": 0, "base_input": [[1], [2], [3], [4]],
+            "base_expected": [1000010, 2000013, 3000016, 4000019], "base_limits": [1.0] * 4}
+    tamper = ("import sys\ndef f(x):\n    sys._getframe(1).f_locals['inputs'].clear()\n"
+              "    return x * 1000003 + 7")
+    wrong = "def f(x):\n    return x * 1000003 + (8 if x == 3 else 7)"
+    order = [CORRECT, tamper, CORRECT, wrong, CORRECT, wrong, CORRECT]
+    with SandboxPool(1, SandboxConfig(timeout=2.0, memory=512 << 20)) as p:
+        p.add_task("t4", task)
+        res = list(p.run([Job(i, "plus", code, 2.0, "t4", "base") for i, code in enumerate(order)]))
+    assert [(r.status, r.tests) for r in res[::2]] == [("passed", 4)] * 4, res
+    assert res[1].status != "passed" and "ended before the last input" in res[1].error, res[1]
+    assert [(r.status, r.failed_test) for r in res[3::2]] == [("failed", 2)] * 2, res
+
+
 def test_each_tasks_jobs_go_to_about_one_worker():
     """Jobs with task data go by task (SandboxPool.run): a worker takes the jobs of tasks it holds, then of a task no
     other worker holds, so each problem's data is sent to and held by about one worker, not by every worker."""

@@ -297,11 +297,18 @@ def plus_job(job: dict, task: dict, encode, digest):
     `encode` finds it too big); the worker compares (compare.py). `task` holds no expected output (the worker keeps
     those). run() raises at the first input whose call fails or whose output is not a value `encode` (values.encoder:
     exact builtin types, numpy scalars) can send."""
-    source = job["code"]
-    split = job["split"]
+    return plus_runner(task, job["split"], encode, digest)(job["code"])
+
+
+def plus_runner(task: dict, split: str, encode, digest):
+    """plus_job for every program on one input set: what does not depend on the program made once (by the worker,
+    before it forks: a child then only compiles its program, where making these closures, lookups and bound methods
+    was ~50 copy-on-write faults a job). Returns program(source) -> (run, describe), to call once in a child: the
+    state run() keeps (the input it is at, the outputs not yet sent) is the child's own copy of the worker's
+    untouched one."""
     inputs, limits = task[f"{split}_input"], task[f"{split}_limits"]
     entry, oracle = task["entry_point"], task["oracle"]
-    code = _compile(source)
+    code = [None]  # the program's code object (or a function raising CompileFailed), set by program()
     at = [-1]  # the input being run (-1: none yet), for describe
     setitimer, prof, report, pack, write, clock = (signal.setitimer, signal.ITIMER_PROF, reported, struct.pack,
                                                    os.write, time.monotonic)
@@ -318,10 +325,10 @@ def plus_job(job: dict, task: dict, encode, digest):
         sent[0] = clock()
 
     def run() -> int:
-        if callable(code):
-            code()  # raises CompileFailed
+        if callable(code[0]):
+            code[0]()  # raises CompileFailed
         env: dict = {}
-        exec(code, env)
+        exec(code[0], env)
         if entry not in env:
             raise NameError(f"the program does not define {entry}")
         fn = env[entry]
@@ -355,11 +362,14 @@ def plus_job(job: dict, task: dict, encode, digest):
             send()  # the outputs before a failure are compared first, as evalplus checks them in order
         return len(inputs)
 
-    # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy machine
-    # does not fail correct programs
-    _signal.signal(signal.SIGPROF, _alarm)  # the C function: signal.signal's enum wrapping touches ~40 pages of the
-    # worker's memory (copy-on-write faults), ~0.1 ms a program
-    return run, functools.partial(_verdict, source=source, describe=_describe, where=(split, at))
+    def program(source: str):
+        code[0] = _compile(source)
+        # per-input limits count the process's CPU time (ITIMER_PROF), not wall time as evalplus does, so a busy
+        # machine does not fail correct programs
+        _signal.signal(signal.SIGPROF, _alarm)  # the C function: signal.signal's enum wrapping touches ~40 pages of
+        # the worker's memory (copy-on-write faults), ~0.1 ms a program
+        return run, functools.partial(_verdict, source=source, describe=_describe, where=(split, at))
+    return program
 
 
 def run_record(job: dict, task: dict) -> dict:

@@ -181,6 +181,8 @@ class Worker:
         self.config = config
         self.tasks: dict[str, dict] = {}  # what a job's child may see: inputs, limits, toolchain steps
         self.expected: dict[str, dict] = {}  # the + tasks' expected outputs, kept from the children (add_task)
+        self.runners: dict[tuple[str, str], object] = {}  # (task, split) -> checks.plus_runner's program (_runner)
+        self.decode = values.decoder(None)  # the + tasks' outputs (stateless: one for every Comparison)
         self.pid = os.getpid()
         self.root = os.geteuid() == 0
         self.uid = (uid if uid is not None else config.uid_base + index) if self.root else os.getuid()
@@ -443,13 +445,32 @@ class Worker:
         leaves = values.loaded_leaves()  # numpy's types if unpickling the outputs imported it (values.py)
         self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
+        self.runners.pop((key, "base"), None)
+        self.runners.pop((key, "plus"), None)
+
+    def drop_task(self, key: str) -> None:
+        for held in (self.tasks, self.expected):
+            held.pop(key, None)
+        self.runners.pop((key, "base"), None)
+        self.runners.pop((key, "plus"), None)
+
+    def _runner(self, key: str, split: str):
+        """checks.plus_runner's program(source) for this task's split, made once in the worker (the first time by
+        _comparison, before a fork) and then found in every child's copy."""
+        runner = self.runners.get((key, split))
+        if runner is None:
+            runner = self.runners[key, split] = checks.plus_runner(self.tasks[key], split, values.encoder(None),
+                                                                   values.digester(None))
+        return runner
 
     def _comparison(self, key: str, split: str) -> Comparison:
         """The worker's half of a plus job (compare.py): its own inputs and expected outputs. Made before the fork
-        (its nonce after): what the worker allocates while the child lives costs copy-on-write faults."""
+        (its nonce after): what the worker allocates while the child lives costs copy-on-write faults. The child's
+        half (_runner) is made here too, the first time."""
         task = self.tasks[key]
+        self._runner(key, split)
         return Comparison(split, task[f"{split}_input"], self.expected[key][f"{split}_expected"], task["oracle"],
-                          task["atol"], b"", values.decoder(None))
+                          task["atol"], b"", self.decode)
 
     def run_job(self, job: dict) -> dict:
         """Run one job in a forked child; the reply (script and plus jobs: what _sandbox.job_loop decides the same
@@ -531,7 +552,7 @@ class Worker:
 
     def _plus_run(self, code: str, key: str, split: str) -> tuple:
         """A plus job's (run, describe), in a child that job_loop confined (it then judges them)."""
-        return self._runs(_loop_job("P", code, key, split))
+        return self._runner(key, SPLITS[split.encode()])(code)
 
     def _child(self, job: dict, w: int, nonce_r: int, limits: list) -> None:
         c, jobdir = self.config, self.folder
@@ -576,7 +597,7 @@ class Worker:
         """A script or plus job's (run, describe) (checks.py)."""
         if job["kind"] == "script":
             return checks.script_run(job["code"])
-        return checks.plus_job(job, self.tasks[job["task_key"]], values.encoder(None), values.digester(None))
+        return self._runner(job["task_key"], job["split"])(job["code"])
 
     def _confine(self, jobdir: str, block_fork: bool) -> None:
         """Landlock and seccomp for the calling process: a Python program's child, or one step of a command job
@@ -704,11 +725,12 @@ class Worker:
             except EOFError:
                 return None
         c, owner = self.config, (self.uid, self.gid) if self.root else (-1, -1)
-        plan = self._child_plan()
+        # made once: a plus job comes back here after each program, and what Python touches between forks is copied
+        args = (commands.fd, replies.fd, self.folder, os.path.join(self.folder, ".output"), *owner, float(c.timeout),
+                float(c.cpu_timeout or 0.0), float(c.wall_factor), int(c.max_output), self._comparison,
+                self._child_plan())
         while True:
-            what, value = _sandbox.job_loop(commands.fd, replies.fd, self.folder, os.path.join(self.folder, ".output"),
-                                            *owner, float(c.timeout), float(c.cpu_timeout or 0.0),
-                                            float(c.wall_factor), int(c.max_output), self._comparison, plan)
+            what, value = _sandbox.job_loop(*args)
             if what == "message":
                 return pickle.loads(value)
             if what == "eof":
@@ -1097,8 +1119,7 @@ def serve(index: int, config: SandboxConfig, uid: int | None = None) -> None:
                 gc.freeze()  # the task's inputs too (see Worker._setup); its expected outputs are not objects
                 continue
             if msg["op"] == "drop":
-                worker.tasks.pop(msg["key"], None)
-                worker.expected.pop(msg["key"], None)
+                worker.drop_task(msg["key"])
                 continue
             cmd_out.send(worker.run_job(msg["job"]))
     finally:
