@@ -723,8 +723,9 @@ static PyObject *sb_landlock(PyObject *self, PyObject *args) {
     const char *bad = "";
     if (wseq && (n_reads = ll_items(rseq, &reads)) >= 0 && (n_writes = ll_items(wseq, &writes)) >= 0) {
         int abi = landlock_core(reads, n_reads, writes, n_writes, block_tcp, scope, &bad);
-        result = abi < 0 ? (*bad ? PyErr_SetFromErrnoWithFilename(PyExc_OSError, bad) : PyErr_SetFromErrno(PyExc_OSError))
-                         : PyLong_FromLong(abi);
+        if (abi >= 0) result = PyLong_FromLong(abi);
+        else if (*bad) PyErr_SetFromErrnoWithFilename(PyExc_OSError, bad);
+        else PyErr_SetFromErrno(PyExc_OSError);
     }
     PyMem_Free(reads);
     PyMem_Free(writes);
@@ -1457,8 +1458,8 @@ struct child_plan {
 
 static int parse_plan(PyObject *t, struct child_plan *c) {
     PyObject *limits;
-    if (!PyArg_ParseTuple(t, "OOOOO!Oiipiippp", &c->script, &c->plus, &c->freeze, &c->signal, &PyTuple_Type, &c->resets,
-                          &limits, &c->keep_lo, &c->keep_hi, &c->root, &c->uid, &c->gid, &c->keep_read,
+    if (!PyArg_ParseTuple(t, "OOOOO!Oiipiippp", &c->script, &c->plus, &c->freeze, &c->signal, &PyTuple_Type,
+                          &c->resets, &limits, &c->keep_lo, &c->keep_hi, &c->root, &c->uid, &c->gid, &c->keep_read,
                           &c->block_fork, &c->block_net))
         return -1;
     if (c->keep_lo < 5 || c->keep_hi < c->keep_lo || c->keep_hi - c->keep_lo > SB_MAX_RULE_FDS) {

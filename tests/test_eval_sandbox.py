@@ -662,7 +662,8 @@ LOOP_PROGRAMS = {
              "handlers = [getattr(signal.getsignal(s), 'name', '?')[4:] for s in (signal.SIGINT, signal.SIGTERM, "
              "signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGALRM)]\n"
              "fds = ''.join(sorted(os.listdir('/proc/self/fd')))\n"
-             "try:\n    os.listdir('/var')\n    outside = 'listed'\nexcept OSError as e:\n    outside = type(e).__name__\n"
+             "try:\n    os.listdir('/var')\n    outside = 'listed'\n"
+             "except OSError as e:\n    outside = type(e).__name__\n"
              "session = os.getsid(0) == os.getpid() == os.getpgrp()\n"
              "raise AssertionError(repr((ids, caps, flags, sigs, limits, handlers, fds, "
              "os.path.basename(os.readlink('/proc/self/fd/1')), session, outside)))",

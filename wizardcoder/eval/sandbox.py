@@ -286,7 +286,7 @@ class Worker:
                         os.close(fd)
                     return ()
         # Opened in the lowest free numbers, they are one range only when no other descriptor sat in between (the
-        # fork server's leave gaps): then moved to the first free run of numbers above them (dup2 onto numbers
+        # fork server leaves gaps): else moved to the first free run of numbers above them (dup2 onto numbers
         # checked free; not fcntl's F_DUPFD: its module would be 5 more mappings in every worker, each copied at
         # every fork)
         if fds[0] < 5 or fds != list(range(fds[0], fds[0] + len(fds))):
@@ -445,14 +445,16 @@ class Worker:
         leaves = values.loaded_leaves()  # numpy's types if unpickling the outputs imported it (values.py)
         self.expected[key] = {k: HiddenOutputs(data.pop(k), leaves) for k in names}
         self.tasks[key] = data
-        self.runners.pop((key, "base"), None)
-        self.runners.pop((key, "plus"), None)
+        self._forget_runners(key)
 
     def drop_task(self, key: str) -> None:
-        for held in (self.tasks, self.expected):
-            held.pop(key, None)
-        self.runners.pop((key, "base"), None)
-        self.runners.pop((key, "plus"), None)
+        self.tasks.pop(key, None)
+        self.expected.pop(key, None)
+        self._forget_runners(key)
+
+    def _forget_runners(self, key: str) -> None:
+        for split in SPLITS.values():
+            self.runners.pop((key, split), None)
 
     def _runner(self, key: str, split: str):
         """checks.plus_runner's program(source) for this task's split, made once in the worker (the first time by
@@ -540,9 +542,9 @@ class Worker:
         return limits
 
     def _child_plan(self) -> tuple | None:
-        """_child's steps for script and plus jobs as job_loop's child takes them in C (see child_plan in
-        csrc/sandbox.c), or None where _child runs them: without the Landlock rule descriptors (a path lookup per
-        rule) or with REFERENCE_VARIABLE's run_job. Same order and arguments as _child and _confine."""
+        """_child's steps for script and plus jobs as job_loop's child takes them in C (struct child_plan in
+        csrc/sandbox.c), or None where _child takes them: without the Landlock rule descriptors (then Landlock's
+        rules go by path). Same order and arguments as _child and _confine."""
         if not (self.rule_fds and self.landlock_abi and hasattr(_sandbox, "job_loop")):
             return None
         lo, hi = self.rule_fds
