@@ -81,6 +81,15 @@ def test_verdicts(pool):
     still_healthy(pool)
 
 
+def test_a_failing_line_is_quoted_as_the_compiler_numbers_it(pool):
+    """The failing line is found by the traceback's line number, which counts only "\n", "\r\n" and "\r" as line
+    ends; str.splitlines (used before) also split on a form feed or a "\u2028" in a string and quoted the wrong line."""
+    for code in ["x = 1\f\nassert x == 2, 'no'", "x = 1\rassert x == 2, 'no'", "x = 1\r\nassert x == 2, 'no'",
+                 "x = '\u2028\x1c'\nassert x == 2, 'no'"]:
+        r = run1(pool, code)
+        assert r["status"] == "failed" and r["error"].endswith("(line 2: assert x == 2, 'no')"), (code, r)
+
+
 def test_cpu_time_limit():
     with SandboxPool(1, SandboxConfig(timeout=20.0, cpu_timeout=1.0)) as p:
         t0 = time.monotonic()

@@ -59,7 +59,7 @@ def _describe(exc: BaseException, source: str) -> tuple[str, str]:
         return "memory", "MemoryError"
     if isinstance(exc, (TestTimeout,)):
         return "timeout", "per-test time limit"
-    lines = source.splitlines()
+    lines = _lines(source)
     where = ""
     tb = exc.__traceback__
     while tb is not None:
@@ -71,6 +71,15 @@ def _describe(exc: BaseException, source: str) -> tuple[str, str]:
     msg = str(exc)[:300]
     text = f"{name}: {msg}" if msg else name
     return "failed", f"{text} ({where})" if where else text
+
+
+def _lines(source: str) -> list[str]:
+    """The program's lines as the compiler numbers them: "\n", "\r\n" and "\r" end a line (str.splitlines also
+    splits on form feeds, "\u2028" and other separators, even inside a string literal, and a traceback's line number
+    then named the wrong line)."""
+    if "\r" in source:
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+    return source.split("\n")
 
 
 class CompileFailed(Exception):
