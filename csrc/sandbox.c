@@ -1437,9 +1437,6 @@ static ssize_t take(int fd, PyObject *feed, struct loop_buf *data, int *stop) {
     return r;
 }
 
-/* Run one job; returns 0 in the worker (a script job's reply frame in `rep`; a plus job's (comparison, reply,
- * seconds) in *out; *leftover set when the folder could not be removed), 1 in the child (*out its tuple for Python),
- * -1 with a Python exception set. */
 /* What a forked child does before its program, in C (Worker._child's steps for script and plus jobs, in its order):
  * each Python-level step in a fresh fork writes to pages it shares with the worker, and the ~20 lines of Python
  * between the fork and the program cost ~100 copy-on-write faults, a third of a trivial program's. Given to job_loop
@@ -1513,6 +1510,9 @@ static void child_steps(struct child_plan *c, const struct loop_policy *pol, con
     judge_core(3, 4, PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1));
 }
 
+/* Run one job; returns 0 in the worker (a script job's reply frame in `rep`; a plus job's (comparison, reply,
+ * seconds) in *out; *leftover set when the folder could not be removed), 1 in the child without a `plan` (*out its
+ * tuple for Python; with one the child never returns: child_steps), -1 with a Python exception set. */
 static int run_job(const struct loop_policy *pol, const struct loop_job *j, struct loop_buf *rep, int *leftover,
                    PyObject **out, struct child_plan *plan) {
     double cpu = j->cpu;

@@ -68,8 +68,9 @@ NONCE_LEN = 16  # bytes of the per-job key a verdict must carry (_sandbox.judge'
 
 # Modules imported once in the worker so programs find them ready. A bigger worker costs more per fork (page tables,
 # copy-on-write, teardown), so numpy is preloaded only for the tasks whose programs use it (DS-1000), and neither
-# `random` nor anything importing it (tempfile, statistics) is: random reseeds itself in every forked child (os.register_at_fork),
-# about 40 page faults per program, where the few tests that use random (4 of HumanEval's 164) import it themselves.
+# `random` nor anything importing it (tempfile, statistics) is: random reseeds itself in every forked child
+# (os.register_at_fork), about 40 page faults per program, where the few tests that use random (4 of HumanEval's 164)
+# import it themselves.
 PRELOAD = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "typing", "fractions",
            "decimal", "hashlib", "copy", "operator", "datetime", "json")
 # One thread for every threaded library a program may load (BLAS, OpenMP, numexpr, torch, tensorflow): the pool runs

@@ -16,10 +16,10 @@ imports numpy for them: `loaded_leaves()` is () until something else imported it
 expected outputs that hold numpy scalars), and a decoder given leaves=None imports it only when a numpy scalar
 arrives. (A worker holding numpy makes every program's fork dearer: ~0.5 ms of CPU each.) The child encodes with the
 numpy its program imported, if any, looked up as each output is encoded: the worker decodes with its own, so a
-program that tampers with its numpy changes only what it claims its own outputs are. Bounds: at most `max_items` values in all and nesting depth MAX_DEPTH; past them the encoder answers
-None and the decoder raises ValueError (the sample is `crashed`). An output of more than MAX_ITEMS values travels
-as the SHA-256 of its encoding instead (`digester`: made in pieces, never whole); one nested too deep, or holding
-any other type, fails.
+program that tampers with its numpy changes only what it claims its own outputs are. Bounds: at most `max_items`
+values in all and nesting depth MAX_DEPTH; past them the encoder answers None and the decoder raises ValueError (the
+sample is `crashed`). An output of more than MAX_ITEMS values travels as the SHA-256 of its encoding instead
+(`digester`: made in pieces, never whole); one nested too deep, or holding any other type, fails.
 
 This module holds the plain-Python references of the C codec (_sandbox.encode, encode_nan, decode), used where the
 extension is not built; tests hold the two to the same bytes and values.
